@@ -1,0 +1,168 @@
+//! The command line: `nixcell run`, `nixcell doctor`.
+
+use crate::plan::{self, CellRequest};
+use crate::supervise::{self, RunOptions};
+use crate::units::{parse_duration, parse_size};
+use crate::verdict::{self, VerdictError};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit status when nixcell itself failed before the command ran.
+pub const EXIT_SETUP: i32 = 125;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nixcell",
+    version,
+    about = "Run untrusted commands inside exactly a Nix closure"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command in a cell made of the closure of the given store paths.
+    Run(RunArgs),
+    /// Report what this kernel and host can enforce.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A store path (or a link to one) whose closure is part of the cell; repeatable.
+    /// The bin/ of each forms PATH, in order.
+    #[arg(long = "env-path", value_name = "PATH")]
+    pub env_paths: Vec<PathBuf>,
+    /// A host directory mounted read-write at /work, the command's working directory.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Bind a host path read-only into the cell (DST defaults to SRC); repeatable.
+    #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
+    pub ro_binds: Vec<String>,
+    /// Bind a host path read-write into the cell; repeatable.
+    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    pub binds: Vec<String>,
+    /// Set an environment variable in the cell; repeatable.
+    #[arg(long = "setenv", value_name = "NAME=VALUE")]
+    pub setenv: Vec<String>,
+    /// Print one JSON verdict on stdout; the command's output is captured into it.
+    #[arg(long)]
+    pub json: bool,
+    /// uid inside the cell.
+    #[arg(long, default_value_t = 1000)]
+    pub uid: u32,
+    /// gid inside the cell.
+    #[arg(long, default_value_t = 1000)]
+    pub gid: u32,
+    /// Host uid of the cell when started as root (default: the workdir's owner if not
+    /// root, else the first id of "nixcell" in /etc/subuid, else 65534).
+    #[arg(long, value_name = "UID")]
+    pub host_uid: Option<u32>,
+    /// Host gid of the cell when started as root.
+    #[arg(long, value_name = "GID")]
+    pub host_gid: Option<u32>,
+    /// Host name inside the cell.
+    #[arg(long, default_value = "nixcell")]
+    pub hostname: String,
+    /// Size cap of the cell's /tmp.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub tmp_size: u64,
+    /// Wall-clock limit; at expiry the whole cell is killed (exit 124).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Bytes kept of each captured stream (--json).
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub max_output: u64,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    pub fn request(&self) -> CellRequest {
+        let mut binds: Vec<(&'static str, String)> = Vec::new();
+        binds.extend(self.ro_binds.iter().map(|b| ("--ro-bind", b.clone())));
+        binds.extend(self.binds.iter().map(|b| ("--bind", b.clone())));
+        CellRequest {
+            env_paths: self.env_paths.clone(),
+            workdir: self.workdir.clone(),
+            binds,
+            setenv: self.setenv.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            host_uid: self.host_uid,
+            host_gid: self.host_gid,
+            hostname: self.hostname.clone(),
+            tmp_size_bytes: self.tmp_size,
+            argv: self.command.clone(),
+        }
+    }
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_SETUP } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Doctor { json } => crate::doctor::main(json),
+    }
+}
+
+fn usage_error(json: bool, message: String) -> i32 {
+    if json {
+        let v = serde_json::json!({
+            "exit_code": EXIT_SETUP,
+            "error": VerdictError { kind: "usage", message, stage: None, syscall: None, errno: None },
+        });
+        println!("{v}");
+    } else {
+        eprintln!("nixcell: {message}");
+    }
+    EXIT_SETUP
+}
+
+fn run(args: &RunArgs) -> i32 {
+    let (spec, closure) = match plan::plan(&args.request()) {
+        Ok(x) => x,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
+    let opts = RunOptions {
+        capture: args.json,
+        max_output: args.max_output as usize,
+        timeout: args.timeout,
+        ..Default::default()
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage_error(args.json, format!("cannot start the runtime: {e}")),
+    };
+    let outcome = match rt.block_on(supervise::run(&spec, &opts)) {
+        Ok(o) => o,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
+    let v = verdict::build(&spec, &closure, outcome);
+    if args.json {
+        println!("{}", serde_json::to_string(&v).unwrap_or_default());
+    } else if let Some(err) = &v.error {
+        eprintln!("nixcell: {}", err.message);
+    } else if v.timed_out {
+        eprintln!("nixcell: timed out; the cell was killed");
+    }
+    v.exit_code
+}

@@ -1,0 +1,12 @@
+//! nixcell: run untrusted commands inside exactly the Nix store closure of a declared
+//! environment, in fresh namespaces, with every layer reported.
+
+pub mod cli;
+pub mod doctor;
+pub mod nix;
+pub mod plan;
+pub mod sandbox;
+pub mod spec;
+pub mod supervise;
+pub mod units;
+pub mod verdict;

@@ -1,0 +1,3 @@
+//! Calls to the Nix CLI and what we learn from the store.
+
+pub mod closure;

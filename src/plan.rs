@@ -1,0 +1,383 @@
+//! Turns a user's request (CLI flags, later a declaration) into a validated
+//! [`RunSpec`]. Every refusal names what is wrong and where; nothing runs before.
+
+use crate::nix::closure::{self, Closure, ClosureError};
+use crate::spec::{BindMount, Identity, RunSpec, Symlink, WORKDIR_IN_CELL};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no command given (usage: nixcell run [OPTIONS] -- COMMAND [ARGS...])")]
+    NoCommand,
+    #[error("no environment: give at least one --env-path (or a declaration)")]
+    NoEnvironment,
+    #[error(transparent)]
+    Closure(#[from] ClosureError),
+    #[error("--workdir {0}: {1}")]
+    Workdir(PathBuf, String),
+    #[error("{flag} {spec}: {reason}")]
+    Bind {
+        flag: &'static str,
+        spec: String,
+        reason: String,
+    },
+    #[error("--setenv {0}: expected NAME=VALUE with NAME made of letters, digits and '_'")]
+    SetEnv(String),
+    #[error("{0}")]
+    Identity(String),
+}
+
+/// What a user asks for, independent of where it came from.
+#[derive(Debug, Clone, Default)]
+pub struct CellRequest {
+    pub env_paths: Vec<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    /// (flag, "SRC[:DST]") in the order given.
+    pub binds: Vec<(&'static str, String)>,
+    pub setenv: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub host_uid: Option<u32>,
+    pub host_gid: Option<u32>,
+    pub hostname: String,
+    pub tmp_size_bytes: u64,
+    pub argv: Vec<String>,
+}
+
+/// Paths a bind may not land on or under: the cell's own structure.
+const RESERVED: &[&str] = &["/nix", "/proc", "/dev", "/oldroot"];
+
+fn normalized_abs(p: &str) -> Option<PathBuf> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+fn bind_err(flag: &'static str, spec: &str, reason: impl Into<String>) -> PlanError {
+    PlanError::Bind {
+        flag,
+        spec: spec.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses and checks the binds; `taken` holds destinations already used (the workdir).
+fn plan_binds(req: &CellRequest, mut taken: Vec<PathBuf>) -> Result<Vec<BindMount>, PlanError> {
+    let mut out = Vec::new();
+    for (flag, spec) in &req.binds {
+        let (src, dst) = match spec.split_once(':') {
+            Some((s, d)) => (s, d),
+            None => (spec.as_str(), spec.as_str()),
+        };
+        if src.is_empty() || dst.is_empty() {
+            return Err(bind_err(flag, spec, "expected SRC[:DST]"));
+        }
+        let source = std::fs::canonicalize(src)
+            .map_err(|e| bind_err(flag, spec, format!("source {src}: {e}")))?;
+        let dest = normalized_abs(dst).ok_or_else(|| {
+            bind_err(
+                flag,
+                spec,
+                format!("destination {dst} must be an absolute path without '..'"),
+            )
+        })?;
+        if dest == Path::new("/") || dest == Path::new("/tmp") || dest == Path::new("/etc") {
+            return Err(bind_err(
+                flag,
+                spec,
+                format!(
+                    "destination {} is part of the cell's own root",
+                    dest.display()
+                ),
+            ));
+        }
+        if let Some(r) = RESERVED.iter().find(|r| dest.starts_with(r)) {
+            return Err(bind_err(
+                flag,
+                spec,
+                format!(
+                    "destination {} is under {r}, which the cell manages",
+                    dest.display()
+                ),
+            ));
+        }
+        if let Some(t) = taken
+            .iter()
+            .find(|t| dest.starts_with(t) || t.starts_with(&dest))
+        {
+            return Err(bind_err(
+                flag,
+                spec,
+                format!(
+                    "destination {} conflicts with the mount at {}",
+                    dest.display(),
+                    t.display()
+                ),
+            ));
+        }
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| bind_err(flag, spec, format!("source {src}: {e}")))?;
+        taken.push(dest.clone());
+        out.push(BindMount {
+            source,
+            dest,
+            writable: *flag == "--bind",
+            is_dir: meta.is_dir(),
+        });
+    }
+    Ok(out)
+}
+
+fn check_workdir(dir: &Path) -> Result<PathBuf, PlanError> {
+    let werr = |m: String| PlanError::Workdir(dir.to_path_buf(), m);
+    let real = std::fs::canonicalize(dir).map_err(|e| werr(e.to_string()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| werr(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(werr("not a directory".into()));
+    }
+    nix::unistd::access(
+        &real,
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| werr(format!("not readable: {}", e.desc())))?;
+    Ok(real)
+}
+
+/// The first id of `name`'s range in a subordinate id file (/etc/subuid, /etc/subgid).
+fn subid_start(file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.split(':');
+        (it.next()? == name).then(|| it.next()?.parse().ok())?
+    })
+}
+
+fn plan_identity(req: &CellRequest, workdir: Option<&Path>) -> Result<Identity, PlanError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    let (host_uid, host_gid) = if euid == 0 {
+        let owner = workdir
+            .and_then(|w| std::fs::metadata(w).ok())
+            .filter(|m| m.uid() != 0)
+            .map(|m| (m.uid(), m.gid()));
+        let fallback = (
+            subid_start("/etc/subuid", "nixcell").unwrap_or(65534),
+            subid_start("/etc/subgid", "nixcell").unwrap_or(65534),
+        );
+        let (du, dg) = owner.unwrap_or(fallback);
+        (
+            req.host_uid.unwrap_or(du),
+            req.host_gid
+                .unwrap_or(req.host_uid.map(|_| dg).unwrap_or(dg)),
+        )
+    } else {
+        if req.host_uid.is_some_and(|u| u != euid) || req.host_gid.is_some_and(|g| g != egid) {
+            return Err(PlanError::Identity(format!(
+                "--host-uid/--host-gid: a rootless cell runs as its caller ({euid}:{egid}); only root may choose"
+            )));
+        }
+        (euid, egid)
+    };
+    Ok(Identity {
+        uid: req.uid,
+        gid: req.gid,
+        host_uid,
+        host_gid,
+        user_name: "cell".into(),
+        home: PathBuf::from("/tmp"),
+    })
+}
+
+fn plan_env(
+    req: &CellRequest,
+    path_dirs: &[PathBuf],
+    id: &Identity,
+) -> Result<Vec<(String, String)>, PlanError> {
+    let path = path_dirs
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut env = vec![
+        ("PATH".to_string(), path),
+        ("HOME".to_string(), id.home.to_string_lossy().into_owned()),
+    ];
+    for k in ["LANG", "TERM"] {
+        if let Ok(v) = std::env::var(k) {
+            env.push((k.to_string(), v));
+        }
+    }
+    for kv in &req.setenv {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| PlanError::SetEnv(kv.clone()))?;
+        let valid = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(PlanError::SetEnv(kv.clone()));
+        }
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(env)
+}
+
+/// Builds the spec of one run, with the closure it uses.
+pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
+    if req.argv.is_empty() {
+        return Err(PlanError::NoCommand);
+    }
+    if req.env_paths.is_empty() {
+        return Err(PlanError::NoEnvironment);
+    }
+    let store = closure::store_dir();
+    let roots = req
+        .env_paths
+        .iter()
+        .map(|p| closure::resolve_root(p, &store))
+        .collect::<Result<Vec<_>, _>>()?;
+    let workdir = req.workdir.as_deref().map(check_workdir).transpose()?;
+    let mut taken = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(w) = &workdir {
+        taken.push(PathBuf::from(WORKDIR_IN_CELL));
+        mounts.push(BindMount {
+            source: w.clone(),
+            dest: PathBuf::from(WORKDIR_IN_CELL),
+            writable: true,
+            is_dir: true,
+        });
+    }
+    mounts.extend(plan_binds(req, taken)?);
+    let identity = plan_identity(req, workdir.as_deref())?;
+    let closure = closure::closure(&roots)?;
+
+    // PATH: the bin/ of each root in the order given.
+    let mut path_dirs = Vec::new();
+    for r in &roots {
+        let bin = r.join("bin");
+        if bin.is_dir() && !path_dirs.contains(&bin) {
+            path_dirs.push(bin);
+        }
+    }
+    let mut symlinks = Vec::new();
+    for (link, tool) in [("/bin/sh", "sh"), ("/usr/bin/env", "env")] {
+        if let Some(t) = path_dirs.iter().map(|d| d.join(tool)).find(|t| t.exists()) {
+            symlinks.push(Symlink {
+                link: PathBuf::from(link),
+                target: t,
+            });
+        }
+    }
+    let env = plan_env(req, &path_dirs, &identity)?;
+    let spec = RunSpec {
+        argv: req.argv.clone(),
+        env,
+        path_dirs,
+        store_dir: store,
+        store_paths: closure.paths.clone(),
+        mounts,
+        symlinks,
+        cwd: PathBuf::from(if workdir.is_some() {
+            WORKDIR_IN_CELL
+        } else {
+            "/tmp"
+        }),
+        tmp_size_bytes: req.tmp_size_bytes,
+        hostname: req.hostname.clone(),
+        identity,
+        supervisor_pid: std::process::id() as i32,
+        security: Default::default(),
+    };
+    Ok((spec, closure))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req_with(binds: &[(&'static str, &str)]) -> CellRequest {
+        CellRequest {
+            binds: binds.iter().map(|(f, s)| (*f, s.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn binds_onto_the_cells_structure_are_refused() {
+        for dst in ["/", "/nix/store/x", "/proc/1", "/dev/sda", "/tmp", "/etc"] {
+            let spec = format!("/:{dst}");
+            let err = plan_binds(&req_with(&[("--ro-bind", &spec)]), vec![]).unwrap_err();
+            assert!(err.to_string().contains(&spec), "{err}");
+        }
+    }
+
+    #[test]
+    fn relative_or_dotted_destinations_are_refused() {
+        for dst in ["data", "/a/../etc"] {
+            let spec = format!("/:{dst}");
+            assert!(plan_binds(&req_with(&[("--bind", &spec)]), vec![]).is_err());
+        }
+    }
+
+    #[test]
+    fn overlapping_destinations_conflict() {
+        let err = plan_binds(
+            &req_with(&[("--ro-bind", "/:/data"), ("--ro-bind", "/:/data/x")]),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("conflicts"), "{err}");
+        let err = plan_binds(
+            &req_with(&[("--ro-bind", "/:/work/x")]),
+            vec![PathBuf::from("/work")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/work"), "{err}");
+    }
+
+    #[test]
+    fn missing_bind_source_is_named() {
+        let err = plan_binds(&req_with(&[("--bind", "/no/such/dir:/data")]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn setenv_needs_a_valid_name() {
+        let id = Identity {
+            uid: 1000,
+            gid: 1000,
+            host_uid: 1,
+            host_gid: 1,
+            user_name: "cell".into(),
+            home: "/tmp".into(),
+        };
+        for bad in ["NOEQUALS", "=x", "1A=b", "A-B=c"] {
+            let req = CellRequest {
+                setenv: vec![bad.into()],
+                ..Default::default()
+            };
+            assert!(plan_env(&req, &[], &id).is_err(), "{bad}");
+        }
+        let req = CellRequest {
+            setenv: vec!["A_1=x=y".into(), "HOME=/work".into()],
+            ..Default::default()
+        };
+        let env = plan_env(&req, &[], &id).unwrap();
+        assert!(env.contains(&("A_1".into(), "x=y".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+    }
+}

@@ -1,0 +1,94 @@
+//! The init stage: the binary re-executed by the supervisor, single-threaded from its
+//! first instruction. It reads the spec, leaves host root if it was started as root,
+//! unshares the namespaces, maps its identity, and forks PID 1 of the new pid
+//! namespace; then it waits for PID 1 and passes its status on.
+
+use super::ns::{self, PreparedMounts};
+use super::proto::{self, INIT_FD, Report};
+use super::{At, StageError, StageResult, pid1};
+use crate::spec::RunSpec;
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, fork};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Entry of the init stage; never returns.
+pub fn main() -> ! {
+    // SAFETY: the supervisor placed our end of the control socket on INIT_FD.
+    let sock = unsafe { BorrowedFd::borrow_raw(INIT_FD) };
+    let spec: RunSpec = match proto::recv(sock) {
+        Ok(Some(s)) => s,
+        // SAFETY: _exit ends the process at once.
+        _ => unsafe { libc::_exit(125) },
+    };
+    let code = match run(&spec, sock) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
+            125
+        }
+    };
+    // SAFETY: as above.
+    unsafe { libc::_exit(code) }
+}
+
+fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
+    let parent = nix::unistd::getppid().as_raw();
+    if parent != spec.supervisor_pid {
+        return Err(StageError::new(
+            "check-parent",
+            "getppid",
+            format!("started by pid {parent}, expected {}", spec.supervisor_pid),
+            Errno::ESRCH,
+        ));
+    }
+    // Terminal signals go to the supervisor, which forwards them through PID 1.
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+    let prepared = if nix::unistd::geteuid().is_root() && spec.identity.host_uid != 0 {
+        ns::leave_host_root(&spec.identity, &spec.mounts)?
+    } else {
+        PreparedMounts(Vec::new())
+    };
+    ns::unshare_all()?;
+    ns::write_id_maps(&spec.identity)?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .at("fork-pid1", "open", "/dev/null")?;
+    // SAFETY: this process is single-threaded (fresh exec, no threads started).
+    match unsafe { fork() }.at("fork-pid1", "fork", "")? {
+        ForkResult::Child => pid1::main(spec, sock, prepared),
+        ForkResult::Parent { child } => {
+            drop(prepared);
+            let _ = proto::send(
+                sock,
+                &Report::Ready {
+                    pid1: child.as_raw(),
+                },
+            );
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard descriptors so that captured output
+                // reaches EOF as soon as the cell's processes are gone.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                    Ok(_) | Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(StageError::new("wait-pid1", "waitpid", "", e)),
+                }
+            }
+        }
+    }
+}

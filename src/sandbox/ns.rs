@@ -1,0 +1,215 @@
+//! Namespaces and identities: leaving host root, unshare, id maps, UTS, loopback.
+
+use super::{At, StageResult, sys};
+use crate::spec::{BindMount, Identity};
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::{ForkResult, Gid, Uid, fork, setgroups, setresgid, setresuid};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// The namespaces every cell gets.
+pub const CELL_NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("mount", CloneFlags::CLONE_NEWNS),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("network", CloneFlags::CLONE_NEWNET),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+];
+
+/// Names of the namespaces, for the verdict.
+pub fn namespace_names() -> Vec<&'static str> {
+    CELL_NAMESPACES.iter().map(|(n, _)| *n).collect()
+}
+
+/// Bind sources opened while still host root (root mode only), in `spec.mounts` order.
+pub struct PreparedMounts(pub Vec<OwnedFd>);
+
+/// Started as root: open the bind sources as detached trees (idmapped where the cell's
+/// host identity does not own them, so a writable workdir stays writable), clear the
+/// supplementary groups, then become the unprivileged host identity. From here on the
+/// set-up runs exactly as it does rootless.
+pub fn leave_host_root(id: &Identity, mounts: &[BindMount]) -> StageResult<PreparedMounts> {
+    const STAGE: &str = "leave-host-root";
+    setgroups(&[]).at(STAGE, "setgroups", "[]")?;
+    let mut fds = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let fd = sys::open_tree(
+            &m.source,
+            sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+        )
+        .at(STAGE, "open_tree", m.source.display())?;
+        let meta = std::fs::metadata(&m.source).at(STAGE, "stat", m.source.display())?;
+        if m.writable && (meta.uid() != id.host_uid || meta.gid() != id.host_gid) {
+            let userns = idmap_userns(meta.uid(), meta.gid(), id.host_uid, id.host_gid)?;
+            sys::mount_setattr(
+                Some(fd.as_raw_fd()),
+                Path::new(""),
+                true,
+                sys::MOUNT_ATTR_IDMAP,
+                Some(userns.as_raw_fd()),
+            )
+            .at(STAGE, "mount_setattr(MOUNT_ATTR_IDMAP)", m.source.display())?;
+        }
+        fds.push(fd);
+    }
+    setresgid(
+        Gid::from_raw(id.host_gid),
+        Gid::from_raw(id.host_gid),
+        Gid::from_raw(id.host_gid),
+    )
+    .at(STAGE, "setresgid", id.host_gid)?;
+    setresuid(
+        Uid::from_raw(id.host_uid),
+        Uid::from_raw(id.host_uid),
+        Uid::from_raw(id.host_uid),
+    )
+    .at(STAGE, "setresuid", id.host_uid)?;
+    // A uid change makes the process non-dumpable, which would make its own
+    // /proc/self/{uid_map,gid_map,setgroups} root-owned and unwritable for it.
+    nix::sys::prctl::set_dumpable(true).at(STAGE, "prctl", "PR_SET_DUMPABLE")?;
+    Ok(PreparedMounts(fds))
+}
+
+/// A user namespace whose maps send `owner` (the on-disk ids of a bind source) to the
+/// cell's host ids; used as the idmap of a mount (mount_setattr(2), MOUNT_ATTR_IDMAP).
+fn idmap_userns(
+    owner_uid: u32,
+    owner_gid: u32,
+    host_uid: u32,
+    host_gid: u32,
+) -> StageResult<OwnedFd> {
+    const STAGE: &str = "idmap-workdir";
+    // Two pipes: the child says when its namespace exists, the parent says when the
+    // maps are written and the namespace is open (then the child may exit).
+    let (ready_rd, ready_wr) = nix::unistd::pipe().at(STAGE, "pipe", "")?;
+    let (done_rd, done_wr) = nix::unistd::pipe().at(STAGE, "pipe", "")?;
+    // SAFETY: the init stage is single-threaded (a fresh exec), so fork is safe; the
+    // child only calls unshare, write and read before _exit.
+    match unsafe { fork() }.at(STAGE, "fork", "")? {
+        ForkResult::Child => {
+            drop(ready_rd);
+            drop(done_wr);
+            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_wr, if ok { b"1" } else { b"0" });
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&done_rd, &mut b);
+            // SAFETY: _exit is async-signal-safe and ends the child at once.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_wr);
+            drop(done_rd);
+            let res = (|| {
+                let mut b = [0u8; 1];
+                nix::unistd::read(&ready_rd, &mut b).at(STAGE, "read", "idmap child")?;
+                if b[0] != b'1' {
+                    return Err(super::StageError::new(
+                        STAGE,
+                        "unshare",
+                        "CLONE_NEWUSER for the idmap",
+                        Errno::EPERM,
+                    ));
+                }
+                std::fs::write(
+                    format!("/proc/{child}/uid_map"),
+                    format!("{owner_uid} {host_uid} 1\n"),
+                )
+                .at(STAGE, "write", "uid_map")?;
+                std::fs::write(
+                    format!("/proc/{child}/gid_map"),
+                    format!("{owner_gid} {host_gid} 1\n"),
+                )
+                .at(STAGE, "write", "gid_map")?;
+                let ns_path = format!("/proc/{child}/ns/user");
+                let f = std::fs::File::open(&ns_path).at(STAGE, "open", &ns_path)?;
+                Ok(OwnedFd::from(f))
+            })();
+            drop(done_wr);
+            let _ = nix::sys::wait::waitpid(child, None);
+            res
+        }
+    }
+}
+
+/// unshare(2) of every cell namespace at once; the user namespace is created first
+/// and owns the others.
+pub fn unshare_all() -> StageResult {
+    let flags = CELL_NAMESPACES
+        .iter()
+        .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+    unshare(flags).at("unshare", "unshare", "user|mount|pid|net|ipc|uts|cgroup")
+}
+
+/// Maps the cell identity onto the process's own host ids: the one mapping an
+/// unprivileged process may write for itself (user_namespaces(7)); setgroups must be
+/// denied before gid_map.
+pub fn write_id_maps(id: &Identity) -> StageResult {
+    const STAGE: &str = "id-maps";
+    let host_uid = nix::unistd::geteuid().as_raw();
+    let host_gid = nix::unistd::getegid().as_raw();
+    std::fs::write("/proc/self/setgroups", "deny").at(STAGE, "write", "/proc/self/setgroups")?;
+    std::fs::write("/proc/self/gid_map", format!("{} {} 1\n", id.gid, host_gid)).at(
+        STAGE,
+        "write",
+        "/proc/self/gid_map",
+    )?;
+    std::fs::write("/proc/self/uid_map", format!("{} {} 1\n", id.uid, host_uid)).at(
+        STAGE,
+        "write",
+        "/proc/self/uid_map",
+    )?;
+    Ok(())
+}
+
+/// Sets the UTS host name.
+pub fn set_hostname(name: &str) -> StageResult {
+    nix::unistd::sethostname(name).at("hostname", "sethostname", name)
+}
+
+/// Brings `lo` up in the fresh network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS,
+/// netdevice(7)); the namespace has no other interface, so nothing but loopback works.
+pub fn loopback_up() -> StageResult {
+    const STAGE: &str = "loopback";
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(super::StageError::new(
+            STAGE,
+            "socket",
+            "AF_INET",
+            Errno::last(),
+        ));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads into req, which is a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(super::StageError::new(
+            STAGE,
+            "ioctl",
+            "SIOCGIFFLAGS lo",
+            Errno::last(),
+        ));
+    }
+    // SAFETY: the union member ifru_flags is the one SIOCGIFFLAGS filled in.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads req, which is a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(super::StageError::new(
+            STAGE,
+            "ioctl",
+            "SIOCSIFFLAGS lo up",
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}

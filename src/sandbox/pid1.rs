@@ -1,0 +1,148 @@
+//! PID 1 of the cell: builds the root, starts the command, then reaps every process
+//! and forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to the command. When the
+//! command ends, everything it left behind is killed; when the supervisor's end of
+//! the control socket closes (it died), the whole cell is killed.
+
+use super::ns::{self, PreparedMounts};
+use super::proto::{self, Report};
+use super::{StageResult, caps, exec, rootfs};
+use crate::spec::RunSpec;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction,
+};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+/// Signals PID 1 passes on to the command.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+extern "C" fn note_signal(_: libc::c_int) {}
+
+fn setup(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
+    ns::set_hostname(&spec.hostname)?;
+    ns::loopback_up()?;
+    rootfs::build(spec, prepared)
+}
+
+fn fail(sock: BorrowedFd<'_>, e: super::StageError) -> ! {
+    let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
+    // SAFETY: _exit ends the process at once.
+    unsafe { libc::_exit(125) }
+}
+
+/// Entry of PID 1; never returns.
+pub fn main(spec: &RunSpec, sock: BorrowedFd<'_>, prepared: PreparedMounts) -> ! {
+    // The init stage (our parent) is single-threaded: if it dies, so do we.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let built = setup(spec, &prepared);
+    drop(prepared);
+    if let Err(e) = built {
+        fail(sock, e);
+    }
+
+    // A pid namespace's init only receives signals it has a handler for; the handler
+    // is never run because the signals stay blocked and are read from a signalfd.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let handler = SigAction::new(
+        SigHandler::Handler(note_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in FORWARDED {
+        mask.add(*s);
+        // SAFETY: the handler does nothing and is async-signal-safe.
+        let _ = unsafe { sigaction(*s, &handler) };
+    }
+    if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
+        fail(
+            sock,
+            super::StageError::new("signals", "sigprocmask", "block", e),
+        );
+    }
+    let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(s) => s,
+        Err(e) => fail(sock, super::StageError::new("signals", "signalfd", "", e)),
+    };
+
+    // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => exec::exec_command(spec, sock),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(sock, super::StageError::new("fork-command", "fork", "", e)),
+    };
+
+    // PID 1 keeps no privilege and cannot be ptraced by the command (same uid).
+    let _ = caps::drop_all();
+    let _ = nix::sys::prctl::set_no_new_privs();
+    let _ = nix::sys::prctl::set_dumpable(false);
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; null stays open until then.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+
+    let status = supervise(child, &sfd, sock);
+    // Whatever the command left behind dies with it.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while waitpid(None::<Pid>, None).is_ok() {}
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, c) => (Some(c), None),
+        WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
+        _ => (None, None),
+    };
+    let _ = proto::send(sock, &Report::Exited { code, signal });
+    // SAFETY: _exit ends the process at once.
+    unsafe { libc::_exit(0) }
+}
+
+/// Waits for the command, reaping orphans and forwarding signals on the way.
+fn supervise(child: Pid, sfd: &SignalFd, sock: BorrowedFd<'_>) -> WaitStatus {
+    loop {
+        let mut fds = [
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sock, PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let sock_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        if !sock_ev.is_empty() {
+            // The supervisor sends nothing after the spec: readable means EOF, it died.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            // SAFETY: _exit ends the process at once; the kernel kills the namespace.
+            unsafe { libc::_exit(137) }
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo == libc::SIGCHLD {
+                continue;
+            }
+            if let Ok(sig) = Signal::try_from(signo) {
+                let _ = kill(child, sig);
+            }
+        }
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(st) if st.pid() == Some(child) => return st,
+                Ok(_) => {}
+            }
+        }
+    }
+}

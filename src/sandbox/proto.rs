@@ -1,0 +1,187 @@
+//! The control channel between the supervisor and the cell.
+//!
+//! A `SOCK_STREAM` unix socket pair; each message is a little-endian `u32` length
+//! followed by that many bytes of JSON. The supervisor sends the [`RunSpec`] once; the
+//! cell answers with [`Report`]s. EOF on the cell's end means the supervisor is gone.
+//!
+//! [`RunSpec`]: crate::spec::RunSpec
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::io::{self, Read, Write};
+use std::os::fd::{BorrowedFd, RawFd};
+
+/// argv[1] that makes the binary run the init stage instead of the CLI.
+pub const INIT_ARG: &str = "__nixcell-init";
+/// The descriptor the init stage finds its end of the control socket on.
+pub const INIT_FD: RawFd = 3;
+/// Largest message accepted, so a corrupt length cannot make us allocate gigabytes.
+const MAX_MESSAGE: u32 = 64 << 20;
+
+/// What the cell tells the supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Report {
+    /// PID 1 of the cell exists; `pid1` is its pid in the supervisor's namespace.
+    Ready { pid1: i32 },
+    /// Set-up failed before the command ran.
+    SetupFailed(SetupFailure),
+    /// A security layer was applied, or could not be and the profile allowed that.
+    Layer(LayerReport),
+    /// `execve` of the command failed.
+    ExecFailed { program: String, errno: i32 },
+    /// The command ended.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+/// A failed set-up step, named so that a user can act on it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetupFailure {
+    pub stage: String,
+    pub syscall: String,
+    pub errno: i32,
+    pub detail: String,
+}
+
+impl std::fmt::Display for SetupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "set-up stage '{}' failed: {}({}): {}",
+            self.stage,
+            self.syscall,
+            self.detail,
+            io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+/// Whether a layer holds, and why not when it does not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerReport {
+    pub layer: String,
+    pub enforced: bool,
+    pub detail: String,
+}
+
+/// Writes one message on a blocking descriptor.
+pub fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    FdIo(fd).write_all(&buf)
+}
+
+/// Reads one message from a blocking descriptor; `None` on a clean EOF.
+pub fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    let mut io = FdIo(fd);
+    match io.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("control message of {len} bytes is too large"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    io.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Splits a byte stream into messages; used by the async supervisor.
+pub fn decode_frames<T: DeserializeOwned>(buf: &mut Vec<u8>) -> io::Result<Vec<T>> {
+    let mut out = Vec::new();
+    loop {
+        if buf.len() < 4 {
+            return Ok(out);
+        }
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len > MAX_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "control message too large",
+            ));
+        }
+        let end = 4 + len as usize;
+        if buf.len() < end {
+            return Ok(out);
+        }
+        let msg = serde_json::from_slice(&buf[4..end])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        out.push(msg);
+        buf.drain(..end);
+    }
+}
+
+/// Read/Write on a borrowed descriptor without taking ownership.
+struct FdIo<'a>(BorrowedFd<'a>);
+
+impl Read for FdIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match nix::unistd::read(self.0, buf) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Write for FdIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match nix::unistd::write(self.0, buf) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_and_join() {
+        let a = Report::Ready { pid1: 7 };
+        let b = Report::Exited {
+            code: Some(3),
+            signal: None,
+        };
+        let mut buf = Vec::new();
+        for m in [&a, &b] {
+            let body = serde_json::to_vec(m).unwrap();
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&body);
+        }
+        let tail = buf.split_off(buf.len() - 3);
+        let got: Vec<Report> = decode_frames(&mut buf).unwrap();
+        assert_eq!(got, vec![a]);
+        buf.extend_from_slice(&tail);
+        let got: Vec<Report> = decode_frames(&mut buf).unwrap();
+        assert_eq!(got, vec![b]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected() {
+        let mut buf = u32::MAX.to_le_bytes().to_vec();
+        assert!(decode_frames::<Report>(&mut buf).is_err());
+    }
+}

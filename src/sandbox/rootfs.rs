@@ -1,0 +1,321 @@
+//! The cell's root file system: a fresh tmpfs holding exactly the closure (read-only
+//! binds), a new /proc, a minimal /dev, a private /tmp, the workdir and user binds.
+//!
+//! Order: the tmpfs becomes the root first (pivot_root(2) with the host root kept at
+//! /oldroot, as bubblewrap does), so that every bind source is reached through
+//! /oldroot and no host path is hidden by our own mounts; /oldroot is detached at the
+//! end and the root tmpfs made read-only.
+
+use super::ns::PreparedMounts;
+use super::{At, StageResult, sys};
+use crate::spec::{EntryKind, RunSpec};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::path::{Path, PathBuf};
+
+const OLD_ROOT: &str = "/oldroot";
+/// Device nodes bound from the host into the cell's /dev.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn host(p: &Path) -> PathBuf {
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    Path::new(OLD_ROOT).join(rel)
+}
+
+fn mkdir_p(stage: &'static str, p: &Path) -> StageResult {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .at(stage, "mkdir", p.display())
+}
+
+fn touch(stage: &'static str, p: &Path) -> StageResult {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(p)
+        .map(drop)
+        .at(stage, "open(O_CREAT)", p.display())
+}
+
+fn tmpfs(stage: &'static str, target: &str, flags: MsFlags, data: &str) -> StageResult {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data)).at(stage, "mount(tmpfs)", target)
+}
+
+/// Builds the whole root and leaves the process in it (cwd `/`).
+pub fn build(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
+    make_mounts_private()?;
+    enter_tmpfs_root()?;
+    bind_store(spec)?;
+    mount_proc()?;
+    mount_dev()?;
+    mount_tmp(spec.tmp_size_bytes)?;
+    bind_user_mounts(spec, prepared)?;
+    write_etc(spec)?;
+    make_symlinks(spec)?;
+    detach_old_root()?;
+    seal_root()
+}
+
+/// No mount event of ours may propagate back to the host (mount_namespaces(7)).
+fn make_mounts_private() -> StageResult {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .at("mount-private", "mount", "/ MS_REC|MS_PRIVATE")
+}
+
+fn enter_tmpfs_root() -> StageResult {
+    const STAGE: &str = "tmpfs-root";
+    tmpfs(
+        STAGE,
+        "/tmp",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0755,size=8m",
+    )?;
+    fs::create_dir("/tmp/oldroot").at(STAGE, "mkdir", "/tmp/oldroot")?;
+    nix::unistd::chdir("/tmp").at(STAGE, "chdir", "/tmp")?;
+    nix::unistd::pivot_root(".", "oldroot").at(STAGE, "pivot_root", ". oldroot")?;
+    nix::unistd::chdir("/").at(STAGE, "chdir", "/")
+}
+
+/// One read-only bind per store path of the closure, on a store tmpfs of its own so
+/// that a single recursive mount_setattr(2) makes all of them read-only at once, and
+/// nothing new can be created in /nix/store.
+fn bind_store(spec: &RunSpec) -> StageResult {
+    const STAGE: &str = "bind-store";
+    let store = &spec.store_dir;
+    mkdir_p(STAGE, store)?;
+    let store_s = store.to_string_lossy();
+    tmpfs(
+        STAGE,
+        &store_s,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0755,size=1m",
+    )?;
+    for e in &spec.store_paths {
+        let target = &e.path;
+        match &e.kind {
+            EntryKind::Symlink(to) => {
+                symlink(to, target).at(STAGE, "symlink", target.display())?;
+                continue;
+            }
+            EntryKind::Dir => fs::create_dir(target).at(STAGE, "mkdir", target.display())?,
+            EntryKind::File => touch(STAGE, target)?,
+        }
+        mount(
+            Some(&host(target)),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .at(STAGE, "mount(MS_BIND)", target.display())?;
+    }
+    sys::mount_setattr(
+        None,
+        store,
+        true,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        None,
+    )
+    .at(
+        STAGE,
+        "mount_setattr(AT_RECURSIVE, RDONLY)",
+        store.display(),
+    )
+}
+
+/// A proc of the cell's own pid namespace; mounted by PID 1 of that namespace.
+fn mount_proc() -> StageResult {
+    mkdir_p("proc", Path::new("/proc"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .at("proc", "mount(proc)", "/proc")
+}
+
+fn mount_dev() -> StageResult {
+    const STAGE: &str = "dev";
+    mkdir_p(STAGE, Path::new("/dev"))?;
+    tmpfs(
+        STAGE,
+        "/dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for d in DEVICES {
+        let target = PathBuf::from(format!("/dev/{d}"));
+        touch(STAGE, &target)?;
+        mount(
+            Some(&host(&target)),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .at(STAGE, "mount(MS_BIND)", target.display())?;
+        sys::mount_setattr(
+            None,
+            &target,
+            false,
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+            None,
+        )
+        .at(STAGE, "mount_setattr", target.display())?;
+    }
+    mkdir_p(STAGE, Path::new("/dev/pts"))?;
+    mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    )
+    .at(STAGE, "mount(devpts)", "/dev/pts")?;
+    for (link, to) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(to, link).at(STAGE, "symlink", link)?;
+    }
+    sys::mount_setattr(None, Path::new("/dev"), false, sys::MOUNT_ATTR_RDONLY, None).at(
+        STAGE,
+        "mount_setattr(RDONLY)",
+        "/dev",
+    )
+}
+
+fn mount_tmp(size: u64) -> StageResult {
+    mkdir_p("tmp", Path::new("/tmp"))?;
+    tmpfs(
+        "tmp",
+        "/tmp",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!("mode=1777,size={size}"),
+    )
+}
+
+/// The workdir and `--bind`/`--ro-bind` mounts, from descriptors opened while host
+/// root (root mode) or by path through /oldroot (rootless).
+fn bind_user_mounts(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
+    const STAGE: &str = "bind-user";
+    for (i, m) in spec.mounts.iter().enumerate() {
+        if let Some(parent) = m.dest.parent() {
+            mkdir_p(STAGE, parent)?;
+        }
+        if m.is_dir {
+            mkdir_p(STAGE, &m.dest)?;
+        } else {
+            touch(STAGE, &m.dest)?;
+        }
+        match prepared.0.get(i) {
+            Some(fd) => sys::move_mount_fd(fd.as_raw_fd(), &m.dest).at(
+                STAGE,
+                "move_mount",
+                m.dest.display(),
+            )?,
+            None => mount(
+                Some(&host(&m.source)),
+                &m.dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .at(STAGE, "mount(MS_BIND|MS_REC)", m.source.display())?,
+        }
+        let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        if !m.writable {
+            attrs |= sys::MOUNT_ATTR_RDONLY;
+        }
+        sys::mount_setattr(None, &m.dest, true, attrs, None).at(
+            STAGE,
+            "mount_setattr",
+            m.dest.display(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A minimal /etc: the mapped user and group, localhost; no resolv.conf.
+fn write_etc(spec: &RunSpec) -> StageResult {
+    const STAGE: &str = "etc";
+    let id = &spec.identity;
+    mkdir_p(STAGE, Path::new("/etc"))?;
+    let files = [
+        (
+            "/etc/passwd",
+            format!(
+                "{u}:x:{uid}:{gid}:nixcell:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+                u = id.user_name,
+                uid = id.uid,
+                gid = id.gid,
+                home = id.home.display()
+            ),
+        ),
+        (
+            "/etc/group",
+            format!(
+                "{u}:x:{gid}:\nnogroup:x:65534:\n",
+                u = id.user_name,
+                gid = id.gid
+            ),
+        ),
+        (
+            "/etc/hosts",
+            format!(
+                "127.0.0.1\tlocalhost {h}\n::1\tlocalhost {h}\n",
+                h = spec.hostname
+            ),
+        ),
+        ("/etc/hostname", format!("{}\n", spec.hostname)),
+    ];
+    for (path, body) in files {
+        fs::write(path, body).at(STAGE, "write", path)?;
+    }
+    Ok(())
+}
+
+fn make_symlinks(spec: &RunSpec) -> StageResult {
+    const STAGE: &str = "symlinks";
+    for l in &spec.symlinks {
+        if let Some(parent) = l.link.parent() {
+            mkdir_p(STAGE, parent)?;
+        }
+        symlink(&l.target, &l.link).at(STAGE, "symlink", l.link.display())?;
+    }
+    Ok(())
+}
+
+fn detach_old_root() -> StageResult {
+    const STAGE: &str = "detach-oldroot";
+    umount2(OLD_ROOT, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", OLD_ROOT)?;
+    fs::remove_dir(OLD_ROOT).at(STAGE, "rmdir", OLD_ROOT)
+}
+
+/// The root tmpfs itself becomes read-only: no new top-level entries, no writes to /etc.
+fn seal_root() -> StageResult {
+    sys::mount_setattr(
+        None,
+        Path::new("/"),
+        false,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        None,
+    )
+    .at("seal-root", "mount_setattr(RDONLY)", "/")
+}

@@ -1,0 +1,85 @@
+//! `RunSpec`: pure, validated data that describes one run of a cell.
+//!
+//! The supervisor builds it, the init stage receives it over the control socket and
+//! carries it out. Nothing in here touches the system.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where the cell's working directory is mounted when `--workdir` is given.
+pub const WORKDIR_IN_CELL: &str = "/work";
+
+/// One run of a command in a cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The command and its arguments; `argv[0]` is resolved against `path_dirs`.
+    pub argv: Vec<String>,
+    /// The complete environment of the command.
+    pub env: Vec<(String, String)>,
+    /// Directories searched for `argv[0]` (the `bin/` of each root), in order.
+    pub path_dirs: Vec<PathBuf>,
+    /// The Nix store directory, normally `/nix/store`.
+    pub store_dir: PathBuf,
+    /// Every store path of the closure: the whole software of the cell.
+    pub store_paths: Vec<StoreEntry>,
+    /// Host directories or files bound into the cell (the workdir and `--bind`s).
+    pub mounts: Vec<BindMount>,
+    /// Convenience links in the cell, e.g. `/bin/sh` to the closure's shell.
+    pub symlinks: Vec<Symlink>,
+    /// The command's working directory inside the cell.
+    pub cwd: PathBuf,
+    /// Size cap of the cell's `/tmp` in bytes.
+    pub tmp_size_bytes: u64,
+    /// Host name inside the UTS namespace.
+    pub hostname: String,
+    pub identity: Identity,
+    /// Pid of the supervisor; the init stage refuses to run for another parent.
+    pub supervisor_pid: i32,
+    /// Security layers applied right before exec.
+    #[serde(default)]
+    pub security: crate::sandbox::layers::SecuritySpec,
+}
+
+/// A store path of the closure and what kind of file system object it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreEntry {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+/// A bind mount of a host path into the cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub writable: bool,
+    /// True when the source is a directory (the mount point is a directory too).
+    pub is_dir: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Symlink {
+    pub link: PathBuf,
+    pub target: PathBuf,
+}
+
+/// Who the command is, inside and outside the cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// uid/gid seen inside the cell.
+    pub uid: u32,
+    pub gid: u32,
+    /// uid/gid the cell's processes have on the host.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub user_name: String,
+    pub home: PathBuf,
+}

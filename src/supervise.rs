@@ -1,0 +1,260 @@
+//! The asynchronous side of a run: sends the spec, collects the cell's reports and
+//! its (capped) output, forwards terminal signals, enforces the wall-clock timeout.
+
+use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
+use crate::sandbox::spawn::{Spawned, spawn_init};
+use crate::spec::RunSpec;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("cannot start the init stage: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("control channel with the cell failed: {0}")]
+    Control(#[source] std::io::Error),
+}
+
+/// How the supervisor treats the run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Capture stdout/stderr (into the verdict) instead of passing them through.
+    pub capture: bool,
+    /// Bytes kept of each captured stream.
+    pub max_output: usize,
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when the timeout expires.
+    pub grace: Duration,
+    /// Called with the init stage's pid once it runs, before the spec is sent
+    /// (the cgroup attach point).
+    pub before_spec: Option<BeforeSpec>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            capture: false,
+            max_output: 1 << 20,
+            timeout: None,
+            grace: Duration::from_secs(2),
+            before_spec: None,
+        }
+    }
+}
+
+/// A captured stream: what was kept, how much there was, whether some was dropped.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Captured {
+    pub text: String,
+    pub bytes: u64,
+    pub truncated: bool,
+}
+
+/// A hook called with the init stage's pid before it receives its spec.
+pub type BeforeSpec = Arc<dyn Fn(u32) -> Result<(), String> + Send + Sync>;
+
+/// Everything observed about one run.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub setup_error: Option<SetupFailure>,
+    pub exec_error: Option<(String, i32)>,
+    pub layers: Vec<LayerReport>,
+    pub stdout: Option<Captured>,
+    pub stderr: Option<Captured>,
+    pub wall: Duration,
+    pub pid1: Option<i32>,
+    /// The supervisor's own failure before the cell could run (e.g. cgroup attach).
+    pub supervisor_error: Option<String>,
+}
+
+async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n as u64;
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    Captured {
+        truncated: total > kept.len() as u64,
+        text: String::from_utf8_lossy(&kept).into_owned(),
+        bytes: total,
+    }
+}
+
+fn signal_pid(pid: i32, sig: Signal) {
+    if pid > 0 {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Runs one cell to completion.
+pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
+    let start = Instant::now();
+    let Spawned { mut child, control } = spawn_init(opts.capture).map_err(SuperviseError::Spawn)?;
+    let init_pid = child.id().unwrap_or(0) as i32;
+    let mut out = Outcome::default();
+
+    if let Some(hook) = &opts.before_spec {
+        if let Err(e) = hook(init_pid as u32) {
+            let _ = child.kill().await;
+            out.supervisor_error = Some(e);
+            out.wall = start.elapsed();
+            return Ok(out);
+        }
+    }
+
+    control
+        .set_nonblocking(true)
+        .map_err(SuperviseError::Control)?;
+    let mut control = tokio::net::UnixStream::from_std(control).map_err(SuperviseError::Control)?;
+    let body = serde_json::to_vec(spec).map_err(|e| SuperviseError::Control(e.into()))?;
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let (mut rd, mut wr) = control.split();
+    let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
+    let pid1 = Arc::new(std::sync::atomic::AtomicI32::new(0));
+
+    let stdout_task = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(capture(s, opts.max_output)));
+    let stderr_task = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(capture(s, opts.max_output)));
+
+    let read_reports = async {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Ok(msgs) = proto::decode_frames::<Report>(&mut buf) else {
+                        break;
+                    };
+                    for m in msgs {
+                        if let Report::Ready { pid1: p } = m {
+                            pid1.store(p, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        reports.lock().unwrap().push(m);
+                    }
+                }
+            }
+        }
+    };
+
+    let target = || {
+        let p = pid1.load(std::sync::atomic::Ordering::SeqCst);
+        if p > 0 { p } else { init_pid }
+    };
+
+    let drive = async {
+        if wr.write_all(&frame).await.is_err() {
+            // The init stage died before reading its spec; its status tells the rest.
+        }
+        let mut sigint =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut sighup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut timed_out = false;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        loop {
+            let timer = async {
+                match (kill_at, deadline, timed_out) {
+                    (Some(k), _, _) => tokio::time::sleep_until(k).await,
+                    (None, Some(d), false) => tokio::time::sleep_until(d).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                st = child.wait() => return (st.ok(), timed_out),
+                _ = timer => {
+                    if kill_at.is_some() {
+                        signal_pid(target(), Signal::SIGKILL);
+                        kill_at = None;
+                        timed_out = true;
+                    } else {
+                        timed_out = true;
+                        signal_pid(target(), Signal::SIGTERM);
+                        kill_at = Some(tokio::time::Instant::now() + opts.grace);
+                    }
+                }
+                Some(_) = async { match sigint.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal_pid(target(), Signal::SIGINT),
+                Some(_) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal_pid(target(), Signal::SIGTERM),
+                Some(_) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal_pid(target(), Signal::SIGHUP),
+            }
+        }
+    };
+
+    let ((_status, timed_out), ()) = tokio::join!(drive, read_reports);
+    out.timed_out = timed_out;
+    if let Some(t) = stdout_task {
+        out.stdout = t.await.ok();
+    }
+    if let Some(t) = stderr_task {
+        out.stderr = t.await.ok();
+    }
+    out.wall = start.elapsed();
+    let reports = std::mem::take(&mut *reports.lock().unwrap());
+    for r in reports {
+        match r {
+            Report::Ready { pid1 } => out.pid1 = Some(pid1),
+            Report::SetupFailed(f) => out.setup_error = Some(f),
+            Report::Layer(l) => out.layers.push(l),
+            Report::ExecFailed { program, errno } => out.exec_error = Some((program, errno)),
+            Report::Exited { code, signal } => {
+                out.exit_code = code;
+                out.signal = signal;
+            }
+        }
+    }
+    if out.exit_code.is_none()
+        && out.signal.is_none()
+        && out.setup_error.is_none()
+        && !out.timed_out
+    {
+        out.supervisor_error.get_or_insert_with(|| {
+            "the cell ended without reporting the command's status".to_string()
+        });
+    }
+    if out.timed_out && out.signal.is_none() && out.exit_code.is_none() {
+        out.signal = Some(libc::SIGKILL);
+    }
+    Ok(out)
+}
+
+/// The exit status nixcell itself ends with (DESIGN.md conventions).
+pub fn exit_status(o: &Outcome) -> i32 {
+    if o.setup_error.is_some() || o.supervisor_error.is_some() {
+        return 125;
+    }
+    if o.timed_out {
+        return 124;
+    }
+    if let Some((_, errno)) = &o.exec_error {
+        return if *errno == libc::ENOENT { 127 } else { 126 };
+    }
+    if let Some(sig) = o.signal {
+        return 128 + sig;
+    }
+    o.exit_code.unwrap_or(125)
+}

@@ -1,0 +1,105 @@
+//! The one JSON object a run reports.
+
+use crate::nix::closure::Closure;
+use crate::sandbox::proto::LayerReport;
+use crate::spec::{Identity, RunSpec};
+use crate::supervise::{Captured, Outcome, exit_status};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// nixcell's own exit status (the command's, or 124/125/126/127/128+N).
+    pub exit_code: i32,
+    /// The command's exit code when it exited normally.
+    pub command_exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub wall_time_ms: f64,
+    pub error: Option<VerdictError>,
+    pub closure: ClosureSummary,
+    pub namespaces: Vec<&'static str>,
+    pub identity: Identity,
+    pub layers: Vec<LayerReport>,
+    pub stdout: Option<Captured>,
+    pub stderr: Option<Captured>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerdictError {
+    /// "usage", "setup", "exec" or "supervisor".
+    pub kind: &'static str,
+    pub message: String,
+    pub stage: Option<String>,
+    pub syscall: Option<String>,
+    pub errno: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClosureSummary {
+    pub roots: Vec<PathBuf>,
+    pub paths: usize,
+    pub hash: String,
+}
+
+/// The message for a failed exec, in the words of a shell.
+pub fn exec_message(program: &str, errno: i32) -> String {
+    if errno == libc::ENOENT {
+        format!("{program}: command not found in the cell")
+    } else {
+        format!(
+            "{program}: cannot execute: {}",
+            std::io::Error::from_raw_os_error(errno)
+        )
+    }
+}
+
+/// The error a run ended with, if any.
+pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
+    if let Some(f) = &o.setup_error {
+        return Some(VerdictError {
+            kind: "setup",
+            message: f.to_string(),
+            stage: Some(f.stage.clone()),
+            syscall: Some(f.syscall.clone()),
+            errno: Some(f.errno),
+        });
+    }
+    if let Some(m) = &o.supervisor_error {
+        return Some(VerdictError {
+            kind: "supervisor",
+            message: m.clone(),
+            stage: None,
+            syscall: None,
+            errno: None,
+        });
+    }
+    o.exec_error.as_ref().map(|(p, e)| VerdictError {
+        kind: "exec",
+        message: exec_message(p, *e),
+        stage: None,
+        syscall: Some("execve".into()),
+        errno: Some(*e),
+    })
+}
+
+pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
+    Verdict {
+        exit_code: exit_status(&o),
+        command_exit_code: o.exit_code,
+        signal: o.signal,
+        timed_out: o.timed_out,
+        wall_time_ms: o.wall.as_secs_f64() * 1000.0,
+        error: outcome_error(&o),
+        closure: ClosureSummary {
+            roots: closure.roots.clone(),
+            paths: closure.paths.len(),
+            hash: closure.hash.clone(),
+        },
+        namespaces: crate::sandbox::ns::namespace_names(),
+        identity: spec.identity.clone(),
+        layers: o.layers,
+        stdout: o.stdout,
+        stderr: o.stderr,
+    }
+}
