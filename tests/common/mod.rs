@@ -1,0 +1,146 @@
+//! Shared helpers of the integration tests: the real binary, run as root and as an
+//! unprivileged user, on environments built from the offline package set.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// The unprivileged user that rootless cases run as (created by scripts/setup.sh).
+pub const TEST_USER: &str = "nixcell-test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Root,
+    Rootless,
+}
+
+pub const MODES: [Mode; 2] = [Mode::Root, Mode::Rootless];
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nixcell")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the integration tests run as root; they run the rootless cases as user {TEST_USER} (see scripts/setup.sh)"
+    );
+}
+
+pub fn test_user_ids() -> (u32, u32) {
+    let u = nix::unistd::User::from_name(TEST_USER)
+        .expect("user lookup")
+        .unwrap_or_else(|| panic!("user {TEST_USER} is missing: run scripts/setup.sh"));
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// A command that runs `nixcell` with `args`, as root or as the test user.
+pub fn nixcell(mode: Mode) -> Command {
+    require_root();
+    match mode {
+        Mode::Root => {
+            let mut c = Command::new(bin());
+            c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+            c
+        }
+        Mode::Rootless => {
+            test_user_ids();
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups", "--reset-env", "--"])
+                .arg(bin());
+            c
+        }
+    }
+}
+
+/// The path of an environment built with nix-build from the offline package set:
+/// `expr` is evaluated with `pkgs` in scope, e.g. `pkgs.busybox`. A GC root under
+/// target/ keeps it alive.
+pub fn build_env(name: &str, expr: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut guard = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    if let Some(p) = map.get(name) {
+        return p.clone();
+    }
+    let roots = repo().join("target/gcroots");
+    std::fs::create_dir_all(&roots).unwrap();
+    let link = roots.join(name);
+    let full = format!("let pkgs = import {}/tests/fixtures/pkgs {{}}; in {expr}", repo().display());
+    let out = Command::new("nix-build")
+        .env("NIX_CONFIG", "substituters =\n")
+        .args(["--quiet", "-E", &full, "-o"])
+        .arg(&link)
+        .output()
+        .expect("run nix-build");
+    assert!(
+        out.status.success(),
+        "nix-build of {expr} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = std::fs::canonicalize(&link).unwrap();
+    map.insert(name.to_string(), path.clone());
+    path
+}
+
+/// The busybox toolbox environment used by most runner tests.
+pub fn busybox() -> PathBuf {
+    build_env("busybox", "pkgs.busybox")
+}
+
+/// A fresh directory the mode's user owns.
+pub fn workdir(mode: Mode) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::Builder::new().prefix("wd").tempdir_in(&base).unwrap();
+    if mode == Mode::Rootless {
+        let (u, g) = test_user_ids();
+        nix::unistd::chown(d.path(), Some(u.into()), Some(g.into())).unwrap();
+    }
+    d
+}
+
+/// Runs `sh -c script` in a busybox cell, plus extra arguments before `--`.
+pub fn sh(mode: Mode, extra: &[&str], script: &str) -> Output {
+    let bb = busybox();
+    let mut c = nixcell(mode);
+    c.arg("run").arg("--env-path").arg(&bb).args(extra).args(["--", "sh", "-c", script]);
+    c.output().expect("run nixcell")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts success and returns stdout, showing everything on failure.
+pub fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+/// Parses the JSON verdict printed by `run --json`.
+pub fn verdict(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON verdict ({e}):\nstdout:\n{}\nstderr:\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        )
+    })
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
