@@ -149,6 +149,9 @@ else
     say "nix-daemon: started in the background (pid $(cat "$DAEMON_PIDFILE"), log $DAEMON_LOG)"
   else
     say "nix-daemon: running"
+    if [ -z "$ours" ] && [ -n "$nix_conf_changed" ]; then
+      say "note: nix-daemon was not started by this script; restart it to read the new $NIX_CONF"
+    fi
   fi
 fi
 [ -S "$DAEMON_SOCKET" ] || die "nix-daemon socket $DAEMON_SOCKET did not appear (see $DAEMON_LOG)"
@@ -172,15 +175,21 @@ say "test user: $TEST_USER (uid $TEST_UID, home $TEST_HOME)"
 # (and target/, where cargo puts the binary) must be readable by others, and
 # every directory above it traversable. Outside the repository only the
 # search (x) bit of parent directories is added, and only where missing.
-d=$repo
-while [ "$d" != / ]; do
-  d=$(dirname "$d")
-  if [ "$(stat -c %A "$d" | cut -c10)" != x ] && [ "$(stat -c %A "$d" | cut -c10)" != t ]; then
-    chmod o+x "$d"
-    say "chmod o+x $d (so $TEST_USER can reach the repository)"
-  fi
-done
-find "$repo" \( ! -perm -o+r -o \( -type d ! -perm -o+x \) \) -exec chmod o+rX {} + 2> /dev/null || true
+open_to_others() { # DIR: readable below, traversable above
+  d=$1
+  while [ "$d" != / ]; do
+    d=$(dirname "$d")
+    case "$(stat -c %A "$d" | cut -c10)" in
+      x|t) ;;
+      *) chmod o+x "$d"; say "chmod o+x $d (so $TEST_USER can reach $1)" ;;
+    esac
+  done
+  find "$1" \( ! -perm -o+r -o \( -type d ! -perm -o+x \) \) -exec chmod o+rX {} + 2> /dev/null || true
+}
+open_to_others "$repo"
+if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -d "$CARGO_TARGET_DIR" ]; then
+  open_to_others "$CARGO_TARGET_DIR"
+fi
 
 # ---------------------------------------------------------------------------
 # 6. cgroup delegation, so a rootless nixcell can make per-run cgroups.
