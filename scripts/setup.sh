@@ -45,6 +45,10 @@ PACKAGES="
   build-essential pkg-config
 "
 
+# With systemd, Debian's unit files for the daemon (which also make the
+# groups and build users); without it, step 4 does that part itself.
+[ -d /run/systemd/system ] && PACKAGES="$PACKAGES nix-setup-systemd"
+
 missing=""
 for p in $PACKAGES; do
   case "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)" in
@@ -105,14 +109,27 @@ fi
 grep -Eq '^[[:space:]]*sandbox[[:space:]]*=' "$NIX_CONF" || say "note: $NIX_CONF sets no 'sandbox'; the fixture needs builds to see the host (sandbox = false)"
 
 # ---------------------------------------------------------------------------
-# 4. Multi-user Nix: group and daemon.
-if ! getent group nix-users > /dev/null; then
-  groupadd --system nix-users
-  say "created group nix-users"
-fi
-mkdir -p /nix/var/nix/daemon-socket
+# 4. Multi-user Nix: groups, build users, directories, daemon (what Debian's
+# nix-setup-systemd does, for machines without systemd).
+for g in nix-users nixbld; do
+  if ! getent group "$g" > /dev/null; then
+    groupadd --system "$g"
+    say "created group $g"
+  fi
+done
+for n in 1 2 3 4 5 6 7 8 9 10; do
+  if ! id "nixbld$n" > /dev/null 2>&1; then
+    useradd --system --comment "Nix build user $n" --home-dir /var/empty \
+      --gid nixbld --groups nixbld --no-user-group \
+      --shell "$(command -v nologin || echo /usr/sbin/nologin)" "nixbld$n"
+    created_builders=1
+  fi
+done
+[ -z "${created_builders:-}" ] || say "created build users nixbld1..10"
+mkdir -p /nix/var/nix/daemon-socket /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
 chgrp nix-users /nix/var/nix/daemon-socket
 chmod 0770 /nix/var/nix/daemon-socket
+chmod 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
 
 # A round trip through the daemon (adds one tiny text file to the store).
 daemon_answers() {
