@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a command in a cell made of the closure of the given store paths.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
         /// Print JSON instead of text.

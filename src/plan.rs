@@ -167,7 +167,7 @@ fn subid_start(file: &str, name: &str) -> Option<u32> {
 fn plan_identity(req: &CellRequest, workdir: Option<&Path>) -> Result<Identity, PlanError> {
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
-    let (host_uid, host_gid) = if euid == 0 {
+    let (host_uid, host_gid) = if crate::sandbox::ns::is_host_root() {
         let owner = workdir
             .and_then(|w| std::fs::metadata(w).ok())
             .filter(|m| m.uid() != 0)

@@ -53,13 +53,17 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
-    let prepared = if nix::unistd::geteuid().is_root() && spec.identity.host_uid != 0 {
+    let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
         ns::leave_host_root(&spec.identity, &spec.mounts)?
     } else {
         PreparedMounts(Vec::new())
     };
+    let host_ids = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     ns::unshare_all()?;
-    ns::write_id_maps(&spec.identity)?;
+    ns::write_id_maps(&spec.identity, host_ids)?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
