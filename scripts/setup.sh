@@ -6,7 +6,8 @@
 #      set imports (python3 with pandas/openpyxl, redis, jq, ripgrep, ...),
 #      benchmark and build tools.
 #   2. A Rust toolchain (Debian's cargo as a fallback when none is installed).
-#   3. Nix for offline use: no substituters (no binary cache is reachable).
+#   3. Nix for offline use: no substituters (no binary cache is reachable),
+#      and sandbox = false (the package set imports host files).
 #   4. Multi-user Nix: group nix-users and a running nix-daemon.
 #   5. The unprivileged test user nixcell-test (group nix-users).
 #   6. cgroup delegation to that user (v1 per-controller or v2 subtree).
