@@ -168,13 +168,24 @@ fn run(args: &RunArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    let v = verdict::build(&spec, &closure, outcome);
+    let not_found = outcome
+        .exec_error
+        .as_ref()
+        .filter(|(_, e)| *e == libc::ENOENT);
+    let not_found = not_found.map(|(p, _)| p.clone());
+    let mut v = verdict::build(&spec, &closure, outcome);
+    v.hints = crate::hints::for_verdict(&v, not_found.as_deref(), &closure, None);
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else if let Some(err) = &v.error {
         eprintln!("nixcell: {}", err.message);
     } else if v.timed_out {
         eprintln!("nixcell: timed out; the cell was killed");
+    }
+    if !args.json {
+        for h in &v.hints {
+            eprintln!("nixcell: hint: {}", h.message);
+        }
     }
     v.exit_code
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod doctor;
+pub mod hints;
 pub mod nix;
 pub mod plan;
 pub mod sandbox;

@@ -25,6 +25,8 @@ pub struct Verdict {
     pub stderr: Option<Captured>,
     /// Services that ran beside the command, with their logs on the host.
     pub services: Vec<ServiceSummary>,
+    /// What the cell seems to lack, and the edit that would provide it (see hints.rs).
+    pub hints: Vec<crate::hints::Hint>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,5 +121,6 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
                 log: s.log.clone(),
             })
             .collect(),
+        hints: Vec::new(),
     }
 }
