@@ -31,6 +31,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the Model Context Protocol on stdin/stdout for agents.
+    Mcp(McpArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct McpArgs {
+    /// The project (devenv.nix, nixcell.toml) whose environment the server offers.
+    #[arg(long, value_name = "DIR", conflicts_with = "env_paths")]
+    pub project: Option<PathBuf>,
+    /// Serve fixed store paths instead of a project (no edits); repeatable.
+    #[arg(long = "env-path", value_name = "PATH")]
+    pub env_paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -130,6 +142,39 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Doctor { json } => crate::doctor::main(json),
+        Command::Mcp(args) => mcp(&args),
+    }
+}
+
+fn mcp(args: &McpArgs) -> i32 {
+    let target = if !args.env_paths.is_empty() {
+        crate::mcp::Target::EnvPaths(args.env_paths.clone())
+    } else {
+        let dir = args.project.clone().unwrap_or_else(|| PathBuf::from("."));
+        match std::fs::canonicalize(&dir) {
+            Ok(d) => crate::mcp::Target::Project(d),
+            Err(e) => {
+                eprintln!("nixcell: --project {}: {e}", dir.display());
+                return EXIT_SETUP;
+            }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nixcell: cannot start the runtime: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    match rt.block_on(crate::mcp::serve(target)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nixcell: {e}");
+            1
+        }
     }
 }
 

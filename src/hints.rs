@@ -6,11 +6,11 @@
 //! policy would accept it. Without a policy it names what is missing and suggests nothing.
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// What an edit is about (the front-end's edit subjects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Subject {
     Package,
@@ -44,7 +44,7 @@ pub trait EditPolicy {
 }
 
 /// What kind of thing is missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HintKind {
     /// A program the command tried to run is not on the cell's PATH.
@@ -58,7 +58,7 @@ pub enum HintKind {
 }
 
 /// An edit that would provide what is missing, and that the policy accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SuggestedEdit {
     /// The `nixcell edit` operation, e.g. `add-python-library`.
     pub op: String,
@@ -69,7 +69,7 @@ pub struct SuggestedEdit {
 }
 
 /// One remediation hint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Hint {
     pub kind: HintKind,
     /// What is missing: a program, a Python module, a host name, a port.

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod doctor;
 pub mod hints;
+pub mod mcp;
 pub mod nix;
 pub mod plan;
 pub mod sandbox;

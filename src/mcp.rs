@@ -1,0 +1,935 @@
+//! `nixcell mcp`: a Model Context Protocol server over stdio (crate rmcp) for one
+//! environment, either a project (`--project DIR`: devenv.nix + nixcell.toml) or a set
+//! of store paths (`--env-path`).
+//!
+//! Every tool goes through nixcell's own command line (`run --json`, `context`,
+//! `edit --json`), executed as a child process of this server: one code path for the
+//! CLI and for agents, the long synchronous builds never block the server, nix's progress
+//! lines become MCP progress notifications, and a cancelled call kills its child (the
+//! cell dies with it). The server itself never forks a cell.
+//!
+//! Each `run` gets a fresh private working directory (a new temporary directory, mounted
+//! at /work in the cell), holding only the files of that call; it is removed when the
+//! call ends. Concurrent runs therefore share nothing but the read-only closure.
+
+use crate::hints::Hint;
+use rmcp::handler::server::common::schema_for_output;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, ListPromptsResult, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, Prompt, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{
+    ErrorData, Peer, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    #[error("cannot start nixcell ({0}): {1}")]
+    Spawn(PathBuf, #[source] std::io::Error),
+    #[error("cannot create the run's working directory: {0}")]
+    Workdir(#[source] std::io::Error),
+    #[error("file {path:?}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Request(String),
+    #[error("nixcell {command} failed: {message}")]
+    Command { command: String, message: String },
+    #[error("the MCP transport failed: {0}")]
+    Transport(String),
+}
+
+/// Longest wall-clock limit a `run` may ask for.
+pub const MAX_TIMEOUT_SECS: u64 = 600;
+/// Wall-clock limit of a `run` that asks for none (the project's limit applies if lower).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+/// Largest capture of each stream a `run` may ask for.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+/// Capture of each stream when a `run` asks for none.
+pub const DEFAULT_OUTPUT_BYTES: u64 = 64 << 10;
+/// Total size of the files a `run` may place in its working directory.
+pub const MAX_FILES_BYTES: usize = 16 << 20;
+/// Largest file a `run` returns through `collect`.
+pub const MAX_COLLECT_BYTES: u64 = 256 << 10;
+
+/// URIs of the context resources.
+pub const CONTEXT_URI: &str = "nixcell://context";
+pub const CONTEXT_JSON_URI: &str = "nixcell://context.json";
+
+/// Which environment the server serves.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A project directory: devenv.nix and nixcell.toml.
+    Project(PathBuf),
+    /// Store paths whose closure is the cell (no declaration, no edits).
+    EnvPaths(Vec<PathBuf>),
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Target,
+    /// This binary, run for every tool call.
+    exe: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+    tool_router: ToolRouter<Server>,
+}
+
+/// Parameters of `run`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunParams {
+    /// The program and its arguments, e.g. ["python3", "report.py"]. Give this or `script`.
+    pub command: Option<Vec<String>>,
+    /// A script, written to the working directory and run by `interpreter`.
+    pub script: Option<String>,
+    /// The program that runs `script`, e.g. "python3", "bash" (default "sh").
+    pub interpreter: Option<String>,
+    /// Text given to the command on its standard input (default: none, empty input).
+    pub stdin: Option<String>,
+    /// Files to place in the working directory (/work) before the run:
+    /// relative path → UTF-8 content.
+    pub files: Option<BTreeMap<String, String>>,
+    /// Files of the working directory to return after the run (relative paths).
+    pub collect: Option<Vec<String>>,
+    /// Wall-clock limit in seconds (default 120, at most 600; the project's limit applies
+    /// when lower).
+    pub timeout_seconds: Option<u64>,
+    /// Bytes kept of stdout and of stderr (default 65536, at most 1048576).
+    pub max_output_bytes: Option<u64>,
+}
+
+/// A captured stream.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Stream {
+    pub text: String,
+    /// Bytes the command wrote in total.
+    pub bytes: u64,
+    /// Whether `text` holds only the first `max_output_bytes`.
+    pub truncated: bool,
+}
+
+/// Why nixcell could not run the command as asked.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunError {
+    /// "usage", "setup", "exec" or "supervisor".
+    pub kind: String,
+    pub message: String,
+}
+
+/// A file returned by `collect`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CollectedFile {
+    pub path: String,
+    /// Size in bytes, or null when the file does not exist.
+    pub bytes: Option<u64>,
+    /// The content when it is UTF-8 text of at most 256 KiB.
+    pub text: Option<String>,
+    /// Why `text` is null.
+    pub note: Option<String>,
+}
+
+/// The verdict of one `run`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunResult {
+    /// The command's exit code, or 124 timed out, 125 nixcell failed before the command
+    /// ran, 126 not executable, 127 not found, 128+N killed by signal N.
+    pub exit_code: i32,
+    /// The command's own exit code when it exited normally.
+    pub command_exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// The cell's memory limit was reached and the kernel killed a process.
+    pub oom_killed: bool,
+    pub wall_time_ms: f64,
+    /// Peak memory and CPU time, when this kernel reports them.
+    pub usage: Option<serde_json::Value>,
+    pub error: Option<RunError>,
+    pub stdout: Stream,
+    pub stderr: Stream,
+    /// What the cell seems to lack and the edit that would provide it.
+    pub hints: Vec<Hint>,
+    /// The files asked for with `collect`.
+    pub files: Vec<CollectedFile>,
+    /// sha256 of the closure's store path list: the exact software the command saw.
+    pub closure_hash: Option<String>,
+}
+
+/// Edits of the declared environment.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EditOperation {
+    AddPackage,
+    RemovePackage,
+    AddPythonLibrary,
+    RemovePythonLibrary,
+    EnableService,
+    DisableService,
+}
+
+impl EditOperation {
+    fn cli(self) -> &'static str {
+        match self {
+            EditOperation::AddPackage => "add-package",
+            EditOperation::RemovePackage => "remove-package",
+            EditOperation::AddPythonLibrary => "add-python-library",
+            EditOperation::RemovePythonLibrary => "remove-python-library",
+            EditOperation::EnableService => "enable-service",
+            EditOperation::DisableService => "disable-service",
+        }
+    }
+}
+
+/// Parameters of `edit_environment`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EditParams {
+    pub operation: EditOperation,
+    /// A package attribute (e.g. "jq"), a Python library (e.g. "pandas") or a service
+    /// (e.g. "redis"), as the policy in environment_context lists them.
+    pub name: String,
+    /// Record a proposal for a human to approve instead of committing.
+    pub propose: Option<bool>,
+}
+
+/// What an edit changed in the closure.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ClosureDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    pub size_delta_bytes: i64,
+}
+
+/// The result of an accepted edit.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct EditResult {
+    pub operation: String,
+    pub name: String,
+    /// "committed", or "proposed" (waiting for a human: `nixcell approve ID`).
+    pub status: String,
+    /// The git commit, when committed.
+    pub commit: Option<String>,
+    /// The proposal's id, when proposed.
+    pub proposal: Option<String>,
+    /// Unified diff of devenv.nix.
+    pub diff: String,
+    pub closure_diff: ClosureDiff,
+    /// The edited environment's store path.
+    pub env: String,
+}
+
+/// What a child nixcell printed.
+struct Child {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Sends nix's progress lines as MCP progress notifications when the client asked.
+#[derive(Clone)]
+struct Progress {
+    peer: Peer<RoleServer>,
+    token: Option<ProgressToken>,
+}
+
+impl Progress {
+    fn of(ctx: &RequestContext<RoleServer>) -> Progress {
+        Progress {
+            peer: ctx.peer.clone(),
+            token: ctx.meta.get_progress_token(),
+        }
+    }
+
+    async fn report(&self, n: u64, message: String) {
+        if let Some(t) = &self.token {
+            let mut p = ProgressNotificationParam::new(t.clone(), n as f64);
+            p.message = Some(message);
+            let _ = self.peer.notify_progress(p).await;
+        }
+    }
+}
+
+impl Inner {
+    /// Runs this binary with `args` (cwd: the project, if any), feeding `stdin`, and
+    /// forwarding each stderr line to `progress`.
+    async fn nixcell(
+        &self,
+        args: &[String],
+        stdin: Option<&[u8]>,
+        progress: Option<&Progress>,
+    ) -> Result<Child, McpError> {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Target::Project(dir) = &self.target {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| McpError::Spawn(self.exe.clone(), e))?;
+        let feed = child.stdin.take().zip(stdin.map(<[u8]>::to_vec));
+        let feed = async move {
+            if let Some((mut w, data)) = feed {
+                // A command that does not read its input closes the pipe early.
+                let _ = w.write_all(&data).await;
+            }
+        };
+        let mut out = child.stdout.take().expect("piped stdout");
+        let read_out = async move {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v).await;
+            v
+        };
+        let err = child.stderr.take().expect("piped stderr");
+        let read_err = async move {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            let mut all = String::new();
+            let mut n = 0u64;
+            while let Ok(Some(l)) = lines.next_line().await {
+                n += 1;
+                if let Some(p) = progress {
+                    p.report(n, l.clone()).await;
+                }
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        };
+        let ((), stdout, stderr) = tokio::join!(feed, read_out, read_err);
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| McpError::Spawn(self.exe.clone(), e))?;
+        Ok(Child {
+            code: status.code(),
+            stdout,
+            stderr,
+        })
+    }
+
+    fn project_args(&self) -> Result<Vec<String>, McpError> {
+        match &self.target {
+            Target::Project(dir) => Ok(vec!["--project".into(), dir.display().to_string()]),
+            Target::EnvPaths(_) => Err(McpError::Request(
+                "this server serves fixed store paths, not a project: there is no declaration to edit (start it with `nixcell mcp --project DIR`)".into(),
+            )),
+        }
+    }
+
+    /// The context as (JSON, Markdown).
+    async fn context(
+        &self,
+        progress: Option<&Progress>,
+    ) -> Result<(serde_json::Value, String), McpError> {
+        match &self.target {
+            Target::Project(_) => {
+                let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
+                json_args.extend(self.project_args()?);
+                let c = self.nixcell(&json_args, None, progress).await?;
+                let json: serde_json::Value = if c.code == Some(0) {
+                    serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
+                        command: "context".into(),
+                        message: format!("no JSON on stdout: {e}"),
+                    })?
+                } else {
+                    return Err(McpError::Command {
+                        command: "context".into(),
+                        message: c.stderr.trim().to_string(),
+                    });
+                };
+                let mut md_args = vec!["context".to_string(), "--format".into(), "markdown".into()];
+                md_args.extend(self.project_args()?);
+                let c = self.nixcell(&md_args, None, None).await?;
+                if c.code != Some(0) {
+                    return Err(McpError::Command {
+                        command: "context".into(),
+                        message: c.stderr.trim().to_string(),
+                    });
+                }
+                Ok((json, String::from_utf8_lossy(&c.stdout).into_owned()))
+            }
+            Target::EnvPaths(paths) => env_paths_context(paths),
+        }
+    }
+}
+
+/// The context of plain store paths: what is on PATH, and that nothing can be edited.
+fn env_paths_context(paths: &[PathBuf]) -> Result<(serde_json::Value, String), McpError> {
+    let store = crate::nix::closure::store_dir();
+    let roots = paths
+        .iter()
+        .map(|p| crate::nix::closure::resolve_root(p, &store))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| McpError::Request(e.to_string()))?;
+    let closure =
+        crate::nix::closure::closure(&roots).map_err(|e| McpError::Request(e.to_string()))?;
+    let mut executables = Vec::new();
+    for r in &roots {
+        if let Ok(rd) = std::fs::read_dir(r.join("bin")) {
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                if !executables.contains(&n) {
+                    executables.push(n);
+                }
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "roots": roots,
+        "closure": { "paths": closure.paths.len(), "hash": closure.hash },
+        "executables": executables,
+        "network": "loopback only",
+        "writable": ["/work (a fresh directory per run)", "/tmp"],
+        "edits": "none: this environment is fixed store paths, not a project",
+    });
+    let md = format!(
+        "# Environment\n\nA nixcell cell made of the closure of {} ({} store paths). \
+         Nothing else of the host exists inside.\n\n## Executables on PATH\n{}\n\n\
+         ## Rules\n- Network: loopback only; no outside host is reachable.\n\
+         - Writable: /work (a fresh directory per run, with the files you pass) and /tmp.\n\
+         - Edits: none; this environment is fixed store paths.\n",
+        roots
+            .iter()
+            .map(|r| format!("`{}`", r.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        closure.paths.len(),
+        executables.join(", ")
+    );
+    Ok((json, md))
+}
+
+/// A relative path inside the working directory, or why not.
+fn safe_relative(p: &str) -> Result<PathBuf, McpError> {
+    let bad = |reason: &str| McpError::File {
+        path: p.to_string(),
+        reason: reason.to_string(),
+    };
+    let path = Path::new(p);
+    if p.is_empty() || p.contains('\0') {
+        return Err(bad("empty or contains NUL"));
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(bad(
+                    "must be a relative path inside the working directory, without '..'",
+                ));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(bad("names no file"));
+    }
+    Ok(out)
+}
+
+/// Writes `files` under `dir`, refusing anything that leaves it.
+fn place_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), McpError> {
+    let total: usize = files.values().map(String::len).sum();
+    if total > MAX_FILES_BYTES {
+        return Err(McpError::Request(format!(
+            "files: {total} bytes in total, more than the {MAX_FILES_BYTES} allowed"
+        )));
+    }
+    for (name, content) in files {
+        let rel = safe_relative(name)?;
+        let full = dir.join(&rel);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).map_err(McpError::Workdir)?;
+        }
+        std::fs::write(&full, content).map_err(|e| McpError::File {
+            path: name.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads the files asked for after the run; never follows a link out of `dir`.
+fn collect_files(dir: &Path, names: &[String]) -> Vec<CollectedFile> {
+    names
+        .iter()
+        .map(|name| {
+            let mut f = CollectedFile {
+                path: name.clone(),
+                bytes: None,
+                text: None,
+                note: None,
+            };
+            let rel = match safe_relative(name) {
+                Ok(r) => r,
+                Err(e) => {
+                    f.note = Some(e.to_string());
+                    return f;
+                }
+            };
+            let full = dir.join(rel);
+            // The cell wrote these files: a symlink could point anywhere on the host.
+            let inside = std::fs::canonicalize(&full)
+                .ok()
+                .zip(std::fs::canonicalize(dir).ok())
+                .is_some_and(|(f, d)| f.starts_with(d));
+            let meta = std::fs::symlink_metadata(&full);
+            match meta {
+                Err(_) => f.note = Some("no such file".into()),
+                Ok(m) if m.file_type().is_symlink() || !inside => {
+                    f.note = Some("a symbolic link: not followed".into())
+                }
+                Ok(m) if !m.is_file() => f.note = Some("not a regular file".into()),
+                Ok(m) => {
+                    f.bytes = Some(m.len());
+                    if m.len() > MAX_COLLECT_BYTES {
+                        f.note = Some(format!("larger than {MAX_COLLECT_BYTES} bytes"));
+                    } else {
+                        match std::fs::read(&full).map(String::from_utf8) {
+                            Ok(Ok(t)) => f.text = Some(t),
+                            Ok(Err(_)) => f.note = Some("binary content (not UTF-8)".into()),
+                            Err(e) => f.note = Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+fn script_name(interpreter: &str) -> &'static str {
+    match interpreter.rsplit('/').next().unwrap_or("") {
+        i if i.starts_with("python") => "script.py",
+        "node" => "script.js",
+        "perl" => "script.pl",
+        "ruby" => "script.rb",
+        _ => "script.sh",
+    }
+}
+
+fn stream_of(v: &serde_json::Value) -> Stream {
+    serde_json::from_value(v.clone()).unwrap_or(Stream {
+        text: String::new(),
+        bytes: 0,
+        truncated: false,
+    })
+}
+
+/// The agent-facing summary of a verdict.
+fn summarize(r: &RunResult) -> String {
+    let mut s = String::new();
+    let status = if r.timed_out {
+        "timed out; the cell was killed".to_string()
+    } else if r.oom_killed {
+        "killed: out of memory".to_string()
+    } else if let Some(e) = &r.error {
+        format!("nixcell error ({}): {}", e.kind, e.message)
+    } else if let Some(sig) = r.signal {
+        format!("killed by signal {sig}")
+    } else {
+        format!("exit code {}", r.exit_code)
+    };
+    s.push_str(&format!("{status} ({:.0} ms)\n", r.wall_time_ms));
+    for (name, st) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
+        if st.bytes > 0 {
+            s.push_str(&format!("--- {name} ---\n{}", st.text));
+            if !st.text.ends_with('\n') {
+                s.push('\n');
+            }
+            if st.truncated {
+                s.push_str(&format!(
+                    "[{name} truncated: {} bytes in total]\n",
+                    st.bytes
+                ));
+            }
+        }
+    }
+    for f in &r.files {
+        match (&f.text, &f.note) {
+            (Some(t), _) => s.push_str(&format!("--- file {} ---\n{t}\n", f.path)),
+            (None, Some(n)) => s.push_str(&format!("--- file {}: {n}\n", f.path)),
+            _ => {}
+        }
+    }
+    for h in &r.hints {
+        s.push_str(&format!("hint: {}\n", h.message));
+    }
+    s
+}
+
+fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+#[tool_router]
+impl Server {
+    pub fn new(target: Target, exe: PathBuf) -> Server {
+        Server {
+            inner: Arc::new(Inner { target, exe }),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Describes the environment as built: packages and versions, executables on PATH,
+    /// Python libraries, services, limits, network policy, writable paths, and which
+    /// edits may be asked for.
+    #[tool(annotations(read_only_hint = true))]
+    async fn environment_context(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let progress = Progress::of(&ctx);
+        match self.inner.context(Some(&progress)).await {
+            Ok((json, md)) => {
+                let mut r = CallToolResult::success(vec![ContentBlock::text(md)]);
+                r.structured_content = Some(json);
+                Ok(r)
+            }
+            Err(e) => Ok(tool_error(e.to_string())),
+        }
+    }
+
+    /// Runs a command, or an inline script with its interpreter, in a fresh cell of this
+    /// environment: no network, only the environment's software, a private working
+    /// directory /work holding the `files` given. Returns the verdict (exit code, signal,
+    /// timeout, out-of-memory, usage, captured output) and hints when something seems to
+    /// be missing from the environment.
+    #[tool(output_schema = schema_for_output::<RunResult>())]
+    async fn run(&self, Parameters(p): Parameters<RunParams>) -> Result<CallToolResult, ErrorData> {
+        match self.run_cell(p).await {
+            Ok(r) => {
+                let failed = r.exit_code != 0;
+                let value = serde_json::to_value(&r).unwrap_or_default();
+                let content = vec![
+                    ContentBlock::text(summarize(&r)),
+                    ContentBlock::text(value.to_string()),
+                ];
+                let mut out = if failed {
+                    CallToolResult::error(content)
+                } else {
+                    CallToolResult::success(content)
+                };
+                out.structured_content = Some(value);
+                Ok(out)
+            }
+            Err(e) => Ok(tool_error(e.to_string())),
+        }
+    }
+
+    /// Changes the declared environment through the project's whitelist: add or remove
+    /// a package or a Python library, enable or disable a service. The change is proven by
+    /// a build and committed with git; the result has the closure diff and the commit.
+    /// When the policy wants a human's approval (or `propose` is set) it records a
+    /// proposal and returns its id instead. Refusals say what the policy allows.
+    #[tool(output_schema = schema_for_output::<EditResult>())]
+    async fn edit_environment(
+        &self,
+        Parameters(p): Parameters<EditParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let progress = Progress::of(&ctx);
+        match self.edit(p, &progress).await {
+            Ok(r) => {
+                let text = match (&r.commit, &r.proposal) {
+                    (Some(c), _) => format!(
+                        "{} {}: committed {c}; {} store paths added, {} removed ({:+} bytes). Later runs use the new environment.\n{}",
+                        r.operation,
+                        r.name,
+                        r.closure_diff.added.len(),
+                        r.closure_diff.removed.len(),
+                        r.closure_diff.size_delta_bytes,
+                        r.diff
+                    ),
+                    (_, Some(id)) => format!(
+                        "{} {}: proposal {id} waits for a human (`nixcell approve {id}`); the environment is unchanged until then.\n{}",
+                        r.operation, r.name, r.diff
+                    ),
+                    _ => format!("{} {}: {}", r.operation, r.name, r.status),
+                };
+                let value = serde_json::to_value(&r).unwrap_or_default();
+                let mut out = CallToolResult::success(vec![
+                    ContentBlock::text(text),
+                    ContentBlock::text(value.to_string()),
+                ]);
+                out.structured_content = Some(value);
+                Ok(out)
+            }
+            Err(e) => Ok(tool_error(e.to_string())),
+        }
+    }
+}
+
+impl Server {
+    async fn run_cell(&self, p: RunParams) -> Result<RunResult, McpError> {
+        let timeout = p.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
+            return Err(McpError::Request(format!(
+                "timeout_seconds must be from 1 to {MAX_TIMEOUT_SECS}"
+            )));
+        }
+        let max_output = p.max_output_bytes.unwrap_or(DEFAULT_OUTPUT_BYTES);
+        if max_output > MAX_OUTPUT_BYTES {
+            return Err(McpError::Request(format!(
+                "max_output_bytes must be at most {MAX_OUTPUT_BYTES}"
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("nixcell-mcp-run-")
+            .tempdir()
+            .map_err(McpError::Workdir)?;
+        if let Some(files) = &p.files {
+            place_files(dir.path(), files)?;
+        }
+        let argv = match (&p.command, &p.script) {
+            (Some(c), None) if !c.is_empty() => c.clone(),
+            (None, Some(s)) => {
+                let interp = p.interpreter.clone().unwrap_or_else(|| "sh".into());
+                let name = script_name(&interp);
+                if p.files.as_ref().is_some_and(|f| f.contains_key(name)) {
+                    return Err(McpError::Request(format!(
+                        "files: {name} is where the script goes; choose another name"
+                    )));
+                }
+                std::fs::write(dir.path().join(name), s).map_err(McpError::Workdir)?;
+                vec![interp, name.to_string()]
+            }
+            _ => {
+                return Err(McpError::Request(
+                    "give either `command` (a non-empty list) or `script`".into(),
+                ));
+            }
+        };
+        let mut args: Vec<String> = vec!["run".into(), "--json".into()];
+        match &self.inner.target {
+            Target::Project(_) => args.extend(self.inner.project_args()?),
+            Target::EnvPaths(paths) => {
+                for p in paths {
+                    args.push("--env-path".into());
+                    args.push(p.display().to_string());
+                }
+            }
+        }
+        args.extend([
+            "--workdir".into(),
+            dir.path().display().to_string(),
+            "--timeout".into(),
+            format!("{timeout}s"),
+            "--max-output".into(),
+            max_output.to_string(),
+            "--".into(),
+        ]);
+        args.extend(argv);
+        let child = self
+            .inner
+            .nixcell(
+                &args,
+                Some(p.stdin.as_deref().unwrap_or("").as_bytes()),
+                None,
+            )
+            .await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&child.stdout).map_err(|_| McpError::Command {
+                command: "run".into(),
+                message: format!("exit {:?}: {}", child.code, child.stderr.trim()),
+            })?;
+        let files = collect_files(dir.path(), p.collect.as_deref().unwrap_or(&[]));
+        Ok(RunResult {
+            exit_code: v["exit_code"].as_i64().unwrap_or(125) as i32,
+            command_exit_code: v["command_exit_code"].as_i64().map(|c| c as i32),
+            signal: v["signal"].as_i64().map(|c| c as i32),
+            timed_out: v["timed_out"].as_bool().unwrap_or(false),
+            oom_killed: v["oom_killed"].as_bool().unwrap_or(false),
+            wall_time_ms: v["wall_time_ms"].as_f64().unwrap_or(0.0),
+            usage: v.get("usage").filter(|u| !u.is_null()).cloned(),
+            error: serde_json::from_value(v["error"].clone()).ok(),
+            stdout: stream_of(&v["stdout"]),
+            stderr: stream_of(&v["stderr"]),
+            hints: serde_json::from_value(v["hints"].clone()).unwrap_or_default(),
+            files,
+            closure_hash: v["closure"]["hash"].as_str().map(String::from),
+        })
+    }
+
+    async fn edit(&self, p: EditParams, progress: &Progress) -> Result<EditResult, McpError> {
+        let mut args = vec![
+            "edit".to_string(),
+            p.operation.cli().into(),
+            p.name.clone(),
+            "--json".into(),
+        ];
+        if p.propose == Some(true) {
+            args.push("--propose".into());
+        }
+        args.extend(self.inner.project_args()?);
+        let c = self.inner.nixcell(&args, None, Some(progress)).await?;
+        if c.code != Some(0) {
+            // nix's progress went out as notifications; the reason is the last lines.
+            let msg: Vec<&str> = c
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("nixcell:") || l.contains("error"))
+                .collect();
+            let message = if msg.is_empty() {
+                c.stderr.trim().to_string()
+            } else {
+                msg.join("\n")
+            };
+            return Err(McpError::Command {
+                command: format!("edit {} {}", p.operation.cli(), p.name),
+                message,
+            });
+        }
+        serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
+            command: "edit".into(),
+            message: format!(
+                "unexpected output ({e}): {}",
+                String::from_utf8_lossy(&c.stdout)
+            ),
+        })
+    }
+}
+
+const INSTRUCTIONS: &str = "nixcell runs commands in a sandbox made of exactly one declared \
+Nix environment, with no network. Read environment_context first: it lists what is installed \
+and which edits you may ask for. Use run for commands or inline scripts (each run has a fresh \
+/work holding the files you pass). When something is missing, the run's hints name the \
+edit_environment call that provides it.";
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("nixcell", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(CONTEXT_URI, "environment-context")
+                .with_title("Environment context (Markdown)")
+                .with_description(
+                    "What the cell holds and what may be asked for, for a system prompt",
+                )
+                .with_mime_type("text/markdown"),
+            Resource::new(CONTEXT_JSON_URI, "environment-context-json")
+                .with_title("Environment context (JSON)")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri.as_str();
+        if uri != CONTEXT_URI && uri != CONTEXT_JSON_URI {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {uri}"),
+                None,
+            ));
+        }
+        let progress = Progress::of(&ctx);
+        let (json, md) = self
+            .inner
+            .context(Some(&progress))
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let contents = if uri == CONTEXT_URI {
+            ResourceContents::text(md, uri).with_mime_type("text/markdown")
+        } else {
+            ResourceContents::text(json.to_string(), uri).with_mime_type("application/json")
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new(
+            "nixcell_environment",
+            Some("The environment's ground-truth context and how to work in it"),
+            None,
+        )]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name != "nixcell_environment" {
+            return Err(ErrorData::invalid_params(
+                format!("no prompt {}", request.name),
+                None,
+            ));
+        }
+        let progress = Progress::of(&ctx);
+        let (_, md) = self
+            .inner
+            .context(Some(&progress))
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let text = format!(
+            "You work inside a nixcell sandbox. This is its environment, read from the built \
+             closure; do not assume anything else is installed.\n\n{md}\n\n{INSTRUCTIONS}"
+        );
+        let mut r = GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]);
+        r.description = Some("The nixcell environment".into());
+        Ok(r.into())
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client goes away.
+pub async fn serve(target: Target) -> Result<(), McpError> {
+    let exe = std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
+    let server = Server::new(target, exe);
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| McpError::Transport(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| McpError::Transport(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! `nixcell mcp` driven by a client nobody here wrote: the official Python MCP SDK
+//! (tests/mcp_client.py), plus the remediation hints of the CLI's JSON verdict.
+//!
+//! The SDK lives in a virtualenv under target/ (scripts/test.sh creates it; so does the
+//! first test that needs it, with `pip install mcp`). NIXCELL_TEST_PYTHON points at
+//! another interpreter that has the `mcp` package.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// A Python interpreter with the `mcp` SDK.
+fn python() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = std::env::var_os("NIXCELL_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo().join("target/mcp-venv");
+    let py = venv.join("bin/python");
+    let has_sdk = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import mcp.client.stdio"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.exists() && has_sdk(&py) {
+        return py;
+    }
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(st.success(), "cannot create {}", venv.display());
+    let st = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "mcp"])
+        .status()
+        .expect("pip install mcp");
+    assert!(st.success(), "pip install mcp failed");
+    assert!(has_sdk(&py), "the mcp SDK is not importable");
+    py
+}
+
+/// Runs one scenario of tests/mcp_client.py against `nixcell mcp SERVER_ARGS`; returns
+/// its JSON observations.
+fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(repo().join("tests/mcp_client.py"))
+        .arg(name)
+        .arg(bin())
+        .args(server_args)
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .env("NIX_CONFIG", "substituters =\n")
+        .output()
+        .expect("run the Python MCP client");
+    assert!(
+        out.status.success(),
+        "scenario {name} failed:\nstdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let line = text(&out.stdout);
+    serde_json::from_str(line.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!("scenario {name}: no JSON ({e}): {line}");
+    })
+}
+
+fn busybox_args() -> Vec<String> {
+    vec!["--env-path".into(), path_str(&busybox()).to_string()]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn sdk_lists_tools_resources_and_prompts() {
+    let a = busybox_args();
+    let v = scenario("tools", &args(&a));
+    assert_eq!(v["tools"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn sdk_reads_the_context_as_tool_resource_and_prompt() {
+    let a = busybox_args();
+    let v = scenario("context", &args(&a));
+    let md = v["markdown"].as_str().unwrap();
+    // The context comes from the closure: busybox's applets are on PATH.
+    assert!(md.contains("wget") && md.contains("sh"), "{md}");
+    assert_eq!(v["json"]["network"], "loopback only");
+}
+
+#[test]
+fn sdk_runs_commands_scripts_limits_and_hints() {
+    let a = busybox_args();
+    scenario("run_basics", &args(&a));
+}
+
+#[test]
+fn sdk_concurrent_runs_are_isolated() {
+    let a = busybox_args();
+    let v = scenario("concurrent", &args(&a));
+    assert_eq!(v["runs"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn sdk_edit_without_a_project_is_a_tool_error() {
+    let a = busybox_args();
+    scenario("env_paths_edit", &args(&a));
+}
+
+#[test]
+fn cli_json_verdict_carries_hints() {
+    let env = build_env(
+        "python-nopandas",
+        "pkgs.buildEnv { name = \"nixcell-python-nopandas\"; paths = [ (pkgs.python3.withPackages (ps: [ ps.openpyxl ])) pkgs.busybox ]; }",
+    );
+    for mode in MODES {
+        let mut c = nixcell(mode);
+        c.args(["run", "--json", "--env-path"]).arg(&env).args([
+            "--",
+            "python3",
+            "-c",
+            "import openpyxl, pandas",
+        ]);
+        let v = verdict(&c.output().unwrap());
+        assert_eq!(v["command_exit_code"], 1, "{v}");
+        let hints = v["hints"].as_array().expect("hints");
+        assert_eq!(hints.len(), 1, "{mode:?}: {v}");
+        assert_eq!(hints[0]["kind"], "missing_python_module");
+        assert_eq!(hints[0]["missing"], "pandas");
+
+        let mut c = nixcell(mode);
+        c.args(["run", "--json", "--env-path"])
+            .arg(&env)
+            .args(["--", "jq", "."]);
+        let v = verdict(&c.output().unwrap());
+        assert_eq!(v["exit_code"], 127, "{v}");
+        assert_eq!(v["hints"][0]["kind"], "missing_command", "{v}");
+        assert_eq!(v["hints"][0]["missing"], "jq", "{v}");
+
+        let mut c = nixcell(mode);
+        c.args(["run", "--json", "--env-path"]).arg(&env).args([
+            "--",
+            "python3",
+            "-c",
+            "import urllib.request; urllib.request.urlopen('http://example.com', timeout=5)",
+        ]);
+        let v = verdict(&c.output().unwrap());
+        assert_eq!(v["command_exit_code"], 1, "{v}");
+        assert_eq!(v["hints"][0]["kind"], "network_forbidden", "{v}");
+        // A plain failure has none.
+        let mut c = nixcell(mode);
+        c.args(["run", "--json", "--env-path"])
+            .arg(&env)
+            .args(["--", "python3", "-c", "1/0"]);
+        let v = verdict(&c.output().unwrap());
+        assert_eq!(v["hints"], serde_json::json!([]), "{v}");
+    }
+}

@@ -1,0 +1,216 @@
+"""Drives `nixcell mcp` with the official Python MCP SDK (PyPI `mcp`): stdio client and
+ClientSession, as an agent's host would.
+
+    python3 tests/mcp_client.py SCENARIO NIXCELL_BINARY SERVER_ARGS...
+
+SCENARIO is one of the functions named in SCENARIOS. Each asserts what it sees and
+prints one JSON line of observations on success; any failed assertion exits non-zero
+with a traceback. tests/mcp.rs runs these.
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+
+def text_of(result):
+    return "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+async def session(binary, server_args, body):
+    params = StdioServerParameters(command=binary, args=["mcp", *server_args])
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as s:
+            init = await s.initialize()
+            assert init.server_info.name == "nixcell", init
+            return await body(s)
+
+
+async def tools(s):
+    listed = await s.list_tools()
+    names = sorted(t.name for t in listed.tools)
+    assert names == ["edit_environment", "environment_context", "run"], names
+    run = next(t for t in listed.tools if t.name == "run")
+    assert run.output_schema is not None, "run has no output schema"
+    props = run.output_schema["properties"]
+    for key in ["exit_code", "signal", "timed_out", "oom_killed", "usage", "stdout", "stderr", "hints"]:
+        assert key in props, (key, sorted(props))
+    resources = await s.list_resources()
+    uris = sorted(str(r.uri) for r in resources.resources)
+    assert uris == ["nixcell://context", "nixcell://context.json"], uris
+    prompts = await s.list_prompts()
+    assert [p.name for p in prompts.prompts] == ["nixcell_environment"]
+    return {"tools": names, "resources": uris}
+
+
+async def context(s):
+    r = await s.call_tool("environment_context", {})
+    assert not r.is_error, text_of(r)
+    md = text_of(r)
+    assert r.structured_content, "no structured context"
+    res = await s.read_resource("nixcell://context")
+    res_md = res.contents[0].text
+    assert res_md == md, "the resource and the tool disagree"
+    res_json = json.loads((await s.read_resource("nixcell://context.json")).contents[0].text)
+    assert res_json == r.structured_content
+    prompt = await s.get_prompt("nixcell_environment")
+    ptext = prompt.messages[0].content.text
+    assert md.strip()[:200] in ptext, "the prompt does not carry the context"
+    return {"markdown": md, "json": r.structured_content}
+
+
+async def run_basics(s):
+    # A command with stdin and a file placed in /work.
+    r = await s.call_tool(
+        "run",
+        {
+            "command": ["sh", "-c", "cat input.txt; tr a-z A-Z; pwd; echo err >&2; exit 3"],
+            "stdin": "from stdin\n",
+            "files": {"input.txt": "from a file\n"},
+        },
+    )
+    v = r.structured_content
+    assert r.is_error, "a failed command must be an isError result"
+    assert v["exit_code"] == 3 and v["command_exit_code"] == 3, v
+    assert v["stdout"]["text"] == "from a file\nFROM STDIN\n/work\n", v["stdout"]
+    assert v["stderr"]["text"] == "err\n", v["stderr"]
+    # An inline script and a collected output file.
+    r = await s.call_tool(
+        "run",
+        {
+            "script": "echo hello > out.txt\necho done",
+            "interpreter": "sh",
+            "collect": ["out.txt", "../etc/passwd"],
+        },
+    )
+    v = r.structured_content
+    assert not r.is_error, text_of(r)
+    assert v["exit_code"] == 0 and v["stdout"]["text"] == "done\n", v
+    assert v["files"][0] == {"path": "out.txt", "bytes": 6, "text": "hello\n", "note": None}, v["files"]
+    assert v["files"][1]["text"] is None and "relative" in v["files"][1]["note"], v["files"]
+    # Timeout and truncation.
+    r = await s.call_tool(
+        "run", {"command": ["sh", "-c", "yes | head -c 100000; sleep 30"], "timeout_seconds": 1, "max_output_bytes": 1000}
+    )
+    v = r.structured_content
+    assert r.is_error and v["timed_out"] and v["exit_code"] == 124, v
+    assert v["stdout"]["truncated"] and len(v["stdout"]["text"]) == 1000 and v["stdout"]["bytes"] == 100000, v["stdout"]
+    # A limit beyond what the server allows is refused as a tool error, not a protocol error.
+    r = await s.call_tool("run", {"command": ["true"], "timeout_seconds": 100000})
+    assert r.is_error and "timeout_seconds" in text_of(r), text_of(r)
+    # A missing program gives a hint.
+    r = await s.call_tool("run", {"command": ["python3", "-c", "print(1)"]})
+    v = r.structured_content
+    assert r.is_error and v["exit_code"] == 127, v
+    assert v["hints"] and v["hints"][0]["kind"] == "missing_command" and v["hints"][0]["missing"] == "python3", v["hints"]
+    # No network in the cell, and the hint says so.
+    r = await s.call_tool("run", {"command": ["wget", "-q", "-O-", "http://example.com/"]})
+    v = r.structured_content
+    assert r.is_error, v
+    assert any(h["kind"] == "network_forbidden" for h in v["hints"]), v
+    return {"ok": True}
+
+
+async def concurrent(s):
+    """Several runs at once, each writing the same file name in its own /work and
+    counting the `sleep` processes it can see: its own only (one pid namespace each)."""
+    n = 4
+    script = (
+        "echo {i} > shared.txt; sleep 4 & sleep 2; "
+        "seen=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$'); "
+        "echo $(cat shared.txt) $seen $(ls)"
+    )
+    start = time.monotonic()
+    results = await asyncio.gather(
+        *[
+            s.call_tool("run", {"command": ["sh", "-c", script.format(i=i)], "files": {f"only-{i}.txt": str(i)}})
+            for i in range(n)
+        ]
+    )
+    elapsed = time.monotonic() - start
+    seen = []
+    for i, r in enumerate(results):
+        v = r.structured_content
+        assert not r.is_error, text_of(r)
+        words = v["stdout"]["text"].split()
+        # Its own value back, one sleep visible, and only its own files in /work.
+        assert words[0] == str(i), (i, words)
+        assert words[1] == "1", (i, words)
+        assert sorted(words[2:]) == sorted([f"only-{i}.txt", "shared.txt"]), (i, words)
+        seen.append(words)
+    # They ran at once: four 2-second runs took well under 8 seconds.
+    assert elapsed < 7.0, elapsed
+    return {"elapsed_s": round(elapsed, 2), "runs": seen}
+
+
+async def pandas_scenario(s):
+    """The seed's scenario: pandas missing, the hint names the edit, the edits, then .xlsx."""
+    report = (
+        "import pandas as pd\n"
+        "df = pd.DataFrame({'city': ['Lyon', 'Oslo'], 'n': [3, 4]})\n"
+        "df.to_excel('report.xlsx', index=False)\n"
+        "back = pd.read_excel('report.xlsx')\n"
+        "print(int(back['n'].sum()), list(back['city']))\n"
+    )
+    r = await s.call_tool("run", {"script": report, "interpreter": "python3"})
+    v = r.structured_content
+    assert r.is_error, v
+    hint = next(h for h in v["hints"] if h["kind"] == "missing_python_module")
+    assert hint["missing"] == "pandas" and hint["edit"]["command"] == "nixcell edit add-python-library pandas", hint
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append(message)
+
+    commits = []
+    for lib in ["pandas", "openpyxl"]:
+        r = await s.call_tool(
+            "edit_environment", {"operation": "add_python_library", "name": lib}, progress_callback=on_progress
+        )
+        assert not r.is_error, text_of(r)
+        e = r.structured_content
+        assert e["status"] == "committed" and e["commit"], e
+        commits.append(e["commit"])
+    r = await s.call_tool("run", {"script": report, "interpreter": "python3", "collect": ["report.xlsx"]})
+    v = r.structured_content
+    assert not r.is_error, text_of(r)
+    assert v["stdout"]["text"] == "7 ['Lyon', 'Oslo']\n", v["stdout"]
+    assert v["files"][0]["bytes"] > 0 and v["files"][0]["text"] is None, v["files"]
+    ctx = await s.call_tool("environment_context", {})
+    assert "pandas" in text_of(ctx) and "openpyxl" in text_of(ctx)
+    return {"commits": commits, "progress_messages": len(progress)}
+
+
+async def refused_edit(s):
+    r = await s.call_tool("edit_environment", {"operation": "add_package", "name": "nmap"})
+    assert r.is_error, "a refused edit must be an isError result"
+    t = text_of(r)
+    assert "refused" in t and "nmap" in t, t
+    r = await s.call_tool("edit_environment", {"operation": "add_package", "name": "x; builtins.exec"})
+    assert r.is_error, text_of(r)
+    return {"message": t}
+
+
+async def env_paths_edit(s):
+    r = await s.call_tool("edit_environment", {"operation": "add_package", "name": "jq"})
+    assert r.is_error and "not a project" in text_of(r), text_of(r)
+    return {"message": text_of(r)}
+
+
+SCENARIOS = {
+    f.__name__: f for f in [tools, context, run_basics, concurrent, pandas_scenario, refused_edit, env_paths_edit]
+}
+
+
+def main():
+    scenario, binary, *server_args = sys.argv[1:]
+    out = asyncio.run(session(binary, server_args, SCENARIOS[scenario]))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
