@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 30;
 
+/// A named way of setting up the store in a fresh mount namespace.
+type Strategy<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
 fn closure(n: usize) -> Vec<PathBuf> {
     let out = Command::new("scripts/build-fixture-env.sh")
         .arg(format!("synthetic-{n}"))
@@ -136,7 +139,7 @@ fn main() {
         binds(paths, &view);
         sys::mount_setattr(None, &view, true, sys::MOUNT_ATTR_RDONLY, None).unwrap();
 
-        let strategies: Vec<(&str, Box<dyn Fn()>)> = vec![
+        let strategies: Vec<Strategy> = vec![
             (
                 "binds+setattr",
                 Box::new(|| {
