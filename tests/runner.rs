@@ -613,6 +613,29 @@ fn exit_statuses_follow_the_conventions() {
         let o = code(&["/etc/passwd"]);
         assert_eq!(o.status.code(), Some(126), "{mode:?}");
         assert!(text(&o.stderr).contains("/etc/passwd: cannot execute"));
+        let wd = workdir(mode);
+        let script = wd.path().join("s.py");
+        std::fs::write(&script, "#!/usr/bin/python3\nprint(1)\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let o = nixcell(mode)
+            .arg("run")
+            .args([
+                "--env-path",
+                path_str(&bb),
+                "--workdir",
+                path_str(wd.path()),
+                "--",
+                "./s.py",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(126), "{mode:?}");
+        assert!(
+            text(&o.stderr).contains("./s.py: bad interpreter /usr/bin/python3 (not in the cell)"),
+            "{}",
+            text(&o.stderr)
+        );
     }
 }
 
