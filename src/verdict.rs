@@ -57,6 +57,8 @@ pub struct ClosureSummary {
 pub fn exec_message(program: &str, errno: i32) -> String {
     if errno == libc::ENOENT {
         format!("{program}: command not found in the cell")
+    } else if errno == libc::ENOEXEC && program.contains(": bad interpreter ") {
+        program.to_string()
     } else {
         format!(
             "{program}: cannot execute: {}",

@@ -382,7 +382,9 @@ fn loopback_is_up_and_nothing_else_is_reachable() {
     let port = listener.local_addr().unwrap().port();
     for mode in MODES {
         let script = format!(
-            "nc -l -p 5555 127.0.0.1 >/tmp/got & sleep 0.2; echo hi | nc 127.0.0.1 5555; sleep 0.1; cat /tmp/got; \
+            "nc -l -p 5555 127.0.0.1 >/tmp/got & \
+             i=0; until echo hi | nc 127.0.0.1 5555 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.05; done; \
+             wait; cat /tmp/got; \
              start=$(date +%s); nc -w 3 10.1.2.3 80 </dev/null 2>&1 | head -1; \
              nc -w 3 127.0.0.1 {port} </dev/null && echo HOST-REACHED; echo elapsed $(( $(date +%s) - start ))"
         );
@@ -613,6 +615,29 @@ fn exit_statuses_follow_the_conventions() {
         let o = code(&["/etc/passwd"]);
         assert_eq!(o.status.code(), Some(126), "{mode:?}");
         assert!(text(&o.stderr).contains("/etc/passwd: cannot execute"));
+        let wd = workdir(mode);
+        let script = wd.path().join("s.py");
+        std::fs::write(&script, "#!/usr/bin/python3\nprint(1)\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let o = nixcell(mode)
+            .arg("run")
+            .args([
+                "--env-path",
+                path_str(&bb),
+                "--workdir",
+                path_str(wd.path()),
+                "--",
+                "./s.py",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(126), "{mode:?}");
+        assert!(
+            text(&o.stderr).contains("./s.py: bad interpreter /usr/bin/python3 (not in the cell)"),
+            "{}",
+            text(&o.stderr)
+        );
     }
 }
 

@@ -118,10 +118,32 @@ fn execute(spec: &RunSpec, args: &[String]) -> (String, Errno) {
         };
         let Err(e) = nix::unistd::execve(&path, &argv, &envp);
         match e {
+            // The file is there but its #! interpreter is not.
+            Errno::ENOENT if std::fs::metadata(c).is_ok() => {
+                return (
+                    format!("{}: bad interpreter {}", c.display(), shebang(c)),
+                    Errno::ENOEXEC,
+                );
+            }
             Errno::ENOENT | Errno::ENOTDIR => {}
             Errno::EACCES => last = e,
             other => return (c.display().to_string(), other),
         }
     }
     (name.clone(), last)
+}
+
+/// The interpreter a script's `#!` line names, for the error message.
+fn shebang(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&head[..n]);
+    text.strip_prefix("#!")
+        .and_then(|l| l.lines().next())
+        .and_then(|l| l.split_whitespace().next())
+        .map(|i| format!("{i} (not in the cell)"))
+        .unwrap_or_else(|| "(unknown)".into())
 }

@@ -25,7 +25,9 @@ pub fn main() -> ! {
     let code = match run(&spec, sock) {
         Ok(code) => code,
         Err(e) => {
-            let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
+            if e.stage != "wait-pid1" {
+                let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
+            }
             125
         }
     };
@@ -97,6 +99,11 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
                 // reaches EOF as soon as the cell's processes are gone.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
             }
+            // From here PID 1 alone speaks for the cell: the control socket reaches
+            // EOF when PID 1 is gone, so the supervisor need not wait for this
+            // process, whose exit tears the mount namespace down.
+            // SAFETY: nothing else in this process uses the descriptor any more.
+            unsafe { libc::close(INIT_FD) };
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, c)) => return Ok(c),
