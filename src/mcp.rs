@@ -93,8 +93,9 @@ pub struct Server {
 /// Parameters of `run`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct RunParams {
-    /// The program and its arguments, e.g. ["python3", "report.py"]. Give this or `script`.
-    pub command: Option<Vec<String>>,
+    /// The program and its arguments, e.g. ["python3", "report.py"], or one shell command
+    /// line (run with `sh -c`). Give this or `script`.
+    pub command: Option<CommandArg>,
     /// A script, written to the working directory and run by `interpreter`.
     pub script: Option<String>,
     /// The program that runs `script`, e.g. "python3", "bash" (default "sh").
@@ -111,6 +112,14 @@ pub struct RunParams {
     pub timeout_seconds: Option<u64>,
     /// Bytes kept of stdout and of stderr (default 65536, at most 1048576).
     pub max_output_bytes: Option<u64>,
+}
+
+/// A command as an argument vector or as a shell command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandArg {
+    Argv(Vec<String>),
+    Line(String),
 }
 
 /// A captured stream.
@@ -708,7 +717,10 @@ impl Server {
             place_files(dir.path(), files)?;
         }
         let argv = match (&p.command, &p.script) {
-            (Some(c), None) if !c.is_empty() => c.clone(),
+            (Some(CommandArg::Argv(c)), None) if !c.is_empty() => c.clone(),
+            (Some(CommandArg::Line(l)), None) if !l.trim().is_empty() => {
+                vec!["sh".into(), "-c".into(), l.clone()]
+            }
             (None, Some(s)) => {
                 let interp = p.interpreter.clone().unwrap_or_else(|| "sh".into());
                 let name = script_name(&interp);
