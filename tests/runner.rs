@@ -382,9 +382,9 @@ fn loopback_is_up_and_nothing_else_is_reachable() {
     let port = listener.local_addr().unwrap().port();
     for mode in MODES {
         let script = format!(
-            "nc -l -p 5555 127.0.0.1 >/tmp/got & \
+            "sleep 2 | nc -l -p 5555 127.0.0.1 >/tmp/got & listener=$!; \
              i=0; until echo hi | nc 127.0.0.1 5555 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.05; done; \
-             wait; cat /tmp/got; \
+             wait $listener; cat /tmp/got; \
              start=$(date +%s); nc -w 3 10.1.2.3 80 </dev/null 2>&1 | head -1; \
              nc -w 3 127.0.0.1 {port} </dev/null && echo HOST-REACHED; echo elapsed $(( $(date +%s) - start ))"
         );
