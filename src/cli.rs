@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a command in a cell made of the closure of the given store paths.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
         /// Print JSON instead of text.
@@ -91,17 +91,27 @@ pub struct RunArgs {
     /// Bytes kept of each captured stream (--json). Default: the profile's.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
+    /// Start a service in the cell before the command and stop it after:
+    /// NAME[:PORT]=COMMAND ARGS (split on spaces). With a PORT the command waits until
+    /// 127.0.0.1:PORT accepts connections. Repeatable.
+    #[arg(long = "service", value_name = "NAME[:PORT]=COMMAND")]
+    pub services: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
 impl RunArgs {
-    pub fn request(&self) -> CellRequest {
+    pub fn request(&self) -> Result<CellRequest, plan::PlanError> {
         let mut binds: Vec<(&'static str, String)> = Vec::new();
         binds.extend(self.ro_binds.iter().map(|b| ("--ro-bind", b.clone())));
         binds.extend(self.binds.iter().map(|b| ("--bind", b.clone())));
-        CellRequest {
+        let services = self
+            .services
+            .iter()
+            .map(|s| plan::ServiceRequest::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CellRequest {
             env_paths: self.env_paths.clone(),
             workdir: self.workdir.clone(),
             binds,
@@ -113,7 +123,9 @@ impl RunArgs {
             hostname: self.hostname.clone(),
             tmp_size_bytes: self.tmp_size,
             argv: self.command.clone(),
-        }
+            services,
+            log_dir: None,
+        })
     }
 }
 
@@ -154,7 +166,7 @@ fn usage_error(json: bool, message: String) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
-    let (spec, closure) = match plan::plan(&args.request()) {
+    let (spec, closure) = match args.request().and_then(|r| plan::plan(&r)) {
         Ok(x) => x,
         Err(e) => return usage_error(args.json, e.to_string()),
     };

@@ -164,11 +164,16 @@ pub fn prepare(
             }
         }
     }
+    // The cell's own services listen on loopback ports the command must reach.
+    let mut allow_ports = profile.landlock.allow_ports.clone();
+    allow_ports.extend(spec.services.iter().filter_map(|s| s.ready_port));
+    allow_ports.sort_unstable();
+    allow_ports.dedup();
     spec.security = SecuritySpec {
         landlock: LandlockSpec {
             mode: profile.landlock.mode,
             restrict_tcp: profile.landlock.restrict_tcp,
-            allow_ports: profile.landlock.allow_ports.clone(),
+            allow_ports,
             scopes: profile.landlock.scopes,
         },
         seccomp: seccomp_spec,

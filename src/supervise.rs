@@ -108,13 +108,13 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     let init_pid = child.id().unwrap_or(0) as i32;
     let mut out = Outcome::default();
 
-    if let Some(hook) = &opts.before_spec {
-        if let Err(e) = hook(init_pid as u32) {
-            let _ = child.kill().await;
-            out.supervisor_error = Some(e);
-            out.wall = start.elapsed();
-            return Ok(out);
-        }
+    if let Some(hook) = &opts.before_spec
+        && let Err(e) = hook(init_pid as u32)
+    {
+        let _ = child.kill().await;
+        out.supervisor_error = Some(e);
+        out.wall = start.elapsed();
+        return Ok(out);
     }
 
     control

@@ -29,6 +29,15 @@ pub struct Verdict {
     pub layers: Vec<LayerReport>,
     pub stdout: Option<Captured>,
     pub stderr: Option<Captured>,
+    /// Services that ran beside the command, with their logs on the host.
+    pub services: Vec<ServiceSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub port: Option<u16>,
+    pub log: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,5 +119,14 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
         layers: o.layers,
         stdout: o.stdout,
         stderr: o.stderr,
+        services: spec
+            .services
+            .iter()
+            .map(|s| ServiceSummary {
+                name: s.name.clone(),
+                port: s.ready_port,
+                log: s.log.clone(),
+            })
+            .collect(),
     }
 }

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 
 /// Runs in the child PID 1 forked for the command; never returns.
 pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
-    if let Err(e) = prepare(spec, sock) {
+    if let Err(e) = prepare(spec, Some(sock)) {
         let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
         // SAFETY: _exit ends the process without running anything else.
         unsafe { libc::_exit(125) }
     }
-    let (program, errno) = execute(spec);
+    let (program, errno) = execute(spec, &spec.argv);
     let _ = proto::send(
         sock,
         &Report::ExecFailed {
@@ -30,7 +30,40 @@ pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn prepare(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult {
+/// Runs in a child of PID 1 forked for a service: the same confinement as the
+/// command, with stdout and stderr on the service's log and stdin on /dev/null. A
+/// failure is written to the log; PID 1 sees the early exit and reports it.
+pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
+    use std::io::Write;
+    let mut log_file = std::fs::File::from(log.try_clone_to_owned().unwrap_or_else(|_| {
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(125) }
+    }));
+    let redirect = (|| -> StageResult {
+        let null = std::fs::File::open("/dev/null").at("service-stdio", "open", "/dev/null")?;
+        nix::unistd::dup2_stdin(&null).at("service-stdio", "dup2", "stdin")?;
+        nix::unistd::dup2_stdout(&log_file).at("service-stdio", "dup2", "stdout")?;
+        nix::unistd::dup2_stderr(&log_file).at("service-stdio", "dup2", "stderr")?;
+        Ok(())
+    })();
+    if let Err(e) = redirect.and_then(|()| prepare(spec, None)) {
+        let _ = writeln!(log_file, "nixcell: {}", e);
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(125) }
+    }
+    let (program, errno) = execute(spec, argv);
+    let _ = writeln!(
+        log_file,
+        "nixcell: {}",
+        crate::verdict::exec_message(&program, errno as i32)
+    );
+    // SAFETY: _exit ends the process at once.
+    unsafe { libc::_exit(if errno == Errno::ENOENT { 127 } else { 126 }) }
+}
+
+/// The last steps before exec; `sock` receives the layer reports (the command's
+/// process only: a service's layers are the same and reported once).
+fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).at(
         "signals",
         "sigprocmask",
@@ -65,9 +98,8 @@ fn prepare(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult {
 
 /// Resolves argv[0] like execvp(3) over the cell's PATH and execs; returns only on
 /// failure, with the program tried and the errno that counts.
-fn execute(spec: &RunSpec) -> (String, Errno) {
-    let argv: Vec<CString> = spec
-        .argv
+fn execute(spec: &RunSpec, args: &[String]) -> (String, Errno) {
+    let argv: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
@@ -76,7 +108,7 @@ fn execute(spec: &RunSpec) -> (String, Errno) {
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default())
         .collect();
-    let name = &spec.argv[0];
+    let name = &args[0];
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
     } else {

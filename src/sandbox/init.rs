@@ -53,13 +53,28 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
-    let prepared = if nix::unistd::geteuid().is_root() && spec.identity.host_uid != 0 {
+    // Service logs are host files, opened while the host is still in reach (and, when
+    // started as root, before leaving root).
+    let mut logs = Vec::with_capacity(spec.services.len());
+    for svc in &spec.services {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&svc.log)
+            .at("service-logs", "open", svc.log.display())?;
+        logs.push(std::os::fd::OwnedFd::from(f));
+    }
+    let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
         ns::leave_host_root(&spec.identity, &spec.mounts)?
     } else {
         PreparedMounts(Vec::new())
     };
+    let host_ids = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     ns::unshare_all()?;
-    ns::write_id_maps(&spec.identity)?;
+    ns::write_id_maps(&spec.identity, host_ids)?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -67,9 +82,10 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         .at("fork-pid1", "open", "/dev/null")?;
     // SAFETY: this process is single-threaded (fresh exec, no threads started).
     match unsafe { fork() }.at("fork-pid1", "fork", "")? {
-        ForkResult::Child => pid1::main(spec, sock, prepared),
+        ForkResult::Child => pid1::main(spec, sock, prepared, logs),
         ForkResult::Parent { child } => {
             drop(prepared);
+            drop(logs);
             let _ = proto::send(
                 sock,
                 &Report::Ready {

@@ -44,12 +44,14 @@ impl Default for SeccompSpec {
     }
 }
 
-fn send(sock: BorrowedFd<'_>, r: LayerReport) {
-    let _ = proto::send(sock, &Report::Layer(r));
+fn send(sock: Option<BorrowedFd<'_>>, r: LayerReport) {
+    if let Some(sock) = sock {
+        let _ = proto::send(sock, &Report::Layer(r));
+    }
 }
 
 /// Applies rlimits, Landlock and seccomp (in that order) to the calling process.
-pub fn apply_all(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult {
+pub fn apply_all(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     let sec = &spec.security;
     send(sock, limits::apply(&sec.rlimits)?);
     send(sock, landlock::apply(spec, &sec.landlock)?);
@@ -119,7 +121,7 @@ pub fn confine_pid1(spec: &RunSpec, sock: BorrowedFd<'_>) {
         ),
     };
     send(
-        sock,
+        Some(sock),
         LayerReport {
             layer: "pid1".into(),
             enforced,
