@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// Maximum number of processes and threads in the cell. Default: the profile's.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub pids: Option<u64>,
+    /// A loopback TCP port the cell may bind and connect to despite the profile's
+    /// Landlock network rules; repeatable.
+    #[arg(long = "allow-port", value_name = "PORT")]
+    pub allow_ports: Vec<u16>,
     /// Bytes kept of each captured stream (--json). Default: the profile's.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
@@ -181,6 +185,7 @@ fn run(args: &RunArgs) -> i32 {
         cpus: args.cpus,
         pids: args.pids,
         max_output: args.max_output,
+        allow_ports: args.allow_ports.clone(),
     };
     let hardening = match crate::harden::prepare(&profile, &overrides, &mut spec) {
         Ok(h) => h,

@@ -31,6 +31,8 @@ pub struct Overrides {
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
     pub max_output: Option<u64>,
+    /// Loopback TCP ports added to the Landlock allow list.
+    pub allow_ports: Vec<u16>,
 }
 
 /// Resource usage of a run.
@@ -167,6 +169,7 @@ pub fn prepare(
     // The cell's own services listen on loopback ports the command must reach.
     let mut allow_ports = profile.landlock.allow_ports.clone();
     allow_ports.extend(spec.services.iter().filter_map(|s| s.ready_port));
+    allow_ports.extend(&ov.allow_ports);
     allow_ports.sort_unstable();
     allow_ports.dedup();
     spec.security = SecuritySpec {

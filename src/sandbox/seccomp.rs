@@ -7,9 +7,9 @@
 //! answer of all of them:
 //! 1. architecture guard: any architecture but x86_64, and the x32 ABI (syscall
 //!    numbers with `__X32_SYSCALL_BIT`), kill the process;
-//! 2. the policy: a deny list (default) answering EPERM, or an allow list (strict);
-//! 3. clone3(2) answers ENOSYS, so that libc falls back to clone(2), whose flags a
-//!    classic BPF filter can inspect (clone3 passes them in memory).
+//! 2. clone3(2) answers ENOSYS, so that libc falls back to clone(2), whose flags a
+//!    classic BPF filter can inspect (clone3 passes them in memory);
+//! 3. the policy: a deny list (default) answering EPERM, or an allow list (strict).
 
 use super::{StageError, StageResult};
 use crate::profile::{SeccompKind, SeccompPolicy};
@@ -282,7 +282,7 @@ pub fn compile(policy: &SeccompPolicy) -> Result<CompiledSeccomp, SeccompError> 
                 let n = nr(name)?;
                 rules.entry(n).or_insert_with(Vec::new);
             }
-            // clone3 reaches filter 3 (ENOSYS) instead of EPERM here.
+            // clone3 gets its ENOSYS from filter 2 instead of EPERM here.
             rules.insert(nr("clone3")?, Vec::new());
             compile_filter(rules, eperm, SeccompAction::Allow)?
         }
@@ -300,7 +300,8 @@ pub fn compile(policy: &SeccompPolicy) -> Result<CompiledSeccomp, SeccompError> 
             SeccompKind::DenyList => "deny-list".into(),
             SeccompKind::AllowList => "allow-list".into(),
         },
-        filters: vec![arch_guard(), main, enosys],
+        // The policy goes last: an allow list does not allow seccomp(2) itself.
+        filters: vec![arch_guard(), enosys, main],
     })
 }
 
@@ -308,7 +309,7 @@ pub fn compile(policy: &SeccompPolicy) -> Result<CompiledSeccomp, SeccompError> 
 pub fn policy_hash(policy: &SeccompPolicy) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(b"nixcell-seccomp-v1\0");
+    h.update(b"nixcell-seccomp-v2\0");
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(serde_json::to_vec(policy).unwrap_or_default());
     h.update(FIXED_DENY.join(",").as_bytes());
@@ -405,7 +406,7 @@ mod tests {
         let a = compile(&policy(SeccompKind::AllowList)).unwrap();
         assert_eq!(d.filters.len(), 3);
         assert_ne!(d.policy_hash, a.policy_hash);
-        assert_ne!(d.filters[1], a.filters[1]);
+        assert_ne!(d.filters[2], a.filters[2]);
     }
 
     #[test]
