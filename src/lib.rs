@@ -3,8 +3,10 @@
 
 pub mod cli;
 pub mod doctor;
+pub mod harden;
 pub mod nix;
 pub mod plan;
+pub mod profile;
 pub mod sandbox;
 pub mod spec;
 pub mod supervise;
