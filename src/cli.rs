@@ -43,6 +43,10 @@ pub struct McpArgs {
     /// Serve fixed store paths instead of a project (no edits); repeatable.
     #[arg(long = "env-path", value_name = "PATH")]
     pub env_paths: Vec<PathBuf>,
+    /// Sandbox profile of every run (a built-in name or a TOML file); limits an agent asks
+    /// for stay within the profile's.
+    #[arg(long, value_name = "NAME|PATH", default_value = "default")]
+    pub profile: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -85,12 +89,28 @@ pub struct RunArgs {
     /// Size cap of the cell's /tmp.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub tmp_size: u64,
-    /// Wall-clock limit; at expiry the whole cell is killed (exit 124).
+    /// Sandbox profile: a built-in name (default, strict, ci) or a TOML file.
+    #[arg(long, value_name = "NAME|PATH", default_value = "default")]
+    pub profile: String,
+    /// Wall-clock limit; at expiry the whole cell is killed (exit 124). Default: the profile's.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
-    /// Bytes kept of each captured stream (--json).
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
-    pub max_output: u64,
+    /// Memory limit of the whole cell (no swap). Default: the profile's.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// CPU quota of the whole cell, in CPUs (e.g. 1.5). Default: the profile's.
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads in the cell. Default: the profile's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids: Option<u64>,
+    /// A loopback TCP port the cell may bind and connect to despite the profile's
+    /// Landlock network rules; repeatable.
+    #[arg(long = "allow-port", value_name = "PORT")]
+    pub allow_ports: Vec<u16>,
+    /// Bytes kept of each captured stream (--json). Default: the profile's.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output: Option<u64>,
     /// Start a service in the cell before the command and stop it after:
     /// NAME[:PORT]=COMMAND ARGS (split on spaces). With a PORT the command waits until
     /// 127.0.0.1:PORT accepts connections. Repeatable.
@@ -126,6 +146,13 @@ impl RunArgs {
             services,
             log_dir: None,
         })
+    }
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(c) if c.is_finite() && c > 0.0 => Ok(c),
+        _ => Err(format!("'{s}' is not a number of CPUs (examples: 1, 1.5)")),
     }
 }
 
@@ -169,7 +196,7 @@ fn mcp(args: &McpArgs) -> i32 {
             return EXIT_SETUP;
         }
     };
-    match rt.block_on(crate::mcp::serve(target)) {
+    match rt.block_on(crate::mcp::serve(target, args.profile.clone())) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("nixcell: {e}");
@@ -196,12 +223,24 @@ fn run(args: &RunArgs) -> i32 {
         Ok(x) => x,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    let opts = RunOptions {
-        capture: args.json,
-        max_output: args.max_output as usize,
-        timeout: args.timeout,
-        ..Default::default()
+    let (mut spec, closure) = (spec, closure);
+    let profile = match crate::profile::load(&args.profile) {
+        Ok(p) => p,
+        Err(e) => return usage_error(args.json, format!("--profile: {e}")),
     };
+    let overrides = crate::harden::Overrides {
+        timeout: args.timeout,
+        memory: args.memory,
+        cpus: args.cpus,
+        pids: args.pids,
+        max_output: args.max_output,
+        allow_ports: args.allow_ports.clone(),
+    };
+    let hardening = match crate::harden::prepare(&profile, &overrides, &mut spec) {
+        Ok(h) => h,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
+    let opts: RunOptions = hardening.run_options(args.json);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -213,12 +252,17 @@ fn run(args: &RunArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
+    let (usage, oom_killed) = hardening.finish();
     let not_found = outcome
         .exec_error
         .as_ref()
         .filter(|(_, e)| *e == libc::ENOENT);
     let not_found = not_found.map(|(p, _)| p.clone());
     let mut v = verdict::build(&spec, &closure, outcome);
+    v.layers.splice(0..0, hardening.layers.iter().cloned());
+    v.profile = Some(hardening.profile.name.clone());
+    v.usage = Some(usage);
+    v.oom_killed = oom_killed;
     v.hints = crate::hints::for_verdict(&v, not_found.as_deref(), &closure, None);
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
@@ -226,6 +270,8 @@ fn run(args: &RunArgs) -> i32 {
         eprintln!("nixcell: {}", err.message);
     } else if v.timed_out {
         eprintln!("nixcell: timed out; the cell was killed");
+    } else if v.oom_killed {
+        eprintln!("nixcell: out of memory; the cell's memory limit was reached");
     }
     if !args.json {
         for h in &v.hints {

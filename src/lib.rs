@@ -3,10 +3,12 @@
 
 pub mod cli;
 pub mod doctor;
+pub mod harden;
 pub mod hints;
 pub mod mcp;
 pub mod nix;
 pub mod plan;
+pub mod profile;
 pub mod sandbox;
 pub mod spec;
 pub mod supervise;

@@ -80,6 +80,8 @@ pub enum Target {
 #[derive(Debug)]
 struct Inner {
     target: Target,
+    /// The sandbox profile of every run; requested limits stay within its own.
+    profile: String,
     /// This binary, run for every tool call.
     exe: PathBuf,
 }
@@ -107,11 +109,77 @@ pub struct RunParams {
     pub files: Option<BTreeMap<String, String>>,
     /// Files of the working directory to return after the run (relative paths).
     pub collect: Option<Vec<String>>,
-    /// Wall-clock limit in seconds (default 120, at most 600; the project's limit applies
-    /// when lower).
+    /// Wall-clock limit in seconds (default 120; at most 600 and the profile's limit).
     pub timeout_seconds: Option<u64>,
-    /// Bytes kept of stdout and of stderr (default 65536, at most 1048576).
+    /// Bytes kept of stdout and of stderr (default 65536; at most 1048576 and the
+    /// profile's limit).
     pub max_output_bytes: Option<u64>,
+    /// Memory limit of the whole cell in MiB (at most the profile's).
+    pub memory_mib: Option<u64>,
+    /// CPU quota in CPUs, e.g. 0.5 (at most the profile's).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads (at most the profile's).
+    pub pids: Option<u64>,
+}
+
+/// Checks the limits a run asks for against the profile's; returns the CLI flags.
+fn limit_args(p: &RunParams, limits: &crate::profile::Limits) -> Result<Vec<String>, McpError> {
+    let refuse = |what: &str, max: String| {
+        McpError::Request(format!(
+            "{what} exceeds what the sandbox profile allows (at most {max})"
+        ))
+    };
+    let max_timeout = limits
+        .timeout
+        .map_or(MAX_TIMEOUT_SECS, |t| t.as_secs().min(MAX_TIMEOUT_SECS));
+    let timeout = p
+        .timeout_seconds
+        .unwrap_or(DEFAULT_TIMEOUT_SECS.min(max_timeout));
+    if timeout == 0 || timeout > max_timeout {
+        return Err(refuse("timeout_seconds", format!("{max_timeout}")));
+    }
+    let max_output_cap = limits.max_output.min(MAX_OUTPUT_BYTES);
+    let max_output = p
+        .max_output_bytes
+        .unwrap_or(DEFAULT_OUTPUT_BYTES.min(max_output_cap));
+    if max_output > max_output_cap {
+        return Err(refuse("max_output_bytes", format!("{max_output_cap}")));
+    }
+    let mut args = vec![
+        "--timeout".to_string(),
+        format!("{timeout}s"),
+        "--max-output".into(),
+        max_output.to_string(),
+    ];
+    if let Some(m) = p.memory_mib {
+        let bytes = m.saturating_mul(1 << 20);
+        if m == 0 || limits.memory.is_some_and(|l| bytes > l) {
+            let max = limits
+                .memory
+                .map_or("?".into(), |l| format!("{} MiB", l >> 20));
+            return Err(refuse("memory_mib", max));
+        }
+        args.extend(["--memory".into(), format!("{m}M")]);
+    }
+    if let Some(c) = p.cpus {
+        if !(c.is_finite() && c > 0.0) || limits.cpus.is_some_and(|l| c > l) {
+            return Err(refuse(
+                "cpus",
+                limits.cpus.map_or("?".into(), |l| l.to_string()),
+            ));
+        }
+        args.extend(["--cpus".into(), c.to_string()]);
+    }
+    if let Some(n) = p.pids {
+        if n == 0 || limits.pids.is_some_and(|l| n > l) {
+            return Err(refuse(
+                "pids",
+                limits.pids.map_or("?".into(), |l| l.to_string()),
+            ));
+        }
+        args.extend(["--pids".into(), n.to_string()]);
+    }
+    Ok(args)
 }
 
 /// A command as an argument vector or as a shell command line.
@@ -599,9 +667,13 @@ fn tool_error(message: impl Into<String>) -> CallToolResult {
 
 #[tool_router]
 impl Server {
-    pub fn new(target: Target, exe: PathBuf) -> Server {
+    pub fn new(target: Target, profile: String, exe: PathBuf) -> Server {
         Server {
-            inner: Arc::new(Inner { target, exe }),
+            inner: Arc::new(Inner {
+                target,
+                profile,
+                exe,
+            }),
             tool_router: Self::tool_router(),
         }
     }
@@ -697,18 +769,9 @@ impl Server {
 
 impl Server {
     async fn run_cell(&self, p: RunParams) -> Result<RunResult, McpError> {
-        let timeout = p.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
-            return Err(McpError::Request(format!(
-                "timeout_seconds must be from 1 to {MAX_TIMEOUT_SECS}"
-            )));
-        }
-        let max_output = p.max_output_bytes.unwrap_or(DEFAULT_OUTPUT_BYTES);
-        if max_output > MAX_OUTPUT_BYTES {
-            return Err(McpError::Request(format!(
-                "max_output_bytes must be at most {MAX_OUTPUT_BYTES}"
-            )));
-        }
+        let profile = crate::profile::load(&self.inner.profile)
+            .map_err(|e| McpError::Request(format!("profile {}: {e}", self.inner.profile)))?;
+        let limits = limit_args(&p, &profile.limits)?;
         let dir = tempfile::Builder::new()
             .prefix("nixcell-mcp-run-")
             .tempdir()
@@ -749,14 +812,13 @@ impl Server {
             }
         }
         args.extend([
+            "--profile".into(),
+            self.inner.profile.clone(),
             "--workdir".into(),
             dir.path().display().to_string(),
-            "--timeout".into(),
-            format!("{timeout}s"),
-            "--max-output".into(),
-            max_output.to_string(),
-            "--".into(),
         ]);
+        args.extend(limits);
+        args.push("--".into());
         args.extend(argv);
         let child = self
             .inner
@@ -932,9 +994,12 @@ impl ServerHandler for Server {
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve(target: Target) -> Result<(), McpError> {
+pub async fn serve(target: Target, profile: String) -> Result<(), McpError> {
     let exe = std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
-    let server = Server::new(target, exe);
+    // Fail at start, not at the first run, when the profile does not load.
+    crate::profile::load(&profile)
+        .map_err(|e| McpError::Request(format!("--profile {profile}: {e}")))?;
+    let server = Server::new(target, profile, exe);
     let running = server
         .serve(rmcp::transport::stdio())
         .await

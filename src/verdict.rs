@@ -15,7 +15,13 @@ pub struct Verdict {
     pub command_exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// The kernel's OOM killer killed a process of the cell (memory limit reached).
+    pub oom_killed: bool,
     pub wall_time_ms: f64,
+    /// Peak memory and CPU time of the whole cell.
+    pub usage: Option<crate::harden::Usage>,
+    /// The sandbox profile the run used.
+    pub profile: Option<String>,
     pub error: Option<VerdictError>,
     pub closure: ClosureSummary,
     pub namespaces: Vec<&'static str>,
@@ -102,6 +108,9 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
         command_exit_code: o.exit_code,
         signal: o.signal,
         timed_out: o.timed_out,
+        oom_killed: false,
+        usage: None,
+        profile: None,
         wall_time_ms: o.wall.as_secs_f64() * 1000.0,
         error: outcome_error(&o),
         closure: ClosureSummary {

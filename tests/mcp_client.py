@@ -99,9 +99,19 @@ async def run_basics(s):
     v = r.structured_content
     assert r.is_error and v["timed_out"] and v["exit_code"] == 124, v
     assert v["stdout"]["truncated"] and len(v["stdout"]["text"]) == 1000 and v["stdout"]["bytes"] == 100000, v["stdout"]
-    # A limit beyond what the server allows is refused as a tool error, not a protocol error.
-    r = await s.call_tool("run", {"command": ["true"], "timeout_seconds": 100000})
-    assert r.is_error and "timeout_seconds" in text_of(r), text_of(r)
+    # A limit beyond what the profile allows is refused as a tool error, not a protocol error.
+    for arg in [{"timeout_seconds": 100000}, {"memory_mib": 1 << 30}, {"pids": 10**9}, {"cpus": 4096.0}]:
+        r = await s.call_tool("run", {"command": ["true"], **arg})
+        key = next(iter(arg))
+        assert r.is_error and key in text_of(r) and "profile" in text_of(r), text_of(r)
+    # Within the profile: a memory limit the command then exceeds.
+    r = await s.call_tool(
+        "run",
+        {"command": "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}", "memory_mib": 32},
+    )
+    v = r.structured_content
+    assert r.is_error and v["oom_killed"], v
+    assert v["usage"] and v["usage"]["peak_memory_bytes"] <= 32 << 20, v["usage"]
     # A missing program gives a hint.
     r = await s.call_tool("run", {"command": ["python3", "-c", "print(1)"]})
     v = r.structured_content

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 /// Runs in the child PID 1 forked for the command; never returns.
 pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
-    if let Err(e) = prepare(spec) {
+    if let Err(e) = prepare(spec, Some(sock)) {
         let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
         // SAFETY: _exit ends the process without running anything else.
         unsafe { libc::_exit(125) }
@@ -46,7 +46,7 @@ pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
         nix::unistd::dup2_stderr(&log_file).at("service-stdio", "dup2", "stderr")?;
         Ok(())
     })();
-    if let Err(e) = redirect.and_then(|()| prepare(spec)) {
+    if let Err(e) = redirect.and_then(|()| prepare(spec, None)) {
         let _ = writeln!(log_file, "nixcell: {}", e);
         // SAFETY: _exit ends the process at once.
         unsafe { libc::_exit(125) }
@@ -61,7 +61,9 @@ pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
     unsafe { libc::_exit(if errno == Errno::ENOENT { 127 } else { 126 }) }
 }
 
-fn prepare(spec: &RunSpec) -> StageResult {
+/// The last steps before exec; `sock` receives the layer reports (the command's
+/// process only: a service's layers are the same and reported once).
+fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).at(
         "signals",
         "sigprocmask",
@@ -90,7 +92,8 @@ fn prepare(spec: &RunSpec) -> StageResult {
     // until then to report an exec failure.
     sys::cloexec_from(3).at("close-fds", "close_range(CLOSE_RANGE_CLOEXEC)", "3..")?;
     nix::sys::prctl::set_no_new_privs().at("no-new-privs", "prctl", "PR_SET_NO_NEW_PRIVS")?;
-    Ok(())
+    // rlimits, Landlock, then seccomp last: nothing after this but execve.
+    super::layers::apply_all(spec, sock)
 }
 
 /// Resolves argv[0] like execvp(3) over the cell's PATH and execs; returns only on

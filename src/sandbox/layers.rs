@@ -1,9 +1,131 @@
 //! Security layers applied by the command's process right before execve(2).
 //! The init stage applies them in the order DESIGN.md gives: no_new_privs, then
-//! Landlock (after all mounts), then seccomp last.
+//! rlimits, Landlock (after all mounts), then seccomp last. Each sends a
+//! [`LayerReport`] to the supervisor, enforced or not and why.
 
+use super::landlock::{self, LandlockSpec};
+use super::limits::{self, RlimitSpec};
+use super::proto::{self, LayerReport, Report};
+use super::seccomp::{self, CompiledSeccomp};
+use super::{StageError, StageResult};
+use crate::profile::LayerMode;
+use crate::spec::RunSpec;
+use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
+use std::os::fd::BorrowedFd;
 
 /// Which layers the cell applies and how strictly; filled from the profile.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SecuritySpec {}
+pub struct SecuritySpec {
+    #[serde(default)]
+    pub landlock: LandlockSpec,
+    #[serde(default)]
+    pub seccomp: SeccompSpec,
+    #[serde(default)]
+    pub rlimits: RlimitSpec,
+}
+
+/// The seccomp layer: its mode and the BPF the supervisor compiled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeccompSpec {
+    pub mode: LayerMode,
+    pub compiled: CompiledSeccomp,
+    /// Whether the supervisor found the BPF in its cache.
+    pub cached: bool,
+}
+
+impl Default for SeccompSpec {
+    fn default() -> Self {
+        SeccompSpec {
+            mode: LayerMode::Off,
+            compiled: CompiledSeccomp::default(),
+            cached: false,
+        }
+    }
+}
+
+fn send(sock: Option<BorrowedFd<'_>>, r: LayerReport) {
+    if let Some(sock) = sock {
+        let _ = proto::send(sock, &Report::Layer(r));
+    }
+}
+
+/// Applies rlimits, Landlock and seccomp (in that order) to the calling process.
+pub fn apply_all(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
+    let sec = &spec.security;
+    send(sock, limits::apply(&sec.rlimits)?);
+    send(sock, landlock::apply(spec, &sec.landlock)?);
+    let report = apply_seccomp(&sec.seccomp)?;
+    send(sock, report);
+    Ok(())
+}
+
+fn apply_seccomp(s: &SeccompSpec) -> StageResult<LayerReport> {
+    let report = |enforced, detail| LayerReport {
+        layer: "seccomp".into(),
+        enforced,
+        detail,
+    };
+    if s.mode == LayerMode::Off {
+        return Ok(report(false, "off in the profile".into()));
+    }
+    if !seccomp::kernel_supports() {
+        let why = "the kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER)";
+        if s.mode == LayerMode::Required {
+            return Err(StageError::new(
+                "seccomp",
+                "prctl(PR_GET_SECCOMP)",
+                format!("required by the profile: {why}"),
+                Errno::EOPNOTSUPP,
+            ));
+        }
+        return Ok(report(false, why.into()));
+    }
+    match seccomp::install(&s.compiled) {
+        Ok(()) => Ok(report(
+            true,
+            format!(
+                "{} policy {} ({} filters, BPF {}); non-x86_64 and x32 calls kill the process; clone3 answers ENOSYS",
+                s.compiled.kind,
+                &s.compiled.policy_hash[..12.min(s.compiled.policy_hash.len())],
+                s.compiled.filters.len(),
+                if s.cached {
+                    "from cache"
+                } else {
+                    "compiled for this run"
+                }
+            ),
+        )),
+        Err(e) if s.mode == LayerMode::BestEffort => Ok(report(false, e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Confines PID 1 of the cell once the command is started: the same seccomp filters
+/// (PID 1 only polls, reads, waits, signals and writes its reports). Failure is
+/// reported, not fatal: the command already runs under its own layers.
+pub fn confine_pid1(spec: &RunSpec, sock: BorrowedFd<'_>) {
+    let s = &spec.security.seccomp;
+    if s.mode == LayerMode::Off {
+        return;
+    }
+    let (enforced, detail) = match seccomp::install(&s.compiled) {
+        Ok(()) => (
+            true,
+            "no_new_privs, no capabilities, not dumpable, same seccomp filters as the command"
+                .to_string(),
+        ),
+        Err(e) => (
+            false,
+            format!("no_new_privs, no capabilities, not dumpable; seccomp not installed: {e}"),
+        ),
+    };
+    send(
+        Some(sock),
+        LayerReport {
+            layer: "pid1".into(),
+            enforced,
+            detail,
+        },
+    );
+}

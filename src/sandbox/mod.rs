@@ -5,15 +5,20 @@
 //! command through `exec`.
 
 pub mod caps;
+pub mod cgroup;
 pub mod exec;
 pub mod init;
+pub mod landlock;
 pub mod layers;
+pub mod limits;
 pub mod ns;
 pub mod pid1;
 pub mod proto;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spawn;
 pub mod sys;
+pub mod syscalls;
 
 use nix::errno::Errno;
 use proto::SetupFailure;

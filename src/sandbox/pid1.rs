@@ -101,6 +101,7 @@ pub fn main(
     let _ = caps::drop_all();
     let _ = nix::sys::prctl::set_no_new_privs();
     let _ = nix::sys::prctl::set_dumpable(false);
+    super::layers::confine_pid1(spec, sock);
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

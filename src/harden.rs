@@ -1,0 +1,253 @@
+//! The supervisor's side of the hardening layers: turns a profile (and the CLI's
+//! overrides) into the spec's security layers, compiles the seccomp BPF, creates the
+//! run's cgroup and attaches the cell to it, and reads usage and OOM kills after.
+
+use crate::profile::{LayerMode, Limits, Profile};
+use crate::sandbox::cgroup::{CgroupError, CgroupLimits, Hierarchy, RunCgroup};
+use crate::sandbox::landlock::LandlockSpec;
+use crate::sandbox::layers::{SeccompSpec, SecuritySpec};
+use crate::sandbox::limits::RlimitSpec;
+use crate::sandbox::proto::LayerReport;
+use crate::sandbox::seccomp::{self, SeccompError};
+use crate::spec::{RunSpec, WORKDIR_IN_CELL};
+use crate::supervise::{BeforeSpec, RunOptions};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HardenError {
+    #[error("cgroup layer is required by the profile: {0}")]
+    CgroupRequired(#[source] CgroupError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+/// Limits given on the command line; each replaces the profile's value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub timeout: Option<Duration>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub max_output: Option<u64>,
+    /// Loopback TCP ports added to the Landlock allow list.
+    pub allow_ports: Vec<u16>,
+}
+
+/// Resource usage of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_time_ms: Option<f64>,
+    /// "cgroup", or "rusage" (peak memory is then the largest single process).
+    pub source: &'static str,
+}
+
+/// The hardening of one run, prepared before it starts.
+pub struct Hardening {
+    pub profile: Profile,
+    pub limits: Limits,
+    cgroup: Option<Arc<RunCgroup>>,
+    /// Layers the supervisor enforces (cgroup), reported with the cell's own.
+    pub layers: Vec<LayerReport>,
+}
+
+fn fmt_size(b: u64) -> String {
+    if b.is_multiple_of(1 << 30) {
+        format!("{}G", b >> 30)
+    } else if b.is_multiple_of(1 << 20) {
+        format!("{}M", b >> 20)
+    } else {
+        format!("{b}B")
+    }
+}
+
+/// Fills `spec.security` from the profile and creates the run's cgroup.
+pub fn prepare(
+    profile: &Profile,
+    ov: &Overrides,
+    spec: &mut RunSpec,
+) -> Result<Hardening, HardenError> {
+    let mut limits = profile.limits.clone();
+    limits.timeout = ov.timeout.or(limits.timeout);
+    limits.memory = ov.memory.or(limits.memory);
+    limits.cpus = ov.cpus.or(limits.cpus);
+    limits.pids = ov.pids.or(limits.pids);
+    limits.max_output = ov.max_output.unwrap_or(limits.max_output);
+
+    for m in &mut spec.mounts {
+        if m.dest == std::path::Path::new(WORKDIR_IN_CELL) {
+            m.writable = profile.workdir_writable;
+        }
+    }
+    let mut rl = RlimitSpec {
+        mode: profile.rlimits,
+        open_files: limits.open_files,
+        file_size: limits.file_size,
+        cpu_seconds: limits.cpu_seconds,
+        nproc: None,
+        address_space: None,
+    };
+    let seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
+        SeccompSpec::default()
+    } else {
+        let (compiled, cached) = seccomp::compiled(&profile.seccomp)?;
+        SeccompSpec {
+            mode: profile.seccomp.mode,
+            compiled,
+            cached,
+        }
+    };
+
+    let mut layers = Vec::new();
+    let mut cgroup = None;
+    let wanted = CgroupLimits {
+        memory: limits.memory,
+        cpus: limits.cpus,
+        pids: limits.pids,
+    };
+    let any = wanted != CgroupLimits::default();
+    let fallback = |rl: &mut RlimitSpec, layers: &mut Vec<LayerReport>, why: String| {
+        rl.nproc = limits.pids;
+        rl.address_space = limits.memory;
+        if rl.mode == LayerMode::Off {
+            rl.mode = LayerMode::BestEffort;
+        }
+        layers.push(LayerReport {
+            layer: "cgroup".into(),
+            enforced: false,
+            detail: format!(
+                "{why}; fallback: rlimits nproc={} (per user namespace) and address space={} (virtual memory, not resident); no CPU quota, no OOM report",
+                limits.pids.map_or("none".into(), |p| p.to_string()),
+                limits.memory.map_or("none".into(), fmt_size),
+            ),
+        });
+    };
+    match profile.cgroup {
+        LayerMode::Off => layers.push(LayerReport {
+            layer: "cgroup".into(),
+            enforced: false,
+            detail: "off in the profile".into(),
+        }),
+        _ if !any => layers.push(LayerReport {
+            layer: "cgroup".into(),
+            enforced: false,
+            detail: "no memory, cpu or pids limit asked for".into(),
+        }),
+        mode => {
+            let uid = nix::unistd::geteuid().as_raw();
+            match Hierarchy::detect().and_then(|h| h.create_run(uid, &wanted)) {
+                Ok(run) => {
+                    let mut d = format!("cgroup {:?}:", run.version).to_lowercase();
+                    if let Some(m) = limits.memory {
+                        d.push_str(&format!(" memory {} (no swap)", fmt_size(m)));
+                    }
+                    if let Some(c) = limits.cpus {
+                        d.push_str(&format!(", cpu {c} CPUs"));
+                    }
+                    if let Some(p) = limits.pids {
+                        d.push_str(&format!(", pids {p}"));
+                    }
+                    for n in &run.notes {
+                        d.push_str(&format!("; {n}"));
+                    }
+                    layers.push(LayerReport {
+                        layer: "cgroup".into(),
+                        enforced: true,
+                        detail: d,
+                    });
+                    cgroup = Some(Arc::new(run));
+                }
+                Err(e) if mode == LayerMode::Required => {
+                    return Err(HardenError::CgroupRequired(e));
+                }
+                Err(e) => fallback(&mut rl, &mut layers, e.to_string()),
+            }
+        }
+    }
+    // The cell's own services listen on loopback ports the command must reach.
+    let mut allow_ports = profile.landlock.allow_ports.clone();
+    allow_ports.extend(spec.services.iter().filter_map(|s| s.ready_port));
+    allow_ports.extend(&ov.allow_ports);
+    allow_ports.sort_unstable();
+    allow_ports.dedup();
+    spec.security = SecuritySpec {
+        landlock: LandlockSpec {
+            mode: profile.landlock.mode,
+            restrict_tcp: profile.landlock.restrict_tcp,
+            allow_ports,
+            scopes: profile.landlock.scopes,
+        },
+        seccomp: seccomp_spec,
+        rlimits: rl,
+    };
+    Ok(Hardening {
+        profile: profile.clone(),
+        limits,
+        cgroup,
+        layers,
+    })
+}
+
+impl Hardening {
+    /// The supervisor's options: timeout, grace, output cap and the cgroup attach.
+    pub fn run_options(&self, capture: bool) -> RunOptions {
+        let before_spec: Option<BeforeSpec> = self.cgroup.clone().map(|cg| {
+            let hook: BeforeSpec = Arc::new(move |pid: u32| {
+                cg.attach(pid)
+                    .map_err(|e| format!("cannot attach the cell to its cgroup: {e}"))
+            });
+            hook
+        });
+        RunOptions {
+            capture,
+            max_output: self.limits.max_output as usize,
+            timeout: self.limits.timeout,
+            grace: self.limits.grace,
+            before_spec,
+        }
+    }
+
+    /// Reads usage and OOM kills and removes the cgroup: (usage, oom_killed).
+    pub fn finish(&self) -> (Usage, bool) {
+        let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
+        let ru_cpu = ru.map(|r| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                tv.tv_sec() as f64 * 1000.0 + tv.tv_usec() as f64 / 1000.0
+            };
+            t(r.user_time()) + t(r.system_time())
+        });
+        let ru_peak = ru.map(|r| r.max_rss() as u64 * 1024);
+        match &self.cgroup {
+            Some(cg) => {
+                let u = cg.usage();
+                cg.remove();
+                (
+                    Usage {
+                        peak_memory_bytes: u.peak_memory_bytes.or(ru_peak),
+                        cpu_time_ms: u.cpu_time_us.map(|us| us as f64 / 1000.0).or(ru_cpu),
+                        source: "cgroup",
+                    },
+                    u.oom_kills > 0,
+                )
+            }
+            None => (
+                Usage {
+                    peak_memory_bytes: ru_peak,
+                    cpu_time_ms: ru_cpu,
+                    source: "rusage",
+                },
+                false,
+            ),
+        }
+    }
+}
+
+impl Drop for Hardening {
+    fn drop(&mut self) {
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
+    }
+}

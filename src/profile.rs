@@ -1,0 +1,486 @@
+//! Sandbox profiles: TOML files that say which layers a cell gets, how strictly, and
+//! its limits. The built-in ones (`profiles/*.toml`) are embedded in the binary; a
+//! profile may `extends` another (built-in name or a path relative to the file).
+//!
+//! Every layer has a `mode`: `required` (the kernel must support it, else the run
+//! fails with exit 125 before anything runs), `best-effort` (the run goes on and the
+//! verdict says the layer was not enforced and why) or `off`.
+
+use crate::units::{parse_duration, parse_size};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The built-in profiles: (name, file name, text).
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("default", include_str!("../profiles/default.toml")),
+    ("strict", include_str!("../profiles/strict.toml")),
+    ("ci", include_str!("../profiles/ci.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("profile {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "unknown profile '{0}' (built-in: default, strict, ci; or give a path to a .toml file)"
+    )]
+    Unknown(String),
+    #[error("profile {0}: 'extends' forms a cycle")]
+    Cycle(String),
+}
+
+/// How strictly a layer is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerMode {
+    Required,
+    BestEffort,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeccompKind {
+    DenyList,
+    AllowList,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Access {
+    Rw,
+    Ro,
+}
+
+/// A size such as "512M", checked while parsing so that the error has a position.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "SizeOrInt")]
+struct Size(u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeOrInt {
+    Int(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeOrInt> for Size {
+    type Error = String;
+    fn try_from(v: SizeOrInt) -> Result<Self, String> {
+        match v {
+            SizeOrInt::Int(n) => Ok(Size(n)),
+            SizeOrInt::Text(s) => parse_size(&s).map(Size),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+struct Dur(Duration);
+
+impl TryFrom<String> for Dur {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_duration(&s).map(Dur)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    description: Option<String>,
+    extends: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    filesystem: RawFilesystem,
+    #[serde(default)]
+    landlock: RawLandlock,
+    #[serde(default)]
+    seccomp: RawSeccomp,
+    #[serde(default)]
+    cgroup: RawMode,
+    #[serde(default)]
+    rlimits: RawMode,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout: Option<Dur>,
+    grace: Option<Dur>,
+    memory: Option<Size>,
+    cpus: Option<Spanned<f64>>,
+    pids: Option<Spanned<u64>>,
+    max_output: Option<Size>,
+    open_files: Option<Spanned<u64>>,
+    file_size: Option<Size>,
+    cpu_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilesystem {
+    workdir: Option<Access>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLandlock {
+    mode: Option<LayerMode>,
+    restrict_tcp: Option<bool>,
+    allow_ports: Option<Vec<u16>>,
+    scopes: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeccomp {
+    mode: Option<LayerMode>,
+    policy: Option<SeccompKind>,
+    deny: Option<Vec<Spanned<String>>>,
+    allow: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMode {
+    mode: Option<LayerMode>,
+}
+
+/// Resource limits of a cell; `None` means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    pub timeout: Option<Duration>,
+    pub grace: Duration,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub max_output: u64,
+    pub open_files: Option<u64>,
+    pub file_size: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LandlockPolicy {
+    pub mode: LayerMode,
+    pub restrict_tcp: bool,
+    pub allow_ports: Vec<u16>,
+    pub scopes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeccompPolicy {
+    pub mode: LayerMode,
+    pub kind: SeccompKind,
+    /// Syscall names denied on top of the fixed deny list (deny-list policy).
+    pub deny: Vec<String>,
+    /// Syscall names allowed (allow-list policy).
+    pub allow: Vec<String>,
+}
+
+/// A resolved profile: every field set, every value checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub limits: Limits,
+    pub workdir_writable: bool,
+    pub landlock: LandlockPolicy,
+    pub seccomp: SeccompPolicy,
+    pub cgroup: LayerMode,
+    pub rlimits: LayerMode,
+}
+
+/// Line and column (1-based) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// The key written on the line of `offset` (text before '='), or the table header.
+fn key_at(text: &str, offset: usize) -> String {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let line = text[start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((k, _)) => k.trim().to_string(),
+        None => line.trim().to_string(),
+    }
+}
+
+fn invalid(file: &str, text: &str, offset: usize, message: impl Into<String>) -> ProfileError {
+    let (line, column) = position(text, offset);
+    ProfileError::Invalid {
+        file: file.to_string(),
+        line,
+        column,
+        key: key_at(text, offset),
+        message: message.into(),
+    }
+}
+
+fn parse_raw(file: &str, text: &str) -> Result<RawProfile, ProfileError> {
+    let raw: RawProfile = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        invalid(file, text, offset, e.message().trim().to_string())
+    })?;
+    // Values whose check needs the whole value, with the position of the value.
+    if let Some(c) = &raw.limits.cpus
+        && !(c.get_ref().is_finite() && *c.get_ref() > 0.0 && *c.get_ref() <= 1024.0)
+    {
+        {
+            return Err(invalid(
+                file,
+                text,
+                c.span().start,
+                "expected a number of CPUs > 0",
+            ));
+        }
+    }
+    for n in [&raw.limits.pids, &raw.limits.open_files]
+        .into_iter()
+        .flatten()
+    {
+        if *n.get_ref() == 0 {
+            return Err(invalid(file, text, n.span().start, "must be at least 1"));
+        }
+    }
+    for name in raw
+        .seccomp
+        .deny
+        .iter()
+        .chain(raw.seccomp.allow.iter())
+        .flatten()
+    {
+        if crate::sandbox::seccomp::syscall_number(name.get_ref()).is_none() {
+            return Err(invalid(
+                file,
+                text,
+                name.span().start,
+                format!("unknown system call '{}'", name.get_ref()),
+            ));
+        }
+        if raw.seccomp.allow.iter().flatten().any(|a| a == name)
+            && crate::sandbox::seccomp::FIXED_DENY.contains(&name.get_ref().as_str())
+        {
+            return Err(invalid(
+                file,
+                text,
+                name.span().start,
+                format!(
+                    "'{}' is on nixcell's fixed deny list and cannot be allowed",
+                    name.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(raw)
+}
+
+/// Loads a raw profile and its bases, child first.
+fn load_chain(
+    spec: &str,
+    base_dir: Option<&Path>,
+) -> Result<Vec<(String, RawProfile)>, ProfileError> {
+    let mut chain: Vec<(String, RawProfile)> = Vec::new();
+    let mut next = Some((spec.to_string(), base_dir.map(Path::to_path_buf)));
+    while let Some((name, dir)) = next.take() {
+        if chain.iter().any(|(n, _)| *n == name) || chain.len() > 16 {
+            return Err(ProfileError::Cycle(name));
+        }
+        let (file, text, here): (String, String, Option<PathBuf>) =
+            if let Some((_, t)) = BUILTIN.iter().find(|(n, _)| *n == name) {
+                (format!("profiles/{name}.toml"), t.to_string(), None)
+            } else if name.contains('/') || name.ends_with(".toml") {
+                let p = match &dir {
+                    Some(d) if Path::new(&name).is_relative() => d.join(&name),
+                    _ => PathBuf::from(&name),
+                };
+                let text = std::fs::read_to_string(&p).map_err(|e| ProfileError::Read {
+                    file: p.display().to_string(),
+                    source: e,
+                })?;
+                let parent = p.parent().map(Path::to_path_buf);
+                (p.display().to_string(), text, parent)
+            } else {
+                return Err(ProfileError::Unknown(name));
+            };
+        let raw = parse_raw(&file, &text)?;
+        if let Some(ext) = &raw.extends {
+            next = Some((ext.get_ref().clone(), here.or(dir.clone())));
+        }
+        chain.push((name, raw));
+    }
+    Ok(chain)
+}
+
+macro_rules! pick {
+    ($chain:expr, $($f:tt)+) => {
+        $chain.iter().find_map(|(_, r)| r.$($f)+.clone())
+    };
+}
+
+/// Resolves a profile by built-in name or path.
+pub fn load(spec: &str) -> Result<Profile, ProfileError> {
+    let chain = load_chain(spec, None)?;
+    let c = &chain;
+    let mode = |m: Option<LayerMode>| m.unwrap_or(LayerMode::Required);
+    Ok(Profile {
+        name: spec.to_string(),
+        description: pick!(c, description).unwrap_or_default(),
+        limits: Limits {
+            timeout: pick!(c, limits.timeout).map(|d| d.0),
+            grace: pick!(c, limits.grace)
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(2)),
+            memory: pick!(c, limits.memory).map(|s| s.0),
+            cpus: pick!(c, limits.cpus).map(|s| s.into_inner()),
+            pids: pick!(c, limits.pids).map(|s| s.into_inner()),
+            max_output: pick!(c, limits.max_output).map(|s| s.0).unwrap_or(1 << 20),
+            open_files: pick!(c, limits.open_files).map(|s| s.into_inner()),
+            file_size: pick!(c, limits.file_size).map(|s| s.0),
+            cpu_seconds: pick!(c, limits.cpu_seconds),
+        },
+        workdir_writable: pick!(c, filesystem.workdir) != Some(Access::Ro),
+        landlock: LandlockPolicy {
+            mode: mode(pick!(c, landlock.mode)),
+            restrict_tcp: pick!(c, landlock.restrict_tcp).unwrap_or(true),
+            allow_ports: pick!(c, landlock.allow_ports).unwrap_or_default(),
+            scopes: pick!(c, landlock.scopes).unwrap_or(true),
+        },
+        seccomp: SeccompPolicy {
+            mode: mode(pick!(c, seccomp.mode)),
+            kind: pick!(c, seccomp.policy).unwrap_or(SeccompKind::DenyList),
+            deny: pick!(c, seccomp.deny)
+                .unwrap_or_default()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+            allow: pick!(c, seccomp.allow)
+                .unwrap_or_default()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+        },
+        cgroup: mode(pick!(c, cgroup.mode)),
+        rlimits: mode(pick!(c, rlimits.mode)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn builtins_load() {
+        for (name, _) in BUILTIN {
+            let p = load(name).unwrap();
+            assert_eq!(p.landlock.mode, LayerMode::Required, "{name}");
+        }
+        let strict = load("strict").unwrap();
+        assert_eq!(strict.seccomp.kind, SeccompKind::AllowList);
+        assert!(!strict.workdir_writable);
+        assert_eq!(strict.limits.memory, Some(512 << 20));
+        // Inherited from default.
+        assert!(strict.landlock.restrict_tcp);
+        let ci = load("ci").unwrap();
+        assert_eq!(ci.limits.cpus, Some(4.0));
+        assert!(ci.workdir_writable);
+        assert_eq!(ci.seccomp.kind, SeccompKind::DenyList);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "p.toml",
+            "[limits]\nmemory = \"1G\"\nmemroy = \"2G\"\n",
+        );
+        let e = load(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("p.toml:3:"), "{e}");
+        assert!(e.contains("memroy"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        for (text, line, key) in [
+            ("[limits]\n\nmemory = \"lots\"\n", 3, "memory"),
+            ("[limits]\ncpus = -1.0\n", 2, "cpus"),
+            ("[limits]\ntimeout = \"3 days\"\n", 2, "timeout"),
+            ("[seccomp]\nmode = \"sometimes\"\n", 2, "mode"),
+            (
+                "[seccomp]\ndeny = [\"keyctl\", \"no_such_call\"]\n",
+                2,
+                "deny",
+            ),
+            ("[seccomp]\nallow = [\"read\", \"ptrace\"]\n", 2, "allow"),
+            ("[limits]\npids = 0\n", 2, "pids"),
+        ] {
+            let p = write(d.path(), "bad.toml", text);
+            let e = load(p.to_str().unwrap()).unwrap_err();
+            match &e {
+                ProfileError::Invalid {
+                    line: l, key: k, ..
+                } => {
+                    assert_eq!((*l, k.as_str()), (line, key), "{text}: {e}")
+                }
+                other => panic!("{text}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn extends_merges_and_detects_cycles() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "base.toml",
+            "extends = \"strict\"\n[limits]\npids = 7\n",
+        );
+        let p = write(
+            d.path(),
+            "child.toml",
+            "extends = \"base.toml\"\n[landlock]\nmode = \"off\"\n",
+        );
+        let prof = load(p.to_str().unwrap()).unwrap();
+        assert_eq!(prof.limits.pids, Some(7));
+        assert_eq!(prof.limits.memory, Some(512 << 20));
+        assert_eq!(prof.landlock.mode, LayerMode::Off);
+        assert_eq!(prof.seccomp.kind, SeccompKind::AllowList);
+        let a = write(d.path(), "a.toml", "extends = \"b.toml\"\n");
+        write(d.path(), "b.toml", "extends = \"a.toml\"\n");
+        assert!(matches!(
+            load(a.to_str().unwrap()),
+            Err(ProfileError::Cycle(_))
+        ));
+        assert!(matches!(load("nope"), Err(ProfileError::Unknown(_))));
+    }
+}

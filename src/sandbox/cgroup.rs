@@ -1,0 +1,646 @@
+//! Per-run control groups: memory (and no swap), CPU quota and pids limits, peak
+//! memory and OOM kills, on cgroup v2 or v1 (cgroups(7)).
+//!
+//! Written against cgroupfs directly rather than with the cgroups-rs crate: a run
+//! needs a cgroup below a *delegated* base chosen per user (`nixcell/user-<uid>` on v1,
+//! `nixcell.slice/user-<uid>` on v2) that an unprivileged supervisor may only create
+//! children in, a handful of files per version, clean-up of runs left by a crashed
+//! supervisor, and paths that can point at a fake tree in unit tests. That is a few
+//! hundred lines that are easier to audit than a dependency built around root-owned
+//! hierarchies.
+//!
+//! The supervisor creates the cgroup before the init stage receives its spec, moves
+//! the init stage into it (everything the cell starts inherits it), reads the usage
+//! when the run is over and removes it.
+
+use serde::Serialize;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy with the {0} controller is mounted")]
+    NoController(String),
+    #[error(
+        "no cgroup delegated to uid {uid}: {path} is missing or not writable (as root: mkdir -p it and chown it to the user)"
+    )]
+    NotDelegated { uid: u32, path: PathBuf },
+    #[error("cgroup {path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { path, op, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The controllers a run uses.
+pub const CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+
+/// Where the hierarchies are: the unified mount (v2) or one mount per controller (v1).
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    pub version: Version,
+    /// v2: the unified mount; v1: unused.
+    pub unified: PathBuf,
+    /// v1: (controller, mount point).
+    pub v1: Vec<(String, PathBuf)>,
+    /// A directory tree of regular files standing in for cgroupfs (unit tests).
+    fake: bool,
+}
+
+impl Hierarchy {
+    /// Reads /proc/self/mountinfo. v2 is used when the unified mount carries the
+    /// controllers (cgroup.controllers lists them); otherwise v1 per-controller
+    /// mounts.
+    pub fn detect() -> Result<Hierarchy, CgroupError> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io(Path::new("/proc/self/mountinfo"), "read"))?;
+        Self::from_mountinfo(&text, |p| std::fs::read_to_string(p).ok())
+    }
+
+    /// Parses mountinfo text; `read` reads a file (cgroup.controllers).
+    pub fn from_mountinfo(
+        text: &str,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> Result<Hierarchy, CgroupError> {
+        let mut unified = None;
+        let mut v1 = Vec::new();
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mount = left.split_whitespace().nth(4).map(PathBuf::from);
+            let mut r = right.split_whitespace();
+            let (Some(fstype), _, Some(opts)) = (r.next(), r.next(), r.next()) else {
+                continue;
+            };
+            let Some(mount) = mount else { continue };
+            if fstype == "cgroup2" {
+                unified.get_or_insert(mount);
+            } else if fstype == "cgroup" {
+                for o in opts.split(',') {
+                    if CONTROLLERS.contains(&o) && !v1.iter().any(|(c, _)| c == o) {
+                        v1.push((o.to_string(), mount.clone()));
+                    }
+                }
+            }
+        }
+        if let Some(u) = &unified {
+            let ctrls = read(&u.join("cgroup.controllers")).unwrap_or_default();
+            let has_all = CONTROLLERS
+                .iter()
+                .all(|c| ctrls.split_whitespace().any(|x| x == *c));
+            if has_all || v1.is_empty() {
+                return Ok(Hierarchy {
+                    version: Version::V2,
+                    unified: u.clone(),
+                    v1: Vec::new(),
+                    fake: false,
+                });
+            }
+        }
+        if v1.is_empty() {
+            return Err(CgroupError::NoController("memory".into()));
+        }
+        Ok(Hierarchy {
+            version: Version::V1,
+            unified: PathBuf::new(),
+            v1,
+            fake: false,
+        })
+    }
+
+    /// The per-user base directories: (controller, dir); one entry with an empty
+    /// controller name on v2.
+    pub fn bases(&self, uid: u32) -> Result<Vec<(String, PathBuf)>, CgroupError> {
+        let user = format!("user-{uid}");
+        match self.version {
+            Version::V2 => Ok(vec![(
+                String::new(),
+                self.unified.join("nixcell.slice").join(user),
+            )]),
+            Version::V1 => CONTROLLERS
+                .iter()
+                .map(|c| {
+                    self.v1
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .map(|(_, m)| (c.to_string(), m.join("nixcell").join(&user)))
+                        .ok_or_else(|| CgroupError::NoController(c.to_string()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a run's cgroup limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CgroupLimits {
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+/// Usage read when the run is over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CgroupUsage {
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_time_us: Option<u64>,
+    pub oom_kills: u64,
+}
+
+/// The cgroup of one run.
+#[derive(Debug)]
+pub struct RunCgroup {
+    pub version: Version,
+    /// (controller, dir); a single entry on v2.
+    pub dirs: Vec<(String, PathBuf)>,
+    /// Notes on what could not be limited exactly (e.g. swap accounting off).
+    pub notes: Vec<String>,
+    fake: bool,
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io(path, "write"))
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// A "key value" line of a flat-keyed file (memory.events, cpu.stat, oom_control).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat), to tell a live
+/// supervisor from a reused pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let s = read(Path::new(&format!("/proc/{pid}/stat")))?;
+    let after = &s[s.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn run_name() -> String {
+    let pid = std::process::id();
+    format!("run-{pid}-{}", start_time(pid).unwrap_or(0))
+}
+
+/// Whether the supervisor that named a run directory is gone.
+fn run_is_stale(name: &str) -> bool {
+    let mut it = name.strip_prefix("run-").unwrap_or("").split('-');
+    let (Some(Ok(pid)), Some(Ok(start))) = (
+        it.next().map(str::parse::<u32>),
+        it.next().map(str::parse::<u64>),
+    ) else {
+        return false;
+    };
+    start_time(pid) != Some(start)
+}
+
+fn can_write(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+impl Hierarchy {
+    /// Makes the per-user base (as root) or checks it was delegated (as a user), then
+    /// creates the run's cgroup with its limits. Stale runs of dead supervisors found
+    /// in the base are removed first.
+    pub fn create_run(&self, uid: u32, limits: &CgroupLimits) -> Result<RunCgroup, CgroupError> {
+        let bases = self.bases(uid)?;
+        for (_, b) in &bases {
+            if !b.is_dir() && uid == 0 {
+                std::fs::create_dir_all(b).map_err(io(b, "mkdir"))?;
+            }
+            if !b.is_dir() || !can_write(b) {
+                return Err(CgroupError::NotDelegated {
+                    uid,
+                    path: b.clone(),
+                });
+            }
+        }
+        self.clean_stale(&bases);
+        let mut notes = Vec::new();
+        if self.version == Version::V2 {
+            self.enable_v2_controllers(&bases[0].1, uid, &mut notes)?;
+        }
+        let name = run_name();
+        let dirs: Vec<(String, PathBuf)> = bases
+            .iter()
+            .map(|(c, b)| (c.clone(), b.join(&name)))
+            .collect();
+        let run = RunCgroup {
+            version: self.version,
+            dirs,
+            notes,
+            fake: self.fake,
+        };
+        for (_, d) in &run.dirs {
+            if let Err(e) = std::fs::create_dir(d)
+                && e.kind() != ErrorKind::AlreadyExists
+            {
+                run.remove();
+                return Err(io(d, "mkdir")(e));
+            }
+        }
+        let mut run = run;
+        if let Err(e) = run.set_limits(limits) {
+            run.remove();
+            return Err(e);
+        }
+        Ok(run)
+    }
+
+    /// v2: the controllers must be enabled in every ancestor's subtree_control.
+    /// Root enables them from the top; a delegated user only in its own base.
+    fn enable_v2_controllers(
+        &self,
+        base: &Path,
+        uid: u32,
+        notes: &mut Vec<String>,
+    ) -> Result<(), CgroupError> {
+        let mut chain = vec![base.to_path_buf()];
+        if uid == 0 {
+            let mut p = base.parent();
+            while let Some(d) = p {
+                chain.push(d.to_path_buf());
+                if d == self.unified {
+                    break;
+                }
+                p = d.parent();
+            }
+        }
+        for dir in chain.iter().rev() {
+            let have = read(&dir.join("cgroup.subtree_control")).unwrap_or_default();
+            let want: Vec<String> = CONTROLLERS
+                .iter()
+                .filter(|c| !have.split_whitespace().any(|x| x == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if want.is_empty() {
+                continue;
+            }
+            let f = dir.join("cgroup.subtree_control");
+            if self.fake {
+                let mut all: Vec<&str> = have.split_whitespace().collect();
+                all.extend(want.iter().map(|w| &w[1..]));
+                write(&f, &all.join(" "))?;
+            } else if let Err(e) = write(&f, &want.join(" ")) {
+                if dir == base {
+                    return Err(e);
+                }
+                notes.push(format!("{e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn clean_stale(&self, bases: &[(String, PathBuf)]) {
+        for (c, b) in bases {
+            let Ok(rd) = std::fs::read_dir(b) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("run-") && e.path().is_dir() && run_is_stale(&name) {
+                    RunCgroup {
+                        version: self.version,
+                        dirs: vec![(c.clone(), e.path())],
+                        notes: Vec::new(),
+                        fake: self.fake,
+                    }
+                    .remove();
+                }
+            }
+        }
+    }
+}
+
+impl RunCgroup {
+    fn dir(&self, ctrl: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(c, _)| self.version == Version::V2 || c == ctrl)
+            .map(|(_, d)| d.as_path())
+    }
+
+    fn set_limits(&mut self, l: &CgroupLimits) -> Result<(), CgroupError> {
+        match self.version {
+            Version::V2 => {
+                let d = self.dirs[0].1.clone();
+                if let Some(m) = l.memory {
+                    write(&d.join("memory.max"), &m.to_string())?;
+                    let swap = d.join("memory.swap.max");
+                    if self.fake || swap.exists() {
+                        write(&swap, "0")?;
+                    } else {
+                        self.notes
+                            .push("memory.swap.max missing (no swap accounting)".into());
+                    }
+                }
+                if let Some(c) = l.cpus {
+                    let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
+                    write(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                }
+                if let Some(p) = l.pids {
+                    write(&d.join("pids.max"), &p.to_string())?;
+                }
+            }
+            Version::V1 => {
+                if let (Some(m), Some(d)) = (l.memory, self.dir("memory").map(Path::to_path_buf)) {
+                    write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+                    let memsw = d.join("memory.memsw.limit_in_bytes");
+                    if self.fake || memsw.exists() {
+                        write(&memsw, &m.to_string())?;
+                    } else {
+                        write(&d.join("memory.swappiness"), "0")?;
+                        self.notes
+                            .push("no swap accounting: swappiness 0 instead of memsw".into());
+                    }
+                }
+                if let (Some(c), Some(d)) = (l.cpus, self.dir("cpu").map(Path::to_path_buf)) {
+                    let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
+                    write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                if let (Some(p), Some(d)) = (l.pids, self.dir("pids").map(Path::to_path_buf)) {
+                    write(&d.join("pids.max"), &p.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a process (the init stage) into the run's cgroup(s).
+    pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
+        for (_, d) in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Peak memory, CPU time (v2 only; v1 keeps it in cpuacct) and OOM kills.
+    pub fn usage(&self) -> CgroupUsage {
+        let mut u = CgroupUsage::default();
+        match self.version {
+            Version::V2 => {
+                let d = &self.dirs[0].1;
+                u.peak_memory_bytes =
+                    read(&d.join("memory.peak")).and_then(|s| s.trim().parse().ok());
+                u.oom_kills = read(&d.join("memory.events"))
+                    .and_then(|s| keyed(&s, "oom_kill"))
+                    .unwrap_or(0);
+                u.cpu_time_us = read(&d.join("cpu.stat")).and_then(|s| keyed(&s, "usage_usec"));
+            }
+            Version::V1 => {
+                if let Some(d) = self.dir("memory") {
+                    u.peak_memory_bytes = read(&d.join("memory.max_usage_in_bytes"))
+                        .and_then(|s| s.trim().parse().ok());
+                    u.oom_kills = read(&d.join("memory.oom_control"))
+                        .and_then(|s| keyed(&s, "oom_kill"))
+                        .unwrap_or(0);
+                }
+            }
+        }
+        u
+    }
+
+    /// Kills whatever is left in the cgroup and removes it; waits up to a second for
+    /// exiting processes to leave.
+    pub fn remove(&self) {
+        for (_, d) in &self.dirs {
+            if self.fake {
+                let _ = std::fs::remove_dir_all(d);
+                continue;
+            }
+            for attempt in 0..100 {
+                let kill = d.join("cgroup.kill");
+                if kill.exists() {
+                    let _ = std::fs::write(&kill, "1");
+                } else {
+                    // Only processes inside this run's cgroup are listed here.
+                    for pid in read(&d.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(_) if attempt < 99 => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_v2(root: &Path) -> Hierarchy {
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
+        let text = format!(
+            "30 1 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+            root.display()
+        );
+        let mut h = Hierarchy::from_mountinfo(&text, |p| std::fs::read_to_string(p).ok()).unwrap();
+        h.fake = true;
+        h
+    }
+
+    #[test]
+    fn v2_run_limits_attach_usage_and_removal() {
+        let t = tempfile::tempdir().unwrap();
+        let h = fake_v2(t.path());
+        assert_eq!(h.version, Version::V2);
+        let limits = CgroupLimits {
+            memory: Some(256 << 20),
+            cpus: Some(1.5),
+            pids: Some(64),
+        };
+        let run = h.create_run(0, &limits).unwrap();
+        let d = run.dirs[0].1.clone();
+        assert!(d.starts_with(t.path().join("nixcell.slice/user-0")));
+        let rd = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(rd("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(rd("memory.swap.max"), "0");
+        assert_eq!(rd("cpu.max"), "150000 100000");
+        assert_eq!(rd("pids.max"), "64");
+        // Root enables the controllers along the whole path.
+        for dir in [
+            t.path().to_path_buf(),
+            t.path().join("nixcell.slice"),
+            t.path().join("nixcell.slice/user-0"),
+        ] {
+            let s = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
+            for c in CONTROLLERS {
+                assert!(
+                    s.split_whitespace().any(|x| x == *c),
+                    "{}: {s}",
+                    dir.display()
+                );
+            }
+        }
+        run.attach(4242).unwrap();
+        assert_eq!(rd("cgroup.procs"), "4242");
+        std::fs::write(d.join("memory.peak"), "123456\n").unwrap();
+        std::fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("cpu.stat"), "usage_usec 7000\nuser_usec 5000\n").unwrap();
+        assert_eq!(
+            run.usage(),
+            CgroupUsage {
+                peak_memory_bytes: Some(123456),
+                cpu_time_us: Some(7000),
+                oom_kills: 1
+            }
+        );
+        run.remove();
+        assert!(!d.exists());
+    }
+
+    #[test]
+    fn v2_rootless_needs_a_delegated_base() {
+        let t = tempfile::tempdir().unwrap();
+        let h = fake_v2(t.path());
+        let e = h.create_run(4321, &CgroupLimits::default()).unwrap_err();
+        assert!(
+            matches!(e, CgroupError::NotDelegated { uid: 4321, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("nixcell.slice/user-4321"), "{e}");
+        // Delegated: only the user's own subtree_control is written.
+        let base = t.path().join("nixcell.slice/user-4321");
+        std::fs::create_dir_all(&base).unwrap();
+        let run = h
+            .create_run(
+                4321,
+                &CgroupLimits {
+                    pids: Some(5),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("cgroup.subtree_control")).unwrap(),
+            ""
+        );
+        assert!(
+            std::fs::read_to_string(base.join("cgroup.subtree_control"))
+                .unwrap()
+                .contains("pids")
+        );
+        run.remove();
+    }
+
+    #[test]
+    fn stale_runs_of_dead_supervisors_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let h = fake_v2(t.path());
+        let base = t.path().join("nixcell.slice/user-0");
+        // pid 1's start time is never 1; pid 999999999 does not exist.
+        let stale = [base.join("run-999999999-5"), base.join("run-1-1")];
+        let me = std::process::id();
+        let live = base.join(format!("run-{me}-{}", start_time(me).unwrap()));
+        for d in stale.iter().chain([&live]) {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let other = base.join("not-a-run");
+        std::fs::create_dir_all(&other).unwrap();
+        let run = h.create_run(0, &CgroupLimits::default()).unwrap();
+        for d in &stale {
+            assert!(!d.exists(), "{}", d.display());
+        }
+        assert!(live.exists() && other.exists());
+        run.remove();
+    }
+
+    #[test]
+    fn v1_mountinfo_and_files() {
+        let t = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for (i, c) in ["cpu,cpuacct", "memory", "pids"].iter().enumerate() {
+            let m = t.path().join(c);
+            std::fs::create_dir_all(&m).unwrap();
+            text.push_str(&format!(
+                "{i} 1 0:{i} / {} rw - cgroup cgroup rw,{c}\n",
+                m.display()
+            ));
+        }
+        text.push_str(&format!(
+            "9 1 0:9 / {}/unified rw - cgroup2 cgroup2 rw\n",
+            t.path().display()
+        ));
+        let mut h = Hierarchy::from_mountinfo(&text, |_| Some(String::new())).unwrap();
+        h.fake = true;
+        assert_eq!(h.version, Version::V1);
+        let run = h
+            .create_run(
+                0,
+                &CgroupLimits {
+                    memory: Some(1 << 30),
+                    cpus: Some(0.5),
+                    pids: Some(9),
+                },
+            )
+            .unwrap();
+        let dir = |c: &str| run.dir(c).unwrap().to_path_buf();
+        let rd = |c: &str, f: &str| std::fs::read_to_string(dir(c).join(f)).unwrap();
+        assert!(dir("cpu").starts_with(t.path().join("cpu,cpuacct/nixcell/user-0")));
+        assert_eq!(
+            rd("memory", "memory.limit_in_bytes"),
+            (1u64 << 30).to_string()
+        );
+        assert_eq!(
+            rd("memory", "memory.memsw.limit_in_bytes"),
+            (1u64 << 30).to_string()
+        );
+        assert_eq!(rd("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(rd("pids", "pids.max"), "9");
+        std::fs::write(
+            dir("memory").join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        std::fs::write(dir("memory").join("memory.max_usage_in_bytes"), "99\n").unwrap();
+        let u = run.usage();
+        assert_eq!((u.peak_memory_bytes, u.oom_kills), (Some(99), 2));
+        run.remove();
+    }
+}

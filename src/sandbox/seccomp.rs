@@ -1,0 +1,418 @@
+//! seccomp: a BPF filter on the command's system calls, installed last, right before
+//! execve(2) (seccomp(2), `SECCOMP_SET_MODE_FILTER`).
+//!
+//! The supervisor compiles the policy of a profile (crate seccompiler) once and keeps
+//! the BPF on disk keyed by a hash of the policy; the cell only installs what it is
+//! sent. Three small filters are stacked; the kernel applies the most restrictive
+//! answer of all of them:
+//! 1. architecture guard: any architecture but x86_64, and the x32 ABI (syscall
+//!    numbers with `__X32_SYSCALL_BIT`), kill the process;
+//! 2. clone3(2) answers ENOSYS, so that libc falls back to clone(2), whose flags a
+//!    classic BPF filter can inspect (clone3 passes them in memory);
+//! 3. the policy: a deny list (default) answering EPERM, or an allow list (strict).
+
+use super::{StageError, StageResult};
+use crate::profile::{SeccompKind, SeccompPolicy};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch, sock_filter,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp policy: unknown system call '{0}'")]
+    UnknownSyscall(String),
+    #[error("seccomp policy cannot be compiled: {0}")]
+    Compile(String),
+}
+
+/// Denied in every deny-list policy and never allowed by an allow-list one: namespaces,
+/// mounts, root changes, tracing and cross-process memory access, kernel modules and
+/// images, reboot, swap, accounting, eBPF, perf, userfaultfd, the keyring, io_uring,
+/// file handles (open_by_handle_at escapes bind mounts: the "shocker" exploit), clocks,
+/// host names, raw I/O ports and the kernel log.
+pub const FIXED_DENY: &[&str] = &[
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "iopl",
+    "ioperm",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "quotactl",
+    "quotactl_fd",
+    "lookup_dcookie",
+    "vhangup",
+    "syslog",
+    "uselib",
+];
+
+/// Namespace flags of clone(2) (`CLONE_NEW*`).
+const CLONE_NEW_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+/// Socket families a cell may create.
+const SOCKET_FAMILIES: &[u64] = &[
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+];
+/// Terminal ioctls that inject input or talk to the console (CVE-2017-5226 for
+/// TIOCSTI); compared on the low 32 bits only, as the kernel truncates the request
+/// (CVE-2019-10063: junk in the upper half bypassed 64-bit comparisons).
+const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX];
+/// personality(2) values that change nothing dangerous: PER_LINUX, the query,
+/// UNAME26, PER_LINUX32 (only the uname string) and both combined — the same set as
+/// Docker's default profile. READ_IMPLIES_EXEC or ADDR_NO_RANDOMIZE are refused.
+const PERSONALITIES: &[u64] = &[0, 0x0008, 0x0020000, 0x0020008, 0xffff_ffff];
+
+/// The x86_64 number of a system call by name.
+pub fn syscall_number(name: &str) -> Option<i64> {
+    super::syscalls::X86_64
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, nr)| *nr)
+}
+
+fn nr(name: &str) -> Result<i64, SeccompError> {
+    syscall_number(name).ok_or_else(|| SeccompError::UnknownSyscall(name.to_string()))
+}
+
+fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    // Argument indexes here are all < 6, the only thing new() checks.
+    SeccompCondition::new(arg, len, op, value).expect("valid seccomp condition")
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
+    SeccompRule::new(conds).map_err(|e| SeccompError::Compile(e.to_string()))
+}
+
+fn compile_filter(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<Filter, SeccompError> {
+    let f = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| SeccompError::Compile(e.to_string()))?;
+    let prog: BpfProgram = f
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?;
+    Ok(prog.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
+}
+
+/// One classic BPF program: (code, jt, jf, k) per instruction.
+pub type Filter = Vec<(u16, u8, u8, u32)>;
+
+/// The compiled filters of a policy, in installation order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledSeccomp {
+    /// sha256 of the policy the filters were compiled from.
+    pub policy_hash: String,
+    pub kind: String,
+    pub filters: Vec<Filter>,
+}
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Filter 1: kill anything but native x86_64 system calls.
+fn arch_guard() -> Filter {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    // struct seccomp_data { int nr; __u32 arch; ... }: nr at 0, arch at 4.
+    vec![
+        (LD_W_ABS, 0, 0, 4),
+        (JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        (LD_W_ABS, 0, 0, 0),
+        (JGE_K, 0, 1, X32_SYSCALL_BIT),
+        (RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        (RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// Rules shared by both policies, keyed by system call: clone(2) with namespace flags,
+/// socket(2) families, terminal-injection ioctls, personality(2) changes. With
+/// `deny`, the rules match the forbidden calls; otherwise they match the allowed ones.
+fn argument_rules(deny: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    use SeccompCmpArgLen::Dword;
+    use SeccompCmpOp::{Eq, MaskedEq, Ne};
+    let mut m = BTreeMap::new();
+    let all_new: u64 = CLONE_NEW_FLAGS.iter().fold(0, |a, f| a | f);
+    // Families and personalities compare on 32 bits: the kernel takes an int.
+    if deny {
+        m.insert(
+            nr("clone")?,
+            CLONE_NEW_FLAGS
+                .iter()
+                .map(|f| rule(vec![cond(0, Dword, MaskedEq(*f), *f)]))
+                .collect::<Result<_, _>>()?,
+        );
+        m.insert(
+            nr("socket")?,
+            vec![rule(
+                SOCKET_FAMILIES
+                    .iter()
+                    .map(|f| cond(0, Dword, Ne, *f))
+                    .collect(),
+            )?],
+        );
+        m.insert(
+            nr("ioctl")?,
+            DENIED_IOCTLS
+                .iter()
+                .map(|r| rule(vec![cond(1, Dword, Eq, *r)]))
+                .collect::<Result<_, _>>()?,
+        );
+        m.insert(
+            nr("personality")?,
+            vec![rule(
+                PERSONALITIES
+                    .iter()
+                    .map(|p| cond(0, Dword, Ne, *p))
+                    .collect(),
+            )?],
+        );
+    } else {
+        m.insert(
+            nr("clone")?,
+            vec![rule(vec![cond(0, Dword, MaskedEq(all_new), 0)])?],
+        );
+        m.insert(
+            nr("socket")?,
+            SOCKET_FAMILIES
+                .iter()
+                .map(|f| rule(vec![cond(0, Dword, Eq, *f)]))
+                .collect::<Result<_, _>>()?,
+        );
+        m.insert(
+            nr("ioctl")?,
+            vec![rule(
+                DENIED_IOCTLS
+                    .iter()
+                    .map(|r| cond(1, Dword, Ne, *r))
+                    .collect(),
+            )?],
+        );
+        m.insert(
+            nr("personality")?,
+            PERSONALITIES
+                .iter()
+                .map(|p| rule(vec![cond(0, Dword, Eq, *p)]))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    Ok(m)
+}
+
+/// Compiles a policy into the filters the cell installs.
+pub fn compile(policy: &SeccompPolicy) -> Result<CompiledSeccomp, SeccompError> {
+    let eperm = SeccompAction::Errno(libc::EPERM as u32);
+    let main = match policy.kind {
+        SeccompKind::DenyList => {
+            let mut rules = argument_rules(true)?;
+            for name in FIXED_DENY
+                .iter()
+                .copied()
+                .chain(policy.deny.iter().map(String::as_str))
+            {
+                // An empty chain matches the call whatever its arguments.
+                rules.insert(nr(name)?, Vec::new());
+            }
+            compile_filter(rules, SeccompAction::Allow, eperm)?
+        }
+        SeccompKind::AllowList => {
+            let mut rules = argument_rules(false)?;
+            for name in &policy.allow {
+                if FIXED_DENY.contains(&name.as_str()) {
+                    return Err(SeccompError::Compile(format!(
+                        "'{name}' is on the fixed deny list and cannot be allowed"
+                    )));
+                }
+                let n = nr(name)?;
+                rules.entry(n).or_insert_with(Vec::new);
+            }
+            // clone3 gets its ENOSYS from filter 2 instead of EPERM here.
+            rules.insert(nr("clone3")?, Vec::new());
+            compile_filter(rules, eperm, SeccompAction::Allow)?
+        }
+    };
+    let mut c3 = BTreeMap::new();
+    c3.insert(nr("clone3")?, Vec::new());
+    let enosys = compile_filter(
+        c3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    Ok(CompiledSeccomp {
+        policy_hash: policy_hash(policy),
+        kind: match policy.kind {
+            SeccompKind::DenyList => "deny-list".into(),
+            SeccompKind::AllowList => "allow-list".into(),
+        },
+        // The policy goes last: an allow list does not allow seccomp(2) itself.
+        filters: vec![arch_guard(), enosys, main],
+    })
+}
+
+/// sha256 of what determines the BPF: the policy, the fixed list and this format.
+pub fn policy_hash(policy: &SeccompPolicy) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"nixcell-seccomp-v2\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(serde_json::to_vec(policy).unwrap_or_default());
+    h.update(FIXED_DENY.join(",").as_bytes());
+    hex::encode(h.finalize())
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("nixcell").join("seccomp"))
+}
+
+/// The compiled filters of a policy, from the on-disk cache when present (returns
+/// whether it was); a cache that cannot be read or written is only slower.
+pub fn compiled(policy: &SeccompPolicy) -> Result<(CompiledSeccomp, bool), SeccompError> {
+    let hash = policy_hash(policy);
+    let file = cache_dir().map(|d| d.join(format!("{hash}.json")));
+    if let Some(f) = &file
+        && let Ok(bytes) = std::fs::read(f)
+        && let Ok(c) = serde_json::from_slice::<CompiledSeccomp>(&bytes)
+        && c.policy_hash == hash
+    {
+        return Ok((c, true));
+    }
+    let c = compile(policy)?;
+    if let Some(f) = &file
+        && let Some(dir) = f.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = dir.join(format!(".{hash}.{}", std::process::id()));
+        if std::fs::write(&tmp, serde_json::to_vec(&c).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, f);
+        }
+    }
+    Ok((c, false))
+}
+
+/// Installs the filters on the calling thread; needs no_new_privs (set before).
+pub fn install(c: &CompiledSeccomp) -> StageResult {
+    for f in &c.filters {
+        let prog: Vec<sock_filter> = f
+            .iter()
+            .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+            .collect();
+        seccompiler::apply_filter(&prog).map_err(|e| {
+            let errno = match &e {
+                seccompiler::Error::Seccomp(io) => io.raw_os_error().unwrap_or(libc::EINVAL),
+                _ => libc::EINVAL,
+            };
+            StageError::new(
+                "seccomp",
+                "seccomp(SECCOMP_SET_MODE_FILTER)",
+                format!("{} filter: {e}", c.kind),
+                nix::errno::Errno::from_raw(errno),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether this kernel accepts seccomp filters (prctl PR_GET_SECCOMP works).
+pub fn kernel_supports() -> bool {
+    // SAFETY: PR_GET_SECCOMP only reads the calling thread's mode.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP) >= 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(kind: SeccompKind) -> SeccompPolicy {
+        SeccompPolicy {
+            mode: crate::profile::LayerMode::Required,
+            kind,
+            deny: vec![],
+            allow: vec!["read".into(), "write".into()],
+        }
+    }
+
+    #[test]
+    fn every_fixed_name_is_a_syscall() {
+        for n in FIXED_DENY {
+            assert!(syscall_number(n).is_some(), "{n}");
+        }
+        assert_eq!(syscall_number("clone3"), Some(435));
+        assert_eq!(syscall_number("no_such_call"), None);
+    }
+
+    #[test]
+    fn policies_compile_and_hash_differs() {
+        let d = compile(&policy(SeccompKind::DenyList)).unwrap();
+        let a = compile(&policy(SeccompKind::AllowList)).unwrap();
+        assert_eq!(d.filters.len(), 3);
+        assert_ne!(d.policy_hash, a.policy_hash);
+        assert_ne!(d.filters[2], a.filters[2]);
+    }
+
+    #[test]
+    fn allow_list_refuses_fixed_denials() {
+        let mut p = policy(SeccompKind::AllowList);
+        p.allow.push("ptrace".into());
+        assert!(compile(&p).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Profiles from the command line: validation errors stop the run before anything
+//! runs, the built-in profiles differ where they say they do, CLI flags override.
+
+mod common;
+use common::*;
+
+fn write_profile(name: &str, text: &str) -> String {
+    let dir = repo().join("target/test-work/profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_bad_profile_names_file_line_and_key_and_runs_nothing() {
+    let bad = write_profile(
+        "bad.toml",
+        "extends = \"default\"\n[limits]\nmemroy = \"1G\"\n",
+    );
+    let worse = write_profile(
+        "worse.toml",
+        "[seccomp]\ndeny = [\"keyctl\", \"kexec_loadd\"]\n",
+    );
+    for m in MODES {
+        let wd = workdir(m);
+        for (p, needle) in [(&bad, "bad.toml:3:1: memroy"), (&worse, "worse.toml:2:")] {
+            let o = sh(
+                m,
+                &["--workdir", path_str(wd.path()), "--profile", p],
+                "touch /work/ran",
+            );
+            assert_eq!(o.status.code(), Some(125), "{m:?}");
+            let err = text(&o.stderr);
+            assert!(err.contains(needle), "{m:?}: {err}");
+            assert!(!wd.path().join("ran").exists(), "{m:?}: the command ran");
+        }
+        let o = sh(m, &["--profile", "paranoid"], "true");
+        assert_eq!(o.status.code(), Some(125));
+        assert!(text(&o.stderr).contains("unknown profile 'paranoid'"));
+    }
+}
+
+#[test]
+fn strict_is_an_allow_list_and_keeps_the_workdir_read_only() {
+    for m in MODES {
+        let wd = workdir(m);
+        let script = "mkfifo /tmp/f && echo FIFO; echo x > /work/x && echo WROTE; echo end";
+        let args = |p: &'static str| {
+            vec![
+                "--workdir".to_string(),
+                path_str(wd.path()).to_string(),
+                "--profile".into(),
+                p.into(),
+            ]
+        };
+        let a = args("strict");
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        // mknodat is not on strict's allow list; the workdir is mounted read-only.
+        assert_eq!(ok(&sh(m, &a, script), "strict").trim(), "end", "{m:?}");
+        let a = args("default");
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        assert_eq!(
+            ok(&sh(m, &a, script), "default").trim(),
+            "FIFO\nWROTE\nend",
+            "{m:?}"
+        );
+    }
+}
+
+#[test]
+fn cli_flags_override_the_profile_and_every_layer_is_reported() {
+    for m in MODES {
+        let o = sh(
+            m,
+            &[
+                "--json",
+                "--profile",
+                "ci",
+                "--pids",
+                "33",
+                "--memory",
+                "300M",
+                "--cpus",
+                "0.5",
+            ],
+            "true",
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{m:?}: {v}");
+        assert_eq!(v["profile"], "ci");
+        let layers = v["layers"].as_array().unwrap();
+        for name in ["cgroup", "rlimits", "landlock", "seccomp", "pid1"] {
+            let l = layers
+                .iter()
+                .find(|l| l["layer"] == name)
+                .unwrap_or_else(|| panic!("{name} missing: {v}"));
+            assert_eq!(l["enforced"], true, "{m:?}: {l}");
+        }
+        let cg = layers.iter().find(|l| l["layer"] == "cgroup").unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            cg.contains("memory 300M") && cg.contains("pids 33") && cg.contains("0.5 CPUs"),
+            "{cg}"
+        );
+        // The pids limit holds inside the cell: 40 processes cannot start.
+        let o = sh(
+            m,
+            &["--json", "--profile", "ci", "--pids", "10"],
+            "for i in $(seq 20); do sleep 1 & done; echo all",
+        );
+        let v = verdict(&o);
+        assert!(
+            v["stderr"]["text"].as_str().unwrap().contains("can't fork"),
+            "{m:?}: {v}"
+        );
+    }
+}
+
+#[test]
+fn an_off_layer_is_reported_as_not_enforced() {
+    let p = write_profile(
+        "all-off.toml",
+        "[landlock]\nmode = \"off\"\n[seccomp]\nmode = \"off\"\n[cgroup]\nmode = \"off\"\n[rlimits]\nmode = \"off\"\n",
+    );
+    for m in MODES {
+        let v = verdict(&sh(m, &["--json", "--profile", &p], "true"));
+        for l in v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["layer"] != "pid1")
+        {
+            assert_eq!(l["enforced"], false, "{m:?}: {l}");
+            assert!(l["detail"].as_str().unwrap().contains("off"), "{l}");
+        }
+    }
+}
