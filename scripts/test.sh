@@ -5,7 +5,16 @@ set -eu
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# tests/mcp.rs drives `nixcell mcp` with the official Python MCP SDK (PyPI `mcp`).
+if ! target/mcp-venv/bin/python -c 'import mcp.client.stdio' 2>/dev/null; then
+  # Debian's python3 needs python3-venv for this.
+  python3 -m venv target/mcp-venv ||
+    { apt-get install -y -qq python3-venv && python3 -m venv --clear target/mcp-venv; }
+  target/mcp-venv/bin/pip install --quiet mcp
+fi
 cargo build --locked --all-targets
 # setup.sh opened the repo to the test user; the build just made target/ anew.
 chmod -R o+rX target 2>/dev/null || true
 cargo test --locked --all-targets -- --test-threads=2
+# The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
+scripts/mcp-conformance.sh
