@@ -1,4 +1,5 @@
-//! The command line: `nixcell run`, `nixcell doctor`.
+//! The command line: `nixcell run`, `nixcell doctor`, and the front-end commands of
+//! [`crate::front`] (`build`, `context`, `edit`, `proposals`, `approve`, `reject`).
 
 use crate::plan::{self, CellRequest};
 use crate::supervise::{self, RunOptions};
@@ -22,6 +23,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run a command in a cell made of the closure of the given store paths.
     Run(RunArgs),
@@ -31,6 +33,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate and build the project's devenv.nix (cached; keeps a GC root).
+    Build(crate::front::BuildArgs),
+    /// Describe the built environment: packages, Python libraries, services, limits, edits.
+    Context(crate::front::ContextArgs),
+    /// Change devenv.nix within the policy of nixcell.toml; proven by a build, committed.
+    Edit(crate::front::EditArgs),
+    /// List the proposals waiting for a human.
+    Proposals(crate::front::ProposalsArgs),
+    /// Apply a proposal (built again and committed).
+    Approve(crate::front::DecideArgs),
+    /// Reject a proposal.
+    Reject(crate::front::DecideArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -39,6 +53,19 @@ pub struct RunArgs {
     /// The bin/ of each forms PATH, in order.
     #[arg(long = "env-path", value_name = "PATH")]
     pub env_paths: Vec<PathBuf>,
+    /// A package of the package set (attribute path) in the cell; repeatable.
+    #[arg(long = "with", value_name = "NAME")]
+    pub with: Vec<String>,
+    /// A flake output to use as the environment, e.g. `.#devShells.x86_64-linux.default`.
+    #[arg(long = "env", value_name = "INSTALLABLE")]
+    pub flakes: Vec<String>,
+    /// Evaluate flakes impurely (`nix build --impure`).
+    #[arg(long)]
+    pub impure: bool,
+    /// The project whose devenv.nix is the environment when no --env-path, --with or
+    /// --env is given (default: found from the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
     /// A host directory mounted read-write at /work, the command's working directory.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
@@ -70,15 +97,15 @@ pub struct RunArgs {
     /// Host name inside the cell.
     #[arg(long, default_value = "nixcell")]
     pub hostname: String,
-    /// Size cap of the cell's /tmp.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    pub tmp_size: u64,
+    /// Size cap of the cell's /tmp [default: the project's limit, else 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub tmp_size: Option<u64>,
     /// Wall-clock limit; at expiry the whole cell is killed (exit 124).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
-    /// Bytes kept of each captured stream (--json).
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
-    pub max_output: u64,
+    /// Bytes kept of each captured stream (--json) [default: the project's limit, else 1M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output: Option<u64>,
     /// The command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -99,7 +126,7 @@ impl RunArgs {
             host_uid: self.host_uid,
             host_gid: self.host_gid,
             hostname: self.hostname.clone(),
-            tmp_size_bytes: self.tmp_size,
+            tmp_size_bytes: self.tmp_size.unwrap_or(256 << 20),
             argv: self.command.clone(),
         }
     }
@@ -118,6 +145,12 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Doctor { json } => crate::doctor::main(json),
+        Command::Build(a) => crate::front::build(&a),
+        Command::Context(a) => crate::front::context(&a),
+        Command::Edit(a) => crate::front::edit(&a),
+        Command::Proposals(a) => crate::front::proposals(&a),
+        Command::Approve(a) => crate::front::approve(&a),
+        Command::Reject(a) => crate::front::reject(&a),
     }
 }
 
@@ -135,14 +168,47 @@ fn usage_error(json: bool, message: String) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
-    let (spec, closure) = match plan::plan(&args.request()) {
+    let mut req = args.request();
+    if args.command.is_empty() {
+        return usage_error(args.json, plan::PlanError::NoCommand.to_string());
+    }
+    let sources = crate::front::EnvSources {
+        with: args.with.clone(),
+        flakes: args.flakes.clone(),
+        impure: args.impure,
+        project: args.project.clone(),
+    };
+    let from_project = match crate::front::resolve_env(&mut req, &sources) {
+        Ok(x) => x,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
+    if let Some(b) = &from_project.built {
+        let services = b.services();
+        if !services.is_empty() {
+            let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            return usage_error(
+                args.json,
+                format!(
+                    "the declaration enables services ({}), which this build of nixcell cannot start in a cell yet",
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+    if let (None, Some(t)) = (args.tmp_size, from_project.tmp_size_bytes) {
+        req.tmp_size_bytes = t;
+    }
+    let (spec, closure) = match plan::plan(&req) {
         Ok(x) => x,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
     let opts = RunOptions {
         capture: args.json,
-        max_output: args.max_output as usize,
-        timeout: args.timeout,
+        max_output: args
+            .max_output
+            .or(from_project.max_output_bytes)
+            .unwrap_or(1 << 20) as usize,
+        timeout: args.timeout.or(from_project.timeout),
         ..Default::default()
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

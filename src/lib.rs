@@ -2,9 +2,14 @@
 //! environment, in fresh namespaces, with every layer reported.
 
 pub mod cli;
+pub mod context;
+pub mod declare;
 pub mod doctor;
+pub mod edit;
+pub mod front;
 pub mod nix;
 pub mod plan;
+pub mod project;
 pub mod sandbox;
 pub mod spec;
 pub mod supervise;
