@@ -52,8 +52,16 @@ pub fn nixcell(mode: Mode) -> Command {
         Mode::Rootless => {
             test_user_ids();
             let mut c = Command::new("setpriv");
-            c.args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups", "--reset-env", "--"])
-                .arg(bin());
+            c.args([
+                "--reuid",
+                TEST_USER,
+                "--regid",
+                TEST_USER,
+                "--init-groups",
+                "--reset-env",
+                "--",
+            ])
+            .arg(bin());
             c
         }
     }
@@ -72,7 +80,10 @@ pub fn build_env(name: &str, expr: &str) -> PathBuf {
     let roots = repo().join("target/gcroots");
     std::fs::create_dir_all(&roots).unwrap();
     let link = roots.join(name);
-    let full = format!("let pkgs = import {}/tests/fixtures/pkgs {{}}; in {expr}", repo().display());
+    let full = format!(
+        "let pkgs = import {}/tests/fixtures/pkgs {{}}; in {expr}",
+        repo().display()
+    );
     let out = Command::new("nix-build")
         .env("NIX_CONFIG", "substituters =\n")
         .args(["--quiet", "-E", &full, "-o"])
@@ -98,7 +109,10 @@ pub fn busybox() -> PathBuf {
 pub fn workdir(mode: Mode) -> tempfile::TempDir {
     let base = repo().join("target/test-work");
     std::fs::create_dir_all(&base).unwrap();
-    let d = tempfile::Builder::new().prefix("wd").tempdir_in(&base).unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("wd")
+        .tempdir_in(&base)
+        .unwrap();
     if mode == Mode::Rootless {
         let (u, g) = test_user_ids();
         nix::unistd::chown(d.path(), Some(u.into()), Some(g.into())).unwrap();
@@ -110,7 +124,11 @@ pub fn workdir(mode: Mode) -> tempfile::TempDir {
 pub fn sh(mode: Mode, extra: &[&str], script: &str) -> Output {
     let bb = busybox();
     let mut c = nixcell(mode);
-    c.arg("run").arg("--env-path").arg(&bb).args(extra).args(["--", "sh", "-c", script]);
+    c.arg("run")
+        .arg("--env-path")
+        .arg(&bb)
+        .args(extra)
+        .args(["--", "sh", "-c", script]);
     c.output().expect("run nixcell")
 }
 
