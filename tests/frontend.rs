@@ -589,3 +589,53 @@ fn scenario_2_redis_service() {
     let o = cell(dir, &["run", "--", "python3", "redis_check.py"]);
     assert!(ok(&o, "redis_check.py").contains("redis ok"));
 }
+
+#[test]
+fn a_flake_output_is_an_environment() {
+    // Outside the repository: a flake inside a git tree is that tree's flake.
+    let dir = tempfile::tempdir().unwrap();
+    let flake = format!(
+        r#"{{
+  inputs.nixpkgs.url = "path:{}";
+  outputs = {{ self, nixpkgs }}:
+    let pkgs = nixpkgs.legacyPackages.x86_64-linux; in {{
+      devShells.x86_64-linux.default = pkgs.mkShell {{ packages = [ pkgs.busybox pkgs.jq ]; }};
+    }};
+}}
+"#,
+        pkgs_dir().display()
+    );
+    std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
+    // The fixture package set reads the host's package versions: impure evaluation.
+    let o = cell(
+        dir.path(),
+        &[
+            "run",
+            "--env",
+            ".#devShells.x86_64-linux.default",
+            "--impure",
+            "--",
+            "jq",
+            "--version",
+        ],
+    );
+    assert!(ok(&o, "flake env").starts_with("jq-"));
+    let err = fails(
+        &cell(
+            dir.path(),
+            &[
+                "run",
+                "--env",
+                ".#devShells.x86_64-linux.nope",
+                "--impure",
+                "--",
+                "true",
+            ],
+        ),
+        "missing flake output",
+    );
+    assert!(
+        err.contains("--env .#devShells.x86_64-linux.nope") && err.contains("nope"),
+        "{err}"
+    );
+}
