@@ -6,7 +6,8 @@
 #      set imports (python3 with pandas/openpyxl, redis, jq, ripgrep, ...),
 #      benchmark and build tools.
 #   2. A Rust toolchain (Debian's cargo as a fallback when none is installed).
-#   3. Nix for offline use: no substituters (no binary cache is reachable).
+#   3. Nix for offline use: no substituters (no binary cache is reachable),
+#      and sandbox = false (the package set imports host files).
 #   4. Multi-user Nix: group nix-users and a running nix-daemon.
 #   5. The unprivileged test user nixcell-test (group nix-users).
 #   6. cgroup delegation to that user (v1 per-controller or v2 subtree).
@@ -106,7 +107,20 @@ else
   nix_conf_changed=1
   say "$NIX_CONF: set 'substituters =' (empty)"
 fi
-grep -Eq '^[[:space:]]*sandbox[[:space:]]*=' "$NIX_CONF" || say "note: $NIX_CONF sets no 'sandbox'; the fixture needs builds to see the host (sandbox = false)"
+# The fixture's builders read the host's Debian files, so builds must not be
+# sandboxed. Debian's nix-setup-systemd writes `sandbox = false`; without it
+# nix's default is a sandbox.
+if grep -Eq '^[[:space:]]*sandbox[[:space:]]*=[[:space:]]*false[[:space:]]*$' "$NIX_CONF"; then
+  :
+elif grep -Eq '^[[:space:]]*sandbox[[:space:]]*=' "$NIX_CONF"; then
+  sed -i -E 's|^[[:space:]]*sandbox[[:space:]]*=.*$|sandbox = false|' "$NIX_CONF"
+  nix_conf_changed=1
+  say "$NIX_CONF: changed to 'sandbox = false' (the offline package set reads host files)"
+else
+  printf '\n# The offline package set (tests/fixtures/pkgs) imports host files.\nsandbox = false\n' >> "$NIX_CONF"
+  nix_conf_changed=1
+  say "$NIX_CONF: set 'sandbox = false'"
+fi
 
 # ---------------------------------------------------------------------------
 # 4. Multi-user Nix: groups, build users, directories, daemon (what Debian's

@@ -23,10 +23,9 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run a command in a cell made of the closure of the given store paths.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
         /// Print JSON instead of text.
@@ -106,17 +105,27 @@ pub struct RunArgs {
     /// Bytes kept of each captured stream (--json) [default: the project's limit, else 1M].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
+    /// Start a service in the cell before the command and stop it after:
+    /// NAME[:PORT]=COMMAND ARGS (split on spaces). With a PORT the command waits until
+    /// 127.0.0.1:PORT accepts connections. Repeatable.
+    #[arg(long = "service", value_name = "NAME[:PORT]=COMMAND")]
+    pub services: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
 impl RunArgs {
-    pub fn request(&self) -> CellRequest {
+    pub fn request(&self) -> Result<CellRequest, plan::PlanError> {
         let mut binds: Vec<(&'static str, String)> = Vec::new();
         binds.extend(self.ro_binds.iter().map(|b| ("--ro-bind", b.clone())));
         binds.extend(self.binds.iter().map(|b| ("--bind", b.clone())));
-        CellRequest {
+        let services = self
+            .services
+            .iter()
+            .map(|s| plan::ServiceRequest::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CellRequest {
             env_paths: self.env_paths.clone(),
             workdir: self.workdir.clone(),
             binds,
@@ -128,7 +137,9 @@ impl RunArgs {
             hostname: self.hostname.clone(),
             tmp_size_bytes: self.tmp_size.unwrap_or(256 << 20),
             argv: self.command.clone(),
-        }
+            services,
+            log_dir: None,
+        })
     }
 }
 
@@ -168,7 +179,10 @@ fn usage_error(json: bool, message: String) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
-    let mut req = args.request();
+    let mut req = match args.request() {
+        Ok(r) => r,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
     if args.command.is_empty() {
         return usage_error(args.json, plan::PlanError::NoCommand.to_string());
     }
@@ -182,19 +196,6 @@ fn run(args: &RunArgs) -> i32 {
         Ok(x) => x,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    if let Some(b) = &from_project.built {
-        let services = b.services();
-        if !services.is_empty() {
-            let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-            return usage_error(
-                args.json,
-                format!(
-                    "the declaration enables services ({}), which this build of nixcell cannot start in a cell yet",
-                    names.join(", ")
-                ),
-            );
-        }
-    }
     if let (None, Some(t)) = (args.tmp_size, from_project.tmp_size_bytes) {
         req.tmp_size_bytes = t;
     }

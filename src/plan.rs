@@ -2,7 +2,7 @@
 //! [`RunSpec`]. Every refusal names what is wrong and where; nothing runs before.
 
 use crate::nix::closure::{self, Closure, ClosureError};
-use crate::spec::{BindMount, Identity, RunSpec, Symlink, WORKDIR_IN_CELL};
+use crate::spec::{BindMount, Identity, RunSpec, ServiceSpec, Symlink, WORKDIR_IN_CELL};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -26,6 +26,8 @@ pub enum PlanError {
     SetEnv(String),
     #[error("{0}")]
     Identity(String),
+    #[error("--service {0}: {1}")]
+    Service(String, String),
 }
 
 /// What a user asks for, independent of where it came from.
@@ -43,6 +45,101 @@ pub struct CellRequest {
     pub hostname: String,
     pub tmp_size_bytes: u64,
     pub argv: Vec<String>,
+    /// Services to start in the cell before the command.
+    pub services: Vec<ServiceRequest>,
+    /// Where service logs go (default: a new directory under the state directory).
+    pub log_dir: Option<PathBuf>,
+}
+
+/// A service as declared: a name, its command line, an optional loopback port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRequest {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub port: Option<u16>,
+}
+
+impl ServiceRequest {
+    /// Parses the CLI form `NAME[:PORT]=COMMAND ARGS...` (arguments split on spaces).
+    pub fn parse(s: &str) -> Result<Self, PlanError> {
+        let err = |why: &str| PlanError::Service(s.to_string(), why.to_string());
+        let (head, cmd) = s
+            .split_once('=')
+            .ok_or_else(|| err("expected NAME[:PORT]=COMMAND"))?;
+        let (name, port) = match head.split_once(':') {
+            Some((n, p)) => (
+                n,
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| err("PORT must be a number from 1 to 65535"))?,
+                ),
+            ),
+            None => (head, None),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err("NAME may only hold letters, digits, '-' and '_'"));
+        }
+        if port == Some(0) {
+            return Err(err("PORT must be a number from 1 to 65535"));
+        }
+        let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        if argv.is_empty() {
+            return Err(err("empty COMMAND"));
+        }
+        Ok(ServiceRequest {
+            name: name.to_string(),
+            argv,
+            port,
+        })
+    }
+}
+
+/// A fresh directory for this run's service logs under the user's state directory.
+fn default_log_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    base.join("nixcell/logs")
+        .join(format!("{stamp}-{}", std::process::id()))
+}
+
+fn plan_services(req: &CellRequest) -> Result<Vec<ServiceSpec>, PlanError> {
+    if req.services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut names = std::collections::HashSet::new();
+    for s in &req.services {
+        if !names.insert(&s.name) {
+            return Err(PlanError::Service(s.name.clone(), "declared twice".into()));
+        }
+    }
+    let dir = req.log_dir.clone().unwrap_or_else(default_log_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        PlanError::Service(
+            dir.display().to_string(),
+            format!("cannot create the log directory: {e}"),
+        )
+    })?;
+    Ok(req
+        .services
+        .iter()
+        .map(|s| ServiceSpec {
+            name: s.name.clone(),
+            argv: s.argv.clone(),
+            ready_port: s.port,
+            log: dir.join(format!("{}.log", s.name)),
+            ready_timeout_ms: 15_000,
+        })
+        .collect())
 }
 
 /// Paths a bind may not land on or under: the cell's own structure.
@@ -167,7 +264,7 @@ fn subid_start(file: &str, name: &str) -> Option<u32> {
 fn plan_identity(req: &CellRequest, workdir: Option<&Path>) -> Result<Identity, PlanError> {
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
-    let (host_uid, host_gid) = if euid == 0 {
+    let (host_uid, host_gid) = if crate::sandbox::ns::is_host_root() {
         let owner = workdir
             .and_then(|w| std::fs::metadata(w).ok())
             .filter(|m| m.uid() != 0)
@@ -283,6 +380,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         }
     }
     let env = plan_env(req, &path_dirs, &identity)?;
+    let services = plan_services(req)?;
     let spec = RunSpec {
         argv: req.argv.clone(),
         env,
@@ -300,6 +398,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         hostname: req.hostname.clone(),
         identity,
         supervisor_pid: std::process::id() as i32,
+        services,
         security: Default::default(),
     };
     Ok((spec, closure))
@@ -353,6 +452,26 @@ mod tests {
     fn missing_bind_source_is_named() {
         let err = plan_binds(&req_with(&[("--bind", "/no/such/dir:/data")]), vec![]).unwrap_err();
         assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn service_flags_parse_or_name_the_fault() {
+        let s = ServiceRequest::parse("redis:6379=redis-server --port 6379").unwrap();
+        assert_eq!(s.name, "redis");
+        assert_eq!(s.port, Some(6379));
+        assert_eq!(s.argv, ["redis-server", "--port", "6379"]);
+        assert_eq!(ServiceRequest::parse("web=sh -c x").unwrap().port, None);
+        for bad in [
+            "redis",
+            "redis:99999=x",
+            "redis:0=x",
+            "re dis=x",
+            ":1=x",
+            "a=",
+        ] {
+            let e = ServiceRequest::parse(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -405,7 +405,8 @@ impl Project {
 
     /// The request of a run in this project: the built environment, the project
     /// directory as the working directory (/work), the declared variables (an explicit
-    /// `--setenv` wins) and the configured limits.
+    /// `--setenv` wins) and the declared services and processes (a `--service` of the
+    /// same name wins). Limits are applied by the caller (they are run options).
     pub fn cell_request(&self, built: &Built, mut req: CellRequest) -> CellRequest {
         req.env_paths = vec![built.env.clone()];
         if req.workdir.is_none() {
@@ -419,6 +420,18 @@ impl Project {
             .collect();
         setenv.append(&mut req.setenv);
         req.setenv = setenv;
+        for svc in built.services() {
+            if !req.services.iter().any(|s| s.name == svc.name) {
+                req.services.push(crate::plan::ServiceRequest {
+                    name: svc.name,
+                    argv: svc.command,
+                    port: match svc.ready {
+                        declare::ReadyCheck::TcpPort(p) => Some(p),
+                        declare::ReadyCheck::None => None,
+                    },
+                });
+            }
+        }
         req
     }
 }

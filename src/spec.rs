@@ -35,6 +35,9 @@ pub struct RunSpec {
     pub identity: Identity,
     /// Pid of the supervisor; the init stage refuses to run for another parent.
     pub supervisor_pid: i32,
+    /// Services started inside the cell before the command, stopped after it.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
     /// Security layers applied right before exec.
     #[serde(default)]
     pub security: crate::sandbox::layers::SecuritySpec,
@@ -82,4 +85,18 @@ pub struct Identity {
     pub host_gid: u32,
     pub user_name: String,
     pub home: PathBuf,
+}
+
+/// A long-running process started in the cell before the command (e.g. redis), on
+/// loopback only, under the same confinement as the command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// The service is ready when a TCP connect to 127.0.0.1:PORT succeeds.
+    pub ready_port: Option<u16>,
+    /// Host file its stdout and stderr are appended to; kept after the run.
+    pub log: PathBuf,
+    /// How long to wait for readiness.
+    pub ready_timeout_ms: u64,
 }

@@ -23,6 +23,15 @@ pub struct Verdict {
     pub layers: Vec<LayerReport>,
     pub stdout: Option<Captured>,
     pub stderr: Option<Captured>,
+    /// Services that ran beside the command, with their logs on the host.
+    pub services: Vec<ServiceSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub port: Option<u16>,
+    pub log: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +55,8 @@ pub struct ClosureSummary {
 pub fn exec_message(program: &str, errno: i32) -> String {
     if errno == libc::ENOENT {
         format!("{program}: command not found in the cell")
+    } else if errno == libc::ENOEXEC && program.contains(": bad interpreter ") {
+        program.to_string()
     } else {
         format!(
             "{program}: cannot execute: {}",
@@ -101,5 +112,14 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
         layers: o.layers,
         stdout: o.stdout,
         stderr: o.stderr,
+        services: spec
+            .services
+            .iter()
+            .map(|s| ServiceSummary {
+                name: s.name.clone(),
+                port: s.ready_port,
+                log: s.log.clone(),
+            })
+            .collect(),
     }
 }

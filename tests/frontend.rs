@@ -496,8 +496,7 @@ fn cached_runs_do_not_call_nix_and_cold_builds_are_timed() {
         "{{ pkgs, ... }}: {{ packages = [ pkgs.busybox ]; env.NONCE = \"{nonce}\"; processes.p{nonce}.exec = \"true\"; }}\n"
     );
     std::fs::write(dir.join("devenv.nix"), decl).unwrap();
-    // Processes are services the runner does not start yet: build, then run with
-    // the environment path so the comparison is the run start alone.
+    // Build twice: the second comes from the cache.
     let t = Instant::now();
     let b = json(&cell(dir, &["build", "--json"]), "cold build");
     let cold_build = t.elapsed();
@@ -576,7 +575,6 @@ fn with_builds_an_environment_of_named_packages() {
 }
 
 #[test]
-#[ignore = "needs services inside the cell (the runner starts ServiceDecl)"]
 fn scenario_2_redis_service() {
     let p = project("analysis", None);
     let dir = p.path();

@@ -84,14 +84,13 @@ pub fn closure(roots: &[PathBuf]) -> Result<Closure, ClosureError> {
     sorted_roots.dedup();
     let key = hash_lines(sorted_roots.iter().map(|p| p.as_path()));
     let cache_file = cache_dir().map(|d| d.join(format!("{key}.json")));
-    if let Some(f) = &cache_file {
-        if let Ok(bytes) = std::fs::read(f) {
-            if let Ok(c) = serde_json::from_slice::<Closure>(&bytes) {
-                if c.roots == sorted_roots && c.roots.iter().all(|r| r.symlink_metadata().is_ok()) {
-                    return Ok(c);
-                }
-            }
-        }
+    if let Some(c) = cache_file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|b| serde_json::from_slice::<Closure>(&b).ok())
+        .filter(|c| c.roots == sorted_roots && c.roots.iter().all(|r| r.symlink_metadata().is_ok()))
+    {
+        return Ok(c);
     }
     let out = Command::new("nix-store")
         .arg("--query")

@@ -17,7 +17,7 @@ pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
         // SAFETY: _exit ends the process without running anything else.
         unsafe { libc::_exit(125) }
     }
-    let (program, errno) = execute(spec);
+    let (program, errno) = execute(spec, &spec.argv);
     let _ = proto::send(
         sock,
         &Report::ExecFailed {
@@ -28,6 +28,37 @@ pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
     let code = if errno == Errno::ENOENT { 127 } else { 126 };
     // SAFETY: as above.
     unsafe { libc::_exit(code) }
+}
+
+/// Runs in a child of PID 1 forked for a service: the same confinement as the
+/// command, with stdout and stderr on the service's log and stdin on /dev/null. A
+/// failure is written to the log; PID 1 sees the early exit and reports it.
+pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
+    use std::io::Write;
+    let mut log_file = std::fs::File::from(log.try_clone_to_owned().unwrap_or_else(|_| {
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(125) }
+    }));
+    let redirect = (|| -> StageResult {
+        let null = std::fs::File::open("/dev/null").at("service-stdio", "open", "/dev/null")?;
+        nix::unistd::dup2_stdin(&null).at("service-stdio", "dup2", "stdin")?;
+        nix::unistd::dup2_stdout(&log_file).at("service-stdio", "dup2", "stdout")?;
+        nix::unistd::dup2_stderr(&log_file).at("service-stdio", "dup2", "stderr")?;
+        Ok(())
+    })();
+    if let Err(e) = redirect.and_then(|()| prepare(spec)) {
+        let _ = writeln!(log_file, "nixcell: {}", e);
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(125) }
+    }
+    let (program, errno) = execute(spec, argv);
+    let _ = writeln!(
+        log_file,
+        "nixcell: {}",
+        crate::verdict::exec_message(&program, errno as i32)
+    );
+    // SAFETY: _exit ends the process at once.
+    unsafe { libc::_exit(if errno == Errno::ENOENT { 127 } else { 126 }) }
 }
 
 fn prepare(spec: &RunSpec) -> StageResult {
@@ -64,9 +95,8 @@ fn prepare(spec: &RunSpec) -> StageResult {
 
 /// Resolves argv[0] like execvp(3) over the cell's PATH and execs; returns only on
 /// failure, with the program tried and the errno that counts.
-fn execute(spec: &RunSpec) -> (String, Errno) {
-    let argv: Vec<CString> = spec
-        .argv
+fn execute(spec: &RunSpec, args: &[String]) -> (String, Errno) {
+    let argv: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
@@ -75,7 +105,7 @@ fn execute(spec: &RunSpec) -> (String, Errno) {
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default())
         .collect();
-    let name = &spec.argv[0];
+    let name = &args[0];
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
     } else {
@@ -88,10 +118,32 @@ fn execute(spec: &RunSpec) -> (String, Errno) {
         };
         let Err(e) = nix::unistd::execve(&path, &argv, &envp);
         match e {
+            // The file is there but its #! interpreter is not.
+            Errno::ENOENT if std::fs::metadata(c).is_ok() => {
+                return (
+                    format!("{}: bad interpreter {}", c.display(), shebang(c)),
+                    Errno::ENOEXEC,
+                );
+            }
             Errno::ENOENT | Errno::ENOTDIR => {}
             Errno::EACCES => last = e,
             other => return (c.display().to_string(), other),
         }
     }
     (name.clone(), last)
+}
+
+/// The interpreter a script's `#!` line names, for the error message.
+fn shebang(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&head[..n]);
+    text.strip_prefix("#!")
+        .and_then(|l| l.lines().next())
+        .and_then(|l| l.split_whitespace().next())
+        .map(|i| format!("{i} (not in the cell)"))
+        .unwrap_or_else(|| "(unknown)".into())
 }

@@ -25,7 +25,9 @@ pub fn main() -> ! {
     let code = match run(&spec, sock) {
         Ok(code) => code,
         Err(e) => {
-            let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
+            if e.stage != "wait-pid1" {
+                let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
+            }
             125
         }
     };
@@ -53,13 +55,28 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
-    let prepared = if nix::unistd::geteuid().is_root() && spec.identity.host_uid != 0 {
+    // Service logs are host files, opened while the host is still in reach (and, when
+    // started as root, before leaving root).
+    let mut logs = Vec::with_capacity(spec.services.len());
+    for svc in &spec.services {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&svc.log)
+            .at("service-logs", "open", svc.log.display())?;
+        logs.push(std::os::fd::OwnedFd::from(f));
+    }
+    let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
         ns::leave_host_root(&spec.identity, &spec.mounts)?
     } else {
         PreparedMounts(Vec::new())
     };
+    let host_ids = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     ns::unshare_all()?;
-    ns::write_id_maps(&spec.identity)?;
+    ns::write_id_maps(&spec.identity, host_ids)?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -67,9 +84,10 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         .at("fork-pid1", "open", "/dev/null")?;
     // SAFETY: this process is single-threaded (fresh exec, no threads started).
     match unsafe { fork() }.at("fork-pid1", "fork", "")? {
-        ForkResult::Child => pid1::main(spec, sock, prepared),
+        ForkResult::Child => pid1::main(spec, sock, prepared, logs),
         ForkResult::Parent { child } => {
             drop(prepared);
+            drop(logs);
             let _ = proto::send(
                 sock,
                 &Report::Ready {
@@ -81,6 +99,11 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
                 // reaches EOF as soon as the cell's processes are gone.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
             }
+            // From here PID 1 alone speaks for the cell: the control socket reaches
+            // EOF when PID 1 is gone, so the supervisor need not wait for this
+            // process, whose exit tears the mount namespace down.
+            // SAFETY: nothing else in this process uses the descriptor any more.
+            unsafe { libc::close(INIT_FD) };
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, c)) => return Ok(c),

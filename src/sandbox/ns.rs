@@ -25,6 +25,16 @@ pub fn namespace_names() -> Vec<&'static str> {
     CELL_NAMESPACES.iter().map(|(n, _)| *n).collect()
 }
 
+/// True when this process is root of the initial user namespace (the identity map
+/// covers every id): only then can it open mount trees and map other ids. Root inside
+/// some other user namespace (`unshare -r`) is treated like any unprivileged user.
+pub fn is_host_root() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+            .unwrap_or(false)
+}
+
 /// Bind sources opened while still host root (root mode only), in `spec.mounts` order.
 pub struct PreparedMounts(pub Vec<OwnedFd>);
 
@@ -147,10 +157,11 @@ pub fn unshare_all() -> StageResult {
 /// Maps the cell identity onto the process's own host ids: the one mapping an
 /// unprivileged process may write for itself (user_namespaces(7)); setgroups must be
 /// denied before gid_map.
-pub fn write_id_maps(id: &Identity) -> StageResult {
+/// `host` are the process's ids read before unshare (afterwards they read as the
+/// overflow id until the maps exist).
+pub fn write_id_maps(id: &Identity, host: (u32, u32)) -> StageResult {
     const STAGE: &str = "id-maps";
-    let host_uid = nix::unistd::geteuid().as_raw();
-    let host_gid = nix::unistd::getegid().as_raw();
+    let (host_uid, host_gid) = host;
     std::fs::write("/proc/self/setgroups", "deny").at(STAGE, "write", "/proc/self/setgroups")?;
     std::fs::write("/proc/self/gid_map", format!("{} {} 1\n", id.gid, host_gid)).at(
         STAGE,

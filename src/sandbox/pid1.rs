@@ -5,7 +5,7 @@
 
 use super::ns::{self, PreparedMounts};
 use super::proto::{self, Report};
-use super::{StageResult, caps, exec, rootfs};
+use super::{StageError, StageResult, caps, exec, rootfs};
 use crate::spec::RunSpec;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{
@@ -14,7 +14,8 @@ use nix::sys::signal::{
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// Signals PID 1 passes on to the command.
 const FORWARDED: &[Signal] = &[
@@ -41,7 +42,12 @@ fn fail(sock: BorrowedFd<'_>, e: super::StageError) -> ! {
 }
 
 /// Entry of PID 1; never returns.
-pub fn main(spec: &RunSpec, sock: BorrowedFd<'_>, prepared: PreparedMounts) -> ! {
+pub fn main(
+    spec: &RunSpec,
+    sock: BorrowedFd<'_>,
+    prepared: PreparedMounts,
+    logs: Vec<OwnedFd>,
+) -> ! {
     // The init stage (our parent) is single-threaded: if it dies, so do we.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let built = setup(spec, &prepared);
@@ -75,6 +81,15 @@ pub fn main(spec: &RunSpec, sock: BorrowedFd<'_>, prepared: PreparedMounts) -> !
         Err(e) => fail(sock, super::StageError::new("signals", "signalfd", "", e)),
     };
 
+    let services = match start_services(spec, &logs) {
+        Ok(pids) => pids,
+        Err(e) => {
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            fail(sock, e)
+        }
+    };
+    drop(logs);
+
     // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
     let child = match unsafe { fork() } {
         Ok(ForkResult::Child) => exec::exec_command(spec, sock),
@@ -98,6 +113,7 @@ pub fn main(spec: &RunSpec, sock: BorrowedFd<'_>, prepared: PreparedMounts) -> !
     }
 
     let status = supervise(child, &sfd, sock);
+    stop_services(&services);
     // Whatever the command left behind dies with it.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(None::<Pid>, None).is_ok() {}
@@ -144,5 +160,86 @@ fn supervise(child: Pid, sfd: &SignalFd, sock: BorrowedFd<'_>) -> WaitStatus {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Starts every service and waits until each one with a port accepts connections on
+/// loopback; a service that exits or stays deaf past its timeout fails the set-up.
+fn start_services(spec: &RunSpec, logs: &[OwnedFd]) -> StageResult<Vec<Pid>> {
+    let mut pids = Vec::with_capacity(spec.services.len());
+    for (svc, log) in spec.services.iter().zip(logs) {
+        // SAFETY: PID 1 is single-threaded; the child goes straight to exec_service.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => exec::exec_service(spec, &svc.argv, log.as_fd()),
+            Ok(ForkResult::Parent { child }) => pids.push(child),
+            Err(e) => {
+                return Err(StageError::new(
+                    "service-start",
+                    "fork",
+                    svc.name.clone(),
+                    e,
+                ));
+            }
+        }
+    }
+    for (svc, pid) in spec.services.iter().zip(&pids) {
+        let Some(port) = svc.ready_port else { continue };
+        let deadline = Instant::now() + Duration::from_millis(svc.ready_timeout_ms);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        loop {
+            if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG))
+            {
+                return Err(StageError::new(
+                    "service-ready",
+                    "waitpid",
+                    format!(
+                        "service '{}' exited before it was ready; its log: {}",
+                        svc.name,
+                        svc.log.display()
+                    ),
+                    nix::errno::Errno::ECHILD,
+                ));
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StageError::new(
+                    "service-ready",
+                    "connect",
+                    format!(
+                        "service '{}' did not accept connections on 127.0.0.1:{port} within {} ms; its log: {}",
+                        svc.name,
+                        svc.ready_timeout_ms,
+                        svc.log.display()
+                    ),
+                    nix::errno::Errno::ETIMEDOUT,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(pids)
+}
+
+/// Asks the services to stop (SIGTERM) and gives them a moment to flush their logs.
+fn stop_services(pids: &[Pid]) {
+    if pids.is_empty() {
+        return;
+    }
+    for p in pids {
+        let _ = kill(*p, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left: Vec<Pid> = pids.to_vec();
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|p| {
+            matches!(
+                waitpid(*p, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

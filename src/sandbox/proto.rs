@@ -54,7 +54,14 @@ impl std::fmt::Display for SetupFailure {
             self.syscall,
             self.detail,
             io::Error::from_raw_os_error(self.errno)
-        )
+        )?;
+        if self.stage == "unshare" {
+            write!(
+                f,
+                " (this kernel or user may not create namespaces; see 'nixcell doctor')"
+            )?;
+        }
+        Ok(())
     }
 }
 
