@@ -637,3 +637,28 @@ fn a_flake_output_is_an_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn declared_processes_run_beside_the_command() {
+    let p = project("analysis", None);
+    let dir = p.path();
+    std::fs::write(
+        dir.join("devenv.nix"),
+        "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  processes.ticker.exec = \"echo $GREETING > /tmp/ticker.txt; sleep 30\";\n  env.GREETING = \"from the process\";\n}\n",
+    )
+    .unwrap();
+    let b = json(&cell(dir, &["build", "--json"]), "build");
+    assert_eq!(b["services"][0]["name"], "ticker");
+    assert_eq!(b["services"][0]["port"], serde_json::Value::Null);
+    let o = cell(
+        dir,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 100); do [ -s /tmp/ticker.txt ] && exec cat /tmp/ticker.txt; sleep 0.1; done; exit 1",
+        ],
+    );
+    assert_eq!(ok(&o, "process output").trim(), "from the process");
+}
