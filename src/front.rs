@@ -349,7 +349,14 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
     }
     let project = match &src.project {
         Some(d) => Project::open(d)?,
-        None => Project::discover(&std::env::current_dir()?)?,
+        None => match Project::discover(&std::env::current_dir()?) {
+            Err(crate::project::ProjectError::NotFound(dir)) => anyhow::bail!(
+                "no environment: give --env-path, --with or --env, or run in a project \
+                 (no devenv.nix in {} or any parent directory)",
+                dir.display()
+            ),
+            other => other?,
+        },
     };
     let built = project.build(Progress::Stderr)?;
     *req = project.cell_request(&built, std::mem::take(req));
