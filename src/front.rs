@@ -295,6 +295,8 @@ pub struct EnvSources {
 /// What a run in a project adds to the request, besides the environment.
 #[derive(Debug, Default)]
 pub struct FromProject {
+    /// `profile` of nixcell.toml (a `--profile` given on the command line wins).
+    pub profile: Option<String>,
     pub timeout: Option<std::time::Duration>,
     pub tmp_size_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
@@ -360,6 +362,7 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
     };
     let built = project.build(Progress::Stderr)?;
     *req = project.cell_request(&built, std::mem::take(req));
+    extra.profile = project.config.profile.clone();
     extra.timeout = project.limits.timeout;
     extra.tmp_size_bytes = Some(project.limits.tmp_size_bytes);
     extra.max_output_bytes = Some(project.limits.max_output_bytes);
