@@ -652,3 +652,15 @@ fn declared_processes_run_beside_the_command() {
     );
     assert_eq!(ok(&o, "process output").trim(), "from the process");
 }
+
+#[test]
+fn a_package_is_not_a_declaration() {
+    let p = project("analysis", None);
+    std::fs::write(
+        p.path().join("devenv.nix"),
+        "{ pkgs, ... }: pkgs.mkShell { }\n",
+    )
+    .unwrap();
+    let err = fails(&cell(p.path(), &["build"]), "package as declaration");
+    assert!(err.contains("evaluates to a package"), "{err}");
+}

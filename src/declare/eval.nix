@@ -59,6 +59,7 @@ let
 
   typeErrors =
     if !(builtins.isAttrs user) then [ "${file} must evaluate to an attribute set (or a function returning one)" ]
+    else if isDrv user then [ "${file} evaluates to a package, not to devenv options (packages, languages, services, processes, env)" ]
     else unknownIn "" known user;
 
   check = cond: msg: if cond then [ ] else [ msg ];
