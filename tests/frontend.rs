@@ -664,3 +664,34 @@ fn a_package_is_not_a_declaration() {
     let err = fails(&cell(p.path(), &["build"]), "package as declaration");
     assert!(err.contains("evaluates to a package"), "{err}");
 }
+
+#[test]
+fn a_project_built_once_runs_rootless_from_the_cache() {
+    let toml = format!(
+        "nixpkgs = \"{}\"\n[limits]\ntmp_size = \"64M\"\n",
+        pkgs_dir().display()
+    );
+    let p = project("analysis", Some(&toml));
+    let dir = p.path();
+    // Root builds (single-user Nix); the unprivileged owner of the project runs.
+    ok(&cell(dir, &["build"]), "build as root");
+    let (u, g) = test_user_ids();
+    let out = Command::new("chown")
+        .args(["-R", &format!("{u}:{g}")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut c = nixcell(Mode::Rootless);
+    c.current_dir(dir).args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo $REPORT_NAME; python3 -c 'import sys; print(sys.version_info[0])'; df -k /tmp | tail -1",
+    ]);
+    let out = ok(&c.output().unwrap(), "rootless project run");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["quarterly", "3"], "{out}");
+    assert!(lines[2].contains("65536"), "the project's tmp_size: {out}");
+}
