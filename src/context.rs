@@ -211,7 +211,7 @@ fn layers() -> Vec<LayerInfo> {
     vec![
         LayerInfo {
             name: "namespaces".into(),
-            available: r.user_namespaces.available || !r.rootless,
+            available: r.user_namespaces.available,
             detail: format!(
                 "user, mount, pid, network, uts and ipc namespaces; the root holds only the closure ({})",
                 r.user_namespaces.detail
