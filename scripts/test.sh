@@ -15,6 +15,6 @@ fi
 cargo build --locked --all-targets
 # setup.sh opened the repo to the test user; the build just made target/ anew.
 chmod -R o+rX target 2>/dev/null || true
-cargo test --locked --all-targets -- --test-threads=2
+cargo test --locked --tests -- --test-threads=2
 # The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
 scripts/mcp-conformance.sh

@@ -1,4 +1,5 @@
-//! The command line: `nixcell run`, `nixcell doctor`.
+//! The command line: `nixcell run`, `nixcell doctor`, and the front-end commands of
+//! [`crate::front`] (`build`, `context`, `edit`, `proposals`, `approve`, `reject`).
 
 use crate::plan::{self, CellRequest};
 use crate::supervise::{self, RunOptions};
@@ -31,6 +32,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate and build the project's devenv.nix (cached; keeps a GC root).
+    Build(crate::front::BuildArgs),
+    /// Describe the built environment: packages, Python libraries, services, limits, edits.
+    Context(crate::front::ContextArgs),
+    /// Change devenv.nix within the policy of nixcell.toml; proven by a build, committed.
+    Edit(crate::front::EditArgs),
+    /// List the proposals waiting for a human.
+    Proposals(crate::front::ProposalsArgs),
+    /// Apply a proposal (built again and committed).
+    Approve(crate::front::DecideArgs),
+    /// Reject a proposal.
+    Reject(crate::front::DecideArgs),
     /// Serve the Model Context Protocol on stdin/stdout for agents.
     Mcp(McpArgs),
 }
@@ -43,10 +56,10 @@ pub struct McpArgs {
     /// Serve fixed store paths instead of a project (no edits); repeatable.
     #[arg(long = "env-path", value_name = "PATH")]
     pub env_paths: Vec<PathBuf>,
-    /// Sandbox profile of every run (a built-in name or a TOML file); limits an agent asks
-    /// for stay within the profile's.
-    #[arg(long, value_name = "NAME|PATH", default_value = "default")]
-    pub profile: String,
+    /// Sandbox profile of every run (a built-in name or a TOML file; default: the
+    /// project's, else "default"); limits an agent asks for stay within the profile's.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -55,6 +68,19 @@ pub struct RunArgs {
     /// The bin/ of each forms PATH, in order.
     #[arg(long = "env-path", value_name = "PATH")]
     pub env_paths: Vec<PathBuf>,
+    /// A package of the package set (attribute path) in the cell; repeatable.
+    #[arg(long = "with", value_name = "NAME")]
+    pub with: Vec<String>,
+    /// A flake output to use as the environment, e.g. `.#devShells.x86_64-linux.default`.
+    #[arg(long = "env", value_name = "INSTALLABLE")]
+    pub flakes: Vec<String>,
+    /// Evaluate flakes impurely (`nix build --impure`).
+    #[arg(long)]
+    pub impure: bool,
+    /// The project whose devenv.nix is the environment when no --env-path, --with or
+    /// --env is given (default: found from the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
     /// A host directory mounted read-write at /work, the command's working directory.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
@@ -86,12 +112,13 @@ pub struct RunArgs {
     /// Host name inside the cell.
     #[arg(long, default_value = "nixcell")]
     pub hostname: String,
-    /// Size cap of the cell's /tmp.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    pub tmp_size: u64,
-    /// Sandbox profile: a built-in name (default, strict, ci) or a TOML file.
-    #[arg(long, value_name = "NAME|PATH", default_value = "default")]
-    pub profile: String,
+    /// Size cap of the cell's /tmp [default: the project's limit, else 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub tmp_size: Option<u64>,
+    /// Sandbox profile: a built-in name (default, strict, ci) or a TOML file
+    /// [default: the project's, else "default"].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
     /// Wall-clock limit; at expiry the whole cell is killed (exit 124). Default: the profile's.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
@@ -108,7 +135,7 @@ pub struct RunArgs {
     /// Landlock network rules; repeatable.
     #[arg(long = "allow-port", value_name = "PORT")]
     pub allow_ports: Vec<u16>,
-    /// Bytes kept of each captured stream (--json). Default: the profile's.
+    /// Bytes kept of each captured stream (--json). Default: the project's, else the profile's.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
     /// Start a service in the cell before the command and stop it after:
@@ -141,7 +168,7 @@ impl RunArgs {
             host_uid: self.host_uid,
             host_gid: self.host_gid,
             hostname: self.hostname.clone(),
-            tmp_size_bytes: self.tmp_size,
+            tmp_size_bytes: self.tmp_size.unwrap_or(256 << 20),
             argv: self.command.clone(),
             services,
             log_dir: None,
@@ -169,6 +196,12 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Doctor { json } => crate::doctor::main(json),
+        Command::Build(a) => crate::front::build(&a),
+        Command::Context(a) => crate::front::context(&a),
+        Command::Edit(a) => crate::front::edit(&a),
+        Command::Proposals(a) => crate::front::proposals(&a),
+        Command::Approve(a) => crate::front::approve(&a),
+        Command::Reject(a) => crate::front::reject(&a),
         Command::Mcp(args) => mcp(&args),
     }
 }
@@ -219,21 +252,45 @@ fn usage_error(json: bool, message: String) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
-    let (spec, closure) = match args.request().and_then(|r| plan::plan(&r)) {
+    let mut req = match args.request() {
+        Ok(r) => r,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
+    if args.command.is_empty() {
+        return usage_error(args.json, plan::PlanError::NoCommand.to_string());
+    }
+    let sources = crate::front::EnvSources {
+        with: args.with.clone(),
+        flakes: args.flakes.clone(),
+        impure: args.impure,
+        project: args.project.clone(),
+    };
+    let from_project = match crate::front::resolve_env(&mut req, &sources) {
         Ok(x) => x,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    let (mut spec, closure) = (spec, closure);
-    let profile = match crate::profile::load(&args.profile) {
+    if let (None, Some(t)) = (args.tmp_size, from_project.tmp_size_bytes) {
+        req.tmp_size_bytes = t;
+    }
+    let (mut spec, closure) = match plan::plan(&req) {
+        Ok(x) => x,
+        Err(e) => return usage_error(args.json, e.to_string()),
+    };
+    let profile_name = args
+        .profile
+        .clone()
+        .or_else(|| from_project.profile.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let profile = match crate::profile::load(&profile_name) {
         Ok(p) => p,
         Err(e) => return usage_error(args.json, format!("--profile: {e}")),
     };
     let overrides = crate::harden::Overrides {
-        timeout: args.timeout,
+        timeout: args.timeout.or(from_project.timeout),
         memory: args.memory,
         cpus: args.cpus,
         pids: args.pids,
-        max_output: args.max_output,
+        max_output: args.max_output.or(from_project.max_output_bytes),
         allow_ports: args.allow_ports.clone(),
     };
     let hardening = match crate::harden::prepare(&profile, &overrides, &mut spec) {
@@ -263,7 +320,15 @@ fn run(args: &RunArgs) -> i32 {
     v.profile = Some(hardening.profile.name.clone());
     v.usage = Some(usage);
     v.oom_killed = oom_killed;
-    v.hints = crate::hints::for_verdict(&v, not_found.as_deref(), &closure, None);
+    // Hints suggest only edits the project's policy accepts (none without a project).
+    let policy = from_project.built.as_ref().and_then(|_| {
+        let start = args.project.clone().unwrap_or_else(|| PathBuf::from("."));
+        crate::project::Project::discover(&start)
+            .ok()
+            .map(|p| p.config.policy)
+    });
+    let policy = policy.as_ref().map(|p| p as &dyn crate::hints::EditPolicy);
+    v.hints = crate::hints::for_verdict(&v, not_found.as_deref(), &closure, policy);
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else if let Some(err) = &v.error {

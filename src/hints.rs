@@ -43,6 +43,26 @@ pub trait EditPolicy {
     fn allows(&self, subject: Subject, name: &str) -> bool;
 }
 
+impl Subject {
+    fn front(self) -> crate::edit::policy::Subject {
+        match self {
+            Subject::Package => crate::edit::policy::Subject::Package,
+            Subject::PythonLibrary => crate::edit::policy::Subject::PythonLibrary,
+            Subject::Service => crate::edit::policy::Subject::Service,
+        }
+    }
+}
+
+/// The project's `[policy]`: a name is allowed when the edit itself would accept it
+/// (the strict name grammar, then the whitelist).
+impl EditPolicy for crate::project::Policy {
+    fn allows(&self, subject: Subject, name: &str) -> bool {
+        let s = subject.front();
+        crate::edit::policy::check_name(s, name).is_ok()
+            && crate::edit::policy::check_allowed(self, s, name).is_ok()
+    }
+}
+
 /// What kind of thing is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -560,6 +580,42 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.iter().all(|x| x.edit.is_none()));
         assert!(h[1].message.contains("openpyxl"), "{h:?}");
+    }
+
+    #[test]
+    fn the_projects_policy_decides_with_the_edits_own_checks() {
+        let policy = crate::project::Policy {
+            packages: vec!["jq".into(), "python3*".into(), "*".into()],
+            python_libraries: vec!["pandas".into(), "num*".into()],
+            services: vec![],
+            ..Default::default()
+        };
+        let out = "ModuleNotFoundError: No module named 'pandas'\n\
+                   ModuleNotFoundError: No module named 'numpy'\n\
+                   ModuleNotFoundError: No module named 'openpyxl'\n\
+                   sh: import: not found\n\
+                   Connection refused 127.0.0.1:6379\n";
+        let h = run(out, None, Some(&policy));
+        let edit = |m: &str| {
+            h.iter()
+                .find(|x| x.missing == m)
+                .unwrap_or_else(|| panic!("{m}: {h:?}"))
+                .edit
+                .clone()
+        };
+        assert_eq!(edit("pandas").unwrap().name, "pandas");
+        assert_eq!(edit("numpy").unwrap().name, "numpy");
+        assert!(edit("openpyxl").is_none());
+        // `*` allows every package, but `import` is a Nix keyword the edit refuses.
+        assert!(edit("import").is_none());
+        assert!(edit("127.0.0.1:6379").is_none());
+        for x in &h {
+            if let Some(e) = &x.edit {
+                let s = e.subject.front();
+                assert!(crate::edit::policy::check_name(s, &e.name).is_ok());
+                assert!(crate::edit::policy::check_allowed(&policy, s, &e.name).is_ok());
+            }
+        }
     }
 
     #[test]

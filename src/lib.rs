@@ -2,13 +2,18 @@
 //! environment, in fresh namespaces, with every layer reported.
 
 pub mod cli;
+pub mod context;
+pub mod declare;
 pub mod doctor;
+pub mod edit;
+pub mod front;
 pub mod harden;
 pub mod hints;
 pub mod mcp;
 pub mod nix;
 pub mod plan;
 pub mod profile;
+pub mod project;
 pub mod sandbox;
 pub mod spec;
 pub mod supervise;

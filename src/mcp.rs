@@ -80,8 +80,9 @@ pub enum Target {
 #[derive(Debug)]
 struct Inner {
     target: Target,
-    /// The sandbox profile of every run; requested limits stay within its own.
-    profile: String,
+    /// The sandbox profile given on the command line (else the project's, else
+    /// "default"); requested limits stay within its own.
+    profile: Option<String>,
     /// This binary, run for every tool call.
     exe: PathBuf,
 }
@@ -406,6 +407,20 @@ impl Inner {
         })
     }
 
+    /// The profile runs use: the one given, else the project's, else "default".
+    fn profile(&self) -> Result<crate::profile::Profile, McpError> {
+        let name = match (&self.profile, &self.target) {
+            (Some(n), _) => n.clone(),
+            (None, Target::Project(dir)) => crate::project::Project::discover(dir)
+                .map_err(|e| McpError::Request(e.to_string()))?
+                .config
+                .profile
+                .unwrap_or_else(|| "default".into()),
+            (None, Target::EnvPaths(_)) => "default".into(),
+        };
+        crate::profile::load(&name).map_err(|e| McpError::Request(format!("profile {name}: {e}")))
+    }
+
     fn project_args(&self) -> Result<Vec<String>, McpError> {
         match &self.target {
             Target::Project(dir) => Ok(vec!["--project".into(), dir.display().to_string()]),
@@ -667,7 +682,7 @@ fn tool_error(message: impl Into<String>) -> CallToolResult {
 
 #[tool_router]
 impl Server {
-    pub fn new(target: Target, profile: String, exe: PathBuf) -> Server {
+    pub fn new(target: Target, profile: Option<String>, exe: PathBuf) -> Server {
         Server {
             inner: Arc::new(Inner {
                 target,
@@ -769,8 +784,7 @@ impl Server {
 
 impl Server {
     async fn run_cell(&self, p: RunParams) -> Result<RunResult, McpError> {
-        let profile = crate::profile::load(&self.inner.profile)
-            .map_err(|e| McpError::Request(format!("profile {}: {e}", self.inner.profile)))?;
+        let profile = self.inner.profile()?;
         let limits = limit_args(&p, &profile.limits)?;
         let dir = tempfile::Builder::new()
             .prefix("nixcell-mcp-run-")
@@ -811,12 +825,10 @@ impl Server {
                 }
             }
         }
-        args.extend([
-            "--profile".into(),
-            self.inner.profile.clone(),
-            "--workdir".into(),
-            dir.path().display().to_string(),
-        ]);
+        if let Some(name) = &self.inner.profile {
+            args.extend(["--profile".into(), name.clone()]);
+        }
+        args.extend(["--workdir".into(), dir.path().display().to_string()]);
         args.extend(limits);
         args.push("--".into());
         args.extend(argv);
@@ -862,7 +874,30 @@ impl Server {
             args.push("--propose".into());
         }
         args.extend(self.inner.project_args()?);
+        progress
+            .report(
+                0,
+                format!(
+                    "{} {}: checking the policy, building the edited environment",
+                    p.operation.cli(),
+                    p.name
+                ),
+            )
+            .await;
+        // nix's own progress lines follow as they come (numbered from 1).
         let c = self.inner.nixcell(&args, None, Some(progress)).await?;
+        let done = c.stderr.lines().count() as u64 + 1;
+        progress
+            .report(
+                done,
+                format!(
+                    "{} {}: {}",
+                    p.operation.cli(),
+                    p.name,
+                    if c.code == Some(0) { "done" } else { "failed" }
+                ),
+            )
+            .await;
         if c.code != Some(0) {
             // nix's progress went out as notifications; the reason is the last lines.
             let msg: Vec<&str> = c
@@ -994,12 +1029,11 @@ impl ServerHandler for Server {
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve(target: Target, profile: String) -> Result<(), McpError> {
+pub async fn serve(target: Target, profile: Option<String>) -> Result<(), McpError> {
     let exe = std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
-    // Fail at start, not at the first run, when the profile does not load.
-    crate::profile::load(&profile)
-        .map_err(|e| McpError::Request(format!("--profile {profile}: {e}")))?;
     let server = Server::new(target, profile, exe);
+    // Fail at start, not at the first run, when the profile or the project does not load.
+    server.inner.profile()?;
     let running = server
         .serve(rmcp::transport::stdio())
         .await

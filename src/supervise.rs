@@ -137,7 +137,6 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         .take()
         .map(|s| tokio::spawn(capture(s, opts.max_output)));
 
-    let reports_done = tokio::sync::Notify::new();
     let read_reports = async {
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
@@ -158,7 +157,6 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                 }
             }
         }
-        reports_done.notify_one();
     };
 
     let target = || {
@@ -189,11 +187,6 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
             };
             tokio::select! {
                 st = child.wait() => return (st.ok(), timed_out),
-                // EOF on the control socket: PID 1 reported and is gone, and with it
-                // every process of the cell. The init stage's own exit (the mount
-                // namespace's teardown) is not waited for; dropping `child` kills and
-                // reaps it in the background.
-                _ = reports_done.notified() => return (None, timed_out),
                 _ = timer => {
                     if kill_at.is_some() {
                         signal_pid(target(), Signal::SIGKILL);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -49,6 +49,10 @@ fn python() -> PathBuf {
 /// its JSON observations.
 fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
     let out = Command::new(python())
+        .env(
+            "NIX_PATH",
+            format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
+        )
         .arg(repo().join("tests/mcp_client.py"))
         .arg(name)
         .arg(bin())
@@ -67,6 +71,38 @@ fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
     serde_json::from_str(line.lines().last().unwrap_or("")).unwrap_or_else(|e| {
         panic!("scenario {name}: no JSON ({e}): {line}");
     })
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A copy of the fixture project `analysis` (no pandas; policy allows pandas and
+/// openpyxl, not nmap) in a fresh git repository.
+fn analysis_project() -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("mcp-proj")
+        .tempdir_in(&base)
+        .unwrap();
+    let src = repo().join("tests/fixtures/projects/analysis");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+    }
+    git(d.path(), &["init", "-q"]);
+    git(d.path(), &["add", "."]);
+    git(d.path(), &["commit", "-q", "-m", "initial"]);
+    d
 }
 
 fn busybox_args() -> Vec<String> {
@@ -111,6 +147,37 @@ fn sdk_concurrent_runs_are_isolated() {
 fn sdk_edit_without_a_project_is_a_tool_error() {
     let a = busybox_args();
     scenario("env_paths_edit", &args(&a));
+}
+
+#[test]
+fn sdk_pandas_scenario_end_to_end_in_a_project() {
+    let p = analysis_project();
+    let dir = p.path().to_str().unwrap();
+    let v = scenario("pandas_scenario", &["--project", dir]);
+    // Two edits, two commits, in the project's history.
+    let log = git(p.path(), &["log", "--format=%H %s"]);
+    for c in v["commits"].as_array().unwrap() {
+        assert!(log.contains(c.as_str().unwrap()), "{log}");
+    }
+    assert!(log.contains("add-python-library openpyxl"), "{log}");
+    assert!(log.contains("add-python-library pandas"), "{log}");
+    assert_eq!(git(p.path(), &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn sdk_project_context_and_refused_edit() {
+    let p = analysis_project();
+    let dir = p.path().to_str().unwrap();
+    let v = scenario("context", &["--project", dir]);
+    let md = v["markdown"].as_str().unwrap();
+    assert!(md.contains("python3") && md.contains("pandas"), "{md}");
+    let head = git(p.path(), &["rev-parse", "HEAD"]);
+    let decl = std::fs::read(p.path().join("devenv.nix")).unwrap();
+    let v = scenario("refused_edit", &["--project", dir]);
+    assert!(v["message"].as_str().unwrap().contains("[policy]"), "{v}");
+    // Nothing changed.
+    assert_eq!(git(p.path(), &["rev-parse", "HEAD"]), head);
+    assert_eq!(std::fs::read(p.path().join("devenv.nix")).unwrap(), decl);
 }
 
 #[test]

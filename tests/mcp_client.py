@@ -10,6 +10,7 @@ with a traceback. tests/mcp.rs runs these.
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -22,7 +23,11 @@ def text_of(result):
 
 
 async def session(binary, server_args, body):
-    params = StdioServerParameters(command=binary, args=["mcp", *server_args])
+    # What an MCP client configuration would set in "env": the package set and Nix's
+    # offline configuration (the SDK passes only a few variables by default).
+    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME"]
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    params = StdioServerParameters(command=binary, args=["mcp", *server_args], env=env)
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as s:
             init = await s.initialize()
@@ -192,7 +197,11 @@ async def pandas_scenario(s):
     assert v["files"][0]["bytes"] > 0 and v["files"][0]["text"] is None, v["files"]
     ctx = await s.call_tool("environment_context", {})
     assert "pandas" in text_of(ctx) and "openpyxl" in text_of(ctx)
-    return {"commits": commits, "progress_messages": len(progress)}
+    # Progress notifications arrived for the edits: a start and an end each, nix's lines between.
+    assert len(progress) >= 4, progress
+    assert progress[0].startswith("add-python-library pandas: checking the policy"), progress
+    assert progress[-1] == "add-python-library openpyxl: done", progress
+    return {"commits": commits, "progress": progress}
 
 
 async def refused_edit(s):

@@ -1,3 +1,5 @@
 //! Calls to the Nix CLI and what we learn from the store.
 
+pub mod build;
 pub mod closure;
+pub mod eval;

@@ -100,8 +100,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
             }
             // From here PID 1 alone speaks for the cell: the control socket reaches
-            // EOF when PID 1 is gone, so the supervisor need not wait for this
-            // process, whose exit tears the mount namespace down.
+            // EOF as soon as PID 1 is gone.
             // SAFETY: nothing else in this process uses the descriptor any more.
             unsafe { libc::close(INIT_FD) };
             loop {

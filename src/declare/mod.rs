@@ -1,0 +1,247 @@
+//! Declarations: the supported subset of `devenv.nix`, evaluated by nixcell itself.
+//!
+//! `eval.nix` (embedded) imports the user's file with `{ pkgs, lib, config, ... }`,
+//! refuses every option outside the subset by name, and yields two things: `env`, a
+//! buildable environment of the packages, the Python environment and the services'
+//! packages; and `description`, data about services, processes, variables and libraries.
+//!
+//! Supported options: `packages`, `languages.python.{enable,version,libraries,package}`,
+//! `services.redis.{enable,port}`, `processes.<name>.exec`, `env.<NAME>`.
+
+use crate::nix::build::{self, BuildError, Progress};
+use crate::nix::eval::{self, EvalError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The evaluator, kept as a Nix file in the repository.
+pub const EVAL_NIX: &str = include_str!("eval.nix");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot write the evaluator to {0}: {1}")]
+    Evaluator(PathBuf, #[source] std::io::Error),
+    #[error("evaluating {file}: {source}")]
+    Eval {
+        file: PathBuf,
+        #[source]
+        source: EvalError,
+    },
+    #[error("evaluating {file}: the evaluator's answer has an unexpected shape: {source}")]
+    Shape {
+        file: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("building {file}: {source}")]
+    Build {
+        file: PathBuf,
+        #[source]
+        source: BuildError,
+    },
+}
+
+/// How a service tells it is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyCheck {
+    /// Ready once something accepts connections on 127.0.0.1:PORT.
+    TcpPort(u16),
+    /// Ready as soon as it started.
+    None,
+}
+
+/// A long-running program the runner starts inside the cell before the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDecl {
+    pub name: String,
+    /// argv with an absolute store path first; every path is in the env's closure.
+    pub command: Vec<String>,
+    pub port: Option<u16>,
+    pub ready: ReadyCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonDecl {
+    pub version: Option<String>,
+    /// Names from `languages.python.libraries`.
+    pub libraries: Vec<String>,
+    /// Whether `languages.python.package` chose the interpreter (and its libraries).
+    pub package: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceJson {
+    pub name: String,
+    pub port: u16,
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessJson {
+    pub name: String,
+    pub exec: String,
+    pub command: Vec<String>,
+}
+
+/// What `eval.nix` says about a declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    /// Package names of `packages` (pname, else the name without version).
+    pub packages: Vec<String>,
+    pub python: Option<PythonDecl>,
+    pub services: Vec<ServiceJson>,
+    pub processes: Vec<ProcessJson>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct RawDescription {
+    errors: Vec<String>,
+    #[serde(flatten)]
+    rest: serde_json::Value,
+}
+
+impl Description {
+    /// Services and processes as the runner starts them.
+    pub fn services(&self) -> Vec<ServiceDecl> {
+        let mut out: Vec<ServiceDecl> = self
+            .services
+            .iter()
+            .map(|s| ServiceDecl {
+                name: s.name.clone(),
+                command: s.command.clone(),
+                port: Some(s.port),
+                ready: ReadyCheck::TcpPort(s.port),
+            })
+            .collect();
+        out.extend(self.processes.iter().map(|p| ServiceDecl {
+            name: p.name.clone(),
+            command: p.command.clone(),
+            port: None,
+            ready: ReadyCheck::None,
+        }));
+        out
+    }
+}
+
+/// Writes the evaluator next to the build artefacts of a project (nix needs a file).
+pub fn write_evaluator(dir: &Path) -> Result<PathBuf, DeclareError> {
+    let path = dir.join("eval.nix");
+    if std::fs::read(&path).ok().as_deref() != Some(EVAL_NIX.as_bytes()) {
+        std::fs::create_dir_all(dir).map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
+        let tmp = dir.join(format!(".eval.nix.{}", std::process::id()));
+        std::fs::write(&tmp, EVAL_NIX)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
+    }
+    Ok(path)
+}
+
+fn args<'a>(decl: &'a str, nixpkgs: &'a str) -> [(&'static str, &'a str); 2] {
+    [("decl", decl), ("nixpkgs", nixpkgs)]
+}
+
+/// Evaluates the description of `decl` (an absolute path) against the package set at
+/// `nixpkgs` (absolute; `None`: `<nixpkgs>`).
+pub fn describe(
+    evaluator: &Path,
+    decl: &Path,
+    nixpkgs: Option<&Path>,
+) -> Result<Description, DeclareError> {
+    let d = decl.to_string_lossy();
+    let n = nixpkgs.map(|p| p.to_string_lossy()).unwrap_or_default();
+    let value = eval::eval_json(evaluator, "description", &args(&d, &n)).map_err(|source| {
+        DeclareError::Eval {
+            file: decl.to_path_buf(),
+            source,
+        }
+    })?;
+    let raw: RawDescription =
+        serde_json::from_value(value).map_err(|source| DeclareError::Shape {
+            file: decl.to_path_buf(),
+            source,
+        })?;
+    if let Some(first) = raw.errors.first() {
+        let more = match raw.errors.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        return Err(DeclareError::Invalid(format!("{first}{more}")));
+    }
+    serde_json::from_value(raw.rest).map_err(|source| DeclareError::Shape {
+        file: decl.to_path_buf(),
+        source,
+    })
+}
+
+/// Builds the environment of `decl`; `link` becomes its GC root.
+pub fn build_env(
+    evaluator: &Path,
+    decl: &Path,
+    nixpkgs: Option<&Path>,
+    link: &Path,
+    progress: Progress,
+) -> Result<PathBuf, DeclareError> {
+    let d = decl.to_string_lossy();
+    let n = nixpkgs.map(|p| p.to_string_lossy()).unwrap_or_default();
+    build::build_file(evaluator, "env", &args(&d, &n), link, progress).map_err(|source| {
+        DeclareError::Build {
+            file: decl.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The expression of `nixcell run --with`.
+pub const WITH_NIX: &str = include_str!("with.nix");
+
+/// Builds an environment of the packages `names` (checked attribute paths) from the
+/// package set at `nixpkgs`, cached in `cache_dir` by names and pin: a second call with
+/// the same names does not run nix. Returns the environment's store path.
+pub fn build_with(
+    names: &[String],
+    nixpkgs: &crate::project::PackageSet,
+    cache_dir: &Path,
+    progress: Progress,
+) -> Result<PathBuf, DeclareError> {
+    use sha2::{Digest, Sha256};
+    let joined = names.join(" ");
+    let mut h = Sha256::new();
+    for part in [
+        WITH_NIX,
+        &joined,
+        &nixpkgs.path.to_string_lossy(),
+        &nixpkgs.pin,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let key = hex::encode(h.finalize());
+    let link = cache_dir.join(&key[..32]);
+    if let Ok(target) = std::fs::canonicalize(&link) {
+        return Ok(target);
+    }
+    let file = cache_dir.join("with.nix");
+    if std::fs::read(&file).ok().as_deref() != Some(WITH_NIX.as_bytes()) {
+        std::fs::create_dir_all(cache_dir).map_err(|e| DeclareError::Evaluator(file.clone(), e))?;
+        let tmp = cache_dir.join(format!(".with.nix.{}", std::process::id()));
+        std::fs::write(&tmp, WITH_NIX)
+            .and_then(|_| std::fs::rename(&tmp, &file))
+            .map_err(|e| DeclareError::Evaluator(file.clone(), e))?;
+    }
+    let set = nixpkgs.path.to_string_lossy();
+    build::build_file(
+        &file,
+        "",
+        &[("names", &joined), ("nixpkgs", &set)],
+        &link,
+        progress,
+    )
+    .map_err(|source| DeclareError::Build {
+        file: PathBuf::from("--with"),
+        source,
+    })
+}

@@ -1,0 +1,521 @@
+//! Typed, whitelisted edits of a project's `devenv.nix`.
+//!
+//! An edit is checked (name grammar, then the `[policy]` whitelist), applied to the
+//! syntax tree ([`cst`]), proven by building the edited declaration, and then either
+//! committed with git (one commit per edit) or recorded as a proposal for a human
+//! (`--propose`, or `approval = "human"`). Edits of one project serialize on a lock file;
+//! any failure leaves the declaration and the repository as they were.
+
+pub mod cst;
+pub mod git;
+pub mod policy;
+
+use crate::nix::build::{self, Progress};
+use crate::nix::closure;
+use crate::project::{Approval, Built, Project, ProjectError};
+use cst::{CstError, Doc, Item};
+use policy::{PolicyError, Subject};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Cst(#[from] CstError),
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    #[error("the edited declaration does not build: {0}")]
+    Proof(String),
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("{file} is not valid UTF-8")]
+    Encoding { file: PathBuf },
+    #[error("{0}")]
+    Refused(String),
+    #[error("no proposal {0}")]
+    NoProposal(String),
+    #[error("proposal {id} is already {status}")]
+    Settled { id: String, status: String },
+    #[error("the edit was applied but its commit failed, so it was undone: {0}")]
+    Commit(#[source] git::GitError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EditError + '_ {
+    move |e| EditError::Io(path.to_path_buf(), e)
+}
+
+/// The edits nixcell offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    AddPackage,
+    RemovePackage,
+    AddPythonLibrary,
+    RemovePythonLibrary,
+    EnableService,
+    DisableService,
+}
+
+impl Op {
+    pub const ALL: [Op; 6] = [
+        Op::AddPackage,
+        Op::RemovePackage,
+        Op::AddPythonLibrary,
+        Op::RemovePythonLibrary,
+        Op::EnableService,
+        Op::DisableService,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::AddPackage => "add-package",
+            Op::RemovePackage => "remove-package",
+            Op::AddPythonLibrary => "add-python-library",
+            Op::RemovePythonLibrary => "remove-python-library",
+            Op::EnableService => "enable-service",
+            Op::DisableService => "disable-service",
+        }
+    }
+
+    pub fn subject(self) -> Subject {
+        match self {
+            Op::AddPackage | Op::RemovePackage => Subject::Package,
+            Op::AddPythonLibrary | Op::RemovePythonLibrary => Subject::PythonLibrary,
+            Op::EnableService | Op::DisableService => Subject::Service,
+        }
+    }
+}
+
+/// One requested edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditRequest {
+    pub op: Op,
+    pub name: String,
+    /// Record a proposal instead of committing, whatever the policy says.
+    #[serde(default)]
+    pub propose: bool,
+}
+
+/// What an edit changes in the closure of the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosureDiff {
+    pub added: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    /// added_bytes - removed_bytes (NAR sizes).
+    pub size_delta_bytes: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Committed,
+    Proposed,
+}
+
+/// The result of an edit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EditOutcome {
+    pub operation: Op,
+    pub name: String,
+    pub status: Status,
+    /// The commit, when committed.
+    pub commit: Option<String>,
+    /// The proposal id, when proposed.
+    pub proposal: Option<String>,
+    /// Unified diff of devenv.nix.
+    pub diff: String,
+    pub closure_diff: ClosureDiff,
+    /// The edited environment's store path (built, with a GC root).
+    pub env: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProposalStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+/// A recorded edit waiting for a human: `.nixcell/proposals/ID.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: String,
+    pub operation: Op,
+    pub name: String,
+    pub status: ProposalStatus,
+    pub created_unix: u64,
+    /// sha256 of devenv.nix the diff applies to (approval re-applies the operation to the
+    /// declaration as it is then, and proves it again).
+    pub base_sha256: String,
+    pub diff: String,
+    pub closure_diff: ClosureDiff,
+    pub commit: Option<String>,
+}
+
+/// Holds the project's edit lock (flock on `.nixcell/lock`) while alive.
+pub struct EditLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Waits for the project's edit lock.
+pub fn lock(project: &Project) -> Result<EditLock, EditError> {
+    let state = project.state_dir()?;
+    let path = state.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| EditError::Io(path.clone(), e.into()))?;
+    Ok(EditLock { _lock: lock })
+}
+
+/// Applies `op NAME` to the declaration's text (no I/O).
+pub fn apply_to_text(file: &str, text: &str, op: Op, name: &str) -> Result<String, EditError> {
+    let mut doc = Doc::parse(file, text)?;
+    match op {
+        Op::AddPackage => doc.add_to_list(&["packages"], &Item::Package(name.into()))?,
+        Op::RemovePackage => doc.remove_from_list(&["packages"], &Item::Package(name.into()))?,
+        Op::AddPythonLibrary | Op::RemovePythonLibrary => {
+            if doc
+                .value_text(&["languages", "python", "package"])?
+                .is_some()
+            {
+                return Err(EditError::Refused(format!(
+                    "{file}: languages.python.package chooses the Python libraries; \
+                     edit it by hand or use languages.python.libraries"
+                )));
+            }
+            let path = ["languages", "python", "libraries"];
+            if op == Op::AddPythonLibrary {
+                doc.add_to_list(&path, &Item::Str(name.into()))?;
+                match doc.set_value(&["languages", "python", "enable"], "true") {
+                    Ok(()) | Err(CstError::NoChange { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                doc.remove_from_list(&path, &Item::Str(name.into()))?;
+            }
+        }
+        Op::EnableService => doc.set_value(&["services", name, "enable"], "true")?,
+        Op::DisableService => {
+            if doc.value_text(&["services", name, "enable"])?.is_none() {
+                return Err(CstError::NoChange {
+                    file: file.into(),
+                    message: format!("service {name} is not enabled"),
+                }
+                .into());
+            }
+            doc.set_value(&["services", name, "enable"], "false")?
+        }
+    }
+    Ok(doc.text().to_string())
+}
+
+/// A unified diff of the declaration, labelled with its file name.
+pub fn unified_diff(file: &str, old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{file}"), &format!("b/{file}"))
+        .to_string()
+}
+
+/// The store paths `new` has and `old` has not, and back, with their sizes.
+pub fn closure_diff(old: &Path, new: &Path) -> Result<ClosureDiff, EditError> {
+    let set = |root: &Path| -> Result<BTreeSet<PathBuf>, EditError> {
+        let c =
+            closure::closure(&[root.to_path_buf()]).map_err(|e| EditError::Proof(e.to_string()))?;
+        Ok(c.paths.into_iter().map(|e| e.path).collect())
+    };
+    let (a, b) = (set(old)?, set(new)?);
+    let added: Vec<PathBuf> = b.difference(&a).cloned().collect();
+    let removed: Vec<PathBuf> = a.difference(&b).cloned().collect();
+    let sum = |paths: &[PathBuf]| -> Result<u64, EditError> {
+        Ok(build::path_sizes(paths)
+            .map_err(|e| EditError::Proof(e.to_string()))?
+            .iter()
+            .sum())
+    };
+    let (added_bytes, removed_bytes) = (sum(&added)?, sum(&removed)?);
+    Ok(ClosureDiff {
+        added,
+        removed,
+        added_bytes,
+        removed_bytes,
+        size_delta_bytes: added_bytes as i64 - removed_bytes as i64,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a
+/// rename, keeping the file's permissions: readers see the old or the new file whole.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.nixcell-{}.tmp", std::process::id()));
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0o644);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io(path))
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Removes the candidate declaration when dropped.
+struct Candidate(PathBuf);
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Builds the edited text from a sibling of the declaration (relative imports resolve
+/// the same) and returns the build; errors name devenv.nix, not the sibling.
+fn prove(project: &Project, text: &str, progress: Progress) -> Result<Built, EditError> {
+    let name = ".devenv.nix.nixcell-candidate.nix";
+    let path = project.dir.join(name);
+    std::fs::write(&path, text).map_err(io(&path))?;
+    let _guard = Candidate(path.clone());
+    project.build_file(&path, progress).map_err(|e| {
+        EditError::Proof(
+            e.to_string()
+                .replace(&path.to_string_lossy().into_owned(), "devenv.nix (edited)")
+                .replace(name, "devenv.nix (edited)"),
+        )
+    })
+}
+
+/// Checks, applies, proves and commits (or proposes) one edit.
+pub fn edit(
+    project: &Project,
+    req: &EditRequest,
+    progress: Progress,
+) -> Result<EditOutcome, EditError> {
+    let subject = req.op.subject();
+    policy::check_name(subject, &req.name)?;
+    policy::check_allowed(&project.config.policy, subject, &req.name)?;
+    let _lock = lock(project)?;
+    let propose = req.propose || project.config.policy.approval == Approval::Human;
+    edit_locked(project, req.op, &req.name, propose, progress)
+}
+
+fn edit_locked(
+    project: &Project,
+    op: Op,
+    name: &str,
+    propose: bool,
+    progress: Progress,
+) -> Result<EditOutcome, EditError> {
+    let decl = &project.declaration;
+    if !propose {
+        git::check_clean(&project.dir, decl)?;
+    }
+    let original = std::fs::read(decl).map_err(io(decl))?;
+    let text = String::from_utf8(original.clone())
+        .map_err(|_| EditError::Encoding { file: decl.clone() })?;
+    let new_text = apply_to_text(crate::project::DECLARATION, &text, op, name)?;
+    let before = project.build(progress)?;
+    let after = prove(project, &new_text, progress)?;
+    let diff = unified_diff(crate::project::DECLARATION, &text, &new_text);
+    let cdiff = closure_diff(&before.env, &after.env)?;
+    if propose {
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let id_seed = format!(
+            "{}{op:?}{name}{created_unix}{}",
+            sha256_hex(&original),
+            std::process::id()
+        );
+        let id = sha256_hex(id_seed.as_bytes())[..10].to_string();
+        let p = Proposal {
+            id: id.clone(),
+            operation: op,
+            name: name.to_string(),
+            status: ProposalStatus::Pending,
+            created_unix,
+            base_sha256: sha256_hex(&original),
+            diff: diff.clone(),
+            closure_diff: cdiff.clone(),
+            commit: None,
+        };
+        save_proposal(project, &p)?;
+        return Ok(EditOutcome {
+            operation: op,
+            name: name.to_string(),
+            status: Status::Proposed,
+            commit: None,
+            proposal: Some(id),
+            diff,
+            closure_diff: cdiff,
+            env: after.env,
+        });
+    }
+    write_atomically(decl, new_text.as_bytes())?;
+    let message = format!("nixcell edit: {} {name}", op.as_str());
+    match git::commit_file(&project.dir, decl, &message) {
+        Ok(commit) => Ok(EditOutcome {
+            operation: op,
+            name: name.to_string(),
+            status: Status::Committed,
+            commit: Some(commit),
+            proposal: None,
+            diff,
+            closure_diff: cdiff,
+            env: after.env,
+        }),
+        Err(e) => {
+            write_atomically(decl, &original)?;
+            Err(EditError::Commit(e))
+        }
+    }
+}
+
+fn proposals_dir(project: &Project) -> Result<PathBuf, EditError> {
+    let d = project.state_dir()?.join("proposals");
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    Ok(d)
+}
+
+fn save_proposal(project: &Project, p: &Proposal) -> Result<(), EditError> {
+    let path = proposals_dir(project)?.join(format!("{}.json", p.id));
+    let json = serde_json::to_vec_pretty(p).unwrap_or_default();
+    write_atomically(&path, &json)
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A proposal by id.
+pub fn load_proposal(project: &Project, id: &str) -> Result<Proposal, EditError> {
+    if !valid_id(id) {
+        return Err(EditError::NoProposal(id.to_string()));
+    }
+    let path = proposals_dir(project)?.join(format!("{id}.json"));
+    let bytes = std::fs::read(&path).map_err(|_| EditError::NoProposal(id.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EditError::Refused(format!("{}: {e}", path.display())))
+}
+
+/// Every proposal, oldest first.
+pub fn list_proposals(project: &Project) -> Result<Vec<Proposal>, EditError> {
+    let dir = proposals_dir(project)?;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".json")
+            && let Ok(p) = load_proposal(project, id)
+        {
+            out.push(p);
+        }
+    }
+    out.sort_by(|a, b| (a.created_unix, &a.id).cmp(&(b.created_unix, &b.id)));
+    Ok(out)
+}
+
+fn settle_check(p: &Proposal) -> Result<(), EditError> {
+    if p.status != ProposalStatus::Pending {
+        let status = serde_json::to_value(p.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        return Err(EditError::Settled {
+            id: p.id.clone(),
+            status,
+        });
+    }
+    Ok(())
+}
+
+/// Approves a proposal: the operation is applied to the declaration as it is now,
+/// proven by a build and committed.
+pub fn approve(project: &Project, id: &str, progress: Progress) -> Result<EditOutcome, EditError> {
+    let _lock = lock(project)?;
+    let mut p = load_proposal(project, id)?;
+    settle_check(&p)?;
+    let subject = p.operation.subject();
+    policy::check_name(subject, &p.name)?;
+    policy::check_allowed(&project.config.policy, subject, &p.name)?;
+    let out = edit_locked(project, p.operation, &p.name, false, progress)?;
+    p.status = ProposalStatus::Approved;
+    p.commit = out.commit.clone();
+    save_proposal(project, &p)?;
+    Ok(out)
+}
+
+/// Rejects a proposal; nothing else changes.
+pub fn reject(project: &Project, id: &str) -> Result<Proposal, EditError> {
+    let _lock = lock(project)?;
+    let mut p = load_proposal(project, id)?;
+    settle_check(&p)?;
+    p.status = ProposalStatus::Rejected;
+    save_proposal(project, &p)?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_library_edits_enable_python() {
+        let src = "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n}\n";
+        let t = apply_to_text("devenv.nix", src, Op::AddPythonLibrary, "pandas").unwrap();
+        assert_eq!(
+            t,
+            "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python.libraries = [ \"pandas\" ];\n  languages.python.enable = true;\n}\n"
+        );
+        let t = apply_to_text("devenv.nix", &t, Op::AddPythonLibrary, "openpyxl").unwrap();
+        assert!(t.contains("[ \"pandas\" \"openpyxl\" ]"), "{t}");
+        let t = apply_to_text("devenv.nix", &t, Op::RemovePythonLibrary, "pandas").unwrap();
+        assert!(t.contains("[ \"openpyxl\" ]"), "{t}");
+    }
+
+    #[test]
+    fn services_toggle() {
+        let src = "{ pkgs, ... }: { }";
+        let t = apply_to_text("devenv.nix", src, Op::EnableService, "redis").unwrap();
+        assert_eq!(t, "{ pkgs, ... }: { services.redis.enable = true; }");
+        let t = apply_to_text("devenv.nix", &t, Op::DisableService, "redis").unwrap();
+        assert_eq!(t, "{ pkgs, ... }: { services.redis.enable = false; }");
+        assert!(apply_to_text("devenv.nix", src, Op::DisableService, "redis").is_err());
+    }
+
+    #[test]
+    fn a_python_package_blocks_library_edits() {
+        let src = "{ pkgs, ... }: { languages.python.package = pkgs.python3; }";
+        let err = apply_to_text("devenv.nix", src, Op::AddPythonLibrary, "numpy").unwrap_err();
+        assert!(
+            err.to_string().contains("languages.python.package"),
+            "{err}"
+        );
+    }
+}

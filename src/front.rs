@@ -1,0 +1,371 @@
+//! The front-end commands of the CLI: `build`, `context`, `edit`, `proposals`,
+//! `approve`, `reject`, and how `run` finds its environment (a project, `--with`,
+//! `--env`). Errors print one line `nixcell: ...` and exit 125.
+
+use crate::context;
+use crate::edit::{self, EditOutcome, EditRequest, Op};
+use crate::nix::build::{self, Progress};
+use crate::plan::CellRequest;
+use crate::project::{Built, PackageSet, Project};
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+
+/// Exit status when nixcell itself failed.
+const EXIT_SETUP: i32 = 125;
+
+#[derive(Args, Debug, Clone)]
+pub struct ProjectArg {
+    /// The project directory (default: the nearest directory upwards with a devenv.nix).
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+}
+
+impl ProjectArg {
+    pub fn open(&self) -> anyhow::Result<Project> {
+        Ok(match &self.project {
+            Some(d) => Project::open(d)?,
+            None => Project::discover(&std::env::current_dir()?)?,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+    /// Print the build (environment, GC root, services) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Markdown,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ContextArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: Format,
+    /// Keep the Markdown within about this many tokens (it says what it left out).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EditOp {
+    AddPackage,
+    RemovePackage,
+    AddPythonLibrary,
+    RemovePythonLibrary,
+    EnableService,
+    DisableService,
+}
+
+impl From<EditOp> for Op {
+    fn from(o: EditOp) -> Op {
+        match o {
+            EditOp::AddPackage => Op::AddPackage,
+            EditOp::RemovePackage => Op::RemovePackage,
+            EditOp::AddPythonLibrary => Op::AddPythonLibrary,
+            EditOp::RemovePythonLibrary => Op::RemovePythonLibrary,
+            EditOp::EnableService => Op::EnableService,
+            EditOp::DisableService => Op::DisableService,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EditArgs {
+    #[arg(value_enum)]
+    pub op: EditOp,
+    /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`).
+    pub name: String,
+    /// Record a proposal for a human instead of committing.
+    #[arg(long)]
+    pub propose: bool,
+    #[command(flatten)]
+    pub project: ProjectArg,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ProposalsArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+    /// Every proposal, also approved and rejected ones.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DecideArgs {
+    /// The proposal's id (see `nixcell proposals`).
+    pub id: String,
+    #[command(flatten)]
+    pub project: ProjectArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn fail(e: anyhow::Error) -> i32 {
+    eprintln!("nixcell: {e}");
+    EXIT_SETUP
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn build(args: &BuildArgs) -> i32 {
+    let go = || -> anyhow::Result<Built> {
+        let p = args.project.open()?;
+        Ok(p.build(Progress::Stderr)?)
+    };
+    match go() {
+        Ok(b) if args.json => {
+            let mut v = serde_json::to_value(&b).unwrap_or_default();
+            v["cached"] = b.cached.into();
+            v["services"] = serde_json::to_value(b.services()).unwrap_or_default();
+            print_json(&v);
+            0
+        }
+        Ok(b) => {
+            println!("{}", b.env.display());
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn context(args: &ContextArgs) -> i32 {
+    let go = || -> anyhow::Result<context::Context> {
+        let p = args.project.open()?;
+        let b = p.build(Progress::Stderr)?;
+        Ok(context::gather(&p, &b)?)
+    };
+    match go() {
+        Ok(c) => {
+            match args.format {
+                Format::Json => print_json(&c),
+                Format::Markdown => print!("{}", context::to_markdown(&c, args.max_tokens)),
+            }
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn human_delta(n: i64) -> String {
+    let sign = if n < 0 { "-" } else { "+" };
+    let a = n.unsigned_abs() as f64;
+    if a >= (1 << 20) as f64 {
+        format!("{sign}{:.1} MiB", a / (1 << 20) as f64)
+    } else {
+        format!("{sign}{:.1} KiB", a / 1024.0)
+    }
+}
+
+fn report_outcome(o: &EditOutcome, json: bool) {
+    if json {
+        print_json(o);
+        return;
+    }
+    let d = &o.closure_diff;
+    let what = format!(
+        "{} {} ({} store paths added, {} removed, {})",
+        o.operation.as_str(),
+        o.name,
+        d.added.len(),
+        d.removed.len(),
+        human_delta(d.size_delta_bytes)
+    );
+    match (&o.commit, &o.proposal) {
+        (Some(c), _) => println!("committed {}: {what}", &c[..c.len().min(12)]),
+        (_, Some(id)) => println!(
+            "proposed {id}: {what}\napprove with `nixcell approve {id}`, reject with `nixcell reject {id}`"
+        ),
+        _ => println!("{what}"),
+    }
+    print!("{}", o.diff);
+}
+
+pub fn edit(args: &EditArgs) -> i32 {
+    let go = || -> anyhow::Result<EditOutcome> {
+        let p = args.project.open()?;
+        let req = EditRequest {
+            op: args.op.into(),
+            name: args.name.clone(),
+            propose: args.propose,
+        };
+        Ok(edit::edit(&p, &req, Progress::Stderr)?)
+    };
+    match go() {
+        Ok(o) => {
+            report_outcome(&o, args.json);
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn proposals(args: &ProposalsArgs) -> i32 {
+    let go = || -> anyhow::Result<Vec<edit::Proposal>> {
+        let p = args.project.open()?;
+        let mut list = edit::list_proposals(&p)?;
+        if !args.all {
+            list.retain(|p| p.status == edit::ProposalStatus::Pending);
+        }
+        Ok(list)
+    };
+    match go() {
+        Ok(list) if args.json => {
+            print_json(&list);
+            0
+        }
+        Ok(list) => {
+            for p in &list {
+                let status = serde_json::to_value(p.status).unwrap_or_default();
+                println!(
+                    "{} {} {} {} ({} store paths added, {})",
+                    p.id,
+                    status.as_str().unwrap_or(""),
+                    p.operation.as_str(),
+                    p.name,
+                    p.closure_diff.added.len(),
+                    human_delta(p.closure_diff.size_delta_bytes)
+                );
+            }
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn approve(args: &DecideArgs) -> i32 {
+    let go = || -> anyhow::Result<EditOutcome> {
+        let p = args.project.open()?;
+        Ok(edit::approve(&p, &args.id, Progress::Stderr)?)
+    };
+    match go() {
+        Ok(o) => {
+            report_outcome(&o, args.json);
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn reject(args: &DecideArgs) -> i32 {
+    let go = || -> anyhow::Result<edit::Proposal> {
+        let p = args.project.open()?;
+        Ok(edit::reject(&p, &args.id)?)
+    };
+    match go() {
+        Ok(p) if args.json => {
+            print_json(&p);
+            0
+        }
+        Ok(p) => {
+            println!("rejected {}: {} {}", p.id, p.operation.as_str(), p.name);
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Where `run` gets its environment besides `--env-path`.
+#[derive(Debug, Default, Clone)]
+pub struct EnvSources {
+    /// `--with NAME`: packages of the package set.
+    pub with: Vec<String>,
+    /// `--env INSTALLABLE`: flake outputs.
+    pub flakes: Vec<String>,
+    pub impure: bool,
+    pub project: Option<PathBuf>,
+}
+
+/// What a run in a project adds to the request, besides the environment.
+#[derive(Debug, Default)]
+pub struct FromProject {
+    /// `profile` of nixcell.toml (a `--profile` given on the command line wins).
+    pub profile: Option<String>,
+    pub timeout: Option<std::time::Duration>,
+    pub tmp_size_bytes: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    pub built: Option<Built>,
+}
+
+fn user_cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| anyhow::anyhow!("neither XDG_CACHE_HOME nor HOME is set"))?;
+    let d = base.join("nixcell").join(sub);
+    std::fs::create_dir_all(&d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
+    Ok(d)
+}
+
+/// Completes `req` with the environment the user named: `--env-path`s as given, then
+/// `--with` and `--env` builds; with none of these, the project's declaration (found
+/// from `--project` or the current directory), its variables and limits.
+pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<FromProject> {
+    let mut extra = FromProject::default();
+    if !src.with.is_empty() {
+        for n in &src.with {
+            crate::edit::policy::check_name(crate::edit::policy::Subject::Package, n)
+                .map_err(|e| anyhow::anyhow!("--with: {e}"))?;
+        }
+        let set = match Project::discover(Path::new(".")) {
+            Ok(p) if p.config.nixpkgs.is_some() => p.package_set()?,
+            _ => PackageSet::at(
+                &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
+            )?,
+        };
+        let env = crate::declare::build_with(
+            &src.with,
+            &set,
+            &user_cache_dir("with")?,
+            Progress::Stderr,
+        )?;
+        req.env_paths.push(env);
+    }
+    for f in &src.flakes {
+        use sha2::{Digest, Sha256};
+        let cwd = std::env::current_dir()?;
+        let key = hex::encode(Sha256::digest(format!("{}\0{f}", cwd.display())));
+        let link = user_cache_dir("flakes")?.join(&key[..32]);
+        let env = build::build_flake(f, src.impure, &link, Progress::Stderr)
+            .map_err(|e| anyhow::anyhow!("--env {f}: {e}"))?;
+        req.env_paths.push(env);
+    }
+    if !req.env_paths.is_empty() {
+        return Ok(extra);
+    }
+    let project = match &src.project {
+        Some(d) => Project::open(d)?,
+        None => match Project::discover(&std::env::current_dir()?) {
+            Err(crate::project::ProjectError::NotFound(dir)) => anyhow::bail!(
+                "no environment: give --env-path, --with or --env, or run in a project \
+                 (no devenv.nix in {} or any parent directory)",
+                dir.display()
+            ),
+            other => other?,
+        },
+    };
+    let built = project.build(Progress::Stderr)?;
+    *req = project.cell_request(&built, std::mem::take(req));
+    extra.profile = project.config.profile.clone();
+    extra.timeout = project.limits.timeout;
+    extra.tmp_size_bytes = Some(project.limits.tmp_size_bytes);
+    extra.max_output_bytes = Some(project.limits.max_output_bytes);
+    extra.built = Some(built);
+    Ok(extra)
+}
