@@ -9,8 +9,10 @@
 //! cell dies with it). The server itself never forks a cell.
 //!
 //! Each `run` gets a fresh private working directory (a new temporary directory, mounted
-//! at /work in the cell), holding only the files of that call; it is removed when the
-//! call ends. Concurrent runs therefore share nothing but the read-only closure.
+//! at /work in the cell) holding a copy of the project's files (without `.git` and
+//! `.nixcell`, no symbolic links) and the files of that call; it is removed when the call
+//! ends, after the files asked for are read back. The project itself is never written
+//! by a run. Concurrent runs therefore share nothing but the read-only closure.
 
 use crate::hints::Hint;
 use rmcp::handler::server::common::schema_for_output;
@@ -108,6 +110,9 @@ pub struct RunParams {
     /// Files to place in the working directory (/work) before the run:
     /// relative path → UTF-8 content.
     pub files: Option<BTreeMap<String, String>>,
+    /// Start from a private copy of the project's files (default true when serving a
+    /// project); changes stay in the run's copy, use `collect` to get files back.
+    pub copy_project: Option<bool>,
     /// Files of the working directory to return after the run (relative paths).
     pub collect: Option<Vec<String>>,
     /// Wall-clock limit in seconds (default 120; at most 600 and the profile's limit).
@@ -567,6 +572,38 @@ fn place_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), McpEr
     Ok(())
 }
 
+/// Largest project copied into a run's working directory.
+pub const MAX_PROJECT_COPY_BYTES: u64 = 64 << 20;
+
+/// Copies the project's files into a run's working directory: regular files and
+/// directories, not `.git`, not nixcell's `.nixcell` state, no symbolic links (they could
+/// point anywhere on the host); at most [`MAX_PROJECT_COPY_BYTES`].
+fn copy_project(src: &Path, dst: &Path, budget: &mut u64) -> Result<(), McpError> {
+    let rd = std::fs::read_dir(src).map_err(McpError::Workdir)?;
+    for e in rd {
+        let e = e.map_err(McpError::Workdir)?;
+        let name = e.file_name();
+        if name == ".git" || name == ".nixcell" {
+            continue;
+        }
+        let ft = e.file_type().map_err(McpError::Workdir)?;
+        let to = dst.join(&name);
+        if ft.is_dir() {
+            std::fs::create_dir(&to).map_err(McpError::Workdir)?;
+            copy_project(&e.path(), &to, budget)?;
+        } else if ft.is_file() {
+            let len = e.metadata().map_err(McpError::Workdir)?.len();
+            *budget = budget.checked_sub(len).ok_or_else(|| {
+                McpError::Request(format!(
+                    "the project holds more than {MAX_PROJECT_COPY_BYTES} bytes of files; run with copy_project = false and pass the files needed"
+                ))
+            })?;
+            std::fs::copy(e.path(), &to).map_err(McpError::Workdir)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the files asked for after the run; never follows a link out of `dir`.
 fn collect_files(dir: &Path, names: &[String]) -> Vec<CollectedFile> {
     names
@@ -790,6 +827,12 @@ impl Server {
             .prefix("nixcell-mcp-run-")
             .tempdir()
             .map_err(McpError::Workdir)?;
+        if let Target::Project(project) = &self.inner.target
+            && p.copy_project != Some(false)
+        {
+            let mut budget = MAX_PROJECT_COPY_BYTES;
+            copy_project(project, dir.path(), &mut budget)?;
+        }
         if let Some(files) = &p.files {
             place_files(dir.path(), files)?;
         }
@@ -801,9 +844,9 @@ impl Server {
             (None, Some(s)) => {
                 let interp = p.interpreter.clone().unwrap_or_else(|| "sh".into());
                 let name = script_name(&interp);
-                if p.files.as_ref().is_some_and(|f| f.contains_key(name)) {
+                if dir.path().join(name).exists() {
                     return Err(McpError::Request(format!(
-                        "files: {name} is where the script goes; choose another name"
+                        "{name} is where the script goes, and the working directory already has one; rename that file"
                     )));
                 }
                 std::fs::write(dir.path().join(name), s).map_err(McpError::Workdir)?;

@@ -195,6 +195,13 @@ async def pandas_scenario(s):
     assert not r.is_error, text_of(r)
     assert v["stdout"]["text"] == "7 ['Lyon', 'Oslo']\n", v["stdout"]
     assert v["files"][0]["bytes"] > 0 and v["files"][0]["text"] is None, v["files"]
+    # The project's own report.py, from the run's private copy of the project; a run that
+    # overwrites it changes only its copy.
+    r = await s.call_tool("run", {"command": "echo 'raise SystemExit(9)' > report.py; python3 report.py"})
+    assert r.structured_content["exit_code"] == 9, text_of(r)
+    r = await s.call_tool("run", {"command": ["python3", "report.py"]})
+    assert not r.is_error, text_of(r)
+    assert r.structured_content["stdout"]["text"] == "report rows: 2 total: 200\n", text_of(r)
     ctx = await s.call_tool("environment_context", {})
     assert "pandas" in text_of(ctx) and "openpyxl" in text_of(ctx)
     # Progress notifications arrived for the edits: a start and an end each, nix's lines between.
