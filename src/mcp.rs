@@ -708,7 +708,15 @@ fn summarize(r: &RunResult) -> String {
         }
     }
     for h in &r.hints {
-        s.push_str(&format!("hint: {}\n", h.message));
+        s.push_str(&format!("hint: {}", h.message));
+        if let Some(e) = &h.edit {
+            s.push_str(&format!(
+                " (through MCP: edit_environment with operation \"{}\", name \"{}\")",
+                e.op.replace('-', "_"),
+                e.name
+            ));
+        }
+        s.push('\n');
     }
     s
 }
@@ -1063,7 +1071,10 @@ impl ServerHandler for Server {
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let text = format!(
             "You work inside a nixcell sandbox. This is its environment, read from the built \
-             closure; do not assume anything else is installed.\n\n{md}\n\n{INSTRUCTIONS}"
+             closure; do not assume anything else is installed.\n\n{md}\n\n{INSTRUCTIONS}\n\n\
+             Through these tools: each `run` works in a private copy of the project directory at \
+             /work (get files back with `collect`), and edits go through `edit_environment` \
+             rather than the `nixcell edit` command line."
         );
         let mut r = GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]);
         r.description = Some("The nixcell environment".into());
