@@ -316,6 +316,14 @@ pub struct EditResult {
     pub env: String,
 }
 
+/// The human's answer to a proposal, asked through MCP elicitation.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ApprovalAnswer {
+    /// Apply this change to the environment (it is built and committed)?
+    pub approve: bool,
+}
+rmcp::elicit_safe!(ApprovalAnswer);
+
 /// What a child nixcell printed.
 struct Child {
     code: Option<i32>,
@@ -796,7 +804,11 @@ impl Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let progress = Progress::of(&ctx);
-        match self.edit(p, &progress).await {
+        let edited = match self.edit(p, &progress).await {
+            Ok(r) => self.ask_human(r, &ctx.peer).await,
+            Err(e) => Err(e),
+        };
+        match edited {
             Ok(r) => {
                 let text = match (&r.commit, &r.proposal) {
                     (Some(c), _) => format!(
@@ -911,6 +923,56 @@ impl Server {
             hints: serde_json::from_value(v["hints"].clone()).unwrap_or_default(),
             files,
             closure_hash: v["closure"]["hash"].as_str().map(String::from),
+        })
+    }
+
+    /// A proposal waits for a human. When the client can ask its user (MCP elicitation),
+    /// ask now: an approval applies it like `nixcell approve`, a refusal rejects it like
+    /// `nixcell reject`; without an answer it stays pending for the command line.
+    async fn ask_human(
+        &self,
+        r: EditResult,
+        peer: &Peer<RoleServer>,
+    ) -> Result<EditResult, McpError> {
+        let Some(id) = r.proposal.clone() else {
+            return Ok(r);
+        };
+        let message = format!(
+            "The agent asks to {} `{}` in the environment.\n\n{}\nClosure: {} store paths added, {} removed ({:+} bytes). Approve?",
+            r.operation.replace('-', " "),
+            r.name,
+            r.diff,
+            r.closure_diff.added.len(),
+            r.closure_diff.removed.len(),
+            r.closure_diff.size_delta_bytes
+        );
+        let decision = match peer.elicit::<ApprovalAnswer>(message).await {
+            Ok(Some(a)) => Some(a.approve),
+            Err(rmcp::service::ElicitationError::UserDeclined) => Some(false),
+            _ => None,
+        };
+        let mut args = match decision {
+            Some(true) => vec!["approve".to_string(), id.clone(), "--json".into()],
+            Some(false) => vec!["reject".to_string(), id.clone(), "--json".into()],
+            None => return Ok(r),
+        };
+        args.extend(self.inner.project_args()?);
+        let c = self.inner.nixcell(&args, None, None).await?;
+        if c.code != Some(0) {
+            return Err(McpError::Command {
+                command: args[0].clone(),
+                message: c.stderr.trim().to_string(),
+            });
+        }
+        if decision == Some(false) {
+            return Err(McpError::Request(format!(
+                "the user rejected proposal {id} ({} {}); the environment is unchanged",
+                r.operation, r.name
+            )));
+        }
+        serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
+            command: "approve".into(),
+            message: format!("unexpected output ({e})"),
         })
     }
 

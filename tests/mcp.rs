@@ -88,6 +88,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// A copy of the fixture project `analysis` (no pandas; policy allows pandas and
 /// openpyxl, not nmap) in a fresh git repository.
 fn analysis_project() -> tempfile::TempDir {
+    project_with(None)
+}
+
+/// The fixture project, with `approval` in its policy replaced when given.
+fn project_with(approval: Option<&str>) -> tempfile::TempDir {
     let base = repo().join("target/test-work");
     std::fs::create_dir_all(&base).unwrap();
     let d = tempfile::Builder::new()
@@ -98,6 +103,16 @@ fn analysis_project() -> tempfile::TempDir {
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+    }
+    if let Some(a) = approval {
+        let toml = d.path().join("nixcell.toml");
+        let t = std::fs::read_to_string(&toml).unwrap();
+        assert!(t.contains("approval = \"auto\""), "{t}");
+        std::fs::write(
+            &toml,
+            t.replace("approval = \"auto\"", &format!("approval = \"{a}\"")),
+        )
+        .unwrap();
     }
     git(d.path(), &["init", "-q"]);
     git(d.path(), &["add", "."]);
@@ -178,6 +193,39 @@ fn sdk_project_context_and_refused_edit() {
     // Nothing changed.
     assert_eq!(git(p.path(), &["rev-parse", "HEAD"]), head);
     assert_eq!(std::fs::read(p.path().join("devenv.nix")).unwrap(), decl);
+}
+
+#[test]
+fn sdk_proposals_are_decided_by_the_clients_user_through_elicitation() {
+    let p = project_with(Some("human"));
+    let dir = p.path().to_str().unwrap();
+    let v = scenario("proposals_with_elicitation", &["--project", dir]);
+    let log = git(p.path(), &["log", "--format=%H %s"]);
+    assert!(log.contains(v["commit"].as_str().unwrap()), "{log}");
+    assert!(log.contains("pandas") && !log.contains("openpyxl"), "{log}");
+    let decl = std::fs::read_to_string(p.path().join("devenv.nix")).unwrap();
+    assert!(
+        decl.contains("\"pandas\"") && !decl.contains("openpyxl"),
+        "{decl}"
+    );
+
+    // A client without elicitation leaves the proposal to the command line.
+    let p = project_with(Some("human"));
+    let dir = p.path().to_str().unwrap();
+    let head = git(p.path(), &["rev-parse", "HEAD"]);
+    let v = scenario("proposals_without_elicitation", &["--project", dir]);
+    assert_eq!(git(p.path(), &["rev-parse", "HEAD"]), head);
+    let id = v["proposal"].as_str().unwrap();
+    let o = nixcell(Mode::Root)
+        .current_dir(p.path())
+        .env(
+            "NIX_PATH",
+            format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
+        )
+        .args(["proposals", "--json"])
+        .output()
+        .unwrap();
+    assert!(text(&o.stdout).contains(id), "{}", text(&o.stdout));
 }
 
 #[test]

@@ -22,14 +22,14 @@ def text_of(result):
     return "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text")
 
 
-async def session(binary, server_args, body):
+async def session(binary, server_args, body, elicitation_callback=None):
     # What an MCP client configuration would set in "env": the package set and Nix's
     # offline configuration (the SDK passes only a few variables by default).
     keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME"]
     env = {k: os.environ[k] for k in keep if k in os.environ}
     params = StdioServerParameters(command=binary, args=["mcp", *server_args], env=env)
     async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as s:
+        async with ClientSession(read, write, elicitation_callback=elicitation_callback) as s:
             init = await s.initialize()
             assert init.server_info.name == "nixcell", init
             return await body(s)
@@ -227,14 +227,61 @@ async def env_paths_edit(s):
     return {"message": text_of(r)}
 
 
+ASKED = []
+
+
+async def human(context, params):
+    """The client's user: approves pandas, declines anything else."""
+    from mcp.types import ElicitResult
+
+    ASKED.append(params.message)
+    if "`pandas`" in params.message:
+        return ElicitResult(action="accept", content={"approve": True})
+    return ElicitResult(action="decline")
+
+
+async def proposals_with_elicitation(s):
+    """approval = "human": the server asks the client's user; yes commits, no rejects."""
+    r = await s.call_tool("edit_environment", {"operation": "add_python_library", "name": "pandas"})
+    assert not r.is_error, text_of(r)
+    e = r.structured_content
+    assert e["status"] == "committed" and e["commit"], e
+    r = await s.call_tool("edit_environment", {"operation": "add_python_library", "name": "openpyxl"})
+    assert r.is_error and "rejected" in text_of(r), text_of(r)
+    assert len(ASKED) == 2 and "libraries = [" in ASKED[0], ASKED
+    return {"commit": e["commit"], "asked": ASKED}
+
+
+async def proposals_without_elicitation(s):
+    """A client that cannot ask its user: the proposal waits for `nixcell approve`."""
+    r = await s.call_tool("edit_environment", {"operation": "add_python_library", "name": "pandas"})
+    assert not r.is_error, text_of(r)
+    e = r.structured_content
+    assert e["status"] == "proposed" and e["proposal"] and e["commit"] is None, e
+    assert f"nixcell approve {e['proposal']}" in text_of(r), text_of(r)
+    return {"proposal": e["proposal"]}
+
+
 SCENARIOS = {
-    f.__name__: f for f in [tools, context, run_basics, concurrent, pandas_scenario, refused_edit, env_paths_edit]
+    f.__name__: f
+    for f in [
+        tools,
+        context,
+        run_basics,
+        concurrent,
+        pandas_scenario,
+        refused_edit,
+        env_paths_edit,
+        proposals_with_elicitation,
+        proposals_without_elicitation,
+    ]
 }
 
 
 def main():
     scenario, binary, *server_args = sys.argv[1:]
-    out = asyncio.run(session(binary, server_args, SCENARIOS[scenario]))
+    callback = human if scenario == "proposals_with_elicitation" else None
+    out = asyncio.run(session(binary, server_args, SCENARIOS[scenario], callback))
     print(json.dumps(out))
 
 
