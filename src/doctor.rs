@@ -66,18 +66,10 @@ pub fn probe_userns_child() -> ! {
     }
 }
 
-/// Landlock ABI version (landlock_create_ruleset with LANDLOCK_CREATE_RULESET_VERSION).
+/// Landlock ABI version of this kernel, if it has Landlock.
 pub fn landlock_abi() -> Option<i32> {
-    // SAFETY: a NULL attr with size 0 and the VERSION flag only queries the ABI.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
-    (v > 0).then_some(v as i32)
+    let v = crate::sandbox::landlock::kernel_abi();
+    (v > 0).then_some(v)
 }
 
 fn probe_seccomp() -> Probe {

@@ -55,33 +55,10 @@ pub struct ContextArgs {
     pub max_tokens: Option<usize>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum EditOp {
-    AddPackage,
-    RemovePackage,
-    AddPythonLibrary,
-    RemovePythonLibrary,
-    EnableService,
-    DisableService,
-}
-
-impl From<EditOp> for Op {
-    fn from(o: EditOp) -> Op {
-        match o {
-            EditOp::AddPackage => Op::AddPackage,
-            EditOp::RemovePackage => Op::RemovePackage,
-            EditOp::AddPythonLibrary => Op::AddPythonLibrary,
-            EditOp::RemovePythonLibrary => Op::RemovePythonLibrary,
-            EditOp::EnableService => Op::EnableService,
-            EditOp::DisableService => Op::DisableService,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct EditArgs {
     #[arg(value_enum)]
-    pub op: EditOp,
+    pub op: Op,
     /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`).
     pub name: String,
     /// Record a proposal for a human instead of committing.
@@ -201,7 +178,7 @@ pub fn edit(args: &EditArgs) -> i32 {
     let go = || -> anyhow::Result<EditOutcome> {
         let p = args.project.open()?;
         let req = EditRequest {
-            op: args.op.into(),
+            op: args.op,
             name: args.name.clone(),
             propose: args.propose,
         };

@@ -52,8 +52,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EditError + '_ {
     move |e| EditError::Io(path.to_path_buf(), e)
 }
 
-/// The edits nixcell offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The edits nixcell offers (also the CLI's `nixcell edit OP` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Op {
     AddPackage,

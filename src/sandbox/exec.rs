@@ -71,17 +71,9 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     )?;
     // Dispositions set to SIG_IGN survive execve(2): the Rust runtime ignores SIGPIPE
     // and the init stage ignores terminal signals; the command gets the defaults.
-    for s in [
-        Signal::SIGPIPE,
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
+    for s in std::iter::once(&Signal::SIGPIPE).chain(super::pid1::FORWARDED) {
         // SAFETY: SIG_DFL installs no handler code.
-        unsafe { signal(s, SigHandler::SigDfl) }.at("signals", "signal", "SIG_DFL")?;
+        unsafe { signal(*s, SigHandler::SigDfl) }.at("signals", "signal", "SIG_DFL")?;
     }
     // A new session: no controlling terminal, so TIOCSTI cannot type into the
     // caller's terminal (CVE-2017-5226).
