@@ -22,14 +22,15 @@ out=$(mktemp -d)
 chmod 755 "$out"
 trap 'rm -rf "$out"' EXIT
 
-bwrap_args() { # closure root -> bwrap arguments, one a line (store paths have no spaces)
+bwrap_args() { # closure root -> bwrap arguments for `bwrap --args FD` (NUL-separated):
+  # 1000 binds make a command line longer than one argument may be.
   root=$1
   {
-    printf '%s\n' --unshare-all --die-with-parent --new-session --cap-drop ALL --clearenv \
+    printf '%s\0' --unshare-all --die-with-parent --new-session --cap-drop ALL --clearenv \
       --setenv PATH "$root/bin" --hostname nixcell --uid 1000 --gid 1000 \
       --proc /proc --dev /dev --tmpfs /tmp
-    nix-store --query --requisites "$root" | while read -r p; do printf '%s\n' --ro-bind "$p" "$p"; done
-    printf '%s\n' --remount-ro / "$root/bin/true"
+    nix-store --query --requisites "$root" | while read -r p; do printf '%s\0' --ro-bind "$p" "$p"; done
+    printf '%s\0' --remount-ro /
   } > "$out/args-$(basename "$root")"
   chmod 644 "$out/args-$(basename "$root")"
 }
@@ -47,12 +48,14 @@ for mode in root rootless; do
     if [ "$mode" = root ]; then wrap=""; else wrap="setpriv --reuid $user --regid $user --init-groups --reset-env --"; fi
     # Fill the closure cache first, as any second run of the same environment finds it.
     $wrap "$bin" run --env-path "$root" -- true
-    hyperfine -N -w 5 -r "$runs" --export-json "$out/n.json" \
+    # Both through the shell (hyperfine subtracts its start-up), as bwrap reads its
+    # arguments from a file descriptor.
+    hyperfine -w 5 -r "$runs" --export-json "$out/n.json" \
       "$wrap $bin run --env-path $root -- true" >/dev/null 2>&1
     # bwrap takes seconds per start at 1000 paths: fewer runs there.
     bruns=$runs; [ "$n" -lt 1000 ] || bruns=10
-    hyperfine -N -w 2 -r "$bruns" --export-json "$out/b.json" \
-      "$wrap bwrap $(tr '\n' ' ' < "$args")" >/dev/null 2>&1
+    hyperfine -w 2 -r "$bruns" --export-json "$out/b.json" \
+      "$wrap bwrap --args 3 $root/bin/true 3<$args" >/dev/null 2>&1
     nm=$(median "$out/n.json"); bm=$(median "$out/b.json")
     printf '%-9s %6s %12s %12s %8s\n' "$mode" "$n" "$nm" "$bm" "$(python3 -c "print('%.2f' % ($nm/$bm))")"
     eval "n_${mode}_$n=$nm; b_${mode}_$n=$bm"

@@ -1,7 +1,7 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Set up this machine (scripts/setup.sh) and run the whole test suite, as root;
 # the rootless cases run as the unprivileged user that setup.sh creates.
-set -eu
+set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
@@ -15,6 +15,14 @@ fi
 cargo build --locked --all-targets
 # setup.sh opened the repo to the test user; the build just made target/ anew.
 chmod -R o+rX target 2>/dev/null || true
-cargo test --locked --tests -- --test-threads=2
+log=target/test-output.log
+cargo test --locked --tests -- --test-threads=2 2>&1 | tee "$log"
 # The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
-scripts/mcp-conformance.sh
+scripts/mcp-conformance.sh 2>&1 | tee -a "$log"
+
+# One closing line for everything above.
+passed=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log")
+failed=$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$log")
+passed=$((passed + $(grep -c '^PASS ' "$log" || true)))
+failed=$((failed + $(grep -c '^FAIL ' "$log" || true)))
+echo "tests: $passed passed, $failed failed"
