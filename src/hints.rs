@@ -9,33 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// What an edit is about (the front-end's edit subjects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Subject {
-    Package,
-    PythonLibrary,
-    Service,
-}
-
-impl Subject {
-    /// The `nixcell edit` operation that adds one of these.
-    pub fn add_op(self) -> &'static str {
-        match self {
-            Subject::Package => "add-package",
-            Subject::PythonLibrary => "add-python-library",
-            Subject::Service => "enable-service",
-        }
-    }
-
-    pub fn noun(self) -> &'static str {
-        match self {
-            Subject::Package => "package",
-            Subject::PythonLibrary => "Python library",
-            Subject::Service => "service",
-        }
-    }
-}
+pub use crate::edit::policy::Subject;
 
 /// An edit policy: which names of each subject an agent may ask for. The project's
 /// `[policy]` implements it; tests use small in-memory policies.
@@ -43,23 +17,12 @@ pub trait EditPolicy {
     fn allows(&self, subject: Subject, name: &str) -> bool;
 }
 
-impl Subject {
-    fn front(self) -> crate::edit::policy::Subject {
-        match self {
-            Subject::Package => crate::edit::policy::Subject::Package,
-            Subject::PythonLibrary => crate::edit::policy::Subject::PythonLibrary,
-            Subject::Service => crate::edit::policy::Subject::Service,
-        }
-    }
-}
-
 /// The project's `[policy]`: a name is allowed when the edit itself would accept it
 /// (the strict name grammar, then the whitelist).
 impl EditPolicy for crate::project::Policy {
     fn allows(&self, subject: Subject, name: &str) -> bool {
-        let s = subject.front();
-        crate::edit::policy::check_name(s, name).is_ok()
-            && crate::edit::policy::check_allowed(self, s, name).is_ok()
+        crate::edit::policy::check_name(subject, name).is_ok()
+            && crate::edit::policy::check_allowed(self, subject, name).is_ok()
     }
 }
 
@@ -611,7 +574,7 @@ mod tests {
         assert!(edit("127.0.0.1:6379").is_none());
         for x in &h {
             if let Some(e) = &x.edit {
-                let s = e.subject.front();
+                let s = e.subject;
                 assert!(crate::edit::policy::check_name(s, &e.name).is_ok());
                 assert!(crate::edit::policy::check_allowed(&policy, s, &e.name).is_ok());
             }

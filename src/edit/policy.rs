@@ -24,7 +24,9 @@ pub enum PolicyError {
 }
 
 /// What an edit is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Subject {
     Package,
@@ -33,6 +35,15 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// The `nixcell edit` operation that adds one of these.
+    pub fn add_op(self) -> &'static str {
+        match self {
+            Subject::Package => "add-package",
+            Subject::PythonLibrary => "add-python-library",
+            Subject::Service => "enable-service",
+        }
+    }
+
     pub fn noun(self) -> &'static str {
         match self {
             Subject::Package => "package",
