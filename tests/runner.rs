@@ -1,4 +1,4 @@
-//! The runner, seen from inside the cell (issue: `nixcell run`). Every test runs as
+//! The runner, seen from inside the cell (`nixcell run`). Every test runs as
 //! root and rootless (as the unprivileged test user).
 
 mod common;
