@@ -695,3 +695,64 @@ fn a_project_built_once_runs_rootless_from_the_cache() {
     assert_eq!(&lines[..2], ["quarterly", "3"], "{out}");
     assert!(lines[2].contains("65536"), "the project's tmp_size: {out}");
 }
+
+#[test]
+fn scenario_1_rootless_edits_build_through_the_daemon() {
+    let toml = format!(
+        "nixpkgs = \"{}\"\n[policy]\npython_libraries = [\"pandas\", \"openpyxl\"]\n",
+        pkgs_dir().display()
+    );
+    let p = project("analysis", Some(&toml));
+    let dir = p.path();
+    git(dir, &["config", "user.name", "agent"]);
+    git(dir, &["config", "user.email", "agent@example.org"]);
+    let (u, g) = test_user_ids();
+    let out = Command::new("chown")
+        .args(["-R", &format!("{u}:{g}")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The project's owner, unprivileged, edits (each edit built through nix-daemon and
+    // committed) and runs the report in a rootless cell.
+    let as_user = |args: &[&str]| {
+        let mut c = nixcell(Mode::Rootless);
+        c.current_dir(dir).args(args);
+        c.output().unwrap()
+    };
+    for lib in ["pandas", "openpyxl"] {
+        let v = json(
+            &as_user(&["edit", "add-python-library", lib, "--json"]),
+            lib,
+        );
+        assert_eq!(v["status"], "committed", "{v}");
+    }
+    let out = ok(
+        &as_user(&["run", "--", "python3", "report.py"]),
+        "report.py",
+    );
+    assert!(out.contains("report rows: 2 total: 200"), "{out}");
+    let log = Command::new("setpriv")
+        .args([
+            "--reuid",
+            TEST_USER,
+            "--regid",
+            TEST_USER,
+            "--init-groups",
+            "--reset-env",
+            "--",
+        ])
+        .args(["git", "-C"])
+        .arg(dir)
+        .args(["log", "--format=%s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&log.stdout).lines().collect::<Vec<_>>(),
+        [
+            "nixcell edit: add-python-library openpyxl",
+            "nixcell edit: add-python-library pandas",
+            "initial"
+        ]
+    );
+}
