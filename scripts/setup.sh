@@ -40,7 +40,7 @@ export NIX_CONFIG
 # 1. Debian packages
 PACKAGES="
   nix-bin patchelf busybox-static bubblewrap
-  python3 python3-pandas python3-openpyxl python3-tz python3-dateutil tzdata
+  python3 python3-venv python3-pandas python3-openpyxl python3-tz python3-dateutil tzdata
   redis-server redis-tools jq ripgrep
   hyperfine iproute2 util-linux procps git ca-certificates
   build-essential pkg-config

@@ -6,10 +6,13 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 # tests/mcp.rs drives `nixcell mcp` with the official Python MCP SDK (PyPI `mcp`).
+# The distribution's python3: the rootless cases run the client as the test user, who
+# must be able to execute the interpreter the venv points at.
+sys_python=/usr/bin/python3
 if ! target/mcp-venv/bin/python -c 'import mcp.client.stdio' 2>/dev/null; then
   # Debian's python3 needs python3-venv for this.
-  python3 -m venv target/mcp-venv ||
-    { apt-get install -y -qq python3-venv && python3 -m venv --clear target/mcp-venv; }
+  "$sys_python" -m venv --clear target/mcp-venv ||
+    { apt-get install -y -qq python3-venv && "$sys_python" -m venv --clear target/mcp-venv; }
   target/mcp-venv/bin/pip install --quiet mcp
 fi
 cargo build --locked --all-targets

@@ -27,11 +27,13 @@ fn python() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if py.exists() && has_sdk(&py) {
+    let usable_rootless = || std::fs::canonicalize(&py).is_ok_and(|p| p.starts_with("/usr"));
+    if py.exists() && has_sdk(&py) && usable_rootless() {
         return py;
     }
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
+    // The distribution's interpreter, which the unprivileged test user can execute.
+    let st = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
         .arg(&venv)
         .status()
         .expect("python3 -m venv");
@@ -48,7 +50,35 @@ fn python() -> PathBuf {
 /// Runs one scenario of tests/mcp_client.py against `nixcell mcp SERVER_ARGS`; returns
 /// its JSON observations.
 fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
+    scenario_as(Mode::Root, name, server_args)
+}
+
+/// The same, with the client (and so the server it starts) run as root or as the
+/// unprivileged test user.
+fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Value {
+    let py = python();
+    let mut cmd = match mode {
+        Mode::Root => Command::new(&py),
+        Mode::Rootless => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                TEST_USER,
+                "--regid",
+                TEST_USER,
+                "--init-groups",
+                "--reset-env",
+                "--",
+                "env",
+            ]);
+            c.arg(&py);
+            c
+        }
+    };
+    if mode == Mode::Root {
+        cmd.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+    }
+    let out = cmd
         .env(
             "NIX_PATH",
             format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
@@ -57,7 +87,6 @@ fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
         .arg(name)
         .arg(bin())
         .args(server_args)
-        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
         .env("NIX_CONFIG", "substituters =\n")
         .output()
         .expect("run the Python MCP client");
@@ -154,8 +183,10 @@ fn sdk_runs_commands_scripts_limits_and_hints() {
 #[test]
 fn sdk_concurrent_runs_are_isolated() {
     let a = busybox_args();
-    let v = scenario("concurrent", &args(&a));
-    assert_eq!(v["runs"].as_array().unwrap().len(), 4);
+    for mode in MODES {
+        let v = scenario_as(mode, "concurrent", &args(&a));
+        assert_eq!(v["runs"].as_array().unwrap().len(), 4, "{mode:?}");
+    }
 }
 
 #[test]
