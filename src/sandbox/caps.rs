@@ -16,7 +16,11 @@ fn fail(set: &str, e: caps::errors::CapsError) -> StageError {
 
 /// Empties all five capability sets of the calling thread.
 pub fn drop_all() -> StageResult {
-    for cap in caps::all() {
+    // Dropping from the bounding set needs CAP_SETPCAP even for a capability that is
+    // already gone, so only what is still there is dropped (PID 1 drops everything
+    // before it forks the command, which then finds the sets empty).
+    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| fail("bounding", e))?;
+    for cap in bounding {
         caps::drop(None, CapSet::Bounding, cap).map_err(|e| fail("bounding", e))?;
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("ambient", e))?;

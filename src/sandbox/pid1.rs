@@ -55,6 +55,24 @@ pub fn main(
     if let Err(e) = built {
         fail(sock, e);
     }
+    // From here PID 1 keeps no privilege and cannot be ptraced or read through
+    // /proc/1/mem by the command (same uid): done before any service or the command
+    // exists, so there is no moment in which they could race it.
+    if let Err(e) = caps::drop_all() {
+        fail(sock, e);
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail(
+            sock,
+            super::StageError::new("pid1", "prctl", "PR_SET_NO_NEW_PRIVS", e),
+        );
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        fail(
+            sock,
+            super::StageError::new("pid1", "prctl", "PR_SET_DUMPABLE 0", e),
+        );
+    }
 
     // A pid namespace's init only receives signals it has a handler for; the handler
     // is never run because the signals stay blocked and are read from a signalfd.
@@ -97,10 +115,8 @@ pub fn main(
         Err(e) => fail(sock, super::StageError::new("fork-command", "fork", "", e)),
     };
 
-    // PID 1 keeps no privilege and cannot be ptraced by the command (same uid).
-    let _ = caps::drop_all();
-    let _ = nix::sys::prctl::set_no_new_privs();
-    let _ = nix::sys::prctl::set_dumpable(false);
+    // Seccomp for PID 1 comes after the fork: the command installs its own filters,
+    // and inheriting PID 1's as well would run every syscall through both.
     super::layers::confine_pid1(spec, sock);
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
