@@ -138,3 +138,95 @@ fn an_off_layer_is_reported_as_not_enforced() {
         }
     }
 }
+
+/// An unprivileged uid with no passwd entry and no delegated cgroup, in `nix-users`
+/// (to reach nix-daemon), with a private HOME.
+fn undelegated_user() -> (std::process::Command, tempfile::TempDir) {
+    let uid = 4321u32;
+    let home = tempfile::Builder::new()
+        .prefix("home")
+        .tempdir_in(repo().join("target/test-work"))
+        .unwrap();
+    nix::unistd::chown(home.path(), Some(uid.into()), Some(uid.into())).unwrap();
+    let nix_users = nix::unistd::Group::from_name("nix-users")
+        .unwrap()
+        .expect("group nix-users (scripts/setup.sh)")
+        .gid;
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
+        .args(["--groups", &nix_users.to_string(), "--", "env", "-i"])
+        .arg("PATH=/usr/bin:/bin")
+        .arg(format!("HOME={}", home.path().display()))
+        .arg(bin());
+    (c, home)
+}
+
+#[test]
+fn without_a_delegated_cgroup_best_effort_falls_back_and_required_fails_closed() {
+    let bb = busybox();
+    let wd = tempfile::Builder::new()
+        .prefix("wd")
+        .tempdir_in(repo().join("target/test-work"))
+        .unwrap();
+    nix::unistd::chown(wd.path(), Some(4321.into()), Some(4321.into())).unwrap();
+    // default: cgroup best-effort → the run goes on, rlimits stand in, and it says so.
+    let (mut c, _home) = undelegated_user();
+    let o = c
+        .args([
+            "run",
+            "--json",
+            "--env-path",
+            path_str(&bb),
+            "--",
+            "sh",
+            "-c",
+            "ulimit -u",
+        ])
+        .output()
+        .unwrap();
+    let v = verdict(&o);
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let layer = |name: &str| {
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} layer: {v}"))
+    };
+    assert_eq!(layer("cgroup")["enforced"], false);
+    assert!(
+        layer("cgroup")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no cgroup delegated")
+    );
+    assert!(
+        layer("rlimits")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nproc=512")
+    );
+    assert_eq!(
+        v["stdout"]["text"], "512\n",
+        "the pids fallback is in force inside"
+    );
+    assert_eq!(v["usage"]["source"], "rusage");
+    // strict: cgroup required → exit 125 naming what is missing, nothing run.
+    let (mut c, _home) = undelegated_user();
+    let ran = wd.path().join("ran");
+    let bind = format!("{}:/data", wd.path().display());
+    let o = c
+        .args(["run", "--profile", "strict", "--env-path", path_str(&bb)])
+        .args(["--bind", &bind, "--", "touch", "/data/ran"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cgroup layer is required") && err.contains("user-4321"),
+        "{err}"
+    );
+    assert!(!ran.exists());
+}
