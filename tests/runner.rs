@@ -385,8 +385,8 @@ fn loopback_is_up_and_nothing_else_is_reachable() {
             "sleep 2 | nc -l -p 5555 127.0.0.1 >/tmp/got & listener=$!; \
              i=0; until echo hi | nc 127.0.0.1 5555 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.05; done; \
              wait $listener; cat /tmp/got; \
-             start=$(date +%s); nc -w 3 10.1.2.3 80 </dev/null 2>&1 | head -1; \
-             nc -w 3 127.0.0.1 {port} </dev/null && echo HOST-REACHED; echo elapsed $(( $(date +%s) - start ))"
+             nc -w 3 10.1.2.3 80 </dev/null 2>&1 | head -1; \
+             nc -w 3 127.0.0.1 {port} </dev/null && echo HOST-REACHED; echo end"
         );
         // The ports are opened in Landlock's TCP rules, so that what stops them is the
         // network namespace.
@@ -402,12 +402,13 @@ fn loopback_is_up_and_nothing_else_is_reachable() {
         let out = ok(&sh(mode, &allow, &script), "network");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "hi", "{mode:?}: loopback inside works: {out}");
-        assert!(lines[1].contains("unreachable"), "{mode:?}: {out}");
-        assert!(!out.contains("HOST-REACHED"), "{mode:?}");
+        // ENETUNREACH comes back from connect(2) itself: no route, no waiting.
         assert!(
-            out.contains("elapsed 0") || out.contains("elapsed 1"),
-            "fails at once: {out}"
+            lines[1].contains("Network is unreachable"),
+            "{mode:?}: {out}"
         );
+        assert!(!out.contains("HOST-REACHED"), "{mode:?}");
+        assert_eq!(lines.last(), Some(&"end"));
         assert!(
             listener.accept().is_err(),
             "the host listener saw a connection"
@@ -581,20 +582,21 @@ fn killing_nixcell_kills_the_whole_cell() {
 fn processes_left_behind_are_killed_when_the_command_exits() {
     for mode in MODES {
         let wd = workdir(mode);
-        let start = Instant::now();
         let o = sh(
             mode,
             &["--json", "--workdir", path_str(wd.path())],
-            "(sleep 1; echo alive > /work/marker) & echo started",
+            "(sleep 2; echo alive > /work/marker) & echo started",
         );
         let v = verdict(&o);
         assert_eq!(v["exit_code"], 0, "{v}");
         assert_eq!(v["stdout"]["text"], "started\n");
+        // Had nixcell waited for the orphan, the marker would exist by now.
         assert!(
-            start.elapsed() < Duration::from_millis(900),
-            "nixcell waited for the orphan"
+            !wd.path().join("marker").exists(),
+            "{mode:?}: nixcell waited for the orphan"
         );
-        std::thread::sleep(Duration::from_millis(1500));
+        // And the orphan never gets to write it.
+        std::thread::sleep(Duration::from_millis(2500));
         assert!(
             !wd.path().join("marker").exists(),
             "{mode:?}: the background process survived"
