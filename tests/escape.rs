@@ -427,8 +427,10 @@ fn cpu_spin_past_the_timeout_is_killed() {
             "{m:?}: {v}"
         );
         assert!(t.elapsed().as_secs() < 10);
+        // The spin's CPU time is counted (a busy machine may give it less than its
+        // second of wall clock).
         assert!(
-            v["usage"]["cpu_time_ms"].as_f64().unwrap() > 300.0,
+            v["usage"]["cpu_time_ms"].as_f64().unwrap() > 50.0,
             "{m:?}: {v}"
         );
     }
