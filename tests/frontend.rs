@@ -13,18 +13,6 @@ fn pkgs_dir() -> PathBuf {
     repo().join("tests/fixtures/pkgs")
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 /// A copy of `tests/fixtures/projects/NAME` in a fresh git repository with one commit;
 /// `toml` replaces its nixcell.toml when given.
 fn project(name: &str, toml: Option<&str>) -> tempfile::TempDir {
@@ -732,16 +720,7 @@ fn scenario_1_rootless_edits_build_through_the_daemon() {
         "report.py",
     );
     assert!(out.contains("report rows: 2 total: 200"), "{out}");
-    let log = Command::new("setpriv")
-        .args([
-            "--reuid",
-            TEST_USER,
-            "--regid",
-            TEST_USER,
-            "--init-groups",
-            "--reset-env",
-            "--",
-        ])
+    let log = as_test_user()
         .args(["git", "-C"])
         .arg(dir)
         .args(["log", "--format=%s"])

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -60,18 +60,8 @@ fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Valu
     let mut cmd = match mode {
         Mode::Root => Command::new(&py),
         Mode::Rootless => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                TEST_USER,
-                "--regid",
-                TEST_USER,
-                "--init-groups",
-                "--reset-env",
-                "--",
-                "env",
-            ]);
-            c.arg(&py);
+            let mut c = as_test_user();
+            c.arg("env").arg(&py);
             c
         }
     };
@@ -100,18 +90,6 @@ fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Valu
     serde_json::from_str(line.lines().last().unwrap_or("")).unwrap_or_else(|e| {
         panic!("scenario {name}: no JSON ({e}): {line}");
     })
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    text(&out.stdout)
 }
 
 /// A copy of the fixture project `analysis` (no pandas; policy allows pandas and

@@ -40,6 +40,36 @@ pub fn test_user_ids() -> (u32, u32) {
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
+/// `setpriv`, ready to run a program (the next argument) as the unprivileged test
+/// user with its own groups and a clean environment.
+pub fn as_test_user() -> Command {
+    test_user_ids();
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        TEST_USER,
+        "--regid",
+        TEST_USER,
+        "--init-groups",
+        "--reset-env",
+        "--",
+    ]);
+    c
+}
+
+/// `git -C dir ARGS` with a fixed identity; asserts success and returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 /// A command that runs `nixcell` with `args`, as root or as the test user.
 pub fn nixcell(mode: Mode) -> Command {
     require_root();
@@ -50,18 +80,8 @@ pub fn nixcell(mode: Mode) -> Command {
             c
         }
         Mode::Rootless => {
-            test_user_ids();
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                TEST_USER,
-                "--regid",
-                TEST_USER,
-                "--init-groups",
-                "--reset-env",
-                "--",
-            ])
-            .arg(bin());
+            let mut c = as_test_user();
+            c.arg(bin());
             c
         }
     }
