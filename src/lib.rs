@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod context;
 pub mod declare;
+pub mod dirs;
 pub mod doctor;
 pub mod edit;
 pub mod front;
