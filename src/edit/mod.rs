@@ -380,7 +380,7 @@ fn edit_locked(
     }
     write_atomically(decl, new_text.as_bytes())?;
     let message = format!("nixcell edit: {} {name}", op.as_str());
-    match git::commit_file(&project.dir, decl, &message) {
+    match git::commit_file(&project.dir, decl, new_text.as_bytes(), &message) {
         Ok(commit) => Ok(EditOutcome {
             operation: op,
             name: name.to_string(),

@@ -1,0 +1,218 @@
+//! Host code facing hostile project content: a repository, a declaration, a project's
+//! `.nixcell/` and nixcell's caches are written by an attacker here, and nixcell must
+//! neither run, read, follow nor trust what they say.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pkgs_dir() -> PathBuf {
+    repo().join("tests/fixtures/pkgs")
+}
+
+fn scratch(prefix: &str) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap()
+}
+
+/// A copy of `tests/fixtures/projects/analysis` in a fresh git repository, one commit.
+fn project() -> tempfile::TempDir {
+    let d = scratch("trust");
+    let src = repo().join("tests/fixtures/projects/analysis");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+    }
+    git(d.path(), &["init", "-q"]);
+    git(d.path(), &["add", "."]);
+    git(d.path(), &["commit", "-q", "-m", "initial"]);
+    d
+}
+
+/// `nixcell ARGS` in `dir` as root, with the fixture package set as `<nixpkgs>`.
+fn cell_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = nixcell(Mode::Root);
+    c.current_dir(dir)
+        .env("NIX_PATH", format!("nixpkgs={}", pkgs_dir().display()))
+        .args(args);
+    c
+}
+
+fn cell(dir: &Path, args: &[&str]) -> Output {
+    cell_cmd(dir, args).output().expect("run nixcell")
+}
+
+fn fails(o: &Output, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "{what}: expected exit 125\nstdout:\n{}\nstderr:\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stderr)
+}
+
+fn write_script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Files in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+const HOOKS: &[&str] = &[
+    "pre-commit",
+    "prepare-commit-msg",
+    "commit-msg",
+    "post-commit",
+    "reference-transaction",
+    "post-index-change",
+    "pre-auto-gc",
+];
+
+#[test]
+fn nixcell_git_runs_nothing_the_repository_or_the_callers_git_variables_name() {
+    let p = project();
+    let dir = p.path();
+    let markers = scratch("markers");
+    let m = markers.path();
+    // Attributes that name a filter and a diff driver, committed before the drivers exist.
+    std::fs::write(
+        dir.join(".gitattributes"),
+        "*.nix filter=evil diff=evil\n*.toml filter=evil\n",
+    )
+    .unwrap();
+    git(dir, &["add", ".gitattributes"]);
+    git(dir, &["commit", "-q", "-m", "attributes"]);
+    for h in HOOKS {
+        write_script(
+            &dir.join(".git/hooks").join(h),
+            &format!("touch {}/hook-{h}", m.display()),
+        );
+    }
+    let tools = scratch("tools");
+    let t = tools.path();
+    write_script(
+        &t.join("fsmonitor"),
+        &format!("touch {}/fsmonitor\nexit 1", m.display()),
+    );
+    write_script(
+        &t.join("clean"),
+        &format!("touch {}/filter-clean\ncat", m.display()),
+    );
+    write_script(
+        &t.join("smudge"),
+        &format!("touch {}/filter-smudge\ncat", m.display()),
+    );
+    write_script(
+        &t.join("textconv"),
+        &format!("touch {}/textconv\ncat \"$1\"", m.display()),
+    );
+    write_script(
+        &t.join("gpg"),
+        &format!("touch {}/gpg\nexit 1", m.display()),
+    );
+    let cfg = |k: &str, v: &Path| git(dir, &["config", k, &v.to_string_lossy()]);
+    cfg("core.fsmonitor", &t.join("fsmonitor"));
+    cfg("filter.evil.clean", &t.join("clean"));
+    cfg("filter.evil.smudge", &t.join("smudge"));
+    cfg("diff.evil.textconv", &t.join("textconv"));
+    cfg("gpg.program", &t.join("gpg"));
+    git(dir, &["config", "commit.gpgSign", "true"]);
+    git(dir, &["config", "filter.evil.required", "true"]);
+
+    // The caller's environment points git at a decoy repository and adds settings.
+    let decoy = scratch("decoy");
+    git(decoy.path(), &["init", "-q"]);
+    git(
+        decoy.path(),
+        &["commit", "-q", "--allow-empty", "-m", "decoy"],
+    );
+    let decoy_head = git(decoy.path(), &["rev-parse", "HEAD"]);
+    let hook_dir = scratch("hookdir");
+    for h in HOOKS {
+        write_script(
+            &hook_dir.path().join(h),
+            &format!("touch {}/env-hook-{h}", m.display()),
+        );
+    }
+    let hostile = |c: &mut Command| {
+        c.env("GIT_DIR", decoy.path().join(".git"))
+            .env("GIT_WORK_TREE", decoy.path())
+            .env("GIT_INDEX_FILE", decoy.path().join(".git/index"))
+            .env(
+                "GIT_CONFIG_PARAMETERS",
+                format!("'core.hookspath'='{}'", hook_dir.path().display()),
+            )
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "core.fsmonitor")
+            .env("GIT_CONFIG_VALUE_0", t.join("fsmonitor"))
+            .env("GIT_EXEC_PATH", t);
+    };
+
+    // 1: hooks in .git/hooks, fsmonitor, filters, textconv, gpg signing.
+    let mut c = cell_cmd(dir, &["edit", "add-package", "jq"]);
+    hostile(&mut c);
+    let o = c.output().unwrap();
+    assert_eq!(listing(m), Vec::<String>::new(), "{}", text(&o.stderr));
+    ok(&o, "edit in a hostile repository");
+    // 2: the same with core.hooksPath in the repository's config.
+    let path_hooks = scratch("pathhooks");
+    for h in HOOKS {
+        write_script(
+            &path_hooks.path().join(h),
+            &format!("touch {}/hookspath-{h}", m.display()),
+        );
+    }
+    cfg("core.hooksPath", path_hooks.path());
+    let mut c = cell_cmd(dir, &["edit", "add-package", "hello"]);
+    hostile(&mut c);
+    let o = c.output().unwrap();
+    assert_eq!(listing(m), Vec::<String>::new(), "{}", text(&o.stderr));
+    ok(&o, "edit with core.hooksPath");
+
+    // Both commits landed in the project's repository, the decoy is untouched (the
+    // hostile configuration removed first: the checks below use git themselves).
+    for h in HOOKS {
+        std::fs::remove_file(dir.join(".git/hooks").join(h)).unwrap();
+    }
+    for k in [
+        "core.fsmonitor",
+        "core.hooksPath",
+        "filter.evil.clean",
+        "filter.evil.smudge",
+        "filter.evil.required",
+        "diff.evil.textconv",
+        "commit.gpgSign",
+    ] {
+        git(dir, &["config", "--unset", k]);
+    }
+    let log = git(dir, &["log", "--format=%s"]);
+    assert!(
+        log.starts_with("nixcell edit: add-package hello\nnixcell edit: add-package jq\n"),
+        "{log}"
+    );
+    let committed = git(dir, &["show", "HEAD:devenv.nix"]);
+    assert!(
+        committed.contains("pkgs.jq") && committed.contains("pkgs.hello"),
+        "{committed}"
+    );
+    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert_eq!(git(decoy.path(), &["rev-parse", "HEAD"]), decoy_head);
+    assert_eq!(listing(m), Vec::<String>::new());
+}
