@@ -16,6 +16,7 @@ pub mod plan;
 pub mod profile;
 pub mod project;
 pub mod sandbox;
+pub mod seal;
 pub mod spec;
 pub mod supervise;
 pub mod units;

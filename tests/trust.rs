@@ -216,3 +216,99 @@ fn nixcell_git_runs_nothing_the_repository_or_the_callers_git_variables_name() {
     assert_eq!(git(decoy.path(), &["rev-parse", "HEAD"]), decoy_head);
     assert_eq!(listing(m), Vec::<String>::new());
 }
+
+/// `nixcell` in `mode` with its cache under `cache` (which the mode's user owns).
+fn with_cache(mode: Mode, cache: &Path) -> Command {
+    match mode {
+        Mode::Root => {
+            let mut c = nixcell(Mode::Root);
+            c.env("XDG_CACHE_HOME", cache);
+            c
+        }
+        Mode::Rootless => {
+            let mut c = as_test_user();
+            c.arg("env")
+                .arg(format!("XDG_CACHE_HOME={}", cache.display()))
+                .arg(bin());
+            c
+        }
+    }
+}
+
+fn owned_dir(mode: Mode, prefix: &str) -> tempfile::TempDir {
+    let d = scratch(prefix);
+    if mode == Mode::Rootless {
+        let (u, g) = test_user_ids();
+        nix::unistd::chown(d.path(), Some(u.into()), Some(g.into())).unwrap();
+    }
+    d
+}
+
+/// Rewrites every closure cache entry under `cache` as a cell that could write it
+/// would: `extra` store entries added, the list sorted and its hash recomputed, any
+/// line before the JSON kept.
+fn poison_closures(cache: &Path, extra: &[(&str, serde_json::Value)]) -> usize {
+    use sha2::Digest;
+    let dir = cache.join("nixcell/closures");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let start = bytes.iter().position(|&b| b == b'{').unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes[start..]).unwrap();
+        let paths = v["paths"].as_array_mut().unwrap();
+        for (p, kind) in extra {
+            paths.push(serde_json::json!({ "path": p, "kind": kind }));
+        }
+        paths.sort_by_key(|e| e["path"].as_str().unwrap().to_string());
+        let mut h = sha2::Sha256::new();
+        for e in paths.iter() {
+            h.update(e["path"].as_str().unwrap().as_bytes());
+            h.update(b"\n");
+        }
+        v["hash"] = hex::encode(h.finalize()).into();
+        let mut out = bytes[..start].to_vec();
+        out.extend_from_slice(&serde_json::to_vec(&v).unwrap());
+        std::fs::write(&path, out).unwrap();
+        n += 1;
+    }
+    n
+}
+
+const SHOW_ROOT: &str =
+    "ls /nix/store; echo ---; ls /nix; echo ---; ls /var >/dev/null 2>&1 || echo no-var";
+
+#[test]
+fn a_poisoned_closure_cache_is_not_trusted() {
+    let bb = busybox();
+    let outside = build_env("jq", "pkgs.jq");
+    for mode in MODES {
+        let cache = owned_dir(mode, "cache");
+        let run = || {
+            let o = with_cache(mode, cache.path())
+                .arg("run")
+                .arg("--env-path")
+                .arg(&bb)
+                .args(["--", "sh", "-c", SHOW_ROOT])
+                .output()
+                .unwrap();
+            ok(&o, &format!("{mode:?} run"))
+        };
+        let clean = run();
+        assert!(clean.ends_with("---\nstore\n---\nno-var\n"), "{clean}");
+        assert!(!clean.contains("-jq-"), "{clean}");
+        // A path that climbs out of the store, and a real store path outside the closure.
+        let n = poison_closures(
+            cache.path(),
+            &[
+                ("/nix/store/../var", "dir".into()),
+                ("/nix/store/../../var", "dir".into()),
+                (outside.to_str().unwrap(), "dir".into()),
+            ],
+        );
+        assert_eq!(n, 1, "{mode:?}: one cache entry");
+        assert_eq!(run(), clean, "{mode:?}: the poisoned entry was used");
+        // The entry was recomputed: a third run sees the same.
+        assert_eq!(run(), clean, "{mode:?}");
+    }
+}
