@@ -388,7 +388,7 @@ impl Project {
         }
         let roots = state.join("gcroots");
         std::fs::create_dir_all(&roots).map_err(io_err(&roots))?;
-        let evaluator = declare::write_evaluator(&state)?;
+        let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
         let root = roots.join(&key[..32]);
         let env = declare::build_env(&evaluator, decl, Some(&set.path), &root, progress)?;

@@ -23,8 +23,9 @@ def text_of(result):
 
 async def session(binary, server_args, body, elicitation_callback=None):
     # What an MCP client configuration would set in "env": the package set and Nix's
-    # offline configuration (the SDK passes only a few variables by default).
-    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME"]
+    # offline configuration, what the package set may read while it is evaluated (the
+    # SDK passes only a few variables by default).
+    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME", "NIXCELL_EVAL_PATHS"]
     env = {k: os.environ[k] for k in keep if k in os.environ}
     params = StdioServerParameters(command=binary, args=["mcp", *server_args], env=env)
     async with stdio_client(params) as (read, write):

@@ -312,3 +312,62 @@ fn a_poisoned_closure_cache_is_not_trusted() {
         assert_eq!(run(), clean, "{mode:?}");
     }
 }
+
+/// A project directory (no repository) with this `devenv.nix`.
+fn declared(decl: &str) -> tempfile::TempDir {
+    let d = scratch("decl");
+    std::fs::write(d.path().join("devenv.nix"), decl).unwrap();
+    d
+}
+
+#[test]
+fn declarations_cannot_read_outside_the_project_and_the_package_set() {
+    let outside = scratch("secret");
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "s3cr3t-value").unwrap();
+    let other = outside.path().join("other.nix");
+    std::fs::write(&other, "{ env.FROM_OUTSIDE = \"s3cr3t-import\"; }").unwrap();
+    for (what, decl) in [
+        (
+            "readFile",
+            format!(
+                "{{ pkgs, ... }}: {{ packages = [ pkgs.busybox ]; env.LEAK = builtins.readFile \"{}\"; }}",
+                secret.display()
+            ),
+        ),
+        (
+            "path literal",
+            format!(
+                "{{ pkgs, ... }}: {{ packages = [ pkgs.busybox ]; env.LEAK = builtins.readFile {}; }}",
+                secret.display()
+            ),
+        ),
+        ("import", format!("import {}", other.display())),
+    ] {
+        let p = declared(&decl);
+        let o = cell(p.path(), &["run", "--", "sh", "-c", "echo RAN; echo $LEAK"]);
+        let err = fails(&o, what);
+        assert!(!text(&o.stdout).contains("RAN"), "{what}: the command ran");
+        assert!(
+            !text(&o.stdout).contains("s3cr3t") && !err.contains("s3cr3t"),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains("forbidden in restricted mode"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("devenv.nix"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn declarations_see_no_host_environment_variable() {
+    let p = declared(
+        "{ pkgs, ... }: { packages = [ pkgs.busybox ]; env.GOT = builtins.getEnv \"NIXCELL_TEST_SECRET\"; }",
+    );
+    let o = cell_cmd(p.path(), &["run", "--", "sh", "-c", "echo \"[$GOT]\""])
+        .env("NIXCELL_TEST_SECRET", "s3cr3t-env")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o, "getEnv").trim(), "[]");
+}
