@@ -371,3 +371,106 @@ fn declarations_see_no_host_environment_variable() {
         .unwrap();
     assert_eq!(ok(&o, "getEnv").trim(), "[]");
 }
+
+/// Every file under `dir` with its content (links shown as `-> target`).
+fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if m.file_type().is_symlink() {
+                out.push((
+                    rel,
+                    format!("-> {}", std::fs::read_link(&p).unwrap().display()),
+                ));
+            } else if m.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn links_planted_in_the_state_directory_are_not_followed() {
+    let p = project();
+    let dir = p.path();
+    let host = scratch("host");
+    let h = host.path();
+    std::fs::create_dir(h.join("roots")).unwrap();
+    std::fs::write(h.join("roots/keep"), "host file in a directory").unwrap();
+    for i in 0..6 {
+        std::os::unix::fs::symlink("/nonexistent", h.join(format!("roots/link{i}"))).unwrap();
+    }
+    std::fs::create_dir(h.join("proposals")).unwrap();
+    std::fs::write(h.join("gitignore"), "host gitignore").unwrap();
+    std::fs::write(h.join("candidate"), "host candidate").unwrap();
+    let state = dir.join(".nixcell");
+    std::fs::create_dir(&state).unwrap();
+    let link = |target: &str, at: &Path| std::os::unix::fs::symlink(h.join(target), at).unwrap();
+    link("roots", &state.join("gcroots"));
+    link("proposals", &state.join("proposals"));
+    link("gitignore", &state.join(".gitignore"));
+    link("lock", &state.join("lock"));
+    link("candidate", &dir.join(".devenv.nix.nixcell-candidate.nix"));
+    let before = tree(h);
+
+    let runs = [
+        cell(dir, &["build"]),
+        cell(dir, &["edit", "add-package", "jq"]),
+        cell(dir, &["edit", "--propose", "add-package", "hello"]),
+    ];
+    assert_eq!(tree(h), before, "a host file outside the project changed");
+    for o in &runs {
+        ok(o, "build, edit and proposal");
+    }
+    // The links were replaced by nixcell's own files and directories.
+    for (name, dir_wanted) in [
+        ("gcroots", true),
+        ("proposals", true),
+        (".gitignore", false),
+    ] {
+        let m = std::fs::symlink_metadata(state.join(name)).unwrap();
+        assert!(!m.file_type().is_symlink(), "{name} is still a link");
+        assert_eq!(m.is_dir(), dir_wanted, "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(state.join(".gitignore")).unwrap(),
+        "*\n"
+    );
+    assert!(!dir.join(".devenv.nix.nixcell-candidate.nix").exists());
+    assert_eq!(
+        std::fs::read_dir(state.join("proposals")).unwrap().count(),
+        1
+    );
+}
+
+#[test]
+fn a_state_directory_that_is_a_link_or_someone_elses_is_refused() {
+    let p = project();
+    let dir = p.path();
+    let host = scratch("host");
+    std::os::unix::fs::symlink(host.path(), dir.join(".nixcell")).unwrap();
+    let err = fails(&cell(dir, &["build"]), "linked .nixcell");
+    assert!(
+        err.contains(&format!("{}/.nixcell", dir.display())) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
+    std::fs::remove_file(dir.join(".nixcell")).unwrap();
+    std::fs::create_dir(dir.join(".nixcell")).unwrap();
+    let (u, g) = test_user_ids();
+    nix::unistd::chown(&dir.join(".nixcell"), Some(u.into()), Some(g.into())).unwrap();
+    let err = fails(&cell(dir, &["build"]), "someone else's .nixcell");
+    assert!(
+        err.contains(".nixcell") && err.contains(&format!("owned by uid {u}")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.join(".nixcell")).unwrap().count(), 0);
+}

@@ -233,7 +233,11 @@ pub fn build_with(
     }
     let key = hex::encode(h.finalize());
     let link = cache_dir.join(&key[..32]);
-    if let Ok(target) = std::fs::canonicalize(&link) {
+    // The link is ours (a private directory), and still only a store path counts.
+    if let Ok(target) = std::fs::read_link(&link)
+        && crate::nix::store::is_store_path(&target, &crate::nix::closure::store_dir())
+        && target.symlink_metadata().is_ok()
+    {
         return Ok(target);
     }
     let file = cache_dir.join("with.nix");

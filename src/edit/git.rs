@@ -296,7 +296,7 @@ pub fn check_clean(dir: &Path, file: &Path) -> Result<(), GitError> {
     let (_, staged) = index_entry(&at)?.ok_or_else(|| GitError::Untracked {
         file: file.to_path_buf(),
     })?;
-    let bytes = std::fs::read(file).map_err(GitError::Spawn)?;
+    let bytes = crate::project::read_nofollow(file).map_err(GitError::Spawn)?;
     let worktree = hash_bytes(&at, &bytes, false)?;
     let head = head_blob(&at)?;
     if staged.is_empty() || head.as_deref() != Some(staged.as_str()) || worktree != staged {

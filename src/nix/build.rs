@@ -52,10 +52,15 @@ fn run_streaming(
     if !status.success() {
         return Err(BuildError::Nix(nix_message(&captured)));
     }
-    let target = std::fs::canonicalize(link).map_err(|_| BuildError::NoResult {
+    // The result is the link's own target, which must be a store path.
+    let no_result = || BuildError::NoResult {
         tool,
         link: link.to_path_buf(),
-    })?;
+    };
+    let target = std::fs::read_link(link).map_err(|_| no_result())?;
+    if !crate::nix::store::is_store_path(&target, &crate::nix::closure::store_dir()) {
+        return Err(no_result());
+    }
     Ok(target)
 }
 
