@@ -15,6 +15,7 @@ pub mod nix;
 pub mod plan;
 pub mod profile;
 pub mod project;
+pub mod rundir;
 pub mod sandbox;
 pub mod seal;
 pub mod spec;
