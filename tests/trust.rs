@@ -474,3 +474,59 @@ fn a_state_directory_that_is_a_link_or_someone_elses_is_refused() {
     );
     assert_eq!(std::fs::read_dir(dir.join(".nixcell")).unwrap().count(), 0);
 }
+
+/// Rewrites every build cache entry (JSON, any line before it kept) under `dirs`.
+fn poison_builds(dirs: &[PathBuf], change: impl Fn(&mut serde_json::Value)) -> usize {
+    let mut n = 0;
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let start = bytes.iter().position(|&b| b == b'{').unwrap();
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes[start..]).unwrap();
+            change(&mut v);
+            let mut out = bytes[..start].to_vec();
+            out.extend_from_slice(&serde_json::to_vec(&v).unwrap());
+            std::fs::write(&path, out).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn the_build_cache_is_keyed_by_imported_files_and_not_trusted_when_rewritten() {
+    let cache = owned_dir(Mode::Root, "cache");
+    let p = declared(
+        "{ pkgs, ... }: let extra = import ./extra.nix; in { packages = [ pkgs.busybox ]; env.FROM = extra.value; }",
+    );
+    let dir = p.path();
+    let run = || {
+        let o = cell_cmd(dir, &["run", "--", "sh", "-c", "echo \"$FROM [$POISON]\""])
+            .env("XDG_CACHE_HOME", cache.path())
+            .output()
+            .unwrap();
+        ok(&o, "run").trim().to_string()
+    };
+    std::fs::write(dir.join("extra.nix"), "{ value = \"one\"; }").unwrap();
+    assert_eq!(run(), "one []");
+    // An imported file changed: the cached build is not that declaration's any more.
+    std::fs::write(dir.join("extra.nix"), "{ value = \"second\"; }").unwrap();
+    assert_eq!(run(), "second []");
+    // A rewritten entry (as something that could write the cache would) is not used.
+    let n = poison_builds(
+        &[
+            dir.join(".nixcell/builds"),
+            cache.path().join("nixcell/builds"),
+        ],
+        |v| v["description"]["env"]["POISON"] = "yes".into(),
+    );
+    assert!(n >= 1, "no build cache entry found");
+    assert_eq!(run(), "second []");
+}
