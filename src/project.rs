@@ -425,10 +425,13 @@ impl Project {
         let key = self.key(decl, &bytes, &set);
         let roots = self.state_subdir("gcroots")?;
         let root = roots.join(&key[..32]);
-        let builds = crate::dirs::private_dir(crate::dirs::Base::Cache, "builds")
-            .map_err(|e| ProjectError::Io(PathBuf::from("builds"), std::io::Error::other(e)))?;
+        // Without a private cache directory every run builds (nix finds the result).
+        let builds = crate::dirs::private_dir(crate::dirs::Base::Cache, "builds").ok();
         let cache_name = format!("{key}.json");
-        if let Some(b) = read_cached(&builds.join(&cache_name), &key, &root) {
+        if let Some(b) = builds
+            .as_ref()
+            .and_then(|d| read_cached(&d.join(&cache_name), &key, &root))
+        {
             return Ok(b);
         }
         let evaluator = declare::write_evaluator()?;
@@ -444,11 +447,13 @@ impl Project {
             cached: false,
         };
         let json = serde_json::to_vec_pretty(&built).unwrap_or_default();
-        if let Some(sealed) = crate::seal::seal(BUILD_CACHE_FORMAT, &json) {
-            crate::dirs::write_atomic(&builds, &cache_name, &sealed)
+        if let Some(builds) = &builds
+            && let Some(sealed) = crate::seal::seal(BUILD_CACHE_FORMAT, &json)
+        {
+            crate::dirs::write_atomic(builds, &cache_name, &sealed)
                 .map_err(io_err(&builds.join(&cache_name)))?;
         }
-        prune_roots(&roots, &builds, &built.key);
+        prune_roots(&roots, builds.as_deref(), &built.key);
         Ok(built)
     }
 
@@ -600,7 +605,7 @@ fn read_cached(cache: &Path, key: &str, root: &Path) -> Option<Built> {
 /// Keeps the current root and the few newest others, so older builds can be collected.
 /// Only symbolic links (the GC roots nix-build made) are removed, with the cache
 /// entries of the same builds.
-fn prune_roots(roots: &Path, builds: &Path, current: &str) {
+fn prune_roots(roots: &Path, builds: Option<&Path>, current: &str) {
     let Ok(rd) = std::fs::read_dir(roots) else {
         return;
     };
@@ -617,7 +622,7 @@ fn prune_roots(roots: &Path, builds: &Path, current: &str) {
     others.sort_by_key(|o| std::cmp::Reverse(o.0));
     for (_, p) in others.into_iter().skip(KEPT_ROOTS) {
         let _ = std::fs::remove_file(&p);
-        if let (Some(name), Ok(rd)) = (p.file_name(), std::fs::read_dir(builds)) {
+        if let (Some(name), Some(Ok(rd))) = (p.file_name(), builds.map(std::fs::read_dir)) {
             let name = name.to_string_lossy().into_owned();
             for e in rd.filter_map(|e| e.ok()) {
                 if e.file_name().to_string_lossy().starts_with(&name)

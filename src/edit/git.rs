@@ -95,7 +95,8 @@ fn command(dir: &Path) -> Command {
         .env("SSH_ASKPASS", "")
         .env("GIT_ATTR_NOSYSTEM", "1")
         .env("GIT_PROTOCOL_FROM_USER", "0")
-        .env("GIT_OPTIONAL_LOCKS", "0");
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .env("GIT_LITERAL_PATHSPECS", "1");
     cmd.arg("--no-pager").arg("-C").arg(dir);
     for o in OVERRIDES {
         cmd.args(["-c", o]);

@@ -297,6 +297,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
             .permissions(std::fs::Permissions::from_mode(mode))
             .tempfile_in(dir)?;
         tmp.write_all(bytes)?;
+        // Exactly the old mode, whatever the umask.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
