@@ -227,6 +227,17 @@ impl PackageSet {
     }
 }
 
+/// The paths of `NIX_PATH` (`name=PATH` or `PATH` entries).
+fn nix_path_entries() -> Vec<PathBuf> {
+    std::env::var("NIX_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|e| !e.is_empty())
+        .map(|e| PathBuf::from(e.split_once('=').map_or(e, |(_, p)| p)))
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
 fn fingerprint_dir(base: &Path, dir: &Path, h: &mut Sha256) {
     use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -373,12 +384,41 @@ impl Project {
     }
 
     /// The package set: `nixpkgs` of nixcell.toml, else `nixpkgs=` of NIX_PATH.
+    ///
+    /// `nixpkgs` of nixcell.toml is the project's word, so it may name a package set in
+    /// the project or in the Nix store, and one elsewhere only under a path the caller
+    /// named (an entry of `NIX_PATH` or of `NIXCELL_EVAL_PATHS`): evaluation may read
+    /// the package set's directory, and a project must not choose which host directory
+    /// that is.
     pub fn package_set(&self) -> Result<PackageSet, ProjectError> {
-        let path = match &self.config.nixpkgs {
-            Some(p) => self.dir.join(p),
-            None => PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?,
+        let Some(p) = &self.config.nixpkgs else {
+            return PackageSet::at(&PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?);
         };
-        PackageSet::at(&path)
+        let set = PackageSet::at(&self.dir.join(p))?;
+        let canon = |p: &Path| std::fs::canonicalize(p).ok();
+        let store = canon(&closure::store_dir());
+        let trusted = std::iter::once(Some(self.dir.clone()))
+            .chain(std::iter::once(store))
+            .chain(nix_path_entries().iter().map(|p| canon(p)))
+            .chain(
+                crate::nix::eval::caller_allowed_paths()
+                    .iter()
+                    .map(|p| canon(p)),
+            )
+            .flatten()
+            .any(|t| set.path.starts_with(&t));
+        if !trusted {
+            return Err(ProjectError::ConfigValue {
+                file: self.dir.join(CONFIG),
+                key: "nixpkgs",
+                message: format!(
+                    "{} is outside the project and the Nix store; a package set elsewhere must be under a path the caller names (NIX_PATH or {})",
+                    set.path.display(),
+                    crate::nix::eval::EVAL_PATHS_VAR
+                ),
+            });
+        }
+        Ok(set)
     }
 
     /// The build cache key: everything the result depends on that nixcell can know.

@@ -67,7 +67,7 @@ fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Valu
     };
     if mode == Mode::Root {
         cmd.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
-            .env("NIXCELL_EVAL_PATHS", FIXTURE_EVAL_PATHS);
+            .env("NIXCELL_EVAL_PATHS", fixture_eval_paths());
     }
     let out = cmd
         .env(

@@ -530,3 +530,31 @@ fn the_build_cache_is_keyed_by_imported_files_and_not_trusted_when_rewritten() {
     assert!(n >= 1, "no build cache entry found");
     assert_eq!(run(), "second []");
 }
+
+#[test]
+fn a_project_cannot_choose_a_host_directory_as_its_package_set() {
+    let outside = scratch("pkgset");
+    std::fs::write(
+        outside.path().join("default.nix"),
+        format!("import {}", pkgs_dir().display()),
+    )
+    .unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "s3cr3t-value").unwrap();
+    let p = declared(&format!(
+        "{{ pkgs, ... }}: {{ packages = [ pkgs.busybox ]; env.LEAK = builtins.readFile {}; }}",
+        secret.display()
+    ));
+    std::fs::write(
+        p.path().join("nixcell.toml"),
+        format!("nixpkgs = \"{}\"\n", outside.path().display()),
+    )
+    .unwrap();
+    let o = cell(p.path(), &["run", "--", "sh", "-c", "echo RAN $LEAK"]);
+    let err = fails(&o, "package set outside");
+    assert!(!text(&o.stdout).contains("RAN"), "{}", text(&o.stdout));
+    assert!(
+        err.contains("nixcell.toml") && err.contains("nixpkgs") && !err.contains("s3cr3t"),
+        "{err}"
+    );
+}

@@ -40,10 +40,15 @@ pub fn test_user_ids() -> (u32, u32) {
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
-/// What the offline package set (tests/fixtures/pkgs) reads of the host while it is
-/// evaluated, which nixcell's restricted evaluation allows only when its caller says
-/// so (`NIXCELL_EVAL_PATHS`).
-pub const FIXTURE_EVAL_PATHS: &str = "/var/lib/dpkg/status:/usr/lib/python3/dist-packages";
+/// `NIXCELL_EVAL_PATHS` of the tests: the offline package set itself (projects name
+/// it in their nixcell.toml) and what it reads of the host while it is evaluated,
+/// which nixcell's restricted evaluation allows only when its caller says so.
+pub fn fixture_eval_paths() -> String {
+    format!(
+        "{}:/var/lib/dpkg/status:/usr/lib/python3/dist-packages",
+        repo().join("tests/fixtures/pkgs").display()
+    )
+}
 
 /// `setpriv`, ready to run a program (the next argument) as the unprivileged test
 /// user with its own groups and a clean environment (but for `NIXCELL_EVAL_PATHS`).
@@ -60,7 +65,7 @@ pub fn as_test_user() -> Command {
         "--",
         "env",
     ]);
-    c.arg(format!("NIXCELL_EVAL_PATHS={FIXTURE_EVAL_PATHS}"));
+    c.arg(format!("NIXCELL_EVAL_PATHS={}", fixture_eval_paths()));
     c
 }
 
@@ -84,7 +89,7 @@ pub fn nixcell(mode: Mode) -> Command {
         Mode::Root => {
             let mut c = Command::new(bin());
             c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
-                .env("NIXCELL_EVAL_PATHS", FIXTURE_EVAL_PATHS);
+                .env("NIXCELL_EVAL_PATHS", fixture_eval_paths());
             c
         }
         Mode::Rootless => {
