@@ -327,7 +327,10 @@ impl Project {
             return Err(ProjectError::NotFound(dir));
         }
         let cfg = dir.join(CONFIG);
-        let (config, limits, config_path) = match std::fs::read_to_string(&cfg) {
+        let text = read_nofollow(&cfg).and_then(|b| {
+            String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8"))
+        });
+        let (config, limits, config_path) = match text {
             Ok(text) => {
                 let (c, l) = Config::parse(&cfg, &text)?;
                 (c, l, Some(cfg))
