@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const DECLARATION: &str = "devenv.nix";
 /// The configuration's file name.
 pub const CONFIG: &str = "nixcell.toml";
+/// The sibling of the declaration an edit is proven from.
+pub const CANDIDATE: &str = ".devenv.nix.nixcell-candidate.nix";
 /// nixcell's state inside a project (git-ignored by a `.gitignore` of its own).
 pub const STATE_DIR: &str = ".nixcell";
 /// Builds kept as GC roots besides the current one.
@@ -608,7 +610,7 @@ fn fingerprint_nix_files(base: &Path, dir: &Path, decl: &Path, h: &mut Sha256, n
             fingerprint_nix_files(base, &path, decl, h, n);
             continue;
         }
-        if !nb.ends_with(b".nix") || path == decl || nb == crate::edit::CANDIDATE.as_bytes() {
+        if !nb.ends_with(b".nix") || path == decl || nb == CANDIDATE.as_bytes() {
             continue;
         }
         let rel = path.strip_prefix(base).unwrap_or(&path);

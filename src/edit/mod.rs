@@ -320,15 +320,12 @@ impl Drop for Candidate {
     }
 }
 
-/// The sibling of the declaration an edit is proven from.
-pub const CANDIDATE: &str = ".devenv.nix.nixcell-candidate.nix";
-
 /// Builds the edited text from a sibling of the declaration (relative imports resolve
 /// the same) and returns the build; errors name devenv.nix, not the sibling. Whatever
 /// is at the sibling's name (a link a cell left there) is removed, not followed.
 fn prove(project: &Project, text: &str, progress: Progress) -> Result<Built, EditError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let name = CANDIDATE;
+    let name = crate::project::CANDIDATE;
     let path = project.dir.join(name);
     if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
         std::fs::remove_file(&path).map_err(io(&path))?;
