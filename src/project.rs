@@ -329,9 +329,8 @@ impl Project {
             return Err(ProjectError::NotFound(dir));
         }
         let cfg = dir.join(CONFIG);
-        let text = read_nofollow(&cfg).and_then(|b| {
-            String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8"))
-        });
+        let text = read_nofollow(&cfg)
+            .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8")));
         let (config, limits, config_path) = match text {
             Ok(text) => {
                 let (c, l) = Config::parse(&cfg, &text)?;
