@@ -281,30 +281,18 @@ pub fn closure_diff(old: &Path, new: &Path) -> Result<ClosureDiff, EditError> {
     })
 }
 
-/// Writes `bytes` to `path` through a fresh temporary file in the same directory
-/// (created exclusively, random name) and a rename, keeping the file's permissions:
-/// readers see the old or the new file whole, and a link at `path` is replaced.
+/// Writes `bytes` to `path` atomically ([`crate::dirs::write_atomic_mode`]), keeping
+/// the file's permissions: readers see the old or the new file whole, and a link at
+/// `path` is replaced, not followed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let mode = std::fs::symlink_metadata(path)
         .ok()
         .filter(|m| m.is_file())
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
-    let result = (|| {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".nixcell-")
-            .permissions(std::fs::Permissions::from_mode(mode))
-            .tempfile_in(dir)?;
-        tmp.write_all(bytes)?;
-        // Exactly the old mode, whatever the umask.
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    })();
-    result.map_err(io(path))
+    crate::dirs::write_atomic_mode(dir, &name, bytes, mode).map_err(io(path))
 }
 
 fn sha256_hex(b: &[u8]) -> String {
