@@ -325,6 +325,9 @@ fn declarations_cannot_read_outside_the_project_and_the_package_set() {
     let outside = scratch("secret");
     let secret = outside.path().join("secret");
     std::fs::write(&secret, "s3cr3t-value").unwrap();
+    git(outside.path(), &["init", "-q"]);
+    git(outside.path(), &["add", "secret"]);
+    git(outside.path(), &["commit", "-q", "-m", "secret"]);
     let other = outside.path().join("other.nix");
     std::fs::write(&other, "{ env.FROM_OUTSIDE = \"s3cr3t-import\"; }").unwrap();
     for (what, decl) in [
@@ -343,8 +346,28 @@ fn declarations_cannot_read_outside_the_project_and_the_package_set() {
             ),
         ),
         ("import", format!("import {}", other.display())),
+        (
+            "fetchGit of a local repository",
+            format!(
+                "{{ pkgs, ... }}: {{ packages = [ pkgs.busybox ]; env.LEAK = builtins.readFile ((builtins.fetchGit {}) + \"/secret\"); }}",
+                outside.path().display()
+            ),
+        ),
+        (
+            "a link in the project",
+            "{ pkgs, ... }: { packages = [ pkgs.busybox ]; env.LEAK = builtins.readFile ./link; }"
+                .into(),
+        ),
+        (
+            "a path climbing out of the project",
+            format!(
+                "{{ pkgs, ... }}: {{ packages = [ pkgs.busybox ]; env.LEAK = builtins.readFile (./. + \"/../{}/secret\"); }}",
+                outside.path().file_name().unwrap().to_string_lossy()
+            ),
+        ),
     ] {
         let p = declared(&decl);
+        std::os::unix::fs::symlink(&secret, p.path().join("link")).unwrap();
         let o = cell(p.path(), &["run", "--", "sh", "-c", "echo RAN; echo $LEAK"]);
         let err = fails(&o, what);
         assert!(!text(&o.stdout).contains("RAN"), "{what}: the command ran");
