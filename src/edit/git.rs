@@ -8,16 +8,15 @@
 //! - runs only plumbing (`rev-parse`, `ls-files`, `hash-object --no-filters`,
 //!   `read-tree`, `update-index --cacheinfo`, `write-tree`, `commit-tree`,
 //!   `update-ref`): no porcelain, so no `pre-commit`/`commit-msg`/`post-commit` hooks,
-//!   no editor, no pager, no automatic gc, and no clean/smudge filter or textconv,
-//!   because no file of the work tree is ever read by git (nixcell hands it the
-//!   declaration's bytes on stdin);
+//!   no editor, no pager, no automatic gc, no textconv, and git does not read the
+//!   declaration through a filter (nixcell hands it the declaration's bytes on stdin);
 //! - overrides, on the command line (which wins over every configuration file), each
 //!   setting that names a program or a hook directory: `core.hooksPath` (the
 //!   `reference-transaction` and `post-index-change` hooks plumbing would run),
 //!   `core.fsmonitor`, signing, `core.sshCommand`, `core.askPass`, `credential.helper`,
 //!   `core.editor`, `core.pager`, and forbids every transport protocol;
 //! - empties the commands of every filter driver any configuration defines
-//!   (`filter.<name>.clean`, `.smudge`, `.process`, not `.required`), through
+//!   (`filter.<name>.clean`, `.smudge`, `.process`; `.required` false), through
 //!   `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_<n>` so that any driver name is taken
 //!   literally: writing the index re-reads racily clean files of the work tree, and
 //!   that would run the clean filter `.gitattributes` and `.git/info/attributes` name;
