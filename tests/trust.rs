@@ -422,6 +422,25 @@ fn tree(dir: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn links_planted_in_the_state_directory_are_not_followed() {
+    for mode in MODES {
+        links_planted_in_the_state_directory(mode);
+    }
+}
+
+/// `nixcell ARGS` in the project `dir` as the mode's user (rootless: the project names
+/// the fixture package set in its nixcell.toml).
+fn in_project(mode: Mode, dir: &Path, args: &[&str]) -> Output {
+    match mode {
+        Mode::Root => cell(dir, args),
+        Mode::Rootless => {
+            let mut c = nixcell(Mode::Rootless);
+            c.current_dir(dir).args(args);
+            c.output().unwrap()
+        }
+    }
+}
+
+fn links_planted_in_the_state_directory(mode: Mode) {
     let p = project();
     let dir = p.path();
     let host = scratch("host");
@@ -442,16 +461,40 @@ fn links_planted_in_the_state_directory_are_not_followed() {
     link("gitignore", &state.join(".gitignore"));
     link("lock", &state.join("lock"));
     link("candidate", &dir.join(".devenv.nix.nixcell-candidate.nix"));
+    if mode == Mode::Rootless {
+        let toml = std::fs::read_to_string(dir.join("nixcell.toml")).unwrap();
+        std::fs::write(
+            dir.join("nixcell.toml"),
+            format!("nixpkgs = \"{}\"\n{toml}", pkgs_dir().display()),
+        )
+        .unwrap();
+        git(dir, &["commit", "-q", "-am", "package set"]);
+        git(dir, &["config", "user.name", "agent"]);
+        git(dir, &["config", "user.email", "agent@example.org"]);
+        let (u, g) = test_user_ids();
+        for d in [dir, h] {
+            let out = Command::new("chown")
+                .args(["-R", "-h", &format!("{u}:{g}")])
+                .arg(d)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+    }
     let before = tree(h);
 
     let runs = [
-        cell(dir, &["build"]),
-        cell(dir, &["edit", "add-package", "jq"]),
-        cell(dir, &["edit", "--propose", "add-package", "hello"]),
+        in_project(mode, dir, &["build"]),
+        in_project(mode, dir, &["edit", "add-package", "jq"]),
+        in_project(mode, dir, &["edit", "--propose", "add-package", "hello"]),
     ];
-    assert_eq!(tree(h), before, "a host file outside the project changed");
+    assert_eq!(
+        tree(h),
+        before,
+        "{mode:?}: a host file outside the project changed"
+    );
     for o in &runs {
-        ok(o, "build, edit and proposal");
+        ok(o, &format!("{mode:?}: build, edit and proposal"));
     }
     // The links were replaced by nixcell's own files and directories.
     for (name, dir_wanted) in [
@@ -460,8 +503,11 @@ fn links_planted_in_the_state_directory_are_not_followed() {
         (".gitignore", false),
     ] {
         let m = std::fs::symlink_metadata(state.join(name)).unwrap();
-        assert!(!m.file_type().is_symlink(), "{name} is still a link");
-        assert_eq!(m.is_dir(), dir_wanted, "{name}");
+        assert!(
+            !m.file_type().is_symlink(),
+            "{mode:?}: {name} is still a link"
+        );
+        assert_eq!(m.is_dir(), dir_wanted, "{mode:?}: {name}");
     }
     assert_eq!(
         std::fs::read_to_string(state.join(".gitignore")).unwrap(),
