@@ -132,13 +132,12 @@ pub struct Context {
 /// Splits a store path's name (`<hash>-name-version`) as Nix's `parseDrvName` does: the
 /// version starts at the first `-` followed by a character that is not a letter.
 pub fn parse_store_name(path: &Path) -> (String, Option<String>) {
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = match base.split_once('-') {
-        Some((hash, rest)) if hash.len() == 32 => rest.to_string(),
-        _ => base,
+    let name = match crate::nix::store::store_path_name(path) {
+        Some(n) => n.to_string(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     let bytes = name.as_bytes();
     for i in 0..bytes.len() {

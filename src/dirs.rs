@@ -116,11 +116,19 @@ pub fn check_private(dir: &Path) -> Result<(), DirError> {
 /// exclusively, `0600`), flushed, then renamed over `name`. Readers see the old content
 /// or the new one, never a part; a symlink at `name` is replaced, not followed.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(dir, name, bytes, 0o600)
+}
+
+/// [`write_atomic`] with the file's permission bits `mode` (exactly, whatever the
+/// umask), for files outside nixcell's own directories that keep their mode.
+pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .permissions(std::fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
     tmp.as_file().sync_data()?;
     tmp.persist(dir.join(name)).map_err(|e| e.error)?;
     Ok(())

@@ -281,13 +281,7 @@ pub struct FromProject {
 }
 
 fn user_cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or_else(|| anyhow::anyhow!("neither XDG_CACHE_HOME nor HOME is set"))?;
-    let d = base.join("nixcell").join(sub);
-    std::fs::create_dir_all(&d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
-    Ok(d)
+    Ok(crate::dirs::private_dir(crate::dirs::Base::Cache, sub)?)
 }
 
 /// Completes `req` with the environment the user named: `--env-path`s as given, then

@@ -284,8 +284,7 @@ fn refused_loopback_ports(text: &str) -> Vec<u16> {
 /// The package name of a store path: `/nix/store/<hash>-python3-3.11.2` → `python3`
 /// (the name up to the first `-` followed by a digit).
 pub fn package_of_store_path(p: &Path) -> Option<String> {
-    let base = p.file_name()?.to_str()?;
-    let (_, name_ver) = base.split_once('-')?;
+    let name_ver = crate::nix::store::store_path_name(p)?;
     let mut name = String::new();
     for part in name_ver.split('-') {
         if part.starts_with(|c: char| c.is_ascii_digit()) && !name.is_empty() {
@@ -629,10 +628,22 @@ mod tests {
     #[test]
     fn store_path_package_names() {
         for (p, n) in [
-            ("/nix/store/abc-python3-3.11.2", "python3"),
-            ("/nix/store/abc-redis-7.0.15", "redis"),
-            ("/nix/store/abc-gnu-tar-1.35", "gnu-tar"),
-            ("/nix/store/abc-demo-env", "demo-env"),
+            (
+                "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-python3-3.11.2",
+                "python3",
+            ),
+            (
+                "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-redis-7.0.15",
+                "redis",
+            ),
+            (
+                "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-gnu-tar-1.35",
+                "gnu-tar",
+            ),
+            (
+                "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-demo-env",
+                "demo-env",
+            ),
         ] {
             assert_eq!(package_of_store_path(Path::new(p)).as_deref(), Some(n));
         }
@@ -641,7 +652,7 @@ mod tests {
     #[test]
     fn programs_found_in_the_closure_name_their_package() {
         let dir = tempfile::tempdir().unwrap();
-        let sp = dir.path().join("0123-jq-1.7");
+        let sp = dir.path().join("0123456789abcdfghijklmnpqrsvwxyz-jq-1.7");
         std::fs::create_dir_all(sp.join("bin")).unwrap();
         std::fs::write(sp.join("bin/jq-tool"), "").unwrap();
         let p = Allow(vec![(Subject::Package, "jq")]);

@@ -8,8 +8,8 @@
 //! lines become MCP progress notifications, and a cancelled call kills its child (the
 //! cell dies with it). The server itself never forks a cell.
 //!
-//! Each `run` gets a fresh private working directory (a new temporary directory, mounted
-//! at /work in the cell) holding a copy of the project's files (without `.git` and
+//! Each `run` gets a fresh private working directory (`work/` in a new `0700` temporary
+//! directory, mounted at /work in the cell, see [`crate::rundir`]) holding a copy of the project's files (without `.git` and
 //! `.nixcell`, no symbolic links) and the files of that call; it is removed when the call
 //! ends, after the files asked for are read back. The project itself is never written
 //! by a run. Concurrent runs therefore share nothing but the read-only closure.
@@ -843,10 +843,9 @@ impl Server {
     async fn run_cell(&self, p: RunParams) -> Result<RunResult, McpError> {
         let profile = self.inner.profile()?;
         let limits = limit_args(&p, &profile.limits)?;
-        let dir = tempfile::Builder::new()
-            .prefix("nixcell-mcp-run-")
-            .tempdir()
-            .map_err(McpError::Workdir)?;
+        // Private to the server's user; as root, given to the cell's host identity.
+        let owner = crate::sandbox::ns::is_host_root().then(crate::plan::root_fallback_identity);
+        let dir = crate::rundir::RunDir::create(owner).map_err(McpError::Workdir)?;
         if let Target::Project(project) = &self.inner.target
             && p.copy_project != Some(false)
         {
@@ -878,6 +877,7 @@ impl Server {
                 ));
             }
         };
+        dir.hand_over().map_err(McpError::Workdir)?;
         let mut args: Vec<String> = vec!["run".into(), "--json".into()];
         match &self.inner.target {
             Target::Project(_) => args.extend(self.inner.project_args()?),

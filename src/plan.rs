@@ -261,6 +261,15 @@ fn subid_start(file: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// The host identity of a cell started as root whose workdir is root's (or absent):
+/// the first ids of `nixcell` in /etc/subuid and /etc/subgid, else 65534.
+pub fn root_fallback_identity() -> (u32, u32) {
+    (
+        subid_start("/etc/subuid", "nixcell").unwrap_or(65534),
+        subid_start("/etc/subgid", "nixcell").unwrap_or(65534),
+    )
+}
+
 fn plan_identity(req: &CellRequest, workdir: Option<&Path>) -> Result<Identity, PlanError> {
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
@@ -269,11 +278,7 @@ fn plan_identity(req: &CellRequest, workdir: Option<&Path>) -> Result<Identity, 
             .and_then(|w| std::fs::metadata(w).ok())
             .filter(|m| m.uid() != 0)
             .map(|m| (m.uid(), m.gid()));
-        let fallback = (
-            subid_start("/etc/subuid", "nixcell").unwrap_or(65534),
-            subid_start("/etc/subgid", "nixcell").unwrap_or(65534),
-        );
-        let (du, dg) = owner.unwrap_or(fallback);
+        let (du, dg) = owner.unwrap_or_else(root_fallback_identity);
         (
             req.host_uid.unwrap_or(du),
             req.host_gid

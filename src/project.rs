@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const DECLARATION: &str = "devenv.nix";
 /// The configuration's file name.
 pub const CONFIG: &str = "nixcell.toml";
+/// The sibling of the declaration an edit is proven from.
+pub const CANDIDATE: &str = ".devenv.nix.nixcell-candidate.nix";
 /// nixcell's state inside a project (git-ignored by a `.gitignore` of its own).
 pub const STATE_DIR: &str = ".nixcell";
 /// Builds kept as GC roots besides the current one.
@@ -227,6 +229,17 @@ impl PackageSet {
     }
 }
 
+/// The paths of `NIX_PATH` (`name=PATH` or `PATH` entries).
+fn nix_path_entries() -> Vec<PathBuf> {
+    std::env::var("NIX_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|e| !e.is_empty())
+        .map(|e| PathBuf::from(e.split_once('=').map_or(e, |(_, p)| p)))
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
 fn fingerprint_dir(base: &Path, dir: &Path, h: &mut Sha256) {
     use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -316,7 +329,9 @@ impl Project {
             return Err(ProjectError::NotFound(dir));
         }
         let cfg = dir.join(CONFIG);
-        let (config, limits, config_path) = match std::fs::read_to_string(&cfg) {
+        let text = read_nofollow(&cfg)
+            .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8")));
+        let (config, limits, config_path) = match text {
             Ok(text) => {
                 let (c, l) = Config::parse(&cfg, &text)?;
                 (c, l, Some(cfg))
@@ -336,33 +351,104 @@ impl Project {
         })
     }
 
-    /// `.nixcell/`, created with a `.gitignore` that keeps it out of the repository.
+    /// `.nixcell/`, created with a `.gitignore` that keeps it out of the repository:
+    /// a real directory owned by the caller (else an error naming it).
     pub fn state_dir(&self) -> Result<PathBuf, ProjectError> {
         let d = self.dir.join(STATE_DIR);
-        std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        match std::fs::DirBuilder::new().create(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ProjectError::Io(d, e)),
+        }
+        check_owned_dir(&d)?;
         let gi = d.join(".gitignore");
-        if !gi.exists() {
-            std::fs::write(&gi, "*\n").map_err(io_err(&gi))?;
+        let fine = std::fs::symlink_metadata(&gi).is_ok_and(|m| m.is_file())
+            && read_nofollow(&gi).is_ok_and(|b| b == b"*\n");
+        if !fine {
+            // Rename over whatever is there: a link is replaced, never followed.
+            crate::dirs::write_atomic(&d, ".gitignore", b"*\n").map_err(io_err(&gi))?;
         }
         Ok(d)
     }
 
-    /// The package set: `nixpkgs` of nixcell.toml, else `nixpkgs=` of NIX_PATH.
-    pub fn package_set(&self) -> Result<PackageSet, ProjectError> {
-        let path = match &self.config.nixpkgs {
-            Some(p) => self.dir.join(p),
-            None => PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?,
-        };
-        PackageSet::at(&path)
+    /// `.nixcell/<name>`, a real directory owned by the caller; a symbolic link there
+    /// is removed (not followed) and replaced by a directory.
+    pub fn state_subdir(&self, name: &str) -> Result<PathBuf, ProjectError> {
+        let d = self.state_dir()?.join(name);
+        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&d).map_err(io_err(&d))?;
+        }
+        match std::fs::DirBuilder::new().create(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ProjectError::Io(d, e)),
+        }
+        check_owned_dir(&d)?;
+        Ok(d)
     }
 
-    fn key(&self, decl_bytes: &[u8], set: &PackageSet) -> String {
+    /// The package set: `nixpkgs` of nixcell.toml, else `nixpkgs=` of NIX_PATH.
+    ///
+    /// `nixpkgs` of nixcell.toml is the project's word, so it may name a package set in
+    /// the project or in the Nix store, and one elsewhere only under a path the caller
+    /// named (an entry of `NIX_PATH` or of `NIXCELL_EVAL_PATHS`): evaluation may read
+    /// the package set's directory, and a project must not choose which host directory
+    /// that is.
+    pub fn package_set(&self) -> Result<PackageSet, ProjectError> {
+        let Some(p) = &self.config.nixpkgs else {
+            return PackageSet::at(&PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?);
+        };
+        let set = PackageSet::at(&self.dir.join(p))?;
+        let canon = |p: &Path| std::fs::canonicalize(p).ok();
+        let store = canon(&closure::store_dir());
+        let trusted = std::iter::once(Some(self.dir.clone()))
+            .chain(std::iter::once(store))
+            .chain(nix_path_entries().iter().map(|p| canon(p)))
+            .chain(
+                crate::nix::eval::caller_allowed_paths()
+                    .iter()
+                    .map(|p| canon(p)),
+            )
+            .flatten()
+            .any(|t| set.path.starts_with(&t));
+        if !trusted {
+            return Err(ProjectError::ConfigValue {
+                file: self.dir.join(CONFIG),
+                key: "nixpkgs",
+                message: format!(
+                    "{} is outside the project and the Nix store; a package set elsewhere must be under a path the caller names (NIX_PATH or {})",
+                    set.path.display(),
+                    crate::nix::eval::EVAL_PATHS_VAR
+                ),
+            });
+        }
+        Ok(set)
+    }
+
+    /// The build cache key: everything the result depends on that nixcell can know.
+    fn key(&self, decl: &Path, decl_bytes: &[u8], set: &PackageSet) -> String {
         let mut h = Sha256::new();
+        let mut files = Sha256::new();
+        fingerprint_nix_files(&self.dir, &self.dir, decl, &mut files, &mut 0);
+        let files = files.finalize();
+        let allowed: Vec<u8> = crate::nix::eval::caller_allowed_paths()
+            .iter()
+            .flat_map(|p| {
+                let mut b = p.as_os_str().as_encoded_bytes().to_vec();
+                b.push(0);
+                b
+            })
+            .collect();
         for part in [
+            BUILD_CACHE_FORMAT.as_bytes(),
             declare::EVAL_NIX.as_bytes(),
+            self.dir.as_os_str().as_encoded_bytes(),
             decl_bytes,
+            &files[..],
             set.path.as_os_str().as_encoded_bytes(),
             set.pin.as_bytes(),
+            &allowed,
+            closure::store_dir().as_os_str().as_encoded_bytes(),
         ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
@@ -378,19 +464,24 @@ impl Project {
     /// Builds `decl`, a declaration file in the project directory (the declaration or a
     /// candidate edit of it).
     pub fn build_file(&self, decl: &Path, progress: Progress) -> Result<Built, ProjectError> {
-        let bytes = std::fs::read(decl).map_err(io_err(decl))?;
+        let bytes = read_nofollow(decl).map_err(io_err(decl))?;
         let set = self.package_set()?;
-        let key = self.key(&bytes, &set);
-        let state = self.state_dir()?;
-        let cache = state.join("builds").join(format!("{key}.json"));
-        if let Some(b) = read_cached(&cache) {
+        let key = self.key(decl, &bytes, &set);
+        let roots = self.state_subdir("gcroots")?;
+        let root = roots.join(&key[..32]);
+        // Without a private cache directory every run builds (nix finds the result).
+        let builds = crate::dirs::private_dir(crate::dirs::Base::Cache, "builds").ok();
+        let cache_name = format!("{key}.json");
+        if let Some(b) = builds
+            .as_ref()
+            .and_then(|d| read_cached(&d.join(&cache_name), &key, &root))
+        {
             return Ok(b);
         }
-        let roots = state.join("gcroots");
-        std::fs::create_dir_all(&roots).map_err(io_err(&roots))?;
-        let evaluator = declare::write_evaluator(&state)?;
+        let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
-        let root = roots.join(&key[..32]);
+        // nix-build replaces whatever is at the link's place (it renames a new link
+        // over it), so a planted link or file there is not followed.
         let env = declare::build_env(&evaluator, decl, Some(&set.path), &root, progress)?;
         let built = Built {
             key,
@@ -399,15 +490,14 @@ impl Project {
             description,
             cached: false,
         };
-        if let Some(dir) = cache.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-            let tmp = dir.join(format!(".{}.{}", built.key, std::process::id()));
-            let json = serde_json::to_vec_pretty(&built).unwrap_or_default();
-            std::fs::write(&tmp, json)
-                .and_then(|_| std::fs::rename(&tmp, &cache))
-                .map_err(io_err(&cache))?;
+        let json = serde_json::to_vec_pretty(&built).unwrap_or_default();
+        if let Some(builds) = &builds
+            && let Some(sealed) = crate::seal::seal(BUILD_CACHE_FORMAT, &json)
+        {
+            crate::dirs::write_atomic(builds, &cache_name, &sealed)
+                .map_err(io_err(&builds.join(&cache_name)))?;
         }
-        prune_roots(&roots, &state.join("builds"), &built.key);
+        prune_roots(&roots, builds.as_deref(), &built.key);
         Ok(built)
     }
 
@@ -444,19 +534,122 @@ impl Project {
     }
 }
 
-fn read_cached(cache: &Path) -> Option<Built> {
-    let bytes = std::fs::read(cache).ok()?;
-    let mut b: Built = serde_json::from_slice(&bytes).ok()?;
-    // The root must still point at the environment, which must still exist.
-    let target = std::fs::canonicalize(&b.root).ok()?;
-    (target == b.env).then(|| {
+/// Version of the build cache's entries and key.
+const BUILD_CACHE_FORMAT: &str = "build-v2";
+
+/// `dir` is a directory (not a link to one) owned by the effective uid.
+fn check_owned_dir(dir: &Path) -> Result<(), ProjectError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    let bad = |why: String| {
+        ProjectError::Io(
+            dir.to_path_buf(),
+            std::io::Error::other(format!(
+                "{why}; nixcell keeps its state there and refuses to use it"
+            )),
+        )
+    };
+    if m.file_type().is_symlink() {
+        return Err(bad("is a symbolic link".into()));
+    }
+    if !m.is_dir() {
+        return Err(bad("is not a directory".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if m.uid() != euid {
+        return Err(bad(format!(
+            "is owned by uid {}, not by uid {euid}",
+            m.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// The content of a regular file, opened without following a symbolic link.
+pub fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Names, sizes and modification times of the project's Nix files other than `decl`
+/// (what a declaration may import besides the package set), skipping `.git`,
+/// `.nixcell`, `result*` links and nixcell's candidate file; at most 10000 entries.
+fn fingerprint_nix_files(base: &Path, dir: &Path, decl: &Path, h: &mut Sha256, n: &mut usize) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        *n += 1;
+        if *n > 10_000 {
+            return;
+        }
+        let name = e.file_name();
+        let nb = name.as_encoded_bytes();
+        if name == ".git" || name == STATE_DIR || nb.starts_with(b"result") {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            fingerprint_nix_files(base, &path, decl, h, n);
+            continue;
+        }
+        if !nb.ends_with(b".nix") || path == decl || nb == CANDIDATE.as_bytes() {
+            continue;
+        }
+        let rel = path.strip_prefix(base).unwrap_or(&path);
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update(
+            format!(
+                "\0{}\0{}\0{}\0{}\n",
+                meta.file_type().is_symlink(),
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+/// A cached build, if sealed by us, for this key, and its GC root (exactly `root`, a
+/// symbolic link) still points at its environment, a store path.
+fn read_cached(cache: &Path, key: &str, root: &Path) -> Option<Built> {
+    let sealed = std::fs::read(cache).ok()?;
+    let bytes = crate::seal::open(BUILD_CACHE_FORMAT, &sealed)?;
+    let mut b: Built = serde_json::from_slice(bytes).ok()?;
+    let store = closure::store_dir();
+    let valid = b.key == key
+        && b.root == root
+        && crate::nix::store::is_store_path(&b.env, &store)
+        && std::fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink())
+        && std::fs::read_link(root).is_ok_and(|t| t == b.env)
+        && std::fs::symlink_metadata(&b.env).is_ok();
+    valid.then(|| {
         b.cached = true;
         b
     })
 }
 
 /// Keeps the current root and the few newest others, so older builds can be collected.
-fn prune_roots(roots: &Path, builds: &Path, current: &str) {
+/// Only symbolic links (the GC roots nix-build made) are removed, with the cache
+/// entries of the same builds.
+fn prune_roots(roots: &Path, builds: Option<&Path>, current: &str) {
     let Ok(rd) = std::fs::read_dir(roots) else {
         return;
     };
@@ -465,16 +658,20 @@ fn prune_roots(roots: &Path, builds: &Path, current: &str) {
         .filter(|e| !current.starts_with(&*e.file_name().to_string_lossy()))
         .filter_map(|e| {
             let m = std::fs::symlink_metadata(e.path()).ok()?;
-            Some((m.modified().ok()?, e.path()))
+            m.file_type()
+                .is_symlink()
+                .then_some((m.modified().ok()?, e.path()))
         })
         .collect();
     others.sort_by_key(|o| std::cmp::Reverse(o.0));
     for (_, p) in others.into_iter().skip(KEPT_ROOTS) {
         let _ = std::fs::remove_file(&p);
-        if let (Some(name), Ok(rd)) = (p.file_name(), std::fs::read_dir(builds)) {
+        if let (Some(name), Some(Ok(rd))) = (p.file_name(), builds.map(std::fs::read_dir)) {
             let name = name.to_string_lossy().into_owned();
             for e in rd.filter_map(|e| e.ok()) {
-                if e.file_name().to_string_lossy().starts_with(&name) {
+                if e.file_name().to_string_lossy().starts_with(&name)
+                    && e.file_type().is_ok_and(|t| t.is_file())
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

@@ -66,7 +66,8 @@ fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Valu
         }
     };
     if mode == Mode::Root {
-        cmd.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+        cmd.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+            .env("NIXCELL_EVAL_PATHS", fixture_eval_paths());
     }
     let out = cmd
         .env(
@@ -284,5 +285,109 @@ fn cli_json_verdict_carries_hints() {
             .args(["--", "python3", "-c", "1/0"]);
         let v = verdict(&c.output().unwrap());
         assert_eq!(v["hints"], serde_json::json!([]), "{v}");
+    }
+}
+
+/// The host identity a root-started cell gets for a root-owned working directory.
+fn root_cell_identity() -> (u32, u32) {
+    let first = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let mut it = l.split(':');
+                    (it.next()? == "nixcell").then(|| it.next()?.parse().ok())?
+                })
+            })
+            .unwrap_or(65534)
+    };
+    (first("/etc/subuid"), first("/etc/subgid"))
+}
+
+#[test]
+fn sdk_run_directories_are_private_to_the_server_and_removed() {
+    use std::os::unix::fs::MetadataExt;
+    let a = busybox_args();
+    for mode in MODES {
+        // The server's temporary directory: a fresh one the mode's user owns.
+        let tmp = workdir(mode);
+        let (server_uid, cell_ids) = match mode {
+            Mode::Root => (0, root_cell_identity()),
+            Mode::Rootless => (test_user_ids().0, test_user_ids()),
+        };
+        let py = python();
+        let mut cmd = match mode {
+            Mode::Root => {
+                let mut c = Command::new(&py);
+                c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+                    .env("TMPDIR", tmp.path());
+                c
+            }
+            Mode::Rootless => {
+                let mut c = as_test_user();
+                c.arg(format!("TMPDIR={}", tmp.path().display())).arg(&py);
+                c
+            }
+        };
+        let child = cmd
+            .arg(repo().join("tests/mcp_client.py"))
+            .arg("closed_run_directory")
+            .arg(bin())
+            .args(args(&a))
+            .env("NIX_CONFIG", "substituters =\n")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // While the cell sleeps: the directory mounted at /work and what holds it.
+        let start = std::time::Instant::now();
+        let seen = loop {
+            let found = std::fs::read_dir(tmp.path()).unwrap().find_map(|e| {
+                let p = e.unwrap().path();
+                let work = if p.join("work").exists() {
+                    p.join("work")
+                } else {
+                    p
+                };
+                work.join("sub").exists().then_some(work)
+            });
+            if let Some(w) = found {
+                break w;
+            }
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "{mode:?}: no run directory appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let holder = seen.parent().unwrap().to_path_buf();
+        let hm = std::fs::metadata(&holder).unwrap();
+        let wm = std::fs::metadata(&seen).unwrap();
+        let placed = std::fs::metadata(seen.join("placed.txt")).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{mode:?}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_ne!(
+            holder,
+            tmp.path(),
+            "{mode:?}: /work lies directly in the shared temporary directory"
+        );
+        assert_eq!(hm.mode() & 0o777, 0o700, "{mode:?}: {}", holder.display());
+        assert_eq!(hm.uid(), server_uid, "{mode:?}");
+        assert_eq!((wm.uid(), wm.gid()), cell_ids, "{mode:?}: /work's owner");
+        assert_eq!(
+            (placed.uid(), placed.gid()),
+            cell_ids,
+            "{mode:?}: a placed file's owner"
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
     }
 }

@@ -23,8 +23,9 @@ def text_of(result):
 
 async def session(binary, server_args, body, elicitation_callback=None):
     # What an MCP client configuration would set in "env": the package set and Nix's
-    # offline configuration (the SDK passes only a few variables by default).
-    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME"]
+    # offline configuration, what the package set may read while it is evaluated (the
+    # SDK passes only a few variables by default).
+    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME", "NIXCELL_EVAL_PATHS", "TMPDIR"]
     env = {k: os.environ[k] for k in keep if k in os.environ}
     params = StdioServerParameters(command=binary, args=["mcp", *server_args], env=env)
     async with stdio_client(params) as (read, write):
@@ -263,6 +264,27 @@ async def proposals_without_elicitation(s):
     return {"proposal": e["proposal"]}
 
 
+async def closed_run_directory(s):
+    """A run that closes a directory of its /work (chmod 000) and waits a little, so
+    that the test can look at the run's directory on the host meanwhile."""
+    r = await s.call_tool(
+        "run",
+        {
+            "command": [
+                "sh",
+                "-c",
+                "mkdir -p sub/deep && echo x > sub/deep/f && chmod 000 sub && chmod 755 . "
+                "&& echo closed && sleep 4",
+            ],
+            "files": {"placed.txt": "placed by the server\n"},
+        },
+    )
+    v = r.structured_content
+    assert not r.is_error, text_of(r)
+    assert v["stdout"]["text"] == "closed\n", v
+    return {"ok": True}
+
+
 SCENARIOS = {
     f.__name__: f
     for f in [
@@ -275,6 +297,7 @@ SCENARIOS = {
         env_paths_edit,
         proposals_with_elicitation,
         proposals_without_elicitation,
+        closed_run_directory,
     ]
 }
 

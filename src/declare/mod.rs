@@ -127,17 +127,26 @@ impl Description {
     }
 }
 
-/// Writes the evaluator next to the build artefacts of a project (nix needs a file).
-pub fn write_evaluator(dir: &Path) -> Result<PathBuf, DeclareError> {
+/// Writes the evaluator into nixcell's private cache (nix needs a file; a project's
+/// directory is no place for code nixcell trusts) and returns its path.
+pub fn write_evaluator() -> Result<PathBuf, DeclareError> {
+    let dir = crate::dirs::private_dir(crate::dirs::Base::Cache, "eval").map_err(|e| {
+        DeclareError::Evaluator(PathBuf::from("eval.nix"), std::io::Error::other(e))
+    })?;
     let path = dir.join("eval.nix");
-    if std::fs::read(&path).ok().as_deref() != Some(EVAL_NIX.as_bytes()) {
-        std::fs::create_dir_all(dir).map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
-        let tmp = dir.join(format!(".eval.nix.{}", std::process::id()));
-        std::fs::write(&tmp, EVAL_NIX)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
-    }
+    crate::dirs::write_atomic(&dir, "eval.nix", EVAL_NIX.as_bytes())
+        .map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
     Ok(path)
+}
+
+/// What an evaluation of `decl` may read: the evaluator's directory, the declaration's
+/// directory (the project) and the package set.
+fn allowed(evaluator: &Path, decl: &Path, nixpkgs: Option<&Path>) -> Vec<PathBuf> {
+    [evaluator.parent(), decl.parent(), nixpkgs]
+        .into_iter()
+        .flatten()
+        .map(Path::to_path_buf)
+        .collect()
 }
 
 fn args<'a>(decl: &'a str, nixpkgs: &'a str) -> [(&'static str, &'a str); 2] {
@@ -153,12 +162,14 @@ pub fn describe(
 ) -> Result<Description, DeclareError> {
     let d = decl.to_string_lossy();
     let n = nixpkgs.map(|p| p.to_string_lossy()).unwrap_or_default();
-    let value = eval::eval_json(evaluator, "description", &args(&d, &n)).map_err(|source| {
-        DeclareError::Eval {
-            file: decl.to_path_buf(),
-            source,
-        }
-    })?;
+    let allowed = allowed(evaluator, decl, nixpkgs);
+    let value =
+        eval::eval_json(evaluator, "description", &args(&d, &n), &allowed).map_err(|source| {
+            DeclareError::Eval {
+                file: decl.to_path_buf(),
+                source,
+            }
+        })?;
     let raw: RawDescription =
         serde_json::from_value(value).map_err(|source| DeclareError::Shape {
             file: decl.to_path_buf(),
@@ -187,7 +198,8 @@ pub fn build_env(
 ) -> Result<PathBuf, DeclareError> {
     let d = decl.to_string_lossy();
     let n = nixpkgs.map(|p| p.to_string_lossy()).unwrap_or_default();
-    build::build_file(evaluator, "env", &args(&d, &n), link, progress).map_err(|source| {
+    let allowed = allowed(evaluator, decl, nixpkgs);
+    build::build_file(evaluator, "env", &args(&d, &n), &allowed, link, progress).map_err(|source| {
         DeclareError::Build {
             file: decl.to_path_buf(),
             source,
@@ -221,22 +233,22 @@ pub fn build_with(
     }
     let key = hex::encode(h.finalize());
     let link = cache_dir.join(&key[..32]);
-    if let Ok(target) = std::fs::canonicalize(&link) {
+    // The link is ours (a private directory), and still only a store path counts.
+    if let Ok(target) = std::fs::read_link(&link)
+        && crate::nix::store::is_store_path(&target, &crate::nix::closure::store_dir())
+        && target.symlink_metadata().is_ok()
+    {
         return Ok(target);
     }
     let file = cache_dir.join("with.nix");
-    if std::fs::read(&file).ok().as_deref() != Some(WITH_NIX.as_bytes()) {
-        std::fs::create_dir_all(cache_dir).map_err(|e| DeclareError::Evaluator(file.clone(), e))?;
-        let tmp = cache_dir.join(format!(".with.nix.{}", std::process::id()));
-        std::fs::write(&tmp, WITH_NIX)
-            .and_then(|_| std::fs::rename(&tmp, &file))
-            .map_err(|e| DeclareError::Evaluator(file.clone(), e))?;
-    }
+    crate::dirs::write_atomic(cache_dir, "with.nix", WITH_NIX.as_bytes())
+        .map_err(|e| DeclareError::Evaluator(file.clone(), e))?;
     let set = nixpkgs.path.to_string_lossy();
     build::build_file(
         &file,
         "",
         &[("names", &joined), ("nixpkgs", &set)],
+        &[cache_dir.to_path_buf(), nixpkgs.path.clone()],
         &link,
         progress,
     )

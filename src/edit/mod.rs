@@ -170,14 +170,35 @@ pub struct EditLock {
 
 /// Waits for the project's edit lock.
 pub fn lock(project: &Project) -> Result<EditLock, EditError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let state = project.state_dir()?;
     let path = state.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(&path))?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+    };
+    // A link (or anything else) where the lock file belongs is removed, not followed.
+    let file = match open() {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        _ => {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+            let f = open().map_err(io(&path))?;
+            if !f.metadata().is_ok_and(|m| m.is_file()) {
+                return Err(EditError::Io(
+                    path.clone(),
+                    std::io::Error::other("not a regular file"),
+                ));
+            }
+            f
+        }
+    };
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| EditError::Io(path.clone(), e.into()))?;
     Ok(EditLock { _lock: lock })
@@ -260,26 +281,18 @@ pub fn closure_diff(old: &Path, new: &Path) -> Result<ClosureDiff, EditError> {
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a
-/// rename, keeping the file's permissions: readers see the old or the new file whole.
+/// Writes `bytes` to `path` atomically ([`crate::dirs::write_atomic_mode`]), keeping
+/// the file's permissions: readers see the old or the new file whole, and a link at
+/// `path` is replaced, not followed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.nixcell-{}.tmp", std::process::id()));
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode())
+    let mode = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io(path))
+    crate::dirs::write_atomic_mode(dir, &name, bytes, mode).map_err(io(path))
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -296,12 +309,25 @@ impl Drop for Candidate {
 }
 
 /// Builds the edited text from a sibling of the declaration (relative imports resolve
-/// the same) and returns the build; errors name devenv.nix, not the sibling.
+/// the same) and returns the build; errors name devenv.nix, not the sibling. Whatever
+/// is at the sibling's name (a link a cell left there) is removed, not followed.
 fn prove(project: &Project, text: &str, progress: Progress) -> Result<Built, EditError> {
-    let name = ".devenv.nix.nixcell-candidate.nix";
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = crate::project::CANDIDATE;
     let path = project.dir.join(name);
-    std::fs::write(&path, text).map_err(io(&path))?;
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io(&path))?;
     let _guard = Candidate(path.clone());
+    f.write_all(text.as_bytes()).map_err(io(&path))?;
+    drop(f);
     project.build_file(&path, progress).map_err(|e| {
         EditError::Proof(
             e.to_string()
@@ -336,7 +362,7 @@ fn edit_locked(
     if !propose {
         git::check_clean(&project.dir, decl)?;
     }
-    let original = std::fs::read(decl).map_err(io(decl))?;
+    let original = crate::project::read_nofollow(decl).map_err(io(decl))?;
     let text = String::from_utf8(original.clone())
         .map_err(|_| EditError::Encoding { file: decl.clone() })?;
     let new_text = apply_to_text(crate::project::DECLARATION, &text, op, name)?;
@@ -380,7 +406,7 @@ fn edit_locked(
     }
     write_atomically(decl, new_text.as_bytes())?;
     let message = format!("nixcell edit: {} {name}", op.as_str());
-    match git::commit_file(&project.dir, decl, &message) {
+    match git::commit_file(&project.dir, decl, new_text.as_bytes(), &message) {
         Ok(commit) => Ok(EditOutcome {
             operation: op,
             name: name.to_string(),
@@ -399,15 +425,14 @@ fn edit_locked(
 }
 
 fn proposals_dir(project: &Project) -> Result<PathBuf, EditError> {
-    let d = project.state_dir()?.join("proposals");
-    std::fs::create_dir_all(&d).map_err(io(&d))?;
-    Ok(d)
+    Ok(project.state_subdir("proposals")?)
 }
 
 fn save_proposal(project: &Project, p: &Proposal) -> Result<(), EditError> {
-    let path = proposals_dir(project)?.join(format!("{}.json", p.id));
+    let dir = proposals_dir(project)?;
+    let name = format!("{}.json", p.id);
     let json = serde_json::to_vec_pretty(p).unwrap_or_default();
-    write_atomically(&path, &json)
+    crate::dirs::write_atomic(&dir, &name, &json).map_err(io(&dir.join(&name)))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -420,7 +445,8 @@ pub fn load_proposal(project: &Project, id: &str) -> Result<Proposal, EditError>
         return Err(EditError::NoProposal(id.to_string()));
     }
     let path = proposals_dir(project)?.join(format!("{id}.json"));
-    let bytes = std::fs::read(&path).map_err(|_| EditError::NoProposal(id.to_string()))?;
+    let bytes =
+        crate::project::read_nofollow(&path).map_err(|_| EditError::NoProposal(id.to_string()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| EditError::Refused(format!("{}: {e}", path.display())))
 }

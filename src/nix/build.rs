@@ -1,7 +1,7 @@
 //! `nix-build`: realises an expression, shows nix's progress on stderr while it works,
 //! and registers the result as a GC root (`-o LINK`) so it survives garbage collection.
 
-use crate::nix::eval::{nix_config, nix_message};
+use crate::nix::eval::{nix_config, nix_message, restricted};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,24 +52,32 @@ fn run_streaming(
     if !status.success() {
         return Err(BuildError::Nix(nix_message(&captured)));
     }
-    let target = std::fs::canonicalize(link).map_err(|_| BuildError::NoResult {
+    // The result is the link's own target, which must be a store path.
+    let no_result = || BuildError::NoResult {
         tool,
         link: link.to_path_buf(),
-    })?;
+    };
+    let target = std::fs::read_link(link).map_err(|_| no_result())?;
+    if !crate::nix::store::is_store_path(&target, &crate::nix::closure::store_dir()) {
+        return Err(no_result());
+    }
     Ok(target)
 }
 
-/// Builds attribute `attr` (empty: the whole value) of the file `expr` with string arguments; `link` becomes an
-/// indirect GC root pointing at the result, which is returned.
+/// Builds attribute `attr` (empty: the whole value) of the file `expr` with string
+/// arguments, evaluated restricted to reading `allowed` (see
+/// [`crate::nix::eval::restricted`]); `link` becomes an indirect GC root pointing at
+/// the result, which is returned.
 pub fn build_file(
     expr: &Path,
     attr: &str,
     args: &[(&str, &str)],
+    allowed: &[PathBuf],
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
     let mut cmd = Command::new("nix-build");
-    cmd.arg(expr);
+    cmd.args(restricted(allowed)).arg(expr);
     if !attr.is_empty() {
         cmd.args(["-A", attr]);
     }

@@ -53,7 +53,9 @@ pub fn resolve_root(p: &Path, store: &Path) -> Result<PathBuf, ClosureError> {
             store: store.to_path_buf(),
         })?;
     match rest.components().next() {
-        Some(Component::Normal(name)) => Ok(store.join(name)),
+        Some(Component::Normal(name)) if super::store::is_store_path(&store.join(name), store) => {
+            Ok(store.join(name))
+        }
         _ => Err(ClosureError::NotInStore {
             path: p.to_path_buf(),
             store: store.to_path_buf(),
@@ -70,25 +72,81 @@ fn hash_lines<'a>(items: impl Iterator<Item = &'a Path>) -> String {
     hex::encode(h.finalize())
 }
 
-fn cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("nixcell").join("closures"))
+/// Version of the cache entries' format and of what they are keyed by.
+const CACHE_FORMAT: &str = "closure-v2";
+
+/// The cache entry of `roots` in `store`: a file name keyed by everything the closure
+/// depends on (format, store directory, the sorted roots).
+fn cache_file(store: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
+    let dir = crate::dirs::private_dir(crate::dirs::Base::Cache, "closures").ok()?;
+    let mut h = Sha256::new();
+    for part in std::iter::once(Path::new(CACHE_FORMAT))
+        .chain(std::iter::once(store))
+        .chain(roots.iter().map(|p| p.as_path()))
+    {
+        let b = part.as_os_str().as_encoded_bytes();
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    }
+    Some(dir.join(format!("{}.json", hex::encode(h.finalize()))))
 }
 
-/// The closure of `roots`, from the cache when every root still exists.
+/// What a store path is on the file system now (`symlink_metadata`, never followed).
+fn entry_kind(path: &Path) -> Result<EntryKind, ClosureError> {
+    let inspect = |source| ClosureError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = path.symlink_metadata().map_err(inspect)?;
+    Ok(if meta.file_type().is_symlink() {
+        EntryKind::Symlink(std::fs::read_link(path).map_err(inspect)?)
+    } else if meta.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    })
+}
+
+/// A cached closure, if it is sealed by us and says what a closure of `roots` in
+/// `store` must: the same roots, each of them among its paths, every path a store
+/// path directly in `store`, sorted without duplicates, the hash of that list, and
+/// every kind still what the file system shows.
+fn load_cached(file: &Path, store: &Path, roots: &[PathBuf]) -> Option<Closure> {
+    let sealed = std::fs::read(file).ok()?;
+    let bytes = crate::seal::open(CACHE_FORMAT, &sealed)?;
+    let c: Closure = serde_json::from_slice(bytes).ok()?;
+    let paths: Vec<&Path> = c.paths.iter().map(|e| e.path.as_path()).collect();
+    let valid = c.roots == roots
+        && paths.iter().all(|p| super::store::is_store_path(p, store))
+        && paths.windows(2).all(|w| w[0] < w[1])
+        && roots
+            .iter()
+            .all(|r| paths.binary_search(&r.as_path()).is_ok())
+        && hash_lines(paths.iter().copied()) == c.hash
+        && c.paths
+            .iter()
+            .all(|e| entry_kind(&e.path).is_ok_and(|k| k == e.kind));
+    valid.then_some(c)
+}
+
+/// The closure of `roots` (store paths), from the cache when a valid entry is there.
 pub fn closure(roots: &[PathBuf]) -> Result<Closure, ClosureError> {
+    let store = store_dir();
     let mut sorted_roots = roots.to_vec();
     sorted_roots.sort();
     sorted_roots.dedup();
-    let key = hash_lines(sorted_roots.iter().map(|p| p.as_path()));
-    let cache_file = cache_dir().map(|d| d.join(format!("{key}.json")));
+    for r in &sorted_roots {
+        if !super::store::is_store_path(r, &store) {
+            return Err(ClosureError::NotInStore {
+                path: r.clone(),
+                store: store.clone(),
+            });
+        }
+    }
+    let cache_file = cache_file(&store, &sorted_roots);
     if let Some(c) = cache_file
-        .as_ref()
-        .and_then(|f| std::fs::read(f).ok())
-        .and_then(|b| serde_json::from_slice::<Closure>(&b).ok())
-        .filter(|c| c.roots == sorted_roots && c.roots.iter().all(|r| r.symlink_metadata().is_ok()))
+        .as_deref()
+        .and_then(|f| load_cached(f, &store, &sorted_roots))
     {
         return Ok(c);
     }
@@ -115,26 +173,20 @@ pub fn closure(roots: &[PathBuf]) -> Result<Closure, ClosureError> {
         .collect();
     paths.sort();
     paths.dedup();
+    if let Some(bad) = paths
+        .iter()
+        .find(|p| !super::store::is_store_path(p, &store))
+    {
+        return Err(ClosureError::Query(format!(
+            "not a store path of {}: {}",
+            store.display(),
+            bad.display()
+        )));
+    }
     let hash = hash_lines(paths.iter().map(|p| p.as_path()));
     let mut entries = Vec::with_capacity(paths.len());
     for path in paths {
-        let meta = path
-            .symlink_metadata()
-            .map_err(|source| ClosureError::Inspect {
-                path: path.clone(),
-                source,
-            })?;
-        let kind = if meta.file_type().is_symlink() {
-            let to = std::fs::read_link(&path).map_err(|source| ClosureError::Inspect {
-                path: path.clone(),
-                source,
-            })?;
-            EntryKind::Symlink(to)
-        } else if meta.is_dir() {
-            EntryKind::Dir
-        } else {
-            EntryKind::File
-        };
+        let kind = entry_kind(&path)?;
         entries.push(StoreEntry { path, kind });
     }
     let c = Closure {
@@ -142,22 +194,15 @@ pub fn closure(roots: &[PathBuf]) -> Result<Closure, ClosureError> {
         paths: entries,
         hash,
     };
-    if let Some(f) = &cache_file {
-        write_atomically(f, &serde_json::to_vec(&c).unwrap_or_default());
+    // Best effort: a cache that cannot be written only costs the next run a query.
+    if let Some(f) = &cache_file
+        && let (Some(dir), Some(name)) = (f.parent(), f.file_name())
+        && let Some(sealed) =
+            crate::seal::seal(CACHE_FORMAT, &serde_json::to_vec(&c).unwrap_or_default())
+    {
+        let _ = crate::dirs::write_atomic(dir, &name.to_string_lossy(), &sealed);
     }
     Ok(c)
-}
-
-/// Best effort: a cache that cannot be written only costs the next run a query.
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
 }
 
 #[cfg(test)]
@@ -180,9 +225,9 @@ mod tests {
     #[test]
     fn a_path_inside_a_store_path_resolves_to_its_top() {
         let store = tempfile::tempdir().unwrap();
-        let sp = store.path().join("abc-hello");
+        let sp = store.path().join("0123456789abcdfghijklmnpqrsvwxyz-hello");
         std::fs::create_dir_all(sp.join("bin")).unwrap();
         let got = resolve_root(&sp.join("bin"), store.path()).unwrap();
-        assert_eq!(got, store.path().join("abc-hello"));
+        assert_eq!(got, sp);
     }
 }

@@ -2,8 +2,60 @@
 //! current Nix.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Absolute paths, `:`-separated, that the caller allows every evaluation to read
+/// besides the project and the package set: for a package set that reads host files
+/// while it is evaluated (the offline test fixture reads dpkg's database). Read from
+/// nixcell's own environment only, never from a project.
+pub const EVAL_PATHS_VAR: &str = "NIXCELL_EVAL_PATHS";
+
+/// The paths of [`EVAL_PATHS_VAR`] (relative entries ignored).
+pub fn caller_allowed_paths() -> Vec<PathBuf> {
+    std::env::var_os(EVAL_PATHS_VAR)
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| p.is_absolute())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Nix arguments of a restricted evaluation: `restrict-eval` (only the search path is
+/// readable, `builtins.getEnv` answers `""`, no URL is fetched), no import from a
+/// derivation (nothing is built while evaluating), and `allowed` (plus the caller's
+/// [`EVAL_PATHS_VAR`]) as named search-path entries, so that they are readable
+/// without shadowing `<nixpkgs>`. Paths of `NIX_PATH` stay readable too (Nix allows
+/// its search path).
+pub fn restricted(allowed: &[PathBuf]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--option",
+        "restrict-eval",
+        "true",
+        "--option",
+        "allow-import-from-derivation",
+        "false",
+        "--option",
+        "allowed-uris",
+        "",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    for (i, p) in allowed
+        .iter()
+        .cloned()
+        .chain(caller_allowed_paths())
+        .enumerate()
+    {
+        let mut entry = OsString::from(format!("nixcell-allowed-{i}="));
+        entry.push(p.as_os_str());
+        args.push("-I".into());
+        args.push(entry);
+    }
+    args
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -36,19 +88,26 @@ pub fn nix_message(stderr: &[u8]) -> String {
     let msg = text[start..].trim();
     if msg.is_empty() {
         "nix failed without a message".to_string()
+    } else if msg.contains("forbidden in restricted mode") {
+        format!(
+            "{msg}\n(a declaration may only read files of its project directory and of the package set)"
+        )
     } else {
         msg.to_string()
     }
 }
 
-/// Evaluates attribute `attr` of the file `expr` called with the string arguments `args`.
+/// Evaluates attribute `attr` of the file `expr` called with the string arguments
+/// `args`, restricted to reading `allowed` ([`restricted`]).
 pub fn eval_json(
     expr: &Path,
     attr: &str,
     args: &[(&str, &str)],
+    allowed: &[PathBuf],
 ) -> Result<serde_json::Value, EvalError> {
     let mut cmd = Command::new("nix-instantiate");
     cmd.env("NIX_CONFIG", nix_config())
+        .args(restricted(allowed))
         .args(["--eval", "--strict", "--json"])
         .arg(expr)
         .args(["-A", attr]);

@@ -3,3 +3,4 @@
 pub mod build;
 pub mod closure;
 pub mod eval;
+pub mod store;

@@ -40,8 +40,18 @@ pub fn test_user_ids() -> (u32, u32) {
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
+/// `NIXCELL_EVAL_PATHS` of the tests: the offline package set itself (projects name
+/// it in their nixcell.toml) and what it reads of the host while it is evaluated,
+/// which nixcell's restricted evaluation allows only when its caller says so.
+pub fn fixture_eval_paths() -> String {
+    format!(
+        "{}:/var/lib/dpkg/status:/usr/lib/python3/dist-packages",
+        repo().join("tests/fixtures/pkgs").display()
+    )
+}
+
 /// `setpriv`, ready to run a program (the next argument) as the unprivileged test
-/// user with its own groups and a clean environment.
+/// user with its own groups and a clean environment (but for `NIXCELL_EVAL_PATHS`).
 pub fn as_test_user() -> Command {
     test_user_ids();
     let mut c = Command::new("setpriv");
@@ -53,7 +63,9 @@ pub fn as_test_user() -> Command {
         "--init-groups",
         "--reset-env",
         "--",
+        "env",
     ]);
+    c.arg(format!("NIXCELL_EVAL_PATHS={}", fixture_eval_paths()));
     c
 }
 
@@ -76,7 +88,8 @@ pub fn nixcell(mode: Mode) -> Command {
     match mode {
         Mode::Root => {
             let mut c = Command::new(bin());
-            c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+            c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+                .env("NIXCELL_EVAL_PATHS", fixture_eval_paths());
             c
         }
         Mode::Rootless => {
