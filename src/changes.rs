@@ -497,9 +497,8 @@ impl<'a> Applier<'a> {
                 continue;
             }
             if is_whiteout(&ust) {
-                match tdir {
-                    Some(t) => self.delete(t, &name, &r),
-                    None => {}
+                if let Some(t) = tdir {
+                    self.delete(t, &name, &r);
                 }
                 continue;
             }
@@ -543,7 +542,9 @@ impl<'a> Applier<'a> {
             }
         };
         let opaque = matches!(fsat::fgetxattr(sub.as_fd(), OPAQUE), Ok(Some(v)) if v == b"y");
-        let mode = ust.st_mode & 0o1777;
+        // Directories keep at least their owner's rwx, so that the owner (and undo) can
+        // always reach inside; no setuid/setgid bit.
+        let mode = (ust.st_mode & 0o1777) | 0o700;
         let (Some(t), false) = (tdir, self.dry && tst.is_none()) else {
             // Dry walk below a directory that is not there: all of it is new.
             self.step(r, Kind::Added, None, None, None);
@@ -577,7 +578,7 @@ impl<'a> Applier<'a> {
                     }
                 }
                 self.walk(sub.as_fd(), Some(tsub.as_fd()), r);
-                if st.st_mode & 0o1777 != mode {
+                if st.st_mode & 0o1777 != ust.st_mode & 0o1777 {
                     if st.st_uid != self.t.owner.0 {
                         let why = format!(
                             "mode {mode:o}: the directory belongs to uid {}, not to the workdir's owner",
@@ -739,10 +740,10 @@ impl<'a> Applier<'a> {
                     0o600,
                     fsat::BENEATH,
                 )?;
-                io::copy(
-                    &mut File::from(s.try_clone()?),
-                    &mut File::from(fd.try_clone()?),
-                )?;
+                // The descriptor may have been read already (the comparison above).
+                let mut from = File::from(s.try_clone()?);
+                std::io::Seek::seek(&mut from, io::SeekFrom::Start(0))?;
+                io::copy(&mut from, &mut File::from(fd.try_clone()?))?;
                 if self.t.chown {
                     fsat::lchown_at(fd.as_fd(), OsStr::new(""), self.t.owner.0, self.t.owner.1)?;
                 }
@@ -845,11 +846,11 @@ pub fn apply(layer: &OwnedFd, t: &Target) -> WorkdirReport {
         return a.report;
     }
     a.report.applied = true;
-    if !a.steps.is_empty() {
-        if let Err(e) = write_journal(&mut a) {
-            a.report
-                .refuse("", format!("the run journal could not be written: {e}"));
-        }
+    if !a.steps.is_empty()
+        && let Err(e) = write_journal(&mut a)
+    {
+        a.report
+            .refuse("", format!("the run journal could not be written: {e}"));
     }
     a.report
 }

@@ -424,10 +424,11 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         // they lie inside the workdir.
         let mut protect = req.protect.clone();
         for r in crate::dirs::trusted_roots() {
-            if let Ok(rel) = r.strip_prefix(&w.real) {
-                if !rel.as_os_str().is_empty() && !protect.iter().any(|p| p == rel) {
-                    protect.push(rel.to_path_buf());
-                }
+            if let Ok(rel) = r.strip_prefix(&w.real)
+                && !rel.as_os_str().is_empty()
+                && !protect.iter().any(|p| p == rel)
+            {
+                protect.push(rel.to_path_buf());
             }
         }
         // The profile's caps replace these (crate::harden::prepare).
