@@ -877,7 +877,25 @@ fn write_journal(a: &mut Applier<'_>) -> io::Result<()> {
     };
     let body = serde_json::to_vec_pretty(&j).map_err(io::Error::other)?;
     let dir = &a.saver.as_ref().expect("created above").dir;
-    dirs::write_atomic(dir, "journal.json", &body)
+    dirs::write_atomic(dir, "journal.json", &body)?;
+    prune_runs(KEEP_RUNS);
+    Ok(())
+}
+
+/// Journals kept; older ones are removed when a run writes a new one.
+const KEEP_RUNS: usize = 50;
+
+fn prune_runs(keep: usize) {
+    let Ok(root) = dirs::root(Base::State) else {
+        return;
+    };
+    for j in list_runs().into_iter().skip(keep) {
+        if !j.id.is_empty() && !j.id.contains('/') && !j.id.starts_with('.') {
+            let d = root.join("runs").join(&j.id);
+            // remove_dir_all does not follow symbolic links.
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
 }
 
 /// The journals of past runs, newest first.

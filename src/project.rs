@@ -431,9 +431,17 @@ impl Project {
         req.env_paths = vec![built.env.clone()];
         if req.workdir.is_none() {
             req.workdir = Some(self.dir.clone());
-            // The repository and the declaration are the host's: read-only in the
-            // cell, and a change to them never comes back (crate::changes).
-            req.protect = PROTECTED.iter().map(PathBuf::from).collect();
+        }
+        // The repository and the declaration are the host's: read-only in the cell,
+        // and a change to them never comes back (crate::changes), also when the
+        // workdir given is the project or a directory above it.
+        let wd = req
+            .workdir
+            .as_deref()
+            .and_then(|w| std::fs::canonicalize(w).ok());
+        let proj = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        if let Some(rel) = wd.as_deref().and_then(|w| proj.strip_prefix(w).ok()) {
+            req.protect.extend(PROTECTED.iter().map(|p| rel.join(p)));
         }
         let mut setenv: Vec<String> = built
             .description
