@@ -564,10 +564,16 @@ fn project() -> tempfile::TempDir {
 }
 
 fn in_project(dir: &Path, script: &str) -> serde_json::Value {
+    in_project_with(dir, &[], script)
+}
+
+fn in_project_with(dir: &Path, extra: &[&str], script: &str) -> serde_json::Value {
     let o = nixcell(Mode::Root)
         .current_dir(dir)
         .env("NIX_PATH", format!("nixpkgs={}", pkgs_dir().display()))
-        .args(["run", "--json", "--", "sh", "-c", script])
+        .args(["run", "--json"])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
         .output()
         .unwrap();
     verdict(&o)
@@ -640,6 +646,27 @@ fn a_project_cell_cannot_change_the_repository_or_the_declaration() {
                 .any(|(p, r)| p == f && r.contains("protected")),
             "{f}: {refused:?}"
         );
+    }
+    // Naming the project (or a directory above it) as the workdir protects it the same.
+    let parent = dir.parent().unwrap();
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    for (wd, at) in [
+        (".".to_string(), "/work".to_string()),
+        (path_str(parent).to_string(), format!("/work/{name}")),
+    ] {
+        let v = in_project_with(
+            dir,
+            &["--workdir", &wd],
+            &format!(
+                "echo evil > {at}/devenv.nix 2>/dev/null && echo wrote; echo evil > {at}/.envrc; echo done"
+            ),
+        );
+        assert_eq!(v["stdout"]["text"], "done\n", "{wd}: {v}");
+        let now: Vec<_> = tree(dir)
+            .into_iter()
+            .filter(|(n, _)| n != "result.txt")
+            .collect();
+        assert_eq!(now, before, "{wd}");
     }
 }
 
