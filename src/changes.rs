@@ -435,6 +435,11 @@ impl<'a> Applier<'a> {
                 after,
                 old_mode: None,
             });
+            // The journal on disk follows along, so that a supervisor killed while
+            // applying leaves an undoable record of what it did so far.
+            if self.steps.len().is_multiple_of(256) {
+                let _ = write_journal(self);
+            }
         }
     }
 
@@ -846,6 +851,9 @@ pub fn apply(layer: &OwnedFd, t: &Target) -> WorkdirReport {
         return a.report;
     }
     a.report.applied = true;
+    if !a.steps.is_empty() {
+        prune_runs(KEEP_RUNS);
+    }
     if !a.steps.is_empty()
         && let Err(e) = write_journal(&mut a)
     {
@@ -877,9 +885,7 @@ fn write_journal(a: &mut Applier<'_>) -> io::Result<()> {
     };
     let body = serde_json::to_vec_pretty(&j).map_err(io::Error::other)?;
     let dir = &a.saver.as_ref().expect("created above").dir;
-    dirs::write_atomic(dir, "journal.json", &body)?;
-    prune_runs(KEEP_RUNS);
-    Ok(())
+    dirs::write_atomic(dir, "journal.json", &body)
 }
 
 /// Journals kept; older ones are removed when a run writes a new one.

@@ -385,7 +385,11 @@ fn run(args: &RunArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    let work_layer = outcome.work_layer.take();
+    // A cell whose set-up failed never ran: it has no changes to bring back.
+    let work_layer = outcome
+        .work_layer
+        .take()
+        .filter(|_| outcome.setup_error.is_none());
     let (usage, oom_killed) = hardening.finish();
     let not_found = outcome
         .exec_error
