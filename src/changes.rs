@@ -23,6 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Directory levels walked below the workdir; deeper changes are refused.
+const MAX_DEPTH: usize = 256;
 /// Entries listed per kind in the verdict; the counts are always complete.
 const LIST_CAP: usize = 100;
 const OPAQUE: &std::ffi::CStr = c"user.overlay.opaque";
@@ -481,6 +483,10 @@ impl<'a> Applier<'a> {
                     .refuse(&rel_str(rel), format!("cannot read the cell's copy: {e}"));
             }
         };
+        if rel.components().count() >= MAX_DEPTH {
+            let why = format!("nested deeper than {MAX_DEPTH} levels");
+            return self.report.refuse(&rel_str(rel), why);
+        }
         for name in names {
             let r = rel.join(&name);
             if std::str::from_utf8(name.as_bytes()).is_err() {

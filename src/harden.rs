@@ -100,6 +100,18 @@ pub fn prepare(
         // another owner's inodes (root's above all) writable by the cell.
         let live_rw =
             m.writable && !(m.dest == std::path::Path::new(WORKDIR_IN_CELL) && spec.work.is_some());
+        if live_rw
+            && let Some(r) = crate::dirs::trusted_roots()
+                .into_iter()
+                .find(|r| r.starts_with(&m.source))
+        {
+            return Err(HardenError::Mount(format!(
+                "{}: holds nixcell's own {} and would be writable by the cell; use the \
+                 copy-on-write workdir or a directory that does not contain it",
+                m.source.display(),
+                r.display()
+            )));
+        }
         if live_rw && m.owner.0 != host.0 {
             let what = if m.dest == std::path::Path::new(WORKDIR_IN_CELL) {
                 "the workdir (profile workdir = \"bind\")".to_string()

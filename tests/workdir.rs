@@ -373,6 +373,42 @@ fn binds_onto_or_under_etc_are_refused() {
 }
 
 #[test]
+fn a_live_bind_holding_nixcells_own_state_is_refused() {
+    let home = nix::unistd::User::from_name(TEST_USER)
+        .unwrap()
+        .unwrap()
+        .dir;
+    let spec = format!("{}:/data", home.display());
+    let o = sh(Mode::Rootless, &["--bind", &spec], "echo ran");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("nixcell's own"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn changes_nested_too_deep_are_refused() {
+    let wd = workdir(Mode::Rootless);
+    let o = run(
+        Mode::Rootless,
+        &["--workdir", path_str(wd.path())],
+        "cd /work; i=0; while [ $i -lt 300 ]; do mkdir d; cd d; i=$((i+1)); done; echo x > f",
+    );
+    let v = verdict(&o);
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(
+        refused(&v)
+            .iter()
+            .any(|(_, r)| r.contains("nested deeper than 256")),
+        "{v}"
+    );
+    assert!(wd.path().join("d/d/d").is_dir());
+}
+
+#[test]
 fn a_live_bind_workdir_must_belong_to_the_cell() {
     let pd = profile_dir();
     let prof = profile(pd.path(), "workdir = \"bind\"");
