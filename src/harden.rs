@@ -137,7 +137,10 @@ pub fn prepare(
         nproc: None,
         address_space: None,
     };
-    let seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
+    let live_rw = spec.mounts.iter().any(|m| {
+        m.writable && !(m.dest == std::path::Path::new(WORKDIR_IN_CELL) && spec.work.is_some())
+    });
+    let mut seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
         SeccompSpec::default()
     } else {
         let (compiled, cached) = seccomp::compiled(&profile.seccomp)?;
@@ -147,6 +150,12 @@ pub fn prepare(
             cached,
         }
     };
+    // With a live read-write mount of the host, no setuid/setgid bit may be made.
+    if live_rw && seccomp_spec.mode != LayerMode::Off {
+        let mut filters = seccomp_spec.compiled.filters.clone();
+        filters.splice(0..0, seccomp::no_setid_bits()?);
+        seccomp_spec.compiled.filters = filters;
+    }
 
     let mut layers = Vec::new();
     let mut cgroup = None;

@@ -446,13 +446,22 @@ fn a_live_bind_workdir_must_belong_to_the_cell() {
                 "--profile",
                 path_str(&prof),
             ],
-            "echo x > /work/f; cat /proc/self/mountinfo | grep -c overlay",
+            "echo x > /work/f; cat /proc/self/mountinfo | grep -c overlay; \
+             cp /bin/sh /work/s; chmod 4755 /work/s || echo no-setuid; chmod g+s /work/s || echo no-setgid; \
+             mkdir /work/d; chmod 2755 /work/d || echo no-setgid-dir",
         );
         let v = verdict(&o);
         assert_eq!(v["workdir"]["mode"], "bind", "{v}");
-        assert_eq!(v["stdout"]["text"], "0\n", "{v}");
+        assert_eq!(
+            v["stdout"]["text"], "0\nno-setuid\nno-setgid\nno-setgid-dir\n",
+            "{v}"
+        );
         let m = std::fs::metadata(wd.path().join("f")).unwrap();
         assert_eq!(m.uid(), test_user_ids().0);
+        for f in ["s", "d"] {
+            let m = std::fs::metadata(wd.path().join(f)).unwrap();
+            assert_eq!(m.mode() & 0o6000, 0, "{f}");
+        }
     }
 }
 
