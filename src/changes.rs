@@ -213,6 +213,10 @@ fn open_upper(
     flags: i32,
 ) -> io::Result<OwnedFd> {
     let p = Path::new(name);
+    if is_dir(st) && st.st_mode & 0o700 != 0o700 {
+        // Searching a directory needs x as well as r: give both before descending.
+        let _ = fsat::chmod_at(dir, name, (st.st_mode & 0o7777) | 0o700);
+    }
     match fsat::open_beneath(dir, p, flags) {
         Err(e) if errno(&e) == libc::EACCES => {
             let add = if is_dir(st) { 0o700 } else { 0o600 };
@@ -1102,12 +1106,13 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
             errors.push(format!("{}: {e}", s.path));
         }
     }
-    let mut j2 = j.clone();
-    j2.undone = true;
-    if let Ok(body) = serde_json::to_vec_pretty(&j2) {
-        let _ = dirs::write_atomic(&run_dir, "journal.json", &body);
-    }
-    if !errors.is_empty() {
+    if errors.is_empty() {
+        let mut j2 = j.clone();
+        j2.undone = true;
+        if let Ok(body) = serde_json::to_vec_pretty(&j2) {
+            let _ = dirs::write_atomic(&run_dir, "journal.json", &body);
+        }
+    } else {
         return Err(UndoError::Io(format!(
             "run {}: not all restored: {}",
             j.id,
