@@ -1121,3 +1121,78 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn o_path(p: &Path) -> OwnedFd {
+        fsat::openat2(
+            libc::AT_FDCWD,
+            p,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            libc::RESOLVE_NO_SYMLINKS,
+        )
+        .unwrap()
+    }
+
+    /// The host changed the workdir while the cell ran: a directory became a link to
+    /// a directory outside, a file became a hard link to a file outside. Applying the
+    /// cell's copy replaces both names and writes nothing outside.
+    #[test]
+    fn links_in_the_workdir_are_replaced_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME.
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let layer = t.path().join("layer");
+        let upper = layer.join("upper");
+        std::fs::create_dir_all(upper.join("sub")).unwrap();
+        std::fs::write(upper.join("sub/x"), "cell\n").unwrap();
+        std::fs::write(upper.join("f"), "cell f\n").unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("file"), "host\n").unwrap();
+        let wd = t.path().join("wd");
+        std::fs::create_dir(&wd).unwrap();
+        std::os::unix::fs::symlink(&outside, wd.join("sub")).unwrap();
+        std::fs::hard_link(outside.join("file"), wd.join("f")).unwrap();
+        let target = Target {
+            dir: Arc::new(o_path(&wd)),
+            path: wd.clone(),
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            chown: false,
+            protect: Vec::new(),
+        };
+        let layer_fd: OwnedFd = File::open(&layer).unwrap().into();
+        let r = apply(&layer_fd, &target);
+        assert!(r.applied, "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("file")).unwrap(),
+            "host\n"
+        );
+        assert!(!outside.join("x").exists());
+        assert!(std::fs::symlink_metadata(wd.join("sub")).unwrap().is_dir());
+        assert_eq!(std::fs::read_to_string(wd.join("sub/x")).unwrap(), "cell\n");
+        assert_eq!(std::fs::read_to_string(wd.join("f")).unwrap(), "cell f\n");
+        assert_ne!(
+            std::fs::metadata(wd.join("f")).unwrap().ino(),
+            std::fs::metadata(outside.join("file")).unwrap().ino()
+        );
+        let mut modified: Vec<_> = r.changes.modified.iter().map(|c| c.path.clone()).collect();
+        modified.sort();
+        assert_eq!(modified, ["f", "sub"]);
+        // And undone: the link and the hard link are back.
+        let j = find_run(r.run.as_deref(), &wd).unwrap();
+        undo(&j, false).unwrap();
+        assert_eq!(std::fs::read_link(wd.join("sub")).unwrap(), outside);
+        assert_eq!(
+            std::fs::metadata(wd.join("f")).unwrap().ino(),
+            std::fs::metadata(outside.join("file")).unwrap().ino()
+        );
+    }
+}
