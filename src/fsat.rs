@@ -206,12 +206,21 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
 }
 
-/// fchmodat(2) of `name` (never a symlink: the kernel refuses to follow none here
-/// because callers only pass names they found to be files or directories).
+/// fchmodat2(2) of `name` with AT_SYMLINK_NOFOLLOW: a symbolic link is never followed
+/// (the call fails on one).
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let c = cstr(name)?;
-    // SAFETY: c is NUL-terminated.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) })
+    // SAFETY: c is NUL-terminated; the syscall takes (dirfd, path, mode, flags).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    check(r as libc::c_int)
 }
 
 /// Sets access and modification times of a descriptor.
