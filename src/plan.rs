@@ -75,10 +75,23 @@ pub fn open_host_path(path: &Path) -> std::io::Result<Opened> {
     };
     let fd = fsat::openat2(libc::AT_FDCWD, path, libc::O_PATH, 0, resolve).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
-            std::io::Error::other(
-                "a symbolic link is on the way; started as root, nixcell follows no \
-                 links in host paths (name the real path)",
-            )
+            // For the message only: the first link on the way.
+            let abs = std::env::current_dir().unwrap_or_default().join(path);
+            let mut link = PathBuf::new();
+            for c in abs.components() {
+                link.push(c);
+                if link
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    break;
+                }
+            }
+            std::io::Error::other(format!(
+                "{} is a symbolic link; started as root, nixcell follows no links in \
+                 host paths (name the real path)",
+                link.display()
+            ))
         } else {
             e
         }
