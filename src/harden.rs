@@ -91,7 +91,19 @@ pub fn prepare(
                     }
                 }
                 WorkdirMode::Bind | WorkdirMode::Ro => {
-                    spec.work = None;
+                    let protect = spec.work.take().map(|w| w.protect).unwrap_or_default();
+                    if fs.workdir == WorkdirMode::Bind && !protect.is_empty() {
+                        return Err(HardenError::Mount(format!(
+                            "workdir = \"bind\": {} holds {} that a cell may not change; \
+                             a project's workdir is copy-on-write or read-only",
+                            m.source.display(),
+                            protect
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
                     m.writable = fs.workdir == WorkdirMode::Bind;
                 }
             }

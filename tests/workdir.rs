@@ -690,6 +690,16 @@ fn a_project_cell_cannot_change_the_repository_or_the_declaration() {
             "{f}: {refused:?}"
         );
     }
+    // A live read-write bind of a project is refused.
+    let pd = profile_dir();
+    let prof = profile(pd.path(), "workdir = \"bind\"");
+    let v = in_project_with(
+        dir,
+        &["--profile", path_str(&prof)],
+        "echo x > /work/.envrc",
+    );
+    assert_eq!(v["exit_code"], 125, "{v}");
+    assert!(!dir.join(".envrc").exists());
     // Naming the project (or a directory above it) as the workdir protects it the same.
     let parent = dir.parent().unwrap();
     let name = dir.file_name().unwrap().to_str().unwrap();
