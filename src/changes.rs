@@ -1127,6 +1127,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn o_path(p: &Path) -> OwnedFd {
         fsat::openat2(
             libc::AT_FDCWD,
@@ -1138,13 +1140,82 @@ mod tests {
         .unwrap()
     }
 
+    /// A device node in the cell's copy is refused; a whiteout (char 0:0) deletes the
+    /// name, recursively, without following a link inside. Needs root for mknod(2).
+    #[test]
+    fn devices_are_refused_and_whiteouts_delete() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the two here take
+        // turns (ENV).
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let layer = t.path().join("layer");
+        let upper = layer.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let mk = |name: &str, dev: u64| {
+            let c = std::ffi::CString::new(upper.join(name).as_os_str().as_bytes()).unwrap();
+            // SAFETY: c is NUL-terminated.
+            assert_eq!(
+                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) },
+                0
+            );
+        };
+        mk("null", libc::makedev(1, 3));
+        mk("gone", 0);
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(
+            outside.join("keep"),
+            "host
+",
+        )
+        .unwrap();
+        let wd = t.path().join("wd");
+        std::fs::create_dir_all(wd.join("gone/deep")).unwrap();
+        std::os::unix::fs::symlink(&outside, wd.join("gone/deep/link")).unwrap();
+        let target = Target {
+            dir: Arc::new(o_path(&wd)),
+            path: wd.clone(),
+            owner: (0, 0),
+            chown: true,
+            protect: Vec::new(),
+        };
+        let layer_fd: OwnedFd = File::open(&layer).unwrap().into();
+        let r = apply(&layer_fd, &target);
+        assert!(!wd.join("null").exists());
+        assert!(
+            r.refused
+                .iter()
+                .any(|x| x.path == "null" && x.reason.contains("a character device")),
+            "{r:?}"
+        );
+        assert!(!wd.join("gone").exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep")).unwrap(),
+            "host
+"
+        );
+        assert_eq!(
+            r.changes.deleted,
+            [Changed {
+                path: "gone".into(),
+                size: None
+            }]
+        );
+    }
+
     /// The host changed the workdir while the cell ran: a directory became a link to
     /// a directory outside, a file became a hard link to a file outside. Applying the
     /// cell's copy replaces both names and writes nothing outside.
     #[test]
     fn links_in_the_workdir_are_replaced_never_followed() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
         let t = tempfile::tempdir().unwrap();
-        // SAFETY: no other test of this crate reads XDG_STATE_HOME.
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the two here take
+        // turns (ENV).
         unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
         let layer = t.path().join("layer");
         let upper = layer.join("upper");
