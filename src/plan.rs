@@ -341,6 +341,11 @@ fn plan_identity(req: &CellRequest, workdir: Option<&Opened>) -> Result<Identity
             subid_start("/etc/subgid", "nixcell").unwrap_or(65534),
         );
         let (du, dg) = owner.unwrap_or(fallback);
+        if req.host_uid == Some(0) || req.host_gid == Some(0) {
+            return Err(PlanError::Identity(
+                "--host-uid/--host-gid 0: a cell never runs as host root".into(),
+            ));
+        }
         (
             req.host_uid.unwrap_or(du),
             req.host_gid

@@ -349,6 +349,19 @@ fn the_cap_of_the_copy_on_write_layer_gives_enospc_and_changes_nothing() {
 }
 
 #[test]
+fn a_cell_never_runs_as_host_root() {
+    let wd = workdir(Mode::Root);
+    for ids in [["--host-uid", "0"], ["--host-gid", "0"]] {
+        let mut a = vec!["--workdir", path_str(wd.path())];
+        a.extend(ids);
+        let o = sh(Mode::Root, &a, "echo ran > /work/f");
+        assert_eq!(o.status.code(), Some(125), "{ids:?}");
+        assert!(text(&o.stderr).contains("never runs as host root"));
+        assert!(!wd.path().join("f").exists());
+    }
+}
+
+#[test]
 fn binds_onto_or_under_etc_are_refused() {
     let wd = workdir(Mode::Root);
     let src = wd.path().join("f");
