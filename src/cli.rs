@@ -46,6 +46,23 @@ pub enum Command {
     Reject(crate::front::DecideArgs),
     /// Serve the Model Context Protocol on stdin/stdout for agents.
     Mcp(McpArgs),
+    /// List recent runs whose workdir changes were applied (newest first).
+    Runs {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a workdir to what it was before a run's changes were applied.
+    Undo {
+        /// The run (an id from `nixcell runs`); default: the latest one for the current
+        /// directory (its workdir or project).
+        run: Option<String>,
+        /// Undo also paths that changed since the run.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -172,6 +189,7 @@ impl RunArgs {
             argv: self.command.clone(),
             services,
             log_dir: None,
+            protect: Vec::new(),
         })
     }
 }
@@ -203,6 +221,64 @@ pub fn main() -> i32 {
         Command::Approve(a) => crate::front::approve(&a),
         Command::Reject(a) => crate::front::reject(&a),
         Command::Mcp(args) => mcp(&args),
+        Command::Runs { json } => runs(json),
+        Command::Undo { run, force, json } => undo(run.as_deref(), force, json),
+    }
+}
+
+fn runs(json: bool) -> i32 {
+    let list = crate::changes::list_runs();
+    if json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|j| {
+                serde_json::json!({"id": j.id, "time": j.time, "workdir": j.workdir,
+                    "counts": j.counts, "undone": j.undone})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return 0;
+    }
+    for j in &list {
+        println!(
+            "{} {} {} +{} ~{} -{}{}",
+            j.id,
+            j.time,
+            j.workdir.display(),
+            j.counts.added,
+            j.counts.modified,
+            j.counts.deleted,
+            if j.undone { " (undone)" } else { "" }
+        );
+    }
+    0
+}
+
+fn undo(run: Option<&str>, force: bool, json: bool) -> i32 {
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .unwrap_or_default();
+    let res = crate::changes::find_run(run, &cwd).and_then(|j| crate::changes::undo(&j, force));
+    match res {
+        Ok(u) if json => {
+            println!("{}", serde_json::to_string(&u).unwrap_or_default());
+            0
+        }
+        Ok(u) => {
+            println!(
+                "undid run {} in {}: {} restored, {} removed",
+                u.run,
+                u.workdir.display(),
+                u.restored.len(),
+                u.removed.len()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("nixcell: undo: {e}");
+            1
+        }
     }
 }
 
@@ -305,10 +381,15 @@ fn run(args: &RunArgs) -> i32 {
         Ok(rt) => rt,
         Err(e) => return usage_error(args.json, format!("cannot start the runtime: {e}")),
     };
-    let outcome = match rt.block_on(supervise::run(&spec, &opts)) {
+    let mut outcome = match rt.block_on(supervise::run(&spec, &opts)) {
         Ok(o) => o,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
+    // A cell whose set-up failed never ran: it has no changes to bring back.
+    let work_layer = outcome
+        .work_layer
+        .take()
+        .filter(|_| outcome.setup_error.is_none());
     let (usage, oom_killed) = hardening.finish();
     let not_found = outcome
         .exec_error
@@ -320,6 +401,18 @@ fn run(args: &RunArgs) -> i32 {
     v.profile = Some(hardening.profile.name.clone());
     v.usage = Some(usage);
     v.oom_killed = oom_killed;
+    // The cell is gone (its PID 1 and init stage have exited): its changes come back.
+    if let (Some(layer), Some(work), Some(dir)) = (&work_layer, &spec.work, spec.sources.first()) {
+        let target = crate::changes::Target {
+            dir: dir.clone(),
+            path: spec.mounts[0].source.clone(),
+            owner: spec.mounts[0].owner,
+            chown: crate::sandbox::ns::is_host_root(),
+            protect: work.protect.clone(),
+        };
+        v.workdir = Some(crate::changes::apply(layer, &target));
+    }
+    drop(work_layer);
     // Hints suggest only edits the project's policy accepts (none without a project).
     let policy = from_project.built.as_ref().and_then(|_| {
         let start = args.project.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -337,6 +430,14 @@ fn run(args: &RunArgs) -> i32 {
         eprintln!("nixcell: timed out; the cell was killed");
     } else if v.oom_killed {
         eprintln!("nixcell: out of memory; the cell's memory limit was reached");
+    }
+    if let Some(w) = v.workdir.as_ref().filter(|_| !args.json) {
+        if w.cap_hit {
+            eprintln!("nixcell: the workdir's copy-on-write cap was hit; no change was applied");
+        }
+        for r in &w.refused {
+            eprintln!("nixcell: workdir: {}: {}", r.path, r.reason);
+        }
     }
     if !args.json {
         for h in &v.hints {

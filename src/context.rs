@@ -335,7 +335,7 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
         writable_paths: vec![
             WritablePath {
                 path: WORKDIR_IN_CELL.into(),
-                what: "the project directory (the working directory)".into(),
+                what: "the project directory (the working directory), copy-on-write: changes are applied after the run, except to .git and the declaration (read-only)".into(),
                 size_bytes: None,
             },
             WritablePath {

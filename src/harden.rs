@@ -9,7 +9,7 @@ use crate::sandbox::layers::{SeccompSpec, SecuritySpec};
 use crate::sandbox::limits::RlimitSpec;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::seccomp::{self, SeccompError};
-use crate::spec::{RunSpec, WORKDIR_IN_CELL};
+use crate::spec::{RunSpec, WORKDIR_IN_CELL, WorkdirMode};
 use crate::supervise::{BeforeSpec, RunOptions};
 use serde::Serialize;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub enum HardenError {
     CgroupRequired(#[source] CgroupError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error("{0}")]
+    Mount(String),
 }
 
 /// Limits given on the command line; each replaces the profile's value.
@@ -76,11 +78,69 @@ pub fn prepare(
     limits.pids = ov.pids.or(limits.pids);
     limits.max_output = ov.max_output.unwrap_or(limits.max_output);
 
+    let fs = &profile.filesystem;
+    let host = (spec.identity.host_uid, spec.identity.host_gid);
     for m in &mut spec.mounts {
         if m.dest == std::path::Path::new(WORKDIR_IN_CELL) {
-            m.writable = profile.workdir_writable;
+            match fs.workdir {
+                WorkdirMode::Cow => {
+                    if let Some(w) = &mut spec.work {
+                        // tmpfs pages are charged to the cell's memory cgroup.
+                        w.size_bytes = limits.memory.map_or(fs.work_size, |m| fs.work_size.min(m));
+                        w.inodes = fs.work_inodes;
+                    }
+                }
+                WorkdirMode::Bind | WorkdirMode::Ro => {
+                    let protect = spec.work.take().map(|w| w.protect).unwrap_or_default();
+                    if fs.workdir == WorkdirMode::Bind && !protect.is_empty() {
+                        return Err(HardenError::Mount(format!(
+                            "workdir = \"bind\": {} holds {} that a cell may not change; \
+                             a project's workdir is copy-on-write or read-only",
+                            m.source.display(),
+                            protect
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                    m.writable = fs.workdir == WorkdirMode::Bind;
+                }
+            }
+        }
+        // A live writable mount is only ever the cell's own: no id mapping makes
+        // another owner's inodes (root's above all) writable by the cell.
+        let live_rw =
+            m.writable && !(m.dest == std::path::Path::new(WORKDIR_IN_CELL) && spec.work.is_some());
+        if live_rw
+            && let Some(r) = crate::dirs::trusted_roots()
+                .into_iter()
+                .find(|r| r.starts_with(&m.source))
+        {
+            return Err(HardenError::Mount(format!(
+                "{}: holds nixcell's own {} and would be writable by the cell; use the \
+                 copy-on-write workdir or a directory that does not contain it",
+                m.source.display(),
+                r.display()
+            )));
+        }
+        if live_rw && m.owner.0 != host.0 {
+            let what = if m.dest == std::path::Path::new(WORKDIR_IN_CELL) {
+                "the workdir (profile workdir = \"bind\")".to_string()
+            } else {
+                format!("--bind {}", m.source.display())
+            };
+            return Err(HardenError::Mount(format!(
+                "{what}: {} belongs to uid {}, not to the cell's host identity {}; a live \
+                 read-write mount must belong to the cell (use the copy-on-write workdir, \
+                 or --host-uid when started as root)",
+                m.source.display(),
+                m.owner.0,
+                host.0
+            )));
         }
     }
+    spec.tmp_inodes = fs.tmp_inodes;
     let mut rl = RlimitSpec {
         mode: profile.rlimits,
         open_files: limits.open_files,
@@ -89,7 +149,10 @@ pub fn prepare(
         nproc: None,
         address_space: None,
     };
-    let seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
+    let live_rw = spec.mounts.iter().any(|m| {
+        m.writable && !(m.dest == std::path::Path::new(WORKDIR_IN_CELL) && spec.work.is_some())
+    });
+    let mut seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
         SeccompSpec::default()
     } else {
         let (compiled, cached) = seccomp::compiled(&profile.seccomp)?;
@@ -99,6 +162,12 @@ pub fn prepare(
             cached,
         }
     };
+    // With a live read-write mount of the host, no setuid/setgid bit may be made.
+    if live_rw && seccomp_spec.mode != LayerMode::Off {
+        let mut filters = seccomp_spec.compiled.filters.clone();
+        filters.splice(0..0, seccomp::no_setid_bits()?);
+        seccomp_spec.compiled.filters = filters;
+    }
 
     let mut layers = Vec::new();
     let mut cgroup = None;

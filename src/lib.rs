@@ -1,6 +1,7 @@
 //! nixcell: run untrusted commands inside exactly the Nix store closure of a declared
 //! environment, in fresh namespaces, with every layer reported.
 
+pub mod changes;
 pub mod cli;
 pub mod context;
 pub mod declare;
@@ -8,6 +9,7 @@ pub mod dirs;
 pub mod doctor;
 pub mod edit;
 pub mod front;
+pub mod fsat;
 pub mod harden;
 pub mod hints;
 pub mod mcp;

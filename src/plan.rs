@@ -1,10 +1,12 @@
 //! Turns a user's request (CLI flags, later a declaration) into a validated
 //! [`RunSpec`]. Every refusal names what is wrong and where; nothing runs before.
 
+use crate::fsat;
 use crate::nix::closure::{self, Closure, ClosureError};
 use crate::spec::{BindMount, Identity, RunSpec, ServiceSpec, Symlink, WORKDIR_IN_CELL};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -49,6 +51,54 @@ pub struct CellRequest {
     pub services: Vec<ServiceRequest>,
     /// Where service logs go (default: a new directory under the state directory).
     pub log_dir: Option<PathBuf>,
+    /// Entries of the workdir (relative paths) the cell may not change: a project's
+    /// repository and declaration. Read-only in the cell, refused when applying.
+    pub protect: Vec<PathBuf>,
+}
+
+/// A host path opened once: the descriptor everything later goes through, the path
+/// the kernel resolved it to, and what it is.
+pub struct Opened {
+    pub fd: OwnedFd,
+    pub real: PathBuf,
+    pub st: libc::stat,
+}
+
+/// Opens a host path once (O_PATH). Rootless, symbolic links are followed as the
+/// caller would follow them (like bubblewrap); started as root, no link anywhere on
+/// the path is followed, so a link left by a cell cannot point root's mount elsewhere.
+pub fn open_host_path(path: &Path) -> std::io::Result<Opened> {
+    let resolve = if crate::sandbox::ns::is_host_root() {
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS
+    } else {
+        libc::RESOLVE_NO_MAGICLINKS
+    };
+    let fd = fsat::openat2(libc::AT_FDCWD, path, libc::O_PATH, 0, resolve).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            // For the message only: the first link on the way.
+            let abs = std::env::current_dir().unwrap_or_default().join(path);
+            let mut link = PathBuf::new();
+            for c in abs.components() {
+                link.push(c);
+                if link
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    break;
+                }
+            }
+            std::io::Error::other(format!(
+                "{} is a symbolic link; started as root, nixcell follows no links in \
+                 host paths (name the real path)",
+                link.display()
+            ))
+        } else {
+            e
+        }
+    })?;
+    let st = fsat::fstat(fd.as_fd())?;
+    let real = fsat::fd_path(fd.as_fd());
+    Ok(Opened { fd, real, st })
 }
 
 /// A service as declared: a name, its command line, an optional loopback port.
@@ -142,8 +192,9 @@ fn plan_services(req: &CellRequest) -> Result<Vec<ServiceSpec>, PlanError> {
         .collect())
 }
 
-/// Paths a bind may not land on or under: the cell's own structure.
-const RESERVED: &[&str] = &["/nix", "/proc", "/dev", "/oldroot"];
+/// Paths a bind may not land on or under: the cell's own structure (a bind onto a
+/// file of the cell's /etc would be written through to the host).
+const RESERVED: &[&str] = &["/nix", "/proc", "/dev", "/oldroot", "/etc"];
 
 fn normalized_abs(p: &str) -> Option<PathBuf> {
     let path = Path::new(p);
@@ -171,7 +222,11 @@ fn bind_err(flag: &'static str, spec: &str, reason: impl Into<String>) -> PlanEr
 }
 
 /// Parses and checks the binds; `taken` holds destinations already used (the workdir).
-fn plan_binds(req: &CellRequest, mut taken: Vec<PathBuf>) -> Result<Vec<BindMount>, PlanError> {
+/// Each source is opened once; the cell mounts it from that descriptor.
+fn plan_binds(
+    req: &CellRequest,
+    mut taken: Vec<PathBuf>,
+) -> Result<Vec<(BindMount, Arc<OwnedFd>)>, PlanError> {
     let mut out = Vec::new();
     for (flag, spec) in &req.binds {
         let (src, dst) = match spec.split_once(':') {
@@ -181,8 +236,9 @@ fn plan_binds(req: &CellRequest, mut taken: Vec<PathBuf>) -> Result<Vec<BindMoun
         if src.is_empty() || dst.is_empty() {
             return Err(bind_err(flag, spec, "expected SRC[:DST]"));
         }
-        let source = std::fs::canonicalize(src)
+        let opened = open_host_path(Path::new(src))
             .map_err(|e| bind_err(flag, spec, format!("source {src}: {e}")))?;
+        let source = opened.real.clone();
         let dest = normalized_abs(dst).ok_or_else(|| {
             bind_err(
                 flag,
@@ -190,7 +246,7 @@ fn plan_binds(req: &CellRequest, mut taken: Vec<PathBuf>) -> Result<Vec<BindMoun
                 format!("destination {dst} must be an absolute path without '..'"),
             )
         })?;
-        if dest == Path::new("/") || dest == Path::new("/tmp") || dest == Path::new("/etc") {
+        if dest == Path::new("/") || dest == Path::new("/tmp") {
             return Err(bind_err(
                 flag,
                 spec,
@@ -224,32 +280,44 @@ fn plan_binds(req: &CellRequest, mut taken: Vec<PathBuf>) -> Result<Vec<BindMoun
                 ),
             ));
         }
-        let meta = std::fs::metadata(&source)
-            .map_err(|e| bind_err(flag, spec, format!("source {src}: {e}")))?;
         taken.push(dest.clone());
-        out.push(BindMount {
-            source,
-            dest,
-            writable: *flag == "--bind",
-            is_dir: meta.is_dir(),
-        });
+        out.push((
+            BindMount {
+                source,
+                dest,
+                writable: *flag == "--bind",
+                is_dir: fsat::is_dir(&opened.st),
+                dev: opened.st.st_dev,
+                ino: opened.st.st_ino,
+                owner: (opened.st.st_uid, opened.st.st_gid),
+            },
+            Arc::new(opened.fd),
+        ));
     }
     Ok(out)
 }
 
-fn check_workdir(dir: &Path) -> Result<PathBuf, PlanError> {
+fn check_workdir(dir: &Path) -> Result<Opened, PlanError> {
     let werr = |m: String| PlanError::Workdir(dir.to_path_buf(), m);
-    let real = std::fs::canonicalize(dir).map_err(|e| werr(e.to_string()))?;
-    let meta = std::fs::metadata(&real).map_err(|e| werr(e.to_string()))?;
-    if !meta.is_dir() {
+    let o = open_host_path(dir).map_err(|e| werr(e.to_string()))?;
+    if !fsat::is_dir(&o.st) {
         return Err(werr("not a directory".into()));
     }
-    nix::unistd::access(
-        &real,
-        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
-    )
-    .map_err(|e| werr(format!("not readable: {}", e.desc())))?;
-    Ok(real)
+    // SAFETY: an empty, NUL-terminated path with AT_EMPTY_PATH checks the descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            std::os::fd::AsRawFd::as_raw_fd(&o.fd),
+            c"".as_ptr(),
+            libc::R_OK | libc::X_OK,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        let e = nix::errno::Errno::last();
+        return Err(werr(format!("not readable: {}", e.desc())));
+    }
+    Ok(o)
 }
 
 /// The first id of `name`'s range in a subordinate id file (/etc/subuid, /etc/subgid).
@@ -270,15 +338,19 @@ pub fn root_fallback_identity() -> (u32, u32) {
     )
 }
 
-fn plan_identity(req: &CellRequest, workdir: Option<&Path>) -> Result<Identity, PlanError> {
+fn plan_identity(req: &CellRequest, workdir: Option<&Opened>) -> Result<Identity, PlanError> {
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
     let (host_uid, host_gid) = if crate::sandbox::ns::is_host_root() {
         let owner = workdir
-            .and_then(|w| std::fs::metadata(w).ok())
-            .filter(|m| m.uid() != 0)
-            .map(|m| (m.uid(), m.gid()));
+            .filter(|w| w.st.st_uid != 0)
+            .map(|w| (w.st.st_uid, w.st.st_gid));
         let (du, dg) = owner.unwrap_or_else(root_fallback_identity);
+        if req.host_uid == Some(0) || req.host_gid == Some(0) {
+            return Err(PlanError::Identity(
+                "--host-uid/--host-gid 0: a cell never runs as host root".into(),
+            ));
+        }
         (
             req.host_uid.unwrap_or(du),
             req.host_gid
@@ -354,17 +426,46 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
     let workdir = req.workdir.as_deref().map(check_workdir).transpose()?;
     let mut taken = Vec::new();
     let mut mounts = Vec::new();
+    let mut sources = Vec::new();
+    let mut work = None;
     if let Some(w) = &workdir {
         taken.push(PathBuf::from(WORKDIR_IN_CELL));
         mounts.push(BindMount {
-            source: w.clone(),
+            source: w.real.clone(),
             dest: PathBuf::from(WORKDIR_IN_CELL),
             writable: true,
             is_dir: true,
+            dev: w.st.st_dev,
+            ino: w.st.st_ino,
+            owner: (w.st.st_uid, w.st.st_gid),
+        });
+        sources
+            .push(Arc::new(w.fd.try_clone().map_err(|e| {
+                PlanError::Workdir(w.real.clone(), e.to_string())
+            })?));
+        // nixcell's own directories are protected like a project's declaration when
+        // they lie inside the workdir.
+        let mut protect = req.protect.clone();
+        for r in crate::dirs::trusted_roots() {
+            if let Ok(rel) = r.strip_prefix(&w.real)
+                && !rel.as_os_str().is_empty()
+                && !protect.iter().any(|p| p == rel)
+            {
+                protect.push(rel.to_path_buf());
+            }
+        }
+        // The profile's caps replace these (crate::harden::prepare).
+        work = Some(crate::spec::WorkLayer {
+            size_bytes: 1 << 30,
+            inodes: 100_000,
+            protect,
         });
     }
-    mounts.extend(plan_binds(req, taken)?);
-    let identity = plan_identity(req, workdir.as_deref())?;
+    for (m, fd) in plan_binds(req, taken)? {
+        mounts.push(m);
+        sources.push(fd);
+    }
+    let identity = plan_identity(req, workdir.as_ref())?;
     let closure = closure::closure(&roots)?;
 
     // PATH: the bin/ of each root in the order given.
@@ -393,6 +494,9 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         store_dir: store,
         store_paths: closure.paths.clone(),
         mounts,
+        sources,
+        work,
+        tmp_inodes: 100_000,
         symlinks,
         cwd: PathBuf::from(if workdir.is_some() {
             WORKDIR_IN_CELL
@@ -422,7 +526,16 @@ mod tests {
 
     #[test]
     fn binds_onto_the_cells_structure_are_refused() {
-        for dst in ["/", "/nix/store/x", "/proc/1", "/dev/sda", "/tmp", "/etc"] {
+        for dst in [
+            "/",
+            "/nix/store/x",
+            "/proc/1",
+            "/dev/sda",
+            "/tmp",
+            "/etc",
+            "/etc/passwd",
+            "/etc/hosts",
+        ] {
             let spec = format!("/:{dst}");
             let err = plan_binds(&req_with(&[("--ro-bind", &spec)]), vec![]).unwrap_err();
             assert!(err.to_string().contains(&spec), "{err}");

@@ -59,10 +59,13 @@ pub enum SeccompKind {
     AllowList,
 }
 
+/// `[filesystem] workdir`: "cow" (or its old name "rw"), "bind" or "ro".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Access {
     Rw,
+    Cow,
+    Bind,
     Ro,
 }
 
@@ -136,6 +139,9 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawFilesystem {
     workdir: Option<Access>,
+    work_size: Option<Size>,
+    work_inodes: Option<Spanned<u64>>,
+    tmp_inodes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +182,17 @@ pub struct Limits {
     pub cpu_seconds: Option<u64>,
 }
 
+/// How the workdir is mounted and the caps of the cell's writable tmpfs layers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Filesystem {
+    pub workdir: crate::spec::WorkdirMode,
+    /// Size cap of the copy-on-write layer (a tmpfs: its pages count against the
+    /// cell's memory limit, so the cap used is at most that limit).
+    pub work_size: u64,
+    pub work_inodes: u64,
+    pub tmp_inodes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LandlockPolicy {
     pub mode: LayerMode,
@@ -200,7 +217,7 @@ pub struct Profile {
     pub name: String,
     pub description: String,
     pub limits: Limits,
-    pub workdir_writable: bool,
+    pub filesystem: Filesystem,
     pub landlock: LandlockPolicy,
     pub seccomp: SeccompPolicy,
     pub cgroup: LayerMode,
@@ -257,9 +274,14 @@ fn parse_raw(file: &str, text: &str) -> Result<RawProfile, ProfileError> {
             ));
         }
     }
-    for n in [&raw.limits.pids, &raw.limits.open_files]
-        .into_iter()
-        .flatten()
+    for n in [
+        &raw.limits.pids,
+        &raw.limits.open_files,
+        &raw.filesystem.work_inodes,
+        &raw.filesystem.tmp_inodes,
+    ]
+    .into_iter()
+    .flatten()
     {
         if *n.get_ref() == 0 {
             return Err(invalid(file, text, n.span().start, "must be at least 1"));
@@ -361,7 +383,22 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
             file_size: pick!(c, limits.file_size).map(|s| s.0),
             cpu_seconds: pick!(c, limits.cpu_seconds),
         },
-        workdir_writable: pick!(c, filesystem.workdir) != Some(Access::Ro),
+        filesystem: Filesystem {
+            workdir: match pick!(c, filesystem.workdir) {
+                Some(Access::Ro) => crate::spec::WorkdirMode::Ro,
+                Some(Access::Bind) => crate::spec::WorkdirMode::Bind,
+                Some(Access::Rw | Access::Cow) | None => crate::spec::WorkdirMode::Cow,
+            },
+            work_size: pick!(c, filesystem.work_size)
+                .map(|s| s.0)
+                .unwrap_or(1 << 30),
+            work_inodes: pick!(c, filesystem.work_inodes)
+                .map(|s| s.into_inner())
+                .unwrap_or(100_000),
+            tmp_inodes: pick!(c, filesystem.tmp_inodes)
+                .map(|s| s.into_inner())
+                .unwrap_or(100_000),
+        },
         landlock: LandlockPolicy {
             mode: mode(pick!(c, landlock.mode)),
             restrict_tcp: pick!(c, landlock.restrict_tcp).unwrap_or(true),
@@ -405,13 +442,17 @@ mod tests {
         }
         let strict = load("strict").unwrap();
         assert_eq!(strict.seccomp.kind, SeccompKind::AllowList);
-        assert!(!strict.workdir_writable);
+        assert_eq!(strict.filesystem.workdir, crate::spec::WorkdirMode::Ro);
         assert_eq!(strict.limits.memory, Some(512 << 20));
         // Inherited from default.
         assert!(strict.landlock.restrict_tcp);
         let ci = load("ci").unwrap();
         assert_eq!(ci.limits.cpus, Some(4.0));
-        assert!(ci.workdir_writable);
+        assert_eq!(ci.filesystem.workdir, crate::spec::WorkdirMode::Cow);
+        assert_eq!(ci.filesystem.work_size, 4 << 30);
+        let d = load("default").unwrap();
+        assert_eq!(d.filesystem.workdir, crate::spec::WorkdirMode::Cow);
+        assert_eq!(d.filesystem.work_inodes, 100_000);
         assert_eq!(ci.seccomp.kind, SeccompKind::DenyList);
     }
 

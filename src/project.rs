@@ -24,6 +24,18 @@ pub const STATE_DIR: &str = ".nixcell";
 /// Builds kept as GC roots besides the current one.
 const KEPT_ROOTS: usize = 4;
 
+/// Entries of a project a cell may not change (see [`Project::cell_request`]).
+pub const PROTECTED: &[&str] = &[
+    ".git",
+    "devenv.nix",
+    "devenv.lock",
+    "devenv.yaml",
+    "nixcell.toml",
+    ".nixcell",
+    "flake.nix",
+    "flake.lock",
+    ".envrc",
+];
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
     #[error("no {DECLARATION} in {0} or any parent directory")]
@@ -509,6 +521,17 @@ impl Project {
         req.env_paths = vec![built.env.clone()];
         if req.workdir.is_none() {
             req.workdir = Some(self.dir.clone());
+        }
+        // The repository and the declaration are the host's: read-only in the cell,
+        // and a change to them never comes back (crate::changes), also when the
+        // workdir given is the project or a directory above it.
+        let wd = req
+            .workdir
+            .as_deref()
+            .and_then(|w| std::fs::canonicalize(w).ok());
+        let proj = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        if let Some(rel) = wd.as_deref().and_then(|w| proj.strip_prefix(w).ok()) {
+            req.protect.extend(PROTECTED.iter().map(|p| rel.join(p)));
         }
         let mut setenv: Vec<String> = built
             .description

@@ -24,6 +24,17 @@ pub struct RunSpec {
     pub store_paths: Vec<StoreEntry>,
     /// Host directories or files bound into the cell (the workdir and `--bind`s).
     pub mounts: Vec<BindMount>,
+    /// The sources of `mounts`, in the same order, each opened once by the supervisor
+    /// at plan time; the init stage finds them on descriptors [`MOUNT_FD_BASE`]`+ i`
+    /// and mounts from them, never by name.
+    #[serde(skip)]
+    pub sources: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The copy-on-write layer of the workdir (`mounts[0]`), when its mode is `cow`.
+    #[serde(default)]
+    pub work: Option<WorkLayer>,
+    /// Inode cap of the cell's `/tmp`.
+    #[serde(default = "default_tmp_inodes")]
+    pub tmp_inodes: u64,
     /// Convenience links in the cell, e.g. `/bin/sh` to the closure's shell.
     pub symlinks: Vec<Symlink>,
     /// The command's working directory inside the cell.
@@ -43,6 +54,23 @@ pub struct RunSpec {
     pub security: crate::sandbox::layers::SecuritySpec,
 }
 
+impl RunSpec {
+    /// How /work is mounted, when there is a workdir.
+    pub fn workdir_mode(&self) -> Option<WorkdirMode> {
+        let m = self
+            .mounts
+            .iter()
+            .find(|m| m.dest == std::path::Path::new(WORKDIR_IN_CELL))?;
+        Some(if self.work.is_some() {
+            WorkdirMode::Cow
+        } else if m.writable {
+            WorkdirMode::Bind
+        } else {
+            WorkdirMode::Ro
+        })
+    }
+}
+
 /// A store path of the closure and what kind of file system object it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreEntry {
@@ -58,6 +86,44 @@ pub enum EntryKind {
     Symlink(PathBuf),
 }
 
+/// Descriptor of the first mount source in the init stage (the control socket is 3).
+pub const MOUNT_FD_BASE: i32 = 4;
+
+fn default_tmp_inodes() -> u64 {
+    100_000
+}
+
+/// How the workdir is mounted at /work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkdirMode {
+    /// An overlay over the read-only workdir; changes come back through nixcell.
+    Cow,
+    /// The workdir itself, read-write (it must belong to the cell's host identity).
+    Bind,
+    /// The workdir itself, read-only.
+    Ro,
+}
+
+impl WorkdirMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkdirMode::Cow => "cow",
+            WorkdirMode::Bind => "bind",
+            WorkdirMode::Ro => "ro",
+        }
+    }
+}
+
+/// The upper layer of a copy-on-write workdir: a tmpfs with these caps, and the
+/// entries (relative to the workdir) made read-only inside the cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkLayer {
+    pub size_bytes: u64,
+    pub inodes: u64,
+    pub protect: Vec<PathBuf>,
+}
+
 /// A bind mount of a host path into the cell.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindMount {
@@ -66,6 +132,15 @@ pub struct BindMount {
     pub writable: bool,
     /// True when the source is a directory (the mount point is a directory too).
     pub is_dir: bool,
+    /// Device and inode of the opened source: a rootless init stage finds the source
+    /// again in its own mount namespace and proves it is the same object.
+    #[serde(default)]
+    pub dev: u64,
+    #[serde(default)]
+    pub ino: u64,
+    /// Owner of the source (the idmap of a copy-on-write lower layer maps it).
+    #[serde(default)]
+    pub owner: (u32, u32),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -72,6 +72,32 @@ pub struct Outcome {
     pub pid1: Option<i32>,
     /// The supervisor's own failure before the cell could run (e.g. cgroup attach).
     pub supervisor_error: Option<String>,
+    /// The copy-on-write layer's tmpfs (its root, holding `upper/`), passed by the
+    /// cell; it stays readable after the cell's namespaces are gone.
+    pub work_layer: Option<std::os::fd::OwnedFd>,
+}
+
+/// recvmsg(2) on the control socket: bytes, and any descriptors passed with them.
+fn recv_with_fds(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(list) = c {
+            for f in list {
+                // SAFETY: the kernel installed these descriptors for us.
+                fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(f) });
+            }
+        }
+    }
+    Ok(msg.bytes)
 }
 
 async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
@@ -104,7 +130,8 @@ fn signal_pid(pid: i32, sig: Signal) {
 /// Runs one cell to completion.
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
     let start = Instant::now();
-    let Spawned { mut child, control } = spawn_init(opts.capture).map_err(SuperviseError::Spawn)?;
+    let Spawned { mut child, control } =
+        spawn_init(opts.capture, &spec.sources).map_err(SuperviseError::Spawn)?;
     let init_pid = child.id().unwrap_or(0) as i32;
     let mut out = Outcome::default();
 
@@ -124,7 +151,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     let body = serde_json::to_vec(spec).map_err(|e| SuperviseError::Control(e.into()))?;
     let mut frame = (body.len() as u32).to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
-    let (mut rd, mut wr) = control.split();
+    let (rd, mut wr) = control.split();
     let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
     let pid1 = Arc::new(std::sync::atomic::AtomicI32::new(0));
 
@@ -137,11 +164,22 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         .take()
         .map(|s| tokio::spawn(capture(s, opts.max_output)));
 
+    let passed: Arc<Mutex<Vec<std::os::fd::OwnedFd>>> = Arc::default();
     let read_reports = async {
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
+        let sock = rd.as_ref();
         loop {
-            match rd.read(&mut chunk).await {
+            if sock.readable().await.is_err() {
+                break;
+            }
+            let got = sock.try_io(tokio::io::Interest::READABLE, || {
+                use std::os::fd::AsRawFd;
+                recv_with_fds(sock.as_raw_fd(), &mut chunk, &mut passed.lock().unwrap())
+            });
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
@@ -215,8 +253,10 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     }
     out.wall = start.elapsed();
     let reports = std::mem::take(&mut *reports.lock().unwrap());
+    let mut passed = std::mem::take(&mut *passed.lock().unwrap()).into_iter();
     for r in reports {
         match r {
+            Report::WorkLayer => out.work_layer = passed.next(),
             Report::Ready { pid1 } => out.pid1 = Some(pid1),
             Report::SetupFailed(f) => out.setup_error = Some(f),
             Report::Layer(l) => out.layers.push(l),

@@ -33,6 +33,8 @@ pub struct Verdict {
     pub services: Vec<ServiceSummary>,
     /// What the cell seems to lack, and the edit that would provide it (see hints.rs).
     pub hints: Vec<crate::hints::Hint>,
+    /// How /work was mounted and, copy-on-write, what came back (see changes.rs).
+    pub workdir: Option<crate::changes::WorkdirReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,5 +135,6 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
             })
             .collect(),
         hints: Vec::new(),
+        workdir: spec.workdir_mode().map(crate::changes::WorkdirReport::live),
     }
 }

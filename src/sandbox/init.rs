@@ -67,7 +67,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         logs.push(std::os::fd::OwnedFd::from(f));
     }
     let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
-        ns::leave_host_root(&spec.identity, &spec.mounts)?
+        ns::leave_host_root(&spec.identity, spec)?
     } else {
         PreparedMounts(Vec::new())
     };

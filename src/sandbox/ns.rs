@@ -1,12 +1,11 @@
 //! Namespaces and identities: leaving host root, unshare, id maps, UTS, loopback.
 
 use super::{At, StageResult, sys};
-use crate::spec::{BindMount, Identity};
+use crate::spec::{Identity, MOUNT_FD_BASE, RunSpec};
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::{ForkResult, Gid, Uid, fork, setgroups, setresgid, setresuid};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The namespaces every cell gets.
@@ -35,31 +34,38 @@ pub fn is_host_root() -> bool {
             .unwrap_or(false)
 }
 
-/// Bind sources opened while still host root (root mode only), in `spec.mounts` order.
+/// Mount trees of the bind sources (`spec.mounts` order), cloned while still host
+/// root (root mode only).
 pub struct PreparedMounts(pub Vec<OwnedFd>);
 
-/// Started as root: open the bind sources as detached trees (idmapped where the cell's
-/// host identity does not own them, so a writable workdir stays writable), clear the
-/// supplementary groups, then become the unprivileged host identity. From here on the
-/// set-up runs exactly as it does rootless.
-pub fn leave_host_root(id: &Identity, mounts: &[BindMount]) -> StageResult<PreparedMounts> {
+/// Started as root: clone the mount sources (opened once by the supervisor, found on
+/// `MOUNT_FD_BASE + i`) as detached trees, clear the supplementary groups, then become
+/// the unprivileged host identity. From here on the set-up runs exactly as it does
+/// rootless. The one id mapping: a copy-on-write workdir's lower layer owned by someone
+/// else is idmapped so that its owner reads as the cell (copy-up needs a mapped
+/// owner); that layer is read-only and never written, the cell writes only its upper.
+pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMounts> {
     const STAGE: &str = "leave-host-root";
     setgroups(&[]).at(STAGE, "setgroups", "[]")?;
-    let mut fds = Vec::with_capacity(mounts.len());
-    for m in mounts {
-        let fd = sys::open_tree(
-            &m.source,
-            sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
-        )
-        .at(STAGE, "open_tree", m.source.display())?;
-        let meta = std::fs::metadata(&m.source).at(STAGE, "stat", m.source.display())?;
-        if m.writable && (meta.uid() != id.host_uid || meta.gid() != id.host_gid) {
-            let userns = idmap_userns(meta.uid(), meta.gid(), id.host_uid, id.host_gid)?;
+    let mut fds = Vec::with_capacity(spec.mounts.len());
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let cow = i == 0 && spec.work.is_some();
+        let mut flags = sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC;
+        if !cow {
+            flags |= libc::AT_RECURSIVE as u32;
+        }
+        let fd = sys::open_tree_fd(MOUNT_FD_BASE + i as i32, flags).at(
+            STAGE,
+            "open_tree",
+            m.source.display(),
+        )?;
+        if cow && m.owner != (id.host_uid, id.host_gid) {
+            let userns = idmap_userns(m.owner.0, m.owner.1, id.host_uid, id.host_gid)?;
             sys::mount_setattr(
                 Some(fd.as_raw_fd()),
                 Path::new(""),
-                true,
-                sys::MOUNT_ATTR_IDMAP,
+                false,
+                sys::MOUNT_ATTR_IDMAP | sys::MOUNT_ATTR_RDONLY,
                 Some(userns.as_raw_fd()),
             )
             .at(STAGE, "mount_setattr(MOUNT_ATTR_IDMAP)", m.source.display())?;

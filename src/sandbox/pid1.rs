@@ -29,10 +29,16 @@ pub const FORWARDED: &[Signal] = &[
 
 extern "C" fn note_signal(_: libc::c_int) {}
 
-fn setup(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
+fn setup(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     ns::set_hostname(&spec.hostname)?;
     ns::loopback_up()?;
-    rootfs::build(spec, prepared)
+    rootfs::build(spec, prepared, sock)?;
+    // The mount sources the supervisor passed are mounted (or were cloned): close them.
+    for i in 0..spec.mounts.len() {
+        // SAFETY: these descriptors were placed for us and nothing else uses them.
+        unsafe { libc::close(crate::spec::MOUNT_FD_BASE + i as i32) };
+    }
+    Ok(())
 }
 
 fn fail(sock: BorrowedFd<'_>, e: super::StageError) -> ! {
@@ -50,7 +56,7 @@ pub fn main(
 ) -> ! {
     // The init stage (our parent) is single-threaded: if it dies, so do we.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    let built = setup(spec, &prepared);
+    let built = setup(spec, &prepared, sock);
     drop(prepared);
     if let Err(e) = built {
         fail(sock, e);

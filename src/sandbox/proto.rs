@@ -25,6 +25,9 @@ pub enum Report {
     Ready { pid1: i32 },
     /// Set-up failed before the command ran.
     SetupFailed(SetupFailure),
+    /// The copy-on-write layer of /work exists; its tmpfs travels with this message
+    /// (SCM_RIGHTS).
+    WorkLayer,
     /// A security layer was applied, or could not be and the profile allowed that.
     Layer(LayerReport),
     /// `execve` of the command failed.
@@ -80,6 +83,28 @@ pub fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T) -> io::Result<()> {
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&body);
     FdIo(fd).write_all(&buf)
+}
+
+/// Writes one message with a descriptor attached (SCM_RIGHTS).
+pub fn send_with_fd<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, pass: RawFd) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    let fds = [pass];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(&buf)];
+    use std::os::fd::AsRawFd;
+    let n = loop {
+        match sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // The rest (if the socket took only part) goes without the descriptor.
+    FdIo(fd).write_all(&buf[n..])
 }
 
 /// Reads one message from a blocking descriptor; `None` on a clean EOF.

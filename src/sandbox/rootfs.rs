@@ -7,11 +7,13 @@
 //! end and the root tmpfs made read-only.
 
 use super::ns::PreparedMounts;
-use super::{At, StageResult, sys};
-use crate::spec::{EntryKind, RunSpec};
+use super::proto::{self, Report};
+use super::{At, StageError, StageResult, sys};
+use crate::spec::{EntryKind, RunSpec, WorkLayer};
+use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use std::fs;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -47,14 +49,14 @@ fn tmpfs(stage: &'static str, target: &str, flags: MsFlags, data: &str) -> Stage
 }
 
 /// Builds the whole root and leaves the process in it (cwd `/`).
-pub fn build(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
+pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     make_mounts_private()?;
     enter_tmpfs_root()?;
     bind_store(spec)?;
     mount_proc()?;
     mount_dev()?;
-    mount_tmp(spec.tmp_size_bytes)?;
-    bind_user_mounts(spec, prepared)?;
+    mount_tmp(spec.tmp_size_bytes, spec.tmp_inodes)?;
+    bind_user_mounts(spec, prepared, sock)?;
     write_etc(spec)?;
     make_symlinks(spec)?;
     detach_old_root()?;
@@ -201,19 +203,71 @@ fn mount_dev() -> StageResult {
     )
 }
 
-fn mount_tmp(size: u64) -> StageResult {
+fn mount_tmp(size: u64, inodes: u64) -> StageResult {
     mkdir_p("tmp", Path::new("/tmp"))?;
     tmpfs(
         "tmp",
         "/tmp",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!("mode=1777,size={size}"),
+        &format!("mode=1777,size={size},nr_inodes={inodes}"),
     )
 }
 
-/// The workdir and `--bind`/`--ro-bind` mounts, from descriptors opened while host
-/// root (root mode) or by path through /oldroot (rootless).
-fn bind_user_mounts(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
+/// The detached mount tree of source `i`: cloned while root (root mode), or found
+/// again by its real path in this mount namespace and proven to be the object the
+/// supervisor opened (same device and inode) before it is cloned (rootless: a tree of
+/// the host's namespace cannot be cloned from here, a copy of it can).
+fn source_tree(
+    spec: &RunSpec,
+    prepared: &PreparedMounts,
+    i: usize,
+    recursive: bool,
+) -> StageResult<OwnedFd> {
+    const STAGE: &str = "bind-user";
+    let m = &spec.mounts[i];
+    if let Some(fd) = prepared.0.get(i) {
+        return fd.try_clone().map_err(|e| {
+            StageError::new(STAGE, "dup", m.source.display().to_string(), io_errno(&e))
+        });
+    }
+    let fd = crate::fsat::openat2(
+        libc::AT_FDCWD,
+        &host(&m.source),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+    .at(STAGE, "openat2", m.source.display())?;
+    let st = crate::fsat::fstat(fd.as_fd()).at(STAGE, "fstat", m.source.display())?;
+    if (st.st_dev, st.st_ino) != (m.dev, m.ino) {
+        return Err(StageError::new(
+            STAGE,
+            "fstat",
+            format!(
+                "{}: no longer the directory nixcell opened",
+                m.source.display()
+            ),
+            Errno::ESTALE,
+        ));
+    }
+    let mut flags = sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    sys::open_tree_fd(fd.as_raw_fd(), flags).at(STAGE, "open_tree", m.source.display())
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// The workdir and `--bind`/`--ro-bind` mounts, each from the descriptor its source
+/// was opened on; a copy-on-write workdir becomes an overlay.
+fn bind_user_mounts(
+    spec: &RunSpec,
+    prepared: &PreparedMounts,
+    sock: BorrowedFd<'_>,
+) -> StageResult {
     const STAGE: &str = "bind-user";
     for (i, m) in spec.mounts.iter().enumerate() {
         if let Some(parent) = m.dest.parent() {
@@ -224,21 +278,15 @@ fn bind_user_mounts(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
         } else {
             touch(STAGE, &m.dest)?;
         }
-        match prepared.0.get(i) {
-            Some(fd) => sys::move_mount_fd(fd.as_raw_fd(), &m.dest).at(
-                STAGE,
-                "move_mount",
-                m.dest.display(),
-            )?,
-            None => mount(
-                Some(&host(&m.source)),
-                &m.dest,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .at(STAGE, "mount(MS_BIND|MS_REC)", m.source.display())?,
+        if i == 0
+            && let Some(work) = &spec.work
+        {
+            let tree = source_tree(spec, prepared, i, false)?;
+            overlay_workdir(&m.dest, tree, work, sock)?;
+            continue;
         }
+        let tree = source_tree(spec, prepared, i, true)?;
+        sys::move_mount_fd(tree.as_raw_fd(), &m.dest).at(STAGE, "move_mount", m.dest.display())?;
         let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
         if !m.writable {
             attrs |= sys::MOUNT_ATTR_RDONLY;
@@ -247,6 +295,135 @@ fn bind_user_mounts(spec: &RunSpec, prepared: &PreparedMounts) -> StageResult {
             STAGE,
             "mount_setattr",
             m.dest.display(),
+        )?;
+    }
+    Ok(())
+}
+
+const LOWER: &str = "/.nixcell-lower";
+const LAYER: &str = "/.nixcell-layer";
+
+/// /work as an overlay: the workdir read-only below, the cell's changes in a capped
+/// tmpfs above, whose descriptor goes to the supervisor (it reads the changes after
+/// the cell is gone). Only full copies, whiteouts and opaque markers are written to
+/// the upper layer (no redirects, metacopy, index or xino). The staging mounts are
+/// detached once the overlay holds them, so the cell sees neither them nor the
+/// workdir's host path. Protected entries become read-only binds over the overlay.
+fn overlay_workdir(
+    dest: &Path,
+    lower: OwnedFd,
+    work: &WorkLayer,
+    sock: BorrowedFd<'_>,
+) -> StageResult {
+    const STAGE: &str = "workdir-overlay";
+    mkdir_p(STAGE, Path::new(LOWER))?;
+    sys::move_mount_fd(lower.as_raw_fd(), Path::new(LOWER)).at(STAGE, "move_mount", LOWER)?;
+    sys::mount_setattr(
+        None,
+        Path::new(LOWER),
+        false,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        None,
+    )
+    .at(STAGE, "mount_setattr(RDONLY)", LOWER)?;
+    mkdir_p(STAGE, Path::new(LAYER))?;
+    tmpfs(
+        STAGE,
+        LAYER,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!(
+            "mode=0755,size={},nr_inodes={}",
+            work.size_bytes, work.inodes
+        ),
+    )?;
+    for d in ["upper", "work"] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(Path::new(LAYER).join(d))
+            .at(STAGE, "mkdir", d)?;
+    }
+    let layer = fs::File::open(LAYER).at(STAGE, "open", LAYER)?;
+    proto::send_with_fd(sock, &Report::WorkLayer, layer.as_raw_fd()).at(
+        STAGE,
+        "sendmsg(SCM_RIGHTS)",
+        LAYER,
+    )?;
+    drop(layer);
+    let data = format!(
+        "lowerdir={LOWER},upperdir={LAYER}/upper,workdir={LAYER}/work,userxattr,\
+         redirect_dir=nofollow,metacopy=off,index=off,xino=off"
+    );
+    mount(
+        Some("overlay"),
+        dest,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .at(STAGE, "mount(overlay)", dest.display())?;
+    for staged in [LOWER, LAYER] {
+        umount2(staged, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", staged)?;
+        fs::remove_dir(staged).at(STAGE, "rmdir", staged)?;
+    }
+    protect_entries(dest, &work.protect)
+}
+
+/// Read-only binds over the protected entries that exist (a directory or a file, not
+/// a symlink), resolved below /work without following links and mounted by descriptor.
+fn protect_entries(dest: &Path, protect: &[PathBuf]) -> StageResult {
+    const STAGE: &str = "workdir-protect";
+    if protect.is_empty() {
+        return Ok(());
+    }
+    let top = crate::fsat::openat2(
+        libc::AT_FDCWD,
+        dest,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+    .at(STAGE, "openat2", dest.display())?;
+    for p in protect {
+        let fd = match crate::fsat::open_beneath(top.as_fd(), p, libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(StageError::new(
+                    STAGE,
+                    "openat2",
+                    p.display().to_string(),
+                    io_errno(&e),
+                ));
+            }
+        };
+        let st = crate::fsat::fstat(fd.as_fd()).at(STAGE, "fstat", p.display())?;
+        if !(crate::fsat::is_dir(&st) || crate::fsat::is_reg(&st)) {
+            continue;
+        }
+        let tree = sys::open_tree_fd(
+            fd.as_raw_fd(),
+            sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+        )
+        .at(STAGE, "open_tree", p.display())?;
+        sys::mount_setattr(
+            Some(tree.as_raw_fd()),
+            Path::new(""),
+            true,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            None,
+        )
+        .at(STAGE, "mount_setattr(RDONLY)", p.display())?;
+        sys::move_mount_onto_fd(tree.as_raw_fd(), fd.as_raw_fd()).at(
+            STAGE,
+            "move_mount",
+            p.display(),
         )?;
     }
     Ok(())

@@ -255,6 +255,49 @@ fn argument_rules(deny: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccomp
     Ok(m)
 }
 
+/// An extra filter for cells with a live read-write mount of the host (a `bind`
+/// workdir, `--bind`): no file or directory gets a setuid or setgid bit (EPERM), so
+/// none appears on the host. openat2(2), whose mode the filter cannot read, answers
+/// ENOSYS (callers fall back to openat).
+pub fn no_setid_bits() -> Result<Vec<Filter>, SeccompError> {
+    use SeccompCmpArgLen::Dword;
+    use SeccompCmpOp::MaskedEq;
+    let mut rules = BTreeMap::new();
+    for (name, arg) in [
+        ("chmod", 1),
+        ("fchmod", 1),
+        ("fchmodat", 2),
+        ("fchmodat2", 2),
+        ("creat", 1),
+        ("open", 2),
+        ("openat", 3),
+        ("mknod", 1),
+        ("mknodat", 2),
+    ] {
+        let Ok(n) = nr(name) else { continue };
+        let bits = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+        rules.insert(
+            n,
+            bits.iter()
+                .map(|b| rule(vec![cond(arg, Dword, MaskedEq(*b), *b)]))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    let eperm = compile_filter(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+    )?;
+    let mut o2 = BTreeMap::new();
+    o2.insert(nr("openat2")?, Vec::new());
+    let enosys = compile_filter(
+        o2,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    Ok(vec![eperm, enosys])
+}
+
 /// Compiles a policy into the filters the cell installs.
 pub fn compile(policy: &SeccompPolicy) -> Result<CompiledSeccomp, SeccompError> {
     let eperm = SeccompAction::Errno(libc::EPERM as u32);

@@ -4,8 +4,9 @@
 //! whatever threads the supervisor runs (DESIGN.md, process model).
 
 use super::proto::{INIT_ARG, INIT_FD};
+use crate::spec::MOUNT_FD_BASE;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 
@@ -15,8 +16,26 @@ pub struct Spawned {
     pub control: UnixStream,
 }
 
-/// Starts the init stage. With `capture`, its stdout and stderr are pipes.
-pub fn spawn_init(capture: bool) -> io::Result<Spawned> {
+/// Starts the init stage. With `capture`, its stdout and stderr are pipes. `sources`
+/// (the mount sources opened at plan time) are passed on descriptors
+/// `MOUNT_FD_BASE + i`.
+pub fn spawn_init(capture: bool, sources: &[std::sync::Arc<OwnedFd>]) -> io::Result<Spawned> {
+    if sources.len() > 200 {
+        return Err(io::Error::other("more than 200 mounts"));
+    }
+    // Copies far above the target numbers, so that no dup2 below overwrites a source
+    // not yet placed.
+    let mut high = Vec::with_capacity(sources.len());
+    for s in sources {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1.
+        let fd = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 256) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        high.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (ours, theirs) = UnixStream::pair()?;
     let fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
@@ -39,11 +58,17 @@ pub fn spawn_init(capture: bool) -> io::Result<Spawned> {
             } else if libc::dup2(fd, INIT_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            for (i, src) in raw.iter().enumerate() {
+                if libc::dup2(*src, MOUNT_FD_BASE + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
     drop(theirs);
+    drop(high);
     Ok(Spawned {
         child,
         control: ours,

@@ -10,6 +10,7 @@ use std::path::Path;
 pub const OPEN_TREE_CLONE: u32 = 1;
 pub const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+pub const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -40,6 +41,42 @@ pub fn open_tree(path: &Path, flags: u32) -> Result<OwnedFd, Errno> {
     }
     // SAFETY: the syscall returned a fresh descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// open_tree(2) of the object a descriptor refers to (AT_EMPTY_PATH).
+pub fn open_tree_fd(fd: RawFd, flags: u32) -> Result<OwnedFd, Errno> {
+    let empty = c"";
+    // SAFETY: empty is a valid C string; the kernel returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd,
+            empty.as_ptr(),
+            flags | libc::AT_EMPTY_PATH as u32,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the syscall returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// move_mount(2) of a detached tree onto the object a descriptor refers to.
+pub fn move_mount_onto_fd(fd: RawFd, target: RawFd) -> Result<(), Errno> {
+    let empty = c"";
+    // SAFETY: both paths are empty C strings; both descriptors are ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            empty.as_ptr(),
+            target,
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
 /// move_mount(2) of a detached tree (an fd from open_tree) onto `target`.

@@ -1,0 +1,1269 @@
+//! The workdir's trust boundary: what a cell changed in its copy-on-write workdir comes
+//! back to the host only through here, checked, after the cell is gone.
+//!
+//! The upper layer of the overlay (reached through the descriptor the cell passed, never
+//! by a path) is walked with `fstatat(AT_SYMLINK_NOFOLLOW)`; the real workdir is the
+//! descriptor opened once at plan time, and every step below it is an `openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`.
+//! Only regular files, directories and symbolic links come back; no setuid/setgid bit,
+//! no extended attribute; whiteouts become deletions, opaque directories delete the
+//! real directory's other entries. A file is written to a fresh temporary file in its
+//! directory and renamed over the name, so an existing inode (a hard link to a file
+//! elsewhere) is replaced, never written. Everything replaced or deleted is kept in a
+//! run journal first, which `nixcell undo` restores.
+
+use crate::dirs::{self, Base};
+use crate::fsat::{self, is_dir, is_lnk, is_reg};
+use serde::{Deserialize, Serialize};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Directory levels walked below the workdir; deeper changes are refused.
+const MAX_DEPTH: usize = 256;
+/// Entries listed per kind in the verdict; the counts are always complete.
+const LIST_CAP: usize = 100;
+const OPAQUE: &std::ffi::CStr = c"user.overlay.opaque";
+
+/// Where the changes go: the workdir as opened at plan time.
+#[derive(Clone)]
+pub struct Target {
+    pub dir: Arc<OwnedFd>,
+    pub path: PathBuf,
+    /// Owner of the workdir: new files and directories get it.
+    pub owner: (u32, u32),
+    /// Started as root: ownership is set explicitly (rootless, the caller owns them).
+    pub chown: bool,
+    pub protect: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Changed {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Refused {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChangeLists {
+    pub added: Vec<Changed>,
+    pub modified: Vec<Changed>,
+    pub deleted: Vec<Changed>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub added: usize,
+    pub modified: usize,
+    pub deleted: usize,
+    pub refused: usize,
+}
+
+/// The verdict's `workdir`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkdirReport {
+    /// "cow", "bind" or "ro".
+    pub mode: &'static str,
+    /// The cell's changes were applied to the workdir (false: none was, see `refused`).
+    pub applied: bool,
+    /// The copy-on-write layer ran out of space or inodes (the cell saw ENOSPC).
+    pub cap_hit: bool,
+    /// The run journal `nixcell undo` takes.
+    pub run: Option<String>,
+    pub changes: ChangeLists,
+    pub refused: Vec<Refused>,
+    /// Totals (the lists hold at most 100 entries each).
+    pub counts: Counts,
+}
+
+impl WorkdirReport {
+    pub fn live(mode: crate::spec::WorkdirMode) -> Self {
+        WorkdirReport {
+            mode: mode.as_str(),
+            applied: false,
+            cap_hit: false,
+            run: None,
+            changes: ChangeLists::default(),
+            refused: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    fn push(&mut self, kind: Kind, path: &str, size: Option<u64>) {
+        let (list, n) = match kind {
+            Kind::Added => (&mut self.changes.added, &mut self.counts.added),
+            Kind::Modified => (&mut self.changes.modified, &mut self.counts.modified),
+            Kind::Deleted => (&mut self.changes.deleted, &mut self.counts.deleted),
+        };
+        *n += 1;
+        if list.len() < LIST_CAP {
+            list.push(Changed {
+                path: path.to_string(),
+                size,
+            });
+        }
+    }
+
+    fn refuse(&mut self, path: &str, reason: impl Into<String>) {
+        self.counts.refused += 1;
+        if self.refused.len() < LIST_CAP {
+            self.refused.push(Refused {
+                path: path.to_string(),
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// What a name was left as by the run, to recognise later changes (undo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    ino: u64,
+    size: i64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(st: &libc::stat) -> Self {
+        Stamp {
+            ino: st.st_ino,
+            size: if is_dir(st) { 0 } else { st.st_size },
+            mtime: if is_dir(st) { 0 } else { st.st_mtime },
+            mtime_nsec: if is_dir(st) { 0 } else { st.st_mtime_nsec },
+        }
+    }
+}
+
+/// One step of a run, as the journal keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    path: String,
+    kind: Kind,
+    /// Name under `saved/` of what the path held before (replaced or deleted).
+    saved: Option<String>,
+    /// What the run left at the path (None: nothing).
+    after: Option<Stamp>,
+    /// A directory whose mode alone changed: its mode before.
+    old_mode: Option<u32>,
+}
+
+/// A run journal: `runs/<id>/journal.json` and the previous objects in `runs/<id>/saved/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub id: String,
+    pub time: u64,
+    pub workdir: PathBuf,
+    dev: u64,
+    ino: u64,
+    pub counts: Counts,
+    steps: Vec<Step>,
+    #[serde(default)]
+    pub undone: bool,
+}
+
+struct Saver {
+    dir: PathBuf,
+    saved: OwnedFd,
+    n: usize,
+}
+
+struct Applier<'a> {
+    t: &'a Target,
+    dry: bool,
+    report: WorkdirReport,
+    steps: Vec<Step>,
+    saver: Option<Saver>,
+    tmp_n: usize,
+}
+
+fn rel_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Opens an entry of the upper layer; an entry the cell made unreadable (chmod 000)
+/// is given its owner's read (and search) permission first: the upper layer belongs
+/// to the cell's host identity, which rootless is the caller.
+fn open_upper(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &libc::stat,
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    let p = Path::new(name);
+    if is_dir(st) && st.st_mode & 0o700 != 0o700 {
+        // Searching a directory needs x as well as r: give both before descending.
+        let _ = fsat::chmod_at(dir, name, (st.st_mode & 0o7777) | 0o700);
+    }
+    match fsat::open_beneath(dir, p, flags) {
+        Err(e) if errno(&e) == libc::EACCES => {
+            let add = if is_dir(st) { 0o700 } else { 0o600 };
+            fsat::chmod_at(dir, name, (st.st_mode & 0o7777) | add)?;
+            fsat::open_beneath(dir, p, flags)
+        }
+        r => r,
+    }
+}
+
+fn is_whiteout(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+fn kind_name(st: &libc::stat) -> &'static str {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFIFO => "a fifo",
+        libc::S_IFSOCK => "a socket",
+        _ => "an unknown kind of file",
+    }
+}
+
+fn lstat_opt(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<libc::stat>> {
+    match fsat::lstat_at(dir, name) {
+        Ok(st) => Ok(Some(st)),
+        Err(e) if errno(&e) == libc::ENOENT => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn same_content(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<bool> {
+    use std::io::Read;
+    let mut fa = File::from(a.try_clone_to_owned()?);
+    let mut fb = File::from(b.try_clone_to_owned()?);
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+    fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Removes `name` below `dir` and everything under it, never following a link.
+fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = fsat::lstat_at(dir, name)?;
+    if is_dir(&st) {
+        let sub = fsat::open_beneath(dir, Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        for n in fsat::list_dir(sub.as_fd())? {
+            remove_tree(sub.as_fd(), &n)?;
+        }
+        fsat::unlink_at(dir, name, true)
+    } else {
+        fsat::unlink_at(dir, name, false)
+    }
+}
+
+/// Copies `name` below `from` to `to_name` below `to` (files, links and directories;
+/// nothing else), without following links; used when a hard link or a rename cannot
+/// cross file systems.
+fn copy_tree(
+    from: BorrowedFd<'_>,
+    name: &OsStr,
+    to: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<()> {
+    let st = fsat::lstat_at(from, name)?;
+    if is_dir(&st) {
+        fsat::mkdir_at(to, to_name, 0o700)?;
+        let src = fsat::open_beneath(from, Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let dst = fsat::open_beneath(to, Path::new(to_name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        for n in fsat::list_dir(src.as_fd())? {
+            copy_tree(src.as_fd(), &n, dst.as_fd(), &n)?;
+        }
+        fsat::fchmod(dst.as_fd(), st.st_mode & 0o1777)
+    } else if is_lnk(&st) {
+        fsat::symlink_at(&fsat::readlink_at(from, name)?, to, to_name)
+    } else if is_reg(&st) {
+        let src = fsat::open_beneath(from, Path::new(name), libc::O_RDONLY)?;
+        let dst = fsat::openat2(
+            to.as_raw_fd(),
+            Path::new(to_name),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+            fsat::BENEATH,
+        )?;
+        io::copy(&mut File::from(src), &mut File::from(dst.try_clone()?))?;
+        fsat::fchmod(dst.as_fd(), st.st_mode & 0o777)?;
+        fsat::futimens(dst.as_fd(), &st)
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+impl Saver {
+    /// Keeps what `name` below `dir` holds now: a hard link to the inode (it is never
+    /// written afterwards, since it is replaced by rename), a directory moved out of
+    /// the way, or a copy when the journal is on another file system. With `remove`,
+    /// the name is gone afterwards.
+    fn keep(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &libc::stat,
+        remove: bool,
+    ) -> io::Result<String> {
+        self.n += 1;
+        let id = self.n.to_string();
+        let to = OsStr::new(&id);
+        if is_dir(st) {
+            if !remove {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR));
+            }
+            match fsat::rename_at(dir, name, self.saved.as_fd(), to, true) {
+                Ok(()) => return Ok(id),
+                Err(e) if errno(&e) == libc::EXDEV => {}
+                Err(e) => return Err(e),
+            }
+            copy_tree(dir, name, self.saved.as_fd(), to)?;
+            remove_tree(dir, name)?;
+            return Ok(id);
+        }
+        match fsat::link_at(dir, name, self.saved.as_fd(), to) {
+            Ok(()) => {}
+            Err(e) if matches!(errno(&e), libc::EXDEV | libc::EPERM | libc::EMLINK) => {
+                copy_tree(dir, name, self.saved.as_fd(), to)?;
+            }
+            Err(e) => return Err(e),
+        }
+        if remove {
+            fsat::unlink_at(dir, name, false)?;
+        }
+        Ok(id)
+    }
+}
+
+impl<'a> Applier<'a> {
+    fn protected(&self, rel: &Path, whole: bool) -> Option<&Path> {
+        self.t
+            .protect
+            .iter()
+            .map(PathBuf::as_path)
+            .find(|p| rel.starts_with(p) || (whole && p.starts_with(rel)))
+    }
+
+    fn temp_name(&mut self) -> OsString {
+        self.tmp_n += 1;
+        OsString::from(format!(
+            ".nixcell-apply-{}-{}",
+            std::process::id(),
+            self.tmp_n
+        ))
+    }
+
+    fn saver(&mut self) -> io::Result<&mut Saver> {
+        if self.saver.is_none() {
+            let id = format!(
+                "{}-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0),
+                std::process::id()
+            );
+            let dir = dirs::private_dir(Base::State, &format!("runs/{id}"))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            std::fs::DirBuilder::new().create(dir.join("saved"))?;
+            let saved = fsat::openat2(
+                libc::AT_FDCWD,
+                &dir.join("saved"),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+                libc::RESOLVE_NO_SYMLINKS,
+            )?;
+            self.report.run = Some(id);
+            self.saver = Some(Saver { dir, saved, n: 0 });
+        }
+        Ok(self.saver.as_mut().expect("set above"))
+    }
+
+    fn keep(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &libc::stat,
+        remove: bool,
+    ) -> io::Result<String> {
+        self.saver()?.keep(dir, name, st, remove)
+    }
+
+    fn step(
+        &mut self,
+        rel: &Path,
+        kind: Kind,
+        saved: Option<String>,
+        after: Option<Stamp>,
+        size: Option<u64>,
+    ) {
+        let path = rel_str(rel);
+        self.report.push(kind, &path, size);
+        if !self.dry {
+            self.steps.push(Step {
+                path,
+                kind,
+                saved,
+                after,
+                old_mode: None,
+            });
+            // The journal on disk follows along, so that a supervisor killed while
+            // applying leaves an undoable record of what it did so far.
+            if self.steps.len().is_multiple_of(256) {
+                let _ = write_journal(self);
+            }
+        }
+    }
+
+    /// Deletes what `name` holds in the real directory (a whiteout, or an entry an
+    /// opaque directory hides), journaled first.
+    fn delete(&mut self, tdir: BorrowedFd<'_>, name: &OsStr, rel: &Path) {
+        let st = match lstat_opt(tdir, name) {
+            Ok(Some(st)) => st,
+            Ok(None) => return,
+            Err(e) => {
+                return self
+                    .report
+                    .refuse(&rel_str(rel), format!("cannot read: {e}"));
+            }
+        };
+        if let Some(p) = self.protected(rel, true) {
+            let why = format!("protected: {} may not be changed by a cell", p.display());
+            return self.report.refuse(&rel_str(rel), why);
+        }
+        if self.dry {
+            return self.step(rel, Kind::Deleted, None, None, None);
+        }
+        match self.keep(tdir, name, &st, true) {
+            Ok(saved) => self.step(rel, Kind::Deleted, Some(saved), None, None),
+            Err(e) => self
+                .report
+                .refuse(&rel_str(rel), format!("cannot delete: {e}")),
+        }
+    }
+
+    /// Walks one directory of the upper layer against the real directory `tdir`
+    /// (None: it does not exist, only in a dry walk).
+    fn walk(&mut self, udir: BorrowedFd<'_>, tdir: Option<BorrowedFd<'_>>, rel: &Path) {
+        let names = match fsat::list_dir(udir) {
+            Ok(n) => n,
+            Err(e) => {
+                return self
+                    .report
+                    .refuse(&rel_str(rel), format!("cannot read the cell's copy: {e}"));
+            }
+        };
+        if rel.components().count() >= MAX_DEPTH {
+            let why = format!("nested deeper than {MAX_DEPTH} levels");
+            return self.report.refuse(&rel_str(rel), why);
+        }
+        for name in names {
+            let r = rel.join(&name);
+            if std::str::from_utf8(name.as_bytes()).is_err() {
+                self.report.refuse(&rel_str(&r), "the name is not UTF-8");
+                continue;
+            }
+            let ust = match fsat::lstat_at(udir, &name) {
+                Ok(st) => st,
+                Err(e) => {
+                    self.report
+                        .refuse(&rel_str(&r), format!("cannot read the cell's copy: {e}"));
+                    continue;
+                }
+            };
+            let whole = !is_dir(&ust);
+            if let Some(p) = self.protected(&r, whole) {
+                let why = format!("protected: {} may not be changed by a cell", p.display());
+                self.report.refuse(&rel_str(&r), why);
+                continue;
+            }
+            if is_whiteout(&ust) {
+                if let Some(t) = tdir {
+                    self.delete(t, &name, &r);
+                }
+                continue;
+            }
+            let tst = match tdir.map(|t| lstat_opt(t, &name)).transpose() {
+                Ok(t) => t.flatten(),
+                Err(e) => {
+                    self.report
+                        .refuse(&rel_str(&r), format!("cannot read the workdir: {e}"));
+                    continue;
+                }
+            };
+            if is_dir(&ust) {
+                self.dir(udir, tdir, &name, &r, &ust, tst.as_ref());
+            } else if is_reg(&ust) || is_lnk(&ust) {
+                self.non_dir(udir, tdir, &name, &r, &ust, tst.as_ref());
+            } else {
+                let why = format!(
+                    "{}: only files, directories and symbolic links come back",
+                    kind_name(&ust)
+                );
+                self.report.refuse(&rel_str(&r), why);
+            }
+        }
+    }
+
+    fn dir(
+        &mut self,
+        udir: BorrowedFd<'_>,
+        tdir: Option<BorrowedFd<'_>>,
+        name: &OsStr,
+        r: &Path,
+        ust: &libc::stat,
+        tst: Option<&libc::stat>,
+    ) {
+        let sub = match open_upper(udir, name, ust, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return self
+                    .report
+                    .refuse(&rel_str(r), format!("cannot read the cell's copy: {e}"));
+            }
+        };
+        let opaque = matches!(fsat::fgetxattr(sub.as_fd(), OPAQUE), Ok(Some(v)) if v == b"y");
+        // Directories keep at least their owner's rwx, so that the owner (and undo) can
+        // always reach inside; no setuid/setgid bit.
+        let mode = (ust.st_mode & 0o1777) | 0o700;
+        let (Some(t), false) = (tdir, self.dry && tst.is_none()) else {
+            // Dry walk below a directory that is not there: all of it is new.
+            self.step(r, Kind::Added, None, None, None);
+            return self.walk(sub.as_fd(), None, r);
+        };
+        match tst {
+            Some(st) if is_dir(st) => {
+                let tsub = match fsat::open_beneath(
+                    t,
+                    Path::new(name),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                ) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        let why = if errno(&e) == libc::EXDEV {
+                            "another file system is mounted there".to_string()
+                        } else {
+                            format!("cannot open in the workdir: {e}")
+                        };
+                        return self.report.refuse(&rel_str(r), why);
+                    }
+                };
+                if opaque {
+                    // The cell removed the directory and made a new one: the real
+                    // directory's entries that the upper does not have are deleted.
+                    let keep: Vec<OsString> = fsat::list_dir(sub.as_fd()).unwrap_or_default();
+                    for n in fsat::list_dir(tsub.as_fd()).unwrap_or_default() {
+                        if !keep.contains(&n) {
+                            self.delete(tsub.as_fd(), &n, &r.join(&n));
+                        }
+                    }
+                }
+                self.walk(sub.as_fd(), Some(tsub.as_fd()), r);
+                if st.st_mode & 0o1777 != ust.st_mode & 0o1777 {
+                    if st.st_uid != self.t.owner.0 {
+                        let why = format!(
+                            "mode {mode:o}: the directory belongs to uid {}, not to the workdir's owner",
+                            st.st_uid
+                        );
+                        return self.report.refuse(&rel_str(r), why);
+                    }
+                    if !self.dry
+                        && let Err(e) = fsat::fchmod(tsub.as_fd(), mode)
+                    {
+                        return self.report.refuse(&rel_str(r), format!("chmod: {e}"));
+                    }
+                    self.report.push(Kind::Modified, &rel_str(r), None);
+                    if !self.dry {
+                        self.steps.push(Step {
+                            path: rel_str(r),
+                            kind: Kind::Modified,
+                            saved: None,
+                            after: Some(Stamp::of(st)),
+                            old_mode: Some(st.st_mode & 0o7777),
+                        });
+                    }
+                }
+            }
+            other => {
+                // New, or a file or link replaced by a directory.
+                let mut saved = None;
+                if let Some(st) = other {
+                    if self.dry {
+                        self.report.push(Kind::Deleted, &rel_str(r), None);
+                    } else {
+                        match self.keep(t, name, st, true) {
+                            Ok(s) => saved = Some(s),
+                            Err(e) => {
+                                return self
+                                    .report
+                                    .refuse(&rel_str(r), format!("cannot replace: {e}"));
+                            }
+                        }
+                    }
+                }
+                if self.dry {
+                    self.step(r, Kind::Added, None, None, None);
+                    return self.walk(sub.as_fd(), None, r);
+                }
+                let made = fsat::mkdir_at(t, name, 0o700).and_then(|()| {
+                    let fd =
+                        fsat::open_beneath(t, Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                    if self.t.chown {
+                        fsat::lchown_at(
+                            fd.as_fd(),
+                            OsStr::new(""),
+                            self.t.owner.0,
+                            self.t.owner.1,
+                        )?;
+                    }
+                    Ok(fd)
+                });
+                let tsub = match made {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        return self
+                            .report
+                            .refuse(&rel_str(r), format!("cannot create: {e}"));
+                    }
+                };
+                let after = fsat::fstat(tsub.as_fd()).ok().map(|s| Stamp::of(&s));
+                let kind = if saved.is_some() {
+                    Kind::Modified
+                } else {
+                    Kind::Added
+                };
+                self.step(r, kind, saved, after, None);
+                self.walk(sub.as_fd(), Some(tsub.as_fd()), r);
+                if let Err(e) = fsat::fchmod(tsub.as_fd(), mode) {
+                    self.report.refuse(&rel_str(r), format!("chmod: {e}"));
+                }
+            }
+        }
+    }
+
+    fn non_dir(
+        &mut self,
+        udir: BorrowedFd<'_>,
+        tdir: Option<BorrowedFd<'_>>,
+        name: &OsStr,
+        r: &Path,
+        ust: &libc::stat,
+        tst: Option<&libc::stat>,
+    ) {
+        let path = rel_str(r);
+        let mode = ust.st_mode & 0o7777;
+        // The cell's copy: content or link target.
+        let (src, link) = if is_reg(ust) {
+            match open_upper(udir, name, ust, libc::O_RDONLY) {
+                Ok(fd) => (Some(fd), None),
+                Err(e) => {
+                    return self
+                        .report
+                        .refuse(&path, format!("cannot read the cell's copy: {e}"));
+                }
+            }
+        } else {
+            match fsat::readlink_at(udir, name) {
+                Ok(l) => (None, Some(l)),
+                Err(e) => {
+                    return self
+                        .report
+                        .refuse(&path, format!("cannot read the cell's link: {e}"));
+                }
+            }
+        };
+        // Unchanged copies (a copy-up without a change) are not changes.
+        if let (Some(t), Some(st)) = (tdir, tst) {
+            let same = match (&src, &link) {
+                (Some(s), _)
+                    if is_reg(st)
+                        && st.st_size == ust.st_size
+                        && st.st_mode & 0o777 == mode & 0o777 =>
+                {
+                    fsat::open_beneath(t, Path::new(name), libc::O_RDONLY)
+                        .and_then(|f| same_content(s.as_fd(), f.as_fd()))
+                        .unwrap_or(false)
+                }
+                (_, Some(l)) if is_lnk(st) => {
+                    fsat::readlink_at(t, name).map(|x| &x == l).unwrap_or(false)
+                }
+                _ => false,
+            };
+            if same {
+                return;
+            }
+        }
+        if mode & 0o6000 != 0 {
+            self.report.refuse(
+                &path,
+                format!(
+                    "mode {mode:o}: setuid/setgid bits stripped (applied as {:o})",
+                    mode & 0o777
+                ),
+            );
+        }
+        let size = src.as_ref().map(|_| ust.st_size as u64);
+        let kind = if tst.is_some() {
+            Kind::Modified
+        } else {
+            Kind::Added
+        };
+        let Some(t) = tdir.filter(|_| !self.dry) else {
+            return self.step(r, kind, None, None, size);
+        };
+        let tmp = self.temp_name();
+        let made = (|| -> io::Result<()> {
+            if let Some(s) = &src {
+                let fd = fsat::openat2(
+                    t.as_raw_fd(),
+                    Path::new(&tmp),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                    fsat::BENEATH,
+                )?;
+                // The descriptor may have been read already (the comparison above).
+                let mut from = File::from(s.try_clone()?);
+                std::io::Seek::seek(&mut from, io::SeekFrom::Start(0))?;
+                io::copy(&mut from, &mut File::from(fd.try_clone()?))?;
+                if self.t.chown {
+                    fsat::lchown_at(fd.as_fd(), OsStr::new(""), self.t.owner.0, self.t.owner.1)?;
+                }
+                fsat::fchmod(fd.as_fd(), mode & 0o777)?;
+                fsat::futimens(fd.as_fd(), ust)
+            } else {
+                fsat::symlink_at(link.as_deref().unwrap_or_default(), t, &tmp)?;
+                if self.t.chown {
+                    fsat::lchown_at(t, &tmp, self.t.owner.0, self.t.owner.1)?;
+                }
+                Ok(())
+            }
+        })();
+        if let Err(e) = made {
+            let _ = fsat::unlink_at(t, &tmp, false);
+            return self.report.refuse(&path, format!("cannot write: {e}"));
+        }
+        let mut saved = None;
+        if let Some(st) = tst {
+            // A directory is moved into the journal; a file or link is linked there
+            // and then replaced by the rename.
+            match self.keep(t, name, st, is_dir(st)) {
+                Ok(s) => saved = Some(s),
+                Err(e) => {
+                    let _ = fsat::unlink_at(t, &tmp, false);
+                    return self
+                        .report
+                        .refuse(&path, format!("cannot keep the previous version: {e}"));
+                }
+            }
+        }
+        if let Err(e) = fsat::rename_at(t, &tmp, t, name, false) {
+            let _ = fsat::unlink_at(t, &tmp, false);
+            return self.report.refuse(&path, format!("rename: {e}"));
+        }
+        let after = fsat::lstat_at(t, name).ok().map(|s| Stamp::of(&s));
+        self.step(r, kind, saved, after, size);
+    }
+}
+
+/// Whether the copy-on-write layer is full (blocks or inodes): the cell hit its cap.
+fn cap_hit(layer: BorrowedFd<'_>) -> bool {
+    matches!(fsat::free_space(layer), Ok((b, i)) if b == 0 || i == 0)
+}
+
+/// Applies the changes found in the copy-on-write layer (`layer`: the tmpfs holding
+/// `upper/`) to the workdir. Call only once the cell is gone. When the layer's cap was
+/// hit nothing is applied (the cell's copy may be cut short); the report lists what the
+/// run would have changed.
+pub fn apply(layer: &OwnedFd, t: &Target) -> WorkdirReport {
+    let mut a = Applier {
+        t,
+        dry: false,
+        report: WorkdirReport::live(crate::spec::WorkdirMode::Cow),
+        steps: Vec::new(),
+        saver: None,
+        tmp_n: 0,
+    };
+    a.report.cap_hit = cap_hit(layer.as_fd());
+    a.dry = a.report.cap_hit;
+    let root_st = match fsat::lstat_at(layer.as_fd(), OsStr::new("upper")) {
+        Ok(st) => st,
+        Err(e) => {
+            a.report
+                .refuse("", format!("the cell's layer is unreadable: {e}"));
+            return a.report;
+        }
+    };
+    let upper = match open_upper(
+        layer.as_fd(),
+        OsStr::new("upper"),
+        &root_st,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            a.report
+                .refuse("", format!("the cell's layer is unreadable: {e}"));
+            return a.report;
+        }
+    };
+    let top = match fsat::open_beneath(
+        t.dir.as_fd(),
+        Path::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            a.report
+                .refuse("", format!("the workdir cannot be opened: {e}"));
+            return a.report;
+        }
+    };
+    a.walk(upper.as_fd(), Some(top.as_fd()), Path::new(""));
+    if a.dry {
+        a.report.refuse(
+            "",
+            "the copy-on-write layer's cap (work_size/work_inodes) was hit; no change was applied",
+        );
+        return a.report;
+    }
+    a.report.applied = true;
+    if !a.steps.is_empty() {
+        prune_runs(KEEP_RUNS);
+    }
+    if !a.steps.is_empty()
+        && let Err(e) = write_journal(&mut a)
+    {
+        a.report
+            .refuse("", format!("the run journal could not be written: {e}"));
+    }
+    a.report
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_journal(a: &mut Applier<'_>) -> io::Result<()> {
+    a.saver()?;
+    let st = fsat::fstat(a.t.dir.as_fd())?;
+    let j = Journal {
+        id: a.report.run.clone().unwrap_or_default(),
+        time: now_secs(),
+        workdir: a.t.path.clone(),
+        dev: st.st_dev,
+        ino: st.st_ino,
+        counts: a.report.counts.clone(),
+        steps: a.steps.clone(),
+        undone: false,
+    };
+    let body = serde_json::to_vec_pretty(&j).map_err(io::Error::other)?;
+    let dir = &a.saver.as_ref().expect("created above").dir;
+    dirs::write_atomic(dir, "journal.json", &body)
+}
+
+/// Journals kept; older ones are removed when a run writes a new one.
+const KEEP_RUNS: usize = 50;
+
+fn prune_runs(keep: usize) {
+    let Ok(root) = dirs::root(Base::State) else {
+        return;
+    };
+    for j in list_runs().into_iter().skip(keep) {
+        if !j.id.is_empty() && !j.id.contains('/') && !j.id.starts_with('.') {
+            let d = root.join("runs").join(&j.id);
+            // remove_dir_all does not follow symbolic links.
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}
+
+/// The journals of past runs, newest first.
+pub fn list_runs() -> Vec<Journal> {
+    let Ok(root) = dirs::root(Base::State) else {
+        return Vec::new();
+    };
+    let runs = root.join("runs");
+    if dirs::check_private(&root).is_err() || dirs::check_private(&runs).is_err() {
+        return Vec::new();
+    }
+    let mut out: Vec<Journal> = std::fs::read_dir(&runs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let text = std::fs::read(e.path().join("journal.json")).ok()?;
+            serde_json::from_slice(&text).ok()
+        })
+        .collect();
+    out.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UndoError {
+    #[error("no run journal {0} (see nixcell runs)")]
+    NoSuchRun(String),
+    #[error("no run with changes for {0} or a directory above it (see nixcell runs)")]
+    NoRunHere(PathBuf),
+    #[error("run {0} was undone already")]
+    Undone(String),
+    #[error("run {id}: the workdir {path}: {why}")]
+    Workdir {
+        id: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("run {id}: changed since the run, not undone (give --force to undo anyway): {}", .paths.join(", "))]
+    Conflict { id: String, paths: Vec<String> },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What `nixcell undo` did.
+#[derive(Debug, Serialize)]
+pub struct Undone {
+    pub run: String,
+    pub workdir: PathBuf,
+    pub restored: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// Picks the run: `id`, else the latest with changes whose workdir is `cwd` or a
+/// directory above it.
+pub fn find_run(id: Option<&str>, cwd: &Path) -> Result<Journal, UndoError> {
+    let runs = list_runs();
+    match id {
+        Some(id) => runs
+            .into_iter()
+            .find(|j| j.id == id)
+            .ok_or_else(|| UndoError::NoSuchRun(id.to_string())),
+        None => runs
+            .into_iter()
+            .find(|j| !j.undone && cwd.starts_with(&j.workdir))
+            .ok_or_else(|| UndoError::NoRunHere(cwd.to_path_buf())),
+    }
+}
+
+fn split(rel: &str) -> (PathBuf, OsString) {
+    let p = Path::new(rel);
+    (
+        p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        p.file_name().map(OsStr::to_os_string).unwrap_or_default(),
+    )
+}
+
+fn open_parent(top: BorrowedFd<'_>, parent: &Path) -> io::Result<OwnedFd> {
+    if parent.as_os_str().is_empty() {
+        return fsat::open_beneath(top, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY);
+    }
+    fsat::open_beneath(top, parent, libc::O_RDONLY | libc::O_DIRECTORY)
+}
+
+/// Restores the workdir of a run to what it was before the run's changes were applied,
+/// with the same resolution as applying them. Paths changed since the run are named
+/// and nothing is done, unless `force`.
+pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
+    if j.undone {
+        return Err(UndoError::Undone(j.id.clone()));
+    }
+    let werr = |why: String| UndoError::Workdir {
+        id: j.id.clone(),
+        path: j.workdir.clone(),
+        why,
+    };
+    let top = crate::plan::open_host_path(&j.workdir).map_err(|e| werr(e.to_string()))?;
+    if (top.st.st_dev, top.st.st_ino) != (j.dev, j.ino) {
+        return Err(werr("is no longer the directory the run changed".into()));
+    }
+    let top = fsat::open_beneath(
+        top.fd.as_fd(),
+        Path::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )
+    .map_err(|e| werr(e.to_string()))?;
+    let run_dir = dirs::private_dir(Base::State, &format!("runs/{}", j.id))
+        .map_err(|e| UndoError::Io(e.to_string()))?;
+    let saved = fsat::openat2(
+        libc::AT_FDCWD,
+        &run_dir.join("saved"),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+    .ok();
+    // First pass: what is there now must be what the run left.
+    let mut conflicts = Vec::new();
+    for s in j.steps.iter().rev() {
+        let (parent, name) = split(&s.path);
+        let now = open_parent(top.as_fd(), &parent)
+            .ok()
+            .and_then(|d| lstat_opt(d.as_fd(), &name).ok().flatten());
+        let ok = match (s.after, now) {
+            (Some(a), Some(n)) => Stamp::of(&n) == a,
+            (None, None) => true,
+            _ => false,
+        };
+        if !ok {
+            conflicts.push(s.path.clone());
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(UndoError::Conflict {
+            id: j.id.clone(),
+            paths: conflicts,
+        });
+    }
+    let mut done = Undone {
+        run: j.id.clone(),
+        workdir: j.workdir.clone(),
+        restored: Vec::new(),
+        removed: Vec::new(),
+    };
+    let mut errors = Vec::new();
+    for s in j.steps.iter().rev() {
+        let (parent, name) = split(&s.path);
+        let res = (|| -> io::Result<()> {
+            let dir = open_parent(top.as_fd(), &parent)?;
+            let now = lstat_opt(dir.as_fd(), &name)?;
+            if let Some(mode) = s.old_mode {
+                if let Some(n) = now.filter(is_dir) {
+                    let _ = n;
+                    let fd = fsat::open_beneath(
+                        dir.as_fd(),
+                        Path::new(&name),
+                        libc::O_RDONLY | libc::O_DIRECTORY,
+                    )?;
+                    fsat::fchmod(fd.as_fd(), mode & 0o1777)?;
+                    done.restored.push(s.path.clone());
+                }
+                return Ok(());
+            }
+            // What the run put there goes (for an added directory: only when empty,
+            // its entries came first in reverse order).
+            if let Some(n) = now {
+                if s.saved.is_none() && is_dir(&n) {
+                    fsat::unlink_at(dir.as_fd(), &name, true)?;
+                } else if is_dir(&n) {
+                    remove_tree(dir.as_fd(), &name)?;
+                } else {
+                    fsat::unlink_at(dir.as_fd(), &name, false)?;
+                }
+                if s.saved.is_none() {
+                    done.removed.push(s.path.clone());
+                }
+            }
+            if let (Some(k), Some(sv)) = (&s.saved, &saved) {
+                let k = OsStr::new(k);
+                match fsat::rename_at(sv.as_fd(), k, dir.as_fd(), &name, true) {
+                    Ok(()) => {}
+                    Err(e) if errno(&e) == libc::EXDEV => {
+                        copy_tree(sv.as_fd(), k, dir.as_fd(), &name)?
+                    }
+                    Err(e) => return Err(e),
+                }
+                done.restored.push(s.path.clone());
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            errors.push(format!("{}: {e}", s.path));
+        }
+    }
+    if errors.is_empty() {
+        let mut j2 = j.clone();
+        j2.undone = true;
+        if let Ok(body) = serde_json::to_vec_pretty(&j2) {
+            let _ = dirs::write_atomic(&run_dir, "journal.json", &body);
+        }
+    } else {
+        return Err(UndoError::Io(format!(
+            "run {}: not all restored: {}",
+            j.id,
+            errors.join("; ")
+        )));
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn o_path(p: &Path) -> OwnedFd {
+        fsat::openat2(
+            libc::AT_FDCWD,
+            p,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            libc::RESOLVE_NO_SYMLINKS,
+        )
+        .unwrap()
+    }
+
+    /// A device node in the cell's copy is refused; a whiteout (char 0:0) deletes the
+    /// name, recursively, without following a link inside. Needs root for mknod(2).
+    #[test]
+    fn devices_are_refused_and_whiteouts_delete() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the two here take
+        // turns (ENV).
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let layer = t.path().join("layer");
+        let upper = layer.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let mk = |name: &str, dev: u64| {
+            let c = std::ffi::CString::new(upper.join(name).as_os_str().as_bytes()).unwrap();
+            // SAFETY: c is NUL-terminated.
+            assert_eq!(
+                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) },
+                0
+            );
+        };
+        mk("null", libc::makedev(1, 3));
+        mk("gone", 0);
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(
+            outside.join("keep"),
+            "host
+",
+        )
+        .unwrap();
+        let wd = t.path().join("wd");
+        std::fs::create_dir_all(wd.join("gone/deep")).unwrap();
+        std::os::unix::fs::symlink(&outside, wd.join("gone/deep/link")).unwrap();
+        let target = Target {
+            dir: Arc::new(o_path(&wd)),
+            path: wd.clone(),
+            owner: (0, 0),
+            chown: true,
+            protect: Vec::new(),
+        };
+        let layer_fd: OwnedFd = File::open(&layer).unwrap().into();
+        let r = apply(&layer_fd, &target);
+        assert!(!wd.join("null").exists());
+        assert!(
+            r.refused
+                .iter()
+                .any(|x| x.path == "null" && x.reason.contains("a character device")),
+            "{r:?}"
+        );
+        assert!(!wd.join("gone").exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep")).unwrap(),
+            "host
+"
+        );
+        assert_eq!(
+            r.changes.deleted,
+            [Changed {
+                path: "gone".into(),
+                size: None
+            }]
+        );
+    }
+
+    /// The host changed the workdir while the cell ran: a directory became a link to
+    /// a directory outside, a file became a hard link to a file outside. Applying the
+    /// cell's copy replaces both names and writes nothing outside.
+    #[test]
+    fn links_in_the_workdir_are_replaced_never_followed() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the two here take
+        // turns (ENV).
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let layer = t.path().join("layer");
+        let upper = layer.join("upper");
+        std::fs::create_dir_all(upper.join("sub")).unwrap();
+        std::fs::write(upper.join("sub/x"), "cell\n").unwrap();
+        std::fs::write(upper.join("f"), "cell f\n").unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("file"), "host\n").unwrap();
+        let wd = t.path().join("wd");
+        std::fs::create_dir(&wd).unwrap();
+        std::os::unix::fs::symlink(&outside, wd.join("sub")).unwrap();
+        std::fs::hard_link(outside.join("file"), wd.join("f")).unwrap();
+        let target = Target {
+            dir: Arc::new(o_path(&wd)),
+            path: wd.clone(),
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            chown: false,
+            protect: Vec::new(),
+        };
+        let layer_fd: OwnedFd = File::open(&layer).unwrap().into();
+        let r = apply(&layer_fd, &target);
+        assert!(r.applied, "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("file")).unwrap(),
+            "host\n"
+        );
+        assert!(!outside.join("x").exists());
+        assert!(std::fs::symlink_metadata(wd.join("sub")).unwrap().is_dir());
+        assert_eq!(std::fs::read_to_string(wd.join("sub/x")).unwrap(), "cell\n");
+        assert_eq!(std::fs::read_to_string(wd.join("f")).unwrap(), "cell f\n");
+        assert_ne!(
+            std::fs::metadata(wd.join("f")).unwrap().ino(),
+            std::fs::metadata(outside.join("file")).unwrap().ino()
+        );
+        let mut modified: Vec<_> = r.changes.modified.iter().map(|c| c.path.clone()).collect();
+        modified.sort();
+        assert_eq!(modified, ["f", "sub"]);
+        // And undone: the link and the hard link are back.
+        let j = find_run(r.run.as_deref(), &wd).unwrap();
+        undo(&j, false).unwrap();
+        assert_eq!(std::fs::read_link(wd.join("sub")).unwrap(), outside);
+        assert_eq!(
+            std::fs::metadata(wd.join("f")).unwrap().ino(),
+            std::fs::metadata(outside.join("file")).unwrap().ino()
+        );
+    }
+}
