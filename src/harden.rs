@@ -92,11 +92,9 @@ pub fn prepare(
     let seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
         SeccompSpec::default()
     } else {
-        let (compiled, cached) = seccomp::compiled(&profile.seccomp)?;
         SeccompSpec {
             mode: profile.seccomp.mode,
-            compiled,
-            cached,
+            compiled: seccomp::compile(&profile.seccomp)?,
         }
     };
 

@@ -1,0 +1,176 @@
+//! The kernel-facing layers seen from inside a cell, root and rootless: seccomp (no
+//! trusted cache a cell could rewrite, allow lists that admit only what they list,
+//! system calls newer than the table), PID 1 under the cell's OOM, /proc masking, the
+//! caller's terminal, one cgroup per run.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn python() -> std::path::PathBuf {
+    build_env("python3", "pkgs.python3")
+}
+
+/// A profile file with `body`, readable by the test user.
+fn profile(name: &str, body: &str) -> String {
+    let dir = repo().join("target/test-work/profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// `nixcell` as `mode` with XDG_CACHE_HOME set to `cache`.
+fn nixcell_cache(mode: Mode, cache: &Path) -> Command {
+    match mode {
+        Mode::Root => {
+            let mut c = nixcell(mode);
+            c.env("XDG_CACHE_HOME", cache);
+            c
+        }
+        Mode::Rootless => {
+            let mut c = as_test_user();
+            c.arg("env")
+                .arg(format!("XDG_CACHE_HOME={}", cache.display()))
+                .arg(bin());
+            c
+        }
+    }
+}
+
+/// Python prelude: `sc(nr, *args)` returns "ok" or the errno name of a raw syscall.
+const SYSCALL: &str = r#"
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sc(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_ulong(a) for a in args])
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+"#;
+
+/// Runs python3 `code` (after [`SYSCALL`]) in a cell; `extra` go before `--`.
+fn py(mode: Mode, extra: &[&str], code: &str) -> Output {
+    let mut c = nixcell(mode);
+    c.arg("run")
+        .arg("--env-path")
+        .arg(python())
+        .arg("--env-path")
+        .arg(busybox())
+        .args(extra)
+        .args(["--", "python3", "-c", &format!("{SYSCALL}\n{code}")]);
+    c.output().expect("run nixcell")
+}
+
+fn layer<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == name)
+        .unwrap_or_else(|| panic!("no {name} layer in {v}"))
+}
+
+#[test]
+fn a_poisoned_seccomp_cache_changes_nothing() {
+    let bb = busybox();
+    for m in MODES {
+        let cache = workdir(m);
+        let run = |script: &str| {
+            nixcell_cache(m, cache.path())
+                .args(["run", "--json", "--env-path", path_str(&bb)])
+                .args(["--", "sh", "-c", script])
+                .output()
+                .unwrap()
+        };
+        ok(&run("true"), "warm-up");
+        // Whatever nixcell keeps about seccomp, a cell with that directory as its
+        // workdir could rewrite it: no filters at all, or one that allows everything.
+        let dir = cache.path().join("nixcell/seccomp");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.push(dir.join("planted.json"));
+        for poison in [
+            r#"{"kind":"deny-list","filters":[]}"#,
+            r#"{"kind":"deny-list","filters":[[[6,0,0,2147418112]]]}"#,
+        ] {
+            for f in &files {
+                let hash = std::fs::read(f)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["policy_hash"].as_str().map(String::from))
+                    .unwrap_or_default();
+                let mut v: serde_json::Value = serde_json::from_str(poison).unwrap();
+                v["policy_hash"] = hash.into();
+                std::fs::write(f, v.to_string()).unwrap();
+            }
+            let o = run("unshare -U true && echo UNSHARED; echo end");
+            let v = verdict(&o);
+            assert_eq!(v["stdout"]["text"], "end\n", "{m:?}: {v}");
+            let s = layer(&v, "seccomp");
+            assert_eq!(s["enforced"], true, "{m:?}: {s}");
+            assert!(
+                s["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("(3 filters installed)"),
+                "{m:?}: {s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_allow_list_without_socket_refuses_socket() {
+    let strict: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo().join("profiles/strict.toml")).unwrap())
+            .unwrap();
+    let allow: Vec<String> = strict["seccomp"]["allow"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert!(allow.iter().any(|s| s == "socket"));
+    let without: Vec<String> = allow
+        .iter()
+        .filter(|s| *s != "socket")
+        .map(|s| format!("{s:?}"))
+        .collect();
+    let p = profile(
+        "strict-no-socket",
+        &format!(
+            "extends = \"strict\"\n[seccomp]\nallow = [{}]\n",
+            without.join(", ")
+        ),
+    );
+    let code = "import socket\ntry:\n    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    print('socket ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+    for m in MODES {
+        let o = py(m, &["--profile", &p], code);
+        assert_eq!(ok(&o, "no socket").trim(), "EPERM", "{m:?}");
+        let o = py(m, &["--profile", "strict"], code);
+        assert_eq!(ok(&o, "strict").trim(), "socket ok", "{m:?}");
+    }
+}
+
+#[test]
+fn calls_newer_than_the_table_and_mount_readers_are_refused() {
+    let no_seccomp = profile(
+        "no-seccomp-only",
+        "extends = \"default\"\n[seccomp]\nmode = \"off\"\n",
+    );
+    // listmount (458) and statmount (457) with null buffers: the kernel answers EFAULT
+    // or EINVAL when it sees them; 470..500 lie above every call this build knows.
+    let code = "print(sc(458, 0, 0, 0, 0), sc(457, 0, 0, 0, 0), sorted(set(sc(n) for n in range(470, 500))))";
+    for m in MODES {
+        let o = py(m, &[], code);
+        assert_eq!(ok(&o, "seccomp").trim(), "EPERM EPERM ['ENOSYS']", "{m:?}");
+        let o = py(m, &["--profile", &no_seccomp], code);
+        let out = ok(&o, "no seccomp");
+        assert!(!out.contains("EPERM"), "{m:?}: the kernel saw them: {out}");
+    }
+}
