@@ -174,3 +174,40 @@ fn calls_newer_than_the_table_and_mount_readers_are_refused() {
         assert!(!out.contains("EPERM"), "{m:?}: the kernel saw them: {out}");
     }
 }
+
+#[test]
+fn pid1_outlives_the_cells_oom_and_reports_the_command() {
+    let bb = busybox();
+    let fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=200";
+    for m in MODES {
+        let run = |argv: &[&str]| {
+            let o = nixcell(m)
+                .args(["run", "--json", "--memory", "64M", "--tmp-size", "256M"])
+                .arg("--env-path")
+                .arg(&bb)
+                .arg("--")
+                .args(argv)
+                .output()
+                .unwrap();
+            verdict(&o)
+        };
+        // /tmp (tmpfs, charged to the cell) fills the memory limit: the writer is
+        // killed, PID 1 lives on and reports it.
+        let v = run(&["dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=200"]);
+        assert_eq!(v["error"], serde_json::Value::Null, "{m:?}: {v}");
+        assert_eq!(v["oom_killed"], true, "{m:?}: {v}");
+        assert_eq!(
+            (v["signal"].as_i64(), v["exit_code"].as_i64()),
+            (Some(9), Some(137)),
+            "{m:?}: {v}"
+        );
+        let v = run(&["sh", "-c", &format!("{fill}; echo after=$?; exit 3")]);
+        assert_eq!(v["error"], serde_json::Value::Null, "{m:?}: {v}");
+        assert_eq!(v["oom_killed"], true, "{m:?}: {v}");
+        assert_eq!(v["command_exit_code"], 3, "{m:?}: {v}");
+        assert!(
+            v["stdout"]["text"].as_str().unwrap().contains("after=137"),
+            "{m:?}: {v}"
+        );
+    }
+}
