@@ -5,7 +5,7 @@
 //! needs a cgroup below a *delegated* base chosen per user (`nixcell/user-<uid>` on v1,
 //! `nixcell.slice/user-<uid>` on v2) that an unprivileged supervisor may only create
 //! children in, a handful of files per version, clean-up of runs left by a crashed
-//! supervisor, and paths that can point at a fake tree in unit tests. That is a few
+//! supervisor, and paths that can point at a plain directory tree in unit tests. That is a few
 //! hundred lines that are easier to audit than a dependency built around root-owned
 //! hierarchies.
 //!
@@ -57,8 +57,6 @@ pub struct Hierarchy {
     pub unified: PathBuf,
     /// v1: (controller, mount point).
     pub v1: Vec<(String, PathBuf)>,
-    /// A directory tree of regular files standing in for cgroupfs (unit tests).
-    fake: bool,
 }
 
 impl Hierarchy {
@@ -108,7 +106,6 @@ impl Hierarchy {
                     version: Version::V2,
                     unified: u.clone(),
                     v1: Vec::new(),
-                    fake: false,
                 });
             }
         }
@@ -119,7 +116,6 @@ impl Hierarchy {
             version: Version::V1,
             unified: PathBuf::new(),
             v1,
-            fake: false,
         })
     }
 
@@ -170,7 +166,6 @@ pub struct RunCgroup {
     pub dirs: Vec<(String, PathBuf)>,
     /// Notes on what could not be limited exactly (e.g. swap accounting off).
     pub notes: Vec<String>,
-    fake: bool,
 }
 
 const CPU_PERIOD_US: u64 = 100_000;
@@ -199,9 +194,13 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `run-<pid>-<start time>-<n>`: the supervisor's identity (for stale clean-up) and
+/// the number of this run among its runs (a library or MCP server runs many).
 fn run_name() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pid = std::process::id();
-    format!("run-{pid}-{}", start_time(pid).unwrap_or(0))
+    format!("run-{pid}-{}-{n}", start_time(pid).unwrap_or(0))
 }
 
 /// Whether the supervisor that named a run directory is gone.
@@ -214,6 +213,22 @@ fn run_is_stale(name: &str) -> bool {
         return false;
     };
     start_time(pid) != Some(start)
+}
+
+/// Whether `name` exists in the run directory `d` or, as files of a fresh cgroup are
+/// those of its parent, in the parent (the base).
+fn sibling_exists(d: &Path, name: &str) -> bool {
+    d.join(name).exists() || d.parent().is_some_and(|p| p.join(name).exists())
+}
+
+/// Whether `d` lies on a cgroup file system (v1 or v2).
+fn on_cgroupfs(d: &Path) -> bool {
+    use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+    // A directory that cannot be examined is treated as cgroupfs: only rmdir, which
+    // never removes files.
+    statfs(d).map_or(true, |s| {
+        s.filesystem_type() == CGROUP_SUPER_MAGIC || s.filesystem_type() == CGROUP2_SUPER_MAGIC
+    })
 }
 
 fn can_write(dir: &Path) -> bool {
@@ -251,13 +266,16 @@ impl Hierarchy {
             version: self.version,
             dirs,
             notes,
-            fake: self.fake,
         };
-        for (_, d) in &run.dirs {
-            if let Err(e) = std::fs::create_dir(d)
-                && e.kind() != ErrorKind::AlreadyExists
-            {
-                run.remove();
+        for (i, (_, d)) in run.dirs.iter().enumerate() {
+            // A name already taken is an error, never a cgroup shared with another run.
+            if let Err(e) = std::fs::create_dir(d) {
+                RunCgroup {
+                    version: run.version,
+                    dirs: run.dirs[..i].to_vec(),
+                    notes: Vec::new(),
+                }
+                .remove();
                 return Err(io(d, "mkdir")(e));
             }
         }
@@ -292,18 +310,18 @@ impl Hierarchy {
             let have = read(&dir.join("cgroup.subtree_control")).unwrap_or_default();
             let want: Vec<String> = CONTROLLERS
                 .iter()
-                .filter(|c| !have.split_whitespace().any(|x| x == **c))
+                .filter(|c| {
+                    !have
+                        .split_whitespace()
+                        .any(|x| x.trim_start_matches('+') == **c)
+                })
                 .map(|c| format!("+{c}"))
                 .collect();
             if want.is_empty() {
                 continue;
             }
             let f = dir.join("cgroup.subtree_control");
-            if self.fake {
-                let mut all: Vec<&str> = have.split_whitespace().collect();
-                all.extend(want.iter().map(|w| &w[1..]));
-                write(&f, &all.join(" "))?;
-            } else if let Err(e) = write(&f, &want.join(" ")) {
+            if let Err(e) = write(&f, &want.join(" ")) {
                 if dir == base {
                     return Err(e);
                 }
@@ -325,7 +343,6 @@ impl Hierarchy {
                         version: self.version,
                         dirs: vec![(c.clone(), e.path())],
                         notes: Vec::new(),
-                        fake: self.fake,
                     }
                     .remove();
                 }
@@ -348,8 +365,9 @@ impl RunCgroup {
                 let d = self.dirs[0].1.clone();
                 if let Some(m) = l.memory {
                     write(&d.join("memory.max"), &m.to_string())?;
+                    // Swap accounting is on when the base has the file too.
                     let swap = d.join("memory.swap.max");
-                    if self.fake || swap.exists() {
+                    if sibling_exists(&d, "memory.swap.max") {
                         write(&swap, "0")?;
                     } else {
                         self.notes
@@ -368,7 +386,7 @@ impl RunCgroup {
                 if let (Some(m), Some(d)) = (l.memory, self.dir("memory").map(Path::to_path_buf)) {
                     write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
                     let memsw = d.join("memory.memsw.limit_in_bytes");
-                    if self.fake || memsw.exists() {
+                    if sibling_exists(&d, "memory.memsw.limit_in_bytes") {
                         write(&memsw, &m.to_string())?;
                     } else {
                         write(&d.join("memory.swappiness"), "0")?;
@@ -427,7 +445,9 @@ impl RunCgroup {
     /// exiting processes to leave.
     pub fn remove(&self) {
         for (_, d) in &self.dirs {
-            if self.fake {
+            if !on_cgroupfs(d) {
+                // A plain directory tree standing in for cgroupfs (the unit tests'
+                // fixtures): its files are real and must go first.
                 let _ = std::fs::remove_dir_all(d);
                 continue;
             }
@@ -476,8 +496,11 @@ mod tests {
             "30 1 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
             root.display()
         );
-        let mut h = Hierarchy::from_mountinfo(&text, |p| std::fs::read_to_string(p).ok()).unwrap();
-        h.fake = true;
+        let h = Hierarchy::from_mountinfo(&text, |p| std::fs::read_to_string(p).ok()).unwrap();
+        // What a kernel with swap accounting shows in root's base.
+        let base = root.join("nixcell.slice/user-0");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("memory.swap.max"), "max\n").unwrap();
         h
     }
 
@@ -507,8 +530,10 @@ mod tests {
         ] {
             let s = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
             for c in CONTROLLERS {
+                // Written as "+controller"; cgroupfs shows the name alone.
                 assert!(
-                    s.split_whitespace().any(|x| x == *c),
+                    s.split_whitespace()
+                        .any(|x| x.trim_start_matches('+') == *c),
                     "{}: {s}",
                     dir.display()
                 );
@@ -533,6 +558,43 @@ mod tests {
         );
         run.remove();
         assert!(!d.exists());
+    }
+
+    #[test]
+    fn every_run_gets_its_own_cgroup_and_a_taken_name_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let h = fake_v2(t.path());
+        let l = CgroupLimits {
+            pids: Some(5),
+            ..Default::default()
+        };
+        let a = h.create_run(0, &l).unwrap();
+        let b = h.create_run(0, &l).unwrap();
+        assert_ne!(a.dirs[0].1, b.dirs[0].1);
+        assert!(a.dirs[0].1.is_dir() && b.dirs[0].1.is_dir());
+        // Removing one leaves the other alone.
+        b.remove();
+        assert!(a.dirs[0].1.is_dir() && !b.dirs[0].1.exists());
+        // Directories already there under the next names (other tests of this
+        // process may take some) are not adopted, nor removed.
+        let me = std::process::id();
+        let n: u64 = run_name().rsplit('-').next().unwrap().parse().unwrap();
+        let taken: Vec<PathBuf> = (n + 1..n + 65)
+            .map(|k| {
+                let d = t.path().join(format!(
+                    "nixcell.slice/user-0/run-{me}-{}-{k}",
+                    start_time(me).unwrap()
+                ));
+                std::fs::create_dir(&d).unwrap();
+                std::fs::write(d.join("pids.max"), "7").unwrap();
+                d
+            })
+            .collect();
+        assert!(h.create_run(0, &l).is_err());
+        for d in &taken {
+            assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "7");
+        }
+        a.remove();
     }
 
     #[test]
@@ -607,8 +669,10 @@ mod tests {
             "9 1 0:9 / {}/unified rw - cgroup2 cgroup2 rw\n",
             t.path().display()
         ));
-        let mut h = Hierarchy::from_mountinfo(&text, |_| Some(String::new())).unwrap();
-        h.fake = true;
+        let h = Hierarchy::from_mountinfo(&text, |_| Some(String::new())).unwrap();
+        let base = t.path().join("memory/nixcell/user-0");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("memory.memsw.limit_in_bytes"), "max\n").unwrap();
         assert_eq!(h.version, Version::V1);
         let run = h
             .create_run(
