@@ -4,7 +4,7 @@
 use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
 use crate::sandbox::spawn::{Spawned, spawn_init};
 use crate::spec::RunSpec;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -101,8 +101,42 @@ fn signal_pid(pid: i32, sig: Signal) {
     }
 }
 
+/// The caller's terminal settings, saved when stdin is a terminal (the cell shares
+/// it: `stty -echo` inside changes it) and put back when the run ends, however it
+/// ends (dropped on every return path, timeout and kill included).
+struct TerminalGuard(Option<nix::sys::termios::Termios>);
+
+impl TerminalGuard {
+    fn save() -> TerminalGuard {
+        let stdin = std::io::stdin();
+        TerminalGuard(nix::sys::termios::tcgetattr(&stdin).ok())
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        use nix::sys::termios::{SetArg, tcgetattr, tcsetattr};
+        let Some(saved) = &self.0 else { return };
+        let stdin = std::io::stdin();
+        if tcgetattr(&stdin).is_ok_and(|now| now == *saved) {
+            return;
+        }
+        // A background job writing terminal settings gets SIGTTOU (and stops) unless
+        // the signal is blocked; blocked, the call goes through.
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        let mut old = SigSet::empty();
+        let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).is_ok();
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+        if blocked {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+    }
+}
+
 /// Runs one cell to completion.
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
+    let _terminal = TerminalGuard::save();
     let start = Instant::now();
     let Spawned { mut child, control } = spawn_init(opts.capture).map_err(SuperviseError::Spawn)?;
     let init_pid = child.id().unwrap_or(0) as i32;

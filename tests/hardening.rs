@@ -211,3 +211,33 @@ fn pid1_outlives_the_cells_oom_and_reports_the_command() {
         );
     }
 }
+
+#[test]
+fn the_callers_terminal_is_restored_after_the_run() {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    use std::os::fd::AsFd;
+    let bb = busybox();
+    for m in MODES {
+        for script in ["stty -echo", "stty -echo; sleep 30"] {
+            let pty = nix::pty::openpty(None, None).unwrap();
+            let echo = |what: &str| {
+                let t = tcgetattr(pty.slave.as_fd()).unwrap();
+                assert!(t.local_flags.contains(LocalFlags::ECHO), "{m:?} {what}");
+            };
+            echo("before");
+            let slave = std::fs::File::from(pty.slave.try_clone().unwrap());
+            let o = nixcell(m)
+                .args(["run", "--timeout", "2s", "--env-path", path_str(&bb)])
+                .args(["--", "sh", "-c", script])
+                .stdin(slave.try_clone().unwrap())
+                .stdout(slave.try_clone().unwrap())
+                .stderr(slave)
+                .status()
+                .unwrap();
+            let want = if script.contains("sleep") { 124 } else { 0 };
+            assert_eq!(o.code(), Some(want), "{m:?} {script}");
+            echo(script);
+            drop(pty.master);
+        }
+    }
+}
