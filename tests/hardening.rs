@@ -241,3 +241,58 @@ fn the_callers_terminal_is_restored_after_the_run() {
         }
     }
 }
+
+#[test]
+fn proc_shows_nothing_of_the_host() {
+    let host_cmdline = std::fs::read_to_string("/proc/cmdline").unwrap();
+    let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(!host_cmdline.trim().is_empty() && !host_boot_id.trim().is_empty());
+    let files = [
+        "/proc/cmdline",
+        "/proc/sys/kernel/random/boot_id",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/kcore",
+        "/proc/sched_debug",
+        "/proc/latency_stats",
+        "/proc/timer_stats",
+    ];
+    let dirs = ["/proc/acpi", "/proc/asound", "/proc/scsi", "/proc/firmware"];
+    let ro = [
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+        "/proc/irq",
+        "/proc/bus",
+        "/proc/fs",
+    ];
+    // Each file: its size if it exists; each directory: its entries; each writable
+    // part: its mount options as mountinfo shows them.
+    let script = format!(
+        "for f in {}; do test -e $f && echo \"$f=$(cat $f | wc -c)\"; done; \
+         for d in {}; do test -d $d && echo \"$d:$(ls -A $d)\"; done; \
+         for p in {}; do test -e $p && echo \"$p $(awk -v p=$p '$5 == p {{print substr($6, 1, 2)}}' /proc/self/mountinfo | tail -n 1)\"; done; \
+         cat /proc/cmdline /proc/sys/kernel/random/boot_id",
+        files.join(" "),
+        dirs.join(" "),
+        ro.join(" ")
+    );
+    for m in MODES {
+        let out = ok(&sh(m, &[], &script), "proc");
+        assert!(!out.contains(host_cmdline.trim()), "{m:?}: {out}");
+        assert!(!out.contains(host_boot_id.trim()), "{m:?}: {out}");
+        let mut seen = 0;
+        for line in out.lines() {
+            if let Some((f, n)) = line.split_once('=') {
+                assert_eq!(n, "0", "{m:?}: {f} has content");
+                seen += 1;
+            } else if let Some((d, entries)) = line.split_once(':') {
+                assert_eq!(entries, "", "{m:?}: {d} lists the host's");
+            } else if let Some((p, opts)) = line.split_once(' ') {
+                assert_eq!(opts, "ro", "{m:?}: {p} is writable");
+                seen += 1;
+            }
+        }
+        // At least cmdline, boot_id, keys and /proc/sys were checked.
+        assert!(seen >= 4, "{m:?}: {out}");
+    }
+}
