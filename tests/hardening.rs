@@ -296,3 +296,63 @@ fn proc_shows_nothing_of_the_host() {
         assert!(seen >= 4, "{m:?}: {out}");
     }
 }
+
+#[test]
+fn an_oversized_mcp_request_gets_an_error_and_the_server_goes_on() {
+    use std::io::{BufRead, Write};
+    let bb = busybox();
+    let mut server = Command::new(bin())
+        .args(["mcp", "--env-path", path_str(&bb)])
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = server.stdin.take().unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        writeln!(stdin, "{init}").unwrap();
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+        )
+        .unwrap();
+        // 17 MiB of files in one tools/call.
+        let big = "x".repeat(17 << 20);
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"run","arguments":{{"command":"true","files":{{"big":"{big}"}}}}}}}}"#
+        )
+        .unwrap();
+        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":3,"method":"ping"}}"#).unwrap();
+        stdin
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = std::collections::HashMap::new();
+    while got.len() < 3 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no answer; so far: {got:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(id) = v["id"].as_i64() {
+            got.insert(id, v);
+        }
+    }
+    let err = &got[&2]["error"];
+    assert_eq!(err["code"], -32600, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("8 MiB"), "{err}");
+    assert!(got[&3]["result"].is_object(), "{:?}", got[&3]);
+    drop(writer.join().unwrap());
+    let st = server.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+}
