@@ -305,11 +305,12 @@ fn run(args: &RunArgs) -> i32 {
         Ok(rt) => rt,
         Err(e) => return usage_error(args.json, format!("cannot start the runtime: {e}")),
     };
-    let outcome = match rt.block_on(supervise::run(&spec, &opts)) {
+    let mut outcome = match rt.block_on(supervise::run(&spec, &opts)) {
         Ok(o) => o,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
     let (usage, oom_killed) = hardening.finish();
+    outcome.account_oom(oom_killed);
     let not_found = outcome
         .exec_error
         .as_ref()

@@ -72,6 +72,21 @@ pub struct Outcome {
     pub pid1: Option<i32>,
     /// The supervisor's own failure before the cell could run (e.g. cgroup attach).
     pub supervisor_error: Option<String>,
+    /// The cell ended without PID 1 reporting the command's status.
+    pub unreported: bool,
+}
+
+impl Outcome {
+    /// Takes the cgroup's OOM kills into account: a cell whose PID 1 (or init stage)
+    /// was killed for lack of memory before it could report is an OOM, not a failure
+    /// of nixcell. The kernel kills every process of a pid namespace whose init dies,
+    /// so the command ended with SIGKILL.
+    pub fn account_oom(&mut self, oom_killed: bool) {
+        if oom_killed && self.unreported {
+            self.supervisor_error = None;
+            self.signal = Some(libc::SIGKILL);
+        }
+    }
 }
 
 async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
@@ -265,10 +280,11 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         && out.signal.is_none()
         && out.setup_error.is_none()
         && !out.timed_out
+        && out.supervisor_error.is_none()
     {
-        out.supervisor_error.get_or_insert_with(|| {
-            "the cell ended without reporting the command's status".to_string()
-        });
+        out.unreported = true;
+        out.supervisor_error =
+            Some("the cell ended without reporting the command's status".to_string());
     }
     if out.timed_out && out.signal.is_none() && out.exit_code.is_none() {
         out.signal = Some(libc::SIGKILL);
@@ -291,4 +307,31 @@ pub fn exit_status(o: &Outcome) -> i32 {
         return 128 + sig;
     }
     o.exit_code.unwrap_or(125)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_killed_by_oom_before_reporting_is_an_oom_not_a_nixcell_failure() {
+        let unreported = || Outcome {
+            unreported: true,
+            supervisor_error: Some("the cell ended without reporting".into()),
+            ..Default::default()
+        };
+        let mut o = unreported();
+        o.account_oom(false);
+        assert_eq!(exit_status(&o), 125);
+        let mut o = unreported();
+        o.account_oom(true);
+        assert_eq!((o.signal, exit_status(&o)), (Some(libc::SIGKILL), 137));
+        // Any other failure of the supervisor stays one.
+        let mut o = Outcome {
+            supervisor_error: Some("cannot attach the cell to its cgroup".into()),
+            ..Default::default()
+        };
+        o.account_oom(true);
+        assert_eq!(exit_status(&o), 125);
+    }
 }
