@@ -32,6 +32,8 @@ pub struct RunOptions {
     /// Called with the init stage's pid once it runs, before the spec is sent
     /// (the cgroup attach point).
     pub before_spec: Option<BeforeSpec>,
+    /// `cgroup.procs` of the cgroup the command joins, passed to the init stage.
+    pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Default for RunOptions {
@@ -42,6 +44,7 @@ impl Default for RunOptions {
             timeout: None,
             grace: Duration::from_secs(2),
             before_spec: None,
+            cell_cgroup: None,
         }
     }
 }
@@ -153,7 +156,13 @@ impl Drop for TerminalGuard {
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
     let _terminal = TerminalGuard::save();
     let start = Instant::now();
-    let Spawned { mut child, control } = spawn_init(opts.capture).map_err(SuperviseError::Spawn)?;
+    let Spawned { mut child, control } = spawn_init(
+        opts.capture,
+        opts.cell_cgroup
+            .as_deref()
+            .map(std::os::fd::AsRawFd::as_raw_fd),
+    )
+    .map_err(SuperviseError::Spawn)?;
     let init_pid = child.id().unwrap_or(0) as i32;
     let mut out = Outcome::default();
 

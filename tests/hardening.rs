@@ -209,6 +209,23 @@ fn pid1_outlives_the_cells_oom_and_reports_the_command() {
             v["stdout"]["text"].as_str().unwrap().contains("after=137"),
             "{m:?}: {v}"
         );
+        // The limit is the command's: its memory cgroup is below PID 1's, not PID 1's.
+        let v = run(&[
+            "sh",
+            "-c",
+            "grep -E '^(0::|[0-9]+:memory:)' /proc/self/cgroup /proc/1/cgroup | grep -v '^[^:]*:0::/$'",
+        ]);
+        let out = v["stdout"]["text"].as_str().unwrap();
+        let own: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("/proc/self/cgroup:"))
+            .collect();
+        let pid1: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("/proc/1/cgroup:"))
+            .collect();
+        assert!(own.iter().any(|l| l.ends_with("/cell")), "{m:?}: {out}");
+        assert!(!pid1.iter().any(|l| l.ends_with("/cell")), "{m:?}: {out}");
     }
 }
 

@@ -158,6 +158,14 @@ pub struct CgroupUsage {
     pub oom_kills: u64,
 }
 
+/// The sub-cgroup of a run that the command and its services join, and the one
+/// (v2 only) PID 1 and the init stage live in. The memory limit is on [`CELL`] alone:
+/// when the cell runs out of memory, the OOM killer chooses among the command's
+/// processes, never PID 1, which lives to report what happened. v2 allows processes
+/// only in leaves, hence [`INIT`]; on v1 they stay in the run's cgroup itself.
+pub const CELL: &str = "cell";
+pub const INIT: &str = "init";
+
 /// The cgroup of one run.
 #[derive(Debug)]
 pub struct RunCgroup {
@@ -215,10 +223,10 @@ fn run_is_stale(name: &str) -> bool {
     start_time(pid) != Some(start)
 }
 
-/// Whether `name` exists in the run directory `d` or, as files of a fresh cgroup are
-/// those of its parent, in the parent (the base).
-fn sibling_exists(d: &Path, name: &str) -> bool {
-    d.join(name).exists() || d.parent().is_some_and(|p| p.join(name).exists())
+/// Whether `name` exists in the cgroup `d` or, as a fresh cgroup has the files its
+/// parent has, in one of its two nearest ancestors (the run, the base).
+fn exists_up(d: &Path, name: &str) -> bool {
+    d.ancestors().take(3).any(|a| a.join(name).exists())
 }
 
 /// Whether `d` lies on a cgroup file system (v1 or v2).
@@ -280,7 +288,7 @@ impl Hierarchy {
             }
         }
         let mut run = run;
-        if let Err(e) = run.set_limits(limits) {
+        if let Err(e) = run.make_leaves().and_then(|()| run.set_limits(limits)) {
             run.remove();
             return Err(e);
         }
@@ -359,15 +367,57 @@ impl RunCgroup {
             .map(|(_, d)| d.as_path())
     }
 
+    /// The cgroup the command and its services join ([`CELL`], in the memory
+    /// hierarchy on v1).
+    pub fn cell_dir(&self) -> Option<PathBuf> {
+        self.dir("memory").map(|d| d.join(CELL))
+    }
+
+    /// `cell/cgroup.procs` opened for writing (never created). The command writes
+    /// "0" to it to move itself in; the kernel checks the permission against the
+    /// credentials and cgroup namespace of the opener, the supervisor.
+    pub fn open_cell_procs(&self) -> Result<std::os::fd::OwnedFd, CgroupError> {
+        let p = self
+            .cell_dir()
+            .ok_or_else(|| CgroupError::NoController("memory".into()))?
+            .join("cgroup.procs");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(io(&p, "open"))
+    }
+
+    /// Creates [`CELL`] (and [`INIT`] on v2, with the memory controller enabled
+    /// below the run's cgroup).
+    fn make_leaves(&self) -> Result<(), CgroupError> {
+        let run = self
+            .dir("memory")
+            .ok_or_else(|| CgroupError::NoController("memory".into()))?
+            .to_path_buf();
+        let mut leaves = vec![run.join(CELL)];
+        if self.version == Version::V2 {
+            leaves.push(run.join(INIT));
+        }
+        for d in &leaves {
+            std::fs::create_dir(d).map_err(io(d, "mkdir"))?;
+        }
+        if self.version == Version::V2 {
+            write(&run.join("cgroup.subtree_control"), "+memory")?;
+        }
+        Ok(())
+    }
+
     fn set_limits(&mut self, l: &CgroupLimits) -> Result<(), CgroupError> {
         match self.version {
             Version::V2 => {
                 let d = self.dirs[0].1.clone();
                 if let Some(m) = l.memory {
-                    write(&d.join("memory.max"), &m.to_string())?;
-                    // Swap accounting is on when the base has the file too.
-                    let swap = d.join("memory.swap.max");
-                    if sibling_exists(&d, "memory.swap.max") {
+                    let cell = d.join(CELL);
+                    write(&cell.join("memory.max"), &m.to_string())?;
+                    // Swap accounting is on when an ancestor has the file too.
+                    let swap = cell.join("memory.swap.max");
+                    if exists_up(&cell, "memory.swap.max") {
                         write(&swap, "0")?;
                     } else {
                         self.notes
@@ -383,10 +433,10 @@ impl RunCgroup {
                 }
             }
             Version::V1 => {
-                if let (Some(m), Some(d)) = (l.memory, self.dir("memory").map(Path::to_path_buf)) {
+                if let (Some(m), Some(d)) = (l.memory, self.cell_dir()) {
                     write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
                     let memsw = d.join("memory.memsw.limit_in_bytes");
-                    if sibling_exists(&d, "memory.memsw.limit_in_bytes") {
+                    if exists_up(&d, "memory.memsw.limit_in_bytes") {
                         write(&memsw, &m.to_string())?;
                     } else {
                         write(&d.join("memory.swappiness"), "0")?;
@@ -410,73 +460,91 @@ impl RunCgroup {
     /// Moves a process (the init stage) into the run's cgroup(s).
     pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
         for (_, d) in &self.dirs {
+            let d = match self.version {
+                Version::V2 => d.join(INIT),
+                Version::V1 => d.clone(),
+            };
             write(&d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// Peak memory, CPU time (v2 only; v1 keeps it in cpuacct) and OOM kills.
+    /// Peak memory of the command's cgroup (what the limit applies to), CPU time of the
+    /// whole run (v2; v1 keeps it in cpuacct), OOM kills in it.
     pub fn usage(&self) -> CgroupUsage {
         let mut u = CgroupUsage::default();
+        let oom = |d: &Path, file: &str| {
+            read(&d.join(file))
+                .and_then(|s| keyed(&s, "oom_kill"))
+                .unwrap_or(0)
+        };
         match self.version {
             Version::V2 => {
                 let d = &self.dirs[0].1;
                 u.peak_memory_bytes =
-                    read(&d.join("memory.peak")).and_then(|s| s.trim().parse().ok());
-                u.oom_kills = read(&d.join("memory.events"))
-                    .and_then(|s| keyed(&s, "oom_kill"))
-                    .unwrap_or(0);
+                    read(&d.join(CELL).join("memory.peak")).and_then(|s| s.trim().parse().ok());
+                // memory.events counts the sub-cgroups' events too.
+                u.oom_kills = oom(d, "memory.events").max(oom(&d.join(CELL), "memory.events"));
                 u.cpu_time_us = read(&d.join("cpu.stat")).and_then(|s| keyed(&s, "usage_usec"));
             }
             Version::V1 => {
                 if let Some(d) = self.dir("memory") {
-                    u.peak_memory_bytes = read(&d.join("memory.max_usage_in_bytes"))
+                    u.peak_memory_bytes = read(&d.join(CELL).join("memory.max_usage_in_bytes"))
                         .and_then(|s| s.trim().parse().ok());
-                    u.oom_kills = read(&d.join("memory.oom_control"))
-                        .and_then(|s| keyed(&s, "oom_kill"))
-                        .unwrap_or(0);
+                    u.oom_kills =
+                        oom(d, "memory.oom_control") + oom(&d.join(CELL), "memory.oom_control");
                 }
             }
         }
         u
     }
 
-    /// Kills whatever is left in the cgroup and removes it; waits up to a second for
-    /// exiting processes to leave.
+    /// Kills whatever is left in the run's cgroups and removes them, sub-cgroups
+    /// first; waits up to a second for exiting processes to leave each.
     pub fn remove(&self) {
         for (_, d) in &self.dirs {
-            if !on_cgroupfs(d) {
-                // A plain directory tree standing in for cgroupfs (the unit tests'
-                // fixtures): its files are real and must go first.
-                let _ = std::fs::remove_dir_all(d);
-                continue;
+            remove_tree(d);
+        }
+    }
+}
+
+fn remove_tree(d: &Path) {
+    if !on_cgroupfs(d) {
+        // A plain directory tree standing in for cgroupfs (the unit tests' fixtures):
+        // its files are real and must go first.
+        let _ = std::fs::remove_dir_all(d);
+        return;
+    }
+    // On cgroupfs every subdirectory is a sub-cgroup.
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
             }
-            for attempt in 0..100 {
-                let kill = d.join("cgroup.kill");
-                if kill.exists() {
-                    let _ = std::fs::write(&kill, "1");
-                } else {
-                    // Only processes inside this run's cgroup are listed here.
-                    for pid in read(&d.join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok())
-                    {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                match std::fs::remove_dir(d) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(_) if attempt < 99 => {
-                        std::thread::sleep(std::time::Duration::from_millis(10))
-                    }
-                    Err(_) => {}
-                }
+        }
+    }
+    for attempt in 0..100 {
+        let kill = d.join("cgroup.kill");
+        if kill.exists() {
+            let _ = std::fs::write(&kill, "1");
+        } else {
+            // Only processes inside this cgroup are listed here.
+            for pid in read(&d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
+        }
+        match std::fs::remove_dir(d) {
+            Ok(()) => break,
+            Err(e) if e.kind() == ErrorKind::NotFound => break,
+            Err(_) if attempt < 99 => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => {}
         }
     }
 }
@@ -518,10 +586,18 @@ mod tests {
         let d = run.dirs[0].1.clone();
         assert!(d.starts_with(t.path().join("nixcell.slice/user-0")));
         let rd = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-        assert_eq!(rd("memory.max"), (256u64 << 20).to_string());
-        assert_eq!(rd("memory.swap.max"), "0");
+        // Memory is limited for the command's sub-cgroup only, CPU and pids for the
+        // whole run; PID 1's sub-cgroup has no limit of its own.
+        assert_eq!(rd("cell/memory.max"), (256u64 << 20).to_string());
+        assert_eq!(rd("cell/memory.swap.max"), "0");
+        assert!(!d.join("memory.max").exists() && !d.join("init/memory.max").exists());
+        assert_eq!(rd("cgroup.subtree_control"), "+memory");
         assert_eq!(rd("cpu.max"), "150000 100000");
         assert_eq!(rd("pids.max"), "64");
+        assert_eq!(run.cell_dir().unwrap(), d.join("cell"));
+        drop(run.open_cell_procs().unwrap_err());
+        std::fs::write(d.join("cell/cgroup.procs"), "").unwrap();
+        drop(run.open_cell_procs().unwrap());
         // Root enables the controllers along the whole path.
         for dir in [
             t.path().to_path_buf(),
@@ -540,10 +616,10 @@ mod tests {
             }
         }
         run.attach(4242).unwrap();
-        assert_eq!(rd("cgroup.procs"), "4242");
-        std::fs::write(d.join("memory.peak"), "123456\n").unwrap();
+        assert_eq!(rd("init/cgroup.procs"), "4242");
+        std::fs::write(d.join("cell/memory.peak"), "123456\n").unwrap();
         std::fs::write(
-            d.join("memory.events"),
+            d.join("cell/memory.events"),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
         )
         .unwrap();
@@ -688,21 +764,27 @@ mod tests {
         let rd = |c: &str, f: &str| std::fs::read_to_string(dir(c).join(f)).unwrap();
         assert!(dir("cpu").starts_with(t.path().join("cpu,cpuacct/nixcell/user-0")));
         assert_eq!(
-            rd("memory", "memory.limit_in_bytes"),
+            rd("memory", "cell/memory.limit_in_bytes"),
             (1u64 << 30).to_string()
         );
         assert_eq!(
-            rd("memory", "memory.memsw.limit_in_bytes"),
+            rd("memory", "cell/memory.memsw.limit_in_bytes"),
             (1u64 << 30).to_string()
         );
+        assert!(!dir("memory").join("memory.limit_in_bytes").exists());
+        assert!(!dir("cpu").join(CELL).exists());
+        run.attach(77).unwrap();
+        for c in CONTROLLERS {
+            assert_eq!(rd(c, "cgroup.procs"), "77");
+        }
         assert_eq!(rd("cpu", "cpu.cfs_quota_us"), "50000");
         assert_eq!(rd("pids", "pids.max"), "9");
         std::fs::write(
-            dir("memory").join("memory.oom_control"),
+            dir("memory").join("cell/memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         )
         .unwrap();
-        std::fs::write(dir("memory").join("memory.max_usage_in_bytes"), "99\n").unwrap();
+        std::fs::write(dir("memory").join("cell/memory.max_usage_in_bytes"), "99\n").unwrap();
         let u = run.usage();
         assert_eq!((u.peak_memory_bytes, u.oom_kills), (Some(99), 2));
         run.remove();

@@ -23,6 +23,10 @@ pub struct SecuritySpec {
     pub seccomp: SeccompSpec,
     #[serde(default)]
     pub rlimits: RlimitSpec,
+    /// The command and services move themselves into the run's command cgroup
+    /// through [`super::proto::CELL_CGROUP_FD`] (set when the run has a cgroup).
+    #[serde(default)]
+    pub join_cell_cgroup: bool,
 }
 
 /// The seccomp layer: its mode and the BPF the supervisor compiled for this run.

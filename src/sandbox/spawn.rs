@@ -3,9 +3,9 @@
 //! execve(2) means the init stage is single-threaded from its first instruction,
 //! whatever threads the supervisor runs (DESIGN.md, process model).
 
-use super::proto::{INIT_ARG, INIT_FD};
+use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 
@@ -15,8 +15,9 @@ pub struct Spawned {
     pub control: UnixStream,
 }
 
-/// Starts the init stage. With `capture`, its stdout and stderr are pipes.
-pub fn spawn_init(capture: bool) -> io::Result<Spawned> {
+/// Starts the init stage. With `capture`, its stdout and stderr are pipes; `cell_cgroup`
+/// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`].
+pub fn spawn_init(capture: bool, cell_cgroup: Option<RawFd>) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
@@ -28,16 +29,25 @@ pub fn spawn_init(capture: bool) -> io::Result<Spawned> {
     if capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl, which
-    // are async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
+    // which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if fd == INIT_FD {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+            // Copies above the fixed numbers first, so that placing one cannot close
+            // the other; dup2 leaves the placed descriptors open across exec.
+            let mut moves = [(fd, INIT_FD), (cell_cgroup.unwrap_or(-1), CELL_CGROUP_FD)];
+            for (from, _) in &mut moves {
+                if *from >= 0 {
+                    *from = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 16);
+                    if *from < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            for (from, to) in moves {
+                if from >= 0 && libc::dup2(from, to) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, INIT_FD) < 0 {
-                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
