@@ -569,6 +569,13 @@ mod tests {
             }
             let each = t.elapsed() / n;
             eprintln!("seccomp {:?}: {each:?} per compile", p.kind);
+            // Measured well under 1 ms unoptimized; far above that on any machine
+            // would make the per-run compile (no cache) a cost worth revisiting.
+            assert!(
+                each < std::time::Duration::from_millis(25),
+                "{:?}: {each:?}",
+                p.kind
+            );
         }
     }
 
