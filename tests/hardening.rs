@@ -226,6 +226,11 @@ fn pid1_outlives_the_cells_oom_and_reports_the_command() {
             .collect();
         assert!(own.iter().any(|l| l.ends_with("/cell")), "{m:?}: {out}");
         assert!(!pid1.iter().any(|l| l.ends_with("/cell")), "{m:?}: {out}");
+        // And the OOM killer's first choice, should memory run out elsewhere.
+        let v = run(&["cat", "/proc/self/oom_score_adj", "/proc/1/oom_score_adj"]);
+        let out = v["stdout"]["text"].as_str().unwrap();
+        let scores: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+        assert!(scores[0] == 1000 && scores[1] < 1000, "{m:?}: {out}");
     }
 }
 

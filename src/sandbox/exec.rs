@@ -93,16 +93,6 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     // caller's terminal (CVE-2017-5226).
     nix::unistd::setsid().at("setsid", "setsid", "")?;
     nix::unistd::chdir(&spec.cwd).at("chdir", "chdir", spec.cwd.display())?;
-    // The command and the services go first when the cell runs out of memory: PID 1
-    // (left at 0) must live to report the command's status. Raising one's own
-    // oom_score_adj needs no privilege; lowering it would. PID 1 made us undumpable
-    // (so /proc/self is not ours); execve makes the command dumpable again anyway.
-    nix::sys::prctl::set_dumpable(true).at("oom-score", "prctl", "PR_SET_DUMPABLE 1")?;
-    std::fs::write("/proc/self/oom_score_adj", "1000").at(
-        "oom-score",
-        "write",
-        "/proc/self/oom_score_adj",
-    )?;
     caps::drop_all()?;
     // Nothing of ours but stdio survives execve; the control socket stays usable
     // until then to report an exec failure.
