@@ -162,7 +162,9 @@ pub fn prepare(
                     for n in &run.notes {
                         d.push_str(&format!("; {n}"));
                     }
-                    d.push_str("; the memory limit is the command's, PID 1 lives outside it");
+                    if limits.memory.is_some() {
+                        d.push_str("; the memory limit is the command's, PID 1 lives outside it");
+                    }
                     layers.push(LayerReport {
                         layer: "cgroup".into(),
                         enforced: true,
