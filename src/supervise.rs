@@ -122,30 +122,50 @@ fn signal_pid(pid: i32, sig: Signal) {
 /// The caller's terminal settings, saved when stdin is a terminal (the cell shares
 /// it: `stty -echo` inside changes it) and put back when the run ends, however it
 /// ends (dropped on every return path, timeout and kill included).
-struct TerminalGuard(Option<nix::sys::termios::Termios>);
+/// Besides the attributes, the exclusive mode (TIOCEXCL makes every later open of the
+/// terminal fail) and suspended output (tcflow TCOOFF) are put back.
+struct TerminalGuard(Option<(nix::sys::termios::Termios, libc::c_int)>);
+
+/// Whether the terminal on stdin is in exclusive mode (TIOCGEXCL).
+fn exclusive() -> Option<libc::c_int> {
+    let mut on: libc::c_int = 0;
+    // SAFETY: TIOCGEXCL writes one int to the pointer given.
+    (unsafe { libc::ioctl(0, libc::TIOCGEXCL, &mut on) } == 0).then_some(on)
+}
 
 impl TerminalGuard {
     fn save() -> TerminalGuard {
         let stdin = std::io::stdin();
-        TerminalGuard(nix::sys::termios::tcgetattr(&stdin).ok())
+        let attrs = nix::sys::termios::tcgetattr(&stdin).ok();
+        TerminalGuard(attrs.map(|a| (a, exclusive().unwrap_or(0))))
     }
 }
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        use nix::sys::termios::{SetArg, tcgetattr, tcsetattr};
-        let Some(saved) = &self.0 else { return };
+        use nix::sys::termios::{FlowArg, SetArg, tcflow, tcgetattr, tcsetattr};
+        let Some((saved, excl)) = &self.0 else { return };
         let stdin = std::io::stdin();
-        if tcgetattr(&stdin).is_ok_and(|now| now == *saved) {
-            return;
-        }
-        // A background job writing terminal settings gets SIGTTOU (and stops) unless
-        // the signal is blocked; blocked, the call goes through.
+        // A background job changing its terminal gets SIGTTOU (and stops) unless the
+        // signal is blocked; blocked, the calls go through.
         let mut ttou = SigSet::empty();
         ttou.add(Signal::SIGTTOU);
         let mut old = SigSet::empty();
         let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).is_ok();
-        let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+        if !tcgetattr(&stdin).is_ok_and(|now| now == *saved) {
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+        }
+        if exclusive().is_some_and(|now| now != *excl) {
+            let req = if *excl != 0 {
+                libc::TIOCEXCL
+            } else {
+                libc::TIOCNXCL
+            };
+            // SAFETY: TIOCEXCL/TIOCNXCL take no argument.
+            unsafe { libc::ioctl(0, req) };
+        }
+        // Output the cell suspended is resumed; on running output this does nothing.
+        let _ = tcflow(&stdin, FlowArg::TCOON);
         if blocked {
             let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         }

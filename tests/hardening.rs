@@ -237,7 +237,8 @@ fn pid1_outlives_the_cells_oom_and_reports_the_command() {
 #[test]
 fn the_callers_terminal_is_restored_after_the_run() {
     use nix::sys::termios::{LocalFlags, tcgetattr};
-    use std::os::fd::AsFd;
+    use std::io::Write;
+    use std::os::fd::{AsFd, AsRawFd};
     let bb = busybox();
     for m in MODES {
         for script in ["stty -echo", "stty -echo; sleep 30"] {
@@ -261,6 +262,56 @@ fn the_callers_terminal_is_restored_after_the_run() {
             echo(script);
             drop(pty.master);
         }
+        // Exclusive mode (every later open of the terminal would fail), suspended
+        // output and the line discipline, which the cell may not change at all.
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave = std::fs::File::from(pty.slave.try_clone().unwrap());
+        let code = "import fcntl, termios, struct, sys\n\
+                    fcntl.ioctl(0, termios.TIOCEXCL)\n\
+                    termios.tcflow(0, termios.TCOOFF)\n\
+                    try:\n    fcntl.ioctl(0, termios.TIOCSETD, struct.pack('i', 3))\nexcept PermissionError:\n    sys.exit(7)\n";
+        let mut child = nixcell(m)
+            .args(["run", "--env-path", path_str(&python())])
+            .args(["--", "python3", "-c", code])
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        // With its output left suspended, anything writing to the terminal blocks:
+        // nixcell too, were it not to resume it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{m:?}: nixcell hung on the terminal the cell suspended");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(st.code(), Some(7), "{m:?}: TIOCSETD was not refused");
+        let mut v: libc::c_int = -1;
+        // SAFETY: TIOCGEXCL and TIOCGETD write one int.
+        assert_eq!(
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGEXCL, &mut v) },
+            0
+        );
+        assert_eq!(v, 0, "{m:?}: the terminal was left exclusive");
+        assert_eq!(
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGETD, &mut v) },
+            0
+        );
+        assert_eq!(v, 0, "{m:?}: line discipline changed");
+        (&slave).write_all(b"ping").unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            pty.master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(2000u16)).unwrap();
+        assert_eq!(n, 1, "{m:?}: the terminal's output stayed suspended");
     }
 }
 

@@ -123,9 +123,11 @@ const SOCKET_FAMILIES: &[u64] = &[
     libc::AF_INET6 as u64,
 ];
 /// Terminal ioctls that inject input or talk to the console (CVE-2017-5226 for
-/// TIOCSTI); compared on the low 32 bits only, as the kernel truncates the request
-/// (CVE-2019-10063: junk in the upper half bypassed 64-bit comparisons).
-const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX];
+/// TIOCSTI), or change the line discipline of a terminal the cell shares with its
+/// caller (and load rarely used kernel code: CVE-2017-2636 in n_hdlc); compared on
+/// the low 32 bits only, as the kernel truncates the request (CVE-2019-10063: junk in
+/// the upper half bypassed 64-bit comparisons).
+const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX, libc::TIOCSETD];
 /// personality(2) values that change nothing dangerous: PER_LINUX, the query,
 /// UNAME26, PER_LINUX32 (only the uname string) and both combined — the same set as
 /// Docker's default profile. READ_IMPLIES_EXEC or ADDR_NO_RANDOMIZE are refused.
