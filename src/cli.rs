@@ -391,6 +391,7 @@ fn run(args: &RunArgs) -> i32 {
         .take()
         .filter(|_| outcome.setup_error.is_none());
     let (usage, oom_killed) = hardening.finish();
+    outcome.account_oom(oom_killed);
     let not_found = outcome
         .exec_error
         .as_ref()

@@ -51,6 +51,8 @@ pub struct Hardening {
     pub profile: Profile,
     pub limits: Limits,
     cgroup: Option<Arc<RunCgroup>>,
+    /// `cgroup.procs` of the command's sub-cgroup, opened by us (see cgroup::CELL).
+    cell_procs: Option<Arc<std::os::fd::OwnedFd>>,
     /// Layers the supervisor enforces (cgroup), reported with the cell's own.
     pub layers: Vec<LayerReport>,
 }
@@ -155,11 +157,9 @@ pub fn prepare(
     let mut seccomp_spec = if profile.seccomp.mode == LayerMode::Off {
         SeccompSpec::default()
     } else {
-        let (compiled, cached) = seccomp::compiled(&profile.seccomp)?;
         SeccompSpec {
             mode: profile.seccomp.mode,
-            compiled,
-            cached,
+            compiled: seccomp::compile(&profile.seccomp)?,
         }
     };
     // With a live read-write mount of the host, no setuid/setgid bit may be made.
@@ -171,6 +171,7 @@ pub fn prepare(
 
     let mut layers = Vec::new();
     let mut cgroup = None;
+    let mut cell_procs = None;
     let wanted = CgroupLimits {
         memory: limits.memory,
         cpus: limits.cpus,
@@ -206,8 +207,17 @@ pub fn prepare(
         }),
         mode => {
             let uid = nix::unistd::geteuid().as_raw();
-            match Hierarchy::detect().and_then(|h| h.create_run(uid, &wanted)) {
-                Ok(run) => {
+            let made = Hierarchy::detect()
+                .and_then(|h| h.create_run(uid, &wanted))
+                .and_then(|run| match run.open_cell_procs() {
+                    Ok(fd) => Ok((run, fd)),
+                    Err(e) => {
+                        run.remove();
+                        Err(e)
+                    }
+                });
+            match made {
+                Ok((run, fd)) => {
                     let mut d = format!("cgroup {:?}:", run.version).to_lowercase();
                     if let Some(m) = limits.memory {
                         d.push_str(&format!(" memory {} (no swap)", fmt_size(m)));
@@ -221,12 +231,16 @@ pub fn prepare(
                     for n in &run.notes {
                         d.push_str(&format!("; {n}"));
                     }
+                    if limits.memory.is_some() {
+                        d.push_str("; the memory limit is the command's, PID 1 lives outside it");
+                    }
                     layers.push(LayerReport {
                         layer: "cgroup".into(),
                         enforced: true,
                         detail: d,
                     });
                     cgroup = Some(Arc::new(run));
+                    cell_procs = Some(Arc::new(fd));
                 }
                 Err(e) if mode == LayerMode::Required => {
                     return Err(HardenError::CgroupRequired(e));
@@ -250,11 +264,13 @@ pub fn prepare(
         },
         seccomp: seccomp_spec,
         rlimits: rl,
+        join_cell_cgroup: cell_procs.is_some(),
     };
     Ok(Hardening {
         profile: profile.clone(),
         limits,
         cgroup,
+        cell_procs,
         layers,
     })
 }
@@ -275,6 +291,7 @@ impl Hardening {
             timeout: self.limits.timeout,
             grace: self.limits.grace,
             before_spec,
+            cell_cgroup: self.cell_procs.clone(),
         }
     }
 

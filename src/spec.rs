@@ -86,8 +86,9 @@ pub enum EntryKind {
     Symlink(PathBuf),
 }
 
-/// Descriptor of the first mount source in the init stage (the control socket is 3).
-pub const MOUNT_FD_BASE: i32 = 4;
+/// Descriptor of the first mount source in the init stage (3 is the control socket, 4
+/// the cell cgroup's `cgroup.procs`).
+pub const MOUNT_FD_BASE: i32 = 8;
 
 fn default_tmp_inodes() -> u64 {
     100_000

@@ -4,7 +4,7 @@
 use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
 use crate::sandbox::spawn::{Spawned, spawn_init};
 use crate::spec::RunSpec;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,8 @@ pub struct RunOptions {
     /// Called with the init stage's pid once it runs, before the spec is sent
     /// (the cgroup attach point).
     pub before_spec: Option<BeforeSpec>,
+    /// `cgroup.procs` of the cgroup the command joins, passed to the init stage.
+    pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Default for RunOptions {
@@ -42,6 +44,7 @@ impl Default for RunOptions {
             timeout: None,
             grace: Duration::from_secs(2),
             before_spec: None,
+            cell_cgroup: None,
         }
     }
 }
@@ -75,6 +78,21 @@ pub struct Outcome {
     /// The copy-on-write layer's tmpfs (its root, holding `upper/`), passed by the
     /// cell; it stays readable after the cell's namespaces are gone.
     pub work_layer: Option<std::os::fd::OwnedFd>,
+    /// The cell ended without PID 1 reporting the command's status.
+    pub unreported: bool,
+}
+
+impl Outcome {
+    /// Takes the cgroup's OOM kills into account: a cell whose PID 1 (or init stage)
+    /// was killed for lack of memory before it could report is an OOM, not a failure
+    /// of nixcell. The kernel kills every process of a pid namespace whose init dies,
+    /// so the command ended with SIGKILL.
+    pub fn account_oom(&mut self, oom_killed: bool) {
+        if oom_killed && self.unreported {
+            self.supervisor_error = None;
+            self.signal = Some(libc::SIGKILL);
+        }
+    }
 }
 
 /// recvmsg(2) on the control socket: bytes, and any descriptors passed with them.
@@ -127,11 +145,71 @@ fn signal_pid(pid: i32, sig: Signal) {
     }
 }
 
+/// The caller's terminal settings, saved when stdin is a terminal (the cell shares
+/// it: `stty -echo` inside changes it) and put back when the run ends, however it
+/// ends (dropped on every return path, timeout and kill included).
+/// Besides the attributes, the exclusive mode (TIOCEXCL makes every later open of the
+/// terminal fail) and suspended output (tcflow TCOOFF) are put back.
+struct TerminalGuard(Option<(nix::sys::termios::Termios, libc::c_int)>);
+
+/// Whether the terminal on stdin is in exclusive mode (TIOCGEXCL).
+fn exclusive() -> Option<libc::c_int> {
+    let mut on: libc::c_int = 0;
+    // SAFETY: TIOCGEXCL writes one int to the pointer given.
+    (unsafe { libc::ioctl(0, libc::TIOCGEXCL, &mut on) } == 0).then_some(on)
+}
+
+impl TerminalGuard {
+    fn save() -> TerminalGuard {
+        let stdin = std::io::stdin();
+        let attrs = nix::sys::termios::tcgetattr(&stdin).ok();
+        TerminalGuard(attrs.map(|a| (a, exclusive().unwrap_or(0))))
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        use nix::sys::termios::{FlowArg, SetArg, tcflow, tcgetattr, tcsetattr};
+        let Some((saved, excl)) = &self.0 else { return };
+        let stdin = std::io::stdin();
+        // A background job changing its terminal gets SIGTTOU (and stops) unless the
+        // signal is blocked; blocked, the calls go through.
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        let mut old = SigSet::empty();
+        let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).is_ok();
+        if !tcgetattr(&stdin).is_ok_and(|now| now == *saved) {
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+        }
+        if exclusive().is_some_and(|now| now != *excl) {
+            let req = if *excl != 0 {
+                libc::TIOCEXCL
+            } else {
+                libc::TIOCNXCL
+            };
+            // SAFETY: TIOCEXCL/TIOCNXCL take no argument.
+            unsafe { libc::ioctl(0, req) };
+        }
+        // Output the cell suspended is resumed; on running output this does nothing.
+        let _ = tcflow(&stdin, FlowArg::TCOON);
+        if blocked {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+    }
+}
+
 /// Runs one cell to completion.
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
+    let _terminal = TerminalGuard::save();
     let start = Instant::now();
-    let Spawned { mut child, control } =
-        spawn_init(opts.capture, &spec.sources).map_err(SuperviseError::Spawn)?;
+    let Spawned { mut child, control } = spawn_init(
+        opts.capture,
+        &spec.sources,
+        opts.cell_cgroup
+            .as_deref()
+            .map(std::os::fd::AsRawFd::as_raw_fd),
+    )
+    .map_err(SuperviseError::Spawn)?;
     let init_pid = child.id().unwrap_or(0) as i32;
     let mut out = Outcome::default();
 
@@ -271,10 +349,11 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         && out.signal.is_none()
         && out.setup_error.is_none()
         && !out.timed_out
+        && out.supervisor_error.is_none()
     {
-        out.supervisor_error.get_or_insert_with(|| {
-            "the cell ended without reporting the command's status".to_string()
-        });
+        out.unreported = true;
+        out.supervisor_error =
+            Some("the cell ended without reporting the command's status".to_string());
     }
     if out.timed_out && out.signal.is_none() && out.exit_code.is_none() {
         out.signal = Some(libc::SIGKILL);
@@ -297,4 +376,31 @@ pub fn exit_status(o: &Outcome) -> i32 {
         return 128 + sig;
     }
     o.exit_code.unwrap_or(125)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_killed_by_oom_before_reporting_is_an_oom_not_a_nixcell_failure() {
+        let unreported = || Outcome {
+            unreported: true,
+            supervisor_error: Some("the cell ended without reporting".into()),
+            ..Default::default()
+        };
+        let mut o = unreported();
+        o.account_oom(false);
+        assert_eq!(exit_status(&o), 125);
+        let mut o = unreported();
+        o.account_oom(true);
+        assert_eq!((o.signal, exit_status(&o)), (Some(libc::SIGKILL), 137));
+        // Any other failure of the supervisor stays one.
+        let mut o = Outcome {
+            supervisor_error: Some("cannot attach the cell to its cgroup".into()),
+            ..Default::default()
+        };
+        o.account_oom(true);
+        assert_eq!(exit_status(&o), 125);
+    }
 }

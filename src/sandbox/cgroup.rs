@@ -5,7 +5,7 @@
 //! needs a cgroup below a *delegated* base chosen per user (`nixcell/user-<uid>` on v1,
 //! `nixcell.slice/user-<uid>` on v2) that an unprivileged supervisor may only create
 //! children in, a handful of files per version, clean-up of runs left by a crashed
-//! supervisor, and paths that can point at a fake tree in unit tests. That is a few
+//! supervisor, and paths that can point at a plain directory tree in unit tests. That is a few
 //! hundred lines that are easier to audit than a dependency built around root-owned
 //! hierarchies.
 //!
@@ -57,8 +57,6 @@ pub struct Hierarchy {
     pub unified: PathBuf,
     /// v1: (controller, mount point).
     pub v1: Vec<(String, PathBuf)>,
-    /// A directory tree of regular files standing in for cgroupfs (unit tests).
-    fake: bool,
 }
 
 impl Hierarchy {
@@ -108,7 +106,6 @@ impl Hierarchy {
                     version: Version::V2,
                     unified: u.clone(),
                     v1: Vec::new(),
-                    fake: false,
                 });
             }
         }
@@ -119,7 +116,6 @@ impl Hierarchy {
             version: Version::V1,
             unified: PathBuf::new(),
             v1,
-            fake: false,
         })
     }
 
@@ -162,6 +158,14 @@ pub struct CgroupUsage {
     pub oom_kills: u64,
 }
 
+/// The sub-cgroup of a run that the command and its services join, and the one
+/// (v2 only) PID 1 and the init stage live in. The memory limit is on [`CELL`] alone:
+/// when the cell runs out of memory, the OOM killer chooses among the command's
+/// processes, never PID 1, which lives to report what happened. v2 allows processes
+/// only in leaves, hence [`INIT`]; on v1 they stay in the run's cgroup itself.
+pub const CELL: &str = "cell";
+pub const INIT: &str = "init";
+
 /// The cgroup of one run.
 #[derive(Debug)]
 pub struct RunCgroup {
@@ -170,7 +174,6 @@ pub struct RunCgroup {
     pub dirs: Vec<(String, PathBuf)>,
     /// Notes on what could not be limited exactly (e.g. swap accounting off).
     pub notes: Vec<String>,
-    fake: bool,
 }
 
 const CPU_PERIOD_US: u64 = 100_000;
@@ -199,9 +202,13 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `run-<pid>-<start time>-<n>`: the supervisor's identity (for stale clean-up) and
+/// the number of this run among its runs (a library or MCP server runs many).
 fn run_name() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pid = std::process::id();
-    format!("run-{pid}-{}", start_time(pid).unwrap_or(0))
+    format!("run-{pid}-{}-{n}", start_time(pid).unwrap_or(0))
 }
 
 /// Whether the supervisor that named a run directory is gone.
@@ -214,6 +221,22 @@ fn run_is_stale(name: &str) -> bool {
         return false;
     };
     start_time(pid) != Some(start)
+}
+
+/// Whether `name` exists in the cgroup `d` or, as a fresh cgroup has the files its
+/// parent has, in one of its two nearest ancestors (the run, the base).
+fn exists_up(d: &Path, name: &str) -> bool {
+    d.ancestors().take(3).any(|a| a.join(name).exists())
+}
+
+/// Whether `d` lies on a cgroup file system (v1 or v2).
+fn on_cgroupfs(d: &Path) -> bool {
+    use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+    // A directory that cannot be examined is treated as cgroupfs: only rmdir, which
+    // never removes files.
+    statfs(d).map_or(true, |s| {
+        s.filesystem_type() == CGROUP_SUPER_MAGIC || s.filesystem_type() == CGROUP2_SUPER_MAGIC
+    })
 }
 
 fn can_write(dir: &Path) -> bool {
@@ -251,18 +274,21 @@ impl Hierarchy {
             version: self.version,
             dirs,
             notes,
-            fake: self.fake,
         };
-        for (_, d) in &run.dirs {
-            if let Err(e) = std::fs::create_dir(d)
-                && e.kind() != ErrorKind::AlreadyExists
-            {
-                run.remove();
+        for (i, (_, d)) in run.dirs.iter().enumerate() {
+            // A name already taken is an error, never a cgroup shared with another run.
+            if let Err(e) = std::fs::create_dir(d) {
+                RunCgroup {
+                    version: run.version,
+                    dirs: run.dirs[..i].to_vec(),
+                    notes: Vec::new(),
+                }
+                .remove();
                 return Err(io(d, "mkdir")(e));
             }
         }
         let mut run = run;
-        if let Err(e) = run.set_limits(limits) {
+        if let Err(e) = run.make_leaves().and_then(|()| run.set_limits(limits)) {
             run.remove();
             return Err(e);
         }
@@ -292,18 +318,18 @@ impl Hierarchy {
             let have = read(&dir.join("cgroup.subtree_control")).unwrap_or_default();
             let want: Vec<String> = CONTROLLERS
                 .iter()
-                .filter(|c| !have.split_whitespace().any(|x| x == **c))
+                .filter(|c| {
+                    !have
+                        .split_whitespace()
+                        .any(|x| x.trim_start_matches('+') == **c)
+                })
                 .map(|c| format!("+{c}"))
                 .collect();
             if want.is_empty() {
                 continue;
             }
             let f = dir.join("cgroup.subtree_control");
-            if self.fake {
-                let mut all: Vec<&str> = have.split_whitespace().collect();
-                all.extend(want.iter().map(|w| &w[1..]));
-                write(&f, &all.join(" "))?;
-            } else if let Err(e) = write(&f, &want.join(" ")) {
+            if let Err(e) = write(&f, &want.join(" ")) {
                 if dir == base {
                     return Err(e);
                 }
@@ -325,7 +351,6 @@ impl Hierarchy {
                         version: self.version,
                         dirs: vec![(c.clone(), e.path())],
                         notes: Vec::new(),
-                        fake: self.fake,
                     }
                     .remove();
                 }
@@ -342,14 +367,57 @@ impl RunCgroup {
             .map(|(_, d)| d.as_path())
     }
 
+    /// The cgroup the command and its services join ([`CELL`], in the memory
+    /// hierarchy on v1).
+    pub fn cell_dir(&self) -> Option<PathBuf> {
+        self.dir("memory").map(|d| d.join(CELL))
+    }
+
+    /// `cell/cgroup.procs` opened for writing (never created). The command writes
+    /// "0" to it to move itself in; the kernel checks the permission against the
+    /// credentials and cgroup namespace of the opener, the supervisor.
+    pub fn open_cell_procs(&self) -> Result<std::os::fd::OwnedFd, CgroupError> {
+        let p = self
+            .cell_dir()
+            .ok_or_else(|| CgroupError::NoController("memory".into()))?
+            .join("cgroup.procs");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(io(&p, "open"))
+    }
+
+    /// Creates [`CELL`] (and [`INIT`] on v2, with the memory controller enabled
+    /// below the run's cgroup).
+    fn make_leaves(&self) -> Result<(), CgroupError> {
+        let run = self
+            .dir("memory")
+            .ok_or_else(|| CgroupError::NoController("memory".into()))?
+            .to_path_buf();
+        let mut leaves = vec![run.join(CELL)];
+        if self.version == Version::V2 {
+            leaves.push(run.join(INIT));
+        }
+        for d in &leaves {
+            std::fs::create_dir(d).map_err(io(d, "mkdir"))?;
+        }
+        if self.version == Version::V2 {
+            write(&run.join("cgroup.subtree_control"), "+memory")?;
+        }
+        Ok(())
+    }
+
     fn set_limits(&mut self, l: &CgroupLimits) -> Result<(), CgroupError> {
         match self.version {
             Version::V2 => {
                 let d = self.dirs[0].1.clone();
                 if let Some(m) = l.memory {
-                    write(&d.join("memory.max"), &m.to_string())?;
-                    let swap = d.join("memory.swap.max");
-                    if self.fake || swap.exists() {
+                    let cell = d.join(CELL);
+                    write(&cell.join("memory.max"), &m.to_string())?;
+                    // Swap accounting is on when an ancestor has the file too.
+                    let swap = cell.join("memory.swap.max");
+                    if exists_up(&cell, "memory.swap.max") {
                         write(&swap, "0")?;
                     } else {
                         self.notes
@@ -365,10 +433,10 @@ impl RunCgroup {
                 }
             }
             Version::V1 => {
-                if let (Some(m), Some(d)) = (l.memory, self.dir("memory").map(Path::to_path_buf)) {
+                if let (Some(m), Some(d)) = (l.memory, self.cell_dir()) {
                     write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
                     let memsw = d.join("memory.memsw.limit_in_bytes");
-                    if self.fake || memsw.exists() {
+                    if exists_up(&d, "memory.memsw.limit_in_bytes") {
                         write(&memsw, &m.to_string())?;
                     } else {
                         write(&d.join("memory.swappiness"), "0")?;
@@ -392,71 +460,91 @@ impl RunCgroup {
     /// Moves a process (the init stage) into the run's cgroup(s).
     pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
         for (_, d) in &self.dirs {
+            let d = match self.version {
+                Version::V2 => d.join(INIT),
+                Version::V1 => d.clone(),
+            };
             write(&d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// Peak memory, CPU time (v2 only; v1 keeps it in cpuacct) and OOM kills.
+    /// Peak memory of the command's cgroup (what the limit applies to), CPU time of the
+    /// whole run (v2; v1 keeps it in cpuacct), OOM kills in it.
     pub fn usage(&self) -> CgroupUsage {
         let mut u = CgroupUsage::default();
+        let oom = |d: &Path, file: &str| {
+            read(&d.join(file))
+                .and_then(|s| keyed(&s, "oom_kill"))
+                .unwrap_or(0)
+        };
         match self.version {
             Version::V2 => {
                 let d = &self.dirs[0].1;
                 u.peak_memory_bytes =
-                    read(&d.join("memory.peak")).and_then(|s| s.trim().parse().ok());
-                u.oom_kills = read(&d.join("memory.events"))
-                    .and_then(|s| keyed(&s, "oom_kill"))
-                    .unwrap_or(0);
+                    read(&d.join(CELL).join("memory.peak")).and_then(|s| s.trim().parse().ok());
+                // memory.events counts the sub-cgroups' events too.
+                u.oom_kills = oom(d, "memory.events").max(oom(&d.join(CELL), "memory.events"));
                 u.cpu_time_us = read(&d.join("cpu.stat")).and_then(|s| keyed(&s, "usage_usec"));
             }
             Version::V1 => {
                 if let Some(d) = self.dir("memory") {
-                    u.peak_memory_bytes = read(&d.join("memory.max_usage_in_bytes"))
+                    u.peak_memory_bytes = read(&d.join(CELL).join("memory.max_usage_in_bytes"))
                         .and_then(|s| s.trim().parse().ok());
-                    u.oom_kills = read(&d.join("memory.oom_control"))
-                        .and_then(|s| keyed(&s, "oom_kill"))
-                        .unwrap_or(0);
+                    u.oom_kills =
+                        oom(d, "memory.oom_control") + oom(&d.join(CELL), "memory.oom_control");
                 }
             }
         }
         u
     }
 
-    /// Kills whatever is left in the cgroup and removes it; waits up to a second for
-    /// exiting processes to leave.
+    /// Kills whatever is left in the run's cgroups and removes them, sub-cgroups
+    /// first; waits up to a second for exiting processes to leave each.
     pub fn remove(&self) {
         for (_, d) in &self.dirs {
-            if self.fake {
-                let _ = std::fs::remove_dir_all(d);
-                continue;
+            remove_tree(d);
+        }
+    }
+}
+
+fn remove_tree(d: &Path) {
+    if !on_cgroupfs(d) {
+        // A plain directory tree standing in for cgroupfs (the unit tests' fixtures):
+        // its files are real and must go first.
+        let _ = std::fs::remove_dir_all(d);
+        return;
+    }
+    // On cgroupfs every subdirectory is a sub-cgroup.
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
             }
-            for attempt in 0..100 {
-                let kill = d.join("cgroup.kill");
-                if kill.exists() {
-                    let _ = std::fs::write(&kill, "1");
-                } else {
-                    // Only processes inside this run's cgroup are listed here.
-                    for pid in read(&d.join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok())
-                    {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                match std::fs::remove_dir(d) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(_) if attempt < 99 => {
-                        std::thread::sleep(std::time::Duration::from_millis(10))
-                    }
-                    Err(_) => {}
-                }
+        }
+    }
+    for attempt in 0..100 {
+        let kill = d.join("cgroup.kill");
+        if kill.exists() {
+            let _ = std::fs::write(&kill, "1");
+        } else {
+            // Only processes inside this cgroup are listed here.
+            for pid in read(&d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
+        }
+        match std::fs::remove_dir(d) {
+            Ok(()) => break,
+            Err(e) if e.kind() == ErrorKind::NotFound => break,
+            Err(_) if attempt < 99 => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => {}
         }
     }
 }
@@ -476,8 +564,11 @@ mod tests {
             "30 1 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
             root.display()
         );
-        let mut h = Hierarchy::from_mountinfo(&text, |p| std::fs::read_to_string(p).ok()).unwrap();
-        h.fake = true;
+        let h = Hierarchy::from_mountinfo(&text, |p| std::fs::read_to_string(p).ok()).unwrap();
+        // What a kernel with swap accounting shows in root's base.
+        let base = root.join("nixcell.slice/user-0");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("memory.swap.max"), "max\n").unwrap();
         h
     }
 
@@ -495,10 +586,18 @@ mod tests {
         let d = run.dirs[0].1.clone();
         assert!(d.starts_with(t.path().join("nixcell.slice/user-0")));
         let rd = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-        assert_eq!(rd("memory.max"), (256u64 << 20).to_string());
-        assert_eq!(rd("memory.swap.max"), "0");
+        // Memory is limited for the command's sub-cgroup only, CPU and pids for the
+        // whole run; PID 1's sub-cgroup has no limit of its own.
+        assert_eq!(rd("cell/memory.max"), (256u64 << 20).to_string());
+        assert_eq!(rd("cell/memory.swap.max"), "0");
+        assert!(!d.join("memory.max").exists() && !d.join("init/memory.max").exists());
+        assert_eq!(rd("cgroup.subtree_control"), "+memory");
         assert_eq!(rd("cpu.max"), "150000 100000");
         assert_eq!(rd("pids.max"), "64");
+        assert_eq!(run.cell_dir().unwrap(), d.join("cell"));
+        drop(run.open_cell_procs().unwrap_err());
+        std::fs::write(d.join("cell/cgroup.procs"), "").unwrap();
+        drop(run.open_cell_procs().unwrap());
         // Root enables the controllers along the whole path.
         for dir in [
             t.path().to_path_buf(),
@@ -507,18 +606,20 @@ mod tests {
         ] {
             let s = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
             for c in CONTROLLERS {
+                // Written as "+controller"; cgroupfs shows the name alone.
                 assert!(
-                    s.split_whitespace().any(|x| x == *c),
+                    s.split_whitespace()
+                        .any(|x| x.trim_start_matches('+') == *c),
                     "{}: {s}",
                     dir.display()
                 );
             }
         }
         run.attach(4242).unwrap();
-        assert_eq!(rd("cgroup.procs"), "4242");
-        std::fs::write(d.join("memory.peak"), "123456\n").unwrap();
+        assert_eq!(rd("init/cgroup.procs"), "4242");
+        std::fs::write(d.join("cell/memory.peak"), "123456\n").unwrap();
         std::fs::write(
-            d.join("memory.events"),
+            d.join("cell/memory.events"),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
         )
         .unwrap();
@@ -533,6 +634,43 @@ mod tests {
         );
         run.remove();
         assert!(!d.exists());
+    }
+
+    #[test]
+    fn every_run_gets_its_own_cgroup_and_a_taken_name_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let h = fake_v2(t.path());
+        let l = CgroupLimits {
+            pids: Some(5),
+            ..Default::default()
+        };
+        let a = h.create_run(0, &l).unwrap();
+        let b = h.create_run(0, &l).unwrap();
+        assert_ne!(a.dirs[0].1, b.dirs[0].1);
+        assert!(a.dirs[0].1.is_dir() && b.dirs[0].1.is_dir());
+        // Removing one leaves the other alone.
+        b.remove();
+        assert!(a.dirs[0].1.is_dir() && !b.dirs[0].1.exists());
+        // Directories already there under the next names (other tests of this
+        // process may take some) are not adopted, nor removed.
+        let me = std::process::id();
+        let n: u64 = run_name().rsplit('-').next().unwrap().parse().unwrap();
+        let taken: Vec<PathBuf> = (n + 1..n + 65)
+            .map(|k| {
+                let d = t.path().join(format!(
+                    "nixcell.slice/user-0/run-{me}-{}-{k}",
+                    start_time(me).unwrap()
+                ));
+                std::fs::create_dir(&d).unwrap();
+                std::fs::write(d.join("pids.max"), "7").unwrap();
+                d
+            })
+            .collect();
+        assert!(h.create_run(0, &l).is_err());
+        for d in &taken {
+            assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "7");
+        }
+        a.remove();
     }
 
     #[test]
@@ -607,8 +745,10 @@ mod tests {
             "9 1 0:9 / {}/unified rw - cgroup2 cgroup2 rw\n",
             t.path().display()
         ));
-        let mut h = Hierarchy::from_mountinfo(&text, |_| Some(String::new())).unwrap();
-        h.fake = true;
+        let h = Hierarchy::from_mountinfo(&text, |_| Some(String::new())).unwrap();
+        let base = t.path().join("memory/nixcell/user-0");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("memory.memsw.limit_in_bytes"), "max\n").unwrap();
         assert_eq!(h.version, Version::V1);
         let run = h
             .create_run(
@@ -624,21 +764,27 @@ mod tests {
         let rd = |c: &str, f: &str| std::fs::read_to_string(dir(c).join(f)).unwrap();
         assert!(dir("cpu").starts_with(t.path().join("cpu,cpuacct/nixcell/user-0")));
         assert_eq!(
-            rd("memory", "memory.limit_in_bytes"),
+            rd("memory", "cell/memory.limit_in_bytes"),
             (1u64 << 30).to_string()
         );
         assert_eq!(
-            rd("memory", "memory.memsw.limit_in_bytes"),
+            rd("memory", "cell/memory.memsw.limit_in_bytes"),
             (1u64 << 30).to_string()
         );
+        assert!(!dir("memory").join("memory.limit_in_bytes").exists());
+        assert!(!dir("cpu").join(CELL).exists());
+        run.attach(77).unwrap();
+        for c in CONTROLLERS {
+            assert_eq!(rd(c, "cgroup.procs"), "77");
+        }
         assert_eq!(rd("cpu", "cpu.cfs_quota_us"), "50000");
         assert_eq!(rd("pids", "pids.max"), "9");
         std::fs::write(
-            dir("memory").join("memory.oom_control"),
+            dir("memory").join("cell/memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         )
         .unwrap();
-        std::fs::write(dir("memory").join("memory.max_usage_in_bytes"), "99\n").unwrap();
+        std::fs::write(dir("memory").join("cell/memory.max_usage_in_bytes"), "99\n").unwrap();
         let u = run.usage();
         assert_eq!((u.peak_memory_bytes, u.oom_kills), (Some(99), 2));
         run.remove();

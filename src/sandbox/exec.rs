@@ -64,6 +64,20 @@ pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
 /// The last steps before exec; `sock` receives the layer reports (the command's
 /// process only: a service's layers are the same and reported once).
 fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
+    if spec.security.join_cell_cgroup {
+        // Into the cgroup with the memory limit, away from PID 1's: fail closed, as
+        // the command would otherwise run without the limit.
+        // SAFETY: writes one byte from a static buffer to a descriptor we hold.
+        let n = unsafe { libc::write(proto::CELL_CGROUP_FD, b"0".as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(super::StageError::new(
+                "cgroup-join",
+                "write",
+                "cgroup.procs of the command's cgroup",
+                Errno::last(),
+            ));
+        }
+    }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).at(
         "signals",
         "sigprocmask",

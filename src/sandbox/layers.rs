@@ -23,15 +23,17 @@ pub struct SecuritySpec {
     pub seccomp: SeccompSpec,
     #[serde(default)]
     pub rlimits: RlimitSpec,
+    /// The command and services move themselves into the run's command cgroup
+    /// through [`super::proto::CELL_CGROUP_FD`] (set when the run has a cgroup).
+    #[serde(default)]
+    pub join_cell_cgroup: bool,
 }
 
-/// The seccomp layer: its mode and the BPF the supervisor compiled.
+/// The seccomp layer: its mode and the BPF the supervisor compiled for this run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeccompSpec {
     pub mode: LayerMode,
     pub compiled: CompiledSeccomp,
-    /// Whether the supervisor found the BPF in its cache.
-    pub cached: bool,
 }
 
 impl Default for SeccompSpec {
@@ -39,7 +41,6 @@ impl Default for SeccompSpec {
         SeccompSpec {
             mode: LayerMode::Off,
             compiled: CompiledSeccomp::default(),
-            cached: false,
         }
     }
 }
@@ -82,18 +83,14 @@ fn apply_seccomp(s: &SeccompSpec) -> StageResult<LayerReport> {
         return Ok(report(false, why.into()));
     }
     match seccomp::install(&s.compiled) {
-        Ok(()) => Ok(report(
-            true,
+        // install() refuses an empty set: enforced always means filters are in place.
+        Ok(installed) => Ok(report(
+            installed > 0,
             format!(
-                "{} policy {} ({} filters, BPF {}); non-x86_64 and x32 calls kill the process; clone3 answers ENOSYS",
+                "{} policy {} ({installed} filters installed); non-x86_64 and x32 calls kill the process; calls above {} and clone3 answer ENOSYS",
                 s.compiled.kind,
                 &s.compiled.policy_hash[..12.min(s.compiled.policy_hash.len())],
-                s.compiled.filters.len(),
-                if s.cached {
-                    "from cache"
-                } else {
-                    "compiled for this run"
-                }
+                seccomp::highest_known(),
             ),
         )),
         Err(e) if s.mode == LayerMode::BestEffort => Ok(report(false, e.to_string())),
@@ -110,8 +107,8 @@ pub fn confine_pid1(spec: &RunSpec, sock: BorrowedFd<'_>) {
         return;
     }
     let (enforced, detail) = match seccomp::install(&s.compiled) {
-        Ok(()) => (
-            true,
+        Ok(installed) => (
+            installed > 0,
             "no_new_privs, no capabilities, not dumpable, same seccomp filters as the command"
                 .to_string(),
         ),

@@ -18,7 +18,6 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;
 pub mod sys;
-pub mod syscalls;
 
 use nix::errno::Errno;
 use proto::SetupFailure;

@@ -29,6 +29,63 @@ pub const FORWARDED: &[Signal] = &[
 
 extern "C" fn note_signal(_: libc::c_int) {}
 
+/// PID 1's `/proc/self/oom_score_adj` and the value it inherited. The command and the
+/// services are forked with 1000, the OOM killer's first choice, and PID 1 goes back
+/// to its own value at once: whatever runs out of memory (the host when there is no
+/// cgroup), the cell's own processes go first and PID 1 lives to report it. Raising
+/// the value needs no privilege, nor does going back down to the value inherited.
+struct OomScore {
+    file: std::fs::File,
+    own: Vec<u8>,
+}
+
+fn open_oom_score() -> StageResult<OomScore> {
+    const P: &str = "/proc/self/oom_score_adj";
+    // Leaving root (or entering the user namespace) may have made us undumpable,
+    // which gives /proc/self to root; nothing else runs in the cell yet.
+    nix::sys::prctl::set_dumpable(true)
+        .map_err(|e| StageError::new("pid1", "prctl", "PR_SET_DUMPABLE 1", e))?;
+    let err = |e: std::io::Error| {
+        StageError::new(
+            "pid1",
+            "open",
+            P,
+            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    };
+    let own = std::fs::read(P).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(P)
+        .map_err(err)?;
+    Ok(OomScore { file, own })
+}
+
+impl OomScore {
+    fn set(&self, v: &[u8]) -> nix::Result<()> {
+        // SAFETY: one write of a small buffer to a descriptor we own.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), v.as_ptr().cast(), v.len()) };
+        if n < 0 {
+            Err(nix::errno::Errno::last())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// fork(2), the child with oom_score_adj 1000. The child inherits the descriptor;
+    /// the command's last steps make it close-on-exec with the rest.
+    fn fork(&self) -> nix::Result<ForkResult> {
+        self.set(b"1000")?;
+        // SAFETY: PID 1 is single-threaded; the child goes straight to exec_*.
+        let r = unsafe { fork() };
+        if let Ok(ForkResult::Parent { .. }) | Err(_) = r {
+            // Back to a value at or above the inherited minimum: cannot be refused.
+            let _ = self.set(&self.own);
+        }
+        r
+    }
+}
+
 fn setup(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     ns::set_hostname(&spec.hostname)?;
     ns::loopback_up()?;
@@ -73,6 +130,12 @@ pub fn main(
             super::StageError::new("pid1", "prctl", "PR_SET_NO_NEW_PRIVS", e),
         );
     }
+    // PID 1's own oom_score_adj, opened while /proc/self is still ours (undumpable,
+    // it would not be; the permission is checked at open only).
+    let oom = match open_oom_score() {
+        Ok(o) => o,
+        Err(e) => fail(sock, e),
+    };
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         fail(
             sock,
@@ -105,7 +168,7 @@ pub fn main(
         Err(e) => fail(sock, super::StageError::new("signals", "signalfd", "", e)),
     };
 
-    let services = match start_services(spec, &logs) {
+    let services = match start_services(spec, &logs, &oom) {
         Ok(pids) => pids,
         Err(e) => {
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
@@ -115,7 +178,7 @@ pub fn main(
     drop(logs);
 
     // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
-    let child = match unsafe { fork() } {
+    let child = match oom.fork() {
         Ok(ForkResult::Child) => exec::exec_command(spec, sock),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(sock, super::StageError::new("fork-command", "fork", "", e)),
@@ -188,11 +251,10 @@ fn supervise(child: Pid, sfd: &SignalFd, sock: BorrowedFd<'_>) -> WaitStatus {
 
 /// Starts every service and waits until each one with a port accepts connections on
 /// loopback; a service that exits or stays deaf past its timeout fails the set-up.
-fn start_services(spec: &RunSpec, logs: &[OwnedFd]) -> StageResult<Vec<Pid>> {
+fn start_services(spec: &RunSpec, logs: &[OwnedFd], oom: &OomScore) -> StageResult<Vec<Pid>> {
     let mut pids = Vec::with_capacity(spec.services.len());
     for (svc, log) in spec.services.iter().zip(logs) {
-        // SAFETY: PID 1 is single-threaded; the child goes straight to exec_service.
-        match unsafe { fork() } {
+        match oom.fork() {
             Ok(ForkResult::Child) => exec::exec_service(spec, &svc.argv, log.as_fd()),
             Ok(ForkResult::Parent { child }) => pids.push(child),
             Err(e) => {

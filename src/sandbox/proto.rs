@@ -14,6 +14,9 @@ use std::os::fd::{BorrowedFd, RawFd};
 pub const INIT_ARG: &str = "__nixcell-init";
 /// The descriptor the init stage finds its end of the control socket on.
 pub const INIT_FD: RawFd = 3;
+/// Descriptor of the init stage holding `cgroup.procs` of the run's command cgroup
+/// (opened by the supervisor), when the run has a cgroup.
+pub const CELL_CGROUP_FD: RawFd = 4;
 /// Largest message accepted, so a corrupt length cannot make us allocate gigabytes.
 const MAX_MESSAGE: u32 = 64 << 20;
 

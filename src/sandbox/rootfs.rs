@@ -136,17 +136,96 @@ fn bind_store(spec: &RunSpec) -> StageResult {
     )
 }
 
-/// A proc of the cell's own pid namespace; mounted by PID 1 of that namespace.
+/// Files of /proc that show the host (kernel memory, keys, timers, the scheduler, the
+/// boot command line, the boot id): /dev/null is bound over them.
+pub const PROC_MASKED_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/cmdline",
+    "/proc/sys/kernel/random/boot_id",
+];
+/// Directories of /proc about the host's hardware: an empty read-only tmpfs over each.
+pub const PROC_MASKED_DIRS: &[&str] =
+    &["/proc/acpi", "/proc/asound", "/proc/scsi", "/proc/firmware"];
+/// Parts of /proc that change the kernel when written: read-only.
+pub const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+
+/// A proc of the cell's own pid namespace; mounted by PID 1 of that namespace, with
+/// what shows or changes the host masked or made read-only (the paths Docker masks,
+/// plus the boot command line and boot id). Paths this kernel lacks are skipped; any
+/// other failure fails the set-up.
 fn mount_proc() -> StageResult {
-    mkdir_p("proc", Path::new("/proc"))?;
-    mount(
-        Some("proc"),
+    const STAGE: &str = "proc";
+    const FLAGS: MsFlags = MsFlags::MS_NOSUID
+        .union(MsFlags::MS_NODEV)
+        .union(MsFlags::MS_NOEXEC);
+    mkdir_p(STAGE, Path::new("/proc"))?;
+    mount(Some("proc"), "/proc", Some("proc"), FLAGS, None::<&str>).at(
+        STAGE,
+        "mount(proc)",
         "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .at("proc", "mount(proc)", "/proc")
+    )?;
+    let null = host(Path::new("/dev/null"));
+    for f in PROC_MASKED_FILES {
+        if fs::symlink_metadata(f).is_err() {
+            continue;
+        }
+        mount(
+            Some(&null),
+            *f,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .at(STAGE, "mount(MS_BIND /dev/null)", f)?;
+    }
+    for d in PROC_MASKED_DIRS {
+        if !Path::new(d).is_dir() {
+            continue;
+        }
+        mount(
+            Some("tmpfs"),
+            *d,
+            Some("tmpfs"),
+            FLAGS | MsFlags::MS_RDONLY,
+            Some("mode=0555,size=4k,nr_inodes=1"),
+        )
+        .at(STAGE, "mount(tmpfs, ro)", d)?;
+    }
+    for p in PROC_READ_ONLY {
+        if fs::symlink_metadata(p).is_err() {
+            continue;
+        }
+        mount(
+            Some(*p),
+            *p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .at(STAGE, "mount(MS_BIND)", p)?;
+        // Recursive: the boot id masked below /proc/sys becomes read-only as well
+        // (and stays a readable /dev/null: no NODEV here, proc has no devices).
+        sys::mount_setattr(
+            None,
+            Path::new(p),
+            true,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+            None,
+        )
+        .at(STAGE, "mount_setattr(AT_RECURSIVE, RDONLY)", p)?;
+    }
+    Ok(())
 }
 
 fn mount_dev() -> StageResult {

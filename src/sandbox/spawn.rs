@@ -3,10 +3,10 @@
 //! execve(2) means the init stage is single-threaded from its first instruction,
 //! whatever threads the supervisor runs (DESIGN.md, process model).
 
-use super::proto::{INIT_ARG, INIT_FD};
+use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD};
 use crate::spec::MOUNT_FD_BASE;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 
@@ -16,10 +16,14 @@ pub struct Spawned {
     pub control: UnixStream,
 }
 
-/// Starts the init stage. With `capture`, its stdout and stderr are pipes. `sources`
-/// (the mount sources opened at plan time) are passed on descriptors
-/// `MOUNT_FD_BASE + i`.
-pub fn spawn_init(capture: bool, sources: &[std::sync::Arc<OwnedFd>]) -> io::Result<Spawned> {
+/// Starts the init stage. With `capture`, its stdout and stderr are pipes; `cell_cgroup`
+/// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `sources` (the
+/// mount sources opened at plan time) on descriptors `MOUNT_FD_BASE + i`.
+pub fn spawn_init(
+    capture: bool,
+    sources: &[std::sync::Arc<OwnedFd>],
+    cell_cgroup: Option<RawFd>,
+) -> io::Result<Spawned> {
     if sources.len() > 200 {
         return Err(io::Error::other("more than 200 mounts"));
     }
@@ -47,16 +51,25 @@ pub fn spawn_init(capture: bool, sources: &[std::sync::Arc<OwnedFd>]) -> io::Res
     if capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl, which
-    // are async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
+    // which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if fd == INIT_FD {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+            // Copies above the fixed numbers first, so that placing one cannot close
+            // the other; dup2 leaves the placed descriptors open across exec.
+            let mut moves = [(fd, INIT_FD), (cell_cgroup.unwrap_or(-1), CELL_CGROUP_FD)];
+            for (from, _) in &mut moves {
+                if *from >= 0 {
+                    *from = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 16);
+                    if *from < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            for (from, to) in moves {
+                if from >= 0 && libc::dup2(from, to) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, INIT_FD) < 0 {
-                return Err(io::Error::last_os_error());
             }
             for (i, src) in raw.iter().enumerate() {
                 if libc::dup2(*src, MOUNT_FD_BASE + i as i32) < 0 {
