@@ -349,7 +349,9 @@ fn sdk_run_directories_are_private_to_the_server_and_removed() {
                 } else {
                     p
                 };
-                work.join("sub").exists().then_some(work)
+                // The server places the file before the run (the cell's own changes
+                // come back only after it, through the copy-on-write layer).
+                work.join("placed.txt").exists().then_some(work)
             });
             if let Some(w) = found {
                 break w;
