@@ -142,9 +142,12 @@ struct RawFilesystem {
 #[serde(deny_unknown_fields)]
 struct RawLandlock {
     mode: Option<LayerMode>,
-    restrict_tcp: Option<bool>,
+    refer: Option<LayerMode>,
+    truncate: Option<LayerMode>,
+    tcp: Option<LayerMode>,
+    ioctl_dev: Option<LayerMode>,
+    scopes: Option<LayerMode>,
     allow_ports: Option<Vec<u16>>,
-    scopes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,10 +181,11 @@ pub struct Limits {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LandlockPolicy {
+    /// The layer: `required` refuses a kernel without Landlock.
     pub mode: LayerMode,
-    pub restrict_tcp: bool,
+    /// Per feature newer than ABI 1 (see `sandbox::landlock::Feature`).
+    pub features: crate::sandbox::landlock::Features,
     pub allow_ports: Vec<u16>,
-    pub scopes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -364,9 +368,17 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         workdir_writable: pick!(c, filesystem.workdir) != Some(Access::Ro),
         landlock: LandlockPolicy {
             mode: mode(pick!(c, landlock.mode)),
-            restrict_tcp: pick!(c, landlock.restrict_tcp).unwrap_or(true),
+            features: {
+                let feature = |m: Option<LayerMode>| m.unwrap_or(LayerMode::BestEffort);
+                crate::sandbox::landlock::Features {
+                    refer: feature(pick!(c, landlock.refer)),
+                    truncate: feature(pick!(c, landlock.truncate)),
+                    tcp: feature(pick!(c, landlock.tcp)),
+                    ioctl_dev: feature(pick!(c, landlock.ioctl_dev)),
+                    scopes: feature(pick!(c, landlock.scopes)),
+                }
+            },
             allow_ports: pick!(c, landlock.allow_ports).unwrap_or_default(),
-            scopes: pick!(c, landlock.scopes).unwrap_or(true),
         },
         seccomp: SeccompPolicy {
             mode: mode(pick!(c, seccomp.mode)),
@@ -401,14 +413,24 @@ mod tests {
     fn builtins_load() {
         for (name, _) in BUILTIN {
             let p = load(name).unwrap();
-            assert_eq!(p.landlock.mode, LayerMode::Required, "{name}");
+            let want = if *name == "strict" {
+                LayerMode::Required
+            } else {
+                LayerMode::BestEffort
+            };
+            assert_eq!(p.landlock.mode, want, "{name}");
         }
         let strict = load("strict").unwrap();
         assert_eq!(strict.seccomp.kind, SeccompKind::AllowList);
         assert!(!strict.workdir_writable);
         assert_eq!(strict.limits.memory, Some(512 << 20));
+        assert_eq!(strict.landlock.features.tcp, LayerMode::Required);
         // Inherited from default.
-        assert!(strict.landlock.restrict_tcp);
+        assert_eq!(strict.landlock.features.scopes, LayerMode::BestEffort);
+        assert_eq!(
+            load("default").unwrap().landlock.features.tcp,
+            LayerMode::BestEffort
+        );
         let ci = load("ci").unwrap();
         assert_eq!(ci.limits.cpus, Some(4.0));
         assert!(ci.workdir_writable);
