@@ -147,8 +147,8 @@ cgroup_checks() {
     jrun /tmp/v-oom "$mode" --memory 32M --env-path "$bb" -- sh -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a); echo survived'
     jtest /tmp/v-oom "v['oom_killed'] is True and 'survived' not in v['stdout']['text']"
     check "cgroup-v2-oom-$mode" "memory limit: OOM kill reported"
-    jrun /tmp/v-pids "$mode" --pids 20 --env-path "$bb" -- sh -c 'for i in $(seq 60); do sleep 5 & done 2>/dev/null; echo started $(ls /proc | grep -c "^[0-9]")'
-    jtest /tmp/v-pids "rc == 0 and 5 < int(v['stdout']['text'].split()[1]) <= 20"
+    jrun /tmp/v-pids "$mode" --pids 20 --env-path "$bb" -- sh -c 'for i in $(seq 60); do sleep 5 & done; echo all-started'
+    jtest /tmp/v-pids "rc != 0 and 'all-started' not in v['stdout']['text'] and 'fork' in v['stderr']['text'] and 'pids 20' in cg['detail']"
     check "cgroup-v2-pids-$mode" "pids limit"
     jrun /tmp/v-cpu "$mode" --cpus 0.5 --timeout 4s --env-path "$bb" -- sh -c 'yes > /dev/null & yes > /dev/null'
     jtest /tmp/v-cpu "v['timed_out'] is True and 200 < v['usage']['cpu_time_ms'] < 0.5 * v['wall_time_ms'] * 1.3"
@@ -172,6 +172,7 @@ userns_checks() {
 run_suites() {
   local s b
   for s in "$@"; do
+    [ "$s" = none ] && continue
     b=$(grep "/deps/$s-" "$repo/target/kernel-matrix/test-binaries" | head -1)
     echo "KMX-SUITE $s"
     (cd "$repo" && timeout 900 "$b" --test-threads=2 2>&1)

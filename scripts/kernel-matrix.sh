@@ -39,6 +39,8 @@ if [ "${1:-}" = --guest ]; then
   ip link set lo up 2> /dev/null || true
   hostname kmx
   # shellcheck source=/dev/null
+  [ -f "$repo/target/kernel-matrix/guest.env" ] && . "$repo/target/kernel-matrix/guest.env"
+  # shellcheck source=/dev/null
   . "$repo/scripts/kernel-matrix-guest.sh"
   guest_main "$kcase"
   exit 0
@@ -196,6 +198,8 @@ case_cmdline() {
   esac
 }
 
+# Settings the guest reads (from the shared root): KMX_SUITES overrides the suites.
+printf 'KMX_SUITES=%q\n' "${KMX_SUITES:-}" > "$work/guest.env"
 results=()
 failed_cases=0
 start_all=$(date +%s)
@@ -226,7 +230,7 @@ for c in "${cases[@]}"; do
     < /dev/null > "$log" 2>&1 || rc=$?
   t1=$(date +%s)
   # Plain lines: no carriage returns, no terminal escapes of the firmware.
-  sed 's/\r//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/^c\(KMX-\)/\1/' "$log" > "$log.txt" && mv "$log.txt" "$log"
+  sed 's/\r//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/^.*\(KMX-[A-Z]*\)/\1/' "$log" > "$log.txt" && mv "$log.txt" "$log"
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     line="kernel-matrix $c ($kver): TIMED OUT after ${guest_timeout}s"
     failed_cases=$((failed_cases + 1))

@@ -86,7 +86,9 @@ impl Feature {
             Feature::Refer => {
                 "the kernel then denies every rename or link into another directory (stricter, not weaker)"
             }
-            Feature::Truncate => "truncate(2) and O_TRUNC are then checked by file permissions only",
+            Feature::Truncate => {
+                "truncate(2) and O_TRUNC are then checked by file permissions only"
+            }
             Feature::Tcp => {
                 "the cell may then bind and connect to any port of its own loopback; the network namespace still cuts it off from the host"
             }
@@ -173,7 +175,11 @@ pub fn probe_abi() -> Result<i32, Errno> {
             LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
-    if v < 0 { Err(Errno::last()) } else { Ok(v as i32) }
+    if v < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(v as i32)
+    }
 }
 
 /// The Landlock ABI of the running kernel, 0 when it has none (or it is disabled).
