@@ -12,6 +12,71 @@ fn write_profile(name: &str, text: &str) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// The Landlock features strict requires that this kernel lacks (doctor's view).
+fn landlock_missing() -> Vec<String> {
+    let o = std::process::Command::new(bin())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    if d["landlock"]["available"] != true {
+        return vec!["landlock".into()];
+    }
+    d["landlock"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["available"] != true)
+        .map(|f| f["feature"].as_str().unwrap().to_string())
+        .filter(|f| ["refer", "truncate", "tcp"].contains(&f.as_str()))
+        .collect()
+}
+
+#[test]
+fn landlock_features_are_set_per_feature_and_checked() {
+    // A feature switched off is named so in the verdict, and its rules are gone: the
+    // cell binds a loopback port (on a kernel with TCP rules it is denied otherwise).
+    let off = write_profile(
+        "tcp-off.toml",
+        "extends = \"default\"\n[landlock]\ntcp = \"off\"\n",
+    );
+    let script = "nc -l -p 4444 -e true 2>&1 & sleep 0.3; nc -w 1 127.0.0.1 4444 </dev/null && echo LOCAL-OK; wait; echo end";
+    let bad = write_profile(
+        "tcp-bad.toml",
+        "extends = \"default\"\n[landlock]\ntcp = \"sometimes\"\n",
+    );
+    for m in MODES {
+        let v = verdict(&sh(m, &["--json", "--profile", &off], script));
+        let ll = v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == "landlock")
+            .unwrap()
+            .clone();
+        let detail = ll["detail"].as_str().unwrap();
+        if ll["enforced"] == true {
+            assert!(
+                detail.contains("off in the profile: tcp")
+                    && !detail.contains("TCP bind/connect denied"),
+                "{m:?}: {detail}"
+            );
+        }
+        assert!(
+            v["stdout"]["text"].as_str().unwrap().contains("LOCAL-OK"),
+            "{m:?}: {v}"
+        );
+        let o = sh(m, &["--profile", &bad], "echo RAN");
+        assert_eq!(o.status.code(), Some(125), "{m:?}");
+        assert!(!text(&o.stdout).contains("RAN"));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("tcp-bad.toml:3:") && err.contains("tcp"),
+            "{m:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_bad_profile_names_file_line_and_key_and_runs_nothing() {
     let bad = write_profile(
@@ -56,8 +121,22 @@ fn strict_is_an_allow_list_and_keeps_the_workdir_read_only() {
         };
         let a = args("strict");
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        // mknodat is not on strict's allow list; the workdir is mounted read-only.
-        assert_eq!(ok(&sh(m, &a, script), "strict").trim(), "end", "{m:?}");
+        let missing = landlock_missing();
+        if missing.is_empty() {
+            // mknodat is not on strict's allow list; the workdir is mounted read-only.
+            assert_eq!(ok(&sh(m, &a, script), "strict").trim(), "end", "{m:?}");
+        } else {
+            // strict requires Landlock with TCP rules (ABI 4): a kernel without them
+            // refuses, naming what is missing, and runs nothing.
+            let o = sh(m, &a, "touch /tmp/x; echo RAN");
+            assert_eq!(o.status.code(), Some(125), "{m:?}");
+            assert!(!text(&o.stdout).contains("RAN"));
+            let err = text(&o.stderr);
+            assert!(
+                err.contains("set-up stage 'landlock' failed") && err.contains("required"),
+                "{m:?}: {err}"
+            );
+        }
         let a = args("default");
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         assert_eq!(

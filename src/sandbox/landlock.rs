@@ -526,3 +526,56 @@ pub fn apply(spec: &RunSpec, ll: &LandlockSpec) -> StageResult<LayerReport> {
     }
     Ok(report(true, detail))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: LayerMode) -> LandlockSpec {
+        LandlockSpec {
+            mode: LayerMode::BestEffort,
+            features: Features {
+                refer: mode,
+                truncate: mode,
+                tcp: mode,
+                ioctl_dev: mode,
+                scopes: mode,
+            },
+            allow_ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_exactly_the_features_the_kernel_lacks() {
+        let ll = spec(LayerMode::BestEffort);
+        let (on, missing) = feature_notes(&ll, 2);
+        assert_eq!(on, ["refer"]);
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(names, ["truncate", "tcp", "ioctl_dev", "scopes"]);
+        assert!(missing[1].contains("needs ABI 4, the kernel has ABI 2"));
+        let (on, missing) = feature_notes(&ll, 6);
+        assert_eq!(on.len(), 5);
+        assert!(missing.is_empty());
+        let (on, missing) = feature_notes(&ll, 0);
+        assert!(on.is_empty());
+        assert!(missing[0].contains("the kernel has no Landlock"));
+        // Features off are neither enforced nor missing.
+        let (on, missing) = feature_notes(&spec(LayerMode::Off), 1);
+        assert!(on.is_empty() && missing.is_empty());
+    }
+
+    #[test]
+    fn features_off_are_not_handled() {
+        let all = requested_fs(&spec(LayerMode::BestEffort).features);
+        assert!(all.contains(AccessFs::Refer | AccessFs::Truncate | AccessFs::IoctlDev));
+        let none = requested_fs(&spec(LayerMode::Off).features);
+        assert_eq!(none, AccessFs::from_all(ABI::V1));
+        assert_eq!(
+            fs_names(AccessFs::Refer | AccessFs::Execute),
+            ["execute", "refer"]
+        );
+    }
+}
