@@ -171,6 +171,25 @@ userns_checks() {
   done
 }
 
+# layers_line FILE: the layers of a verdict in one line, for the case's summary.
+layers_line() {
+  python3 - "$1" << 'EOF_PY'
+import json, re, sys
+try:
+    v = json.load(open(sys.argv[1]))
+except Exception:
+    print("KMX-LAYERS no verdict"); sys.exit(0)
+out = []
+for l in v.get("layers", []):
+    s = l["layer"] + (" enforced" if l["enforced"] else " NOT enforced")
+    m = re.findall(r"(\w+) \([^()]*needs ABI", l["detail"])
+    if m:
+        s += " (missing " + ",".join(m) + ")"
+    out.append(s)
+print("KMX-LAYERS " + "; ".join(out))
+EOF_PY
+}
+
 # suites BINARY-NAME...: the integration test binaries, whole.
 run_suites() {
   local s b
@@ -178,7 +197,8 @@ run_suites() {
     [ "$s" = none ] && continue
     b=$(grep "/deps/$s-" "$repo/target/kernel-matrix/test-binaries" | head -1)
     echo "KMX-SUITE $s"
-    (cd "$repo" && timeout 900 "$b" --test-threads=2 2>&1)
+    suites_ran="${suites_ran:+$suites_ran,}$s"
+    (cd "$repo" && timeout 900 "$b" --test-threads=2 --color never 2>&1)
   done
 }
 
@@ -196,12 +216,16 @@ guest_main() {
     6.1-nouserns) userns_checks ;;
     6.1-nolandlock)
       landlock_checks "$kabi"
+      layers_line /tmp/v-default
       run_suites escape profiles
       ;;
     *)
       landlock_checks "$kabi"
+      layers_line /tmp/v-default
       cgroup_checks
+      # shellcheck disable=SC2086
       run_suites ${KMX_SUITES:-runner escape profiles}
       ;;
   esac
+  echo "KMX-SUITES ${suites_ran:-none}"
 }

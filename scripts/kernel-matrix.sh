@@ -20,7 +20,14 @@
 # only when every case passed. The guest logs are in target/kernel-matrix/logs/.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=${KMX_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
+# The host part runs from a copy, so that editing the checkout cannot change a
+# running matrix under bash's feet.
+if [ "${1:-}" != --guest ] && [ -z "${KMX_REPO:-}" ]; then
+  mkdir -p "$repo/target/kernel-matrix"
+  cp "$0" "$repo/target/kernel-matrix/run.sh"
+  KMX_REPO=$repo exec bash "$repo/target/kernel-matrix/run.sh" "$@"
+fi
 work=$repo/target/kernel-matrix
 guest_timeout=${KMX_GUEST_TIMEOUT:-600}
 mem=${KMX_MEM:-3G}
@@ -214,7 +221,7 @@ for c in "${cases[@]}"; do
   kver=${kernel##*/vmlinuz-}
   initrd=$work/initramfs-$kver.cpio.gz
   if [ ! -f "$initrd" ] || [ "$initrd" -ot "$repo/scripts/kernel-matrix-init.sh" ] \
-     || [ "$initrd" -ot "$0" ]; then
+     || [ "$initrd" -ot "$repo/scripts/kernel-matrix.sh" ]; then
     say "building the initramfs for $kver"
     build_initramfs "$kdir" "$initrd"
   fi
@@ -243,7 +250,7 @@ for c in "${cases[@]}"; do
   t1=$(date +%s)
   rm -f "$disk"
   # Plain lines: no carriage returns, no terminal escapes of the firmware.
-  sed 's/\r//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/^.*\(KMX-[A-Z]*\)/\1/' "$log" > "$log.txt" && mv "$log.txt" "$log"
+  sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/[[:cntrl:]]//g; s/^.*\(KMX-[A-Z]*\)/\1/' "$log" > "$log.txt" && mv "$log.txt" "$log"
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     line="kernel-matrix $c ($kver): TIMED OUT after ${guest_timeout}s"
     failed_cases=$((failed_cases + 1))
@@ -253,13 +260,15 @@ for c in "${cases[@]}"; do
     checks_ok=$(grep -c '^KMX-CHECK ok ' "$log" || true)
     checks_bad=$(grep -c '^KMX-CHECK FAIL ' "$log" || true)
     facts=$(sed -n 's/^KMX-FACTS //p' "$log" | head -1)
+    layers=$(sed -n 's/^KMX-LAYERS //p' "$log" | head -1)
+    suites_ran=$(sed -n 's/^KMX-SUITES //p' "$log" | head -1)
     done_mark=$(grep -c '^KMX-DONE' "$log" || true)
     status=ok
     if [ "$nfail" != 0 ] || [ "$checks_bad" != 0 ] || [ "$done_mark" = 0 ]; then
       status=FAILED
       failed_cases=$((failed_cases + 1))
     fi
-    line="kernel-matrix $c ($kver; $facts): $status: suite tests ok $passed, failed $nfail; checks ok $checks_ok, failed $checks_bad; $((t1 - t0))s"
+    line="kernel-matrix $c ($kver; $facts): $status: suites ${suites_ran:-none}: tests ok $passed, failed $nfail; checks ok $checks_ok, failed $checks_bad; $((t1 - t0))s${layers:+; default profile: $layers}"
     [ "$done_mark" = 0 ] && line="$line; the guest did not finish (see $log)"
   fi
   results+=("$line")
