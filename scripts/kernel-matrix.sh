@@ -136,7 +136,7 @@ mod_deps() {
 
 build_initramfs() {
   local kdir=$1 out=$2 moddir tmp order=() seen=" "
-  moddir=$(find "$kdir" -maxdepth 3 -type d -path '*/lib/modules/*' | head -1)
+  moddir=$(find "$kdir" -maxdepth 4 -type d -path '*/lib/modules/*' | head -1)
   [ -n "$moddir" ] || die "no modules in $kdir"
   add() {
     local name=$1 f d

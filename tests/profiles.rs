@@ -309,3 +309,55 @@ fn without_a_delegated_cgroup_best_effort_falls_back_and_required_fails_closed()
     );
     assert!(!ran.exists());
 }
+
+#[test]
+fn doctor_reports_each_layer_and_landlock_feature() {
+    for m in MODES {
+        let mut c = nixcell(m);
+        let o = c.args(["doctor", "--json"]).output().unwrap();
+        assert!(o.status.success(), "{m:?}");
+        let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let layers: Vec<&str> = d["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["layer"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            layers,
+            ["namespaces", "landlock", "seccomp", "cgroup", "rlimits"],
+            "{m:?}"
+        );
+        let features: Vec<(&str, i64)> = d["landlock"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["feature"].as_str().unwrap(), f["abi"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            features,
+            [
+                ("refer", 2),
+                ("truncate", 3),
+                ("tcp", 4),
+                ("ioctl_dev", 5),
+                ("scopes", 6)
+            ]
+        );
+        // Each feature is available exactly when the kernel's ABI has it.
+        let abi = d["landlock"]["abi"].as_i64().unwrap_or(0);
+        for f in d["landlock"]["features"].as_array().unwrap() {
+            assert_eq!(
+                f["available"] == true,
+                abi >= f["abi"].as_i64().unwrap(),
+                "{f}"
+            );
+        }
+        // A layer that is not fully enforceable names its fix.
+        for l in d["layers"].as_array().unwrap() {
+            if l["enforceable"] != "yes" {
+                assert!(l["fix"].is_string(), "{m:?}: {l}");
+            }
+        }
+    }
+}
