@@ -20,7 +20,7 @@ run_as_user() {
 }
 
 guest_setup() {
-  local uid gid base ctrls=""
+  local uid gid base c ctrls=""
   uid=$(id -u "$tu")
   gid=$(id -g "$tu")
   base=/sys/fs/cgroup/nixcell.slice
@@ -168,6 +168,7 @@ userns_checks() {
     jrun /tmp/v-ns "$mode" --env-path "$bb" -- sh -c 'echo ran'
     jtest /tmp/v-ns "rc == 125 and 'max_user_namespaces' in json.dumps(v) + open(f + '.err').read() and 'ran' not in str(v.get('stdout'))"
     check "run-userns-$mode" "run without user namespaces"
+    echo "KMX-INFO run as $mode: $(head -c 600 /tmp/v-ns.err)"
   done
 }
 
