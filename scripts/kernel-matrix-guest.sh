@@ -40,6 +40,11 @@ guest_setup() {
   # Kernels built without LEGACY_TIOCSTI (6.12 here) refuse TIOCSTI by themselves; the
   # escape suite shows that seccomp denies it where the kernel would allow it.
   [ -e /proc/sys/dev/tty/legacy_tiocsti ] && sysctl -qw dev.tty.legacy_tiocsti=1
+  # The host's Nix database, as copied consistently before the boot, writable here.
+  if [ -f "$repo/target/kernel-matrix/nixdb/db.sqlite" ]; then
+    mkdir -p /kmx-disk/nixdb && cp -a "$repo/target/kernel-matrix/nixdb/." /kmx-disk/nixdb/ \
+      && mount --bind /kmx-disk/nixdb /nix/var/nix/db
+  fi
   setsid nix-daemon > /tmp/nix-daemon.log 2>&1 < /dev/null &
   for _ in $(seq 100); do [ -S /nix/var/nix/daemon-socket/socket ] && break; sleep 0.1; done
 }

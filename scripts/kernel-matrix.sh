@@ -237,6 +237,17 @@ for c in "${cases[@]}"; do
   rm -f "$disk"
   truncate -s 4G "$disk"
   mkfs.ext4 -q -F "$disk"
+  # A consistent copy of the Nix database (the host's may be written meanwhile, and a
+  # copy of a live SQLite file in WAL mode is not one); the guest uses it writable.
+  rm -rf "$work/nixdb" && mkdir -p "$work/nixdb"
+  for f in schema big-lock reserved; do
+    [ -e "/nix/var/nix/db/$f" ] && cp -a "/nix/var/nix/db/$f" "$work/nixdb/"
+  done
+  python3 -c 'import sqlite3, sys
+src = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=60)
+dst = sqlite3.connect(sys.argv[2])
+src.backup(dst)
+dst.close()' /nix/var/nix/db/db.sqlite "$work/nixdb/db.sqlite"
   t0=$(date +%s)
   rc=0
   timeout --kill-after=10 "$guest_timeout" qemu-system-x86_64 \
