@@ -105,11 +105,11 @@ kernel_dir() {
   [ -n "$pkg" ] || die "cannot resolve the kernel package of linux-image-amd64=$ver"
   dir=$work/kernels/$pkg
   if [ ! -f "$dir/.done" ]; then
-    deb=$(ls "$work"/debs/"${pkg}"_*.deb 2> /dev/null | head -1 || true)
+    deb=$(find "$work/debs" -name "${pkg}_*.deb" | head -1)
     if [ -z "$deb" ]; then
       say "downloading $pkg ($ver)"
       (cd "$work/debs" && apt-get "${apt_opts[@]}" download -qq "$pkg" > /dev/null)
-      deb=$(ls "$work"/debs/"${pkg}"_*.deb | head -1)
+      deb=$(find "$work/debs" -name "${pkg}_*.deb" | head -1)
     fi
     rm -rf "$dir" && mkdir -p "$dir"
     dpkg-deb -x "$deb" "$dir"
@@ -217,7 +217,7 @@ start_all=$(date +%s)
 for c in "${cases[@]}"; do
   series=$(case_series "$c")
   kdir=$(kernel_dir "$series")
-  kernel=$(ls "$kdir"/boot/vmlinuz-* | head -1)
+  kernel=$(find "$kdir/boot" -name 'vmlinuz-*' | head -1)
   kver=${kernel##*/vmlinuz-}
   initrd=$work/initramfs-$kver.cpio.gz
   if [ ! -f "$initrd" ] || [ "$initrd" -ot "$repo/scripts/kernel-matrix-init.sh" ] \
