@@ -219,10 +219,13 @@ fn layers() -> Vec<LayerInfo> {
         LayerInfo {
             name: "landlock".into(),
             available: r.landlock_abi.is_some(),
-            detail: match r.landlock_abi {
-                Some(abi) => format!("kernel ABI {abi}"),
-                None => "not supported by this kernel".into(),
-            },
+            // Per feature: which access rights and scopes this kernel can enforce.
+            detail: r
+                .layers
+                .iter()
+                .find(|l| l.layer == "landlock")
+                .map(|l| l.detail.clone())
+                .unwrap_or_default(),
         },
         LayerInfo {
             name: "seccomp".into(),

@@ -258,9 +258,8 @@ pub fn prepare(
     spec.security = SecuritySpec {
         landlock: LandlockSpec {
             mode: profile.landlock.mode,
-            restrict_tcp: profile.landlock.restrict_tcp,
+            features: profile.landlock.features,
             allow_ports,
-            scopes: profile.landlock.scopes,
         },
         seccomp: seccomp_spec,
         rlimits: rl,

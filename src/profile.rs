@@ -148,9 +148,12 @@ struct RawFilesystem {
 #[serde(deny_unknown_fields)]
 struct RawLandlock {
     mode: Option<LayerMode>,
-    restrict_tcp: Option<bool>,
+    refer: Option<LayerMode>,
+    truncate: Option<LayerMode>,
+    tcp: Option<LayerMode>,
+    ioctl_dev: Option<LayerMode>,
+    scopes: Option<LayerMode>,
     allow_ports: Option<Vec<u16>>,
-    scopes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,10 +198,11 @@ pub struct Filesystem {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LandlockPolicy {
+    /// The layer: `required` refuses a kernel without Landlock.
     pub mode: LayerMode,
-    pub restrict_tcp: bool,
+    /// Per feature newer than ABI 1 (see `sandbox::landlock::Feature`).
+    pub features: crate::sandbox::landlock::Features,
     pub allow_ports: Vec<u16>,
-    pub scopes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -401,9 +405,17 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         },
         landlock: LandlockPolicy {
             mode: mode(pick!(c, landlock.mode)),
-            restrict_tcp: pick!(c, landlock.restrict_tcp).unwrap_or(true),
+            features: {
+                let feature = |m: Option<LayerMode>| m.unwrap_or(LayerMode::BestEffort);
+                crate::sandbox::landlock::Features {
+                    refer: feature(pick!(c, landlock.refer)),
+                    truncate: feature(pick!(c, landlock.truncate)),
+                    tcp: feature(pick!(c, landlock.tcp)),
+                    ioctl_dev: feature(pick!(c, landlock.ioctl_dev)),
+                    scopes: feature(pick!(c, landlock.scopes)),
+                }
+            },
             allow_ports: pick!(c, landlock.allow_ports).unwrap_or_default(),
-            scopes: pick!(c, landlock.scopes).unwrap_or(true),
         },
         seccomp: SeccompPolicy {
             mode: mode(pick!(c, seccomp.mode)),
@@ -438,14 +450,24 @@ mod tests {
     fn builtins_load() {
         for (name, _) in BUILTIN {
             let p = load(name).unwrap();
-            assert_eq!(p.landlock.mode, LayerMode::Required, "{name}");
+            let want = if *name == "strict" {
+                LayerMode::Required
+            } else {
+                LayerMode::BestEffort
+            };
+            assert_eq!(p.landlock.mode, want, "{name}");
         }
         let strict = load("strict").unwrap();
         assert_eq!(strict.seccomp.kind, SeccompKind::AllowList);
         assert_eq!(strict.filesystem.workdir, crate::spec::WorkdirMode::Ro);
         assert_eq!(strict.limits.memory, Some(512 << 20));
+        assert_eq!(strict.landlock.features.tcp, LayerMode::Required);
         // Inherited from default.
-        assert!(strict.landlock.restrict_tcp);
+        assert_eq!(strict.landlock.features.scopes, LayerMode::BestEffort);
+        assert_eq!(
+            load("default").unwrap().landlock.features.tcp,
+            LayerMode::BestEffort
+        );
         let ci = load("ci").unwrap();
         assert_eq!(ci.limits.cpus, Some(4.0));
         assert_eq!(ci.filesystem.workdir, crate::spec::WorkdirMode::Cow);

@@ -12,6 +12,71 @@ fn write_profile(name: &str, text: &str) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// The Landlock features strict requires that this kernel lacks (doctor's view).
+fn landlock_missing() -> Vec<String> {
+    let o = std::process::Command::new(bin())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    if d["landlock"]["available"] != true {
+        return vec!["landlock".into()];
+    }
+    d["landlock"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["available"] != true)
+        .map(|f| f["feature"].as_str().unwrap().to_string())
+        .filter(|f| ["refer", "truncate", "tcp"].contains(&f.as_str()))
+        .collect()
+}
+
+#[test]
+fn landlock_features_are_set_per_feature_and_checked() {
+    // A feature switched off is named so in the verdict, and its rules are gone: the
+    // cell binds a loopback port (on a kernel with TCP rules it is denied otherwise).
+    let off = write_profile(
+        "tcp-off.toml",
+        "extends = \"default\"\n[landlock]\ntcp = \"off\"\n",
+    );
+    let script = "nc -l -p 4444 -e true 2>&1 & sleep 0.3; nc -w 1 127.0.0.1 4444 </dev/null && echo LOCAL-OK; wait; echo end";
+    let bad = write_profile(
+        "tcp-bad.toml",
+        "extends = \"default\"\n[landlock]\ntcp = \"sometimes\"\n",
+    );
+    for m in MODES {
+        let v = verdict(&sh(m, &["--json", "--profile", &off], script));
+        let ll = v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == "landlock")
+            .unwrap()
+            .clone();
+        let detail = ll["detail"].as_str().unwrap();
+        if ll["enforced"] == true {
+            assert!(
+                detail.contains("off in the profile: tcp")
+                    && !detail.contains("TCP bind/connect denied"),
+                "{m:?}: {detail}"
+            );
+        }
+        assert!(
+            v["stdout"]["text"].as_str().unwrap().contains("LOCAL-OK"),
+            "{m:?}: {v}"
+        );
+        let o = sh(m, &["--profile", &bad], "echo RAN");
+        assert_eq!(o.status.code(), Some(125), "{m:?}");
+        assert!(!text(&o.stdout).contains("RAN"));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("tcp-bad.toml:3:") && err.contains("tcp"),
+            "{m:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_bad_profile_names_file_line_and_key_and_runs_nothing() {
     let bad = write_profile(
@@ -56,8 +121,22 @@ fn strict_is_an_allow_list_and_keeps_the_workdir_read_only() {
         };
         let a = args("strict");
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        // mknodat is not on strict's allow list; the workdir is mounted read-only.
-        assert_eq!(ok(&sh(m, &a, script), "strict").trim(), "end", "{m:?}");
+        let missing = landlock_missing();
+        if missing.is_empty() {
+            // mknodat is not on strict's allow list; the workdir is mounted read-only.
+            assert_eq!(ok(&sh(m, &a, script), "strict").trim(), "end", "{m:?}");
+        } else {
+            // strict requires Landlock with TCP rules (ABI 4): a kernel without them
+            // refuses, naming what is missing, and runs nothing.
+            let o = sh(m, &a, "touch /tmp/x; echo RAN");
+            assert_eq!(o.status.code(), Some(125), "{m:?}");
+            assert!(!text(&o.stdout).contains("RAN"));
+            let err = text(&o.stderr);
+            assert!(
+                err.contains("set-up stage 'landlock' failed") && err.contains("required"),
+                "{m:?}: {err}"
+            );
+        }
         let a = args("default");
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         assert_eq!(
@@ -95,7 +174,16 @@ fn cli_flags_override_the_profile_and_every_layer_is_reported() {
                 .iter()
                 .find(|l| l["layer"] == name)
                 .unwrap_or_else(|| panic!("{name} missing: {v}"));
-            assert_eq!(l["enforced"], true, "{m:?}: {l}");
+            if name == "landlock" && landlock_missing().contains(&"landlock".to_string()) {
+                // A kernel without Landlock: the default profile runs and says so.
+                assert_eq!(l["enforced"], false, "{m:?}: {l}");
+                assert!(
+                    l["detail"].as_str().unwrap().starts_with("not enforced: "),
+                    "{m:?}: {l}"
+                );
+            } else {
+                assert_eq!(l["enforced"], true, "{m:?}: {l}");
+            }
         }
         let cg = layers.iter().find(|l| l["layer"] == "cgroup").unwrap()["detail"]
             .as_str()
@@ -229,4 +317,56 @@ fn without_a_delegated_cgroup_best_effort_falls_back_and_required_fails_closed()
         "{err}"
     );
     assert!(!ran.exists());
+}
+
+#[test]
+fn doctor_reports_each_layer_and_landlock_feature() {
+    for m in MODES {
+        let mut c = nixcell(m);
+        let o = c.args(["doctor", "--json"]).output().unwrap();
+        assert!(o.status.success(), "{m:?}");
+        let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let layers: Vec<&str> = d["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["layer"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            layers,
+            ["namespaces", "landlock", "seccomp", "cgroup", "rlimits"],
+            "{m:?}"
+        );
+        let features: Vec<(&str, i64)> = d["landlock"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["feature"].as_str().unwrap(), f["abi"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            features,
+            [
+                ("refer", 2),
+                ("truncate", 3),
+                ("tcp", 4),
+                ("ioctl_dev", 5),
+                ("scopes", 6)
+            ]
+        );
+        // Each feature is available exactly when the kernel's ABI has it.
+        let abi = d["landlock"]["abi"].as_i64().unwrap_or(0);
+        for f in d["landlock"]["features"].as_array().unwrap() {
+            assert_eq!(
+                f["available"] == true,
+                abi >= f["abi"].as_i64().unwrap(),
+                "{f}"
+            );
+        }
+        // A layer that is not fully enforceable names its fix.
+        for l in d["layers"].as_array().unwrap() {
+            if l["enforceable"] != "yes" {
+                assert!(l["fix"].is_string(), "{m:?}: {l}");
+            }
+        }
+    }
 }

@@ -157,7 +157,16 @@ pub fn unshare_all() -> StageResult {
     let flags = CELL_NAMESPACES
         .iter()
         .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
-    unshare(flags).at("unshare", "unshare", "user|mount|pid|net|ipc|uts|cgroup")
+    unshare(flags).map_err(|e| {
+        // Name the host setting that forbids user namespaces, and its fix.
+        let mut detail = String::from("user|mount|pid|net|ipc|uts|cgroup");
+        let blockers = crate::doctor::userns_blockers();
+        if !blockers.is_empty() {
+            detail.push_str(": ");
+            detail.push_str(&blockers.join("; "));
+        }
+        super::StageError::new("unshare", "unshare", detail, e)
+    })
 }
 
 /// Maps the cell identity onto the process's own host ids: the one mapping an
