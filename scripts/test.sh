@@ -23,9 +23,28 @@ cargo test --locked --tests -- --test-threads=2 2>&1 | tee "$log"
 # The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
 scripts/mcp-conformance.sh 2>&1 | tee -a "$log"
 
+# The same suites on the kernels users run (Debian 12's 6.1, Debian 13's 6.12, no
+# Landlock, no user namespaces), each booted in QEMU; NIXCELL_SKIP_KERNEL_MATRIX=1 skips it.
+kmx_log=target/kernel-matrix.log
+: > "$kmx_log"
+if [ "${NIXCELL_SKIP_KERNEL_MATRIX:-}" != 1 ]; then
+  kmx_rc=0
+  scripts/kernel-matrix.sh 2>&1 | tee "$kmx_log" || kmx_rc=$?
+fi
+
 # One closing line for everything above.
 passed=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log")
 failed=$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$log")
 passed=$((passed + $(grep -c '^PASS ' "$log" || true)))
 failed=$((failed + $(grep -c '^FAIL ' "$log" || true)))
+# Each kernel's line is printed twice (as it ends, and in the closing list).
+kmx_lines=$(grep -E '^kernel-matrix [^ ]+ \(' "$kmx_log" | sort -u || true)
+kmx_counts=$(printf '%s\n' "$kmx_lines" |
+  sed -n 's/.*tests ok \([0-9]*\), failed \([0-9]*\); checks ok \([0-9]*\), failed \([0-9]*\).*/\1 \2 \3 \4/p' |
+  awk '{ p += $1 + $3; f += $2 + $4 } END { print p + 0, f + 0 }')
+passed=$((passed + ${kmx_counts% *}))
+failed=$((failed + ${kmx_counts#* }))
+# A guest that timed out or did not finish counts as one failure.
+failed=$((failed + $(printf '%s\n' "$kmx_lines" | grep -cE 'TIMED OUT|did not finish' || true)))
 echo "tests: $passed passed, $failed failed"
+[ "${kmx_rc:-0}" = 0 ] && [ "$failed" = 0 ]
