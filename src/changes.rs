@@ -276,6 +276,48 @@ fn same_content(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Copies a regular file's content from `src` to `dst` (both at offset 0), keeping
+/// its holes: only the data segments are written, the length is set at the end. A
+/// cell's sparse file (any apparent size at no cost in its capped layer) thus takes
+/// on the host no more than it took in the layer.
+fn copy_sparse(src: &File, dst: &File) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = src.metadata()?.len();
+    let seek = |f: &File, off: u64, whence: i32| -> io::Result<Option<u64>> {
+        // SAFETY: lseek(2) on an open descriptor.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if errno(&e) == libc::ENXIO {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(r as u64))
+    };
+    let mut off = 0u64;
+    while off < len {
+        let data = match seek(src, off, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            // No hole support: one data segment, the whole file.
+            Err(e) if errno(&e) == libc::EINVAL => off,
+            Err(e) => return Err(e),
+        };
+        let end = match seek(src, data, libc::SEEK_HOLE) {
+            Ok(Some(h)) => h.min(len),
+            Ok(None) | Err(_) => len,
+        };
+        let (mut from, mut to) = (src, dst);
+        from.seek(SeekFrom::Start(data))?;
+        to.seek(SeekFrom::Start(data))?;
+        io::copy(&mut from.take(end - data), &mut to)?;
+        off = end.max(data + 1);
+    }
+    dst.set_len(len)
+}
+
 /// Removes `name` below `dir` and everything under it, never following a link.
 fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let st = fsat::lstat_at(dir, name)?;
@@ -319,7 +361,7 @@ fn copy_tree(
             0o600,
             fsat::BENEATH,
         )?;
-        io::copy(&mut File::from(src), &mut File::from(dst.try_clone()?))?;
+        copy_sparse(&File::from(src), &File::from(dst.try_clone()?))?;
         fsat::fchmod(dst.as_fd(), st.st_mode & 0o777)?;
         fsat::futimens(dst.as_fd(), &st)
     } else {
@@ -756,9 +798,7 @@ impl<'a> Applier<'a> {
                     fsat::BENEATH,
                 )?;
                 // The descriptor may have been read already (the comparison above).
-                let mut from = File::from(s.try_clone()?);
-                std::io::Seek::seek(&mut from, io::SeekFrom::Start(0))?;
-                io::copy(&mut from, &mut File::from(fd.try_clone()?))?;
+                copy_sparse(&File::from(s.try_clone()?), &File::from(fd.try_clone()?))?;
                 if self.t.chown {
                     fsat::lchown_at(fd.as_fd(), OsStr::new(""), self.t.owner.0, self.t.owner.1)?;
                 }
