@@ -420,6 +420,23 @@ impl<'a> Applier<'a> {
             .find(|p| rel.starts_with(p) || (whole && p.starts_with(rel)))
     }
 
+    /// Started as root, nixcell writes with root's authority: only into a directory
+    /// of the workdir's owner (checked on the opened directory, so a directory the
+    /// owner renames into place during the run is judged as what it is).
+    fn may_write_in(&self, dir: BorrowedFd<'_>) -> Result<(), String> {
+        if !self.t.chown {
+            return Ok(());
+        }
+        match fsat::fstat(dir) {
+            Ok(st) if st.st_uid == self.t.owner.0 => Ok(()),
+            Ok(st) => Err(format!(
+                "its directory belongs to uid {}, not to the workdir's owner",
+                st.st_uid
+            )),
+            Err(e) => Err(format!("cannot read its directory: {e}")),
+        }
+    }
+
     fn temp_name(&mut self) -> OsString {
         self.tmp_n += 1;
         OsString::from(format!(
@@ -505,6 +522,9 @@ impl<'a> Applier<'a> {
         };
         if let Some(p) = self.protected(rel, true) {
             let why = format!("protected: {} may not be changed by a cell", p.display());
+            return self.report.refuse(&rel_str(rel), why);
+        }
+        if let Err(why) = self.may_write_in(tdir) {
             return self.report.refuse(&rel_str(rel), why);
         }
         if self.dry {
@@ -635,6 +655,8 @@ impl<'a> Applier<'a> {
                     }
                 }
                 self.walk(sub.as_fd(), Some(tsub.as_fd()), r);
+                // The directory opened, not the name looked up before.
+                let st = &fsat::fstat(tsub.as_fd()).unwrap_or(*st);
                 if st.st_mode & 0o1777 != ust.st_mode & 0o1777 {
                     if st.st_uid != self.t.owner.0 {
                         let why = format!(
@@ -662,6 +684,9 @@ impl<'a> Applier<'a> {
             }
             other => {
                 // New, or a file or link replaced by a directory.
+                if let Err(why) = self.may_write_in(t) {
+                    return self.report.refuse(&rel_str(r), why);
+                }
                 let mut saved = None;
                 if let Some(st) = other {
                     if self.dry {
@@ -784,6 +809,9 @@ impl<'a> Applier<'a> {
         } else {
             Kind::Added
         };
+        if let Some(Err(why)) = tdir.map(|t| self.may_write_in(t)) {
+            return self.report.refuse(&path, why);
+        }
         let Some(t) = tdir.filter(|_| !self.dry) else {
             return self.step(r, kind, None, None, size);
         };

@@ -53,3 +53,60 @@ fn sparse_files_made_by_a_cell_stay_sparse_on_the_host() {
         );
     }
 }
+
+/// Started as root on a user's workdir, nixcell writes with root's authority, so it
+/// must write only where the workdir's owner could. The owner swaps, during the run, a
+/// directory the cell wrote in for a root-owned directory of the workdir (a rename in
+/// a directory of theirs); the cell's new file and its deletion must not land in
+/// root's directory.
+#[test]
+fn a_root_started_run_never_writes_into_a_directory_the_owner_could_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let wd = workdir(Mode::Root);
+    let (u, g) = test_user_ids();
+    std::fs::create_dir(wd.path().join("sub")).unwrap();
+    std::fs::write(wd.path().join("sub/gone"), "user's\n").unwrap();
+    std::fs::create_dir(wd.path().join("r")).unwrap();
+    std::fs::write(wd.path().join("r/gone"), "root's\n").unwrap();
+    std::fs::set_permissions(wd.path().join("r"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for p in [
+        wd.path().to_path_buf(),
+        wd.path().join("sub"),
+        wd.path().join("sub/gone"),
+    ] {
+        nix::unistd::chown(&p, Some(u.into()), Some(g.into())).unwrap();
+    }
+    let child = nixcell(Mode::Root)
+        .args(["run", "--json", "--env-path"])
+        .arg(busybox())
+        .args(["--workdir", path_str(wd.path()), "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo evil > /work/sub/evil && rm /work/sub/gone && sleep 4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // What the owner can do in their own directory (done here as root, same effect).
+    std::fs::rename(wd.path().join("sub"), wd.path().join("sub.old")).unwrap();
+    std::fs::rename(wd.path().join("r"), wd.path().join("sub")).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let v = verdict(&o);
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let r = wd.path().join("sub");
+    assert_eq!(std::fs::metadata(&r).unwrap().uid(), 0);
+    assert!(
+        !r.join("evil").exists(),
+        "written into root's directory: {v}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("gone")).unwrap(),
+        "root's\n",
+        "deleted from root's directory: {v}"
+    );
+    let refused = v["workdir"]["refused"].to_string();
+    assert!(refused.contains("belongs to uid 0"), "{v}");
+}
