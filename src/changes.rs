@@ -411,6 +411,45 @@ impl Saver {
     }
 }
 
+/// What may come back inside a git repository's `.git` directory (at any depth of the
+/// workdir, project or not): objects, refs and the state a commit, merge or checkout
+/// writes. Never its configuration (`core.fsmonitor`, `core.pager`, filter drivers run
+/// commands on the host's next `git status`), hooks, nested repositories
+/// (`modules/`, `worktrees/`) or a `.git` that is not a directory (a `gitdir:` file).
+const GIT_STATE: &[&str] = &[
+    "objects",
+    "refs",
+    "logs",
+    "index",
+    "packed-refs",
+    "HEAD",
+    "ORIG_HEAD",
+    "FETCH_HEAD",
+    "MERGE_HEAD",
+    "MERGE_MSG",
+    "AUTO_MERGE",
+    "REBASE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "COMMIT_EDITMSG",
+];
+
+/// Why `rel` (a directory when `!whole`) inside a `.git` may not come back.
+fn git_metadata(rel: &Path, whole: bool) -> Option<String> {
+    let parts: Vec<&OsStr> = rel.iter().collect();
+    let i = parts.iter().position(|c| *c == OsStr::new(".git"))?;
+    let why = match parts.get(i + 1) {
+        None if whole => "a repository's .git only as a directory".to_string(),
+        None => return None,
+        Some(c) if GIT_STATE.iter().any(|s| OsStr::new(s) == *c) => return None,
+        Some(c) => format!(
+            "{}: a repository's configuration, hooks or nested repositories never come back",
+            Path::new(c).display()
+        ),
+    };
+    Some(why)
+}
+
 impl<'a> Applier<'a> {
     fn protected(&self, rel: &Path, whole: bool) -> Option<&Path> {
         self.t
@@ -418,6 +457,17 @@ impl<'a> Applier<'a> {
             .iter()
             .map(PathBuf::as_path)
             .find(|p| rel.starts_with(p) || (whole && p.starts_with(rel)))
+    }
+
+    /// The reason a change at `rel` is refused before anything else, if any.
+    fn refusal(&self, rel: &Path, whole: bool) -> Option<String> {
+        if let Some(p) = self.protected(rel, whole) {
+            return Some(format!(
+                "protected: {} may not be changed by a cell",
+                p.display()
+            ));
+        }
+        git_metadata(rel, whole).map(|w| format!("protected: {w}"))
     }
 
     /// Started as root, nixcell writes with root's authority: only into a directory
@@ -520,8 +570,7 @@ impl<'a> Applier<'a> {
                     .refuse(&rel_str(rel), format!("cannot read: {e}"));
             }
         };
-        if let Some(p) = self.protected(rel, true) {
-            let why = format!("protected: {} may not be changed by a cell", p.display());
+        if let Some(why) = self.refusal(rel, true) {
             return self.report.refuse(&rel_str(rel), why);
         }
         if let Err(why) = self.may_write_in(tdir) {
@@ -568,8 +617,7 @@ impl<'a> Applier<'a> {
                 }
             };
             let whole = !is_dir(&ust);
-            if let Some(p) = self.protected(&r, whole) {
-                let why = format!("protected: {} may not be changed by a cell", p.display());
+            if let Some(why) = self.refusal(&r, whole) {
                 self.report.refuse(&rel_str(&r), why);
                 continue;
             }

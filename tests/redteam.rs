@@ -110,3 +110,85 @@ fn a_root_started_run_never_writes_into_a_directory_the_owner_could_not() {
     let refused = v["workdir"]["refused"].to_string();
     assert!(refused.contains("belongs to uid 0"), "{v}");
 }
+
+/// A plain run (no project) on a git repository: the cell's copy of `.git/config`
+/// (`core.fsmonitor` runs a command on the host's next `git status`), its hooks and a
+/// `.git` file pointing elsewhere never come back; objects and refs do.
+#[test]
+fn a_repositorys_configuration_and_hooks_never_come_back_from_a_plain_run() {
+    for mode in MODES {
+        let wd = workdir(mode);
+        git(wd.path(), &["init", "-q"]);
+        if mode == Mode::Rootless {
+            chown_to_test_user_all(wd.path());
+        }
+        let config = std::fs::read(wd.path().join(".git/config")).unwrap();
+        let marker = wd.path().join("pwned");
+        let o = run(
+            mode,
+            wd.path(),
+            &format!(
+                "printf '[core]\\n\\tfsmonitor = \"touch {m}; false\"\\n' >> /work/.git/config; \
+                 mkdir -p /work/.git/hooks /work/sub /work/.git/objects/ab /work/.git/refs/heads; \
+                 echo 'touch {m}' > /work/.git/hooks/pre-commit; chmod +x /work/.git/hooks/pre-commit; \
+                 echo 'gitdir: /work/.evil' > /work/sub/.git; \
+                 echo obj > /work/.git/objects/ab/cd; echo ref > /work/.git/refs/heads/x.lock",
+                m = marker.display()
+            ),
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(
+            std::fs::read(wd.path().join(".git/config")).unwrap(),
+            config,
+            "{mode:?}: {v}"
+        );
+        assert!(
+            !wd.path().join(".git/hooks/pre-commit").exists(),
+            "{mode:?}"
+        );
+        assert!(!wd.path().join("sub/.git").exists(), "{mode:?}");
+        assert!(
+            wd.path().join(".git/objects/ab/cd").exists(),
+            "{mode:?}: {v}"
+        );
+        assert!(
+            wd.path().join(".git/refs/heads/x.lock").exists(),
+            "{mode:?}: {v}"
+        );
+        let refused = v["workdir"]["refused"].to_string();
+        for p in [".git/config", ".git/hooks", "sub/.git"] {
+            assert!(refused.contains(&format!("\"{p}\"")), "{mode:?}: {p}: {v}");
+        }
+        // The owner's next `git status`.
+        let mut c = match mode {
+            Mode::Root => std::process::Command::new("git"),
+            Mode::Rootless => {
+                let mut c = as_test_user();
+                c.arg("git");
+                c
+            }
+        };
+        let st = c
+            .args(["status", "--short"])
+            .current_dir(wd.path())
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{mode:?}: {}", text(&st.stderr));
+        assert!(
+            !marker.exists(),
+            "{mode:?}: the host ran the cell's command"
+        );
+    }
+}
+
+fn chown_to_test_user_all(p: &std::path::Path) {
+    let (u, g) = test_user_ids();
+    let out = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{u}:{g}"))
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
