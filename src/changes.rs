@@ -1146,10 +1146,13 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
     .ok();
     // First pass: what is there now must be what the run left.
     let mut conflicts = Vec::new();
+    let run_paths: std::collections::HashSet<&str> =
+        j.steps.iter().map(|s| s.path.as_str()).collect();
     for s in j.steps.iter().rev() {
         let (parent, name) = split(&s.path);
-        let now = open_parent(top.as_fd(), &parent)
-            .ok()
+        let pdir = open_parent(top.as_fd(), &parent).ok();
+        let now = pdir
+            .as_ref()
             .and_then(|d| lstat_opt(d.as_fd(), &name).ok().flatten());
         let ok = match (s.after, now) {
             (Some(a), Some(n)) => Stamp::of(&n) == a,
@@ -1158,6 +1161,32 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
         };
         if !ok {
             conflicts.push(s.path.clone());
+        }
+        // A directory the run made holds only what the run put there: anything else
+        // was added since (a directory's stamp does not see that) and would go with it.
+        if ok && s.old_mode.is_none() && now.as_ref().is_some_and(is_dir) {
+            let entries = pdir
+                .as_ref()
+                .and_then(|d| {
+                    fsat::open_beneath(
+                        d.as_fd(),
+                        Path::new(&name),
+                        libc::O_RDONLY | libc::O_DIRECTORY,
+                    )
+                    .ok()
+                })
+                .map(|d| fsat::list_dir(d.as_fd()));
+            match entries {
+                Some(Ok(names)) => {
+                    for n in names {
+                        let p = rel_str(&Path::new(&s.path).join(&n));
+                        if !run_paths.contains(p.as_str()) {
+                            conflicts.push(p);
+                        }
+                    }
+                }
+                _ => conflicts.push(s.path.clone()),
+            }
         }
     }
     if !conflicts.is_empty() && !force {

@@ -192,3 +192,44 @@ fn chown_to_test_user_all(p: &std::path::Path) {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// A run replaced a file by a directory; afterwards the owner keeps working in it.
+/// `nixcell undo` (without --force) must not delete the owner's new file, unjournaled,
+/// with the directory: it names the path and changes nothing.
+#[test]
+fn undo_never_deletes_what_the_owner_added_after_the_run() {
+    for mode in MODES {
+        let wd = workdir(mode);
+        std::fs::write(wd.path().join("x"), "before\n").unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user_all(wd.path());
+        }
+        let o = run(
+            mode,
+            wd.path(),
+            "rm /work/x && mkdir /work/x && echo cell > /work/x/a",
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        let id = v["workdir"]["run"].as_str().unwrap().to_string();
+        let mine = wd.path().join("x/mine");
+        std::fs::write(&mine, "the owner's work\n").unwrap();
+        let o = nixcell(mode).args(["undo", &id]).output().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&mine).unwrap_or_default(),
+            "the owner's work\n",
+            "{mode:?}: undo: {}",
+            text(&o.stderr)
+        );
+        assert!(!o.status.success(), "{mode:?}");
+        assert!(
+            text(&o.stderr).contains("x/mine"),
+            "{mode:?}: {}",
+            text(&o.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(wd.path().join("x/a")).unwrap(),
+            "cell\n"
+        );
+    }
+}
