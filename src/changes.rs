@@ -19,7 +19,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -193,6 +193,10 @@ struct Applier<'a> {
     steps: Vec<Step>,
     saver: Option<Saver>,
     tmp_n: usize,
+    /// File systems mounted below the workdir (relative paths): never deleted or
+    /// replaced along with a directory above them (a deleted directory is moved into the
+    /// journal, and the mount with it).
+    mounts: Vec<PathBuf>,
 }
 
 fn rel_str(p: &Path) -> String {
@@ -466,6 +470,13 @@ impl<'a> Applier<'a> {
                 "protected: {} may not be changed by a cell",
                 p.display()
             ));
+        }
+        if let Some(m) = self
+            .mounts
+            .iter()
+            .find(|m| rel.starts_with(m) || (whole && m.starts_with(rel)))
+        {
+            return Some(format!("a file system is mounted at {}", m.display()));
         }
         git_metadata(rel, whole).map(|w| format!("protected: {w}"))
     }
@@ -915,6 +926,43 @@ impl<'a> Applier<'a> {
     }
 }
 
+/// The mount points strictly below `dir` (a resolved path), relative to it, from
+/// /proc/self/mountinfo. Only root mounts in the host's mount namespace, so the list
+/// cannot be changed by the workdir's owner between reading it and applying.
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| PathBuf::from(OsString::from_vec(unescape_mountinfo(field))))
+        .filter_map(|m| m.strip_prefix(dir).ok().map(Path::to_path_buf))
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let oct = field
+            .get(i + 1..i + 4)
+            .filter(|o| field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(o) => {
+                out.push((o[0] - b'0') * 64 + (o[1] - b'0') * 8 + (o[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Whether the copy-on-write layer is full (blocks or inodes): the cell hit its cap.
 fn cap_hit(layer: BorrowedFd<'_>) -> bool {
     matches!(fsat::free_space(layer), Ok((b, i)) if b == 0 || i == 0)
@@ -932,6 +980,7 @@ pub fn apply(layer: &OwnedFd, t: &Target) -> WorkdirReport {
         steps: Vec::new(),
         saver: None,
         tmp_n: 0,
+        mounts: mounts_below(&t.path),
     };
     a.report.cap_hit = cap_hit(layer.as_fd());
     a.dry = a.report.cap_hit;

@@ -233,3 +233,63 @@ fn undo_never_deletes_what_the_owner_added_after_the_run() {
         );
     }
 }
+
+/// Unmounts every mount of `source` (wherever a run may have moved it).
+fn umount_all(source: &str) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in info
+        .lines()
+        .filter(|l| l.contains(&format!(" - tmpfs {source} ")))
+    {
+        let at = line.split(' ').nth(4).unwrap();
+        let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A file system mounted inside the workdir looks empty to the cell, which may delete
+/// the directory above it. Deleting that directory used to move it, with the mount,
+/// into the run journal (where pruning old journals later removes everything in it):
+/// a directory holding a mount point is never deleted or replaced. (Rootless, a
+/// workdir holding a mount is refused at set-up: its mounts are locked.)
+#[test]
+fn a_directory_holding_a_mount_point_is_never_deleted_or_moved() {
+    {
+        let mode = Mode::Root;
+        let wd = workdir(mode);
+        std::fs::create_dir_all(wd.path().join("data/mnt")).unwrap();
+        std::fs::create_dir_all(wd.path().join("other/mnt")).unwrap();
+        let source = format!("nixcell-rt-{}", std::process::id());
+        for d in ["data/mnt", "other/mnt"] {
+            nix::mount::mount(
+                Some(source.as_str()),
+                &wd.path().join(d),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=1m,mode=0777"),
+            )
+            .unwrap();
+            std::fs::write(wd.path().join(d).join("precious"), "mounted\n").unwrap();
+        }
+        let o = run(
+            mode,
+            wd.path(),
+            "rm -rf /work/data; rm -rf /work/other && echo file > /work/other",
+        );
+        let v = verdict(&o);
+        let left = ["data", "other"].map(|d| {
+            std::fs::read_to_string(wd.path().join(d).join("mnt/precious")).unwrap_or_default()
+        });
+        umount_all(&source);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(left, ["mounted\n", "mounted\n"], "{mode:?}: {v}");
+        let refused = v["workdir"]["refused"].to_string();
+        assert!(
+            refused.contains("a file system is mounted at data/mnt"),
+            "{mode:?}: {v}"
+        );
+        assert!(
+            refused.contains("a file system is mounted at other/mnt"),
+            "{mode:?}: {v}"
+        );
+    }
+}
