@@ -1154,11 +1154,15 @@ fn split(rel: &str) -> (PathBuf, OsString) {
     )
 }
 
+/// Opens `parent` below `top` one component at a time: a run may have made paths
+/// longer than PATH_MAX (applying walks by descriptors too), which must stay undoable.
 fn open_parent(top: BorrowedFd<'_>, parent: &Path) -> io::Result<OwnedFd> {
-    if parent.as_os_str().is_empty() {
-        return fsat::open_beneath(top, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY);
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let mut dir = fsat::open_beneath(top, Path::new("."), flags)?;
+    for c in parent.iter() {
+        dir = fsat::open_beneath(dir.as_fd(), Path::new(c), flags)?;
     }
-    fsat::open_beneath(top, parent, libc::O_RDONLY | libc::O_DIRECTORY)
+    Ok(dir)
 }
 
 /// Restores the workdir of a run to what it was before the run's changes were applied,

@@ -293,3 +293,54 @@ fn a_directory_holding_a_mount_point_is_never_deleted_or_moved() {
         );
     }
 }
+
+/// A cell makes a path longer than PATH_MAX (by directory descriptors) next to a
+/// deletion; applying walks by descriptors, and undoing must too: the run used to be
+/// "changed since the run" for good, its deletion undoable only with --force.
+#[test]
+fn a_run_with_paths_longer_than_path_max_can_be_undone() {
+    let py = build_env("python3", "pkgs.python3");
+    for mode in MODES {
+        let wd = workdir(mode);
+        std::fs::write(wd.path().join("keep"), "precious\n").unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user_all(wd.path());
+        }
+        let code = "import os\n\
+            os.unlink('/work/keep')\n\
+            fd = os.open('/work', os.O_RDONLY)\n\
+            for i in range(200):\n    \
+                os.mkdir('d' * 60, dir_fd=fd)\n    \
+                fd = os.open('d' * 60, os.O_RDONLY, dir_fd=fd)\n\
+            os.close(os.open('f', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\n";
+        let o = nixcell(mode)
+            .args(["run", "--json", "--env-path"])
+            .arg(&py)
+            .args([
+                "--workdir",
+                path_str(wd.path()),
+                "--",
+                "python3",
+                "-c",
+                code,
+            ])
+            .output()
+            .unwrap();
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["workdir"]["counts"]["added"], 201, "{mode:?}: {v}");
+        let id = v["workdir"]["run"].as_str().unwrap().to_string();
+        let o = nixcell(mode).args(["undo", &id]).output().unwrap();
+        let err = text(&o.stderr);
+        assert!(
+            o.status.success(),
+            "{mode:?}: {}",
+            &err[..err.len().min(300)]
+        );
+        assert_eq!(
+            std::fs::read_to_string(wd.path().join("keep")).unwrap(),
+            "precious\n"
+        );
+        assert!(!wd.path().join("d".repeat(60)).exists(), "{mode:?}");
+    }
+}
