@@ -1254,11 +1254,30 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
         restored: Vec::new(),
         removed: Vec::new(),
     };
+    // As root, like applying: only into directories of the workdir's owner (one the
+    // owner renamed into place since the run is judged as what it is).
+    let owner = if crate::sandbox::ns::is_host_root() {
+        Some(
+            fsat::fstat(top.as_fd())
+                .map_err(|e| werr(e.to_string()))?
+                .st_uid,
+        )
+    } else {
+        None
+    };
     let mut errors = Vec::new();
     for s in j.steps.iter().rev() {
         let (parent, name) = split(&s.path);
         let res = (|| -> io::Result<()> {
             let dir = open_parent(top.as_fd(), &parent)?;
+            if let Some(u) = owner {
+                let du = fsat::fstat(dir.as_fd())?.st_uid;
+                if du != u {
+                    return Err(io::Error::other(format!(
+                        "its directory belongs to uid {du}, not to the workdir's owner"
+                    )));
+                }
+            }
             let now = lstat_opt(dir.as_fd(), &name)?;
             if let Some(mode) = s.old_mode {
                 if let Some(n) = now.filter(is_dir) {

@@ -344,3 +344,36 @@ fn a_run_with_paths_longer_than_path_max_can_be_undone() {
         assert!(!wd.path().join("d".repeat(60)).exists(), "{mode:?}");
     }
 }
+
+/// The same swap before `nixcell undo` as root: restoring what the run deleted must
+/// not plant the owner's file in root's directory.
+#[test]
+fn undo_as_root_never_restores_into_a_directory_the_owner_could_not_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let wd = workdir(Mode::Root);
+    std::fs::create_dir(wd.path().join("sub")).unwrap();
+    std::fs::write(wd.path().join("sub/gone"), "user's\n").unwrap();
+    std::fs::create_dir(wd.path().join("r")).unwrap();
+    std::fs::set_permissions(wd.path().join("r"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_to_test_user_all(wd.path());
+    nix::unistd::chown(&wd.path().join("r"), Some(0.into()), Some(0.into())).unwrap();
+    let o = run(Mode::Root, wd.path(), "rm /work/sub/gone");
+    let v = verdict(&o);
+    assert_eq!(v["workdir"]["counts"]["deleted"], 1, "{v}");
+    let id = v["workdir"]["run"].as_str().unwrap().to_string();
+    // What the owner can do in their own directory (done here as root, same effect).
+    std::fs::rename(wd.path().join("sub"), wd.path().join("sub.old")).unwrap();
+    std::fs::rename(wd.path().join("r"), wd.path().join("sub")).unwrap();
+    let o = nixcell(Mode::Root).args(["undo", &id]).output().unwrap();
+    assert!(
+        !wd.path().join("sub/gone").exists(),
+        "restored into root's directory: {}",
+        text(&o.stderr)
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("belongs to uid 0"),
+        "{}",
+        text(&o.stderr)
+    );
+}
