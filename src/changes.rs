@@ -1146,6 +1146,20 @@ pub fn find_run(id: Option<&str>, cwd: &Path) -> Result<Journal, UndoError> {
     }
 }
 
+/// A name a cell chose, for a terminal: control characters (escape sequences, line
+/// breaks that would forge lines of nixcell's own) written as escapes.
+pub fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn split(rel: &str) -> (PathBuf, OsString) {
     let p = Path::new(rel);
     (
@@ -1245,7 +1259,7 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
     if !conflicts.is_empty() && !force {
         return Err(UndoError::Conflict {
             id: j.id.clone(),
-            paths: conflicts,
+            paths: conflicts.iter().map(|p| shown(p)).collect(),
         });
     }
     let mut done = Undone {
@@ -1320,7 +1334,7 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
             Ok(())
         })();
         if let Err(e) = res {
-            errors.push(format!("{}: {e}", s.path));
+            errors.push(format!("{}: {e}", shown(&s.path)));
         }
     }
     if errors.is_empty() {

@@ -377,3 +377,40 @@ fn undo_as_root_never_restores_into_a_directory_the_owner_could_not_write() {
         text(&o.stderr)
     );
 }
+
+/// Names are the cell's: printed for a terminal (a refusal after `nixcell run`, a
+/// conflict of `nixcell undo`), escape sequences and line breaks come out escaped.
+#[test]
+fn names_a_cell_chose_reach_the_terminal_escaped() {
+    for mode in MODES {
+        let wd = workdir(mode);
+        let o = sh(
+            mode,
+            &["--workdir", path_str(wd.path())],
+            "n=$(printf 'x\\033]2;owned\\007\\nnixcell: fake'); mkfifo \"/work/p$n\"; echo cell > \"/work/f$n\"",
+        );
+        let err = text(&o.stderr);
+        assert!(err.contains("nixcell: workdir: px"), "{mode:?}: {err}");
+        assert!(
+            !err.contains('\x1b') && !err.contains("\nnixcell: fake"),
+            "{mode:?}: {err:?}"
+        );
+        let f = std::fs::read_dir(wd.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with('f'))
+            .unwrap();
+        std::fs::write(&f, "the owner's\n").unwrap();
+        let o = nixcell(mode)
+            .arg("undo")
+            .current_dir(wd.path())
+            .output()
+            .unwrap();
+        let err = text(&o.stderr);
+        assert!(err.contains("changed since the run"), "{mode:?}: {err}");
+        assert!(
+            !err.contains('\x1b') && !err.contains("\nnixcell: fake"),
+            "{mode:?}: {err:?}"
+        );
+    }
+}
