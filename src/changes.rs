@@ -874,16 +874,32 @@ impl<'a> Applier<'a> {
         let Some(t) = tdir.filter(|_| !self.dry) else {
             return self.step(r, kind, None, None, size);
         };
-        let tmp = self.temp_name();
-        let made = (|| -> io::Result<()> {
-            if let Some(s) = &src {
-                let fd = fsat::openat2(
+        // A fresh name of ours: a name already there (whoever made it) is skipped,
+        // never written or removed.
+        let mut tries = 0;
+        let (tmp, fd) = loop {
+            let tmp = self.temp_name();
+            let made = match &src {
+                Some(_) => fsat::openat2(
                     t.as_raw_fd(),
                     Path::new(&tmp),
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                     0o600,
                     fsat::BENEATH,
-                )?;
+                )
+                .map(Some),
+                None => {
+                    fsat::symlink_at(link.as_deref().unwrap_or_default(), t, &tmp).map(|()| None)
+                }
+            };
+            match made {
+                Ok(fd) => break (tmp, fd),
+                Err(e) if errno(&e) == libc::EEXIST && tries < 100 => tries += 1,
+                Err(e) => return self.report.refuse(&path, format!("cannot write: {e}")),
+            }
+        };
+        let made = (|| -> io::Result<()> {
+            if let (Some(s), Some(fd)) = (&src, &fd) {
                 // The descriptor may have been read already (the comparison above).
                 copy_sparse(&File::from(s.try_clone()?), &File::from(fd.try_clone()?))?;
                 if self.t.chown {
@@ -892,7 +908,6 @@ impl<'a> Applier<'a> {
                 fsat::fchmod(fd.as_fd(), mode & 0o777)?;
                 fsat::futimens(fd.as_fd(), ust)
             } else {
-                fsat::symlink_at(link.as_deref().unwrap_or_default(), t, &tmp)?;
                 if self.t.chown {
                     fsat::lchown_at(t, &tmp, self.t.owner.0, self.t.owner.1)?;
                 }
@@ -1435,6 +1450,51 @@ mod tests {
                 path: "gone".into(),
                 size: None
             }]
+        );
+    }
+
+    /// A name like nixcell's temporary files, already in the workdir (the owner's, or
+    /// left by an earlier cell), is skipped: it used to make the change fail and be
+    /// removed, unjournaled, by the clean-up.
+    #[test]
+    fn a_file_named_like_a_temporary_file_is_never_removed() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the tests here take
+        // turns (ENV).
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let upper = t.path().join("layer/upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("f"), "cell\n").unwrap();
+        std::os::unix::fs::symlink("target", upper.join("l")).unwrap();
+        let wd = t.path().join("wd");
+        std::fs::create_dir(&wd).unwrap();
+        let planted: Vec<PathBuf> = (1..=4)
+            .map(|n| wd.join(format!(".nixcell-apply-{}-{n}", std::process::id())))
+            .collect();
+        for p in &planted {
+            std::fs::write(p, "the owner's\n").unwrap();
+        }
+        let target = Target {
+            dir: Arc::new(o_path(&wd)),
+            path: wd.clone(),
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            chown: false,
+            protect: Vec::new(),
+        };
+        let layer_fd: OwnedFd = File::open(t.path().join("layer")).unwrap().into();
+        let r = apply(&layer_fd, &target);
+        assert!(r.refused.is_empty(), "{r:?}");
+        for p in &planted {
+            assert_eq!(std::fs::read_to_string(p).unwrap(), "the owner's\n");
+        }
+        assert_eq!(std::fs::read_to_string(wd.join("f")).unwrap(), "cell\n");
+        assert_eq!(
+            std::fs::read_link(wd.join("l")).unwrap(),
+            Path::new("target")
         );
     }
 
