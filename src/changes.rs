@@ -471,6 +471,30 @@ impl<'a> Applier<'a> {
                 p.display()
             ));
         }
+        // A project's declaration is protected; so are its other Nix files, which it
+        // may import (a rewritten import would change, unapproved, what the host
+        // evaluates and builds next).
+        let nix_name = rel
+            .file_name()
+            .is_some_and(|n| n.as_bytes().ends_with(b".nix"));
+        if nix_name
+            && let Some(proj) = self
+                .t
+                .protect
+                .iter()
+                .filter(|p| p.file_name() == Some(OsStr::new("devenv.nix")))
+                .filter_map(|p| p.parent())
+                .find(|d| rel.starts_with(d))
+        {
+            let at = if proj.as_os_str().is_empty() {
+                "the project".to_string()
+            } else {
+                format!("the project {}", proj.display())
+            };
+            return Some(format!(
+                "protected: a Nix file of {at} (its declaration may import it) may not be changed by a cell"
+            ));
+        }
         if let Some(m) = self
             .mounts
             .iter()

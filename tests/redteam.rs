@@ -414,3 +414,70 @@ fn names_a_cell_chose_reach_the_terminal_escaped() {
         );
     }
 }
+
+/// `nixcell run` in a project, as root or as the test user.
+fn in_project(mode: Mode, dir: &std::path::Path, args: &[&str]) -> Output {
+    let pkgs = format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display());
+    let mut c = match mode {
+        Mode::Root => {
+            let mut c = nixcell(mode);
+            c.env("NIX_PATH", &pkgs);
+            c
+        }
+        Mode::Rootless => {
+            let mut c = as_test_user();
+            c.arg(format!("NIX_PATH={pkgs}")).arg(bin());
+            c
+        }
+    };
+    c.current_dir(dir).args(args).output().unwrap()
+}
+
+/// A project's declaration is protected, and the Nix files it imports must be too: a
+/// cell rewriting an import changed, with no edit and no approval, what the host
+/// evaluated and built on the next run (any derivation, fixed-output ones with the
+/// network).
+#[test]
+fn a_nix_file_a_declaration_imports_is_protected_like_the_declaration() {
+    for mode in MODES {
+        let wd = workdir(mode);
+        let dir = wd.path();
+        std::fs::write(
+            dir.join("devenv.nix"),
+            "{ pkgs, ... }: let extra = import ./nix/extra.nix; in { packages = [ pkgs.busybox ]; env.FROM = extra.value; }",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.join("nix")).unwrap();
+        std::fs::write(dir.join("nix/extra.nix"), "{ value = \"host\"; }").unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user_all(dir);
+        }
+        let o = in_project(
+            mode,
+            dir,
+            &[
+                "run",
+                "--json",
+                "--",
+                "sh",
+                "-c",
+                "echo '{ value = \"cell\"; }' > /work/nix/extra.nix; echo x > /work/nix/new.nix; \
+                 rm -rf /work/nix2; mkdir /work/sub; echo '{}' > /work/sub/devenv.nix; echo \"$FROM\"",
+            ],
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"], "host\n", "{mode:?}: {v}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("nix/extra.nix")).unwrap(),
+            "{ value = \"host\"; }",
+            "{mode:?}: {v}"
+        );
+        assert!(!dir.join("nix/new.nix").exists(), "{mode:?}: {v}");
+        assert!(!dir.join("sub/devenv.nix").exists(), "{mode:?}: {v}");
+        let refused = v["workdir"]["refused"].to_string();
+        assert!(refused.contains("\"nix/extra.nix\""), "{mode:?}: {v}");
+        let o = in_project(mode, dir, &["run", "--", "sh", "-c", "echo $FROM"]);
+        assert_eq!(ok(&o, "second run").trim(), "host", "{mode:?}");
+    }
+}
