@@ -197,6 +197,9 @@ struct Applier<'a> {
     /// replaced along with a directory above them (a deleted directory is moved into the
     /// journal, and the mount with it).
     mounts: Vec<PathBuf>,
+    /// Directories of the workdir (relative) holding a project's declaration, found
+    /// while walking: their Nix files are protected in any run.
+    projects: Vec<PathBuf>,
 }
 
 fn rel_str(p: &Path) -> String {
@@ -474,6 +477,19 @@ impl<'a> Applier<'a> {
         // A project's declaration is protected; so are its other Nix files, which it
         // may import (a rewritten import would change, unapproved, what the host
         // evaluates and builds next).
+        // A project's own files, at any depth and in any run (a plain run on a
+        // directory holding projects, or a cell making a new project in its workdir).
+        if let Some(c) = rel.iter().find(|c| {
+            *c != OsStr::new(".git")
+                && crate::project::PROTECTED
+                    .iter()
+                    .any(|p| OsStr::new(p) == *c)
+        }) {
+            return Some(format!(
+                "protected: {}: a project's declaration and nixcell's state may not be changed by a cell",
+                Path::new(c).display()
+            ));
+        }
         let nix_name = rel
             .file_name()
             .is_some_and(|n| n.as_bytes().ends_with(b".nix"));
@@ -484,6 +500,7 @@ impl<'a> Applier<'a> {
                 .iter()
                 .filter(|p| p.file_name() == Some(OsStr::new("devenv.nix")))
                 .filter_map(|p| p.parent())
+                .chain(self.projects.iter().map(PathBuf::as_path))
                 .find(|d| rel.starts_with(d))
         {
             let at = if proj.as_os_str().is_empty() {
@@ -636,6 +653,12 @@ impl<'a> Applier<'a> {
         if rel.components().count() >= MAX_DEPTH {
             let why = format!("nested deeper than {MAX_DEPTH} levels");
             return self.report.refuse(&rel_str(rel), why);
+        }
+        if let Some(t) = tdir
+            && !matches!(lstat_opt(t, OsStr::new("devenv.nix")), Ok(None))
+            && !self.projects.iter().any(|p| p == rel)
+        {
+            self.projects.push(rel.to_path_buf());
         }
         for name in names {
             let r = rel.join(&name);
@@ -1020,6 +1043,7 @@ pub fn apply(layer: &OwnedFd, t: &Target) -> WorkdirReport {
         saver: None,
         tmp_n: 0,
         mounts: mounts_below(&t.path),
+        projects: Vec::new(),
     };
     a.report.cap_hit = cap_hit(layer.as_fd());
     a.dry = a.report.cap_hit;

@@ -481,3 +481,43 @@ fn a_nix_file_a_declaration_imports_is_protected_like_the_declaration() {
         assert_eq!(ok(&o, "second run").trim(), "host", "{mode:?}");
     }
 }
+
+/// The same project given as the workdir of a plain run (`--env-path`, no project
+/// run): its declaration, its imports and a new project's files never come back either.
+#[test]
+fn a_projects_files_are_protected_in_a_plain_run_too() {
+    for mode in MODES {
+        let wd = workdir(mode);
+        let proj = wd.path().join("proj");
+        std::fs::create_dir_all(proj.join("nix")).unwrap();
+        std::fs::write(proj.join("devenv.nix"), "{ pkgs, ... }: { }").unwrap();
+        std::fs::write(proj.join("nix/extra.nix"), "{ }").unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user_all(wd.path());
+        }
+        let o = run(
+            mode,
+            wd.path(),
+            "echo evil > /work/proj/devenv.nix; echo evil > /work/proj/nix/extra.nix; \
+             echo evil > /work/proj/.envrc; mkdir /work/new; echo evil > /work/new/devenv.nix; \
+             echo evil > /work/new/nixcell.toml; echo fine > /work/proj/data.txt; echo fine > /work/top.nix",
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        for (p, want) in [
+            ("proj/devenv.nix", Some("{ pkgs, ... }: { }")),
+            ("proj/nix/extra.nix", Some("{ }")),
+            ("proj/.envrc", None),
+            ("new/devenv.nix", None),
+            ("new/nixcell.toml", None),
+            ("proj/data.txt", Some("fine\n")),
+            ("top.nix", Some("fine\n")),
+        ] {
+            assert_eq!(
+                std::fs::read_to_string(wd.path().join(p)).ok().as_deref(),
+                want,
+                "{mode:?}: {p}: {v}"
+            );
+        }
+    }
+}
