@@ -457,6 +457,40 @@ fn git_metadata(rel: &Path, whole: bool) -> Option<String> {
     Some(why)
 }
 
+/// A directory with a `HEAD` and a `config` is a bare git repository to git run inside
+/// it: its `config` (`core.pager`, `core.fsmonitor`) and `hooks` run commands on the
+/// host. So a `config` or `hooks` next to a `HEAD`, and a `HEAD` next to a `config` or
+/// `hooks` (in the cell's copy or the workdir: a repository is not assembled over two
+/// runs either) never come back, nor a `commondir` (which sends git to another
+/// directory's configuration) anywhere. A `.git` directory has its own rule.
+fn bare_repository(
+    udir: BorrowedFd<'_>,
+    tdir: Option<BorrowedFd<'_>>,
+    dir_rel: &Path,
+    name: &OsStr,
+) -> Option<String> {
+    if dir_rel.file_name() == Some(OsStr::new(".git")) {
+        return None;
+    }
+    if name == "commondir" {
+        return Some("protected: a git commondir file never comes back".into());
+    }
+    let others: &[&str] = match name.as_bytes() {
+        b"config" | b"hooks" => &["HEAD"],
+        b"HEAD" => &["config", "hooks"],
+        _ => return None,
+    };
+    let has = |d: BorrowedFd<'_>| {
+        others
+            .iter()
+            .any(|o| !matches!(lstat_opt(d, OsStr::new(o)), Ok(None)))
+    };
+    (has(udir) || tdir.is_some_and(has)).then(|| {
+        "protected: HEAD with config or hooks make a (bare) git repository, whose configuration and hooks never come back"
+            .into()
+    })
+}
+
 impl<'a> Applier<'a> {
     fn protected(&self, rel: &Path, whole: bool) -> Option<&Path> {
         self.t
@@ -675,6 +709,10 @@ impl<'a> Applier<'a> {
                 }
             };
             let whole = !is_dir(&ust);
+            if let Some(why) = bare_repository(udir, tdir, rel, &name) {
+                self.report.refuse(&rel_str(&r), why);
+                continue;
+            }
             if let Some(why) = self.refusal(&r, whole) {
                 self.report.refuse(&rel_str(&r), why);
                 continue;

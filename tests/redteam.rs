@@ -521,3 +521,46 @@ fn a_projects_files_are_protected_in_a_plain_run_too() {
         }
     }
 }
+
+/// A directory with HEAD, objects/ and refs/ is a bare repository to git run inside it,
+/// whose `core.pager` runs on the host's next `git branch` on a terminal: its config
+/// and hooks never come back, nor a `commondir` sending git to another one.
+#[test]
+fn a_bare_repository_made_by_a_cell_brings_no_configuration_back() {
+    for mode in MODES {
+        let wd = workdir(mode);
+        let o = run(
+            mode,
+            wd.path(),
+            "mkdir -p /work/b/objects /work/b/refs /work/b/hooks /work/w /work/c/objects /work/c/refs; \
+             echo 'ref: refs/heads/main' > /work/b/HEAD; cp /work/b/HEAD /work/w/HEAD; \
+             printf '[core]\\n\\tpager = \"touch pwned; cat\"\\n' > /work/b/config; cp /work/b/config /work/c/config; \
+             echo 'touch pwned' > /work/b/hooks/post-checkout; echo ../c > /work/w/commondir; \
+             echo fine > /work/config",
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert!(!wd.path().join("b/config").exists(), "{mode:?}: {v}");
+        assert!(!wd.path().join("b/hooks").exists(), "{mode:?}: {v}");
+        assert!(!wd.path().join("w/commondir").exists(), "{mode:?}: {v}");
+        assert!(!wd.path().join("b/HEAD").exists(), "{mode:?}: {v}");
+        assert!(wd.path().join("w/HEAD").exists(), "{mode:?}: {v}");
+        assert!(
+            wd.path().join("c/config").exists(),
+            "{mode:?}: no HEAD there: {v}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(wd.path().join("config")).unwrap(),
+            "fine\n",
+            "{mode:?}: a file named config elsewhere comes back"
+        );
+        // Nor is one assembled over two runs: a HEAD next to c's config stays out.
+        let o = run(
+            mode,
+            wd.path(),
+            "echo 'ref: refs/heads/main' > /work/c/HEAD",
+        );
+        let v = verdict(&o);
+        assert!(!wd.path().join("c/HEAD").exists(), "{mode:?}: {v}");
+    }
+}
