@@ -437,7 +437,11 @@ fn run(args: &RunArgs) -> i32 {
             eprintln!("nixcell: the workdir's copy-on-write cap was hit; no change was applied");
         }
         for r in &w.refused {
-            eprintln!("nixcell: workdir: {}: {}", r.path, r.reason);
+            eprintln!(
+                "nixcell: workdir: {}: {}",
+                crate::changes::shown(&r.path),
+                crate::changes::shown(&r.reason)
+            );
         }
     }
     if !args.json {
