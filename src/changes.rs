@@ -184,6 +184,8 @@ struct Saver {
     dir: PathBuf,
     saved: OwnedFd,
     n: usize,
+    /// Bytes still allowed for copies (see [`JOURNAL_COPY_CAP`]).
+    copy_room: u64,
     /// `steps.jsonl`: each step appended as it is done, so that a supervisor killed
     /// while applying leaves an undoable record (rewriting the whole journal as it grew
     /// cost time quadratic in the number of changes); removed once `journal.json` is
@@ -350,11 +352,15 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 /// Copies `name` below `from` to `to_name` below `to` (files, links and directories;
 /// nothing else), without following links; used when a hard link or a rename cannot
 /// cross file systems.
+///
+/// `room` is what the copy may still take on the destination's file system (see
+/// [`JOURNAL_COPY_CAP`]); a file that does not fit stops the copy with `StorageFull`.
 fn copy_tree(
     from: BorrowedFd<'_>,
     name: &OsStr,
     to: BorrowedFd<'_>,
     to_name: &OsStr,
+    room: &mut u64,
 ) -> io::Result<()> {
     let st = fsat::lstat_at(from, name)?;
     if is_dir(&st) {
@@ -362,12 +368,24 @@ fn copy_tree(
         let src = fsat::open_beneath(from, Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY)?;
         let dst = fsat::open_beneath(to, Path::new(to_name), libc::O_RDONLY | libc::O_DIRECTORY)?;
         for n in fsat::list_dir(src.as_fd())? {
-            copy_tree(src.as_fd(), &n, dst.as_fd(), &n)?;
+            copy_tree(src.as_fd(), &n, dst.as_fd(), &n, room)?;
         }
         fsat::fchmod(dst.as_fd(), st.st_mode & 0o1777)
     } else if is_lnk(&st) {
         fsat::symlink_at(&fsat::readlink_at(from, name)?, to, to_name)
     } else if is_reg(&st) {
+        let need = (st.st_blocks as u64).saturating_mul(512);
+        if *room != UNLIMITED && (need > *room || !keeps_reserve(to, need)) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "no room to keep the prior state for undo (at most {} MiB copied to \
+                     another file system per run, and a tenth of it kept free)",
+                    JOURNAL_COPY_CAP >> 20
+                ),
+            ));
+        }
+        *room -= need;
         let src = fsat::open_beneath(from, Path::new(name), libc::O_RDONLY)?;
         let dst = fsat::openat2(
             to.as_raw_fd(),
@@ -381,6 +399,28 @@ fn copy_tree(
         fsat::futimens(dst.as_fd(), &st)
     } else {
         Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+/// What the run journal may copy per run when it is on another file system than the
+/// workdir (it hard-links or moves otherwise, at no cost): a cell that deletes a large
+/// workdir must not fill the journal's file system (often `/`). A change whose prior
+/// state cannot be kept is refused, never applied without it.
+const JOURNAL_COPY_CAP: u64 = 1 << 30;
+
+/// No cap: restoring a journal's own copies back into the workdir.
+const UNLIMITED: u64 = u64::MAX;
+
+/// Whether writing `need` more bytes leaves a tenth of the file system of `dir` free.
+fn keeps_reserve(dir: BorrowedFd<'_>, need: u64) -> bool {
+    match nix::sys::statvfs::fstatvfs(dir) {
+        Ok(v) => {
+            let unit = v.fragment_size();
+            let free = v.blocks_available().saturating_mul(unit);
+            let total = v.blocks().saturating_mul(unit);
+            free.saturating_sub(need) >= total / 10
+        }
+        Err(_) => false,
     }
 }
 
@@ -408,14 +448,14 @@ impl Saver {
                 Err(e) if errno(&e) == libc::EXDEV => {}
                 Err(e) => return Err(e),
             }
-            copy_tree(dir, name, self.saved.as_fd(), to)?;
+            copy_tree(dir, name, self.saved.as_fd(), to, &mut self.copy_room)?;
             remove_tree(dir, name)?;
             return Ok(id);
         }
         match fsat::link_at(dir, name, self.saved.as_fd(), to) {
             Ok(()) => {}
             Err(e) if matches!(errno(&e), libc::EXDEV | libc::EPERM | libc::EMLINK) => {
-                copy_tree(dir, name, self.saved.as_fd(), to)?;
+                copy_tree(dir, name, self.saved.as_fd(), to, &mut self.copy_room)?;
             }
             Err(e) => return Err(e),
         }
@@ -625,6 +665,7 @@ impl<'a> Applier<'a> {
                 dir,
                 saved,
                 n: 0,
+                copy_room: JOURNAL_COPY_CAP,
                 log,
             });
         }
@@ -1487,7 +1528,7 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
                 match fsat::rename_at(sv.as_fd(), k, dir.as_fd(), &name, true) {
                     Ok(()) => {}
                     Err(e) if errno(&e) == libc::EXDEV => {
-                        copy_tree(sv.as_fd(), k, dir.as_fd(), &name)?
+                        copy_tree(sv.as_fd(), k, dir.as_fd(), &name, &mut UNLIMITED.clone())?
                     }
                     Err(e) => return Err(e),
                 }

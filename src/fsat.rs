@@ -56,8 +56,19 @@ pub fn openat2(
 }
 
 /// Opens `name` below `dir` with [`BENEATH`] resolution.
+///
+/// Always non-blocking and never a controlling terminal: between a check by name and
+/// this open, whoever can write the directory may swap a fifo or a terminal in, and the
+/// host must not hang on it (on regular files and directories both flags change
+/// nothing; callers check the kind on the descriptor).
 pub fn open_beneath(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<OwnedFd> {
-    openat2(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW, 0, BENEATH)
+    openat2(
+        dir.as_raw_fd(),
+        name,
+        flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+        BENEATH,
+    )
 }
 
 /// fstatat(2) without following a final symlink (`name` empty: the descriptor).
@@ -285,4 +296,28 @@ pub fn free_space(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     // SAFETY: s is writable.
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
     Ok((s.f_bfree, s.f_ffree))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_fifo_swapped_in_does_not_block_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("was-a-file");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let dir = std::fs::File::open(t.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = OwnedFd::from(dir);
+        std::thread::spawn(move || {
+            let r = open_beneath(dir.as_fd(), Path::new("was-a-file"), libc::O_RDONLY);
+            let _ = tx.send(r.map(|fd| fstat(fd.as_fd()).map(|st| is_reg(&st))));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a fifo below the workdir blocked");
+        assert!(!r.unwrap().unwrap(), "a fifo is not a regular file");
+    }
 }

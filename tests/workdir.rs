@@ -773,3 +773,50 @@ fn an_agent_wiping_the_project_loses_nothing() {
     assert_eq!(tree(dir), before);
     assert_eq!(git(dir, &["status", "--porcelain"]), status);
 }
+
+#[test]
+fn the_journal_never_fills_another_file_system() {
+    // Root only: the state directory (where run journals go) is a 50 MiB tmpfs in a
+    // mount namespace of this test's own, so every change's prior state must be copied
+    // across file systems. Keeping 46 MiB there would leave less than a tenth free:
+    // that deletion is refused and the file stays; the small one is journaled.
+    let wd = workdir(Mode::Root);
+    let p = wd.path();
+    std::fs::write(p.join("big"), vec![7u8; 46 << 20]).unwrap();
+    std::fs::write(p.join("little"), "small\n").unwrap();
+    let base = repo().join("target/test-work");
+    let state = tempfile::Builder::new()
+        .prefix("state")
+        .tempdir_in(&base)
+        .unwrap();
+    let o = Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=50m nixcell-journal "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(state.path())
+        .arg(bin())
+        .args(["run", "--json", "--env-path"])
+        .arg(busybox())
+        .args([
+            "--workdir",
+            path_str(p),
+            "--",
+            "sh",
+            "-c",
+            "rm /work/big /work/little",
+        ])
+        .env("XDG_STATE_HOME", state.path())
+        .output()
+        .unwrap();
+    let v = verdict(&o);
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(paths(&v, "deleted"), ["little"], "{v}");
+    assert!(!p.join("little").exists());
+    let why = refused(&v);
+    assert!(
+        why.iter()
+            .any(|(path, r)| path == "big" && r.contains("no room to keep the prior state")),
+        "{v}"
+    );
+    assert_eq!(std::fs::metadata(p.join("big")).unwrap().len(), 46 << 20);
+}
