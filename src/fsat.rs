@@ -57,15 +57,21 @@ pub fn openat2(
 
 /// Opens `name` below `dir` with [`BENEATH`] resolution.
 ///
-/// Always non-blocking and never a controlling terminal: between a check by name and
-/// this open, whoever can write the directory may swap a fifo or a terminal in, and the
-/// host must not hang on it (on regular files and directories both flags change
-/// nothing; callers check the kind on the descriptor).
+/// Never blocking and never a controlling terminal: between a check by name and this
+/// open, whoever can write the directory may swap a fifo or a terminal in, and the host
+/// must not hang on it (on regular files and directories both flags change nothing;
+/// callers check the kind on the descriptor). `O_PATH` opens take neither flag, and
+/// open nothing that could block.
 pub fn open_beneath(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let never_block = if flags & libc::O_PATH == 0 {
+        libc::O_NONBLOCK | libc::O_NOCTTY
+    } else {
+        0
+    };
     openat2(
         dir.as_raw_fd(),
         name,
-        flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        flags | libc::O_NOFOLLOW | never_block,
         0,
         BENEATH,
     )
