@@ -422,7 +422,7 @@ fn run(args: &RunArgs) -> i32 {
             .map(|p| p.config.policy)
     });
     let policy = policy.as_ref().map(|p| p as &dyn crate::hints::EditPolicy);
-    v.hints = crate::hints::for_verdict(&v, not_found.as_deref(), &closure, policy);
+    v.hints = crate::verdict::hints_for(&v, not_found.as_deref(), &closure, policy);
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else if let Some(err) = &v.error {

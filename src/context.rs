@@ -29,7 +29,7 @@
 
 use crate::edit::Op;
 use crate::project::{Approval, Built, Project};
-use crate::spec::WORKDIR_IN_CELL;
+use crate::sandbox::WORKDIR_IN_CELL;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use crate::sandbox::layers::{SeccompSpec, SecuritySpec};
 use crate::sandbox::limits::RlimitSpec;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::seccomp::{self, SeccompError};
-use crate::spec::{RunSpec, WORKDIR_IN_CELL, WorkdirMode};
+use crate::sandbox::{RunSpec, WORKDIR_IN_CELL, WorkdirMode};
 use crate::supervise::{BeforeSpec, RunOptions};
 use serde::Serialize;
 use std::sync::Arc;

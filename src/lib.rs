@@ -20,7 +20,9 @@ pub mod project;
 pub mod rundir;
 pub mod sandbox;
 pub mod seal;
-pub mod spec;
 pub mod supervise;
 pub mod units;
 pub mod verdict;
+
+/// The sandbox's input ([`sandbox::RunSpec`] and its parts), by its older path.
+pub use sandbox as spec;

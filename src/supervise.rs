@@ -1,9 +1,9 @@
 //! The asynchronous side of a run: sends the spec, collects the cell's reports and
 //! its (capped) output, forwards terminal signals, enforces the wall-clock timeout.
 
+use crate::sandbox::RunSpec;
 use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
 use crate::sandbox::spawn::{Spawned, spawn_init};
-use crate::spec::RunSpec;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 use serde::Serialize;

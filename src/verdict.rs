@@ -2,7 +2,7 @@
 
 use crate::nix::closure::Closure;
 use crate::sandbox::proto::LayerReport;
-use crate::spec::{Identity, RunSpec};
+use crate::sandbox::{Identity, RunSpec};
 use crate::supervise::{Captured, Outcome, exit_status};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -61,19 +61,7 @@ pub struct ClosureSummary {
     pub hash: String,
 }
 
-/// The message for a failed exec, in the words of a shell.
-pub fn exec_message(program: &str, errno: i32) -> String {
-    if errno == libc::ENOENT {
-        format!("{program}: command not found in the cell")
-    } else if errno == libc::ENOEXEC && program.contains(": bad interpreter ") {
-        program.to_string()
-    } else {
-        format!(
-            "{program}: cannot execute: {}",
-            std::io::Error::from_raw_os_error(errno)
-        )
-    }
-}
+pub use crate::sandbox::exec::exec_message;
 
 /// The error a run ended with, if any.
 pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
@@ -137,4 +125,27 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
         hints: Vec::new(),
         workdir: spec.workdir_mode().map(crate::changes::WorkdirReport::live),
     }
+}
+
+/// Hints for a finished run: its captured output, its exec error, its closure.
+pub fn hints_for(
+    v: &Verdict,
+    exec_not_found: Option<&str>,
+    closure: &crate::nix::closure::Closure,
+    policy: Option<&dyn crate::hints::EditPolicy>,
+) -> Vec<crate::hints::Hint> {
+    let mut output = String::new();
+    for c in [&v.stderr, &v.stdout].into_iter().flatten() {
+        output.push_str(&c.text);
+        output.push('\n');
+    }
+    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
+    crate::hints::for_outcome(
+        &crate::hints::Inputs {
+            output: &output,
+            exec_not_found,
+            closure: &paths,
+        },
+        policy,
+    )
 }

@@ -3,13 +3,13 @@
 //! rlimits, Landlock (after all mounts), then seccomp last. Each sends a
 //! [`LayerReport`] to the supervisor, enforced or not and why.
 
+use super::LayerMode;
+use super::RunSpec;
 use super::landlock::{self, LandlockSpec};
 use super::limits::{self, RlimitSpec};
 use super::proto::{self, LayerReport, Report};
 use super::seccomp::{self, CompiledSeccomp};
 use super::{StageError, StageResult};
-use crate::profile::LayerMode;
-use crate::spec::RunSpec;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::os::fd::BorrowedFd;
