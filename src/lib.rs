@@ -17,6 +17,7 @@ pub mod nix;
 pub mod plan;
 pub mod profile;
 pub mod project;
+pub mod run;
 pub mod rundir;
 pub mod sandbox;
 pub mod seal;

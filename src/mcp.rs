@@ -424,18 +424,29 @@ impl Inner {
         })
     }
 
-    /// The profile runs use: the one given, else the project's, else "default".
-    fn profile(&self) -> Result<crate::profile::Profile, McpError> {
-        let name = match (&self.profile, &self.target) {
-            (Some(n), _) => n.clone(),
-            (None, Target::Project(dir)) => crate::project::Project::discover(dir)
-                .map_err(|e| McpError::Request(e.to_string()))?
-                .config
-                .profile
-                .unwrap_or_else(|| "default".into()),
-            (None, Target::EnvPaths(_)) => "default".into(),
+    /// The most a client's run may ask for: the limits of the profile runs use (the one
+    /// given, else the project's, else "default"), tightened by the project's own
+    /// (`run::limits::ceiling`).
+    fn ceiling(&self) -> Result<crate::profile::Limits, McpError> {
+        let project = match &self.target {
+            Target::Project(dir) => Some(
+                crate::project::Project::discover(dir)
+                    .map_err(|e| McpError::Request(e.to_string()))?,
+            ),
+            Target::EnvPaths(_) => None,
         };
-        crate::profile::load(&name).map_err(|e| McpError::Request(format!("profile {name}: {e}")))
+        let name = self
+            .profile
+            .clone()
+            .or_else(|| project.as_ref().and_then(|p| p.config.profile.clone()))
+            .unwrap_or_else(|| "default".into());
+        let profile = crate::profile::load(&name)
+            .map_err(|e| McpError::Request(format!("profile {name}: {e}")))?;
+        let asked = project.map_or_else(Default::default, |p| crate::run::limits::ProjectLimits {
+            timeout: p.limits.timeout,
+            max_output: p.limits.max_output_bytes,
+        });
+        Ok(crate::run::limits::ceiling(&profile.limits, &asked))
     }
 
     fn project_args(&self) -> Result<Vec<String>, McpError> {
@@ -845,8 +856,7 @@ impl Server {
 
 impl Server {
     async fn run_cell(&self, p: RunParams) -> Result<RunResult, McpError> {
-        let profile = self.inner.profile()?;
-        let limits = limit_args(&p, &profile.limits)?;
+        let limits = limit_args(&p, &self.inner.ceiling()?)?;
         // Private to the server's user; as root, given to the cell's host identity.
         let owner = crate::sandbox::ns::is_host_root().then(crate::plan::root_fallback_identity);
         let dir = crate::rundir::RunDir::create(owner).map_err(McpError::Workdir)?;
@@ -1153,7 +1163,7 @@ pub async fn serve(target: Target, profile: Option<String>) -> Result<(), McpErr
     let exe = std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
     let server = Server::new(target, profile, exe);
     // Fail at start, not at the first run, when the profile or the project does not load.
-    server.inner.profile()?;
+    server.inner.ceiling()?;
     let (input, output, gate) = gate(tokio::io::stdin(), tokio::io::stdout(), MAX_REQUEST_BYTES);
     // The gate enforces the size limit; rmcp's own (which drops a line unanswered)
     // must not come first.

@@ -121,7 +121,8 @@ pub struct Config {
 pub struct Limits {
     pub timeout: Option<Duration>,
     pub tmp_size_bytes: u64,
-    pub max_output_bytes: u64,
+    /// None: the profile's (a project may only lower it, see `run::limits`).
+    pub max_output_bytes: Option<u64>,
 }
 
 /// Profiles this build of nixcell knows.
@@ -180,8 +181,7 @@ impl Config {
                 .as_deref()
                 .map(crate::units::parse_size)
                 .transpose()
-                .map_err(|m| bad("limits.max_output", m))?
-                .unwrap_or(1 << 20),
+                .map_err(|m| bad("limits.max_output", m))?,
         };
         for (key, globs) in [
             ("policy.packages", &config.policy.packages),

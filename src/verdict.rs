@@ -1,5 +1,7 @@
 //! The one JSON object a run reports.
 
+use crate::harden::Usage;
+use crate::hints::{EditPolicy, Hint, Inputs};
 use crate::nix::closure::Closure;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::{Identity, RunSpec};
@@ -19,7 +21,7 @@ pub struct Verdict {
     pub oom_killed: bool,
     pub wall_time_ms: f64,
     /// Peak memory and CPU time of the whole cell.
-    pub usage: Option<crate::harden::Usage>,
+    pub usage: Option<Usage>,
     /// The sandbox profile the run used.
     pub profile: Option<String>,
     pub error: Option<VerdictError>,
@@ -32,7 +34,7 @@ pub struct Verdict {
     /// Services that ran beside the command, with their logs on the host.
     pub services: Vec<ServiceSummary>,
     /// What the cell seems to lack, and the edit that would provide it (see hints.rs).
-    pub hints: Vec<crate::hints::Hint>,
+    pub hints: Vec<Hint>,
     /// How /work was mounted and, copy-on-write, what came back (see changes.rs).
     pub workdir: Option<crate::changes::WorkdirReport>,
 }
@@ -92,15 +94,39 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
     })
 }
 
-pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
+/// What the supervisor knows once the cell is gone, besides the cell's own outcome.
+pub struct Finish<'a> {
+    /// The profile the run used.
+    pub profile: String,
+    /// Layers the supervisor enforced (the cgroup), reported before the cell's own.
+    pub layers: Vec<LayerReport>,
+    pub usage: Usage,
+    pub oom_killed: bool,
+    /// What came back of a copy-on-write workdir; None: how /work was mounted, live.
+    pub workdir: Option<crate::changes::WorkdirReport>,
+    /// The project's edit policy: hints suggest only edits it accepts.
+    pub policy: Option<&'a dyn EditPolicy>,
+}
+
+/// The verdict of a finished run, complete: built once, nothing is added after.
+pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -> Verdict {
+    o.account_oom(f.oom_killed);
+    let not_found = o
+        .exec_error
+        .as_ref()
+        .filter(|(_, e)| *e == libc::ENOENT)
+        .map(|(p, _)| p.as_str());
+    let hints = hints_for([&o.stderr, &o.stdout], not_found, closure, f.policy);
+    let mut layers = f.layers;
+    layers.append(&mut o.layers);
     Verdict {
         exit_code: exit_status(&o),
         command_exit_code: o.exit_code,
         signal: o.signal,
         timed_out: o.timed_out,
-        oom_killed: false,
-        usage: None,
-        profile: None,
+        oom_killed: f.oom_killed,
+        usage: Some(f.usage),
+        profile: Some(f.profile),
         wall_time_ms: o.wall.as_secs_f64() * 1000.0,
         error: outcome_error(&o),
         closure: ClosureSummary {
@@ -110,7 +136,7 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
         },
         namespaces: crate::sandbox::ns::namespace_names(),
         identity: spec.identity.clone(),
-        layers: o.layers,
+        layers,
         stdout: o.stdout,
         stderr: o.stderr,
         services: spec
@@ -122,26 +148,28 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
                 log: s.log.clone(),
             })
             .collect(),
-        hints: Vec::new(),
-        workdir: spec.workdir_mode().map(crate::changes::WorkdirReport::live),
+        hints,
+        workdir: f
+            .workdir
+            .or_else(|| spec.workdir_mode().map(crate::changes::WorkdirReport::live)),
     }
 }
 
 /// Hints for a finished run: its captured output, its exec error, its closure.
-pub fn hints_for(
-    v: &Verdict,
+fn hints_for(
+    streams: [&Option<Captured>; 2],
     exec_not_found: Option<&str>,
-    closure: &crate::nix::closure::Closure,
-    policy: Option<&dyn crate::hints::EditPolicy>,
-) -> Vec<crate::hints::Hint> {
+    closure: &Closure,
+    policy: Option<&dyn EditPolicy>,
+) -> Vec<Hint> {
     let mut output = String::new();
-    for c in [&v.stderr, &v.stdout].into_iter().flatten() {
+    for c in streams.into_iter().flatten() {
         output.push_str(&c.text);
         output.push('\n');
     }
     let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
     crate::hints::for_outcome(
-        &crate::hints::Inputs {
+        &Inputs {
             output: &output,
             exec_not_found,
             closure: &paths,
