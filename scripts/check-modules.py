@@ -32,12 +32,29 @@ def modules():
     return mods
 
 
+def aliases(mods):
+    """Short paths lib.rs re-exports (`pub use run::{plan, verdict};`, `pub use x as y;`):
+    `crate::plan` is the module `run::plan`, and counts as an edge to it."""
+    text = strip_comments(open(os.path.join(SRC, "lib.rs"), encoding="utf-8").read())
+    out = {}
+    for hit in re.finditer(r"\bpub use ([A-Za-z_][A-Za-z0-9_:]*?)(?:::\{([^}]*)\})?(?: as ([A-Za-z_]\w*))?;", text):
+        base, group, alias = hit.group(1).strip(":"), hit.group(2), hit.group(3)
+        if group:
+            for item in re.split(r"[,\s]+", group):
+                if item:
+                    out[item] = base + "::" + item
+        else:
+            out[alias or base.split("::")[-1]] = base
+    return {a: t for a, t in out.items() if t in mods and a not in mods}
+
+
 def strip_comments(text):
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     return re.sub(r"//[^\n]*", "", text)
 
 
 def edges(mods):
+    alias = aliases(mods)
     out = {m: set() for m in mods}
     for m, path in mods.items():
         text = strip_comments(open(path, encoding="utf-8").read())
@@ -58,6 +75,8 @@ def edges(mods):
                     if item and item not in ("self",):
                         paths.append(base + item.split("::"))
             for p in paths:
+                if hit.group(1) == "crate" and p and p[0] in alias:
+                    p = alias[p[0]].split("::") + p[1:]
                 for n in range(len(p), 0, -1):
                     cand = "::".join(p[:n])
                     if cand in mods:

@@ -7,15 +7,20 @@
 //! and the verdict is built once, complete. Used by the command line; the MCP server
 //! runs `nixcell run` as a child process (see `mcp`).
 
+pub mod harden;
+pub mod hints;
 pub mod limits;
+pub mod plan;
+pub mod supervise;
+pub mod verdict;
 
 use crate::front::{EnvSources, FromProject};
-use crate::harden::Hardening;
 use crate::nix::closure::Closure;
-use crate::plan::{self, CellRequest};
 use crate::sandbox::RunSpec;
-use crate::verdict::{self, Verdict};
+use harden::Hardening;
 use limits::{Overrides, ProjectLimits};
+use plan::CellRequest;
+use verdict::Verdict;
 
 /// Everything a run is made of, as its caller (the operator) gave it.
 #[derive(Debug, Clone)]
@@ -47,11 +52,11 @@ pub enum RunError {
     #[error("--profile: {0}")]
     Profile(#[from] crate::profile::ProfileError),
     #[error("{0}")]
-    Harden(#[from] crate::harden::HardenError),
+    Harden(#[from] harden::HardenError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
-    Supervise(#[from] crate::supervise::SuperviseError),
+    Supervise(#[from] supervise::SuperviseError),
 }
 
 /// A run ready to start: planned, its limits decided, its cgroup created.
@@ -92,7 +97,7 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         max_output: project.max_output_bytes,
     };
     let decided = limits::decide(&profile.limits, &asked, &flags);
-    let hardening = crate::harden::prepare(&profile, decided, &allow_ports, &mut spec)?;
+    let hardening = harden::prepare(&profile, decided, &allow_ports, &mut spec)?;
     Ok(PreparedRun {
         spec,
         closure,
@@ -127,7 +132,7 @@ impl PreparedRun {
             project,
         } = self;
         let opts = hardening.run_options(capture);
-        let mut outcome = crate::supervise::run(&spec, &opts).await?;
+        let mut outcome = supervise::run(&spec, &opts).await?;
         // A cell whose set-up failed never ran: it has no changes to bring back.
         let work_layer = outcome
             .work_layer
@@ -150,10 +155,7 @@ impl PreparedRun {
         };
         drop(work_layer);
         // Hints suggest only edits the project's policy accepts (none without a project).
-        let policy = project
-            .policy
-            .as_ref()
-            .map(|p| p as &dyn crate::hints::EditPolicy);
+        let policy = project.policy.as_ref().map(|p| p as &dyn hints::EditPolicy);
         Ok(verdict::build(
             &spec,
             &closure,

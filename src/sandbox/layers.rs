@@ -1,5 +1,5 @@
 //! Security layers applied by the command's process right before execve(2).
-//! The init stage applies them in the order DESIGN.md gives: no_new_privs, then
+//! The init stage applies them in the order docs/ARCHITECTURE.md gives: no_new_privs, then
 //! rlimits, Landlock (after all mounts), then seccomp last. Each sends a
 //! [`LayerReport`] to the supervisor, enforced or not and why.
 

@@ -361,7 +361,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     Ok(out)
 }
 
-/// The exit status nixcell itself ends with (DESIGN.md conventions).
+/// The exit status nixcell itself ends with (docs/ARCHITECTURE.md conventions).
 pub fn exit_status(o: &Outcome) -> i32 {
     if o.setup_error.is_some() || o.supervisor_error.is_some() {
         return 125;

@@ -14,6 +14,8 @@
 //! ends, after the files asked for are read back. The project itself is never written
 //! by a run. Concurrent runs therefore share nothing but the read-only closure.
 
+pub mod rundir;
+
 use crate::hints::Hint;
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
