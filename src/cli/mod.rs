@@ -318,7 +318,7 @@ fn usage_error(json: bool, message: String) -> i32 {
     if json {
         let v = serde_json::json!({
             "exit_code": EXIT_SETUP,
-            "error": VerdictError { kind: "usage", message, stage: None, syscall: None, errno: None },
+            "error": VerdictError { kind: "usage".into(), message, stage: None, syscall: None, errno: None },
         });
         println!("{v}");
     } else {

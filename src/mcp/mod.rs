@@ -6,7 +6,8 @@
 //! `edit --json`), executed as a child process of this server: one code path for the
 //! CLI and for agents, the long synchronous builds never block the server, nix's progress
 //! lines become MCP progress notifications, and a cancelled call kills its child (the
-//! cell dies with it). The server itself never forks a cell.
+//! cell dies with it). The server itself never forks a cell. A run's JSON is read back
+//! into the shared `verdict::Verdict` type.
 //!
 //! Each `run` gets a fresh private working directory (`work/` in a new `0700` temporary
 //! directory, mounted at /work in the cell, see [`crate::rundir`]) holding a copy of the project's files (without `.git` and
@@ -246,7 +247,7 @@ pub struct RunResult {
     pub oom_killed: bool,
     pub wall_time_ms: f64,
     /// Peak memory and CPU time, when this kernel reports them.
-    pub usage: Option<serde_json::Value>,
+    pub usage: Option<crate::harden::Usage>,
     pub error: Option<RunError>,
     pub stdout: Stream,
     pub stderr: Stream,
@@ -688,12 +689,40 @@ fn script_name(interpreter: &str) -> &'static str {
     }
 }
 
-fn stream_of(v: &serde_json::Value) -> Stream {
-    serde_json::from_value(v.clone()).unwrap_or(Stream {
-        text: String::new(),
-        bytes: 0,
-        truncated: false,
-    })
+fn stream_of(c: Option<crate::supervise::Captured>) -> Stream {
+    c.map_or(
+        Stream {
+            text: String::new(),
+            bytes: 0,
+            truncated: false,
+        },
+        |c| Stream {
+            text: c.text,
+            bytes: c.bytes,
+            truncated: c.truncated,
+        },
+    )
+}
+
+/// What `nixcell run --json` prints: the run's verdict or, when nothing ran, its exit
+/// status and the error.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RunReply {
+    Ran(Box<crate::verdict::Verdict>),
+    Refused {
+        exit_code: i32,
+        error: crate::verdict::VerdictError,
+    },
+}
+
+impl From<crate::verdict::VerdictError> for RunError {
+    fn from(e: crate::verdict::VerdictError) -> Self {
+        RunError {
+            kind: e.kind.into_owned(),
+            message: e.message,
+        }
+    }
 }
 
 /// The agent-facing summary of a verdict.
@@ -919,26 +948,43 @@ impl Server {
                 None,
             )
             .await?;
-        let v: serde_json::Value =
+        let reply: RunReply =
             serde_json::from_slice(&child.stdout).map_err(|_| McpError::Command {
                 command: "run".into(),
                 message: format!("exit {:?}: {}", child.code, child.stderr.trim()),
             })?;
         let files = collect_files(dir.path(), p.collect.as_deref().unwrap_or(&[]));
-        Ok(RunResult {
-            exit_code: v["exit_code"].as_i64().unwrap_or(125) as i32,
-            command_exit_code: v["command_exit_code"].as_i64().map(|c| c as i32),
-            signal: v["signal"].as_i64().map(|c| c as i32),
-            timed_out: v["timed_out"].as_bool().unwrap_or(false),
-            oom_killed: v["oom_killed"].as_bool().unwrap_or(false),
-            wall_time_ms: v["wall_time_ms"].as_f64().unwrap_or(0.0),
-            usage: v.get("usage").filter(|u| !u.is_null()).cloned(),
-            error: serde_json::from_value(v["error"].clone()).ok(),
-            stdout: stream_of(&v["stdout"]),
-            stderr: stream_of(&v["stderr"]),
-            hints: serde_json::from_value(v["hints"].clone()).unwrap_or_default(),
-            files,
-            closure_hash: v["closure"]["hash"].as_str().map(String::from),
+        Ok(match reply {
+            RunReply::Ran(v) => RunResult {
+                exit_code: v.exit_code,
+                command_exit_code: v.command_exit_code,
+                signal: v.signal,
+                timed_out: v.timed_out,
+                oom_killed: v.oom_killed,
+                wall_time_ms: v.wall_time_ms,
+                usage: v.usage,
+                error: v.error.map(RunError::from),
+                stdout: stream_of(v.stdout),
+                stderr: stream_of(v.stderr),
+                hints: v.hints,
+                files,
+                closure_hash: Some(v.closure.hash),
+            },
+            RunReply::Refused { exit_code, error } => RunResult {
+                exit_code,
+                command_exit_code: None,
+                signal: None,
+                timed_out: false,
+                oom_killed: false,
+                wall_time_ms: 0.0,
+                usage: None,
+                error: Some(error.into()),
+                stdout: stream_of(None),
+                stderr: stream_of(None),
+                hints: Vec::new(),
+                files,
+                closure_hash: None,
+            },
         })
     }
 
@@ -1339,6 +1385,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_reply_is_a_verdict_or_a_refusal() {
+        // What `nixcell run --json` prints when nothing ran.
+        let refused = r#"{"exit_code":125,"error":{"kind":"usage","message":"no command","stage":null,"syscall":null,"errno":null}}"#;
+        match serde_json::from_str::<RunReply>(refused).unwrap() {
+            RunReply::Refused { exit_code, error } => {
+                assert_eq!(exit_code, 125);
+                assert_eq!(error.kind, "usage");
+            }
+            RunReply::Ran(_) => panic!("a refusal read as a verdict"),
+        }
+        // Anything else is neither (the server then reports the child's stderr).
+        assert!(serde_json::from_str::<RunReply>(r#"{"exit_code":0}"#).is_err());
+    }
 
     #[test]
     fn the_id_of_a_message_is_read_from_its_first_bytes_only_at_the_top() {

@@ -25,12 +25,12 @@ pub enum HardenError {
 }
 
 /// Resource usage of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Usage {
     pub peak_memory_bytes: Option<u64>,
     pub cpu_time_ms: Option<f64>,
     /// "cgroup", or "rusage" (peak memory is then the largest single process).
-    pub source: &'static str,
+    pub source: std::borrow::Cow<'static, str>,
 }
 
 /// The hardening of one run, prepared before it starts.
@@ -296,7 +296,7 @@ impl Hardening {
                     Usage {
                         peak_memory_bytes: u.peak_memory_bytes.or(ru_peak),
                         cpu_time_ms: u.cpu_time_us.map(|us| us as f64 / 1000.0).or(ru_cpu),
-                        source: "cgroup",
+                        source: "cgroup".into(),
                     },
                     u.oom_kills > 0,
                 )
@@ -305,7 +305,7 @@ impl Hardening {
                 Usage {
                     peak_memory_bytes: ru_peak,
                     cpu_time_ms: ru_cpu,
-                    source: "rusage",
+                    source: "rusage".into(),
                 },
                 false,
             ),

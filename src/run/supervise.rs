@@ -6,7 +6,7 @@ use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
 use crate::sandbox::spawn::{Spawned, spawn_init};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -50,7 +50,7 @@ impl Default for RunOptions {
 }
 
 /// A captured stream: what was kept, how much there was, whether some was dropped.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Captured {
     pub text: String,
     pub bytes: u64,

@@ -6,10 +6,13 @@ use crate::nix::closure::Closure;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::{Identity, RunSpec};
 use crate::supervise::{Captured, Outcome, exit_status};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::PathBuf;
 
-#[derive(Debug, Serialize)]
+/// Serialized by `nixcell run --json`, read back by the MCP server.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Verdict {
     /// nixcell's own exit status (the command's, or 124/125/126/127/128+N).
     pub exit_code: i32,
@@ -26,7 +29,7 @@ pub struct Verdict {
     pub profile: Option<String>,
     pub error: Option<VerdictError>,
     pub closure: ClosureSummary,
-    pub namespaces: Vec<&'static str>,
+    pub namespaces: Vec<Cow<'static, str>>,
     pub identity: Identity,
     pub layers: Vec<LayerReport>,
     pub stdout: Option<Captured>,
@@ -39,24 +42,24 @@ pub struct Verdict {
     pub workdir: Option<crate::changes::WorkdirReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceSummary {
     pub name: String,
     pub port: Option<u16>,
     pub log: PathBuf,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VerdictError {
     /// "usage", "setup", "exec" or "supervisor".
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     pub message: String,
     pub stage: Option<String>,
     pub syscall: Option<String>,
     pub errno: Option<i32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ClosureSummary {
     pub roots: Vec<PathBuf>,
     pub paths: usize,
@@ -69,7 +72,7 @@ pub use crate::sandbox::exec::exec_message;
 pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
     if let Some(f) = &o.setup_error {
         return Some(VerdictError {
-            kind: "setup",
+            kind: "setup".into(),
             message: f.to_string(),
             stage: Some(f.stage.clone()),
             syscall: Some(f.syscall.clone()),
@@ -78,7 +81,7 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
     }
     if let Some(m) = &o.supervisor_error {
         return Some(VerdictError {
-            kind: "supervisor",
+            kind: "supervisor".into(),
             message: m.clone(),
             stage: None,
             syscall: None,
@@ -86,7 +89,7 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
         });
     }
     o.exec_error.as_ref().map(|(p, e)| VerdictError {
-        kind: "exec",
+        kind: "exec".into(),
         message: exec_message(p, *e),
         stage: None,
         syscall: Some("execve".into()),
@@ -134,7 +137,10 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
             paths: closure.paths.len(),
             hash: closure.hash.clone(),
         },
-        namespaces: crate::sandbox::ns::namespace_names(),
+        namespaces: crate::sandbox::ns::namespace_names()
+            .into_iter()
+            .map(Cow::Borrowed)
+            .collect(),
         identity: spec.identity.clone(),
         layers,
         stdout: o.stdout,

@@ -258,7 +258,7 @@ pub struct Symlink {
 }
 
 /// Who the command is, inside and outside the cell.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Identity {
     /// uid/gid seen inside the cell.
     pub uid: u32,

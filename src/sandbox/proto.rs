@@ -72,7 +72,7 @@ impl std::fmt::Display for SetupFailure {
 }
 
 /// Whether a layer holds, and why not when it does not.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LayerReport {
     pub layer: String,
     pub enforced: bool,
