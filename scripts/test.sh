@@ -3,6 +3,8 @@
 # the rootless cases run as the unprivileged user that setup.sh creates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The module graph: no import cycles, the sandbox names no front-end module.
+python3 scripts/check-modules.py
 
 scripts/setup.sh
 # tests/mcp.rs drives `nixcell mcp` with the official Python MCP SDK (PyPI `mcp`).

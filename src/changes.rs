@@ -41,27 +41,27 @@ pub struct Target {
     pub protect: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Changed {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Refused {
     pub path: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChangeLists {
     pub added: Vec<Changed>,
     pub modified: Vec<Changed>,
     pub deleted: Vec<Changed>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Counts {
     pub added: usize,
     pub modified: usize,
@@ -70,10 +70,10 @@ pub struct Counts {
 }
 
 /// The verdict's `workdir`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkdirReport {
     /// "cow", "bind" or "ro".
-    pub mode: &'static str,
+    pub mode: std::borrow::Cow<'static, str>,
     /// The cell's changes were applied to the workdir (false: none was, see `refused`).
     pub applied: bool,
     /// The copy-on-write layer ran out of space or inodes (the cell saw ENOSPC).
@@ -89,7 +89,7 @@ pub struct WorkdirReport {
 impl WorkdirReport {
     pub fn live(mode: crate::spec::WorkdirMode) -> Self {
         WorkdirReport {
-            mode: mode.as_str(),
+            mode: mode.as_str().into(),
             applied: false,
             cap_hit: false,
             run: None,

@@ -1,26 +1,28 @@
 //! nixcell: run untrusted commands inside exactly the Nix store closure of a declared
 //! environment, in fresh namespaces, with every layer reported.
+//!
+//! The layout (docs/ARCHITECTURE.md, module map): `cli` parses and presents; `run` is
+//! the pipeline from a request to a verdict; `env` finds and builds environments
+//! (projects, declarations, Nix); `agent` serves agents (context, edits); `mcp` is the
+//! MCP server; `sandbox` builds and confines the cell and imports nothing of the rest.
 
+pub mod agent;
 pub mod changes;
 pub mod cli;
-pub mod context;
-pub mod declare;
 pub mod dirs;
 pub mod doctor;
-pub mod edit;
-pub mod front;
+pub mod env;
 pub mod fsat;
-pub mod harden;
-pub mod hints;
 pub mod mcp;
-pub mod nix;
-pub mod plan;
 pub mod profile;
-pub mod project;
-pub mod rundir;
+pub mod run;
 pub mod sandbox;
-pub mod seal;
-pub mod spec;
-pub mod supervise;
 pub mod units;
-pub mod verdict;
+
+// Short paths to the modules of the layout, e.g. `crate::plan` for `crate::run::plan`.
+pub use agent::{context, edit};
+pub use env::{declare, front, nix, project, seal};
+pub use mcp::rundir;
+pub use run::{harden, hints, plan, supervise, verdict};
+/// The sandbox's input ([`sandbox::RunSpec`] and its parts).
+pub use sandbox as spec;

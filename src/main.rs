@@ -1,6 +1,6 @@
 fn main() {
     // The init stage must run before anything else exists in this process: no
-    // runtime, no threads (DESIGN.md, process model).
+    // runtime, no threads (docs/ARCHITECTURE.md, process model).
     if std::env::args_os().nth(1).as_deref()
         == Some(std::ffi::OsStr::new(nixcell::sandbox::proto::INIT_ARG))
     {

@@ -6,6 +6,8 @@
 //! fails with exit 125 before anything runs), `best-effort` (the run goes on and the
 //! verdict says the layer was not enforced and why) or `off`.
 
+pub use crate::sandbox::LayerMode;
+pub use crate::sandbox::seccomp::{SeccompKind, SeccompPolicy};
 use crate::units::{parse_duration, parse_size};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -41,22 +43,6 @@ pub enum ProfileError {
     Unknown(String),
     #[error("profile {0}: 'extends' forms a cycle")]
     Cycle(String),
-}
-
-/// How strictly a layer is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LayerMode {
-    Required,
-    BestEffort,
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SeccompKind {
-    DenyList,
-    AllowList,
 }
 
 /// `[filesystem] workdir`: "cow" (or its old name "rw"), "bind" or "ro".
@@ -188,7 +174,7 @@ pub struct Limits {
 /// How the workdir is mounted and the caps of the cell's writable tmpfs layers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Filesystem {
-    pub workdir: crate::spec::WorkdirMode,
+    pub workdir: crate::sandbox::WorkdirMode,
     /// Size cap of the copy-on-write layer (a tmpfs: its pages count against the
     /// cell's memory limit, so the cap used is at most that limit).
     pub work_size: u64,
@@ -203,16 +189,6 @@ pub struct LandlockPolicy {
     /// Per feature newer than ABI 1 (see `sandbox::landlock::Feature`).
     pub features: crate::sandbox::landlock::Features,
     pub allow_ports: Vec<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SeccompPolicy {
-    pub mode: LayerMode,
-    pub kind: SeccompKind,
-    /// Syscall names denied on top of the fixed deny list (deny-list policy).
-    pub deny: Vec<String>,
-    /// Syscall names allowed (allow-list policy).
-    pub allow: Vec<String>,
 }
 
 /// A resolved profile: every field set, every value checked.
@@ -389,9 +365,9 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         },
         filesystem: Filesystem {
             workdir: match pick!(c, filesystem.workdir) {
-                Some(Access::Ro) => crate::spec::WorkdirMode::Ro,
-                Some(Access::Bind) => crate::spec::WorkdirMode::Bind,
-                Some(Access::Rw | Access::Cow) | None => crate::spec::WorkdirMode::Cow,
+                Some(Access::Ro) => crate::sandbox::WorkdirMode::Ro,
+                Some(Access::Bind) => crate::sandbox::WorkdirMode::Bind,
+                Some(Access::Rw | Access::Cow) | None => crate::sandbox::WorkdirMode::Cow,
             },
             work_size: pick!(c, filesystem.work_size)
                 .map(|s| s.0)
@@ -459,7 +435,7 @@ mod tests {
         }
         let strict = load("strict").unwrap();
         assert_eq!(strict.seccomp.kind, SeccompKind::AllowList);
-        assert_eq!(strict.filesystem.workdir, crate::spec::WorkdirMode::Ro);
+        assert_eq!(strict.filesystem.workdir, crate::sandbox::WorkdirMode::Ro);
         assert_eq!(strict.limits.memory, Some(512 << 20));
         assert_eq!(strict.landlock.features.tcp, LayerMode::Required);
         // Inherited from default.
@@ -470,10 +446,10 @@ mod tests {
         );
         let ci = load("ci").unwrap();
         assert_eq!(ci.limits.cpus, Some(4.0));
-        assert_eq!(ci.filesystem.workdir, crate::spec::WorkdirMode::Cow);
+        assert_eq!(ci.filesystem.workdir, crate::sandbox::WorkdirMode::Cow);
         assert_eq!(ci.filesystem.work_size, 4 << 30);
         let d = load("default").unwrap();
-        assert_eq!(d.filesystem.workdir, crate::spec::WorkdirMode::Cow);
+        assert_eq!(d.filesystem.workdir, crate::sandbox::WorkdirMode::Cow);
         assert_eq!(d.filesystem.work_inodes, 100_000);
         assert_eq!(ci.seccomp.kind, SeccompKind::DenyList);
     }
@@ -545,5 +521,28 @@ mod tests {
             Err(ProfileError::Cycle(_))
         ));
         assert!(matches!(load("nope"), Err(ProfileError::Unknown(_))));
+    }
+
+    #[test]
+    fn compiling_is_cheap_enough_to_do_for_every_run() {
+        let strict = load("strict").unwrap();
+        let default = load("default").unwrap();
+        for p in [&strict.seccomp, &default.seccomp] {
+            crate::sandbox::seccomp::compile(p).unwrap();
+            let n = 50;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                crate::sandbox::seccomp::compile(p).unwrap();
+            }
+            let each = t.elapsed() / n;
+            eprintln!("seccomp {:?}: {each:?} per compile", p.kind);
+            // Measured well under 1 ms unoptimized; far above that on any machine
+            // would make the per-run compile (no cache) a cost worth revisiting.
+            assert!(
+                each < std::time::Duration::from_millis(25),
+                "{:?}: {each:?}",
+                p.kind
+            );
+        }
     }
 }

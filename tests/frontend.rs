@@ -735,3 +735,34 @@ fn scenario_1_rootless_edits_build_through_the_daemon() {
         ]
     );
 }
+
+/// A project's nixcell.toml may only tighten its profile. Without `max_output` the strict
+/// profile keeps its 256K per stream (it used to become the project default of 1M); a
+/// `timeout` longer than strict's two minutes is cut to them; an explicit flag (the
+/// operator) still decides.
+#[test]
+fn a_project_only_tightens_its_profile() {
+    let toml =
+        "profile = \"strict\"\n[limits]\ntimeout = \"1h\"\n[policy]\npackages = [\"hello\"]\n";
+    let p = project("analysis", Some(toml));
+    let dir = p.path();
+    let loud = ["sh", "-c", "yes | head -c 400000"];
+    let run = |flags: &[&str]| {
+        let mut args = vec!["run", "--json"];
+        args.extend(flags);
+        args.push("--");
+        args.extend(loud);
+        json(&cell(dir, &args), "run")
+    };
+    let v = run(&[]);
+    assert_eq!(v["profile"], "strict", "{v}");
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(v["stdout"]["bytes"], 400000, "{v}");
+    assert_eq!(v["stdout"]["truncated"], true, "{v}");
+    assert_eq!(v["stdout"]["text"].as_str().unwrap().len(), 256 << 10);
+    let v = run(&["--max-output", "1M"]);
+    assert_eq!(v["stdout"]["truncated"], false, "{v}");
+    let c = json(&cell(dir, &["context", "--format", "json"]), "context");
+    assert_eq!(c["limits"]["timeout_secs"], 120, "{c}");
+    assert_eq!(c["limits"]["max_output_bytes"], 256 << 10, "{c}");
+}

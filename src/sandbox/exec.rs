@@ -1,8 +1,8 @@
 //! The command's own process: the last steps before execve(2).
 
+use super::RunSpec;
 use super::proto::{self, Report};
 use super::{At, StageResult, caps, sys};
-use crate::spec::RunSpec;
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal};
 use std::ffi::CString;
@@ -55,7 +55,7 @@ pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
     let _ = writeln!(
         log_file,
         "nixcell: {}",
-        crate::verdict::exec_message(&program, errno as i32)
+        exec_message(&program, errno as i32)
     );
     // SAFETY: _exit ends the process at once.
     unsafe { libc::_exit(if errno == Errno::ENOENT { 127 } else { 126 }) }
@@ -155,4 +155,18 @@ fn shebang(path: &std::path::Path) -> String {
         .and_then(|l| l.split_whitespace().next())
         .map(|i| format!("{i} (not in the cell)"))
         .unwrap_or_else(|| "(unknown)".into())
+}
+
+/// The message for a failed exec, in the words of a shell.
+pub fn exec_message(program: &str, errno: i32) -> String {
+    if errno == libc::ENOENT {
+        format!("{program}: command not found in the cell")
+    } else if errno == libc::ENOEXEC && program.contains(": bad interpreter ") {
+        program.to_string()
+    } else {
+        format!(
+            "{program}: cannot execute: {}",
+            std::io::Error::from_raw_os_error(errno)
+        )
+    }
 }

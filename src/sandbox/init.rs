@@ -3,10 +3,10 @@
 //! unshares the namespaces, maps its identity, and forks PID 1 of the new pid
 //! namespace; then it waits for PID 1 and passes its status on.
 
+use super::RunSpec;
 use super::ns::{self, PreparedMounts};
 use super::proto::{self, INIT_FD, Report};
 use super::{At, StageError, StageResult, pid1};
-use crate::spec::RunSpec;
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::sys::wait::{WaitStatus, waitpid};

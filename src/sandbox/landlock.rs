@@ -8,10 +8,10 @@
 //! /etc and /proc, device access on the cell's /dev nodes, directory listing from /.
 //! ABI 4 adds TCP bind/connect control, ABI 6 scopes (abstract unix sockets, signals).
 
+use super::LayerMode;
+use super::RunSpec;
 use super::proto::LayerReport;
 use super::{StageError, StageResult};
-use crate::profile::LayerMode;
-use crate::spec::RunSpec;
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
     PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,

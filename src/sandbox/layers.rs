@@ -1,15 +1,15 @@
 //! Security layers applied by the command's process right before execve(2).
-//! The init stage applies them in the order DESIGN.md gives: no_new_privs, then
+//! The init stage applies them in the order docs/ARCHITECTURE.md gives: no_new_privs, then
 //! rlimits, Landlock (after all mounts), then seccomp last. Each sends a
 //! [`LayerReport`] to the supervisor, enforced or not and why.
 
+use super::LayerMode;
+use super::RunSpec;
 use super::landlock::{self, LandlockSpec};
 use super::limits::{self, RlimitSpec};
 use super::proto::{self, LayerReport, Report};
 use super::seccomp::{self, CompiledSeccomp};
 use super::{StageError, StageResult};
-use crate::profile::LayerMode;
-use crate::spec::RunSpec;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::os::fd::BorrowedFd;

@@ -4,8 +4,8 @@
 //! Linux 5.14, so only the cell's processes count) and `address_space` stand in for
 //! the pids and memory limits.
 
+use super::LayerMode;
 use super::{At, StageResult};
-use crate::profile::LayerMode;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde::{Deserialize, Serialize};
 

@@ -3,6 +3,12 @@
 //! `spawn` is the supervisor's side; `init` is the re-executed binary that builds the
 //! cell; `pid1` reaps and forwards signals inside the pid namespace and starts the
 //! command through `exec`.
+//!
+//! This module's root holds the sandbox's whole input, [`RunSpec`]: pure, validated
+//! data that describes one run of a cell. The supervisor builds it, the init stage
+//! receives it over the control socket and carries it out. Nothing in it touches the
+//! system. The sandbox imports nothing of the front-end (profiles, verdicts, projects):
+//! what it needs is in here (docs/ARCHITECTURE.md, module map).
 
 pub mod caps;
 pub mod cgroup;
@@ -21,6 +27,8 @@ pub mod sys;
 
 use nix::errno::Errno;
 use proto::SetupFailure;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// A failed step of the cell's set-up: the stage, the syscall and the errno.
 #[derive(Debug, thiserror::Error)]
@@ -93,4 +101,185 @@ impl<T> At<T> for std::io::Result<T> {
             StageError::new(stage, syscall, detail.to_string(), errno)
         })
     }
+}
+
+/// How strictly a layer is applied: `required` (the kernel must support it, else the
+/// run fails before anything runs), `best-effort` (the run goes on and the verdict says
+/// the layer was not enforced and why) or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerMode {
+    Required,
+    BestEffort,
+    Off,
+}
+/// Where the cell's working directory is mounted when `--workdir` is given.
+pub const WORKDIR_IN_CELL: &str = "/work";
+
+/// One run of a command in a cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The command and its arguments; `argv[0]` is resolved against `path_dirs`.
+    pub argv: Vec<String>,
+    /// The complete environment of the command.
+    pub env: Vec<(String, String)>,
+    /// Directories searched for `argv[0]` (the `bin/` of each root), in order.
+    pub path_dirs: Vec<PathBuf>,
+    /// The Nix store directory, normally `/nix/store`.
+    pub store_dir: PathBuf,
+    /// Every store path of the closure: the whole software of the cell.
+    pub store_paths: Vec<StoreEntry>,
+    /// Host directories or files bound into the cell (the workdir and `--bind`s).
+    pub mounts: Vec<BindMount>,
+    /// The sources of `mounts`, in the same order, each opened once by the supervisor
+    /// at plan time; the init stage finds them on descriptors [`MOUNT_FD_BASE`]`+ i`
+    /// and mounts from them, never by name.
+    #[serde(skip)]
+    pub sources: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The copy-on-write layer of the workdir (`mounts[0]`), when its mode is `cow`.
+    #[serde(default)]
+    pub work: Option<WorkLayer>,
+    /// Inode cap of the cell's `/tmp`.
+    #[serde(default = "default_tmp_inodes")]
+    pub tmp_inodes: u64,
+    /// Convenience links in the cell, e.g. `/bin/sh` to the closure's shell.
+    pub symlinks: Vec<Symlink>,
+    /// The command's working directory inside the cell.
+    pub cwd: PathBuf,
+    /// Size cap of the cell's `/tmp` in bytes.
+    pub tmp_size_bytes: u64,
+    /// Host name inside the UTS namespace.
+    pub hostname: String,
+    pub identity: Identity,
+    /// Pid of the supervisor; the init stage refuses to run for another parent.
+    pub supervisor_pid: i32,
+    /// Services started inside the cell before the command, stopped after it.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    /// Security layers applied right before exec.
+    #[serde(default)]
+    pub security: layers::SecuritySpec,
+}
+
+impl RunSpec {
+    /// How /work is mounted, when there is a workdir.
+    pub fn workdir_mode(&self) -> Option<WorkdirMode> {
+        let m = self
+            .mounts
+            .iter()
+            .find(|m| m.dest == std::path::Path::new(WORKDIR_IN_CELL))?;
+        Some(if self.work.is_some() {
+            WorkdirMode::Cow
+        } else if m.writable {
+            WorkdirMode::Bind
+        } else {
+            WorkdirMode::Ro
+        })
+    }
+}
+
+/// A store path of the closure and what kind of file system object it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreEntry {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+/// Descriptor of the first mount source in the init stage (3 is the control socket, 4
+/// the cell cgroup's `cgroup.procs`).
+pub const MOUNT_FD_BASE: i32 = 8;
+
+fn default_tmp_inodes() -> u64 {
+    100_000
+}
+
+/// How the workdir is mounted at /work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkdirMode {
+    /// An overlay over the read-only workdir; changes come back through nixcell.
+    Cow,
+    /// The workdir itself, read-write (it must belong to the cell's host identity).
+    Bind,
+    /// The workdir itself, read-only.
+    Ro,
+}
+
+impl WorkdirMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkdirMode::Cow => "cow",
+            WorkdirMode::Bind => "bind",
+            WorkdirMode::Ro => "ro",
+        }
+    }
+}
+
+/// The upper layer of a copy-on-write workdir: a tmpfs with these caps, and the
+/// entries (relative to the workdir) made read-only inside the cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkLayer {
+    pub size_bytes: u64,
+    pub inodes: u64,
+    pub protect: Vec<PathBuf>,
+}
+
+/// A bind mount of a host path into the cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub writable: bool,
+    /// True when the source is a directory (the mount point is a directory too).
+    pub is_dir: bool,
+    /// Device and inode of the opened source: a rootless init stage finds the source
+    /// again in its own mount namespace and proves it is the same object.
+    #[serde(default)]
+    pub dev: u64,
+    #[serde(default)]
+    pub ino: u64,
+    /// Owner of the source (the idmap of a copy-on-write lower layer maps it).
+    #[serde(default)]
+    pub owner: (u32, u32),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Symlink {
+    pub link: PathBuf,
+    pub target: PathBuf,
+}
+
+/// Who the command is, inside and outside the cell.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Identity {
+    /// uid/gid seen inside the cell.
+    pub uid: u32,
+    pub gid: u32,
+    /// uid/gid the cell's processes have on the host.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub user_name: String,
+    pub home: PathBuf,
+}
+
+/// A long-running process started in the cell before the command (e.g. redis), on
+/// loopback only, under the same confinement as the command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// The service is ready when a TCP connect to 127.0.0.1:PORT succeeds.
+    pub ready_port: Option<u16>,
+    /// Host file its stdout and stderr are appended to; kept after the run.
+    pub log: PathBuf,
+    /// How long to wait for readiness.
+    pub ready_timeout_ms: u64,
 }

@@ -1,7 +1,7 @@
 //! Namespaces and identities: leaving host root, unshare, id maps, UTS, loopback.
 
 use super::{At, StageResult, sys};
-use crate::spec::{Identity, MOUNT_FD_BASE, RunSpec};
+use super::{Identity, MOUNT_FD_BASE, RunSpec};
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::{ForkResult, Gid, Uid, fork, setgroups, setresgid, setresuid};

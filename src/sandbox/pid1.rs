@@ -3,10 +3,10 @@
 //! command ends, everything it left behind is killed; when the supervisor's end of
 //! the control socket closes (it died), the whole cell is killed.
 
+use super::RunSpec;
 use super::ns::{self, PreparedMounts};
 use super::proto::{self, Report};
 use super::{StageError, StageResult, caps, exec, rootfs};
-use crate::spec::RunSpec;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction,
@@ -93,7 +93,7 @@ fn setup(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> Sta
     // The mount sources the supervisor passed are mounted (or were cloned): close them.
     for i in 0..spec.mounts.len() {
         // SAFETY: these descriptors were placed for us and nothing else uses them.
-        unsafe { libc::close(crate::spec::MOUNT_FD_BASE + i as i32) };
+        unsafe { libc::close(super::MOUNT_FD_BASE + i as i32) };
     }
     Ok(())
 }

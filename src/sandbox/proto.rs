@@ -4,7 +4,7 @@
 //! followed by that many bytes of JSON. The supervisor sends the [`RunSpec`] once; the
 //! cell answers with [`Report`]s. EOF on the cell's end means the supervisor is gone.
 //!
-//! [`RunSpec`]: crate::spec::RunSpec
+//! [`RunSpec`]: crate::sandbox::RunSpec
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
@@ -72,7 +72,7 @@ impl std::fmt::Display for SetupFailure {
 }
 
 /// Whether a layer holds, and why not when it does not.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LayerReport {
     pub layer: String,
     pub enforced: bool,

@@ -9,7 +9,7 @@
 use super::ns::PreparedMounts;
 use super::proto::{self, Report};
 use super::{At, StageError, StageResult, sys};
-use crate::spec::{EntryKind, RunSpec, WorkLayer};
+use super::{EntryKind, RunSpec, WorkLayer};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use std::fs;

@@ -1,10 +1,10 @@
 //! The supervisor's side of starting a cell: re-execute our own binary as the init
 //! stage with its end of the control socket on a fixed descriptor. Going through
 //! execve(2) means the init stage is single-threaded from its first instruction,
-//! whatever threads the supervisor runs (DESIGN.md, process model).
+//! whatever threads the supervisor runs (docs/ARCHITECTURE.md, process model).
 
+use super::MOUNT_FD_BASE;
 use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD};
-use crate::spec::MOUNT_FD_BASE;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;

@@ -1,13 +1,18 @@
 //! The one JSON object a run reports.
 
+use crate::harden::Usage;
+use crate::hints::{EditPolicy, Hint, Inputs};
 use crate::nix::closure::Closure;
 use crate::sandbox::proto::LayerReport;
-use crate::spec::{Identity, RunSpec};
+use crate::sandbox::{Identity, RunSpec};
 use crate::supervise::{Captured, Outcome, exit_status};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::PathBuf;
 
-#[derive(Debug, Serialize)]
+/// Serialized by `nixcell run --json`, read back by the MCP server.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Verdict {
     /// nixcell's own exit status (the command's, or 124/125/126/127/128+N).
     pub exit_code: i32,
@@ -19,12 +24,12 @@ pub struct Verdict {
     pub oom_killed: bool,
     pub wall_time_ms: f64,
     /// Peak memory and CPU time of the whole cell.
-    pub usage: Option<crate::harden::Usage>,
+    pub usage: Option<Usage>,
     /// The sandbox profile the run used.
     pub profile: Option<String>,
     pub error: Option<VerdictError>,
     pub closure: ClosureSummary,
-    pub namespaces: Vec<&'static str>,
+    pub namespaces: Vec<Cow<'static, str>>,
     pub identity: Identity,
     pub layers: Vec<LayerReport>,
     pub stdout: Option<Captured>,
@@ -32,54 +37,42 @@ pub struct Verdict {
     /// Services that ran beside the command, with their logs on the host.
     pub services: Vec<ServiceSummary>,
     /// What the cell seems to lack, and the edit that would provide it (see hints.rs).
-    pub hints: Vec<crate::hints::Hint>,
+    pub hints: Vec<Hint>,
     /// How /work was mounted and, copy-on-write, what came back (see changes.rs).
     pub workdir: Option<crate::changes::WorkdirReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceSummary {
     pub name: String,
     pub port: Option<u16>,
     pub log: PathBuf,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VerdictError {
     /// "usage", "setup", "exec" or "supervisor".
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     pub message: String,
     pub stage: Option<String>,
     pub syscall: Option<String>,
     pub errno: Option<i32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ClosureSummary {
     pub roots: Vec<PathBuf>,
     pub paths: usize,
     pub hash: String,
 }
 
-/// The message for a failed exec, in the words of a shell.
-pub fn exec_message(program: &str, errno: i32) -> String {
-    if errno == libc::ENOENT {
-        format!("{program}: command not found in the cell")
-    } else if errno == libc::ENOEXEC && program.contains(": bad interpreter ") {
-        program.to_string()
-    } else {
-        format!(
-            "{program}: cannot execute: {}",
-            std::io::Error::from_raw_os_error(errno)
-        )
-    }
-}
+pub use crate::sandbox::exec::exec_message;
 
 /// The error a run ended with, if any.
 pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
     if let Some(f) = &o.setup_error {
         return Some(VerdictError {
-            kind: "setup",
+            kind: "setup".into(),
             message: f.to_string(),
             stage: Some(f.stage.clone()),
             syscall: Some(f.syscall.clone()),
@@ -88,7 +81,7 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
     }
     if let Some(m) = &o.supervisor_error {
         return Some(VerdictError {
-            kind: "supervisor",
+            kind: "supervisor".into(),
             message: m.clone(),
             stage: None,
             syscall: None,
@@ -96,7 +89,7 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
         });
     }
     o.exec_error.as_ref().map(|(p, e)| VerdictError {
-        kind: "exec",
+        kind: "exec".into(),
         message: exec_message(p, *e),
         stage: None,
         syscall: Some("execve".into()),
@@ -104,15 +97,39 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
     })
 }
 
-pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
+/// What the supervisor knows once the cell is gone, besides the cell's own outcome.
+pub struct Finish<'a> {
+    /// The profile the run used.
+    pub profile: String,
+    /// Layers the supervisor enforced (the cgroup), reported before the cell's own.
+    pub layers: Vec<LayerReport>,
+    pub usage: Usage,
+    pub oom_killed: bool,
+    /// What came back of a copy-on-write workdir; None: how /work was mounted, live.
+    pub workdir: Option<crate::changes::WorkdirReport>,
+    /// The project's edit policy: hints suggest only edits it accepts.
+    pub policy: Option<&'a dyn EditPolicy>,
+}
+
+/// The verdict of a finished run, complete: built once, nothing is added after.
+pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -> Verdict {
+    o.account_oom(f.oom_killed);
+    let not_found = o
+        .exec_error
+        .as_ref()
+        .filter(|(_, e)| *e == libc::ENOENT)
+        .map(|(p, _)| p.as_str());
+    let hints = hints_for([&o.stderr, &o.stdout], not_found, closure, f.policy);
+    let mut layers = f.layers;
+    layers.append(&mut o.layers);
     Verdict {
         exit_code: exit_status(&o),
         command_exit_code: o.exit_code,
         signal: o.signal,
         timed_out: o.timed_out,
-        oom_killed: false,
-        usage: None,
-        profile: None,
+        oom_killed: f.oom_killed,
+        usage: Some(f.usage),
+        profile: Some(f.profile),
         wall_time_ms: o.wall.as_secs_f64() * 1000.0,
         error: outcome_error(&o),
         closure: ClosureSummary {
@@ -120,9 +137,12 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
             paths: closure.paths.len(),
             hash: closure.hash.clone(),
         },
-        namespaces: crate::sandbox::ns::namespace_names(),
+        namespaces: crate::sandbox::ns::namespace_names()
+            .into_iter()
+            .map(Cow::Borrowed)
+            .collect(),
         identity: spec.identity.clone(),
-        layers: o.layers,
+        layers,
         stdout: o.stdout,
         stderr: o.stderr,
         services: spec
@@ -134,7 +154,32 @@ pub fn build(spec: &RunSpec, closure: &Closure, o: Outcome) -> Verdict {
                 log: s.log.clone(),
             })
             .collect(),
-        hints: Vec::new(),
-        workdir: spec.workdir_mode().map(crate::changes::WorkdirReport::live),
+        hints,
+        workdir: f
+            .workdir
+            .or_else(|| spec.workdir_mode().map(crate::changes::WorkdirReport::live)),
     }
+}
+
+/// Hints for a finished run: its captured output, its exec error, its closure.
+fn hints_for(
+    streams: [&Option<Captured>; 2],
+    exec_not_found: Option<&str>,
+    closure: &Closure,
+    policy: Option<&dyn EditPolicy>,
+) -> Vec<Hint> {
+    let mut output = String::new();
+    for c in streams.into_iter().flatten() {
+        output.push_str(&c.text);
+        output.push('\n');
+    }
+    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
+    crate::hints::for_outcome(
+        &Inputs {
+            output: &output,
+            exec_not_found,
+            closure: &paths,
+        },
+        policy,
+    )
 }

@@ -278,6 +278,8 @@ pub struct FromProject {
     pub tmp_size_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
     pub built: Option<Built>,
+    /// The project's `[policy]`: hints suggest only edits it accepts.
+    pub policy: Option<crate::project::Policy>,
 }
 
 fn user_cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
@@ -336,7 +338,8 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
     extra.profile = project.config.profile.clone();
     extra.timeout = project.limits.timeout;
     extra.tmp_size_bytes = Some(project.limits.tmp_size_bytes);
-    extra.max_output_bytes = Some(project.limits.max_output_bytes);
+    extra.max_output_bytes = project.limits.max_output_bytes;
     extra.built = Some(built);
+    extra.policy = Some(project.config.policy.clone());
     Ok(extra)
 }

@@ -406,29 +406,6 @@ fn service_hint(port: u16, service: &str, policy: Option<&dyn EditPolicy>) -> Hi
     }
 }
 
-/// Hints for a finished run: its captured output, its exec error, its closure.
-pub fn for_verdict(
-    v: &crate::verdict::Verdict,
-    exec_not_found: Option<&str>,
-    closure: &crate::nix::closure::Closure,
-    policy: Option<&dyn EditPolicy>,
-) -> Vec<Hint> {
-    let mut output = String::new();
-    for c in [&v.stderr, &v.stdout].into_iter().flatten() {
-        output.push_str(&c.text);
-        output.push('\n');
-    }
-    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
-    for_outcome(
-        &Inputs {
-            output: &output,
-            exec_not_found,
-            closure: &paths,
-        },
-        policy,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

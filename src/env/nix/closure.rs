@@ -1,7 +1,7 @@
 //! Closures of store paths: `nix-store --query --requisites`, the stable way across Nix
 //! versions, cached per set of roots (a valid store path's closure never changes).
 
-use crate::spec::{EntryKind, StoreEntry};
+use crate::sandbox::{EntryKind, StoreEntry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};

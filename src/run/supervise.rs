@@ -1,12 +1,12 @@
 //! The asynchronous side of a run: sends the spec, collects the cell's reports and
 //! its (capped) output, forwards terminal signals, enforces the wall-clock timeout.
 
+use crate::sandbox::RunSpec;
 use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
 use crate::sandbox::spawn::{Spawned, spawn_init};
-use crate::spec::RunSpec;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -50,7 +50,7 @@ impl Default for RunOptions {
 }
 
 /// A captured stream: what was kept, how much there was, whether some was dropped.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Captured {
     pub text: String,
     pub bytes: u64,
@@ -361,7 +361,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     Ok(out)
 }
 
-/// The exit status nixcell itself ends with (DESIGN.md conventions).
+/// The exit status nixcell itself ends with (docs/ARCHITECTURE.md conventions).
 pub fn exit_status(o: &Outcome) -> i32 {
     if o.setup_error.is_some() || o.supervisor_error.is_some() {
         return 125;

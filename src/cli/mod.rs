@@ -2,9 +2,9 @@
 //! [`crate::front`] (`build`, `context`, `edit`, `proposals`, `approve`, `reject`).
 
 use crate::plan::{self, CellRequest};
-use crate::supervise::{self, RunOptions};
+
 use crate::units::{parse_duration, parse_size};
-use crate::verdict::{self, VerdictError};
+use crate::verdict::VerdictError;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -318,7 +318,7 @@ fn usage_error(json: bool, message: String) -> i32 {
     if json {
         let v = serde_json::json!({
             "exit_code": EXIT_SETUP,
-            "error": VerdictError { kind: "usage", message, stage: None, syscall: None, errno: None },
+            "error": VerdictError { kind: "usage".into(), message, stage: None, syscall: None, errno: None },
         });
         println!("{v}");
     } else {
@@ -328,101 +328,34 @@ fn usage_error(json: bool, message: String) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
-    let mut req = match args.request() {
+    let cell = match args.request() {
         Ok(r) => r,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    if args.command.is_empty() {
-        return usage_error(args.json, plan::PlanError::NoCommand.to_string());
-    }
-    let sources = crate::front::EnvSources {
-        with: args.with.clone(),
-        flakes: args.flakes.clone(),
-        impure: args.impure,
-        project: args.project.clone(),
-    };
-    let from_project = match crate::front::resolve_env(&mut req, &sources) {
-        Ok(x) => x,
-        Err(e) => return usage_error(args.json, e.to_string()),
-    };
-    if let (None, Some(t)) = (args.tmp_size, from_project.tmp_size_bytes) {
-        req.tmp_size_bytes = t;
-    }
-    let (mut spec, closure) = match plan::plan(&req) {
-        Ok(x) => x,
-        Err(e) => return usage_error(args.json, e.to_string()),
-    };
-    let profile_name = args
-        .profile
-        .clone()
-        .or_else(|| from_project.profile.clone())
-        .unwrap_or_else(|| "default".to_string());
-    let profile = match crate::profile::load(&profile_name) {
-        Ok(p) => p,
-        Err(e) => return usage_error(args.json, format!("--profile: {e}")),
-    };
-    let overrides = crate::harden::Overrides {
-        timeout: args.timeout.or(from_project.timeout),
-        memory: args.memory,
-        cpus: args.cpus,
-        pids: args.pids,
-        max_output: args.max_output.or(from_project.max_output_bytes),
+    let req = crate::run::RunRequest {
+        cell,
+        sources: crate::front::EnvSources {
+            with: args.with.clone(),
+            flakes: args.flakes.clone(),
+            impure: args.impure,
+            project: args.project.clone(),
+        },
+        profile: args.profile.clone(),
+        limits: crate::run::limits::Overrides {
+            timeout: args.timeout,
+            memory: args.memory,
+            cpus: args.cpus,
+            pids: args.pids,
+            max_output: args.max_output,
+        },
+        tmp_size: args.tmp_size,
         allow_ports: args.allow_ports.clone(),
+        capture: args.json,
     };
-    let hardening = match crate::harden::prepare(&profile, &overrides, &mut spec) {
-        Ok(h) => h,
+    let v = match crate::run::prepare(req).and_then(|p| p.run()) {
+        Ok(v) => v,
         Err(e) => return usage_error(args.json, e.to_string()),
     };
-    let opts: RunOptions = hardening.run_options(args.json);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return usage_error(args.json, format!("cannot start the runtime: {e}")),
-    };
-    let mut outcome = match rt.block_on(supervise::run(&spec, &opts)) {
-        Ok(o) => o,
-        Err(e) => return usage_error(args.json, e.to_string()),
-    };
-    // A cell whose set-up failed never ran: it has no changes to bring back.
-    let work_layer = outcome
-        .work_layer
-        .take()
-        .filter(|_| outcome.setup_error.is_none());
-    let (usage, oom_killed) = hardening.finish();
-    outcome.account_oom(oom_killed);
-    let not_found = outcome
-        .exec_error
-        .as_ref()
-        .filter(|(_, e)| *e == libc::ENOENT);
-    let not_found = not_found.map(|(p, _)| p.clone());
-    let mut v = verdict::build(&spec, &closure, outcome);
-    v.layers.splice(0..0, hardening.layers.iter().cloned());
-    v.profile = Some(hardening.profile.name.clone());
-    v.usage = Some(usage);
-    v.oom_killed = oom_killed;
-    // The cell is gone (its PID 1 and init stage have exited): its changes come back.
-    if let (Some(layer), Some(work), Some(dir)) = (&work_layer, &spec.work, spec.sources.first()) {
-        let target = crate::changes::Target {
-            dir: dir.clone(),
-            path: spec.mounts[0].source.clone(),
-            owner: spec.mounts[0].owner,
-            chown: crate::sandbox::ns::is_host_root(),
-            protect: work.protect.clone(),
-        };
-        v.workdir = Some(crate::changes::apply(layer, &target));
-    }
-    drop(work_layer);
-    // Hints suggest only edits the project's policy accepts (none without a project).
-    let policy = from_project.built.as_ref().and_then(|_| {
-        let start = args.project.clone().unwrap_or_else(|| PathBuf::from("."));
-        crate::project::Project::discover(&start)
-            .ok()
-            .map(|p| p.config.policy)
-    });
-    let policy = policy.as_ref().map(|p| p as &dyn crate::hints::EditPolicy);
-    v.hints = crate::hints::for_verdict(&v, not_found.as_deref(), &closure, policy);
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else if let Some(err) = &v.error {

@@ -4,6 +4,7 @@
 //! by the declaration's content and the package set's pin, with a GC root per build: a
 //! cached environment starts a run without calling nix at all.
 
+pub use crate::declare::package_set::{PackageSet, PackageSetError};
 use crate::declare::{self, DeclareError, Description, ServiceDecl};
 use crate::nix::build::Progress;
 use crate::nix::closure;
@@ -54,8 +55,8 @@ pub enum ProjectError {
     },
     #[error("no package set: set `nixpkgs = \"PATH\"` in {CONFIG} or nixpkgs=PATH in NIX_PATH")]
     NoPackageSet,
-    #[error("package set {0}: {1}")]
-    PackageSet(PathBuf, String),
+    #[error(transparent)]
+    PackageSet(#[from] PackageSetError),
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
@@ -120,7 +121,8 @@ pub struct Config {
 pub struct Limits {
     pub timeout: Option<Duration>,
     pub tmp_size_bytes: u64,
-    pub max_output_bytes: u64,
+    /// None: the profile's (a project may only lower it, see `run::limits`).
+    pub max_output_bytes: Option<u64>,
 }
 
 /// Profiles this build of nixcell knows.
@@ -179,8 +181,7 @@ impl Config {
                 .as_deref()
                 .map(crate::units::parse_size)
                 .transpose()
-                .map_err(|m| bad("limits.max_output", m))?
-                .unwrap_or(1 << 20),
+                .map_err(|m| bad("limits.max_output", m))?,
         };
         for (key, globs) in [
             ("policy.packages", &config.policy.packages),
@@ -195,52 +196,6 @@ impl Config {
     }
 }
 
-/// The package set a project evaluates against, with what identifies its content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackageSet {
-    pub path: PathBuf,
-    /// A store path is its own pin; a directory elsewhere is pinned by the names, sizes
-    /// and modification times of its files.
-    pub pin: String,
-}
-
-impl PackageSet {
-    pub fn at(path: &Path) -> Result<PackageSet, ProjectError> {
-        let real = std::fs::canonicalize(path)
-            .map_err(|e| ProjectError::PackageSet(path.to_path_buf(), e.to_string()))?;
-        if !real.join("default.nix").is_file() {
-            return Err(ProjectError::PackageSet(
-                path.to_path_buf(),
-                "has no default.nix".into(),
-            ));
-        }
-        let store = std::fs::canonicalize(closure::store_dir()).unwrap_or_default();
-        if real.starts_with(&store) {
-            let pin = format!("store:{}", real.display());
-            return Ok(PackageSet { path: real, pin });
-        }
-        let mut h = Sha256::new();
-        fingerprint_dir(&real, &real, &mut h);
-        Ok(PackageSet {
-            pin: format!("tree:{}", hex::encode(h.finalize())),
-            path: real,
-        })
-    }
-
-    /// `nixpkgs=PATH` of NIX_PATH (or a `nixpkgs` directory under a plain entry).
-    pub fn from_nix_path() -> Option<PathBuf> {
-        let np = std::env::var("NIX_PATH").ok()?;
-        np.split(':').find_map(|entry| match entry.split_once('=') {
-            Some(("nixpkgs", p)) => Some(PathBuf::from(p)),
-            Some(_) => None,
-            None => {
-                let p = Path::new(entry).join("nixpkgs");
-                p.exists().then_some(p)
-            }
-        })
-    }
-}
-
 /// The paths of `NIX_PATH` (`name=PATH` or `PATH` entries).
 fn nix_path_entries() -> Vec<PathBuf> {
     std::env::var("NIX_PATH")
@@ -250,39 +205,6 @@ fn nix_path_entries() -> Vec<PathBuf> {
         .map(|e| PathBuf::from(e.split_once('=').map_or(e, |(_, p)| p)))
         .filter(|p| p.is_absolute())
         .collect()
-}
-
-fn fingerprint_dir(base: &Path, dir: &Path, h: &mut Sha256) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        if name == ".git" || name.as_encoded_bytes().starts_with(b"result") {
-            continue;
-        }
-        let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let rel = path.strip_prefix(base).unwrap_or(&path);
-        h.update(rel.as_os_str().as_encoded_bytes());
-        h.update(
-            format!(
-                "\0{}\0{}\0{}\n",
-                meta.len(),
-                meta.mtime(),
-                meta.mtime_nsec()
-            )
-            .as_bytes(),
-        );
-        if meta.is_dir() {
-            fingerprint_dir(base, &path, h);
-        }
-    }
 }
 
 /// A built declaration: the environment's store path and what it declares.
@@ -408,7 +330,9 @@ impl Project {
     /// that is.
     pub fn package_set(&self) -> Result<PackageSet, ProjectError> {
         let Some(p) = &self.config.nixpkgs else {
-            return PackageSet::at(&PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?);
+            return Ok(PackageSet::at(
+                &PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?,
+            )?);
         };
         let set = PackageSet::at(&self.dir.join(p))?;
         let canon = |p: &Path| std::fs::canonicalize(p).ok();

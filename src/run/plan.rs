@@ -3,7 +3,7 @@
 
 use crate::fsat;
 use crate::nix::closure::{self, Closure, ClosureError};
-use crate::spec::{BindMount, Identity, RunSpec, ServiceSpec, Symlink, WORKDIR_IN_CELL};
+use crate::sandbox::{BindMount, Identity, RunSpec, ServiceSpec, Symlink, WORKDIR_IN_CELL};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -455,7 +455,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
             }
         }
         // The profile's caps replace these (crate::harden::prepare).
-        work = Some(crate::spec::WorkLayer {
+        work = Some(crate::sandbox::WorkLayer {
             size_bytes: 1 << 30,
             inodes: 100_000,
             protect,

@@ -8,8 +8,11 @@
 //! Supported options: `packages`, `languages.python.{enable,version,libraries,package}`,
 //! `services.redis.{enable,port}`, `processes.<name>.exec`, `env.<NAME>`.
 
+pub mod package_set;
+
 use crate::nix::build::{self, BuildError, Progress};
 use crate::nix::eval::{self, EvalError};
+pub use package_set::PackageSet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -215,7 +218,7 @@ pub const WITH_NIX: &str = include_str!("with.nix");
 /// the same names does not run nix. Returns the environment's store path.
 pub fn build_with(
     names: &[String],
-    nixpkgs: &crate::project::PackageSet,
+    nixpkgs: &PackageSet,
     cache_dir: &Path,
     progress: Progress,
 ) -> Result<PathBuf, DeclareError> {

@@ -29,7 +29,7 @@
 
 use crate::edit::Op;
 use crate::project::{Approval, Built, Project};
-use crate::spec::WORKDIR_IN_CELL;
+use crate::sandbox::WORKDIR_IN_CELL;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 pub enum ContextError {
     #[error("reading the closure of {env}: {message}")]
     Closure { env: PathBuf, message: String },
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
 }
 
 pub const SCHEMA: &str = "nixcell.context/1";
@@ -315,7 +317,15 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
     if !commands.is_empty() {
         commands.push("nixcell edit ... --propose (ask a human instead)".into());
     }
-    let limits = &project.limits;
+    // What a run without flags gets: the profile's limits, tightened by the project's.
+    let profile = crate::profile::load(project.config.profile.as_deref().unwrap_or("default"))?;
+    let limits = crate::run::limits::ceiling(
+        &profile.limits,
+        &crate::run::limits::ProjectLimits {
+            timeout: project.limits.timeout,
+            max_output: project.limits.max_output_bytes,
+        },
+    );
     Ok(Context {
         schema: SCHEMA.into(),
         project: project.dir.clone(),
@@ -328,8 +338,8 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
         env_vars: built.description.env.clone(),
         limits: LimitsInfo {
             timeout_secs: limits.timeout.map(|d| d.as_secs()),
-            tmp_size_bytes: limits.tmp_size_bytes,
-            max_output_bytes: limits.max_output_bytes,
+            tmp_size_bytes: project.limits.tmp_size_bytes,
+            max_output_bytes: limits.max_output,
         },
         network: NetworkInfo {
             policy: "loopback-only".into(),
@@ -344,7 +354,7 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
             WritablePath {
                 path: "/tmp".into(),
                 what: "private tmpfs, also $HOME, discarded after the run".into(),
-                size_bytes: Some(limits.tmp_size_bytes),
+                size_bytes: Some(project.limits.tmp_size_bytes),
             },
         ],
         layers: layers(),

@@ -1,5 +1,5 @@
-//! The supervisor's side of the hardening layers: turns a profile (and the CLI's
-//! overrides) into the spec's security layers, compiles the seccomp BPF, creates the
+//! The supervisor's side of the hardening layers: turns a profile (and the limits
+//! decided for the run) into the spec's security layers, compiles the seccomp BPF, creates the
 //! run's cgroup and attaches the cell to it, and reads usage and OOM kills after.
 
 use crate::profile::{LayerMode, Limits, Profile};
@@ -9,11 +9,10 @@ use crate::sandbox::layers::{SeccompSpec, SecuritySpec};
 use crate::sandbox::limits::RlimitSpec;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::seccomp::{self, SeccompError};
-use crate::spec::{RunSpec, WORKDIR_IN_CELL, WorkdirMode};
+use crate::sandbox::{RunSpec, WORKDIR_IN_CELL, WorkdirMode};
 use crate::supervise::{BeforeSpec, RunOptions};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HardenError {
@@ -25,25 +24,13 @@ pub enum HardenError {
     Mount(String),
 }
 
-/// Limits given on the command line; each replaces the profile's value.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub timeout: Option<Duration>,
-    pub memory: Option<u64>,
-    pub cpus: Option<f64>,
-    pub pids: Option<u64>,
-    pub max_output: Option<u64>,
-    /// Loopback TCP ports added to the Landlock allow list.
-    pub allow_ports: Vec<u16>,
-}
-
 /// Resource usage of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Usage {
     pub peak_memory_bytes: Option<u64>,
     pub cpu_time_ms: Option<f64>,
     /// "cgroup", or "rusage" (peak memory is then the largest single process).
-    pub source: &'static str,
+    pub source: std::borrow::Cow<'static, str>,
 }
 
 /// The hardening of one run, prepared before it starts.
@@ -67,19 +54,15 @@ fn fmt_size(b: u64) -> String {
     }
 }
 
-/// Fills `spec.security` from the profile and creates the run's cgroup.
+/// Fills `spec.security` from the profile and the run's `limits` (decided by
+/// `run::limits`), and creates the run's cgroup. `extra_ports` are loopback TCP ports
+/// added to the profile's Landlock allow list.
 pub fn prepare(
     profile: &Profile,
-    ov: &Overrides,
+    limits: Limits,
+    extra_ports: &[u16],
     spec: &mut RunSpec,
 ) -> Result<Hardening, HardenError> {
-    let mut limits = profile.limits.clone();
-    limits.timeout = ov.timeout.or(limits.timeout);
-    limits.memory = ov.memory.or(limits.memory);
-    limits.cpus = ov.cpus.or(limits.cpus);
-    limits.pids = ov.pids.or(limits.pids);
-    limits.max_output = ov.max_output.unwrap_or(limits.max_output);
-
     let fs = &profile.filesystem;
     let host = (spec.identity.host_uid, spec.identity.host_gid);
     for m in &mut spec.mounts {
@@ -252,7 +235,7 @@ pub fn prepare(
     // The cell's own services listen on loopback ports the command must reach.
     let mut allow_ports = profile.landlock.allow_ports.clone();
     allow_ports.extend(spec.services.iter().filter_map(|s| s.ready_port));
-    allow_ports.extend(&ov.allow_ports);
+    allow_ports.extend(extra_ports);
     allow_ports.sort_unstable();
     allow_ports.dedup();
     spec.security = SecuritySpec {
@@ -312,7 +295,7 @@ impl Hardening {
                     Usage {
                         peak_memory_bytes: u.peak_memory_bytes.or(ru_peak),
                         cpu_time_ms: u.cpu_time_us.map(|us| us as f64 / 1000.0).or(ru_cpu),
-                        source: "cgroup",
+                        source: "cgroup".into(),
                     },
                     u.oom_kills > 0,
                 )
@@ -321,7 +304,7 @@ impl Hardening {
                 Usage {
                     peak_memory_bytes: ru_peak,
                     cpu_time_ms: ru_cpu,
-                    source: "rusage",
+                    source: "rusage".into(),
                 },
                 false,
             ),

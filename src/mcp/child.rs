@@ -1,0 +1,192 @@
+//! Tools run through nixcell's own command line, as child processes of the server
+//! (see the module doc of `mcp`): spawning them, their progress lines, their output.
+
+use super::*;
+
+impl Inner {
+    /// Runs this binary with `args` (cwd: the project, if any), feeding `stdin`, and
+    /// forwarding each stderr line to `progress`.
+    pub(super) async fn nixcell(
+        &self,
+        args: &[String],
+        stdin: Option<&[u8]>,
+        progress: Option<&Progress>,
+    ) -> Result<Child, McpError> {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Target::Project(dir) = &self.target {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| McpError::Spawn(self.exe.clone(), e))?;
+        let feed = child.stdin.take().zip(stdin.map(<[u8]>::to_vec));
+        let feed = async move {
+            if let Some((mut w, data)) = feed {
+                // A command that does not read its input closes the pipe early.
+                let _ = w.write_all(&data).await;
+            }
+        };
+        let mut out = child.stdout.take().expect("piped stdout");
+        let read_out = async move {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v).await;
+            v
+        };
+        let err = child.stderr.take().expect("piped stderr");
+        let read_err = async move {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            let mut all = String::new();
+            let mut n = 0u64;
+            while let Ok(Some(l)) = lines.next_line().await {
+                n += 1;
+                if let Some(p) = progress {
+                    p.report(n, l.clone()).await;
+                }
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        };
+        let ((), stdout, stderr) = tokio::join!(feed, read_out, read_err);
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| McpError::Spawn(self.exe.clone(), e))?;
+        Ok(Child {
+            code: status.code(),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The most a client's run may ask for: the limits of the profile runs use (the one
+    /// given, else the project's, else "default"), tightened by the project's own
+    /// (`run::limits::ceiling`).
+    pub(super) fn ceiling(&self) -> Result<crate::profile::Limits, McpError> {
+        let project = match &self.target {
+            Target::Project(dir) => Some(
+                crate::project::Project::discover(dir)
+                    .map_err(|e| McpError::Request(e.to_string()))?,
+            ),
+            Target::EnvPaths(_) => None,
+        };
+        let name = self
+            .profile
+            .clone()
+            .or_else(|| project.as_ref().and_then(|p| p.config.profile.clone()))
+            .unwrap_or_else(|| "default".into());
+        let profile = crate::profile::load(&name)
+            .map_err(|e| McpError::Request(format!("profile {name}: {e}")))?;
+        let asked = project.map_or_else(Default::default, |p| crate::run::limits::ProjectLimits {
+            timeout: p.limits.timeout,
+            max_output: p.limits.max_output_bytes,
+        });
+        Ok(crate::run::limits::ceiling(&profile.limits, &asked))
+    }
+
+    pub(super) fn project_args(&self) -> Result<Vec<String>, McpError> {
+        match &self.target {
+            Target::Project(dir) => Ok(vec!["--project".into(), dir.display().to_string()]),
+            Target::EnvPaths(_) => Err(McpError::Request(
+                "this server serves fixed store paths, not a project: there is no declaration to edit (start it with `nixcell mcp --project DIR`)".into(),
+            )),
+        }
+    }
+
+    /// The context as (JSON, Markdown).
+    pub(super) async fn context(
+        &self,
+        progress: Option<&Progress>,
+    ) -> Result<(serde_json::Value, String), McpError> {
+        match &self.target {
+            Target::Project(_) => {
+                let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
+                json_args.extend(self.project_args()?);
+                let c = self.nixcell(&json_args, None, progress).await?;
+                let json: serde_json::Value = if c.code == Some(0) {
+                    serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
+                        command: "context".into(),
+                        message: format!("no JSON on stdout: {e}"),
+                    })?
+                } else {
+                    return Err(McpError::Command {
+                        command: "context".into(),
+                        message: c.stderr.trim().to_string(),
+                    });
+                };
+                let mut md_args = vec!["context".to_string(), "--format".into(), "markdown".into()];
+                md_args.extend(self.project_args()?);
+                let c = self.nixcell(&md_args, None, None).await?;
+                if c.code != Some(0) {
+                    return Err(McpError::Command {
+                        command: "context".into(),
+                        message: c.stderr.trim().to_string(),
+                    });
+                }
+                Ok((json, String::from_utf8_lossy(&c.stdout).into_owned()))
+            }
+            Target::EnvPaths(paths) => env_paths_context(paths),
+        }
+    }
+}
+
+/// The context of plain store paths: what is on PATH, and that nothing can be edited.
+pub(super) fn env_paths_context(
+    paths: &[PathBuf],
+) -> Result<(serde_json::Value, String), McpError> {
+    let store = crate::nix::closure::store_dir();
+    let roots = paths
+        .iter()
+        .map(|p| crate::nix::closure::resolve_root(p, &store))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| McpError::Request(e.to_string()))?;
+    let closure =
+        crate::nix::closure::closure(&roots).map_err(|e| McpError::Request(e.to_string()))?;
+    let mut executables = Vec::new();
+    for r in &roots {
+        if let Ok(rd) = std::fs::read_dir(r.join("bin")) {
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                if !executables.contains(&n) {
+                    executables.push(n);
+                }
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "roots": roots,
+        "closure": { "paths": closure.paths.len(), "hash": closure.hash },
+        "executables": executables,
+        "network": "loopback only",
+        "writable": ["/work (a fresh directory per run)", "/tmp"],
+        "edits": "none: this environment is fixed store paths, not a project",
+    });
+    let md = format!(
+        "# Environment\n\nA nixcell cell made of the closure of {} ({} store paths). \
+         Nothing else of the host exists inside.\n\n## Executables on PATH\n{}\n\n\
+         ## Rules\n- Network: loopback only; no outside host is reachable.\n\
+         - Writable: /work (a fresh directory per run, with the files you pass) and /tmp.\n\
+         - Edits: none; this environment is fixed store paths.\n",
+        roots
+            .iter()
+            .map(|r| format!("`{}`", r.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        closure.paths.len(),
+        executables.join(", ")
+    );
+    Ok((json, md))
+}

@@ -1,0 +1,292 @@
+//! The tools' parameters and results: their JSON schemas are what clients see. A run's
+//! reply is read into the shared `verdict::Verdict` and summarized here.
+
+use super::*;
+
+/// Parameters of `run`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunParams {
+    /// The program and its arguments, e.g. ["python3", "report.py"], or one shell command
+    /// line (run with `sh -c`). Give this or `script`.
+    pub command: Option<CommandArg>,
+    /// A script, written to the working directory and run by `interpreter`.
+    pub script: Option<String>,
+    /// The program that runs `script`, e.g. "python3", "bash" (default "sh").
+    pub interpreter: Option<String>,
+    /// Text given to the command on its standard input (default: none, empty input).
+    pub stdin: Option<String>,
+    /// Files to place in the working directory (/work) before the run:
+    /// relative path → UTF-8 content.
+    pub files: Option<BTreeMap<String, String>>,
+    /// Start from a private copy of the project's files (default true when serving a
+    /// project); changes stay in the run's copy, use `collect` to get files back.
+    pub copy_project: Option<bool>,
+    /// Files of the working directory to return after the run (relative paths).
+    pub collect: Option<Vec<String>>,
+    /// Wall-clock limit in seconds (default 120; at most 600 and the profile's limit).
+    pub timeout_seconds: Option<u64>,
+    /// Bytes kept of stdout and of stderr (default 65536; at most 1048576 and the
+    /// profile's limit).
+    pub max_output_bytes: Option<u64>,
+    /// Memory limit of the whole cell in MiB (at most the profile's).
+    pub memory_mib: Option<u64>,
+    /// CPU quota in CPUs, e.g. 0.5 (at most the profile's).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads (at most the profile's).
+    pub pids: Option<u64>,
+}
+
+/// Checks the limits a run asks for against the profile's; returns the CLI flags.
+pub(super) fn limit_args(
+    p: &RunParams,
+    limits: &crate::profile::Limits,
+) -> Result<Vec<String>, McpError> {
+    let refuse = |what: &str, max: String| {
+        McpError::Request(format!(
+            "{what} exceeds what the sandbox profile allows (at most {max})"
+        ))
+    };
+    let max_timeout = limits
+        .timeout
+        .map_or(MAX_TIMEOUT_SECS, |t| t.as_secs().min(MAX_TIMEOUT_SECS));
+    let timeout = p
+        .timeout_seconds
+        .unwrap_or(DEFAULT_TIMEOUT_SECS.min(max_timeout));
+    if timeout == 0 || timeout > max_timeout {
+        return Err(refuse("timeout_seconds", format!("{max_timeout}")));
+    }
+    let max_output_cap = limits.max_output.min(MAX_OUTPUT_BYTES);
+    let max_output = p
+        .max_output_bytes
+        .unwrap_or(DEFAULT_OUTPUT_BYTES.min(max_output_cap));
+    if max_output > max_output_cap {
+        return Err(refuse("max_output_bytes", format!("{max_output_cap}")));
+    }
+    let mut args = vec![
+        "--timeout".to_string(),
+        format!("{timeout}s"),
+        "--max-output".into(),
+        max_output.to_string(),
+    ];
+    if let Some(m) = p.memory_mib {
+        let bytes = m.saturating_mul(1 << 20);
+        if m == 0 || limits.memory.is_some_and(|l| bytes > l) {
+            let max = limits
+                .memory
+                .map_or("?".into(), |l| format!("{} MiB", l >> 20));
+            return Err(refuse("memory_mib", max));
+        }
+        args.extend(["--memory".into(), format!("{m}M")]);
+    }
+    if let Some(c) = p.cpus {
+        if !(c.is_finite() && c > 0.0) || limits.cpus.is_some_and(|l| c > l) {
+            return Err(refuse(
+                "cpus",
+                limits.cpus.map_or("?".into(), |l| l.to_string()),
+            ));
+        }
+        args.extend(["--cpus".into(), c.to_string()]);
+    }
+    if let Some(n) = p.pids {
+        if n == 0 || limits.pids.is_some_and(|l| n > l) {
+            return Err(refuse(
+                "pids",
+                limits.pids.map_or("?".into(), |l| l.to_string()),
+            ));
+        }
+        args.extend(["--pids".into(), n.to_string()]);
+    }
+    Ok(args)
+}
+
+/// A command as an argument vector or as a shell command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandArg {
+    Argv(Vec<String>),
+    Line(String),
+}
+
+/// A captured stream.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Stream {
+    pub text: String,
+    /// Bytes the command wrote in total.
+    pub bytes: u64,
+    /// Whether `text` holds only the first `max_output_bytes`.
+    pub truncated: bool,
+}
+
+/// Why nixcell could not run the command as asked.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunError {
+    /// "usage", "setup", "exec" or "supervisor".
+    pub kind: String,
+    pub message: String,
+}
+
+/// A file returned by `collect`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CollectedFile {
+    pub path: String,
+    /// Size in bytes, or null when the file does not exist.
+    pub bytes: Option<u64>,
+    /// The content when it is UTF-8 text of at most 256 KiB.
+    pub text: Option<String>,
+    /// Why `text` is null.
+    pub note: Option<String>,
+}
+
+/// The verdict of one `run`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunResult {
+    /// The command's exit code, or 124 timed out, 125 nixcell failed before the command
+    /// ran, 126 not executable, 127 not found, 128+N killed by signal N.
+    pub exit_code: i32,
+    /// The command's own exit code when it exited normally.
+    pub command_exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// The cell's memory limit was reached and the kernel killed a process.
+    pub oom_killed: bool,
+    pub wall_time_ms: f64,
+    /// Peak memory and CPU time, when this kernel reports them.
+    pub usage: Option<crate::harden::Usage>,
+    pub error: Option<RunError>,
+    pub stdout: Stream,
+    pub stderr: Stream,
+    /// What the cell seems to lack and the edit that would provide it.
+    pub hints: Vec<Hint>,
+    /// The files asked for with `collect`.
+    pub files: Vec<CollectedFile>,
+    /// sha256 of the closure's store path list: the exact software the command saw.
+    pub closure_hash: Option<String>,
+}
+
+/// Edits of the declared environment.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EditOperation {
+    AddPackage,
+    RemovePackage,
+    AddPythonLibrary,
+    RemovePythonLibrary,
+    EnableService,
+    DisableService,
+}
+
+impl EditOperation {
+    pub(super) fn cli(self) -> &'static str {
+        match self {
+            EditOperation::AddPackage => "add-package",
+            EditOperation::RemovePackage => "remove-package",
+            EditOperation::AddPythonLibrary => "add-python-library",
+            EditOperation::RemovePythonLibrary => "remove-python-library",
+            EditOperation::EnableService => "enable-service",
+            EditOperation::DisableService => "disable-service",
+        }
+    }
+}
+
+/// Parameters of `edit_environment`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EditParams {
+    pub operation: EditOperation,
+    /// A package attribute (e.g. "jq"), a Python library (e.g. "pandas") or a service
+    /// (e.g. "redis"), as the policy in environment_context lists them.
+    pub name: String,
+    /// Record a proposal for a human to approve instead of committing.
+    pub propose: Option<bool>,
+}
+
+/// What an edit changed in the closure.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ClosureDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    pub size_delta_bytes: i64,
+}
+
+/// The result of an accepted edit.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct EditResult {
+    pub operation: String,
+    pub name: String,
+    /// "committed", or "proposed" (waiting for a human: `nixcell approve ID`).
+    pub status: String,
+    /// The git commit, when committed.
+    pub commit: Option<String>,
+    /// The proposal's id, when proposed.
+    pub proposal: Option<String>,
+    /// Unified diff of devenv.nix.
+    pub diff: String,
+    pub closure_diff: ClosureDiff,
+    /// The edited environment's store path.
+    pub env: String,
+}
+
+/// The human's answer to a proposal, asked through MCP elicitation.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ApprovalAnswer {
+    /// Apply this change to the environment (it is built and committed)?
+    pub approve: bool,
+}
+rmcp::elicit_safe!(ApprovalAnswer);
+
+pub(super) fn stream_of(c: Option<crate::supervise::Captured>) -> Stream {
+    c.map_or(
+        Stream {
+            text: String::new(),
+            bytes: 0,
+            truncated: false,
+        },
+        |c| Stream {
+            text: c.text,
+            bytes: c.bytes,
+            truncated: c.truncated,
+        },
+    )
+}
+
+/// What `nixcell run --json` prints: the run's verdict or, when nothing ran, its exit
+/// status and the error.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RunReply {
+    Ran(Box<crate::verdict::Verdict>),
+    Refused {
+        exit_code: i32,
+        error: crate::verdict::VerdictError,
+    },
+}
+
+impl From<crate::verdict::VerdictError> for RunError {
+    fn from(e: crate::verdict::VerdictError) -> Self {
+        RunError {
+            kind: e.kind.into_owned(),
+            message: e.message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_reply_is_a_verdict_or_a_refusal() {
+        // What `nixcell run --json` prints when nothing ran.
+        let refused = r#"{"exit_code":125,"error":{"kind":"usage","message":"no command","stage":null,"syscall":null,"errno":null}}"#;
+        match serde_json::from_str::<RunReply>(refused).unwrap() {
+            RunReply::Refused { exit_code, error } => {
+                assert_eq!(exit_code, 125);
+                assert_eq!(error.kind, "usage");
+            }
+            RunReply::Ran(_) => panic!("a refusal read as a verdict"),
+        }
+        // Anything else is neither (the server then reports the child's stderr).
+        assert!(serde_json::from_str::<RunReply>(r#"{"exit_code":0}"#).is_err());
+    }
+}

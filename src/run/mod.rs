@@ -1,0 +1,173 @@
+//! The one way to run a cell: [`prepare`] a [`RunRequest`], then [`PreparedRun::run`].
+//!
+//! The pipeline (docs/ARCHITECTURE.md, data flow): the environment is resolved (I/O:
+//! builds, the project, found once), the request is planned into a `RunSpec`, the
+//! limits are decided by one rule ([`limits`]), the security layers and the cgroup are
+//! prepared (`harden`), the supervisor runs the cell, copy-on-write changes come back,
+//! and the verdict is built once, complete. Used by the command line; the MCP server
+//! runs `nixcell run` as a child process (see `mcp`).
+
+pub mod harden;
+pub mod hints;
+pub mod limits;
+pub mod plan;
+pub mod supervise;
+pub mod verdict;
+
+use crate::front::{EnvSources, FromProject};
+use crate::nix::closure::Closure;
+use crate::sandbox::RunSpec;
+use harden::Hardening;
+use limits::{Overrides, ProjectLimits};
+use plan::CellRequest;
+use verdict::Verdict;
+
+/// Everything a run is made of, as its caller (the operator) gave it.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The cell: command, store paths, workdir, binds, identity.
+    pub cell: CellRequest,
+    /// Where the environment comes from when `cell.env_paths` is empty: `--with`,
+    /// `--env` or the project.
+    pub sources: EnvSources,
+    /// The profile named by the operator; else the project's, else "default".
+    pub profile: Option<String>,
+    /// Limits the operator gave explicitly: each replaces the decided value.
+    pub limits: Overrides,
+    /// `--tmp-size` given explicitly (else the project's `limits.tmp_size`).
+    pub tmp_size: Option<u64>,
+    /// Loopback TCP ports added to the profile's Landlock allow list.
+    pub allow_ports: Vec<u16>,
+    /// Capture the command's output into the verdict instead of passing it through.
+    pub capture: bool,
+}
+
+/// Why a run could not start; nothing ran (exit 125).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Plan(#[from] plan::PlanError),
+    #[error("{0}")]
+    Environment(anyhow::Error),
+    #[error("--profile: {0}")]
+    Profile(#[from] crate::profile::ProfileError),
+    #[error("{0}")]
+    Harden(#[from] harden::HardenError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0}")]
+    Supervise(#[from] supervise::SuperviseError),
+}
+
+/// A run ready to start: planned, its limits decided, its cgroup created.
+pub struct PreparedRun {
+    spec: RunSpec,
+    closure: Closure,
+    hardening: Hardening,
+    capture: bool,
+    project: FromProject,
+}
+
+/// Resolves the environment, plans the cell, decides its limits and prepares its
+/// security layers. Nothing of the command runs yet.
+pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
+    let RunRequest {
+        mut cell,
+        sources,
+        profile,
+        limits: flags,
+        tmp_size,
+        allow_ports,
+        capture,
+    } = req;
+    if cell.argv.is_empty() {
+        return Err(plan::PlanError::NoCommand.into());
+    }
+    let project = crate::front::resolve_env(&mut cell, &sources).map_err(RunError::Environment)?;
+    if let (None, Some(t)) = (tmp_size, project.tmp_size_bytes) {
+        cell.tmp_size_bytes = t;
+    }
+    let (mut spec, closure) = plan::plan(&cell)?;
+    let name = profile
+        .or_else(|| project.profile.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let profile = crate::profile::load(&name)?;
+    let asked = ProjectLimits {
+        timeout: project.timeout,
+        max_output: project.max_output_bytes,
+    };
+    let decided = limits::decide(&profile.limits, &asked, &flags);
+    let hardening = harden::prepare(&profile, decided, &allow_ports, &mut spec)?;
+    Ok(PreparedRun {
+        spec,
+        closure,
+        hardening,
+        capture,
+        project,
+    })
+}
+
+impl PreparedRun {
+    /// The limits the run got.
+    pub fn limits(&self) -> &crate::profile::Limits {
+        &self.hardening.limits
+    }
+
+    /// Runs the cell to its end (on a runtime of its own) and returns its verdict.
+    pub fn run(self) -> Result<Verdict, RunError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Runtime)?;
+        rt.block_on(self.run_async())
+    }
+
+    /// [`PreparedRun::run`] on the caller's runtime.
+    pub async fn run_async(self) -> Result<Verdict, RunError> {
+        let PreparedRun {
+            spec,
+            closure,
+            hardening,
+            capture,
+            project,
+        } = self;
+        let opts = hardening.run_options(capture);
+        let mut outcome = supervise::run(&spec, &opts).await?;
+        // A cell whose set-up failed never ran: it has no changes to bring back.
+        let work_layer = outcome
+            .work_layer
+            .take()
+            .filter(|_| outcome.setup_error.is_none());
+        let (usage, oom_killed) = hardening.finish();
+        // The cell is gone (its PID 1 and init stage have exited): its changes come back.
+        let workdir = match (&work_layer, &spec.work, spec.sources.first()) {
+            (Some(layer), Some(work), Some(dir)) => {
+                let target = crate::changes::Target {
+                    dir: dir.clone(),
+                    path: spec.mounts[0].source.clone(),
+                    owner: spec.mounts[0].owner,
+                    chown: crate::sandbox::ns::is_host_root(),
+                    protect: work.protect.clone(),
+                };
+                Some(crate::changes::apply(layer, &target))
+            }
+            _ => None,
+        };
+        drop(work_layer);
+        // Hints suggest only edits the project's policy accepts (none without a project).
+        let policy = project.policy.as_ref().map(|p| p as &dyn hints::EditPolicy);
+        Ok(verdict::build(
+            &spec,
+            &closure,
+            outcome,
+            verdict::Finish {
+                profile: hardening.profile.name.clone(),
+                layers: hardening.layers.clone(),
+                usage,
+                oom_killed,
+                workdir,
+                policy,
+            },
+        ))
+    }
+}
