@@ -67,35 +67,12 @@ pub struct LayerReport {
 }
 
 /// The AppArmor profile shipped for hosts that restrict unprivileged user namespaces.
-pub const APPARMOR_PROFILE: &str = "contrib/apparmor/nixcell";
+pub use crate::sandbox::ns::APPARMOR_PROFILE;
 
 fn sysctl(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
-}
-
-/// The host settings that forbid the user namespaces nixcell needs (every run
-/// creates one as an unprivileged identity, also when started as root), each with
-/// its fix.
-pub fn userns_blockers() -> Vec<String> {
-    let mut fixes = Vec::new();
-    if sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        fixes.push(
-            "user.max_user_namespaces=0 forbids user namespaces: sysctl -w user.max_user_namespaces=15000 (persist it in /etc/sysctl.d/)".to_string(),
-        );
-    }
-    if sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-        fixes.push(
-            "kernel.unprivileged_userns_clone=0 forbids unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1 (persist it in /etc/sysctl.d/)".to_string(),
-        );
-    }
-    if sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
-        fixes.push(format!(
-            "kernel.apparmor_restrict_unprivileged_userns=1 (AppArmor) denies user namespaces to unconfined programs: install the AppArmor profile {APPARMOR_PROFILE} of the nixcell sources (adjust the binary path in it; then cp it to /etc/apparmor.d/nixcell and run apparmor_parser -r /etc/apparmor.d/nixcell), or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"
-        ));
-    }
-    fixes
 }
 
 /// Tries unshare(CLONE_NEWUSER) in a child so this process is not changed.
@@ -104,7 +81,7 @@ fn probe_userns() -> Probe {
         .arg("__nixcell-probe-userns")
         .output();
     let max = sysctl("/proc/sys/user/max_user_namespaces").unwrap_or_default();
-    let fixes = userns_blockers();
+    let fixes = crate::sandbox::ns::userns_blockers();
     match out {
         Ok(o) if o.status.success() => Probe {
             available: true,

@@ -160,7 +160,7 @@ pub fn unshare_all() -> StageResult {
     unshare(flags).map_err(|e| {
         // Name the host setting that forbids user namespaces, and its fix.
         let mut detail = String::from("user|mount|pid|net|ipc|uts|cgroup");
-        let blockers = crate::doctor::userns_blockers();
+        let blockers = userns_blockers();
         if !blockers.is_empty() {
             detail.push_str(": ");
             detail.push_str(&blockers.join("; "));
@@ -238,4 +238,38 @@ pub fn loopback_up() -> StageResult {
         ));
     }
     Ok(())
+}
+
+/// The AppArmor profile of the sources that lets nixcell create user namespaces where
+/// `kernel.apparmor_restrict_unprivileged_userns=1`.
+pub const APPARMOR_PROFILE: &str = "contrib/apparmor/nixcell";
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The host settings that forbid the user namespaces nixcell needs (every run
+/// creates one as an unprivileged identity, also when started as root), each with
+/// its fix.
+pub fn userns_blockers() -> Vec<String> {
+    let mut fixes = Vec::new();
+    if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        fixes.push(
+            "user.max_user_namespaces=0 forbids user namespaces: sysctl -w user.max_user_namespaces=15000 (persist it in /etc/sysctl.d/)".to_string(),
+        );
+    }
+    if read_sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        fixes.push(
+            "kernel.unprivileged_userns_clone=0 forbids unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1 (persist it in /etc/sysctl.d/)".to_string(),
+        );
+    }
+    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        fixes.push(format!(
+            "kernel.apparmor_restrict_unprivileged_userns=1 (AppArmor) denies user namespaces to unconfined programs: install the AppArmor profile {APPARMOR_PROFILE} of the nixcell sources (adjust the binary path in it; then cp it to /etc/apparmor.d/nixcell and run apparmor_parser -r /etc/apparmor.d/nixcell), or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"
+        ));
+    }
+    fixes
 }
