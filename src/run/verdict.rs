@@ -74,7 +74,7 @@ pub fn outcome_error(o: &Outcome) -> Option<VerdictError> {
         return Some(VerdictError {
             kind: "setup".into(),
             message: f.to_string(),
-            stage: Some(f.stage.clone()),
+            stage: Some(f.stage.as_str().to_string()),
             syscall: Some(f.syscall.clone()),
             errno: Some(f.errno),
         });

@@ -1,13 +1,14 @@
 //! Dropping every capability: bounding and ambient sets first (they need
 //! CAP_SETPCAP), then inheritable, permitted and effective (capabilities(7)).
 
+use super::Stage;
 use super::{StageError, StageResult};
 use caps::CapSet;
 use nix::errno::Errno;
 
 fn fail(set: &str, e: caps::errors::CapsError) -> StageError {
     StageError::new(
-        "drop-caps",
+        Stage::DropCaps,
         "capset/prctl",
         format!("{set}: {e}"),
         Errno::EPERM,

@@ -1,6 +1,7 @@
 //! The command's own process: the last steps before execve(2).
 
 use super::RunSpec;
+use super::Stage;
 use super::proto::{self, Report};
 use super::{At, StageResult, caps, sys};
 use nix::errno::Errno;
@@ -40,10 +41,10 @@ pub fn exec_service(spec: &RunSpec, argv: &[String], log: BorrowedFd<'_>) -> ! {
         unsafe { libc::_exit(125) }
     }));
     let redirect = (|| -> StageResult {
-        let null = std::fs::File::open("/dev/null").at("service-stdio", "open", "/dev/null")?;
-        nix::unistd::dup2_stdin(&null).at("service-stdio", "dup2", "stdin")?;
-        nix::unistd::dup2_stdout(&log_file).at("service-stdio", "dup2", "stdout")?;
-        nix::unistd::dup2_stderr(&log_file).at("service-stdio", "dup2", "stderr")?;
+        let null = std::fs::File::open("/dev/null").at(Stage::ServiceStdio, "open", "/dev/null")?;
+        nix::unistd::dup2_stdin(&null).at(Stage::ServiceStdio, "dup2", "stdin")?;
+        nix::unistd::dup2_stdout(&log_file).at(Stage::ServiceStdio, "dup2", "stdout")?;
+        nix::unistd::dup2_stderr(&log_file).at(Stage::ServiceStdio, "dup2", "stderr")?;
         Ok(())
     })();
     if let Err(e) = redirect.and_then(|()| prepare(spec, None)) {
@@ -71,7 +72,7 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
         let n = unsafe { libc::write(proto::CELL_CGROUP_FD, b"0".as_ptr().cast(), 1) };
         if n != 1 {
             return Err(super::StageError::new(
-                "cgroup-join",
+                Stage::CgroupJoin,
                 "write",
                 "cgroup.procs of the command's cgroup",
                 Errno::last(),
@@ -79,7 +80,7 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
         }
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).at(
-        "signals",
+        Stage::Signals,
         "sigprocmask",
         "unblock all",
     )?;
@@ -87,17 +88,17 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     // and the init stage ignores terminal signals; the command gets the defaults.
     for s in std::iter::once(&Signal::SIGPIPE).chain(super::pid1::FORWARDED) {
         // SAFETY: SIG_DFL installs no handler code.
-        unsafe { signal(*s, SigHandler::SigDfl) }.at("signals", "signal", "SIG_DFL")?;
+        unsafe { signal(*s, SigHandler::SigDfl) }.at(Stage::Signals, "signal", "SIG_DFL")?;
     }
     // A new session: no controlling terminal, so TIOCSTI cannot type into the
     // caller's terminal (CVE-2017-5226).
-    nix::unistd::setsid().at("setsid", "setsid", "")?;
-    nix::unistd::chdir(&spec.cwd).at("chdir", "chdir", spec.cwd.display())?;
+    nix::unistd::setsid().at(Stage::Setsid, "setsid", "")?;
+    nix::unistd::chdir(&spec.cwd).at(Stage::Chdir, "chdir", spec.cwd.display())?;
     caps::drop_all()?;
     // Nothing of ours but stdio survives execve; the control socket stays usable
     // until then to report an exec failure.
-    sys::cloexec_from(3).at("close-fds", "close_range(CLOSE_RANGE_CLOEXEC)", "3..")?;
-    nix::sys::prctl::set_no_new_privs().at("no-new-privs", "prctl", "PR_SET_NO_NEW_PRIVS")?;
+    sys::cloexec_from(3).at(Stage::CloseFds, "close_range(CLOSE_RANGE_CLOEXEC)", "3..")?;
+    nix::sys::prctl::set_no_new_privs().at(Stage::NoNewPrivs, "prctl", "PR_SET_NO_NEW_PRIVS")?;
     // rlimits, Landlock, then seccomp last: nothing after this but execve.
     super::layers::apply_all(spec, sock)
 }

@@ -4,6 +4,7 @@
 //! namespace; then it waits for PID 1 and passes its status on.
 
 use super::RunSpec;
+use super::Stage;
 use super::ns::{self, PreparedMounts};
 use super::proto::{self, INIT_FD, Report};
 use super::{At, StageError, StageResult, pid1};
@@ -25,7 +26,7 @@ pub fn main() -> ! {
     let code = match run(&spec, sock) {
         Ok(code) => code,
         Err(e) => {
-            if e.stage != "wait-pid1" {
+            if e.stage != Stage::WaitPid1 {
                 let _ = proto::send(sock, &Report::SetupFailed(e.failure()));
             }
             125
@@ -39,7 +40,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
     let parent = nix::unistd::getppid().as_raw();
     if parent != spec.supervisor_pid {
         return Err(StageError::new(
-            "check-parent",
+            Stage::CheckParent,
             "getppid",
             format!("started by pid {parent}, expected {}", spec.supervisor_pid),
             Errno::ESRCH,
@@ -63,7 +64,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
             .append(true)
             .create(true)
             .open(&svc.log)
-            .at("service-logs", "open", svc.log.display())?;
+            .at(Stage::ServiceLogs, "open", svc.log.display())?;
         logs.push(std::os::fd::OwnedFd::from(f));
     }
     let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
@@ -81,9 +82,9 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         .read(true)
         .write(true)
         .open("/dev/null")
-        .at("fork-pid1", "open", "/dev/null")?;
+        .at(Stage::ForkPid1, "open", "/dev/null")?;
     // SAFETY: this process is single-threaded (fresh exec, no threads started).
-    match unsafe { fork() }.at("fork-pid1", "fork", "")? {
+    match unsafe { fork() }.at(Stage::ForkPid1, "fork", "")? {
         ForkResult::Child => pid1::main(spec, sock, prepared, logs),
         ForkResult::Parent { child } => {
             drop(prepared);
@@ -108,7 +109,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
                     Ok(WaitStatus::Exited(_, c)) => return Ok(c),
                     Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
                     Ok(_) | Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(StageError::new("wait-pid1", "waitpid", "", e)),
+                    Err(e) => return Err(StageError::new(Stage::WaitPid1, "waitpid", "", e)),
                 }
             }
         }

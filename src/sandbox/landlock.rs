@@ -10,6 +10,7 @@
 
 use super::LayerMode;
 use super::RunSpec;
+use super::Stage;
 use super::proto::LayerReport;
 use super::{StageError, StageResult};
 use landlock::{
@@ -302,7 +303,7 @@ pub fn fs_rules(spec: &RunSpec, handled: BitFlags<AccessFs>) -> Vec<FsRule> {
 }
 
 fn fail(syscall: &'static str, detail: impl Into<String>, errno: Errno) -> StageError {
-    StageError::new("landlock", syscall, detail, errno)
+    StageError::new(Stage::Landlock, syscall, detail, errno)
 }
 
 fn level(m: LayerMode) -> CompatLevel {

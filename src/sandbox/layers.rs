@@ -5,6 +5,7 @@
 
 use super::LayerMode;
 use super::RunSpec;
+use super::Stage;
 use super::landlock::{self, LandlockSpec};
 use super::limits::{self, RlimitSpec};
 use super::proto::{self, LayerReport, Report};
@@ -74,7 +75,7 @@ fn apply_seccomp(s: &SeccompSpec) -> StageResult<LayerReport> {
         let why = "the kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER)";
         if s.mode == LayerMode::Required {
             return Err(StageError::new(
-                "seccomp",
+                Stage::Seccomp,
                 "prctl(PR_GET_SECCOMP)",
                 format!("required by the profile: {why}"),
                 Errno::EOPNOTSUPP,

@@ -5,6 +5,7 @@
 //! the pids and memory limits.
 
 use super::LayerMode;
+use super::Stage;
 use super::{At, StageResult};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde::{Deserialize, Serialize};
@@ -54,7 +55,7 @@ pub fn apply(s: &RlimitSpec) -> StageResult<super::proto::LayerReport> {
     let mut set = Vec::new();
     if s.mode != LayerMode::Off {
         for (res, name, value) in wanted(s) {
-            let (_, hard) = getrlimit(res).at("rlimits", "getrlimit", name)?;
+            let (_, hard) = getrlimit(res).at(Stage::Rlimits, "getrlimit", name)?;
             let v = value.min(hard);
             match setrlimit(res, v, v) {
                 Ok(()) => set.push(if v < value {
@@ -65,7 +66,7 @@ pub fn apply(s: &RlimitSpec) -> StageResult<super::proto::LayerReport> {
                 Err(e) if s.mode == LayerMode::BestEffort => {
                     set.push(format!("{name} not set: {}", e.desc()))
                 }
-                Err(e) => return Err(e).at("rlimits", "setrlimit", name),
+                Err(e) => return Err(e).at(Stage::Rlimits, "setrlimit", name),
             }
         }
     }

@@ -23,18 +23,20 @@ pub mod proto;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;
+pub mod stage;
 pub mod sys;
 
 use nix::errno::Errno;
 use proto::SetupFailure;
 use serde::{Deserialize, Serialize};
+pub use stage::Stage;
 use std::path::PathBuf;
 
 /// A failed step of the cell's set-up: the stage, the syscall and the errno.
 #[derive(Debug, thiserror::Error)]
 #[error("stage '{stage}': {syscall}({detail}): {source}")]
 pub struct StageError {
-    pub stage: &'static str,
+    pub stage: Stage,
     pub syscall: &'static str,
     pub detail: String,
     #[source]
@@ -42,12 +44,7 @@ pub struct StageError {
 }
 
 impl StageError {
-    pub fn new(
-        stage: &'static str,
-        syscall: &'static str,
-        detail: impl Into<String>,
-        e: Errno,
-    ) -> Self {
+    pub fn new(stage: Stage, syscall: &'static str, detail: impl Into<String>, e: Errno) -> Self {
         StageError {
             stage,
             syscall,
@@ -58,7 +55,7 @@ impl StageError {
 
     pub fn failure(&self) -> SetupFailure {
         SetupFailure {
-            stage: self.stage.to_string(),
+            stage: self.stage,
             syscall: self.syscall.to_string(),
             errno: self.source as i32,
             detail: self.detail.clone(),
@@ -72,7 +69,7 @@ pub type StageResult<T = ()> = Result<T, StageError>;
 pub trait At<T> {
     fn at(
         self,
-        stage: &'static str,
+        stage: Stage,
         syscall: &'static str,
         detail: impl std::fmt::Display,
     ) -> StageResult<T>;
@@ -81,7 +78,7 @@ pub trait At<T> {
 impl<T> At<T> for nix::Result<T> {
     fn at(
         self,
-        stage: &'static str,
+        stage: Stage,
         syscall: &'static str,
         detail: impl std::fmt::Display,
     ) -> StageResult<T> {
@@ -92,7 +89,7 @@ impl<T> At<T> for nix::Result<T> {
 impl<T> At<T> for std::io::Result<T> {
     fn at(
         self,
-        stage: &'static str,
+        stage: Stage,
         syscall: &'static str,
         detail: impl std::fmt::Display,
     ) -> StageResult<T> {

@@ -1,5 +1,6 @@
 //! Namespaces and identities: leaving host root, unshare, id maps, UTS, loopback.
 
+use super::Stage;
 use super::{At, StageResult, sys};
 use super::{Identity, MOUNT_FD_BASE, RunSpec};
 use nix::errno::Errno;
@@ -45,7 +46,7 @@ pub struct PreparedMounts(pub Vec<OwnedFd>);
 /// else is idmapped so that its owner reads as the cell (copy-up needs a mapped
 /// owner); that layer is read-only and never written, the cell writes only its upper.
 pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMounts> {
-    const STAGE: &str = "leave-host-root";
+    const STAGE: Stage = Stage::LeaveHostRoot;
     setgroups(&[]).at(STAGE, "setgroups", "[]")?;
     let mut fds = Vec::with_capacity(spec.mounts.len());
     for (i, m) in spec.mounts.iter().enumerate() {
@@ -98,7 +99,7 @@ fn idmap_userns(
     host_uid: u32,
     host_gid: u32,
 ) -> StageResult<OwnedFd> {
-    const STAGE: &str = "idmap-workdir";
+    const STAGE: Stage = Stage::IdmapWorkdir;
     // Two pipes: the child says when its namespace exists, the parent says when the
     // maps are written and the namespace is open (then the child may exit).
     let (ready_rd, ready_wr) = nix::unistd::pipe().at(STAGE, "pipe", "")?;
@@ -165,7 +166,7 @@ pub fn unshare_all() -> StageResult {
             detail.push_str(": ");
             detail.push_str(&blockers.join("; "));
         }
-        super::StageError::new("unshare", "unshare", detail, e)
+        super::StageError::new(Stage::Unshare, "unshare", detail, e)
     })
 }
 
@@ -175,7 +176,7 @@ pub fn unshare_all() -> StageResult {
 /// `host` are the process's ids read before unshare (afterwards they read as the
 /// overflow id until the maps exist).
 pub fn write_id_maps(id: &Identity, host: (u32, u32)) -> StageResult {
-    const STAGE: &str = "id-maps";
+    const STAGE: Stage = Stage::IdMaps;
     let (host_uid, host_gid) = host;
     std::fs::write("/proc/self/setgroups", "deny").at(STAGE, "write", "/proc/self/setgroups")?;
     std::fs::write("/proc/self/gid_map", format!("{} {} 1\n", id.gid, host_gid)).at(
@@ -193,13 +194,13 @@ pub fn write_id_maps(id: &Identity, host: (u32, u32)) -> StageResult {
 
 /// Sets the UTS host name.
 pub fn set_hostname(name: &str) -> StageResult {
-    nix::unistd::sethostname(name).at("hostname", "sethostname", name)
+    nix::unistd::sethostname(name).at(Stage::Hostname, "sethostname", name)
 }
 
 /// Brings `lo` up in the fresh network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS,
 /// netdevice(7)); the namespace has no other interface, so nothing but loopback works.
 pub fn loopback_up() -> StageResult {
-    const STAGE: &str = "loopback";
+    const STAGE: Stage = Stage::Loopback;
     // SAFETY: plain socket(2) call; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -4,6 +4,7 @@
 //! the control socket closes (it died), the whole cell is killed.
 
 use super::RunSpec;
+use super::Stage;
 use super::ns::{self, PreparedMounts};
 use super::proto::{self, Report};
 use super::{StageError, StageResult, caps, exec, rootfs};
@@ -44,10 +45,10 @@ fn open_oom_score() -> StageResult<OomScore> {
     // Leaving root (or entering the user namespace) may have made us undumpable,
     // which gives /proc/self to root; nothing else runs in the cell yet.
     nix::sys::prctl::set_dumpable(true)
-        .map_err(|e| StageError::new("pid1", "prctl", "PR_SET_DUMPABLE 1", e))?;
+        .map_err(|e| StageError::new(Stage::Pid1, "prctl", "PR_SET_DUMPABLE 1", e))?;
     let err = |e: std::io::Error| {
         StageError::new(
-            "pid1",
+            Stage::Pid1,
             "open",
             P,
             nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -127,7 +128,7 @@ pub fn main(
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
         fail(
             sock,
-            super::StageError::new("pid1", "prctl", "PR_SET_NO_NEW_PRIVS", e),
+            super::StageError::new(Stage::Pid1, "prctl", "PR_SET_NO_NEW_PRIVS", e),
         );
     }
     // PID 1's own oom_score_adj, opened while /proc/self is still ours (undumpable,
@@ -139,7 +140,7 @@ pub fn main(
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         fail(
             sock,
-            super::StageError::new("pid1", "prctl", "PR_SET_DUMPABLE 0", e),
+            super::StageError::new(Stage::Pid1, "prctl", "PR_SET_DUMPABLE 0", e),
         );
     }
 
@@ -160,12 +161,15 @@ pub fn main(
     if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
         fail(
             sock,
-            super::StageError::new("signals", "sigprocmask", "block", e),
+            super::StageError::new(Stage::Signals, "sigprocmask", "block", e),
         );
     }
     let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
         Ok(s) => s,
-        Err(e) => fail(sock, super::StageError::new("signals", "signalfd", "", e)),
+        Err(e) => fail(
+            sock,
+            super::StageError::new(Stage::Signals, "signalfd", "", e),
+        ),
     };
 
     let services = match start_services(spec, &logs, &oom) {
@@ -181,7 +185,10 @@ pub fn main(
     let child = match oom.fork() {
         Ok(ForkResult::Child) => exec::exec_command(spec, sock),
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => fail(sock, super::StageError::new("fork-command", "fork", "", e)),
+        Err(e) => fail(
+            sock,
+            super::StageError::new(Stage::ForkCommand, "fork", "", e),
+        ),
     };
 
     // Seccomp for PID 1 comes after the fork: the command installs its own filters,
@@ -259,7 +266,7 @@ fn start_services(spec: &RunSpec, logs: &[OwnedFd], oom: &OomScore) -> StageResu
             Ok(ForkResult::Parent { child }) => pids.push(child),
             Err(e) => {
                 return Err(StageError::new(
-                    "service-start",
+                    Stage::ServiceStart,
                     "fork",
                     svc.name.clone(),
                     e,
@@ -276,7 +283,7 @@ fn start_services(spec: &RunSpec, logs: &[OwnedFd], oom: &OomScore) -> StageResu
                 waitpid(*pid, Some(WaitPidFlag::WNOHANG))
             {
                 return Err(StageError::new(
-                    "service-ready",
+                    Stage::ServiceReady,
                     "waitpid",
                     format!(
                         "service '{}' exited before it was ready; its log: {}",
@@ -291,7 +298,7 @@ fn start_services(spec: &RunSpec, logs: &[OwnedFd], oom: &OomScore) -> StageResu
             }
             if Instant::now() >= deadline {
                 return Err(StageError::new(
-                    "service-ready",
+                    Stage::ServiceReady,
                     "connect",
                     format!(
                         "service '{}' did not accept connections on 127.0.0.1:{port} within {} ms; its log: {}",

@@ -6,6 +6,7 @@
 //!
 //! [`RunSpec`]: crate::sandbox::RunSpec
 
+use super::Stage;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -45,7 +46,7 @@ pub enum Report {
 /// A failed set-up step, named so that a user can act on it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SetupFailure {
-    pub stage: String,
+    pub stage: Stage,
     pub syscall: String,
     pub errno: i32,
     pub detail: String,
@@ -61,7 +62,7 @@ impl std::fmt::Display for SetupFailure {
             self.detail,
             io::Error::from_raw_os_error(self.errno)
         )?;
-        if self.stage == "unshare" {
+        if self.stage == Stage::Unshare {
             write!(
                 f,
                 " (this kernel or user may not create namespaces; see 'nixcell doctor')"

@@ -6,6 +6,7 @@
 //! /oldroot and no host path is hidden by our own mounts; /oldroot is detached at the
 //! end and the root tmpfs made read-only.
 
+use super::Stage;
 use super::ns::PreparedMounts;
 use super::proto::{self, Report};
 use super::{At, StageError, StageResult, sys};
@@ -26,7 +27,7 @@ fn host(p: &Path) -> PathBuf {
     Path::new(OLD_ROOT).join(rel)
 }
 
-fn mkdir_p(stage: &'static str, p: &Path) -> StageResult {
+fn mkdir_p(stage: Stage, p: &Path) -> StageResult {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -34,7 +35,7 @@ fn mkdir_p(stage: &'static str, p: &Path) -> StageResult {
         .at(stage, "mkdir", p.display())
 }
 
-fn touch(stage: &'static str, p: &Path) -> StageResult {
+fn touch(stage: Stage, p: &Path) -> StageResult {
     fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -44,7 +45,7 @@ fn touch(stage: &'static str, p: &Path) -> StageResult {
         .at(stage, "open(O_CREAT)", p.display())
 }
 
-fn tmpfs(stage: &'static str, target: &str, flags: MsFlags, data: &str) -> StageResult {
+fn tmpfs(stage: Stage, target: &str, flags: MsFlags, data: &str) -> StageResult {
     mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data)).at(stage, "mount(tmpfs)", target)
 }
 
@@ -72,11 +73,11 @@ fn make_mounts_private() -> StageResult {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .at("mount-private", "mount", "/ MS_REC|MS_PRIVATE")
+    .at(Stage::MountPrivate, "mount", "/ MS_REC|MS_PRIVATE")
 }
 
 fn enter_tmpfs_root() -> StageResult {
-    const STAGE: &str = "tmpfs-root";
+    const STAGE: Stage = Stage::TmpfsRoot;
     tmpfs(
         STAGE,
         "/tmp",
@@ -93,7 +94,7 @@ fn enter_tmpfs_root() -> StageResult {
 /// that a single recursive mount_setattr(2) makes all of them read-only at once, and
 /// nothing new can be created in /nix/store.
 fn bind_store(spec: &RunSpec) -> StageResult {
-    const STAGE: &str = "bind-store";
+    const STAGE: Stage = Stage::BindStore;
     let store = &spec.store_dir;
     mkdir_p(STAGE, store)?;
     let store_s = store.to_string_lossy();
@@ -165,7 +166,7 @@ pub const PROC_READ_ONLY: &[&str] = &[
 /// plus the boot command line and boot id). Paths this kernel lacks are skipped; any
 /// other failure fails the set-up.
 fn mount_proc() -> StageResult {
-    const STAGE: &str = "proc";
+    const STAGE: Stage = Stage::Proc;
     const FLAGS: MsFlags = MsFlags::MS_NOSUID
         .union(MsFlags::MS_NODEV)
         .union(MsFlags::MS_NOEXEC);
@@ -229,7 +230,7 @@ fn mount_proc() -> StageResult {
 }
 
 fn mount_dev() -> StageResult {
-    const STAGE: &str = "dev";
+    const STAGE: Stage = Stage::Dev;
     mkdir_p(STAGE, Path::new("/dev"))?;
     tmpfs(
         STAGE,
@@ -283,9 +284,9 @@ fn mount_dev() -> StageResult {
 }
 
 fn mount_tmp(size: u64, inodes: u64) -> StageResult {
-    mkdir_p("tmp", Path::new("/tmp"))?;
+    mkdir_p(Stage::Tmp, Path::new("/tmp"))?;
     tmpfs(
-        "tmp",
+        Stage::Tmp,
         "/tmp",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         &format!("mode=1777,size={size},nr_inodes={inodes}"),
@@ -302,7 +303,7 @@ fn source_tree(
     i: usize,
     recursive: bool,
 ) -> StageResult<OwnedFd> {
-    const STAGE: &str = "bind-user";
+    const STAGE: Stage = Stage::BindUser;
     let m = &spec.mounts[i];
     if let Some(fd) = prepared.0.get(i) {
         return fd.try_clone().map_err(|e| {
@@ -347,7 +348,7 @@ fn bind_user_mounts(
     prepared: &PreparedMounts,
     sock: BorrowedFd<'_>,
 ) -> StageResult {
-    const STAGE: &str = "bind-user";
+    const STAGE: Stage = Stage::BindUser;
     for (i, m) in spec.mounts.iter().enumerate() {
         if let Some(parent) = m.dest.parent() {
             mkdir_p(STAGE, parent)?;
@@ -394,7 +395,7 @@ fn overlay_workdir(
     work: &WorkLayer,
     sock: BorrowedFd<'_>,
 ) -> StageResult {
-    const STAGE: &str = "workdir-overlay";
+    const STAGE: Stage = Stage::WorkdirOverlay;
     mkdir_p(STAGE, Path::new(LOWER))?;
     sys::move_mount_fd(lower.as_raw_fd(), Path::new(LOWER)).at(STAGE, "move_mount", LOWER)?;
     sys::mount_setattr(
@@ -450,7 +451,7 @@ fn overlay_workdir(
 /// Read-only binds over the protected entries that exist (a directory or a file, not
 /// a symlink), resolved below /work without following links and mounted by descriptor.
 fn protect_entries(dest: &Path, protect: &[PathBuf]) -> StageResult {
-    const STAGE: &str = "workdir-protect";
+    const STAGE: Stage = Stage::WorkdirProtect;
     if protect.is_empty() {
         return Ok(());
     }
@@ -510,7 +511,7 @@ fn protect_entries(dest: &Path, protect: &[PathBuf]) -> StageResult {
 
 /// A minimal /etc: the mapped user and group, localhost; no resolv.conf.
 fn write_etc(spec: &RunSpec) -> StageResult {
-    const STAGE: &str = "etc";
+    const STAGE: Stage = Stage::Etc;
     let id = &spec.identity;
     mkdir_p(STAGE, Path::new("/etc"))?;
     let files = [
@@ -548,7 +549,7 @@ fn write_etc(spec: &RunSpec) -> StageResult {
 }
 
 fn make_symlinks(spec: &RunSpec) -> StageResult {
-    const STAGE: &str = "symlinks";
+    const STAGE: Stage = Stage::Symlinks;
     for l in &spec.symlinks {
         if let Some(parent) = l.link.parent() {
             mkdir_p(STAGE, parent)?;
@@ -559,7 +560,7 @@ fn make_symlinks(spec: &RunSpec) -> StageResult {
 }
 
 fn detach_old_root() -> StageResult {
-    const STAGE: &str = "detach-oldroot";
+    const STAGE: Stage = Stage::DetachOldroot;
     umount2(OLD_ROOT, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", OLD_ROOT)?;
     fs::remove_dir(OLD_ROOT).at(STAGE, "rmdir", OLD_ROOT)
 }
@@ -573,5 +574,5 @@ fn seal_root() -> StageResult {
         sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
         None,
     )
-    .at("seal-root", "mount_setattr(RDONLY)", "/")
+    .at(Stage::SealRoot, "mount_setattr(RDONLY)", "/")
 }

@@ -17,6 +17,7 @@
 //!    a deny list lets through, or one an allow list names; they never admit a call
 //!    an allow list leaves out.
 
+use super::Stage;
 use super::{LayerMode, StageError, StageResult};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -442,7 +443,7 @@ pub fn validate(c: &CompiledSeccomp) -> Result<(), String> {
 pub fn install(c: &CompiledSeccomp) -> StageResult<usize> {
     validate(c).map_err(|why| {
         StageError::new(
-            "seccomp",
+            Stage::Seccomp,
             "seccomp(SECCOMP_SET_MODE_FILTER)",
             format!("{} filter refused: {why}", c.kind),
             nix::errno::Errno::EINVAL,
@@ -460,7 +461,7 @@ pub fn install(c: &CompiledSeccomp) -> StageResult<usize> {
                 _ => libc::EINVAL,
             };
             StageError::new(
-                "seccomp",
+                Stage::Seccomp,
                 "seccomp(SECCOMP_SET_MODE_FILTER)",
                 format!("{} filter: {e}", c.kind),
                 nix::errno::Errno::from_raw(errno),
