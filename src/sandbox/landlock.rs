@@ -306,6 +306,21 @@ fn fail(syscall: &'static str, detail: impl Into<String>, errno: Errno) -> Stage
     StageError::new(Stage::Landlock, syscall, detail, errno)
 }
 
+/// The errno of the system call behind a ruleset error (the crate keeps it as the
+/// error's source); EINVAL for errors the crate raises itself (an empty or
+/// incompatible set of rights).
+fn ruleset_errno(e: landlock::RulesetError) -> Errno {
+    Errno::from_raw(*landlock::Errno::from(e))
+}
+
+/// The errno of the failed open(2) behind a [`PathFd`] error.
+fn path_fd_errno(e: &landlock::PathFdError) -> Errno {
+    let landlock::PathFdError::OpenCall { source, .. } = e else {
+        return Errno::EINVAL;
+    };
+    Errno::from_raw(source.raw_os_error().unwrap_or(libc::EIO))
+}
+
 fn level(m: LayerMode) -> CompatLevel {
     if m == LayerMode::Required {
         CompatLevel::HardRequirement
@@ -405,7 +420,8 @@ pub fn apply(spec: &RunSpec, ll: &LandlockSpec) -> StageResult<LayerReport> {
         ));
     }
     let lerr = |what: &str, e: landlock::RulesetError| {
-        fail("landlock", format!("{what}: {e}"), Errno::EINVAL)
+        let detail = format!("{what}: {e}");
+        fail("landlock", detail, ruleset_errno(e))
     };
     let f = &ll.features;
     let mut rs = Ruleset::default()
@@ -446,11 +462,8 @@ pub fn apply(spec: &RunSpec, ll: &LandlockSpec) -> StageResult<LayerReport> {
     let rules = fs_rules(spec, handled);
     for r in &rules {
         let fd = PathFd::new(&r.path).map_err(|e| {
-            fail(
-                "open(O_PATH)",
-                format!("{}: {e}", r.path.display()),
-                Errno::ENOENT,
-            )
+            let detail = format!("{}: {e}", r.path.display());
+            fail("open(O_PATH)", detail, path_fd_errno(&e))
         })?;
         let access = if std::fs::metadata(&r.path).is_ok_and(|m| m.is_dir()) {
             r.access
@@ -530,6 +543,24 @@ pub fn apply(spec: &RunSpec, ll: &LandlockSpec) -> StageResult<LayerReport> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_rule_open_keeps_its_errno() {
+        let e = landlock::PathFd::new("/nonexistent-nixcell-path").unwrap_err();
+        assert_eq!(super::path_fd_errno(&e), Errno::ENOENT);
+        let e = landlock::PathFd::new("/proc/self/exe/below-a-file").unwrap_err();
+        assert_eq!(super::path_fd_errno(&e), Errno::ENOTDIR);
+    }
+
+    #[test]
+    fn a_ruleset_error_of_the_crate_itself_is_einval() {
+        use landlock::{AccessFs, BitFlags, CompatLevel, Compatible, Ruleset, RulesetAttr};
+        let e = Ruleset::default()
+            .set_compatibility(CompatLevel::HardRequirement)
+            .handle_access(BitFlags::<AccessFs>::EMPTY)
+            .unwrap_err();
+        assert_eq!(super::ruleset_errno(e), Errno::EINVAL);
+    }
+
     use super::*;
 
     fn spec(mode: LayerMode) -> LandlockSpec {
