@@ -2,6 +2,7 @@
 //! its (capped) output, forwards terminal signals, enforces the wall-clock timeout.
 
 use crate::sandbox::RunSpec;
+use crate::sandbox::pidfd::ProcessHandle;
 use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
 use crate::sandbox::spawn::{Spawned, spawn_init};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
@@ -139,9 +140,17 @@ async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
     }
 }
 
-fn signal_pid(pid: i32, sig: Signal) {
-    if pid > 0 {
-        let _ = kill(Pid::from_raw(pid), sig);
+/// Sends `sig` to the cell: to PID 1 once it is known (through its pidfd, so a signal
+/// after it has ended reaches nobody), else to the init stage, our own unreaped child.
+fn signal_cell(pid1: &Mutex<Option<ProcessHandle>>, init_pid: i32, sig: Signal) {
+    match &*pid1.lock().unwrap() {
+        Some(h) => {
+            let _ = h.signal(sig);
+        }
+        None if init_pid > 0 => {
+            let _ = kill(Pid::from_raw(init_pid), sig);
+        }
+        None => {}
     }
 }
 
@@ -231,7 +240,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     frame.extend_from_slice(&body);
     let (rd, mut wr) = control.split();
     let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
-    let pid1 = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let pid1: Mutex<Option<ProcessHandle>> = Mutex::new(None);
 
     let stdout_task = child
         .stdout
@@ -266,7 +275,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     };
                     for m in msgs {
                         if let Report::Ready { pid1: p } = m {
-                            pid1.store(p, std::sync::atomic::Ordering::SeqCst);
+                            *pid1.lock().unwrap() = Some(ProcessHandle::open_child(p, init_pid));
                         }
                         reports.lock().unwrap().push(m);
                     }
@@ -275,10 +284,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         }
     };
 
-    let target = || {
-        let p = pid1.load(std::sync::atomic::Ordering::SeqCst);
-        if p > 0 { p } else { init_pid }
-    };
+    let signal = |sig| signal_cell(&pid1, init_pid, sig);
 
     let drive = async {
         if wr.write_all(&frame).await.is_err() {
@@ -305,18 +311,18 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                 st = child.wait() => return (st.ok(), timed_out),
                 _ = timer => {
                     if kill_at.is_some() {
-                        signal_pid(target(), Signal::SIGKILL);
+                        signal(Signal::SIGKILL);
                         kill_at = None;
                         timed_out = true;
                     } else {
                         timed_out = true;
-                        signal_pid(target(), Signal::SIGTERM);
+                        signal(Signal::SIGTERM);
                         kill_at = Some(tokio::time::Instant::now() + opts.grace);
                     }
                 }
-                Some(_) = async { match sigint.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal_pid(target(), Signal::SIGINT),
-                Some(_) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal_pid(target(), Signal::SIGTERM),
-                Some(_) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal_pid(target(), Signal::SIGHUP),
+                Some(_) = async { match sigint.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGINT),
+                Some(_) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGTERM),
+                Some(_) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGHUP),
             }
         }
     };

@@ -19,6 +19,7 @@ pub mod layers;
 pub mod limits;
 pub mod ns;
 pub mod pid1;
+pub mod pidfd;
 pub mod proto;
 pub mod rootfs;
 pub mod seccomp;
