@@ -63,7 +63,8 @@ pub const MAX_PROJECT_COPY_DEPTH: usize = 64;
 
 /// Copies the project's files into a run's working directory: regular files and
 /// directories, not `.git`, not nixcell's `.nixcell` state, no symbolic links (they could
-/// point anywhere on the host: skipped, as are fifos, sockets, devices and other mounts);
+/// point anywhere on the host: skipped, as are fifos, sockets, devices and other mounts,
+/// and, serving as root, hard links to files of others);
 /// at most [`MAX_PROJECT_COPY_BYTES`].
 ///
 /// Whoever can write the project (its owner against a server running as root, a
@@ -85,7 +86,21 @@ pub(super) fn copy_project(src: &Path, dst: &Path, budget: &mut u64) -> Result<(
         Ok(fd)
     };
     let (from, to) = (open_dir(src)?, open_dir(dst)?);
-    copy_tree(from.as_fd(), to.as_fd(), budget, 0)
+    // Serving as root: a file with other links, not the project owner's, may be a hard
+    // link to a file the owner cannot read (where fs.protected_hardlinks is off).
+    let owner = if crate::sandbox::ns::is_host_root() {
+        Some(fsat::fstat(from.as_fd()).map_err(McpError::Workdir)?.st_uid)
+    } else {
+        None
+    };
+    let mut walk = Walk { budget, owner };
+    walk.tree(from.as_fd(), to.as_fd(), 0)
+}
+
+struct Walk<'a> {
+    budget: &'a mut u64,
+    /// The project's owner, when serving as root (see [`copy_project`]).
+    owner: Option<u32>,
 }
 
 #[cfg(test)]
@@ -99,74 +114,83 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn copy_tree(
-    from: BorrowedFd<'_>,
-    to: BorrowedFd<'_>,
-    budget: &mut u64,
-    depth: usize,
-) -> Result<(), McpError> {
-    if depth >= MAX_PROJECT_COPY_DEPTH {
-        return Err(McpError::Request(format!(
-            "the project nests directories deeper than {MAX_PROJECT_COPY_DEPTH} levels; run with copy_project = false and pass the files needed"
-        )));
-    }
-    let io = McpError::Workdir;
-    for name in fsat::list_dir(from).map_err(io)? {
-        if name == ".git" || name == ".nixcell" {
-            continue;
+impl Walk<'_> {
+    fn tree(
+        &mut self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        depth: usize,
+    ) -> Result<(), McpError> {
+        if depth >= MAX_PROJECT_COPY_DEPTH {
+            return Err(McpError::Request(format!(
+                "the project nests directories deeper than {MAX_PROJECT_COPY_DEPTH} levels; run with copy_project = false and pass the files needed"
+            )));
         }
-        #[cfg(test)]
-        AFTER_LIST.with(|h| {
-            if let Some(h) = h.borrow_mut().as_mut() {
-                h(&name)
+        let io = McpError::Workdir;
+        for name in fsat::list_dir(from).map_err(io)? {
+            if name == ".git" || name == ".nixcell" {
+                continue;
             }
-        });
-        let rel = Path::new(&name);
-        // O_PATH opens nothing (no fifo, no device is touched); a final link is opened
-        // as the link itself, any other link or a mount crossing fails.
-        let entry = match fsat::open_beneath(from, rel, libc::O_PATH) {
-            Ok(fd) => fd,
-            Err(e) if skippable(&e) => continue,
-            Err(e) => return Err(io(e)),
-        };
-        let st = fsat::fstat(entry.as_fd()).map_err(io)?;
-        if fsat::is_dir(&st) {
-            fsat::mkdir_at(to, &name, 0o755).map_err(io)?;
-            let sub = fsat::open_beneath(to, rel, libc::O_PATH | libc::O_DIRECTORY).map_err(io)?;
-            copy_tree(entry.as_fd(), sub.as_fd(), budget, depth + 1)?;
-        } else if fsat::is_reg(&st) {
-            // Opened again for reading, beneath the same parent; it must be the very
-            // file just looked at (else it changed under the copy: skipped).
-            let file = match fsat::open_beneath(from, rel, libc::O_RDONLY) {
+            #[cfg(test)]
+            AFTER_LIST.with(|h| {
+                if let Some(h) = h.borrow_mut().as_mut() {
+                    h(&name)
+                }
+            });
+            let rel = Path::new(&name);
+            // O_PATH opens nothing (no fifo, no device is touched); a final link is opened
+            // as the link itself, any other link or a mount crossing fails.
+            let entry = match fsat::open_beneath(from, rel, libc::O_PATH) {
                 Ok(fd) => fd,
                 Err(e) if skippable(&e) => continue,
                 Err(e) => return Err(io(e)),
             };
-            let now = fsat::fstat(file.as_fd()).map_err(io)?;
-            if !fsat::is_reg(&now) || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-                continue;
-            }
-            let len = now.st_size as u64;
-            *budget = budget.checked_sub(len).ok_or_else(|| {
+            let st = fsat::fstat(entry.as_fd()).map_err(io)?;
+            if fsat::is_dir(&st) {
+                fsat::mkdir_at(to, &name, 0o755).map_err(io)?;
+                let sub =
+                    fsat::open_beneath(to, rel, libc::O_PATH | libc::O_DIRECTORY).map_err(io)?;
+                self.tree(entry.as_fd(), sub.as_fd(), depth + 1)?;
+            } else if fsat::is_reg(&st) {
+                // Opened again for reading, beneath the same parent; it must be the very
+                // file just looked at (else it changed under the copy: skipped).
+                let file = match fsat::open_beneath(from, rel, libc::O_RDONLY) {
+                    Ok(fd) => fd,
+                    Err(e) if skippable(&e) => continue,
+                    Err(e) => return Err(io(e)),
+                };
+                let now = fsat::fstat(file.as_fd()).map_err(io)?;
+                if !fsat::is_reg(&now) || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                    continue;
+                }
+                if self
+                    .owner
+                    .is_some_and(|u| now.st_nlink > 1 && now.st_uid != u)
+                {
+                    continue;
+                }
+                let len = now.st_size as u64;
+                *self.budget = self.budget.checked_sub(len).ok_or_else(|| {
                 McpError::Request(format!(
                     "the project holds more than {MAX_PROJECT_COPY_BYTES} bytes of files; run with copy_project = false and pass the files needed"
                 ))
             })?;
-            let out = fsat::openat2(
-                to.as_raw_fd(),
-                rel,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                now.st_mode & 0o777,
-                fsat::BENEATH,
-            )
-            .map_err(io)?;
-            // What was counted is what is copied, even if the file grows meanwhile.
-            let mut reader = std::io::Read::take(std::fs::File::from(file), len);
-            std::io::copy(&mut reader, &mut std::fs::File::from(out)).map_err(io)?;
+                let out = fsat::openat2(
+                    to.as_raw_fd(),
+                    rel,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    now.st_mode & 0o777,
+                    fsat::BENEATH,
+                )
+                .map_err(io)?;
+                // What was counted is what is copied, even if the file grows meanwhile.
+                let mut reader = std::io::Read::take(std::fs::File::from(file), len);
+                std::io::copy(&mut reader, &mut std::fs::File::from(out)).map_err(io)?;
+            }
+            // Anything else (a symbolic link, fifo, socket, device) is not copied.
         }
-        // Anything else (a symbolic link, fifo, socket, device) is not copied.
+        Ok(())
     }
-    Ok(())
 }
 
 /// Open failures that mean "not a plain entry of this tree (any more)": a link on the
@@ -338,6 +362,31 @@ mod tests {
         assert_eq!(secrets_in(dst.path()), Vec::<PathBuf>::new());
         assert!(std::fs::symlink_metadata(dst.path().join("data")).is_err());
         assert!(std::fs::symlink_metadata(dst.path().join("sub")).is_err());
+    }
+
+    /// Serving as root, a hard link in a user's project to a file of someone else (as
+    /// where fs.protected_hardlinks is off) is not copied; the owner's own are.
+    #[test]
+    fn as_root_hard_links_to_files_of_others_are_not_copied() {
+        if !crate::sandbox::ns::is_host_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        use std::os::unix::fs::chown;
+        let o = outside();
+        chown(o.path().join("secret"), Some(0), Some(0)).unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let p = project.path();
+        std::fs::hard_link(o.path().join("secret"), p.join("linked")).unwrap();
+        std::fs::write(o.path().join("mine"), "mine").unwrap();
+        chown(o.path().join("mine"), Some(4242), Some(4242)).unwrap();
+        std::fs::hard_link(o.path().join("mine"), p.join("mine")).unwrap();
+        chown(p, Some(4242), Some(4242)).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let mut budget = MAX_PROJECT_COPY_BYTES;
+        copy_project(p, dst.path(), &mut budget).unwrap();
+        assert_eq!(secrets_in(dst.path()), Vec::<PathBuf>::new());
+        assert_eq!(std::fs::read(dst.path().join("mine")).unwrap(), b"mine");
     }
 
     #[test]
