@@ -180,6 +180,48 @@ pub struct Journal {
     pub undone: bool,
 }
 
+/// What listing and choosing a run need of it: `runs/<id>/head.json`, written next to
+/// the journal each time the journal is. A journal grows with its run (90,000 changes
+/// are 21 MB of JSON): `nixcell runs`, pruning and finding a workdir's latest run read
+/// only the heads; the journal itself is read only for the run being undone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunHead {
+    pub id: String,
+    pub time: u64,
+    pub workdir: PathBuf,
+    pub counts: Counts,
+    #[serde(default)]
+    pub undone: bool,
+}
+
+/// The head file of a run (see [`RunHead`]).
+const HEAD: &str = "head.json";
+
+impl Journal {
+    fn head(&self) -> RunHead {
+        RunHead {
+            id: self.id.clone(),
+            time: self.time,
+            workdir: self.workdir.clone(),
+            counts: self.counts.clone(),
+            undone: self.undone,
+        }
+    }
+
+    /// Writes the journal, then its head (a head missing after a crash between the two
+    /// is derived again from the journal, see [`list_runs`]).
+    fn write(&self, run_dir: &Path) -> io::Result<()> {
+        let body = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        dirs::write_atomic(run_dir, "journal.json", &body)?;
+        write_head(run_dir, &self.head())
+    }
+}
+
+fn write_head(run_dir: &Path, h: &RunHead) -> io::Result<()> {
+    let body = serde_json::to_vec_pretty(h).map_err(io::Error::other)?;
+    dirs::write_atomic(run_dir, HEAD, &body)
+}
+
 struct Saver {
     dir: PathBuf,
     saved: OwnedFd,
@@ -1246,9 +1288,7 @@ fn write_journal(a: &mut Applier<'_>) -> io::Result<()> {
         steps: a.steps.clone(),
         undone: false,
     };
-    let body = serde_json::to_vec_pretty(&j).map_err(io::Error::other)?;
-    let dir = &a.saver.as_ref().expect("created above").dir;
-    dirs::write_atomic(dir, "journal.json", &body)
+    j.write(&a.saver.as_ref().expect("created above").dir)
 }
 
 /// Journals kept; older ones are removed when a run writes a new one.
@@ -1267,8 +1307,12 @@ fn prune_runs(keep: usize) {
     }
 }
 
-/// The journals of past runs, newest first.
-pub fn list_runs() -> Vec<Journal> {
+/// The runs kept, newest first, from their head files only (see [`RunHead`]).
+///
+/// A run without a head file (kept by an older nixcell, or a crash between writing the
+/// journal and its head) has its head derived from its journal once and written; a run
+/// whose journal cannot be read either is not listed.
+pub fn list_runs() -> Vec<RunHead> {
     let Ok(root) = dirs::root(Base::State) else {
         return Vec::new();
     };
@@ -1276,32 +1320,48 @@ pub fn list_runs() -> Vec<Journal> {
     if dirs::check_private(&root).is_err() || dirs::check_private(&runs).is_err() {
         return Vec::new();
     }
-    let mut out: Vec<Journal> = std::fs::read_dir(&runs)
+    let mut out: Vec<RunHead> = std::fs::read_dir(&runs)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let text = std::fs::read(e.path().join("journal.json")).ok()?;
-            let mut j: Journal = serde_json::from_slice(&text).ok()?;
-            // Incomplete (the supervisor was killed while applying): the step log
-            // holds every step done.
-            let log = e.path().join(STEP_LOG);
-            if std::fs::symlink_metadata(&log).is_ok_and(|m| m.is_file())
-                && let Ok(text) = std::fs::read(&log)
-            {
-                let steps: Vec<Step> = text
-                    .split(|&b| b == b'\n')
-                    .filter_map(|l| serde_json::from_slice(l).ok())
-                    .collect();
-                if steps.len() > j.steps.len() {
-                    j.steps = steps;
-                }
-            }
-            Some(j)
+            let id = e.file_name().into_string().ok()?;
+            let dir = e.path();
+            let head = dir.join(HEAD);
+            let h = if std::fs::symlink_metadata(&head).is_ok_and(|m| m.is_file()) {
+                serde_json::from_slice::<RunHead>(&std::fs::read(&head).ok()?).ok()?
+            } else {
+                let h = load_journal(&dir)?.head();
+                let _ = write_head(&dir, &h);
+                h
+            };
+            // The directory names the run; a head claiming another is not believed.
+            (h.id == id).then_some(h)
         })
         .collect();
     out.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
     out
+}
+
+/// The whole journal of the run kept in `dir`.
+fn load_journal(dir: &Path) -> Option<Journal> {
+    let text = std::fs::read(dir.join("journal.json")).ok()?;
+    let mut j: Journal = serde_json::from_slice(&text).ok()?;
+    // Incomplete (the supervisor was killed while applying): the step log holds every
+    // step done.
+    let log = dir.join(STEP_LOG);
+    if std::fs::symlink_metadata(&log).is_ok_and(|m| m.is_file())
+        && let Ok(text) = std::fs::read(&log)
+    {
+        let steps: Vec<Step> = text
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        if steps.len() > j.steps.len() {
+            j.steps = steps;
+        }
+    }
+    Some(j)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1337,16 +1397,29 @@ pub struct Undone {
 /// directory above it.
 pub fn find_run(id: Option<&str>, cwd: &Path) -> Result<Journal, UndoError> {
     let runs = list_runs();
-    match id {
+    let head = match id {
         Some(id) => runs
             .into_iter()
             .find(|j| j.id == id)
-            .ok_or_else(|| UndoError::NoSuchRun(id.to_string())),
+            .ok_or_else(|| UndoError::NoSuchRun(id.to_string()))?,
         None => runs
             .into_iter()
             .find(|j| !j.undone && cwd.starts_with(&j.workdir))
-            .ok_or_else(|| UndoError::NoRunHere(cwd.to_path_buf())),
+            .ok_or_else(|| UndoError::NoRunHere(cwd.to_path_buf()))?,
+    };
+    let dir = dirs::root(Base::State)
+        .map_err(|e| UndoError::Io(e.to_string()))?
+        .join("runs")
+        .join(&head.id);
+    let j = load_journal(&dir)
+        .ok_or_else(|| UndoError::Io(format!("run {}: its journal cannot be read", head.id)))?;
+    if j.id != head.id {
+        return Err(UndoError::Io(format!(
+            "run {}: its journal names another run",
+            head.id
+        )));
     }
+    Ok(j)
 }
 
 /// A name a cell chose, for a terminal: control characters (escape sequences, line
@@ -1543,9 +1616,7 @@ pub fn undo(j: &Journal, force: bool) -> Result<Undone, UndoError> {
     if errors.is_empty() {
         let mut j2 = j.clone();
         j2.undone = true;
-        if let Ok(body) = serde_json::to_vec_pretty(&j2) {
-            let _ = dirs::write_atomic(&run_dir, "journal.json", &body);
-        }
+        let _ = j2.write(&run_dir);
     } else {
         return Err(UndoError::Io(format!(
             "run {}: not all restored: {}",
@@ -1743,6 +1814,71 @@ mod tests {
         assert_eq!(j.steps.len(), 600);
         undo(&j, false).unwrap();
         assert_eq!(std::fs::read_dir(&wd).unwrap().count(), 0);
+    }
+
+    /// Listing, pruning and choosing a workdir's run read the small head files only:
+    /// with every journal unreadable, `nixcell runs` still lists all runs and pruning
+    /// still removes the oldest. A run kept without a head gets one derived once.
+    #[test]
+    fn listing_and_pruning_never_read_the_journals() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the tests here take
+        // turns (ENV).
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let wd = t.path().join("wd");
+        std::fs::create_dir(&wd).unwrap();
+        // A real run, then two more runs' records with earlier times.
+        let upper = t.path().join("layer/upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("new"), "cell\n").unwrap();
+        let target = Target {
+            dir: Arc::new(o_path(&wd)),
+            path: wd.clone(),
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            chown: false,
+            protect: Vec::new(),
+        };
+        let layer_fd: OwnedFd = File::open(t.path().join("layer")).unwrap().into();
+        let r = apply(&layer_fd, &target);
+        let real = r.run.clone().unwrap();
+        let runs = t.path().join("state/nixcell/runs");
+        assert!(runs.join(&real).join(HEAD).is_file());
+        let mut old = find_run(Some(&real), &wd).unwrap();
+        for (id, time) in [("old-1", 100), ("old-2", 200)] {
+            old.id = id.into();
+            old.time = time;
+            let dir = dirs::private_dir(Base::State, &format!("runs/{id}")).unwrap();
+            old.write(&dir).unwrap();
+        }
+        for id in [real.as_str(), "old-1", "old-2"] {
+            std::fs::write(runs.join(id).join("journal.json"), "{ not a journal").unwrap();
+        }
+        let ids: Vec<String> = list_runs().into_iter().map(|h| h.id).collect();
+        assert_eq!(ids, [real.as_str(), "old-2", "old-1"]);
+        assert_eq!(list_runs()[0].counts.added, 1);
+        prune_runs(2);
+        assert!(
+            !runs.join("old-1").exists(),
+            "the oldest run was not pruned"
+        );
+        let ids: Vec<String> = list_runs().into_iter().map(|h| h.id).collect();
+        assert_eq!(ids, [real.as_str(), "old-2"]);
+        // The journal is read for an undo only, and an unreadable one is said so.
+        let e = find_run(None, &wd).unwrap_err();
+        assert!(e.to_string().contains("journal cannot be read"), "{e}");
+        // A run kept by an older nixcell (a journal, no head) is listed and gets a head.
+        old.id = "legacy".into();
+        old.time = 50;
+        let dir = dirs::private_dir(Base::State, "runs/legacy").unwrap();
+        dirs::write_atomic(&dir, "journal.json", &serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(list_runs().last().unwrap().id, "legacy");
+        assert!(dir.join(HEAD).is_file());
+        std::fs::write(dir.join("journal.json"), "{ not a journal").unwrap();
+        assert_eq!(list_runs().last().unwrap().id, "legacy");
     }
 
     /// The host changed the workdir while the cell ran: a directory became a link to

@@ -11,7 +11,8 @@
 //!
 //! Each `run` gets a fresh private working directory (`work/` in a new `0700` temporary
 //! directory, mounted at /work in the cell, see [`crate::rundir`]) holding a copy of the project's files (without `.git` and
-//! `.nixcell`, no symbolic links) and the files of that call; it is removed when the call
+//! `.nixcell`, no symbolic links, copied through descriptors so a link swapped in meanwhile is never
+//! followed) and the files of that call; it is removed when the call
 //! ends, after the files asked for are read back. The project itself is never written
 //! by a run. Concurrent runs therefore share nothing but the read-only closure.
 
