@@ -1634,6 +1634,31 @@ mod tests {
 
     static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// A fresh directory whose `state/` is the state directory, held (ENV) while the
+    /// test runs.
+    fn private_state() -> (std::sync::MutexGuard<'static, ()>, tempfile::TempDir) {
+        let env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the tests here take
+        // turns (ENV).
+        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        (env, t)
+    }
+
+    /// The workdir `wd` as a target owned by the caller (rootless: no chown).
+    fn own_target(wd: &Path) -> Target {
+        Target {
+            dir: Arc::new(o_path(wd)),
+            path: wd.to_path_buf(),
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            chown: false,
+            protect: Vec::new(),
+        }
+    }
+
     fn o_path(p: &Path) -> OwnedFd {
         fsat::openat2(
             libc::AT_FDCWD,
@@ -1652,11 +1677,7 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tempfile::tempdir().unwrap();
-        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the two here take
-        // turns (ENV).
-        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let (_env, t) = private_state();
         let layer = t.path().join("layer");
         let upper = layer.join("upper");
         std::fs::create_dir_all(&upper).unwrap();
@@ -1717,11 +1738,7 @@ mod tests {
     /// removed, unjournaled, by the clean-up.
     #[test]
     fn a_file_named_like_a_temporary_file_is_never_removed() {
-        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tempfile::tempdir().unwrap();
-        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the tests here take
-        // turns (ENV).
-        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let (_env, t) = private_state();
         let upper = t.path().join("layer/upper");
         std::fs::create_dir_all(&upper).unwrap();
         std::fs::write(upper.join("f"), "cell\n").unwrap();
@@ -1734,16 +1751,7 @@ mod tests {
         for p in &planted {
             std::fs::write(p, "the owner's\n").unwrap();
         }
-        let target = Target {
-            dir: Arc::new(o_path(&wd)),
-            path: wd.clone(),
-            owner: (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
-            chown: false,
-            protect: Vec::new(),
-        };
+        let target = own_target(&wd);
         let layer_fd: OwnedFd = File::open(t.path().join("layer")).unwrap().into();
         let r = apply(&layer_fd, &target);
         assert!(r.refused.is_empty(), "{r:?}");
@@ -1763,11 +1771,7 @@ mod tests {
     /// steps: 90,000 new files took minutes to apply).
     #[test]
     fn an_incomplete_journal_is_completed_from_its_step_log() {
-        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tempfile::tempdir().unwrap();
-        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the tests here take
-        // turns (ENV).
-        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let (_env, t) = private_state();
         let upper = t.path().join("layer/upper");
         std::fs::create_dir_all(&upper).unwrap();
         for i in 0..600 {
@@ -1775,16 +1779,7 @@ mod tests {
         }
         let wd = t.path().join("wd");
         std::fs::create_dir(&wd).unwrap();
-        let target = Target {
-            dir: Arc::new(o_path(&wd)),
-            path: wd.clone(),
-            owner: (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
-            chown: false,
-            protect: Vec::new(),
-        };
+        let target = own_target(&wd);
         let layer_fd: OwnedFd = File::open(t.path().join("layer")).unwrap().into();
         let r = apply(&layer_fd, &target);
         assert_eq!(r.counts.added, 600);
@@ -1821,27 +1816,14 @@ mod tests {
     /// still removes the oldest. A run kept without a head gets one derived once.
     #[test]
     fn listing_and_pruning_never_read_the_journals() {
-        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tempfile::tempdir().unwrap();
-        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the tests here take
-        // turns (ENV).
-        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let (_env, t) = private_state();
         let wd = t.path().join("wd");
         std::fs::create_dir(&wd).unwrap();
         // A real run, then two more runs' records with earlier times.
         let upper = t.path().join("layer/upper");
         std::fs::create_dir_all(&upper).unwrap();
         std::fs::write(upper.join("new"), "cell\n").unwrap();
-        let target = Target {
-            dir: Arc::new(o_path(&wd)),
-            path: wd.clone(),
-            owner: (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
-            chown: false,
-            protect: Vec::new(),
-        };
+        let target = own_target(&wd);
         let layer_fd: OwnedFd = File::open(t.path().join("layer")).unwrap().into();
         let r = apply(&layer_fd, &target);
         let real = r.run.clone().unwrap();
@@ -1886,11 +1868,7 @@ mod tests {
     /// cell's copy replaces both names and writes nothing outside.
     #[test]
     fn links_in_the_workdir_are_replaced_never_followed() {
-        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tempfile::tempdir().unwrap();
-        // SAFETY: no other test of this crate reads XDG_STATE_HOME; the two here take
-        // turns (ENV).
-        unsafe { std::env::set_var("XDG_STATE_HOME", t.path().join("state")) };
+        let (_env, t) = private_state();
         let layer = t.path().join("layer");
         let upper = layer.join("upper");
         std::fs::create_dir_all(upper.join("sub")).unwrap();
@@ -1903,16 +1881,7 @@ mod tests {
         std::fs::create_dir(&wd).unwrap();
         std::os::unix::fs::symlink(&outside, wd.join("sub")).unwrap();
         std::fs::hard_link(outside.join("file"), wd.join("f")).unwrap();
-        let target = Target {
-            dir: Arc::new(o_path(&wd)),
-            path: wd.clone(),
-            owner: (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
-            chown: false,
-            protect: Vec::new(),
-        };
+        let target = own_target(&wd);
         let layer_fd: OwnedFd = File::open(&layer).unwrap().into();
         let r = apply(&layer_fd, &target);
         assert!(r.applied, "{r:?}");
