@@ -49,18 +49,6 @@ fn cell_cmd(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Asserts exit 125 and returns stderr.
-fn fails(o: &Output, what: &str) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(125),
-        "{what}: expected exit 125\nstdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stderr)
-}
-
 /// Everything an edit could touch: the declaration, the configuration, HEAD, the
 /// index and the work tree's status (nixcell's own git-ignored `.nixcell/` state, its
 /// build cache and GC roots, aside).

@@ -49,17 +49,6 @@ fn cell(dir: &Path, args: &[&str]) -> Output {
     cell_cmd(dir, args).output().expect("run nixcell")
 }
 
-fn fails(o: &Output, what: &str) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(125),
-        "{what}: expected exit 125\nstdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stderr)
-}
-
 fn write_script(path: &Path, body: &str) {
     std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -169,6 +169,18 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Asserts exit 125 (nixcell refused before running anything) and returns stderr.
+pub fn fails(o: &Output, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "{what}: expected exit 125\nstdout:\n{}\nstderr:\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stderr)
+}
+
 /// Asserts success and returns stdout, showing everything on failure.
 pub fn ok(o: &Output, what: &str) -> String {
     assert!(
