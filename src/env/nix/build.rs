@@ -1,7 +1,7 @@
 //! `nix-build`: realises an expression, shows nix's progress on stderr while it works,
 //! and registers the result as a GC root (`-o LINK`) so it survives garbage collection.
 
-use crate::nix::eval::{nix_config, nix_message, restricted};
+use crate::nix::eval::{nix_message, restricted};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,8 +31,7 @@ fn run_streaming(
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
-    cmd.env("NIX_CONFIG", nix_config())
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
@@ -76,7 +75,7 @@ pub fn build_file(
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
-    let mut cmd = Command::new("nix-build");
+    let mut cmd = super::command("nix-build");
     cmd.args(restricted(allowed)).arg(expr);
     if !attr.is_empty() {
         cmd.args(["-A", attr]);
@@ -96,7 +95,7 @@ pub fn build_flake(
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
-    let mut cmd = Command::new("nix");
+    let mut cmd = super::command("nix");
     cmd.args([
         "--extra-experimental-features",
         "nix-command flakes",
@@ -114,8 +113,7 @@ pub fn path_sizes(paths: &[PathBuf]) -> Result<Vec<u64>, BuildError> {
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    let out = Command::new("nix-store")
-        .env("NIX_CONFIG", nix_config())
+    let out = super::command("nix-store")
         .args(["--query", "--size"])
         .args(paths)
         .output()
