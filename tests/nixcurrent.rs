@@ -169,3 +169,25 @@ fn nixcell_never_sets_the_users_nix_settings() {
         );
     }
 }
+
+#[test]
+fn build_progress_goes_to_stderr_and_json_stays_clean() {
+    for mode in MODES {
+        let (p, nonce) = fresh_project(mode);
+        let o = nixcell(mode)
+            .current_dir(p.path())
+            .args(["run", "--json", "--", "sh", "-c", "echo $NONCE"])
+            .output()
+            .unwrap();
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"].as_str().unwrap().trim(), nonce);
+        // A cold build: nix's own progress lines, on stderr only.
+        let err = text(&o.stderr);
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("building '/nix/store/") && l.contains("-nixcell-env.drv'")),
+            "{mode:?}: {err}"
+        );
+    }
+}
