@@ -144,9 +144,11 @@ EOF
 # enter CMD...: runs CMD (a string for sh) in the root with the mounts and the daemon.
 enter() {
   local gitdirs="" d
-  # A worktree's .git names directories outside it: bound in too (read-only).
-  for d in $(git -C "$repo" rev-parse --path-format=absolute --git-dir --git-common-dir 2> /dev/null || true); do
-    case "$d" in "$repo"/*) ;; *) [ -d "$d" ] && gitdirs="$gitdirs $d" ;; esac
+  # A worktree's .git names directories outside it: bound in too (read-only), as is a
+  # CARGO_TARGET_DIR outside the repository (the suites run its binaries).
+  for d in $(git -C "$repo" rev-parse --path-format=absolute --git-dir --git-common-dir 2> /dev/null || true) \
+    ${CARGO_TARGET_DIR:+"$(realpath -m "$CARGO_TARGET_DIR")"}; do
+    case "$d" in "$repo" | "$repo"/*) ;; *) [ -d "$d" ] && gitdirs="$gitdirs $d" ;; esac
   done
   # shellcheck disable=SC2016
   unshare -m --propagation private env ROOT="$root" REPO="$repo" STATE="$state" \
@@ -176,11 +178,13 @@ enter() {
       rm -f /nix/var/nix/daemon-socket/socket
       setsid nix-daemon > /tmp/nix-daemon.log 2>&1 < /dev/null &
       daemon=\$!
+      trap \"kill \$daemon 2> /dev/null\" INT TERM
       for i in \$(seq 100); do [ -S /nix/var/nix/daemon-socket/socket ] && break; sleep 0.1; done
       cd \"\$REPO\"
       rc=0
       sh -c \"\$CMD\" || rc=\$?
       kill \$daemon 2> /dev/null || true
+      wait \$daemon 2> /dev/null || true
       exit \$rc"'
 }
 
@@ -216,7 +220,7 @@ run_suites() {
 
 case "${1:-run}" in
   setup) setup_root ;;
-  shell) setup_root; enter "exec sh -i" ;;
+  shell) setup_root; enter "sh -i" ;;
   run) setup_root; run_suites ;;
   *) die "usage: $0 [run|setup|shell]" ;;
 esac
