@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # dpkg-query formats and inner scripts: single quotes on purpose
 # The front-end, runner and nixcurrent suites under current Nix (Debian 13's nix-bin, 2.26), in a
 # Debian 13 root of its own, with its own /nix store and its own nix-daemon: the host's
 # Nix and store are never touched. Run as root from anywhere; safe to run again.
@@ -150,7 +151,6 @@ enter() {
     ${CARGO_TARGET_DIR:+"$(realpath -m "$CARGO_TARGET_DIR")"}; do
     case "$d" in "$repo" | "$repo"/*) ;; *) [ -d "$d" ] && gitdirs="$gitdirs $d" ;; esac
   done
-  # shellcheck disable=SC2016
   unshare -m --propagation private env ROOT="$root" REPO="$repo" STATE="$state" \
     GITDIRS="$gitdirs" CMD="$1" sh -ec '
     # pivot_root, not chroot (a chrooted process may not create user namespaces): the
