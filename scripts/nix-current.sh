@@ -192,9 +192,9 @@ enter() {
 run_suites() {
   local s b log t0 t1 passed failed status total_failed=0 args=()
   for s in $SUITE_NAMES; do args+=(--test "$s"); done
-  cargo build --bins
+  cargo build --locked --bins
   local bins
-  bins=$(cargo test --no-run "${args[@]}" --message-format=json 2> /dev/null |
+  bins=$(cargo test --locked --no-run "${args[@]}" --message-format=json 2> /dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | sort -u)
   [ -n "$bins" ] || die "cargo test --no-run gave no test executables"
   # The test user runs the binaries (never opened into the root: its modes are its own).

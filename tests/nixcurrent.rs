@@ -191,3 +191,50 @@ fn build_progress_goes_to_stderr_and_json_stays_clean() {
         );
     }
 }
+
+#[test]
+fn a_flake_in_a_dirty_git_tree_runs_and_warnings_stay_on_stderr() {
+    // Current Nix warns about uncommitted changes ("Git tree ... is dirty") on stderr;
+    // the `--json` verdict on stdout is all there is there.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        format!(
+            r#"{{
+  inputs.nixpkgs.url = "path:{}";
+  outputs = {{ self, nixpkgs }}:
+    let pkgs = nixpkgs.legacyPackages.x86_64-linux; in {{
+      devShells.x86_64-linux.default = pkgs.mkShell {{ packages = [ pkgs.busybox pkgs.jq ]; }};
+    }};
+}}
+"#,
+            pkgs_dir().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "one\n").unwrap();
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-q", "-m", "initial"]);
+    std::fs::write(dir.path().join("notes.txt"), "two\n").unwrap();
+    let o = nixcell(Mode::Root)
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--json",
+            "--env",
+            ".#devShells.x86_64-linux.default",
+            "--impure",
+            "--",
+            "jq",
+            "--version",
+        ])
+        .output()
+        .unwrap();
+    let v = verdict(&o);
+    assert_eq!(v["exit_code"], 0, "{v}\n{}", text(&o.stderr));
+    assert!(
+        v["stdout"]["text"].as_str().unwrap().starts_with("jq-"),
+        "{v}"
+    );
+}
