@@ -109,6 +109,21 @@ fn kernel_support_is_checked_before_any_nix_work() {
         "{err}"
     );
     assert!(!err.contains("nix-build"), "no Nix was run: {err}");
+    // The verdict names the stage, as when the stage itself fails.
+    let o = Command::new("unshare")
+        .args(["-U", "--map-root-user", "sh", "-c"])
+        .arg(format!(
+            "echo 0 > /proc/sys/user/max_user_namespaces && PATH=/nonexistent exec {} run --json --env-path {} -- true",
+            bin(),
+            busybox().display()
+        ))
+        .output()
+        .unwrap();
+    let v = verdict(&o);
+    assert_eq!(v["exit_code"], 125, "{v}");
+    assert_eq!(v["error"]["kind"], "setup", "{v}");
+    assert_eq!(v["error"]["stage"], "unshare", "{v}");
+    assert_eq!(v["error"]["syscall"], "unshare", "{v}");
 }
 
 /// A directory of stand-ins for the Nix tools that record their environment's
