@@ -140,13 +140,25 @@ async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
     }
 }
 
+/// Where the cell's signals go: PID 1 once the init stage's `Ready` report is read;
+/// until then a signal the init stage ignores waits here.
+#[derive(Default)]
+struct CellTarget {
+    pid1: Option<ProcessHandle>,
+    pending: Option<Signal>,
+}
+
 /// Sends `sig` to the cell: to PID 1 once it is known (through its pidfd, so a signal
-/// after it has ended reaches nobody), else to the init stage, our own unreaped child.
-fn signal_cell(pid1: &Mutex<Option<ProcessHandle>>, init_pid: i32, sig: Signal) {
-    match &*pid1.lock().unwrap() {
+/// after it has ended reaches nobody). Before that, SIGKILL goes to the init stage, our
+/// own unreaped child; the signals it ignores (SIGINT, SIGTERM, SIGHUP) are kept for PID 1,
+/// which may already run the command while its `Ready` report is still unread.
+fn signal_cell(target: &Mutex<CellTarget>, init_pid: i32, sig: Signal) {
+    let mut t = target.lock().unwrap();
+    match &t.pid1 {
         Some(h) => {
             let _ = h.signal(sig);
         }
+        None if sig != Signal::SIGKILL => t.pending = Some(sig),
         None if init_pid > 0 => {
             let _ = kill(Pid::from_raw(init_pid), sig);
         }
@@ -240,7 +252,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     frame.extend_from_slice(&body);
     let (rd, mut wr) = control.split();
     let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
-    let pid1: Mutex<Option<ProcessHandle>> = Mutex::new(None);
+    let target: Mutex<CellTarget> = Mutex::default();
 
     let stdout_task = child
         .stdout
@@ -275,7 +287,12 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     };
                     for m in msgs {
                         if let Report::Ready { pid1: p } = m {
-                            *pid1.lock().unwrap() = Some(ProcessHandle::open_child(p, init_pid));
+                            let mut t = target.lock().unwrap();
+                            let h = ProcessHandle::open_child(p, init_pid);
+                            if let Some(sig) = t.pending.take() {
+                                let _ = h.signal(sig);
+                            }
+                            t.pid1 = Some(h);
                         }
                         reports.lock().unwrap().push(m);
                     }
@@ -284,7 +301,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         }
     };
 
-    let signal = |sig| signal_cell(&pid1, init_pid, sig);
+    let signal = |sig| signal_cell(&target, init_pid, sig);
 
     let drive = async {
         if wr.write_all(&frame).await.is_err() {
