@@ -63,10 +63,18 @@ setup_root() {
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
   chmod 0755 "$root/usr/sbin/policy-rc.d"
   cp /etc/resolv.conf "$root/etc/resolv.conf" 2> /dev/null || true
+  # Debian 13's patchelf (0.18) makes the offline package set's copy of Debian's
+  # non-PIE python3.13 crash in ld.so; Debian 12's (0.14, the host suites') does not.
+  # Only patchelf comes from Debian 12.
+  printf 'deb %s bookworm main\n' "$MIRROR" > "$root/etc/apt/sources.list.d/bookworm.list"
+  printf '%s\n' 'Package: *' 'Pin: release n=bookworm' 'Pin-Priority: 100' '' \
+    'Package: patchelf' 'Pin: release n=bookworm' 'Pin-Priority: 1001' \
+    > "$root/etc/apt/preferences.d/patchelf-from-bookworm"
   local missing="" p
   for p in $PACKAGES; do
-    case "$(in_root dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2> /dev/null || true)" in
-      [ih]i*) ;;
+    case "$(in_root dpkg-query -W -f='${db:Status-Abbrev} ${Version}' "$p" 2> /dev/null || true)" in
+      "ii  0.14."* | "hi  0.14."*) ;;
+      [ih]i*) if [ "$p" = patchelf ]; then missing="$missing $p"; fi ;;
       *) missing="$missing $p" ;;
     esac
   done
@@ -76,26 +84,9 @@ setup_root() {
     unshare -m --propagation private sh -c '
       mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && shift &&
       chroot "$0" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-        sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $*"' \
+        sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends --allow-downgrades $*"' \
       "$root" "$root" $missing > "$work/apt.log" 2>&1 || die "apt-get in the root failed (see $work/apt.log)"
   fi
-  # Debian 13's patchelf (0.18) makes the offline package set's copy of Debian's
-  # non-PIE python3.13 crash in ld.so; Debian 12's (0.14, the host's suite) does not.
-  case "$(in_root dpkg-query -W -f='${Version}' patchelf 2> /dev/null || true)" in
-    0.14.*) ;;
-    *)
-      say "installing Debian 12's patchelf in the root"
-      rm -f "$work"/patchelf_*.deb
-      (cd "$work" && apt-get download -q "patchelf/bookworm" > /dev/null 2>&1 ||
-        { apt-get update -q > /dev/null && apt-get download -q "patchelf/bookworm"; }) ||
-        die "cannot download Debian 12's patchelf"
-      cp "$work"/patchelf_*.deb "$root/tmp/patchelf.deb"
-      in_root dpkg -i /tmp/patchelf.deb > /dev/null
-      in_root apt-mark hold patchelf > /dev/null
-      rm -f "$root/tmp/patchelf.deb"
-      ;;
-  esac
-
   # The test machine's offline Nix configuration (never nixcell's own): no binary cache
   # is reachable, and the offline package set's builders read the root's Debian files.
   mkdir -p "$root/etc/nix"

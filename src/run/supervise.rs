@@ -406,6 +406,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_signal_before_pid1_is_known_waits_for_it() {
+        // No init stage either (pid 0): nothing may be signalled, the signal is kept.
+        let t = Mutex::new(CellTarget::default());
+        signal_cell(&t, 0, Signal::SIGTERM);
+        assert_eq!(t.lock().unwrap().pending, Some(Signal::SIGTERM));
+        signal_cell(&t, 0, Signal::SIGKILL);
+        assert_eq!(t.lock().unwrap().pending, Some(Signal::SIGTERM));
+    }
+
+    #[test]
     fn a_cell_killed_by_oom_before_reporting_is_an_oom_not_a_nixcell_failure() {
         let unreported = || Outcome {
             unreported: true,
