@@ -66,7 +66,8 @@ fn snapshot(dir: &Path) -> Snapshot {
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".nixcell")
+        // The lock is written when the package set is first resolved, not by an edit.
+        .filter(|n| n != ".nixcell" && n != "devenv.lock")
         .collect();
     files.sort();
     Snapshot {

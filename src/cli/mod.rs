@@ -34,6 +34,8 @@ pub enum Command {
     },
     /// Evaluate and build the project's devenv.nix (cached; keeps a GC root).
     Build(crate::front::BuildArgs),
+    /// Pin the package set in devenv.lock (written on first use; `--update` moves it).
+    Lock(crate::front::LockArgs),
     /// Describe the built environment: packages, Python libraries, services, limits, edits.
     Context(crate::front::ContextArgs),
     /// Change devenv.nix within the policy of nixcell.toml; proven by a build, committed.
@@ -215,6 +217,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run(&args),
         Command::Doctor { json } => crate::doctor::main(json),
         Command::Build(a) => crate::front::build(&a),
+        Command::Lock(a) => crate::front::lock(&a),
         Command::Context(a) => crate::front::context(&a),
         Command::Edit(a) => crate::front::edit(&a),
         Command::Proposals(a) => crate::front::proposals(&a),

@@ -38,6 +38,19 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+    /// Resolve the package set again and move the pin (else only a missing pin is
+    /// written).
+    #[arg(long)]
+    pub update: bool,
+    /// Print the pin as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     Markdown,
@@ -116,6 +129,31 @@ pub fn build(args: &BuildArgs) -> i32 {
         }
         Ok(b) => {
             println!("{}", b.env.display());
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn lock(args: &LockArgs) -> i32 {
+    let go = || -> anyhow::Result<crate::project::PinInfo> {
+        let p = args.project.open()?;
+        Ok(p.pin(args.update)?.info())
+    };
+    match go() {
+        Ok(i) if args.json => {
+            print_json(&i);
+            0
+        }
+        Ok(i) => {
+            println!(
+                "{} ({}) pinned to {} {} in {}",
+                i.source,
+                i.origin,
+                i.locked,
+                i.nar_hash,
+                i.lock_file.display()
+            );
             0
         }
         Err(e) => fail(e),
@@ -296,11 +334,13 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
             crate::edit::policy::check_name(crate::edit::policy::Subject::Package, n)
                 .map_err(|e| anyhow::anyhow!("--with: {e}"))?;
         }
+        // In a project, its pinned package set; else NIX_PATH's.
         let set = match Project::discover(Path::new(".")) {
-            Ok(p) if p.config.nixpkgs.is_some() => p.package_set()?,
-            _ => PackageSet::at(
+            Ok(p) => p.package_set()?,
+            Err(crate::project::ProjectError::NotFound(_)) => PackageSet::at(
                 &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
             )?,
+            Err(e) => return Err(e.into()),
         };
         let env = crate::declare::build_with(
             &src.with,
