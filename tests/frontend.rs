@@ -80,7 +80,7 @@ fn snapshot(dir: &Path) -> Snapshot {
                 std::fs::read(dir.join(".git/index")).unwrap(),
             ))
         },
-        status: git(dir, &["status", "--porcelain"]),
+        status: git_status(dir),
         files,
     }
 }
@@ -159,7 +159,7 @@ fn scenario_1_pandas_and_openpyxl_through_edits() {
     );
     let out = ok(&o, "network probe");
     assert!(out.starts_with("no network"), "{out}");
-    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert_eq!(git_status(dir), "");
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn concurrent_edits_serialize_and_neither_is_lost() {
         assert!(decl.contains(want), "{want} lost:\n{decl}");
     }
     assert_eq!(commits(dir).len(), 4, "{:?}", commits(dir));
-    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert_eq!(git_status(dir), "");
     let o = cell(
         dir,
         &[

@@ -355,9 +355,17 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         let cwd = std::env::current_dir()?;
         let key = hex::encode(Sha256::digest(format!("{}\0{f}", cwd.display())));
         let link = user_cache_dir("flakes")?.join(&key[..32]);
-        let env = build::build_flake(f, src.impure, &link, Progress::Stderr)
+        let env = build::flake_env(f, src.impure, &link, Progress::Stderr)
             .map_err(|e| anyhow::anyhow!("--env {f}: {e}"))?;
-        req.env_paths.push(env);
+        for p in env.paths {
+            if !req.env_paths.contains(&p) {
+                req.env_paths.push(p);
+            }
+        }
+        // A dev shell's variables, under those given with --setenv.
+        let mut vars: Vec<String> = env.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vars.append(&mut req.setenv);
+        req.setenv = vars;
     }
     if !req.env_paths.is_empty() {
         return Ok(extra);

@@ -352,7 +352,7 @@ impl Requested {
             spec: self.spec.clone(),
             message,
         };
-        let out = nix_flakes()
+        let out = crate::nix::build::nix_flakes()
             .args(["flake", "metadata", "--json", "--no-write-lock-file"])
             .arg(&self.reference)
             .output()
@@ -492,13 +492,6 @@ fn nix_path_entries() -> Vec<PathBuf> {
         .map(|e| PathBuf::from(e.split_once('=').map_or(e, |(_, p)| p)))
         .filter(|p| p.is_absolute())
         .collect()
-}
-
-fn nix_flakes() -> Command {
-    let mut c = Command::new("nix");
-    c.env("NIX_CONFIG", crate::nix::eval::nix_config())
-        .args(["--extra-experimental-features", "nix-command flakes"]);
-    c
 }
 
 /// Checks locked attributes (from a lock file or from nix) against what they must pin.
@@ -741,7 +734,7 @@ impl Pin {
                 return Err(bad(outside_message(&d)));
             }
             let json = serde_json::to_string(&self.locked).unwrap_or_default();
-            let out = nix_flakes()
+            let out = crate::nix::build::nix_flakes()
                 .env("NIXCELL_LOCKED_INPUT", json)
                 .args(["eval", "--impure", "--raw", "--expr"])
                 .arg("(builtins.fetchTree (builtins.fromJSON (builtins.getEnv \"NIXCELL_LOCKED_INPUT\"))).outPath")
