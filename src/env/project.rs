@@ -492,6 +492,9 @@ impl Project {
             return Ok(b);
         }
         let set = pin.realise(&self.dir)?;
+        // The pinned source stays in the store as long as the build's root does: a
+        // later build need not fetch it again.
+        crate::nix::store::add_root(&set.path, &roots.join(format!("{}-nixpkgs", &key[..32])));
         let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
         // nix-build replaces whatever is at the link's place (it renames a new link
