@@ -78,7 +78,7 @@ impl Subject {
 }
 
 /// Services nixcell knows how to run.
-pub const KNOWN_SERVICES: &[&str] = &["redis"];
+pub const KNOWN_SERVICES: &[&str] = &["redis", "postgres"];
 
 const MAX_LEN: usize = 100;
 
