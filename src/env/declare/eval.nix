@@ -56,7 +56,7 @@ let
     enterShell = true;
     env = "env";
   };
-  databaseKeys = { name = true; user = true; pass = true; initialSQL = true; };
+  databaseKeys = { name = true; user = true; pass = true; initialSQL = true; schema = true; };
 
   # An unknown option: where, and the names that are known there (the Rust side
   # suggests the nearest).
@@ -176,7 +176,9 @@ let
               "option `services.postgres.initialDatabases` in ${file}: every database needs a name (a string)"
             ++ builtins.concatLists (map
               (k: check (opt d k == null || builtins.isString d.${k}) "option `services.postgres.initialDatabases.*.${k}` in ${file} must be a string or null")
-              [ "user" "pass" "initialSQL" ]))
+              [ "user" "pass" "initialSQL" ])
+            ++ check (opt d "schema" == null || builtins.isPath d.schema)
+              "option `services.postgres.initialDatabases.*.schema` in ${file} must be a path (a .sql file or a directory of them), e.g. ./schema.sql")
         pgDatabases)
     else [ ])
     ++ builtins.concatLists (map
@@ -262,7 +264,14 @@ let
       in
       (if user != null then "${psql} -d postgres -f ${role}\n" else "")
       + "${psql} -d postgres -f ${db}\n"
-      + (if opt d "initialSQL" != null then "${psql} -d ${q d.name} -f ${pkgs.writeText "initial.sql" d.initialSQL}\n" else ""))
+      + (if opt d "initialSQL" != null then "${psql} -d ${q d.name} -f ${pkgs.writeText "initial.sql" d.initialSQL}\n" else "")
+      + (if opt d "schema" != null then ''
+        if [ -d ${d.schema} ]; then
+          for f in ${d.schema}/*.sql; do ${psql} -d ${q d.name} -f "$f"; done
+        else
+          ${psql} -d ${q d.name} -f ${d.schema}
+        fi
+      '' else ""))
     pgDatabases);
   # initdb into the cell's private /tmp, set up on the unix socket alone, then the
   # server on the socket and 127.0.0.1:PORT: accepting TCP means it is set up.

@@ -11,8 +11,8 @@
 //! `languages.python.{enable,version,package,libraries}` (`libraries`: native library
 //! packages put on the interpreter's `LD_LIBRARY_PATH`; a list of Python library names,
 //! the old nixcell form, is still read), `services.redis.{enable,port}`,
-//! `services.postgres.{enable,port,listen_addresses,initialDatabases,initialScript,
-//! createDatabase}`, `processes.<name>.exec`, `scripts.<name>.{exec,description}`
+//! `services.postgres.{enable,port,listen_addresses,initialDatabases (name, user, pass,
+//! initialSQL, schema),initialScript,createDatabase}`, `processes.<name>.exec`, `scripts.<name>.{exec,description}`
 //! (commands on the cell's PATH), `enterShell` (run in the cell before the command),
 //! `env.<NAME>`. Any other option is an error naming the nearest known one.
 
@@ -204,13 +204,20 @@ impl Description {
 }
 
 /// Writes the evaluator into nixcell's private cache (nix needs a file; a project's
-/// directory is no place for code nixcell trusts) and returns its path.
+/// directory is no place for code nixcell trusts) and returns its path. The file is
+/// named by its content: two nixcell versions running at once for the same user never
+/// evaluate each other's evaluator.
 pub fn write_evaluator() -> Result<PathBuf, DeclareError> {
+    use sha2::{Digest, Sha256};
     let dir = crate::dirs::private_dir(crate::dirs::Base::Cache, "eval").map_err(|e| {
         DeclareError::Evaluator(PathBuf::from("eval.nix"), std::io::Error::other(e))
     })?;
-    let path = dir.join("eval.nix");
-    crate::dirs::write_atomic(&dir, "eval.nix", EVAL_NIX.as_bytes())
+    let name = format!(
+        "eval-{}.nix",
+        &hex::encode(Sha256::digest(EVAL_NIX.as_bytes()))[..16]
+    );
+    let path = dir.join(&name);
+    crate::dirs::write_atomic(&dir, &name, EVAL_NIX.as_bytes())
         .map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
     Ok(path)
 }
