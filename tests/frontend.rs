@@ -137,7 +137,7 @@ fn scenario_1_pandas_and_openpyxl_through_edits() {
         "comments kept:\n{decl}"
     );
     assert!(
-        decl.contains("libraries = [ \"pandas\" \"openpyxl\" ];"),
+        decl.contains("package = pkgs.python3.withPackages (ps: [ ps.pandas ps.openpyxl ]);"),
         "{decl}"
     );
 
@@ -195,7 +195,7 @@ fn names_that_could_carry_code_are_refused_before_the_policy() {
         ("add-package", "https://example.org/evil.tar.gz"),
         ("add-package", "builtins.fetchurl"),
         ("add-python-library", "pandas\" ]; z = [ \""),
-        ("enable-service", "postgres"),
+        ("enable-service", "mysql"),
     ] {
         let o = cell(dir, &["edit", op, name]);
         let err = fails(&o, name);
@@ -261,7 +261,7 @@ fn concurrent_edits_serialize_and_neither_is_lost() {
         ok(&o, "concurrent edit");
     }
     let decl = std::fs::read_to_string(dir.join("devenv.nix")).unwrap();
-    for want in ["\"pandas\"", "\"numpy\"", "pkgs.jq"] {
+    for want in ["ps.pandas", "ps.numpy", "pkgs.jq"] {
         assert!(decl.contains(want), "{want} lost:\n{decl}");
     }
     assert_eq!(commits(dir).len(), 4, "{:?}", commits(dir));

@@ -473,6 +473,11 @@ pub fn to_markdown(c: &Context, max_tokens: Option<usize>) -> String {
             edit_head.push(format!("- Allowed {label}: {}", list.join(", ")));
         }
     }
+    if !a.python_libraries.is_empty() {
+        edit_head.push(
+            "- A Python library edit writes devenv's form, `languages.python.package = pkgs.python3.withPackages (ps: [ ps.NAME ])` (in devenv, `languages.python.libraries` holds native library packages such as `pkgs.file`).".into(),
+        );
+    }
     if c.edits.commands.is_empty() {
         edit_head.push("- The policy allows no edits.".into());
     }

@@ -547,6 +547,13 @@ impl Project {
             .collect();
         setenv.append(&mut req.setenv);
         req.setenv = setenv;
+        // devenv runs enterShell before the command: a store script sources it (its
+        // output on stderr) and execs the command with what it exported.
+        if let Some(prefix) = &built.description.enter_shell
+            && !req.argv.is_empty()
+        {
+            req.argv.splice(0..0, prefix.iter().cloned());
+        }
         for svc in built.services() {
             if !req.services.iter().any(|s| s.name == svc.name) {
                 req.services.push(crate::plan::ServiceRequest {

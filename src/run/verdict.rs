@@ -47,6 +47,61 @@ pub struct ServiceSummary {
     pub name: String,
     pub port: Option<u16>,
     pub log: PathBuf,
+    /// The last lines of its log (control characters escaped, at most
+    /// [`LOG_TAIL_BYTES`]) when the service died or stayed deaf during set-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+}
+
+/// Lines and bytes of a failed service's log the verdict carries.
+pub const LOG_TAIL_LINES: usize = 8;
+pub const LOG_TAIL_BYTES: usize = 1024;
+
+/// The last lines of a service's log. The cell wrote it: opened without following a
+/// link, a regular file only, at most the last 4 KiB read, control characters escaped.
+pub fn log_tail(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let len = f.metadata().ok().filter(|m| m.is_file())?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::with_capacity(4096);
+    f.take(4096).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(crate::changes::shown)
+        .collect();
+    let mut tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    if tail.len() > LOG_TAIL_BYTES {
+        let mut cut = tail.len() - LOG_TAIL_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = format!("...{}", &tail[cut..]);
+    }
+    (!tail.is_empty()).then_some(tail)
+}
+
+/// The service a set-up failure is about (service stages name it as `'NAME'`).
+fn failed_service<'a>(o: &Outcome, services: &'a [crate::sandbox::ServiceSpec]) -> Option<&'a str> {
+    use crate::sandbox::stage::Stage;
+    let f = o.setup_error.as_ref()?;
+    if !matches!(
+        f.stage,
+        Stage::ServiceStart | Stage::ServiceReady | Stage::ServiceStdio
+    ) {
+        return None;
+    }
+    services
+        .iter()
+        .map(|s| s.name.as_str())
+        .find(|n| f.detail.contains(&format!("'{n}'")) || f.detail == *n)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -120,6 +175,26 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
         .filter(|(_, e)| *e == libc::ENOENT)
         .map(|(p, _)| p.as_str());
     let hints = hints_for([&o.stderr, &o.stdout], not_found, closure, f.policy);
+    let dead = failed_service(&o, &spec.services);
+    let services: Vec<ServiceSummary> = spec
+        .services
+        .iter()
+        .map(|s| ServiceSummary {
+            name: s.name.clone(),
+            port: s.ready_port,
+            log: s.log.clone(),
+            log_tail: (dead == Some(s.name.as_str()))
+                .then(|| log_tail(&s.log))
+                .flatten(),
+        })
+        .collect();
+    let mut error = outcome_error(&o);
+    if let (Some(e), Some(tail)) = (
+        error.as_mut(),
+        services.iter().find_map(|s| s.log_tail.as_deref()),
+    ) {
+        e.message = format!("{}; its log ends:\n{tail}", e.message);
+    }
     let mut layers = f.layers;
     layers.append(&mut o.layers);
     Verdict {
@@ -131,7 +206,7 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
         usage: Some(f.usage),
         profile: Some(f.profile),
         wall_time_ms: o.wall.as_secs_f64() * 1000.0,
-        error: outcome_error(&o),
+        error,
         closure: ClosureSummary {
             roots: closure.roots.clone(),
             paths: closure.paths.len(),
@@ -145,15 +220,7 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
         layers,
         stdout: o.stdout,
         stderr: o.stderr,
-        services: spec
-            .services
-            .iter()
-            .map(|s| ServiceSummary {
-                name: s.name.clone(),
-                port: s.ready_port,
-                log: s.log.clone(),
-            })
-            .collect(),
+        services,
         hints,
         workdir: f
             .workdir
