@@ -397,7 +397,10 @@ fn context_describes_the_built_closure() {
         "deterministic"
     );
     assert!(
-        md.contains("pandas 1.") && md.contains("Allowed Python libraries"),
+        md.lines().any(|l| l
+            .strip_prefix("- pandas ")
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())))
+            && md.contains("Allowed Python libraries"),
         "{md}"
     );
     let short = ok(&cell(dir, &["context", "--max-tokens", "300"]), "short");

@@ -318,14 +318,25 @@ fn mcp(args: &McpArgs) -> i32 {
 }
 
 fn usage_error(json: bool, message: String) -> i32 {
+    not_started(
+        json,
+        VerdictError {
+            kind: "usage".into(),
+            message,
+            stage: None,
+            syscall: None,
+            errno: None,
+        },
+    )
+}
+
+/// Reports a run that did not start (exit 125): as a verdict with `--json`.
+fn not_started(json: bool, error: VerdictError) -> i32 {
     if json {
-        let v = serde_json::json!({
-            "exit_code": EXIT_SETUP,
-            "error": VerdictError { kind: "usage".into(), message, stage: None, syscall: None, errno: None },
-        });
+        let v = serde_json::json!({ "exit_code": EXIT_SETUP, "error": error });
         println!("{v}");
     } else {
-        eprintln!("nixcell: {message}");
+        eprintln!("nixcell: {}", error.message);
     }
     EXIT_SETUP
 }
@@ -357,7 +368,7 @@ fn run(args: &RunArgs) -> i32 {
     };
     let v = match crate::run::prepare(req).and_then(|p| p.run()) {
         Ok(v) => v,
-        Err(e) => return usage_error(args.json, e.to_string()),
+        Err(e) => return not_started(args.json, e.verdict_error()),
     };
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());

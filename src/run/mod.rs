@@ -47,6 +47,8 @@ pub struct RunRequest {
 pub enum RunError {
     #[error("{0}")]
     Plan(#[from] plan::PlanError),
+    #[error("set-up {0} (this kernel or user may not create namespaces; see 'nixcell doctor')")]
+    Kernel(#[from] crate::sandbox::StageError),
     #[error("{0}")]
     Environment(anyhow::Error),
     #[error("--profile: {0}")]
@@ -57,6 +59,29 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Supervise(#[from] supervise::SuperviseError),
+}
+
+impl RunError {
+    /// The verdict's `error` of a run that could not start: a set-up stage the kernel
+    /// cannot do is a "setup" error naming the stage, anything else "usage".
+    pub fn verdict_error(&self) -> verdict::VerdictError {
+        match self {
+            RunError::Kernel(e) => verdict::VerdictError {
+                kind: "setup".into(),
+                message: self.to_string(),
+                stage: Some(e.stage.as_str().to_string()),
+                syscall: Some(e.syscall.to_string()),
+                errno: Some(e.source as i32),
+            },
+            _ => verdict::VerdictError {
+                kind: "usage".into(),
+                message: self.to_string(),
+                stage: None,
+                syscall: None,
+                errno: None,
+            },
+        }
+    }
 }
 
 /// A run ready to start: planned, its limits decided, its cgroup created.
@@ -83,6 +108,9 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
     if cell.argv.is_empty() {
         return Err(plan::PlanError::NoCommand.into());
     }
+    // What the kernel cannot do fails the run before any Nix work (a build can take
+    // minutes).
+    crate::sandbox::ns::check_userns_possible()?;
     let project = crate::front::resolve_env(&mut cell, &sources).map_err(RunError::Environment)?;
     if let (None, Some(t)) = (tmp_size, project.tmp_size_bytes) {
         cell.tmp_size_bytes = t;

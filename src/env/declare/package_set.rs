@@ -13,7 +13,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The lock's file name, next to the declaration (devenv's; flake.lock format).
 pub const LOCK_FILE: &str = "devenv.lock";
@@ -762,8 +761,7 @@ impl Pin {
 
 fn store_valid(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
-        && Command::new("nix-store")
-            .env("NIX_CONFIG", crate::nix::eval::nix_config())
+        && crate::nix::command("nix-store")
             .arg("--check-validity")
             .arg(path)
             .stdout(std::process::Stdio::null())

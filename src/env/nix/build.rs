@@ -1,7 +1,7 @@
 //! `nix-build`: realises an expression, shows nix's progress on stderr while it works,
 //! and registers the result as a GC root (`-o LINK`) so it survives garbage collection.
 
-use crate::nix::eval::{nix_config, nix_message, restricted};
+use crate::nix::eval::{nix_message, restricted};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,12 +17,81 @@ pub enum BuildError {
 }
 
 /// How a build shows its progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Progress {
-    /// nix's own lines go to our stderr as they come.
+    /// nix's own lines go to our stderr as they come (never to stdout, which may be
+    /// `--json`).
     Stderr,
     /// Kept silent; only the error is reported.
     Quiet,
+    /// Each step nix starts is handed to the callback (for a library caller, e.g. to
+    /// send progress notifications); nothing is printed.
+    Report(Reporter),
+}
+
+/// The callback of [`Progress::Report`].
+pub type Reporter = std::sync::Arc<dyn Fn(&Step) + Send + Sync>;
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Progress::Stderr => "Stderr",
+            Progress::Quiet => "Quiet",
+            Progress::Report(_) => "Report",
+        })
+    }
+}
+
+/// One step of a build, read from nix's progress lines (the same on Nix 2.8 and
+/// current Nix, legacy and `nix` commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A derivation is being built: its name (without hash and `.drv`).
+    Build(String),
+    /// A store path is being fetched from a binary cache (or another store): its name,
+    /// and where from.
+    Download { name: String, from: String },
+}
+
+impl Step {
+    /// The step a line of nix's stderr announces: `building '/nix/store/…-NAME.drv'...`
+    /// or `copying path '/nix/store/…-NAME' from 'URL'...`; other lines are `None`.
+    pub fn parse(line: &str) -> Option<Step> {
+        let line = line.trim();
+        let quoted = |s: &str| -> Option<(String, String)> {
+            let s = s.strip_prefix('\'')?;
+            let (q, rest) = s.split_once('\'')?;
+            Some((q.to_string(), rest.to_string()))
+        };
+        let name_of = |path: &str| -> Option<String> {
+            crate::nix::store::store_path_name(Path::new(path)).map(str::to_string)
+        };
+        if let Some(rest) = line.strip_prefix("building ") {
+            let (drv, _) = quoted(rest)?;
+            let name = name_of(&drv)?;
+            return Some(Step::Build(
+                name.strip_suffix(".drv").unwrap_or(&name).to_string(),
+            ));
+        }
+        if let Some(rest) = line.strip_prefix("copying path ") {
+            let (path, rest) = quoted(rest)?;
+            let (from, _) = quoted(rest.trim_start().strip_prefix("from ")?)?;
+            return Some(Step::Download {
+                name: name_of(&path)?,
+                from,
+            });
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Build(name) => write!(f, "building {name}"),
+            Step::Download { name, from } => write!(f, "downloading {name} from {from}"),
+        }
+    }
 }
 
 fn run_streaming(
@@ -31,8 +100,7 @@ fn run_streaming(
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
-    cmd.env("NIX_CONFIG", nix_config())
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
@@ -41,8 +109,16 @@ fn run_streaming(
         let mut reader = BufReader::new(err);
         let mut line = Vec::new();
         while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            if progress == Progress::Stderr {
-                let _ = std::io::stderr().write_all(&line);
+            match &progress {
+                Progress::Stderr => {
+                    let _ = std::io::stderr().write_all(&line);
+                }
+                Progress::Report(report) => {
+                    if let Some(step) = Step::parse(&String::from_utf8_lossy(&line)) {
+                        report(&step);
+                    }
+                }
+                Progress::Quiet => {}
             }
             captured.extend_from_slice(&line);
             line.clear();
@@ -76,7 +152,7 @@ pub fn build_file(
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
-    let mut cmd = Command::new("nix-build");
+    let mut cmd = super::command("nix-build");
     cmd.args(restricted(allowed)).arg(expr);
     if !attr.is_empty() {
         cmd.args(["-A", attr]);
@@ -185,9 +261,8 @@ const PROBE: &str = r#"d:
 
 /// The `nix` command with flakes on.
 pub fn nix_flakes() -> Command {
-    let mut cmd = Command::new("nix");
-    cmd.env("NIX_CONFIG", nix_config())
-        .args(["--extra-experimental-features", "nix-command flakes"]);
+    let mut cmd = super::command("nix");
+    cmd.args(["--extra-experimental-features", "nix-command flakes"]);
     cmd
 }
 
@@ -282,8 +357,7 @@ pub fn path_sizes(paths: &[PathBuf]) -> Result<Vec<u64>, BuildError> {
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    let out = Command::new("nix-store")
-        .env("NIX_CONFIG", nix_config())
+    let out = super::command("nix-store")
         .args(["--query", "--size"])
         .args(paths)
         .output()
@@ -295,4 +369,62 @@ pub fn path_sizes(paths: &[PathBuf]) -> Result<Vec<u64>, BuildError> {
         .lines()
         .map(|l| l.trim().parse().unwrap_or(0))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_read_from_nix_progress_lines() {
+        let h = "0123456789abcdfghijklmnpqrsvwxyz";
+        assert_eq!(
+            Step::parse(&format!(
+                "building '/nix/store/{h}-python3-3.13.5-env.drv'...\n"
+            )),
+            Some(Step::Build("python3-3.13.5-env".into()))
+        );
+        let d = Step::parse(&format!(
+            "copying path '/nix/store/{h}-numpy-2.2.4' from 'https://cache.nixos.org'..."
+        ));
+        assert_eq!(
+            d,
+            Some(Step::Download {
+                name: "numpy-2.2.4".into(),
+                from: "https://cache.nixos.org".into()
+            })
+        );
+        assert_eq!(
+            d.unwrap().to_string(),
+            "downloading numpy-2.2.4 from https://cache.nixos.org"
+        );
+        for other in [
+            "these 2 derivations will be built:",
+            &format!("  /nix/store/{h}-x.drv"),
+            "warning: Git tree '/src' is dirty",
+            "building '/etc/passwd'...",
+            "building 'unterminated",
+            "error: builder failed",
+        ] {
+            assert_eq!(Step::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_reporter_sees_each_step_and_nothing_is_printed() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let progress = Progress::Report(std::sync::Arc::new(move |st: &Step| {
+            s2.lock().unwrap().push(st.to_string())
+        }));
+        let h = "0123456789abcdfghijklmnpqrsvwxyz";
+        let script = format!(
+            "echo \"building '/nix/store/{h}-a.drv'...\" >&2; echo \"building '/nix/store/{h}-b.drv'...\" >&2; echo noise >&2; exit 3"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]);
+        let err = run_streaming(cmd, "sh", Path::new("/nonexistent"), progress).unwrap_err();
+        assert!(err.to_string().contains("noise"), "{err}");
+        assert_eq!(*seen.lock().unwrap(), ["building a", "building b"]);
+    }
 }

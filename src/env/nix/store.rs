@@ -45,8 +45,7 @@ pub fn is_store_path(path: &Path, store: &Path) -> bool {
 /// Makes `link` an indirect GC root of the valid store path `path` (best effort: a path
 /// without a root is only fetched again after a garbage collection).
 pub fn add_root(path: &Path, link: &Path) {
-    let _ = std::process::Command::new("nix-store")
-        .env("NIX_CONFIG", crate::nix::eval::nix_config())
+    let _ = super::command("nix-store")
         .arg("--add-root")
         .arg(link)
         .args(["--indirect", "--realise"])
