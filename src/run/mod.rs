@@ -10,6 +10,7 @@
 pub mod harden;
 pub mod hints;
 pub mod limits;
+pub mod logs;
 pub mod plan;
 pub mod supervise;
 pub mod verdict;
