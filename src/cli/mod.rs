@@ -32,7 +32,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a command in a cell made of the closure of the given store paths.
+    /// Run a command in a cell made of exactly the closure of its environment: store
+    /// paths, packages, a flake output, or the project's devenv.nix.
+    #[command(override_usage = "nixcell run [OPTIONS] [--] COMMAND [ARGS]...")]
     Run(Box<RunArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
@@ -119,7 +121,8 @@ pub struct RunArgs {
     /// --env is given (default: found from the current directory).
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
-    /// A host directory mounted read-write at /work, the command's working directory.
+    /// A host directory mounted at /work, the command's working directory; copy-on-write
+    /// by default: the cell's changes are checked and applied after the run.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// Bind a host path read-only into the cell (DST defaults to SRC); repeatable.
@@ -360,8 +363,15 @@ fn undo(run: Option<&str>, force: bool, json: bool) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("nixcell: undo: {e}");
-            1
+            use crate::changes::UndoError as U;
+            let (kind, location) = match &e {
+                U::Conflict { .. } => (ErrorKind::Refused, None),
+                U::Workdir { path, .. } => (ErrorKind::Usage, Some(path.display().to_string())),
+                U::Io(_) => (ErrorKind::Environment, None),
+                _ => (ErrorKind::Usage, None),
+            };
+            let err = VerdictError::new(kind, format!("undo: {e}"), location);
+            crate::verdict::report_failure(json, err, 1)
         }
     }
 }

@@ -59,6 +59,7 @@ pub struct ContextArgs {
 
 #[derive(Args, Debug)]
 pub struct EditArgs {
+    /// The edit to make.
     #[arg(value_enum)]
     pub op: Op,
     /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`).

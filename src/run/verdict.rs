@@ -147,16 +147,26 @@ impl VerdictError {
 /// the other commands, `{"exit_code": 125, "error": {...}}` with the same error
 /// object. Returns the exit status, 125.
 pub fn report_refusal(json: bool, error: VerdictError, whole_verdict: bool) -> i32 {
+    if json && whole_verdict {
+        eprintln!("nixcell: {}", error.message);
+        println!(
+            "{}",
+            serde_json::to_string(&refused(error)).unwrap_or_default()
+        );
+        return EXIT_REFUSED;
+    }
+    report_failure(json, error, EXIT_REFUSED)
+}
+
+/// `nixcell: MESSAGE` on stderr and, with `--json`, `{"exit_code": N, "error": {...}}`
+/// on stdout; returns `exit_code`.
+pub fn report_failure(json: bool, error: VerdictError, exit_code: i32) -> i32 {
     eprintln!("nixcell: {}", error.message);
     if json {
-        let out = if whole_verdict {
-            serde_json::to_string(&refused(error))
-        } else {
-            serde_json::to_string(&serde_json::json!({"exit_code": EXIT_REFUSED, "error": error}))
-        };
-        println!("{}", out.unwrap_or_default());
+        let v = serde_json::json!({"exit_code": exit_code, "error": error});
+        println!("{v}");
     }
-    EXIT_REFUSED
+    exit_code
 }
 
 fn plan_location(p: &crate::plan::PlanError) -> Option<String> {
