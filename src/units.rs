@@ -29,19 +29,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// A size as nixcell shows it everywhere: `512 B`, `64.0 KiB`, `112.9 MiB`, `2.0 GiB`.
+/// A size as nixcell shows it everywhere (limits, closure sizes, caps): binary units,
+/// an exact multiple without decimals, else one decimal: `512 B`, `64 KiB`, `2 GiB`,
+/// `112.9 MiB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
     let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
+    while u < UNITS.len() - 1 && n >> (10 * (u + 1)) > 0 {
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
+    if n.is_multiple_of(1 << (10 * u)) {
+        format!("{} {}", n >> (10 * u), UNITS[u])
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{:.1} {}", n as f64 / (1u64 << (10 * u)) as f64, UNITS[u])
     }
 }
 
@@ -104,11 +104,16 @@ mod tests {
     fn shown_sizes() {
         assert_eq!(human_size(0), "0 B");
         assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(64 << 10), "64.0 KiB");
+        assert_eq!(human_size(1024), "1 KiB");
+        assert_eq!(human_size(64 << 10), "64 KiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(118_388_152), "112.9 MiB");
+        assert_eq!(human_size(300 << 20), "300 MiB");
+        assert_eq!(human_size(2 << 30), "2 GiB");
         assert_eq!(human_size(3 << 29), "1.5 GiB");
+        assert_eq!(human_size(u64::MAX), "16777216.0 TiB");
         assert_eq!(human_delta(118_388_152), "+112.9 MiB");
-        assert_eq!(human_delta(-2048), "-2.0 KiB");
+        assert_eq!(human_delta(-2048), "-2 KiB");
         assert_eq!(human_delta(0), "+0 B");
     }
 }

@@ -202,13 +202,9 @@ fn json_errors_are_verdicts() {
     assert_eq!(raw["error"]["kind"], "usage", "{raw}");
 }
 
+/// A copy of tests/fixtures/projects/NAME in a fresh git repository.
 fn fixture_project(name: &str) -> tempfile::TempDir {
-    let base = repo().join("target/test-work");
-    std::fs::create_dir_all(&base).unwrap();
-    let d = tempfile::Builder::new()
-        .prefix("cli")
-        .tempdir_in(&base)
-        .unwrap();
+    let d = workdir(Mode::Root);
     for e in std::fs::read_dir(repo().join("tests/fixtures/projects").join(name)).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
