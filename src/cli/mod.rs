@@ -277,15 +277,20 @@ fn parse_error(e: &clap::Error) -> i32 {
         Some(clap::error::ContextValue::String(s)) => s.split_whitespace().next().map(String::from),
         _ => None,
     };
-    let message = e.kind().as_str().map_or_else(
-        || e.to_string().trim().to_string(),
-        |_| {
-            // clap's own rendering, first line, without the "error: " prefix.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            first.strip_prefix("error: ").unwrap_or(first).to_string()
-        },
-    );
+    // clap's own rendering up to its usage line, without the "error: " prefix: the
+    // message and clap's tip, if any, on one line.
+    let text = e.render().to_string();
+    let message = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let message = message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_string();
     crate::verdict::report_refusal(
         true,
         VerdictError::new(ErrorKind::Usage, message, location),
