@@ -314,78 +314,118 @@ fn context_json_has_one_spelling_and_keeps_the_old_one() {
     );
 }
 
-fn state_with_logs() -> (tempfile::TempDir, PathBuf) {
-    let state = tempfile::tempdir().unwrap();
+/// A state directory (XDG_STATE_HOME) for `mode`'s user, with an empty logs directory.
+fn state_with_logs(mode: Mode) -> (tempfile::TempDir, PathBuf) {
+    let state = workdir(mode);
     let logs = state.path().join("nixcell/logs");
     std::fs::create_dir_all(&logs).unwrap();
+    give(mode, &state.path().join("nixcell"));
+    give(mode, &logs);
     (state, logs)
 }
 
-fn run_with_service(state: &Path, env: &[(&str, &str)]) -> Output {
+/// Makes `path` (not following a link) the mode's user's.
+fn give(mode: Mode, path: &Path) {
+    if mode == Mode::Rootless {
+        let (u, g) = test_user_ids();
+        std::os::unix::fs::lchown(path, Some(u), Some(g)).unwrap();
+    }
+}
+
+fn run_with_service(mode: Mode, state: &Path, env: &[(&str, &str)]) -> Output {
     let bb = busybox();
-    let mut c = nixcell(Mode::Root);
-    c.env("XDG_STATE_HOME", state)
-        .envs(env.iter().copied())
-        .args(["run", "--env-path", path_str(&bb), "--json"])
+    let mut c = match mode {
+        Mode::Root => {
+            let mut c = nixcell(mode);
+            c.env("XDG_STATE_HOME", state).envs(env.iter().copied());
+            c
+        }
+        Mode::Rootless => {
+            // setpriv resets the environment: the variables go on env's command line.
+            let mut c = as_test_user();
+            c.arg(format!("XDG_STATE_HOME={}", state.display()));
+            c.args(env.iter().map(|(k, v)| format!("{k}={v}")));
+            c.arg(bin());
+            c
+        }
+    };
+    c.args(["run", "--env-path", path_str(&bb), "--json"])
         .args(["--service", "idle=sleep 30", "--", "true"]);
     c.output().expect("run nixcell")
 }
 
 /// Old run log directories are pruned to the count given; a symbolic link planted in
-/// the logs directory under a run's name is neither followed nor removed.
+/// the logs directory under a run's name is neither followed nor removed, nor is a
+/// run directory of another user.
 #[test]
 fn run_logs_are_pruned_and_a_planted_link_is_not_followed() {
-    let (state, logs) = state_with_logs();
-    let victim = state.path().join("victim");
-    std::fs::create_dir(&victim).unwrap();
-    std::fs::write(victim.join("precious.log"), b"keep").unwrap();
-    std::os::unix::fs::symlink(&victim, logs.join("1-1")).unwrap();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    for i in 0..5u128 {
-        let d = logs.join(format!("{}-7", now_ms - 1000 - i));
-        std::fs::create_dir(&d).unwrap();
-        std::fs::write(d.join("redis.log"), b"old").unwrap();
+    for mode in MODES {
+        let (state, logs) = state_with_logs(mode);
+        let victim = state.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("precious.log"), b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, logs.join("1-1")).unwrap();
+        give(mode, &logs.join("1-1"));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let mut want = vec!["1-1".to_string()];
+        for i in 0..5u128 {
+            let name = format!("{}-7", now_ms - 1000 - i);
+            let d = logs.join(&name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("redis.log"), b"old").unwrap();
+            if i < 2 {
+                want.push(name.clone());
+            }
+            if i < 4 {
+                give(mode, &d.join("redis.log"));
+                give(mode, &d);
+            } else if mode == Mode::Rootless {
+                // Root's, in the user's logs directory: not the user's to remove.
+                want.push(name);
+            }
+        }
+        let o = run_with_service(mode, state.path(), &[("NIXCELL_LOG_KEEP", "2")]);
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        let log = PathBuf::from(v["services"][0]["log"].as_str().unwrap());
+        assert!(log.starts_with(&logs), "{}", log.display());
+        let mut left: Vec<String> = std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        want.push(
+            log.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+        want.sort();
+        assert_eq!(left, want, "{mode:?}");
+        assert_eq!(std::fs::read(victim.join("precious.log")).unwrap(), b"keep");
+        // The run's own log directory is private.
+        use std::os::unix::fs::PermissionsExt;
+        let mode_bits = std::fs::metadata(log.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode_bits & 0o777, 0o700, "{mode:?}");
     }
-    let o = run_with_service(state.path(), &[("NIXCELL_LOG_KEEP", "2")]);
-    let v = verdict(&o);
-    assert_eq!(v["exit_code"], 0, "{v}");
-    let log = PathBuf::from(v["services"][0]["log"].as_str().unwrap());
-    assert!(log.starts_with(&logs), "{}", log.display());
-    let mut left: Vec<String> = std::fs::read_dir(&logs)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
-    let mut want = vec![
-        "1-1".to_string(),
-        format!("{}-7", now_ms - 1000),
-        format!("{}-7", now_ms - 1001),
-        log.parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned(),
-    ];
-    want.sort();
-    assert_eq!(left, want);
-    assert_eq!(std::fs::read(victim.join("precious.log")).unwrap(), b"keep");
-    // The run's own log directory is private.
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(log.parent().unwrap())
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o700);
 }
 
 #[test]
 fn a_bad_log_retention_is_refused_naming_it() {
-    let (state, _logs) = state_with_logs();
-    let o = run_with_service(state.path(), &[("NIXCELL_LOG_MAX_AGE", "forever")]);
+    let (state, _logs) = state_with_logs(Mode::Root);
+    let o = run_with_service(
+        Mode::Root,
+        state.path(),
+        &[("NIXCELL_LOG_MAX_AGE", "forever")],
+    );
     fails(&o, "bad NIXCELL_LOG_MAX_AGE");
     let v = verdict(&o);
     let msg = v["error"]["message"].as_str().unwrap();
