@@ -377,18 +377,7 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
 }
 
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::units::human_size(n)
 }
 
 fn versioned(name: &str, version: &Option<String>) -> String {
