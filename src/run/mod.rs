@@ -10,6 +10,7 @@
 pub mod harden;
 pub mod hints;
 pub mod limits;
+pub mod logs;
 pub mod plan;
 pub mod supervise;
 pub mod verdict;
@@ -59,29 +60,6 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Supervise(#[from] supervise::SuperviseError),
-}
-
-impl RunError {
-    /// The verdict's `error` of a run that could not start: a set-up stage the kernel
-    /// cannot do is a "setup" error naming the stage, anything else "usage".
-    pub fn verdict_error(&self) -> verdict::VerdictError {
-        match self {
-            RunError::Kernel(e) => verdict::VerdictError {
-                kind: "setup".into(),
-                message: self.to_string(),
-                stage: Some(e.stage.as_str().to_string()),
-                syscall: Some(e.syscall.to_string()),
-                errno: Some(e.source as i32),
-            },
-            _ => verdict::VerdictError {
-                kind: "usage".into(),
-                message: self.to_string(),
-                stage: None,
-                syscall: None,
-                errno: None,
-            },
-        }
-    }
 }
 
 /// A run ready to start: planned, its limits decided, its cgroup created.

@@ -164,6 +164,177 @@ pub fn build_file(
     run_streaming(cmd, "nix-build", link, progress)
 }
 
+/// A flake output as a cell's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlakeEnv {
+    /// Store paths whose closures are the cell's software, in PATH order.
+    pub paths: Vec<PathBuf>,
+    /// Variables the environment sets (a dev shell's).
+    pub vars: Vec<(String, String)>,
+}
+
+/// Attributes of a shell's derivation that `nix develop` does not hand to the user's
+/// shell as its environment, or that only mean something while building.
+const BUILD_ONLY: &[&str] = &[
+    "args",
+    "builder",
+    "name",
+    "out",
+    "outputs",
+    "system",
+    "stdenv",
+    "phases",
+    "buildPhase",
+    "shellHook",
+    "passAsFile",
+    "preferLocalBuild",
+    "allowSubstitutes",
+    "strictDeps",
+    "__structuredAttrs",
+    "__ignoreNulls",
+    "__impure",
+    "__contentAddressed",
+    "impureEnvVars",
+    "outputHash",
+    "outputHashAlgo",
+    "outputHashMode",
+    "doCheck",
+    "doInstallCheck",
+    "dontAddDisableDepTrack",
+    "patches",
+    "configureFlags",
+    "cmakeFlags",
+    "mesonFlags",
+    "buildInputs",
+    "nativeBuildInputs",
+    "propagatedBuildInputs",
+    "propagatedNativeBuildInputs",
+    "depsBuildBuild",
+    "depsBuildBuildPropagated",
+    "depsBuildTarget",
+    "depsBuildTargetPropagated",
+    "depsHostHost",
+    "depsHostHostPropagated",
+    "depsTargetTarget",
+    "depsTargetTargetPropagated",
+    "HOME",
+    "NIX_BUILD_TOP",
+    "NIX_LOG_FD",
+    "NIX_REMOTE",
+    "NIX_ENFORCE_PURITY",
+    "PATH",
+    "PWD",
+    "OLDPWD",
+    "PPID",
+    "SHELL",
+    "SHELLOPTS",
+    "SHLVL",
+    "TEMP",
+    "TEMPDIR",
+    "TERM",
+    "TMP",
+    "TMPDIR",
+    "TZ",
+    "UID",
+    "BASHOPTS",
+];
+
+/// Inputs whose `bin/` are on a dev shell's PATH.
+const PATH_INPUTS: &[&str] = &[
+    "nativeBuildInputs",
+    "buildInputs",
+    "propagatedNativeBuildInputs",
+    "propagatedBuildInputs",
+];
+
+/// What nix says about a flake output: whether it is a dev shell (has an
+/// `inputDerivation`), and its derivation's environment as the builder would see it.
+const PROBE: &str = r#"d:
+  let
+    conv = v: if builtins.isList v then builtins.concatStringsSep " " (map conv v)
+      else if builtins.isBool v then (if v then "1" else "")
+      else if v == null then ""
+      else if builtins.isAttrs v && !(v ? outPath) then ""
+      else toString v;
+    shell = builtins.isAttrs d && d ? inputDerivation && d ? drvAttrs;
+  in { inherit shell; env = if shell then builtins.mapAttrs (n: conv) d.drvAttrs else { }; }"#;
+
+/// The `nix` command with flakes on.
+pub fn nix_flakes() -> Command {
+    let mut cmd = super::command("nix");
+    cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+    cmd
+}
+
+/// The environment of a flake output: a dev shell (`.#devShells.<system>.default`, its
+/// `mkShell`) is the closure of its `inputDerivation` (what `nix develop` keeps), its
+/// inputs' `bin/` on PATH and its variables set, as `nix develop` does (but for the
+/// build-only ones); any other output is built and is the environment. `link` becomes
+/// a GC root of what is built.
+pub fn flake_env(
+    installable: &str,
+    impure: bool,
+    link: &Path,
+    progress: Progress,
+) -> Result<FlakeEnv, BuildError> {
+    let mut probe = nix_flakes();
+    probe.arg("eval").arg("--json");
+    if impure {
+        probe.arg("--impure");
+    }
+    probe.arg(installable).args(["--apply", PROBE]);
+    let out = probe
+        .output()
+        .map_err(|e| BuildError::Spawn("nix eval", e))?;
+    if !out.status.success() {
+        return Err(BuildError::Nix(nix_message(&out.stderr)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| BuildError::Nix(format!("nix eval printed no JSON: {e}")))?;
+    if v["shell"] != serde_json::Value::Bool(true) {
+        let env = build_flake(installable, impure, link, progress)?;
+        return Ok(FlakeEnv {
+            paths: vec![env],
+            vars: Vec::new(),
+        });
+    }
+    let closure = build_flake(
+        &format!("{installable}.inputDerivation"),
+        impure,
+        link,
+        progress,
+    )?;
+    let store = crate::nix::closure::store_dir();
+    let env = v["env"].as_object().cloned().unwrap_or_default();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for k in PATH_INPUTS {
+        for p in env
+            .get(*k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .split(' ')
+        {
+            let p = PathBuf::from(p);
+            if crate::nix::store::is_store_path(&p, &store) && !paths.contains(&p) {
+                paths.push(p);
+            }
+        }
+    }
+    paths.push(closure);
+    let vars = env
+        .iter()
+        .filter(|(k, _)| !BUILD_ONLY.contains(&k.as_str()) && is_var_name(k))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    Ok(FlakeEnv { paths, vars })
+}
+
+fn is_var_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Builds a flake output (`.#devShells.x86_64-linux.default`, `path:...#pkg`) with the
 /// `nix` command; `link` becomes a GC root of the result.
 pub fn build_flake(
@@ -172,12 +343,8 @@ pub fn build_flake(
     link: &Path,
     progress: Progress,
 ) -> Result<PathBuf, BuildError> {
-    let mut cmd = super::command("nix");
-    cmd.args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "build",
-    ]);
+    let mut cmd = nix_flakes();
+    cmd.arg("build");
     if impure {
         cmd.arg("--impure");
     }
