@@ -361,9 +361,7 @@ impl Requested {
         }
         let v: Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| fail(format!("nix flake metadata printed no JSON: {e}")))?;
-        let locked: Attrs = v
-            .get("locked")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
+        let locked = locked_of_metadata(&v)
             .ok_or_else(|| fail("nix flake metadata gave no locked input".into()))?;
         // What nix answered is checked like a lock read from a file.
         check_locked(&locked, &self.original).map_err(fail)?;
@@ -377,6 +375,17 @@ impl Requested {
         }
         Ok(locked)
     }
+}
+
+/// The locked input of `nix flake metadata --json`, the same from every Nix version:
+/// current Nix (2.25 and later) marks it `"__final": true`, a marker of its own that no
+/// lock file holds and older Nix's `fetchTree` refuses; it is dropped.
+fn locked_of_metadata(v: &Value) -> Option<Attrs> {
+    let mut locked: Attrs = serde_json::from_value(v.get("locked")?.clone()).ok()?;
+    if locked.get("__final") == Some(&Value::Bool(true)) {
+        locked.remove("__final");
+    }
+    Some(locked)
 }
 
 fn split_query(s: &str) -> (&str, Option<&str>) {
@@ -938,6 +947,20 @@ fn fingerprint_dir(base: &Path, dir: &Path, h: &mut Sha256) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_locked_input_of_nix_metadata_is_the_same_for_2_8_and_current_nix() {
+        let nar = "sha256-IyERPxDVPG5tCvUuORRgc/0QPsiOXKeSSspYErFkmng=";
+        let old = serde_json::json!({ "locked": { "type": "path", "path": "/src", "narHash": nar, "lastModified": 1 } });
+        let new = serde_json::json!({ "locked": { "__final": true, "type": "path", "path": "/src", "narHash": nar, "lastModified": 1 } });
+        let a = locked_of_metadata(&old).unwrap();
+        assert_eq!(locked_of_metadata(&new).unwrap(), a);
+        assert!(!a.contains_key("__final"));
+        // Anything else nix might add is still checked (and refused) like a lock file's.
+        let odd = serde_json::json!({ "locked": { "__final": "yes", "type": "path", "path": "/src", "narHash": nar } });
+        assert!(locked_of_metadata(&odd).unwrap().contains_key("__final"));
+        assert!(locked_of_metadata(&serde_json::json!({})).is_none());
+    }
 
     fn parse(s: &str) -> Result<Requested, PackageSetError> {
         Requested::parse(
