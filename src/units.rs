@@ -50,9 +50,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A size as people read it: "512 B", "64.0 KiB", "112.9 MiB", "2.0 GiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// A change of size, signed, in KiB or MiB: "+112.9 MiB", "-0.5 KiB".
+pub fn human_delta(n: i64) -> String {
+    let sign = if n < 0 { "-" } else { "+" };
+    let a = n.unsigned_abs() as f64;
+    if a >= (1 << 20) as f64 {
+        format!("{sign}{:.1} MiB", a / (1 << 20) as f64)
+    } else {
+        format!("{sign}{:.1} KiB", a / 1024.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_delta(118_388_152), "+112.9 MiB");
+        assert_eq!(human_delta(-512), "-0.5 KiB");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(5_000_000), "4.8 MiB");
+    }
 
     #[test]
     fn sizes() {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// A Python interpreter with the `mcp` SDK.
+/// A Python interpreter with the `mcp` SDK (and openpyxl, to write real spreadsheets).
 fn python() -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -23,7 +23,7 @@ fn python() -> PathBuf {
     let py = venv.join("bin/python");
     let has_sdk = |py: &PathBuf| {
         Command::new(py)
-            .args(["-c", "import mcp.client.stdio"])
+            .args(["-c", "import mcp.client.stdio, openpyxl"])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -39,7 +39,7 @@ fn python() -> PathBuf {
         .expect("python3 -m venv");
     assert!(st.success(), "cannot create {}", venv.display());
     let st = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "mcp"])
+        .args(["install", "--quiet", "mcp", "openpyxl"])
         .status()
         .expect("pip install mcp");
     assert!(st.success(), "pip install mcp failed");
@@ -56,15 +56,32 @@ fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
 /// The same, with the client (and so the server it starts) run as root or as the
 /// unprivileged test user.
 fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Value {
+    scenario_in(mode, name, server_args, None)
+}
+
+/// The same, with the server's temporary directory (its run directories) in `tmp`.
+fn scenario_in(
+    mode: Mode,
+    name: &str,
+    server_args: &[&str],
+    tmp: Option<&std::path::Path>,
+) -> serde_json::Value {
     let py = python();
     let mut cmd = match mode {
         Mode::Root => Command::new(&py),
         Mode::Rootless => {
             let mut c = as_test_user();
-            c.arg("env").arg(&py);
+            c.arg("env");
+            if let Some(t) = tmp {
+                c.arg(format!("TMPDIR={}", t.display()));
+            }
+            c.arg(&py);
             c
         }
     };
+    if let (Mode::Root, Some(t)) = (mode, tmp) {
+        cmd.env("TMPDIR", t);
+    }
     if mode == Mode::Root {
         cmd.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
             .env("NIXCELL_EVAL_PATHS", fixture_eval_paths());
@@ -386,6 +403,70 @@ fn sdk_run_directories_are_private_to_the_server_and_removed() {
             cell_ids,
             "{mode:?}: a placed file's owner"
         );
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
+    }
+}
+
+/// Files in and out of a run are bytes: a real .xlsx (written by openpyxl on the host)
+/// placed with `files` and returned by `collect` is byte for byte the same, and a byte
+/// \xff sent in is \xff in the cell.
+#[test]
+fn sdk_binary_files_round_trip_byte_exact() {
+    let a = busybox_args();
+    for mode in MODES {
+        let v = scenario_as(mode, "binary_files", &args(&a));
+        assert!(v["xlsx_bytes"].as_u64().unwrap() > 1000, "{v}");
+    }
+}
+
+/// Each limit stated in the run tool's schema is enforced with an error result that
+/// names it: files, bytes, collect count, collected file size and total, bad base64.
+#[test]
+fn sdk_over_limit_requests_are_error_results() {
+    let a = busybox_args();
+    let v = scenario("over_limits", &args(&a));
+    assert_eq!(v["messages"].as_object().unwrap().len(), 6, "{v}");
+}
+
+/// The bound stated in the README: with the default limits, the result of a run stays
+/// under 48 KiB however much plain text the command writes (one copy of the verdict).
+const RUN_RESULT_BOUND: u64 = 48 << 10;
+
+#[test]
+fn sdk_result_of_a_5_mb_output_is_bounded() {
+    let a = busybox_args();
+    let v = scenario("big_output", &args(&a));
+    let chars = v["result_chars"].as_u64().unwrap();
+    eprintln!(
+        "result of a 5 MB output: {chars} characters, text {}",
+        v["text_chars"]
+    );
+    assert!(chars < RUN_RESULT_BOUND, "{chars} characters");
+}
+
+#[test]
+fn sdk_runs_report_progress() {
+    let a = busybox_args();
+    let v = scenario("run_progress", &args(&a));
+    assert!(v["progress"].as_array().unwrap().len() >= 5, "{v}");
+}
+
+/// A cancelled run kills its whole cell (a process ignoring SIGTERM too) within a
+/// bound, its cgroups are removed and its run directory is gone.
+#[test]
+fn sdk_cancelled_run_kills_the_cell_and_leaves_nothing() {
+    let a = busybox_args();
+    for mode in MODES {
+        let tmp = workdir(mode);
+        let v = scenario_in(mode, "cancel_run", &args(&a), Some(tmp.path()));
+        let secs = v["gone_after_seconds"].as_f64().unwrap();
+        eprintln!("{mode:?}: cell gone {secs:.2} s after the cancellation");
+        // The profile's grace time (2 s) between SIGTERM and SIGKILL, and some slack.
+        assert!(secs < 6.0, "{mode:?}: {secs} s");
         let left: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -7,6 +7,7 @@ use crate::edit::{self, EditOutcome, EditRequest, Op};
 use crate::nix::build::{self, Progress};
 use crate::plan::CellRequest;
 use crate::project::{Built, PackageSet, Project};
+use crate::units::human_delta;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 
@@ -137,16 +138,6 @@ pub fn context(args: &ContextArgs) -> i32 {
             0
         }
         Err(e) => fail(e),
-    }
-}
-
-fn human_delta(n: i64) -> String {
-    let sign = if n < 0 { "-" } else { "+" };
-    let a = n.unsigned_abs() as f64;
-    if a >= (1 << 20) as f64 {
-        format!("{sign}{:.1} MiB", a / (1 << 20) as f64)
-    } else {
-        format!("{sign}{:.1} KiB", a / 1024.0)
     }
 }
 
