@@ -213,6 +213,20 @@ fn sdk_project_context_and_refused_edit() {
     let v = scenario("context", &["--project", dir]);
     let md = v["markdown"].as_str().unwrap();
     assert!(md.contains("python3") && md.contains("pandas"), "{md}");
+    // Reading a project's context (which may build it) reports its start and end.
+    let progress = v["progress"].as_array().unwrap();
+    assert!(
+        progress[0]
+            .as_str()
+            .unwrap()
+            .starts_with("context: reading"),
+        "{v}"
+    );
+    assert_eq!(
+        progress.last().unwrap(),
+        "context: environment ready",
+        "{v}"
+    );
     let head = git(p.path(), &["rev-parse", "HEAD"]);
     let decl = std::fs::read(p.path().join("devenv.nix")).unwrap();
     let v = scenario("refused_edit", &["--project", dir]);
@@ -453,6 +467,16 @@ fn sdk_runs_report_progress() {
     let a = busybox_args();
     let v = scenario("run_progress", &args(&a));
     assert!(v["progress"].as_array().unwrap().len() >= 5, "{v}");
+}
+
+#[test]
+fn sdk_run_progress_says_when_services_are_ready() {
+    let p = analysis_project();
+    let v = scenario(
+        "service_progress",
+        &["--project", p.path().to_str().unwrap()],
+    );
+    assert!(v["progress"].as_array().unwrap().len() >= 3, "{v}");
 }
 
 /// A cancelled run kills its whole cell (a process ignoring SIGTERM too) within a

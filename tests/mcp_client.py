@@ -53,7 +53,12 @@ async def tools(s):
 
 
 async def context(s):
-    r = await s.call_tool("environment_context", {})
+    seen = []
+
+    async def on_progress(p, total, message):
+        seen.append(message)
+
+    r = await s.call_tool("environment_context", {}, progress_callback=on_progress)
     assert not r.is_error, text_of(r)
     md = text_of(r)
     assert r.structured_content, "no structured context"
@@ -65,7 +70,7 @@ async def context(s):
     prompt = await s.get_prompt("nixcell_environment")
     ptext = prompt.messages[0].content.text
     assert md.strip()[:200] in ptext, "the prompt does not carry the context"
-    return {"markdown": md, "json": r.structured_content}
+    return {"markdown": md, "json": r.structured_content, "progress": seen}
 
 
 async def run_basics(s):
@@ -432,6 +437,24 @@ async def run_progress(s):
     return {"progress": seen}
 
 
+async def service_progress(s):
+    """With a declared service, the progress says when it is ready, before the command."""
+    r = await s.call_tool("edit_environment", {"operation": "enable_service", "name": "redis"})
+    assert not r.is_error, text_of(r)
+    seen = []
+
+    async def on_progress(p, total, message):
+        seen.append(message)
+
+    r = await s.call_tool("run", {"command": "redis-cli -p 6379 ping"}, progress_callback=on_progress)
+    assert not r.is_error, text_of(r)
+    assert r.structured_content["stdout"]["text"] == "PONG\n", text_of(r)
+    want = ["cell started", "services ready (redis); command started", "command ended"]
+    at = [seen.index(w) if w in seen else -1 for w in want]
+    assert -1 not in at and at == sorted(at), seen
+    return {"progress": seen}
+
+
 def cell_processes(marker):
     """Host pids whose command line is `sleep MARKER`."""
     found = []
@@ -501,6 +524,7 @@ SCENARIOS = {
         over_limits,
         big_output,
         run_progress,
+        service_progress,
         cancel_run,
     ]
 }

@@ -156,7 +156,19 @@ impl Inner {
             Target::Project(_) => {
                 let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
                 json_args.extend(self.project_args()?);
+                if let Some(p) = progress {
+                    p.report(
+                        0,
+                        "context: reading the environment (building it when its declaration changed)"
+                            .into(),
+                    )
+                    .await;
+                }
                 let c = self.nixcell(&json_args, None, progress).await?;
+                if let Some(p) = progress {
+                    let n = c.stderr.lines().count() as u64 + 1;
+                    p.report(n, "context: environment ready".into()).await;
+                }
                 let json: serde_json::Value = if c.code == Some(0) {
                     serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
                         command: "context".into(),

@@ -204,8 +204,9 @@ pub struct RunResult {
     pub hints: Vec<Hint>,
     /// The files asked for with `collect`.
     pub files: Vec<CollectedFile>,
-    /// What the command changed in /work (the run's private copy: collect what you
-    /// need). The lists hold at most 20 entries each; `counts` are the totals.
+    /// What the command changed in /work (the run's private copy, removed after the
+    /// call: collect what you need). The lists hold at most 20 entries each; `counts`
+    /// are the totals; `run` is null (there is nothing to undo).
     pub workdir: Option<crate::changes::WorkdirReport>,
     /// sha256 of the closure's store path list: the exact software the command saw.
     pub closure_hash: Option<String>,
@@ -309,6 +310,8 @@ pub(super) fn workdir_of(
             l.truncate(WORKDIR_LIST_CAP);
         }
         w.refused.truncate(WORKDIR_LIST_CAP);
+        // The run's directory is gone after the call: there is nothing to undo.
+        w.run = None;
         w
     })
 }
