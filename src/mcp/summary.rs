@@ -38,6 +38,22 @@ fn tail(s: &str, n: usize) -> &str {
     &s[i..]
 }
 
+/// `s` up to its last line break, when that keeps at least half of it.
+fn whole_lines_head(s: &str) -> &str {
+    match s.rfind('\n') {
+        Some(i) if i >= s.len() / 2 => &s[..=i],
+        _ => s,
+    }
+}
+
+/// `s` from after its first line break, when that keeps at least half of it.
+fn whole_lines_tail(s: &str) -> &str {
+    match s.find('\n') {
+        Some(i) if i + 1 < s.len() && i <= s.len() / 2 => &s[i + 1..],
+        _ => s,
+    }
+}
+
 fn push_line(s: &mut String, text: &str) {
     s.push_str(text);
     if !text.ends_with('\n') {
@@ -57,13 +73,13 @@ fn stream(s: &mut String, name: &str, st: &Stream) {
         push_line(s, &st.text);
         return;
     }
-    let h = head(&st.text, n);
+    let h = whole_lines_head(head(&st.text, n));
     // The end of the stream: its kept tail, else the end of what was captured.
-    let t = if end.is_empty() {
+    let t = whole_lines_tail(if end.is_empty() {
         tail(&st.text[h.len()..], n)
     } else {
         tail(end, n)
-    };
+    });
     let hidden = st.bytes.saturating_sub((h.len() + t.len()) as u64);
     s.push_str(&format!(
         "--- {name} ({} bytes; first and last {} shown, all captured in structuredContent.{name}) ---\n",
@@ -195,6 +211,20 @@ mod tests {
         assert!(t.contains("FIRST") && t.contains("LAST"), "{t}");
         assert!(t.contains("5000000 bytes"), "{t}");
         assert!(t.contains(&format!("[... {} bytes not shown ...]", 5_000_000 - 2048)));
+        // Whole lines when the stream has lines.
+        let lines = "line\n".repeat(10_000);
+        let r = result(Stream {
+            text: lines.clone(),
+            bytes: lines.len() as u64,
+            truncated: false,
+            tail: None,
+        });
+        let t = summarize(&r);
+        let shown = &t[t.find("---\n").unwrap() + 4..];
+        assert!(
+            shown.lines().all(|l| l == "line" || l.starts_with("[...")),
+            "{t}"
+        );
         assert!(t.len() < 3 << 10, "{}", t.len());
     }
 
