@@ -498,3 +498,84 @@ fn sdk_cancelled_run_kills_the_cell_and_leaves_nothing() {
         assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
     }
 }
+
+/// `nixcell mcp --listen`: Streamable HTTP on loopback and on a unix socket, driven by
+/// the Python SDK's HTTP client; requests without the bearer token get 401.
+#[test]
+fn sdk_streamable_http_with_a_bearer_token() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let bb = busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "0123456789abcdef0123456789abcdef-token";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sock = dir.path().join("mcp.sock");
+    for listen in [
+        "127.0.0.1:0".to_string(),
+        format!("unix:{}", sock.display()),
+    ] {
+        let mut server = nixcell(Mode::Root)
+            .args(["mcp", "--env-path", path_str(&bb), "--listen", &listen])
+            .arg("--token-file")
+            .arg(&token_file)
+            .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+            .env("NIX_CONFIG", "substituters =\n")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let (url, uds) =
+            if let Some(rest) = line.trim().strip_prefix("nixcell: serving MCP on http://") {
+                (format!("http://{rest}"), "-".to_string())
+            } else {
+                assert!(line.contains("serving MCP on unix:"), "{line}");
+                let m = std::fs::metadata(&sock).unwrap();
+                assert_eq!(
+                    m.permissions().mode() & 0o777,
+                    0o600,
+                    "the socket is private"
+                );
+                (
+                    "http://localhost/mcp".to_string(),
+                    path_str(&sock).to_string(),
+                )
+            };
+        let out = Command::new(python())
+            .arg(repo().join("tests/mcp_client.py"))
+            .args(["over_http", &url, token, &uds])
+            .output()
+            .unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(
+            out.status.success(),
+            "{listen}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    // No token file, a non-loopback address: refused before serving.
+    let o = nixcell(Mode::Root)
+        .args(["mcp", "--env-path", path_str(&bb), "--listen", "0.0.0.0:0"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("loopback"), "{}", text(&o.stderr));
+    let o = nixcell(Mode::Root)
+        .args([
+            "mcp",
+            "--env-path",
+            path_str(&bb),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}

@@ -530,7 +530,48 @@ SCENARIOS = {
 }
 
 
+async def over_http(url, token, uds):
+    """The Streamable HTTP transport, with the SDK's HTTP client: the bearer token is
+    required, and the tools work as over stdio."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    def client(headers):
+        transport = httpx2.AsyncHTTPTransport(uds=uds) if uds else None
+        return httpx2.AsyncClient(headers=headers, transport=transport, timeout=60)
+
+    statuses = {}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    for name, headers in [("none", {}), ("wrong", {"Authorization": "Bearer " + "x" * len(token)})]:
+        async with client(headers) as c:
+            r = await c.post(url, json=init, headers={"Accept": "application/json, text/event-stream"})
+            statuses[name] = r.status_code
+    assert statuses == {"none": 401, "wrong": 401}, statuses
+    seen = []
+
+    async def on_progress(p, total, message):
+        seen.append(message)
+
+    async with client({"Authorization": f"Bearer {token}"}) as c:
+        async with streamable_http_client(url, http_client=c) as (read, write):
+            async with ClientSession(read, write) as s:
+                info = await s.initialize()
+                assert info.server_info.name == "nixcell", info
+                names = sorted(t.name for t in (await s.list_tools()).tools)
+                assert names == ["edit_environment", "environment_context", "run"], names
+                r = await s.call_tool("run", {"command": "echo over http"}, progress_callback=on_progress)
+                assert not r.is_error, text_of(r)
+                assert r.structured_content["stdout"]["text"] == "over http\n", text_of(r)
+    assert "command started" in seen, seen
+    return {"unauthorized": statuses, "progress": seen}
+
+
 def main():
+    if sys.argv[1] == "over_http":
+        url, token, uds = sys.argv[2:5]
+        print(json.dumps(asyncio.run(over_http(url, token, uds if uds != "-" else None))))
+        return
     scenario, binary, *server_args = sys.argv[1:]
     callback = human if scenario == "proposals_with_elicitation" else None
     out = asyncio.run(session(binary, server_args, SCENARIOS[scenario], callback))

@@ -20,6 +20,7 @@ mod calls;
 mod child;
 mod files;
 mod gate;
+pub mod http;
 pub mod rundir;
 mod schema;
 mod summary;
