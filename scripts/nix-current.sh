@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2016 # dpkg-query formats and inner scripts: single quotes on purpose
-# The front-end, runner and nixcurrent suites under current Nix (Debian 13's nix-bin, 2.26), in a
-# Debian 13 root of its own, with its own /nix store and its own nix-daemon: the host's
-# Nix and store are never touched. Run as root from anywhere; safe to run again.
+# The front-end, runner, nixcurrent, devenv, pkgset and services suites under current
+# Nix (Debian 13's nix-bin, 2.26), in a Debian 13 root of its own, with its own /nix
+# store and its own nix-daemon: the host's Nix and store are never touched. Run as root from anywhere; safe to run again.
 #
 #   scripts/nix-current.sh           set the root up (what is missing) and run the suites
 #   scripts/nix-current.sh setup     only set the root up
@@ -20,14 +20,14 @@
 # suite: `nix-current SUITE (Nix X): ok|FAILED: tests ok N, failed M; Ts`.
 #
 # Environment: NIXCELL_TEST_USER (default nixcell-test), NIX_CURRENT_SUITES (default
-# "frontend runner nixcurrent"), NIX_CURRENT_FILTER (arguments for each suite binary,
+# "frontend runner nixcurrent devenv pkgset services"), NIX_CURRENT_FILTER (arguments for each suite binary,
 # e.g. a test-name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 TEST_USER=${NIXCELL_TEST_USER:-nixcell-test}
-SUITE_NAMES=${NIX_CURRENT_SUITES:-frontend runner nixcurrent}
+SUITE_NAMES=${NIX_CURRENT_SUITES:-frontend runner nixcurrent devenv pkgset services}
 work=$repo/target/nix-current
 root=$work/root
 state=$work/state
@@ -38,7 +38,7 @@ PACKAGES="nix-bin patchelf busybox-static bash coreutils grep sed findutils tzda
   python3 python3-numpy python3-pandas python3-pandas-lib python3-openpyxl
   python3-et-xmlfile python3-dateutil python3-tz python3-six python3-yaml
   python3-markupsafe python3-jinja2 python3-lxml python3-chardet
-  redis-server redis-tools jq ripgrep postgresql python3-psycopg2
+  redis-server redis-tools jq ripgrep postgresql python3-psycopg2 file
   git util-linux procps iproute2 ca-certificates"
 
 say() { printf '[nix-current] %s\n' "$*" >&2; }

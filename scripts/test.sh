@@ -26,9 +26,10 @@ cargo test --locked --tests -- --test-threads=2 2>&1 | tee "$log"
 # The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
 scripts/mcp-conformance.sh 2>&1 | tee -a "$log"
 
-# The front-end, runner and nixcurrent suites under current Nix (Debian 13's nix-bin) in
-# a Debian 13 root with its own store and daemon (scripts/nix-current.sh); the suites
-# above ran with the host's Nix. NIXCELL_SKIP_NIX_CURRENT=1 skips it.
+# The frontend, runner, nixcurrent, devenv, pkgset and services suites under current
+# Nix (Debian 13's nix-bin) in a Debian 13 root with its own store and daemon
+# (scripts/nix-current.sh); the suites above ran with the host's Nix.
+# NIXCELL_SKIP_NIX_CURRENT=1 skips it.
 nixc_log=target/nix-current.log
 : > "$nixc_log"
 if [ "${NIXCELL_SKIP_NIX_CURRENT:-}" != 1 ]; then

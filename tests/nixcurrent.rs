@@ -127,14 +127,15 @@ fn kernel_support_is_checked_before_any_nix_work() {
 }
 
 /// A directory of stand-ins for the Nix tools that record their environment's
-/// `NIX_CONFIG` and their arguments in `log`, then fail.
+/// `NIX_CONFIG` (on one line, each newline as `|`) and their arguments in `log`, then
+/// fail.
 fn recording_nix(dir: &Path, log: &Path) {
     for tool in ["nix", "nix-build", "nix-instantiate", "nix-store"] {
         let f = dir.join(tool);
         std::fs::write(
             &f,
             format!(
-                "#!/bin/sh\n{{ echo \"tool {tool}\"; echo \"NIX_CONFIG=${{NIX_CONFIG-<unset>}}\"; printf 'arg %s\\n' \"$@\"; }} >> {}\nexit 1\n",
+                "#!/bin/sh\n{{ echo \"tool {tool}\"; echo \"NIX_CONFIG=$(printf %s \"${{NIX_CONFIG-<unset>}}\" | tr '\\n' '|')\"; printf 'arg %s\\n' \"$@\"; }} >> {}\nexit 1\n",
                 log.display()
             ),
         )
@@ -171,10 +172,14 @@ fn nixcell_never_sets_the_users_nix_settings() {
         calls.contains("tool nix"),
         "no nix tool was called:\n{calls}"
     );
-    // The caller's NIX_CONFIG passes unchanged; unset, it stays unset.
+    // The caller's NIX_CONFIG passes with its lines unchanged (flake commands add the
+    // features their command line enables, so that current Nix applies the caller's
+    // flake settings); unset, it stays unset.
     for line in calls.lines().filter(|l| l.starts_with("NIX_CONFIG=")) {
         assert!(
-            line == "NIX_CONFIG=<unset>" || line == "NIX_CONFIG=cores = 1",
+            line == "NIX_CONFIG=<unset>"
+                || line == "NIX_CONFIG=cores = 1"
+                || line == "NIX_CONFIG=cores = 1|extra-experimental-features = nix-command flakes|",
             "nixcell changed NIX_CONFIG: {line}\n{calls}"
         );
     }

@@ -260,9 +260,21 @@ const PROBE: &str = r#"d:
   in { inherit shell; env = if shell then builtins.mapAttrs (n: conv) d.drvAttrs else { }; }"#;
 
 /// The `nix` command with flakes on.
+///
+/// Current Nix ignores flake settings of the caller's `NIX_CONFIG` (`flake-registry`,
+/// ...) when flakes are enabled only on the command line ("Ignoring setting ...
+/// because experimental feature 'flakes' is not enabled"): then the same features
+/// are added to that `NIX_CONFIG` as well, after the caller's own lines (which stay
+/// as they are). Without a `NIX_CONFIG` of the caller's, none is set.
 pub fn nix_flakes() -> Command {
+    const FEATURES: &str = "nix-command flakes";
     let mut cmd = super::command("nix");
-    cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+    cmd.args(["--extra-experimental-features", FEATURES]);
+    if let Some(caller) = std::env::var_os("NIX_CONFIG") {
+        let mut cfg = caller;
+        cfg.push(format!("\nextra-experimental-features = {FEATURES}\n"));
+        cmd.env("NIX_CONFIG", cfg);
+    }
     cmd
 }
 
