@@ -203,7 +203,7 @@ fn sdk_pandas_scenario_end_to_end_in_a_project() {
     }
     assert!(log.contains("add-python-library openpyxl"), "{log}");
     assert!(log.contains("add-python-library pandas"), "{log}");
-    assert_eq!(git(p.path(), &["status", "--porcelain"]), "");
+    assert_eq!(git_status(p.path()), "");
 }
 
 #[test]
@@ -246,7 +246,7 @@ fn sdk_proposals_are_decided_by_the_clients_user_through_elicitation() {
     assert!(log.contains("pandas") && !log.contains("openpyxl"), "{log}");
     let decl = std::fs::read_to_string(p.path().join("devenv.nix")).unwrap();
     assert!(
-        decl.contains("\"pandas\"") && !decl.contains("openpyxl"),
+        decl.contains("ps.pandas") && !decl.contains("openpyxl"),
         "{decl}"
     );
 

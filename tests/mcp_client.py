@@ -272,11 +272,11 @@ async def proposals_with_elicitation(s):
     assert e["status"] == "committed" and e["commit"], e
     r = await s.call_tool("edit_environment", {"operation": "add_python_library", "name": "openpyxl"})
     assert r.is_error and "rejected" in text_of(r), text_of(r)
-    assert len(ASKED) == 2 and "libraries = [" in ASKED[0], ASKED
+    assert len(ASKED) == 2 and "withPackages (ps: [" in ASKED[0], ASKED
     # Sizes as the command line shows them ("+112.9 MiB"), not raw byte counts.
     import re
 
-    assert re.search(r"store paths added, \d+ removed, [+-]\d+\.\d (KiB|MiB)\. Approve", ASKED[0]), ASKED[0]
+    assert re.search(r"store paths added, \d+ removed, [+-]?\d+(\.\d)? (B|KiB|MiB|GiB)\. Approve", ASKED[0]), ASKED[0]
     assert "bytes" not in ASKED[0].split("Closure:")[1], ASKED[0]
     return {"commit": e["commit"], "asked": ASKED}
 

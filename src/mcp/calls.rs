@@ -111,7 +111,7 @@ impl Server {
                 hints: v.hints,
                 files,
                 workdir: workdir_of(v.workdir),
-                closure_hash: Some(v.closure.hash),
+                closure_hash: v.closure.map(|c| c.hash),
             },
             RunReply::Refused { exit_code, error } => RunResult {
                 exit_code,

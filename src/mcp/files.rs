@@ -68,7 +68,7 @@ pub(super) fn decode_files(
         if total > MAX_FILES_BYTES {
             return Err(McpError::Request(format!(
                 "files: more than the {MAX_FILES_BYTES} bytes ({}) a run may be given in all (reached at {name:?})",
-                crate::units::human_bytes(MAX_FILES_BYTES as u64)
+                crate::units::human_size(MAX_FILES_BYTES as u64)
             )));
         }
         out.push((rel, bytes));
@@ -304,12 +304,12 @@ pub(super) fn collect_files(dir: &Path, names: &[String]) -> Vec<CollectedFile> 
             let over = if len > MAX_COLLECT_BYTES {
                 Some(format!(
                     "{len} bytes, more than the {MAX_COLLECT_BYTES} ({}) a collected file may have",
-                    crate::units::human_bytes(MAX_COLLECT_BYTES)
+                    crate::units::human_size(MAX_COLLECT_BYTES)
                 ))
             } else if total + len > MAX_COLLECT_TOTAL_BYTES {
                 Some(format!(
                     "the files collected before it and this one exceed the {MAX_COLLECT_TOTAL_BYTES} bytes ({}) a run may return",
-                    crate::units::human_bytes(MAX_COLLECT_TOTAL_BYTES)
+                    crate::units::human_size(MAX_COLLECT_TOTAL_BYTES)
                 ))
             } else {
                 None

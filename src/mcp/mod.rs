@@ -229,7 +229,9 @@ impl Server {
     }
 
     /// Changes the declared environment through the project's whitelist: add or remove
-    /// a package or a Python library, enable or disable a service. The change is proven by
+    /// a package or a Python library (written as devenv declares one:
+    /// `languages.python.package = pkgs.python3.withPackages (ps: [ ps.NAME ])`), enable or
+    /// disable a service (redis, postgres). The change is proven by
     /// a build and committed with git; the result has the closure diff and the commit.
     /// When the policy wants a human's approval (or `propose` is set) it records a
     /// proposal and returns its id instead. Refusals say what the policy allows.

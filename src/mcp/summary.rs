@@ -3,7 +3,7 @@
 //! head and tail of each stream, within [`MAX_SUMMARY_BYTES`].
 
 use super::*;
-use crate::units::{human_bytes, human_delta};
+use crate::units::{human_delta, human_size as human_bytes};
 
 /// Bytes of the start and of the end of each stream the text shows.
 pub const SUMMARY_STREAM_BYTES: usize = 1 << 10;
