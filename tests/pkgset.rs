@@ -13,15 +13,6 @@ fn fixture() -> PathBuf {
     repo().join("tests/fixtures/pkgs")
 }
 
-fn scratch(prefix: &str) -> tempfile::TempDir {
-    let base = repo().join("target/test-work");
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(&base)
-        .unwrap()
-}
-
 /// A copy of the fixture package set at `dst` whose `hello` prints `greeting`.
 fn package_set(dst: &Path, greeting: &str) {
     let out = Command::new("cp")

@@ -363,7 +363,7 @@ impl Project {
             key: "inputs.nixpkgs.url",
             message,
         };
-        let bytes = match read_nofollow_capped(&file, DEVENV_YAML_MAX_BYTES) {
+        let bytes = match crate::dirs::read_nofollow_capped(&file, DEVENV_YAML_MAX_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ProjectError::Io(file, e)),
@@ -596,30 +596,7 @@ fn check_owned_dir(dir: &Path) -> Result<(), ProjectError> {
 
 /// The content of a regular file, opened without following a symbolic link.
 pub fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
-    read_nofollow_capped(path, u64::MAX)
-}
-
-/// [`read_nofollow`] of a file of at most `max` bytes (else an error).
-pub fn read_nofollow_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if m.len() > max {
-        return Err(std::io::Error::other(format!("larger than {max} bytes")));
-    }
-    let mut out = Vec::new();
-    f.take(max.saturating_add(1)).read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::Error::other(format!("larger than {max} bytes")));
-    }
-    Ok(out)
+    crate::dirs::read_nofollow_capped(path, u64::MAX)
 }
 
 /// Names, sizes and modification times of the project's Nix files other than `decl`

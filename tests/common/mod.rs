@@ -149,6 +149,16 @@ pub fn busybox() -> PathBuf {
     build_env("busybox", "pkgs.busybox")
 }
 
+/// A fresh directory under target/test-work.
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap()
+}
+
 /// A fresh directory the mode's user owns.
 pub fn workdir(mode: Mode) -> tempfile::TempDir {
     let base = repo().join("target/test-work");

@@ -789,7 +789,7 @@ impl Lock {
             file: file.clone(),
             message,
         };
-        let bytes = match read_capped(&file) {
+        let bytes = match crate::dirs::read_nofollow_capped(&file, LOCK_MAX_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(bad(e.to_string())),
@@ -879,29 +879,6 @@ impl Lock {
         text.push('\n');
         crate::dirs::write_atomic_mode(dir, LOCK_FILE, text.as_bytes(), 0o644)
     }
-}
-
-/// A regular file's content, opened without following a link, at most
-/// [`LOCK_MAX_BYTES`].
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if m.len() > LOCK_MAX_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {LOCK_MAX_BYTES} bytes"
-        )));
-    }
-    let mut out = Vec::new();
-    f.take(LOCK_MAX_BYTES + 1).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 fn fingerprint_dir(base: &Path, dir: &Path, h: &mut Sha256) {
