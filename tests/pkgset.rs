@@ -416,3 +416,41 @@ fn a_dev_shell_of_a_nixpkgs_like_mkshell_runs_with_its_variables() {
     assert_eq!(lines[1], "hello from the shell");
     assert_eq!(lines[2], "none none 1", "build-only variables are not set");
 }
+
+#[test]
+fn rootless_the_owner_of_a_project_locks_its_package_set_and_runs() {
+    let p = project(Some("nixpkgs = \"path:./pkgs\"\n"));
+    let dir = p.path();
+    package_set(&dir.join("pkgs"), "Hello, rootless!");
+    let (u, g) = test_user_ids();
+    let out = Command::new("chown")
+        .args(["-R", &format!("{u}:{g}")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let run = |args: &[&str]| {
+        let mut c = nixcell(Mode::Rootless);
+        c.current_dir(dir).args(args);
+        c.output().unwrap()
+    };
+    assert_eq!(
+        ok(&run(&["run", "--", "hello"]), "rootless run").trim(),
+        "Hello, rootless!"
+    );
+    let lock_file = dir.join("devenv.lock");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&lock_file).unwrap().uid(), u);
+    assert_eq!(nixpkgs_node(dir)["locked"]["type"], "path");
+    let good = std::fs::read_to_string(&lock_file).unwrap();
+    let tampered = good.replace(
+        nixpkgs_node(dir)["locked"]["narHash"].as_str().unwrap(),
+        "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    );
+    std::fs::write(&lock_file, tampered).unwrap();
+    let err = fails(&run(&["run", "--", "hello"]), "rootless tampered lock");
+    assert!(
+        err.contains("devenv.lock") && err.contains("hash mismatch"),
+        "{err}"
+    );
+}

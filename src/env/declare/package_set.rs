@@ -566,6 +566,17 @@ fn check_locked(locked: &Attrs, original: &Attrs) -> Result<(), String> {
     {
         return Err(format!("path {p:?} is not absolute"));
     }
+    let schemes: &[&str] = match kind {
+        "tarball" => &["https://", "http://"],
+        "git" => &["https://", "http://", "ssh://", "git://", "file:///"],
+        _ => &[],
+    };
+    if !schemes.is_empty() && !s("url").is_some_and(|u| schemes.iter().any(|p| u.starts_with(p))) {
+        return Err(format!(
+            "a locked {kind} input needs a URL starting with one of {}",
+            schemes.join(", ")
+        ));
+    }
     // The lock pins the input the project names, not another one.
     let o = |k: &str| original.get(k).and_then(Value::as_str);
     if o("type") != Some("indirect") {
@@ -575,7 +586,13 @@ fn check_locked(locked: &Attrs, original: &Attrs) -> Result<(), String> {
                 o("type").unwrap_or("?")
             ));
         }
-        for k in ["path", "url", "owner", "repo"] {
+        // A tarball's URL may be swapped for an immutable one when it is locked.
+        let same = if kind == "tarball" {
+            &["path", "owner", "repo"][..]
+        } else {
+            &["path", "url", "owner", "repo"][..]
+        };
+        for k in same {
             if o(k).is_some() && o(k) != s(k) {
                 return Err(format!(
                     "the locked {k} {:?} is not the named one {:?}",
@@ -1012,6 +1029,20 @@ mod tests {
             ("ref", "x"),
         ]);
         assert!(check_locked(&good, &gh).is_err(), "another type");
+        // Behind a registry name, a git input is still only remote or file:///.
+        let indirect = attrs(&[("type", "indirect"), ("id", "nixpkgs")]);
+        let hash = "sha256-IyERPxDVPG5tCvUuORRgc/0QPsiOXKeSSspYErFkmng=";
+        for url in ["file:/root/repo", "/root/repo", "ext::sh -c x"] {
+            let g = attrs(&[("type", "git"), ("url", url), ("narHash", hash)]);
+            assert!(check_locked(&g, &indirect).is_err(), "{url}");
+        }
+        let g = attrs(&[
+            ("type", "git"),
+            ("url", "file:///srv/repo"),
+            ("narHash", hash),
+        ]);
+        assert!(check_locked(&g, &indirect).is_ok());
+        assert_eq!(local_dir_of(&g), Some(PathBuf::from("/srv/repo")));
     }
 
     #[test]
