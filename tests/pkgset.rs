@@ -218,7 +218,28 @@ fn a_lock_edited_by_hand_is_used_and_a_bad_one_refused_naming_it() {
 #[test]
 fn a_project_may_not_name_a_host_directory_as_its_package_set() {
     let outside = scratch("outside");
-    package_set(&outside.path().join("p"), "Hello, outside!");
+    let nonce = format!(
+        "Hello, outside {}!",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    package_set(&outside.path().join("p"), &nonce);
+    let p_dir = std::fs::canonicalize(outside.path().join("p")).unwrap();
+    // A lock naming it, with a hash nix would have to fetch for.
+    let lock = serde_json::json!({
+        "nodes": {
+            "nixpkgs": {
+                "locked": { "type": "path", "path": p_dir,
+                            "narHash": "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" },
+                "original": { "type": "path", "path": p_dir },
+            },
+            "root": { "inputs": { "nixpkgs": "nixpkgs" } },
+        },
+        "root": "root",
+        "version": 7,
+    });
     for (file, content) in [
         (
             "nixcell.toml",
@@ -234,6 +255,7 @@ fn a_project_may_not_name_a_host_directory_as_its_package_set() {
                 outside.path().join("p").display()
             ),
         ),
+        ("devenv.lock", lock.to_string()),
     ] {
         let p = project(None);
         std::fs::write(p.path().join(file), &content).unwrap();
@@ -245,8 +267,37 @@ fn a_project_may_not_name_a_host_directory_as_its_package_set() {
             err.contains(file) && err.contains("outside the project"),
             "{file}: {err}"
         );
-        assert!(!p.path().join("devenv.lock").exists());
+        if file != "devenv.lock" {
+            assert!(!p.path().join("devenv.lock").exists());
+        }
     }
+    // Nothing of it was copied into the (world-readable) store.
+    let nix = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let p_str = p_dir.to_string_lossy();
+    let hash = nix(&[
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "hash",
+        "path",
+        &p_str,
+    ]);
+    let copy = nix(&[
+        "nix-store",
+        "--print-fixed-path",
+        "--recursive",
+        "sha256",
+        &hash,
+        "source",
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&copy).is_err(),
+        "{copy} is in the store"
+    );
 }
 
 #[test]
@@ -262,12 +313,15 @@ fn nix_path_names_the_package_set_and_the_lock_pins_it() {
         node["original"]["path"].as_str(),
         Some(std::fs::canonicalize(&set).unwrap().to_str().unwrap())
     );
-    // `<nixpkgs>` in nixcell.toml means the same.
-    std::fs::write(dir.join("nixcell.toml"), "nixpkgs = \"<nixpkgs>\"\n").unwrap();
-    assert_eq!(hello(dir, Some(&set), &[]), "Hello, NIX_PATH!");
-    // Another NIX_PATH is not silently used: the lock pins the first one.
+    // The lock names the package set now: another NIX_PATH, or none, does not move it.
     let other = sets.path().join("other");
     package_set(&other, "Hello, other!");
+    assert_eq!(hello(dir, Some(&other), &[]), "Hello, NIX_PATH!");
+    assert_eq!(hello(dir, None, &[]), "Hello, NIX_PATH!");
+    // `<nixpkgs>` in nixcell.toml names NIX_PATH's explicitly: another one is not
+    // silently used, it is pinned on request.
+    std::fs::write(dir.join("nixcell.toml"), "nixpkgs = \"<nixpkgs>\"\n").unwrap();
+    assert_eq!(hello(dir, Some(&set), &[]), "Hello, NIX_PATH!");
     let err = fails(
         &cell(dir, Some(&other), &[], &["run", "--", "hello"]),
         "another NIX_PATH",
@@ -276,6 +330,11 @@ fn nix_path_names_the_package_set_and_the_lock_pins_it() {
         err.contains("devenv.lock") && err.contains("nixcell lock --update"),
         "{err}"
     );
+    ok(
+        &cell(dir, Some(&other), &[], &["lock", "--update"]),
+        "lock --update",
+    );
+    assert_eq!(hello(dir, Some(&other), &[]), "Hello, other!");
 }
 
 #[test]

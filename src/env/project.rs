@@ -323,10 +323,11 @@ impl Project {
     }
 
     /// The package set as the project names it: `nixpkgs` of nixcell.toml, else
-    /// `inputs.nixpkgs.url` of devenv.yaml, else `nixpkgs=` of NIX_PATH. A local
-    /// directory a project names must be in the project, in the Nix store or under a
-    /// path the caller named ([`crate::declare::package_set::trusted_local`]).
-    pub fn requested(&self) -> Result<Requested, ProjectError> {
+    /// `inputs.nixpkgs.url` of devenv.yaml, else what its lock pins (as devenv's
+    /// default input), else `nixpkgs=` of NIX_PATH. A local directory a project names
+    /// must be in the project, in the Nix store or under a path the caller named
+    /// ([`crate::declare::package_set::trusted_local`]) to be resolved.
+    pub fn requested(&self, lock: Option<&Lock>) -> Result<Requested, ProjectError> {
         let yaml = self.devenv_yaml_nixpkgs()?;
         let req = match (&self.config.nixpkgs, yaml) {
             (Some(spec), yaml) => {
@@ -346,12 +347,14 @@ impl Project {
                 req
             }
             (None, Some(y)) => y,
+            (None, None) if let Some(o) = lock.and_then(Lock::original) => {
+                Requested::from_lock(o, &self.dir.join(LOCK_FILE), &self.dir)?
+            }
             (None, None) => {
                 let v = PackageSet::nix_path_value().ok_or(ProjectError::NoPackageSet)?;
                 Requested::parse(&v, Origin::NixPath, &self.dir)?
             }
         };
-        req.check_trusted(&self.dir)?;
         Ok(req)
     }
 
@@ -397,8 +400,8 @@ impl Project {
     /// or, on first use or with `update`, the input resolved now and written there.
     /// Reading a lock calls no nix.
     pub fn pin(&self, update: bool) -> Result<Pin, ProjectError> {
-        let req = self.requested()?;
         let lock = Lock::read(&self.dir)?;
+        let req = self.requested(lock.as_ref())?;
         let file = self.dir.join(LOCK_FILE);
         if !update
             && let Some(pin) = lock
@@ -409,6 +412,10 @@ impl Project {
         {
             return Ok(pin);
         }
+        // Resolving reads the directory named (nix copies it into the store): only one
+        // the project may name. A pinned copy already in the store is read as it is
+        // ([`Pin::realise`]).
+        req.check_trusted(&self.dir)?;
         let pin = Pin {
             locked: req.resolve()?,
             requested: req,

@@ -135,6 +135,9 @@ pub enum Origin {
     Config(PathBuf),
     /// `inputs.nixpkgs.url` of a devenv.yaml.
     DevenvYaml(PathBuf),
+    /// `original` of the lock's nixpkgs input (a project that names no package set
+    /// otherwise, as devenv's default input).
+    Lock(PathBuf),
     /// `nixpkgs=` of the caller's NIX_PATH (or `<nixpkgs>`).
     NixPath,
     /// `nixcell run --with` outside a project, and tests.
@@ -146,6 +149,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::Config(p) => write!(f, "{}: nixpkgs", p.display()),
             Origin::DevenvYaml(p) => write!(f, "{}: inputs.nixpkgs.url", p.display()),
+            Origin::Lock(p) => write!(f, "{}: nodes.nixpkgs.original", p.display()),
             Origin::NixPath => write!(f, "NIX_PATH"),
             Origin::Caller => write!(f, "the command line"),
         }
@@ -327,6 +331,32 @@ impl Requested {
         })
     }
 
+    /// The input the lock's `original` names, as if the project had named it.
+    pub fn from_lock(
+        original: &Attrs,
+        file: &Path,
+        base: &Path,
+    ) -> Result<Requested, PackageSetError> {
+        let bad = |message: String| PackageSetError::Lock {
+            file: file.to_path_buf(),
+            message,
+        };
+        let reference = reference_of(original).ok_or_else(|| {
+            bad(format!(
+                "input nixpkgs: original {} is not an input nixcell can name",
+                canonical(original)
+            ))
+        })?;
+        let r = Requested::parse(&reference, Origin::Lock(file.to_path_buf()), base)?;
+        if &r.original != original {
+            return Err(bad(format!(
+                "input nixpkgs: original {} is not written as nixcell writes {reference}",
+                canonical(original)
+            )));
+        }
+        Ok(r)
+    }
+
     /// The local directory it names, if any.
     pub fn local_dir(&self) -> Option<PathBuf> {
         local_dir_of(&self.original)
@@ -378,6 +408,36 @@ impl Requested {
         }
         Ok(locked)
     }
+}
+
+/// The flake reference of `original` attributes (the inverse of [`Requested::parse`]).
+fn reference_of(a: &Attrs) -> Option<String> {
+    let s = |k: &str| a.get(k).and_then(Value::as_str);
+    let suffix = s("rev")
+        .or(s("ref"))
+        .map(|r| format!("/{r}"))
+        .unwrap_or_default();
+    Some(match s("type")? {
+        k @ ("github" | "gitlab" | "sourcehut") => {
+            format!("{k}:{}/{}{suffix}", s("owner")?, s("repo")?)
+        }
+        "path" => format!("path:{}", s("path")?),
+        "tarball" => s("url")?.to_string(),
+        "indirect" => format!("flake:{}{suffix}", s("id")?),
+        "git" => {
+            let q: Vec<String> = ["ref", "rev"]
+                .iter()
+                .filter_map(|k| s(k).map(|v| format!("{k}={v}")))
+                .collect();
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            format!("git+{}{q}", s("url")?)
+        }
+        _ => return None,
+    })
 }
 
 fn split_query(s: &str) -> (&str, Option<&str>) {
@@ -851,6 +911,11 @@ impl Lock {
         }))
     }
 
+    /// The `original` of its nixpkgs input, if it has one.
+    pub fn original(&self) -> Option<&Attrs> {
+        self.node.as_ref().map(|(_, o)| o)
+    }
+
     /// The pin for `requested`, if this lock has one: an error naming the file if it
     /// pins something else or is malformed.
     pub fn pin(&self, requested: &Requested, file: &Path) -> Result<Option<Pin>, PackageSetError> {
@@ -964,6 +1029,25 @@ mod tests {
         assert_eq!(t.original["type"], "tarball");
         let p = parse("path:/").unwrap();
         assert_eq!(p.original, attrs(&[("type", "path"), ("path", "/")]));
+        for good in [
+            "github:NixOS/nixpkgs/nixos-24.11",
+            "github:NixOS/nixpkgs",
+            "gitlab:o/r/0123456789abcdef0123456789abcdef01234567",
+            "nixpkgs",
+            "nixpkgs/nixos-24.11",
+            "path:/",
+            "git+file:///?ref=main",
+            "git+https://example.org/r.git",
+            "https://example.org/nixexprs.tar.xz",
+        ] {
+            let r = parse(good).unwrap();
+            let back = reference_of(&r.original).unwrap();
+            assert_eq!(
+                parse(&back).unwrap().original,
+                r.original,
+                "{good} -> {back}"
+            );
+        }
         for bad in [
             "github:NixOS",
             "github:a/b/c/d",
