@@ -172,7 +172,8 @@ const PATH_INPUTS: &[&str] = &[
 ];
 
 /// What nix says about a flake output: whether it is a dev shell (has an
-/// `inputDerivation`), and its derivation's environment as the builder would see it.
+/// `inputDerivation`), its derivation's environment as the builder would see it, and
+/// its stdenv's `initialPath` (the tools `nix develop` puts on PATH after the inputs).
 const PROBE: &str = r#"d:
   let
     conv = v: if builtins.isList v then builtins.concatStringsSep " " (map conv v)
@@ -181,7 +182,11 @@ const PROBE: &str = r#"d:
       else if builtins.isAttrs v && !(v ? outPath) then ""
       else toString v;
     shell = builtins.isAttrs d && d ? inputDerivation && d ? drvAttrs;
-  in { inherit shell; env = if shell then builtins.mapAttrs (n: conv) d.drvAttrs else { }; }"#;
+  in {
+    inherit shell;
+    env = if shell then builtins.mapAttrs (n: conv) d.drvAttrs else { };
+    initialPath = if shell then map toString ((d.stdenv or null).initialPath or [ ]) else [ ];
+  }"#;
 
 /// The `nix` command with flakes on.
 pub fn nix_flakes() -> Command {
@@ -243,6 +248,12 @@ pub fn flake_env(
             if crate::nix::store::is_store_path(&p, &store) && !paths.contains(&p) {
                 paths.push(p);
             }
+        }
+    }
+    let tools = v["initialPath"].as_array().cloned().unwrap_or_default();
+    for p in tools.iter().filter_map(|t| t.as_str()).map(PathBuf::from) {
+        if crate::nix::store::is_store_path(&p, &store) && !paths.contains(&p) {
+            paths.push(p);
         }
     }
     paths.push(closure);
