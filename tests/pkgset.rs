@@ -383,9 +383,24 @@ fn devenv_yaml_names_the_package_set() {
         "{err}"
     );
     std::fs::remove_file(dir.join("nixcell.toml")).unwrap();
-    std::fs::write(dir.join("devenv.yaml"), "inputs: [unclosed\n").unwrap();
-    let err = fails(&cell(dir, None, &[], &["run", "--", "true"]), "bad yaml");
-    assert!(err.contains("devenv.yaml"), "{err}");
+    // What would make devenv use another package set than nixcell is refused.
+    for (yaml, says) in [
+        ("inputs: [unclosed\n", "devenv.yaml:"),
+        (
+            "inputs:\n  nixpkgs:\n    url: path:./pkgs\n    overlays: [ default ]\n",
+            "devenv.yaml:4: inputs.nixpkgs.overlays",
+        ),
+        (
+            "inputs:\n  nixpkgs:\n    url: path:./pkgs\nallowUnfree: true\n",
+            "devenv.yaml:4: `allowUnfree`",
+        ),
+        ("imports:\n  - ./other\n", "devenv.yaml:1: `imports`"),
+        ("flavour: 1\n", "unsupported key `flavour`"),
+    ] {
+        std::fs::write(dir.join("devenv.yaml"), yaml).unwrap();
+        let err = fails(&cell(dir, None, &[], &["run", "--", "true"]), yaml);
+        assert!(err.contains(says), "{yaml}: {err}");
+    }
 }
 
 #[test]

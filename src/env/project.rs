@@ -377,13 +377,11 @@ impl Project {
                 line: e.location().map_or(1, |l| l.line()),
                 message: e.to_string().replace('\n', " "),
             })?;
+        check_devenv_yaml(&file, &String::from_utf8_lossy(&bytes), &doc)?;
         let input = doc.get("inputs").and_then(|i| i.get("nixpkgs"));
         let Some(input) = input else {
             return Ok(None);
         };
-        if input.get("follows").is_some() {
-            return Err(bad("follows is not supported for nixpkgs".into()));
-        }
         let url = input
             .get("url")
             .ok_or_else(|| bad("inputs.nixpkgs has no url".into()))?
@@ -568,6 +566,72 @@ impl Project {
         }
         req
     }
+}
+
+/// Refuses what would make devenv evaluate the package set otherwise than nixcell does
+/// (nixcell reads only `inputs.nixpkgs.url`): overlays, follows or other settings of the
+/// nixpkgs input, nixpkgs configuration, imports; an unknown key is an error too.
+/// Other inputs are left alone (a declaration reaches only `inputs.nixpkgs`).
+fn check_devenv_yaml(
+    file: &Path,
+    text: &str,
+    doc: &serde_norway::Value,
+) -> Result<(), ProjectError> {
+    use serde_norway::Value as Y;
+    let at = |key: &str, message: String| ProjectError::Config {
+        file: file.to_path_buf(),
+        line: text
+            .find(&format!("{key}:"))
+            .map_or(1, |o| line_of(text, o)),
+        message,
+    };
+    let Some(map) = doc.as_mapping() else {
+        return match doc {
+            Y::Null => Ok(()),
+            _ => Err(at("", "must be a mapping of devenv's keys".into())),
+        };
+    };
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        let fine = match key {
+            "inputs" => {
+                let nixpkgs = v.get("nixpkgs");
+                if let Some(other) = nixpkgs
+                    .and_then(Y::as_mapping)
+                    .and_then(|m| m.keys().find(|k| k.as_str() != Some("url")))
+                {
+                    return Err(at(
+                        other.as_str().unwrap_or("nixpkgs"),
+                        format!(
+                            "inputs.nixpkgs.{}: nixcell reads only inputs.nixpkgs.url",
+                            other.as_str().unwrap_or("?")
+                        ),
+                    ));
+                }
+                v.is_mapping() && nixpkgs.is_none_or(Y::is_mapping)
+            }
+            "allowUnfree" | "allowBroken" => v.as_bool() == Some(false),
+            "permittedInsecurePackages" | "imports" => {
+                v.as_sequence().is_some_and(|s| s.is_empty())
+            }
+            "clean" | "impure" => true,
+            _ => {
+                return Err(at(
+                    key,
+                    format!("unsupported key `{key}` (nixcell reads inputs.nixpkgs.url)"),
+                ));
+            }
+        };
+        if !fine {
+            return Err(at(
+                key,
+                format!(
+                    "`{key}` with this value is not supported: nixcell evaluates the package set without it"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Version of the build cache's entries and key.
