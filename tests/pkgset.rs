@@ -468,45 +468,23 @@ fn a_dev_shell_of_a_nixpkgs_like_mkshell_runs_with_its_variables() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the shell built");
-    let o = cell(
-        dir.path(),
-        None,
-        &[],
-        &[
-            "run",
-            "--env",
-            ".#devShells.x86_64-linux.default",
-            "--impure",
-            "--setenv",
-            "EXTRA=1",
-            "--",
-            "sh",
-            "-c",
-            "jq --version; echo \"$GREETING\"; echo \"${builder-none} ${buildPhase-none} $EXTRA\"",
-        ],
+    let shell = |name: &str, script: &str| {
+        let env = format!(".#devShells.x86_64-linux.{name}");
+        let args = [
+            "run", "--env", &env, "--impure", "--setenv", "EXTRA=1", "--", "bash", "-c", script,
+        ];
+        ok(&cell(dir.path(), None, &[], &args), name)
+    };
+    let out = shell(
+        "default",
+        "jq --version; echo \"$GREETING\"; echo \"${builder-none} ${buildPhase-none} $EXTRA\"",
     );
-    let out = ok(&o, "dev shell");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("jq-"), "{out}");
     assert_eq!(lines[1], "hello from the shell");
     assert_eq!(lines[2], "none none 1", "build-only variables are not set");
     // After the shell's inputs, its stdenv's tools are on PATH, as in `nix develop`.
-    let o = cell(
-        dir.path(),
-        None,
-        &[],
-        &[
-            "run",
-            "--env",
-            ".#devShells.x86_64-linux.bare",
-            "--impure",
-            "--",
-            "bash",
-            "-c",
-            "jq --version; ls --version | head -1",
-        ],
-    );
-    let out = ok(&o, "bare dev shell");
+    let out = shell("bare", "jq --version; ls --version | head -1");
     assert!(out.starts_with("jq-") && out.contains("coreutils"), "{out}");
 }
 
@@ -515,13 +493,7 @@ fn rootless_the_owner_of_a_project_locks_its_package_set_and_runs() {
     let p = project(Some("nixpkgs = \"path:./pkgs\"\n"));
     let dir = p.path();
     package_set(&dir.join("pkgs"), "Hello, rootless!");
-    let (u, g) = test_user_ids();
-    let out = Command::new("chown")
-        .args(["-R", &format!("{u}:{g}")])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    chown_to_test_user(dir);
     let run = |args: &[&str]| {
         let mut c = nixcell(Mode::Rootless);
         c.current_dir(dir).args(args);
@@ -533,7 +505,10 @@ fn rootless_the_owner_of_a_project_locks_its_package_set_and_runs() {
     );
     let lock_file = dir.join("devenv.lock");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&lock_file).unwrap().uid(), u);
+    assert_eq!(
+        std::fs::metadata(&lock_file).unwrap().uid(),
+        test_user_ids().0
+    );
     assert_eq!(nixpkgs_node(dir)["locked"]["type"], "path");
     let good = std::fs::read_to_string(&lock_file).unwrap();
     let tampered = good.replace(

@@ -1,4 +1,4 @@
-//! The front-end commands of the CLI: `build`, `context`, `edit`, `proposals`,
+//! The front-end commands of the CLI: `build`, `lock`, `context`, `edit`, `proposals`,
 //! `approve`, `reject`, and how `run` finds its environment (a project, `--with`,
 //! `--env`). Errors print one line `nixcell: ...` and exit 125.
 
