@@ -8,6 +8,7 @@
 //! project names, and never makes nix read a host directory the project could not name
 //! itself (see [`Pin::realise`]).
 
+use crate::nix::build::Progress;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -382,15 +383,12 @@ impl Requested {
             spec: self.spec.clone(),
             message,
         };
-        let out = crate::nix::build::nix_flakes()
-            .args(["flake", "metadata", "--json", "--no-write-lock-file"])
-            .arg(&self.reference)
-            .output()
-            .map_err(|e| fail(format!("cannot run nix: {e}")))?;
-        if !out.status.success() {
-            return Err(fail(crate::nix::eval::nix_message(&out.stderr)));
-        }
-        let v: Value = serde_json::from_slice(&out.stdout)
+        let mut cmd = crate::nix::build::nix_flakes();
+        cmd.args(["flake", "metadata", "--json", "--no-write-lock-file"])
+            .arg(&self.reference);
+        let out = crate::nix::build::output_shown(cmd, "nix flake metadata", Progress::Stderr)
+            .map_err(|e| fail(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&out)
             .map_err(|e| fail(format!("nix flake metadata printed no JSON: {e}")))?;
         let locked: Attrs = v
             .get("locked")
@@ -811,19 +809,13 @@ impl Pin {
                 return Err(bad(outside_message(&d)));
             }
             let json = serde_json::to_string(&self.locked).unwrap_or_default();
-            let out = crate::nix::build::nix_flakes()
-                .env("NIXCELL_LOCKED_INPUT", json)
+            let mut cmd = crate::nix::build::nix_flakes();
+            cmd.env("NIXCELL_LOCKED_INPUT", json)
                 .args(["eval", "--impure", "--raw", "--expr"])
-                .arg("(builtins.fetchTree (builtins.fromJSON (builtins.getEnv \"NIXCELL_LOCKED_INPUT\"))).outPath")
-                .output()
-                .map_err(|e| bad(format!("cannot run nix: {e}")))?;
-            if !out.status.success() {
-                return Err(bad(format!(
-                    "fetching the pinned package set: {}",
-                    crate::nix::eval::nix_message(&out.stderr)
-                )));
-            }
-            let got = String::from_utf8_lossy(&out.stdout);
+                .arg("(builtins.fetchTree (builtins.fromJSON (builtins.getEnv \"NIXCELL_LOCKED_INPUT\"))).outPath");
+            let out = crate::nix::build::output_shown(cmd, "nix eval", Progress::Stderr)
+                .map_err(|e| bad(format!("fetching the pinned package set: {e}")))?;
+            let got = String::from_utf8_lossy(&out);
             if Path::new(got.trim()) != set.path {
                 return Err(bad(format!(
                     "the pinned package set was fetched to {}, not to {} (its narHash)",

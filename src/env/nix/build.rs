@@ -25,17 +25,9 @@ pub enum Progress {
     Quiet,
 }
 
-fn run_streaming(
-    mut cmd: Command,
-    tool: &'static str,
-    link: &Path,
-    progress: Progress,
-) -> Result<PathBuf, BuildError> {
-    cmd.env("NIX_CONFIG", nix_config())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
+/// nix's stderr, line by line as it comes, shown with [`Progress::Stderr`]; all of it
+/// is returned (for the error message).
+fn pump_stderr(child: &mut std::process::Child, progress: Progress) -> Vec<u8> {
     let mut captured = Vec::new();
     if let Some(err) = child.stderr.take() {
         let mut reader = BufReader::new(err);
@@ -48,6 +40,50 @@ fn run_streaming(
             line.clear();
         }
     }
+    captured
+}
+
+/// Runs a nix command whose answer is its stdout (JSON, a path): its progress is shown
+/// as it comes; a failure is nix's message.
+pub fn output_shown(
+    mut cmd: Command,
+    tool: &'static str,
+    progress: Progress,
+) -> Result<Vec<u8>, BuildError> {
+    use std::io::Read;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = s.read_to_end(&mut out);
+        }
+        out
+    });
+    let captured = pump_stderr(&mut child, progress);
+    let out = reader.join().unwrap_or_default();
+    let status = child.wait().map_err(|e| BuildError::Spawn(tool, e))?;
+    if !status.success() {
+        return Err(BuildError::Nix(nix_message(&captured)));
+    }
+    Ok(out)
+}
+
+fn run_streaming(
+    mut cmd: Command,
+    tool: &'static str,
+    link: &Path,
+    progress: Progress,
+) -> Result<PathBuf, BuildError> {
+    cmd.env("NIX_CONFIG", nix_config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
+    let captured = pump_stderr(&mut child, progress);
     let status = child.wait().map_err(|e| BuildError::Spawn(tool, e))?;
     if !status.success() {
         return Err(BuildError::Nix(nix_message(&captured)));
@@ -213,13 +249,8 @@ pub fn flake_env(
         probe.arg("--impure");
     }
     probe.arg(installable).args(["--apply", PROBE]);
-    let out = probe
-        .output()
-        .map_err(|e| BuildError::Spawn("nix eval", e))?;
-    if !out.status.success() {
-        return Err(BuildError::Nix(nix_message(&out.stderr)));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let out = output_shown(probe, "nix eval", progress)?;
+    let v: serde_json::Value = serde_json::from_slice(&out)
         .map_err(|e| BuildError::Nix(format!("nix eval printed no JSON: {e}")))?;
     if v["shell"] != serde_json::Value::Bool(true) {
         let env = build_flake(installable, impure, link, progress)?;
