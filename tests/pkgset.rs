@@ -432,6 +432,22 @@ fn a_registry_name_is_resolved_by_the_callers_registry() {
     assert_eq!(node["original"]["type"], "indirect");
     assert_eq!(node["original"]["id"], "fixturepkgs");
     assert_eq!(node["locked"]["type"], "path");
+    // Outside a project, NIX_PATH may name it the way NixOS does (`flake:…`).
+    let wd = scratch("with");
+    let out = cmd(
+        wd.path(),
+        None,
+        &[],
+        &["run", "--with", "hello", "--", "hello"],
+    )
+    .env("NIX_PATH", "nixpkgs=flake:fixturepkgs")
+    .env(
+        "NIX_CONFIG",
+        format!("substituters =\nflake-registry = {}\n", file.display()),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(ok(&out, "--with from flake:").trim(), "Hello, registry!");
 }
 
 #[test]

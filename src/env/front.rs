@@ -337,9 +337,10 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         // In a project, its pinned package set; else NIX_PATH's.
         let set = match Project::discover(Path::new(".")) {
             Ok(p) => p.package_set()?,
-            Err(crate::project::ProjectError::NotFound(_)) => PackageSet::at(
-                &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
-            )?,
+            Err(crate::project::ProjectError::NotFound(_)) => {
+                PackageSet::from_nix_path(&std::env::current_dir()?)
+                    .ok_or(crate::project::ProjectError::NoPackageSet)??
+            }
             Err(e) => return Err(e.into()),
         };
         let env = crate::declare::build_with(

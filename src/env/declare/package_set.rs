@@ -78,10 +78,24 @@ impl PackageSet {
         nix_path_nixpkgs(&np)
     }
 
-    /// `nixpkgs=PATH` of NIX_PATH when it is a directory.
-    pub fn from_nix_path() -> Option<PathBuf> {
+    /// The package set of NIX_PATH's `nixpkgs=` outside a project (no lock): a
+    /// directory as it is; a reference (`flake:nixpkgs`, a URL, `channel:…`) resolved
+    /// now. `None` without such an entry.
+    pub fn from_nix_path(cwd: &Path) -> Option<Result<PackageSet, PackageSetError>> {
         let v = PackageSet::nix_path_value()?;
-        v.starts_with('/').then(|| PathBuf::from(v))
+        if v.starts_with('/') {
+            return Some(PackageSet::at(Path::new(&v)));
+        }
+        let pin = || -> Result<PackageSet, PackageSetError> {
+            let requested = Requested::parse(&v, Origin::NixPath, cwd)?;
+            let pin = Pin {
+                locked: requested.resolve()?,
+                requested,
+                lock_file: PathBuf::from("NIX_PATH"),
+            };
+            pin.realise(cwd)
+        };
+        Some(pin())
     }
 }
 
