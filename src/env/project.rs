@@ -481,6 +481,7 @@ impl Project {
                         declare::ReadyCheck::TcpPort(p) => Some(p),
                         declare::ReadyCheck::None => None,
                     },
+                    ready_timeout_ms: svc.ready_timeout_ms,
                 });
             }
         }

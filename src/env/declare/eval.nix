@@ -330,6 +330,8 @@ in
         ++ (if pgEnabled then [{
           name = "postgres";
           port = pgPort;
+          # initdb and the set-up run before it listens.
+          ready_timeout_ms = 60000;
           command = [ "${pgStart}/bin/nixcell-postgres" ];
         }] else [ ]);
       processes = map
