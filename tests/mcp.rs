@@ -215,7 +215,7 @@ fn sdk_proposals_are_decided_by_the_clients_user_through_elicitation() {
     assert!(log.contains("pandas") && !log.contains("openpyxl"), "{log}");
     let decl = std::fs::read_to_string(p.path().join("devenv.nix")).unwrap();
     assert!(
-        decl.contains("\"pandas\"") && !decl.contains("openpyxl"),
+        decl.contains("ps.pandas") && !decl.contains("openpyxl"),
         "{decl}"
     );
 

@@ -207,7 +207,7 @@ let
     else if py ? package || legacyLibs == [ ] then basePython
     else basePython.withPackages (ps: map (n: ps.${n}) legacyLibs);
 
-  libPath = builtins.concatStringsSep ":" (map (p: "${p.lib or p}/lib") nativeLibs);
+  libPath = (lib.makeLibraryPath or (ps: builtins.concatStringsSep ":" (map (p: "${p}/lib") ps))) nativeLibs;
 
   # As devenv does: the interpreter's programs see the native libraries on
   # LD_LIBRARY_PATH. Wrappers of bin/python* win over the interpreter's own links.
