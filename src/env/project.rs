@@ -416,6 +416,11 @@ impl Project {
         }
         let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
+        if matches!(progress, Progress::Stderr) {
+            for w in &description.warnings {
+                eprintln!("nixcell: warning: {w}");
+            }
+        }
         // nix-build replaces whatever is at the link's place (it renames a new link
         // over it), so a planted link or file there is not followed.
         let env = declare::build_env(&evaluator, decl, Some(&set.path), &root, progress)?;

@@ -341,6 +341,9 @@ in
           command = [ "${processScripts.${n}}/bin/nixcell-process-${n}" ];
         })
         (builtins.attrNames processes);
+      warnings =
+        if legacyLibs == [ ] then [ ]
+        else [ "${file}: languages.python.libraries = [ ${builtins.concatStringsSep " " (map (n: "\"${n}\"") legacyLibs)} ] is nixcell's old form (devenv reads libraries as native library packages); nixcell still reads it, and its next Python library edit rewrites it as languages.python.package = pkgs.python3.withPackages (ps: [ ${builtins.concatStringsSep " " (map (n: "ps.${n}") legacyLibs)} ])" ];
       scripts = map (n: { name = n; description = scripts.${n}.description or ""; }) (builtins.attrNames scripts);
       enter_shell = if enterShell == "" then null else [ "${enterShellScript}/bin/nixcell-enter-shell" ];
       env = pgEnv // builtins.mapAttrs (n: v: envValue v) envVars;

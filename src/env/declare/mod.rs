@@ -122,6 +122,9 @@ pub struct Description {
     pub processes: Vec<ProcessJson>,
     #[serde(default)]
     pub scripts: Vec<ScriptJson>,
+    /// What the declaration should change to stay valid for devenv (the old form).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The prefix of the command's argv that runs `enterShell` first (a store script
     /// that sources it and execs the rest), when the declaration has one.
     #[serde(default)]
