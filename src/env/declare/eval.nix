@@ -281,7 +281,7 @@ let
     PGDATA=${pgRun}/data PGHOST=${pgRun} PGPORT=${toString pgPort}
     export PATH PGDATA PGHOST PGPORT
     mkdir -p ${pgRun}
-    initdb --locale=C --encoding=UTF8 --auth=trust -D "$PGDATA" > /dev/null
+    initdb --locale=C --encoding=UTF8 --auth=trust --no-sync -D "$PGDATA" > /dev/null
     printf '%s\n' "listen_addresses = '127.0.0.1'" "port = ${toString pgPort}" \
       "unix_socket_directories = '${pgRun}'" "dynamic_shared_memory_type = mmap" >> "$PGDATA/postgresql.conf"
     pg_ctl -D "$PGDATA" -w -s -o "-c listen_addresses='''" start
