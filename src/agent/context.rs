@@ -17,6 +17,9 @@
 //!                      "libraries": [ { "name": "pandas", "version": "1.5.3" } ] },
 //!   "services": [ { "name": "redis", "port": 6379 | null, "command": [ ... ] } ],
 //!   "env_vars": { "NAME": "value" },
+//!   "package_set": { "source": "github:NixOS/nixpkgs/nixos-24.11", "origin": "...",
+//!                    "locked": "github:NixOS/nixpkgs/<rev>", "nar_hash": "sha256-...",
+//!                    "lock_file": "/abs/project/devenv.lock", "path": "/nix/store/...-source" },
 //!   "limits": { "timeout_secs": 30 | null, "tmp_size_bytes": N, "max_output_bytes": N },
 //!   "network": { "policy": "loopback-only", "detail": "..." },
 //!   "writable_paths": [ { "path": "/work", "what": "...", "size_bytes": N | null } ],
@@ -124,6 +127,8 @@ pub struct Context {
     pub python: Option<PythonInfo>,
     pub services: Vec<ServiceInfo>,
     pub env_vars: BTreeMap<String, String>,
+    /// The package set's pin (devenv.lock).
+    pub package_set: crate::project::PinInfo,
     pub limits: LimitsInfo,
     pub network: NetworkInfo,
     pub writable_paths: Vec<WritablePath>,
@@ -336,6 +341,7 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
         python,
         services,
         env_vars: built.description.env.clone(),
+        package_set: built.package_set.clone(),
         limits: LimitsInfo {
             timeout_secs: limits.timeout.map(|d| d.as_secs()),
             tmp_size_bytes: project.limits.tmp_size_bytes,
@@ -371,18 +377,7 @@ pub fn gather(project: &Project, built: &Built) -> Result<Context, ContextError>
 }
 
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::units::human_size(n)
 }
 
 fn versioned(name: &str, version: &Option<String>) -> String {
@@ -417,6 +412,14 @@ pub fn to_markdown(c: &Context, max_tokens: Option<usize>) -> String {
             c.closure_paths
         ),
         format!("- Network: {} ({}).", c.network.policy, c.network.detail),
+        format!(
+            "- Package set: {} ({}), pinned to {} {} by `{}`; it changes only with `nixcell lock --update`.",
+            c.package_set.source,
+            c.package_set.origin,
+            c.package_set.locked,
+            c.package_set.nar_hash,
+            c.package_set.lock_file.display()
+        ),
     ];
     for w in &c.writable_paths {
         let size = w

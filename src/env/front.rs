@@ -7,11 +7,9 @@ use crate::edit::{self, EditOutcome, EditRequest, Op};
 use crate::nix::build::{self, Progress};
 use crate::plan::CellRequest;
 use crate::project::{Built, PackageSet, Project};
+use crate::units::human_delta;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
-
-/// Exit status when nixcell itself failed.
-const EXIT_SETUP: i32 = 125;
 
 #[derive(Args, Debug, Clone)]
 pub struct ProjectArg {
@@ -38,6 +36,19 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+    /// Resolve the package set again and move the pin (else only a missing pin is
+    /// written).
+    #[arg(long)]
+    pub update: bool,
+    /// Print the pin as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     Markdown,
@@ -48,8 +59,12 @@ pub enum Format {
 pub struct ContextArgs {
     #[command(flatten)]
     pub project: ProjectArg,
-    #[arg(long, value_enum, default_value = "markdown")]
-    pub format: Format,
+    /// Print the context as JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Old spelling of --json (`--format json`); kept for scripts, hidden.
+    #[arg(long, value_enum, hide = true)]
+    pub format: Option<Format>,
     /// Keep the Markdown within about this many tokens (it says what it left out).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
@@ -57,6 +72,7 @@ pub struct ContextArgs {
 
 #[derive(Args, Debug)]
 pub struct EditArgs {
+    /// The edit to make.
     #[arg(value_enum)]
     pub op: Op,
     /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`).
@@ -78,6 +94,7 @@ pub struct ProposalsArgs {
     /// Every proposal, also approved and rejected ones.
     #[arg(long)]
     pub all: bool,
+    /// Print the proposals as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -88,13 +105,14 @@ pub struct DecideArgs {
     pub id: String,
     #[command(flatten)]
     pub project: ProjectArg,
+    /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-fn fail(e: anyhow::Error) -> i32 {
-    eprintln!("nixcell: {e}");
-    EXIT_SETUP
+/// `nixcell: ERROR` on stderr, with `--json` also the error object on stdout; exit 125.
+fn fail(e: anyhow::Error, json: bool) -> i32 {
+    crate::verdict::report_refusal(json, crate::verdict::VerdictError::of_error(&e), false)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -118,7 +136,32 @@ pub fn build(args: &BuildArgs) -> i32 {
             println!("{}", b.env.display());
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
+    }
+}
+
+pub fn lock(args: &LockArgs) -> i32 {
+    let go = || -> anyhow::Result<crate::project::PinInfo> {
+        let p = args.project.open()?;
+        Ok(p.pin(args.update)?.info())
+    };
+    match go() {
+        Ok(i) if args.json => {
+            print_json(&i);
+            0
+        }
+        Ok(i) => {
+            println!(
+                "{} ({}) pinned to {} {} in {}",
+                i.source,
+                i.origin,
+                i.locked,
+                i.nar_hash,
+                i.lock_file.display()
+            );
+            0
+        }
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -128,25 +171,17 @@ pub fn context(args: &ContextArgs) -> i32 {
         let b = p.build(Progress::Stderr)?;
         Ok(context::gather(&p, &b)?)
     };
+    let json = args.json || matches!(args.format, Some(Format::Json));
     match go() {
         Ok(c) => {
-            match args.format {
-                Format::Json => print_json(&c),
-                Format::Markdown => print!("{}", context::to_markdown(&c, args.max_tokens)),
+            if json {
+                print_json(&c);
+            } else {
+                print!("{}", context::to_markdown(&c, args.max_tokens));
             }
             0
         }
-        Err(e) => fail(e),
-    }
-}
-
-fn human_delta(n: i64) -> String {
-    let sign = if n < 0 { "-" } else { "+" };
-    let a = n.unsigned_abs() as f64;
-    if a >= (1 << 20) as f64 {
-        format!("{sign}{:.1} MiB", a / (1 << 20) as f64)
-    } else {
-        format!("{sign}{:.1} KiB", a / 1024.0)
+        Err(e) => fail(e, json),
     }
 }
 
@@ -189,7 +224,7 @@ pub fn edit(args: &EditArgs) -> i32 {
             report_outcome(&o, args.json);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -208,6 +243,17 @@ pub fn proposals(args: &ProposalsArgs) -> i32 {
             0
         }
         Ok(list) => {
+            if list.is_empty() {
+                println!(
+                    "no {}proposals{}",
+                    if args.all { "" } else { "pending " },
+                    if args.all {
+                        ""
+                    } else {
+                        " (--all lists approved and rejected ones too)"
+                    }
+                );
+            }
             for p in &list {
                 let status = serde_json::to_value(p.status).unwrap_or_default();
                 println!(
@@ -222,7 +268,7 @@ pub fn proposals(args: &ProposalsArgs) -> i32 {
             }
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -236,7 +282,7 @@ pub fn approve(args: &DecideArgs) -> i32 {
             report_outcome(&o, args.json);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -254,7 +300,7 @@ pub fn reject(args: &DecideArgs) -> i32 {
             println!("rejected {}: {} {}", p.id, p.operation.as_str(), p.name);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -296,11 +342,13 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
             crate::edit::policy::check_name(crate::edit::policy::Subject::Package, n)
                 .map_err(|e| anyhow::anyhow!("--with: {e}"))?;
         }
+        // In a project, its pinned package set; else NIX_PATH's.
         let set = match Project::discover(Path::new(".")) {
-            Ok(p) if p.config.nixpkgs.is_some() => p.package_set()?,
-            _ => PackageSet::at(
+            Ok(p) => p.package_set()?,
+            Err(crate::project::ProjectError::NotFound(_)) => PackageSet::at(
                 &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
             )?,
+            Err(e) => return Err(e.into()),
         };
         let env = crate::declare::build_with(
             &src.with,
@@ -315,9 +363,17 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         let cwd = std::env::current_dir()?;
         let key = hex::encode(Sha256::digest(format!("{}\0{f}", cwd.display())));
         let link = user_cache_dir("flakes")?.join(&key[..32]);
-        let env = build::build_flake(f, src.impure, &link, Progress::Stderr)
+        let env = build::flake_env(f, src.impure, &link, Progress::Stderr)
             .map_err(|e| anyhow::anyhow!("--env {f}: {e}"))?;
-        req.env_paths.push(env);
+        for p in env.paths {
+            if !req.env_paths.contains(&p) {
+                req.env_paths.push(p);
+            }
+        }
+        // A dev shell's variables, under those given with --setenv.
+        let mut vars: Vec<String> = env.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vars.append(&mut req.setenv);
+        req.setenv = vars;
     }
     if !req.env_paths.is_empty() {
         return Ok(extra);

@@ -278,12 +278,12 @@ impl Server {
             Ok(r) => {
                 let text = match (&r.commit, &r.proposal) {
                     (Some(c), _) => format!(
-                        "{} {}: committed {c}; {} store paths added, {} removed ({:+} bytes). Later runs use the new environment.\n{}",
+                        "{} {}: committed {c}; {} store paths added, {} removed ({}). Later runs use the new environment.\n{}",
                         r.operation,
                         r.name,
                         r.closure_diff.added.len(),
                         r.closure_diff.removed.len(),
-                        r.closure_diff.size_delta_bytes,
+                        crate::units::human_delta(r.closure_diff.size_delta_bytes),
                         r.diff
                     ),
                     (_, Some(id)) => format!(

@@ -482,7 +482,7 @@ fn edit_locked(
     let text = String::from_utf8(original.clone())
         .map_err(|_| EditError::Encoding { file: decl.clone() })?;
     let new_text = apply_to_text(crate::project::DECLARATION, &text, op, name)?;
-    let before = project.build(progress)?;
+    let before = project.build(progress.clone())?;
     let after = prove(project, &new_text, progress)?;
     let diff = unified_diff(crate::project::DECLARATION, &text, &new_text);
     let cdiff = closure_diff(&before.env, &after.env)?;
