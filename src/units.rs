@@ -79,6 +79,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_delta(118_388_152), "+112.9 MiB");
+        assert_eq!(human_delta(-512), "-512 B");
+        assert_eq!(human_size(5_000_000), "4.8 MiB");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("64K").unwrap(), 64 << 10);

@@ -241,6 +241,15 @@ fn a_declaration_error_has_kind_declaration() {
     let o = in_project(p.path(), &["build", "--json"]);
     fails(&o, "build of an invalid declaration");
     assert_eq!(verdict(&o)["error"]["kind"], "declaration");
+    // So is a nixcell.toml that is wrong, with its file and line.
+    let p = fixture_project("analysis");
+    let toml = p.path().join("nixcell.toml");
+    std::fs::write(&toml, "profile = \"default\"\nbogus_key = 1\n").unwrap();
+    let o = in_project(p.path(), &["run", "--json", "--", "true"]);
+    fails(&o, "bad nixcell.toml");
+    let e = verdict(&o)["error"].clone();
+    assert_eq!(e["kind"], "declaration", "{e}");
+    assert_eq!(e["where"], format!("{}:2", toml.display()), "{e}");
 }
 
 #[test]

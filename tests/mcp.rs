@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// A Python interpreter with the `mcp` SDK.
+/// A Python interpreter with the `mcp` SDK (and openpyxl, to write real spreadsheets).
 fn python() -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -23,7 +23,7 @@ fn python() -> PathBuf {
     let py = venv.join("bin/python");
     let has_sdk = |py: &PathBuf| {
         Command::new(py)
-            .args(["-c", "import mcp.client.stdio"])
+            .args(["-c", "import mcp.client.stdio, openpyxl"])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -39,7 +39,7 @@ fn python() -> PathBuf {
         .expect("python3 -m venv");
     assert!(st.success(), "cannot create {}", venv.display());
     let st = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "mcp"])
+        .args(["install", "--quiet", "mcp", "openpyxl"])
         .status()
         .expect("pip install mcp");
     assert!(st.success(), "pip install mcp failed");
@@ -56,15 +56,32 @@ fn scenario(name: &str, server_args: &[&str]) -> serde_json::Value {
 /// The same, with the client (and so the server it starts) run as root or as the
 /// unprivileged test user.
 fn scenario_as(mode: Mode, name: &str, server_args: &[&str]) -> serde_json::Value {
+    scenario_in(mode, name, server_args, None)
+}
+
+/// The same, with the server's temporary directory (its run directories) in `tmp`.
+fn scenario_in(
+    mode: Mode,
+    name: &str,
+    server_args: &[&str],
+    tmp: Option<&std::path::Path>,
+) -> serde_json::Value {
     let py = python();
     let mut cmd = match mode {
         Mode::Root => Command::new(&py),
         Mode::Rootless => {
             let mut c = as_test_user();
-            c.arg("env").arg(&py);
+            c.arg("env");
+            if let Some(t) = tmp {
+                c.arg(format!("TMPDIR={}", t.display()));
+            }
+            c.arg(&py);
             c
         }
     };
+    if let (Mode::Root, Some(t)) = (mode, tmp) {
+        cmd.env("TMPDIR", t);
+    }
     if mode == Mode::Root {
         cmd.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
             .env("NIXCELL_EVAL_PATHS", fixture_eval_paths());
@@ -196,6 +213,20 @@ fn sdk_project_context_and_refused_edit() {
     let v = scenario("context", &["--project", dir]);
     let md = v["markdown"].as_str().unwrap();
     assert!(md.contains("python3") && md.contains("pandas"), "{md}");
+    // Reading a project's context (which may build it) reports its start and end.
+    let progress = v["progress"].as_array().unwrap();
+    assert!(
+        progress[0]
+            .as_str()
+            .unwrap()
+            .starts_with("context: reading"),
+        "{v}"
+    );
+    assert_eq!(
+        progress.last().unwrap(),
+        "context: environment ready",
+        "{v}"
+    );
     let head = git(p.path(), &["rev-parse", "HEAD"]);
     let decl = std::fs::read(p.path().join("devenv.nix")).unwrap();
     let v = scenario("refused_edit", &["--project", dir]);
@@ -392,4 +423,159 @@ fn sdk_run_directories_are_private_to_the_server_and_removed() {
             .collect();
         assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
     }
+}
+
+/// Files in and out of a run are bytes: a real .xlsx (written by openpyxl on the host)
+/// placed with `files` and returned by `collect` is byte for byte the same, and a byte
+/// \xff sent in is \xff in the cell.
+#[test]
+fn sdk_binary_files_round_trip_byte_exact() {
+    let a = busybox_args();
+    for mode in MODES {
+        let v = scenario_as(mode, "binary_files", &args(&a));
+        assert!(v["xlsx_bytes"].as_u64().unwrap() > 1000, "{v}");
+    }
+}
+
+/// Each limit stated in the run tool's schema is enforced with an error result that
+/// names it: files, bytes, collect count, collected file size and total, bad base64.
+#[test]
+fn sdk_over_limit_requests_are_error_results() {
+    let a = busybox_args();
+    let v = scenario("over_limits", &args(&a));
+    assert_eq!(v["messages"].as_object().unwrap().len(), 6, "{v}");
+}
+
+/// The bound stated in the README: with the default limits, the result of a run stays
+/// under 48 KiB however much plain text the command writes (one copy of the verdict).
+const RUN_RESULT_BOUND: u64 = 48 << 10;
+
+#[test]
+fn sdk_result_of_a_5_mb_output_is_bounded() {
+    let a = busybox_args();
+    let v = scenario("big_output", &args(&a));
+    let chars = v["result_chars"].as_u64().unwrap();
+    eprintln!(
+        "result of a 5 MB output: {chars} characters, text {}",
+        v["text_chars"]
+    );
+    assert!(chars < RUN_RESULT_BOUND, "{chars} characters");
+}
+
+#[test]
+fn sdk_runs_report_progress() {
+    let a = busybox_args();
+    let v = scenario("run_progress", &args(&a));
+    assert!(v["progress"].as_array().unwrap().len() >= 5, "{v}");
+}
+
+#[test]
+fn sdk_run_progress_says_when_services_are_ready() {
+    let p = analysis_project();
+    let v = scenario(
+        "service_progress",
+        &["--project", p.path().to_str().unwrap()],
+    );
+    assert!(v["progress"].as_array().unwrap().len() >= 3, "{v}");
+}
+
+/// A cancelled run kills its whole cell (a process ignoring SIGTERM too) within a
+/// bound, its cgroups are removed and its run directory is gone.
+#[test]
+fn sdk_cancelled_run_kills_the_cell_and_leaves_nothing() {
+    let a = busybox_args();
+    for mode in MODES {
+        let tmp = workdir(mode);
+        let v = scenario_in(mode, "cancel_run", &args(&a), Some(tmp.path()));
+        let secs = v["gone_after_seconds"].as_f64().unwrap();
+        eprintln!("{mode:?}: cell gone {secs:.2} s after the cancellation");
+        // The profile's grace time (2 s) between SIGTERM and SIGKILL, and some slack.
+        assert!(secs < 6.0, "{mode:?}: {secs} s");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
+    }
+}
+
+/// `nixcell mcp --listen`: Streamable HTTP on loopback and on a unix socket, driven by
+/// the Python SDK's HTTP client; requests without the bearer token get 401.
+#[test]
+fn sdk_streamable_http_with_a_bearer_token() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let bb = busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "0123456789abcdef0123456789abcdef-token";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sock = dir.path().join("mcp.sock");
+    for listen in [
+        "127.0.0.1:0".to_string(),
+        format!("unix:{}", sock.display()),
+    ] {
+        let mut server = nixcell(Mode::Root)
+            .args(["mcp", "--env-path", path_str(&bb), "--listen", &listen])
+            .arg("--token-file")
+            .arg(&token_file)
+            .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+            .env("NIX_CONFIG", "substituters =\n")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let (url, uds) =
+            if let Some(rest) = line.trim().strip_prefix("nixcell: serving MCP on http://") {
+                (format!("http://{rest}"), "-".to_string())
+            } else {
+                assert!(line.contains("serving MCP on unix:"), "{line}");
+                let m = std::fs::metadata(&sock).unwrap();
+                assert_eq!(
+                    m.permissions().mode() & 0o777,
+                    0o600,
+                    "the socket is private"
+                );
+                (
+                    "http://localhost/mcp".to_string(),
+                    path_str(&sock).to_string(),
+                )
+            };
+        let out = Command::new(python())
+            .arg(repo().join("tests/mcp_client.py"))
+            .args(["over_http", &url, token, &uds])
+            .output()
+            .unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(
+            out.status.success(),
+            "{listen}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    // No token file, a non-loopback address: refused before serving.
+    let o = nixcell(Mode::Root)
+        .args(["mcp", "--env-path", path_str(&bb), "--listen", "0.0.0.0:0"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("loopback"), "{}", text(&o.stderr));
+    let o = nixcell(Mode::Root)
+        .args([
+            "mcp",
+            "--env-path",
+            path_str(&bb),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }

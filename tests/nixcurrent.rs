@@ -167,7 +167,10 @@ fn nixcell_never_sets_the_users_nix_settings() {
         );
     }
     let calls = std::fs::read_to_string(&log).unwrap();
-    assert!(calls.contains("tool nix"), "no nix tool was called:\n{calls}");
+    assert!(
+        calls.contains("tool nix"),
+        "no nix tool was called:\n{calls}"
+    );
     // The caller's NIX_CONFIG passes unchanged; unset, it stays unset.
     for line in calls.lines().filter(|l| l.starts_with("NIX_CONFIG=")) {
         assert!(

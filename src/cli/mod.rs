@@ -102,6 +102,14 @@ pub struct McpArgs {
     /// project's, else "default"); limits an agent asks for stay within the profile's.
     #[arg(long, value_name = "NAME|PATH")]
     pub profile: Option<String>,
+    /// Serve Streamable HTTP instead of stdio, on a loopback address (127.0.0.1:PORT,
+    /// [::1]:PORT; port 0 picks one) or a unix socket (unix:PATH); needs --token-file.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    pub listen: Option<String>,
+    /// File (mode 600) holding the bearer token HTTP clients must send
+    /// (`Authorization: Bearer TOKEN`, at least 32 characters).
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -407,7 +415,26 @@ fn mcp(args: &McpArgs) -> i32 {
             return EXIT_SETUP;
         }
     };
-    match rt.block_on(crate::mcp::serve(target, args.profile.clone())) {
+    let served = match (&args.listen, &args.token_file) {
+        (Some(l), Some(t)) => {
+            let http = crate::mcp::http::parse_listen(l)
+                .and_then(|l| Ok((l, crate::mcp::http::read_token(t)?)));
+            match http {
+                Ok((l, token)) => rt.block_on(crate::mcp::http::serve_http(
+                    target,
+                    args.profile.clone(),
+                    l,
+                    token,
+                )),
+                Err(e) => {
+                    eprintln!("nixcell: {e}");
+                    return EXIT_SETUP;
+                }
+            }
+        }
+        _ => rt.block_on(crate::mcp::serve(target, args.profile.clone())),
+    };
+    match served {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("nixcell: {e}");

@@ -4,8 +4,20 @@
 use super::*;
 
 impl Server {
-    pub(super) async fn run_cell(&self, p: RunParams) -> Result<RunResult, McpError> {
+    pub(super) async fn run_cell(
+        &self,
+        p: RunParams,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<RunResult, McpError> {
         let limits = limit_args(&p, &self.inner.ceiling()?)?;
+        // The whole request is checked before anything is created or run.
+        let files = p.files.as_ref().map(decode_files).transpose()?;
+        let collect = p.collect.as_deref().unwrap_or(&[]);
+        check_collect(collect)?;
+        progress
+            .report(0, "run: preparing the working directory".into())
+            .await;
         // Private to the server's user; as root, given to the cell's host identity.
         let owner = crate::sandbox::ns::is_host_root().then(crate::plan::root_fallback_identity);
         let dir = crate::rundir::RunDir::create(owner).map_err(McpError::Workdir)?;
@@ -15,7 +27,7 @@ impl Server {
             let mut budget = MAX_PROJECT_COPY_BYTES;
             copy_project(project, dir.path(), &mut budget)?;
         }
-        if let Some(files) = &p.files {
+        if let Some(files) = &files {
             place_files(dir.path(), files)?;
         }
         let argv = match (&p.command, &p.script) {
@@ -58,21 +70,33 @@ impl Server {
         args.extend(limits);
         args.push("--".into());
         args.extend(argv);
+        // The run's stages (and nix's lines, when it builds) follow as they come.
         let child = self
             .inner
-            .nixcell(
+            .nixcell_cancellable(
                 &args,
                 Some(p.stdin.as_deref().unwrap_or("").as_bytes()),
-                None,
+                Some(progress),
+                Some(cancel),
             )
             .await?;
         let reply: RunReply =
             serde_json::from_slice(&child.stdout).map_err(|_| McpError::Command {
                 command: "run".into(),
-                message: format!("exit {:?}: {}", child.code, child.stderr.trim()),
+                message: format!(
+                    "exit {:?}: {}",
+                    child.code,
+                    child
+                        .stderr
+                        .lines()
+                        .filter(|l| !l.starts_with(crate::run::PROGRESS_PREFIX))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
             })?;
-        let files = collect_files(dir.path(), p.collect.as_deref().unwrap_or(&[]));
-        Ok(match reply {
+        let files = collect_files(dir.path(), collect);
+        let done = child.stderr.lines().count() as u64 + 1;
+        let result = match reply {
             RunReply::Ran(v) => RunResult {
                 exit_code: v.exit_code,
                 command_exit_code: v.command_exit_code,
@@ -86,6 +110,7 @@ impl Server {
                 stderr: stream_of(v.stderr),
                 hints: v.hints,
                 files,
+                workdir: workdir_of(v.workdir),
                 closure_hash: v.closure.map(|c| c.hash),
             },
             RunReply::Refused { exit_code, error } => RunResult {
@@ -101,9 +126,17 @@ impl Server {
                 stderr: stream_of(None),
                 hints: Vec::new(),
                 files,
+                workdir: None,
                 closure_hash: None,
             },
-        })
+        };
+        progress
+            .report(
+                done,
+                format!("run: finished, exit code {}", result.exit_code),
+            )
+            .await;
+        Ok(result)
     }
 
     /// A proposal waits for a human. When the client can ask its user (MCP elicitation),
@@ -118,13 +151,11 @@ impl Server {
             return Ok(r);
         };
         let message = format!(
-            "The agent asks to {} `{}` in the environment.\n\n{}\nClosure: {} store paths added, {} removed ({}). Approve?",
+            "The agent asks to {} `{}` in the environment.\n\n{}\nClosure: {}. Approve?",
             r.operation.replace('-', " "),
             r.name,
             r.diff,
-            r.closure_diff.added.len(),
-            r.closure_diff.removed.len(),
-            crate::units::human_delta(r.closure_diff.size_delta_bytes)
+            closure_change(&r.closure_diff)
         );
         let decision = match peer.elicit::<ApprovalAnswer>(message).await {
             Ok(Some(a)) => Some(a.approve),

@@ -12,7 +12,24 @@ impl Inner {
         stdin: Option<&[u8]>,
         progress: Option<&Progress>,
     ) -> Result<Child, McpError> {
+        self.nixcell_cancellable(args, stdin, progress, None).await
+    }
+
+    /// [`Inner::nixcell`], ended early when `cancel` fires: the child gets SIGTERM (a
+    /// `nixcell run` then kills its cell after the profile's grace time, removes its
+    /// cgroup and prints its verdict), and SIGKILL after [`CANCEL_KILL_AFTER`] if it
+    /// is still there; its output is read to the end either way.
+    pub(super) async fn nixcell_cancellable(
+        &self,
+        args: &[String],
+        stdin: Option<&[u8]>,
+        progress: Option<&Progress>,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Child, McpError> {
         let mut cmd = tokio::process::Command::new(&self.exe);
+        if progress.is_some_and(|p| p.token.is_some()) {
+            cmd.env(crate::run::PROGRESS_ENV, "1");
+        }
         cmd.args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -49,18 +66,46 @@ impl Inner {
             while let Ok(Some(l)) = lines.next_line().await {
                 n += 1;
                 if let Some(p) = progress {
-                    p.report(n, l.clone()).await;
+                    let shown = l.strip_prefix(crate::run::PROGRESS_PREFIX).unwrap_or(&l);
+                    p.report(n, shown.to_string()).await;
                 }
                 all.push_str(&l);
                 all.push('\n');
             }
             all
         };
-        let ((), stdout, stderr) = tokio::join!(feed, read_out, read_err);
+        let io = async { tokio::join!(feed, read_out, read_err) };
+        tokio::pin!(io);
+        let never = CancellationToken::new();
+        let cancel = cancel.unwrap_or(&never);
+        let mut cancelled = false;
+        let ((), stdout, stderr) = tokio::select! {
+            r = &mut io => r,
+            _ = cancel.cancelled() => {
+                cancelled = true;
+                if let Some(pid) = child.id() {
+                    // Our own child, not reaped yet: the pid is still its.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                tokio::select! {
+                    r = &mut io => r,
+                    _ = tokio::time::sleep(CANCEL_KILL_AFTER) => {
+                        let _ = child.start_kill();
+                        io.await
+                    }
+                }
+            }
+        };
         let status = child
             .wait()
             .await
             .map_err(|e| McpError::Spawn(self.exe.clone(), e))?;
+        if cancelled {
+            return Err(McpError::Cancelled);
+        }
         Ok(Child {
             code: status.code(),
             stdout,
@@ -111,7 +156,19 @@ impl Inner {
             Target::Project(_) => {
                 let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
                 json_args.extend(self.project_args()?);
+                if let Some(p) = progress {
+                    p.report(
+                        0,
+                        "context: reading the environment (building it when its declaration changed)"
+                            .into(),
+                    )
+                    .await;
+                }
                 let c = self.nixcell(&json_args, None, progress).await?;
+                if let Some(p) = progress {
+                    let n = c.stderr.lines().count() as u64 + 1;
+                    p.report(n, "context: environment ready".into()).await;
+                }
                 let json: serde_json::Value = if c.code == Some(0) {
                     serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
                         command: "context".into(),

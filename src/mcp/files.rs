@@ -33,26 +33,73 @@ pub(super) fn safe_relative(p: &str) -> Result<PathBuf, McpError> {
     Ok(out)
 }
 
-/// Writes `files` under `dir`, refusing anything that leaves it.
-pub(super) fn place_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), McpError> {
-    let total: usize = files.values().map(String::len).sum();
-    if total > MAX_FILES_BYTES {
+/// Decodes the files of a request, refusing more files or bytes than allowed.
+pub(super) fn decode_files(
+    files: &BTreeMap<String, FileContent>,
+) -> Result<Vec<(PathBuf, Vec<u8>)>, McpError> {
+    use base64::Engine as _;
+    if files.len() > MAX_FILES {
         return Err(McpError::Request(format!(
-            "files: {total} bytes in total, more than the {MAX_FILES_BYTES} allowed"
+            "files: {} files, more than the {MAX_FILES} a run may be given",
+            files.len()
         )));
     }
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(files.len());
     for (name, content) in files {
         let rel = safe_relative(name)?;
-        let full = dir.join(&rel);
+        let bytes = match content {
+            FileContent::Text(t)
+            | FileContent::Encoded(EncodedFile {
+                content: t,
+                encoding: Encoding::Utf8,
+            }) => t.as_bytes().to_vec(),
+            FileContent::Encoded(EncodedFile {
+                content,
+                encoding: Encoding::Base64,
+            }) => base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .map_err(|e| McpError::File {
+                    path: name.clone(),
+                    reason: format!("content is not valid base64 ({e})"),
+                })?,
+        };
+        total = total.saturating_add(bytes.len());
+        if total > MAX_FILES_BYTES {
+            return Err(McpError::Request(format!(
+                "files: more than the {MAX_FILES_BYTES} bytes ({}) a run may be given in all (reached at {name:?})",
+                crate::units::human_size(MAX_FILES_BYTES as u64)
+            )));
+        }
+        out.push((rel, bytes));
+    }
+    Ok(out)
+}
+
+/// Writes decoded files under `dir` (a fresh private directory holding no links).
+pub(super) fn place_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<(), McpError> {
+    for (rel, content) in files {
+        let full = dir.join(rel);
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent).map_err(McpError::Workdir)?;
         }
         std::fs::write(&full, content).map_err(|e| McpError::File {
-            path: name.clone(),
+            path: rel.display().to_string(),
             reason: e.to_string(),
         })?;
     }
     Ok(())
+}
+
+/// Checks the paths a request wants collected, before anything runs.
+pub(super) fn check_collect(names: &[String]) -> Result<(), McpError> {
+    if names.len() > MAX_COLLECT_FILES {
+        return Err(McpError::Request(format!(
+            "collect: {} files, more than the {MAX_COLLECT_FILES} a run may return",
+            names.len()
+        )));
+    }
+    names.iter().try_for_each(|n| safe_relative(n).map(drop))
 }
 
 /// Largest project copied into a run's working directory.
@@ -202,48 +249,93 @@ fn skippable(e: &std::io::Error) -> bool {
     )
 }
 
-/// Reads the files asked for after the run; never follows a link out of `dir`.
+/// Reads the files asked for after the run (paths checked by [`check_collect`]): opened
+/// beneath `dir` without following any link or crossing a mount (the cell wrote them),
+/// regular files only, within [`MAX_COLLECT_BYTES`] each and
+/// [`MAX_COLLECT_TOTAL_BYTES`] in all.
 pub(super) fn collect_files(dir: &Path, names: &[String]) -> Vec<CollectedFile> {
+    use base64::Engine as _;
+    let root = std::fs::File::open(dir).map(OwnedFd::from);
+    let mut total = 0u64;
     names
         .iter()
         .map(|name| {
             let mut f = CollectedFile {
                 path: name.clone(),
                 bytes: None,
-                text: None,
+                encoding: None,
+                content: None,
                 note: None,
+                over_limit: false,
             };
-            let rel = match safe_relative(name) {
-                Ok(r) => r,
+            let opened = match (&root, safe_relative(name)) {
+                (Ok(root), Ok(rel)) => fsat::open_beneath(root.as_fd(), &rel, libc::O_RDONLY),
+                (Err(e), _) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                (_, Err(e)) => {
+                    f.note = Some(e.to_string());
+                    return f;
+                }
+            };
+            let file = match opened {
+                Ok(fd) => fd,
+                Err(e) => {
+                    f.note = Some(match e.raw_os_error() {
+                        Some(libc::ENOENT) => "no such file".into(),
+                        Some(libc::ELOOP) => "a symbolic link is on the way: not followed".into(),
+                        Some(libc::EXDEV) => "on another mount: not read".into(),
+                        _ => e.to_string(),
+                    });
+                    return f;
+                }
+            };
+            let st = match fsat::fstat(file.as_fd()) {
+                Ok(st) => st,
                 Err(e) => {
                     f.note = Some(e.to_string());
                     return f;
                 }
             };
-            let full = dir.join(rel);
-            // The cell wrote these files: a symlink could point anywhere on the host.
-            let inside = std::fs::canonicalize(&full)
-                .ok()
-                .zip(std::fs::canonicalize(dir).ok())
-                .is_some_and(|(f, d)| f.starts_with(d));
-            let meta = std::fs::symlink_metadata(&full);
-            match meta {
-                Err(_) => f.note = Some("no such file".into()),
-                Ok(m) if m.file_type().is_symlink() || !inside => {
-                    f.note = Some("a symbolic link: not followed".into())
+            if !fsat::is_reg(&st) {
+                f.note = Some("not a regular file".into());
+                return f;
+            }
+            let len = st.st_size as u64;
+            f.bytes = Some(len);
+            let over = if len > MAX_COLLECT_BYTES {
+                Some(format!(
+                    "{len} bytes, more than the {MAX_COLLECT_BYTES} ({}) a collected file may have",
+                    crate::units::human_size(MAX_COLLECT_BYTES)
+                ))
+            } else if total + len > MAX_COLLECT_TOTAL_BYTES {
+                Some(format!(
+                    "the files collected before it and this one exceed the {MAX_COLLECT_TOTAL_BYTES} bytes ({}) a run may return",
+                    crate::units::human_size(MAX_COLLECT_TOTAL_BYTES)
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = over {
+                f.note = Some(format!("not returned: {why}"));
+                f.over_limit = true;
+                return f;
+            }
+            total += len;
+            let mut data = Vec::with_capacity(len as usize);
+            // What was counted is what is read.
+            let mut reader = std::io::Read::take(std::fs::File::from(file), len);
+            if let Err(e) = std::io::Read::read_to_end(&mut reader, &mut data) {
+                f.note = Some(e.to_string());
+                return f;
+            }
+            f.bytes = Some(data.len() as u64);
+            match String::from_utf8(data) {
+                Ok(t) => {
+                    f.encoding = Some(Encoding::Utf8);
+                    f.content = Some(t);
                 }
-                Ok(m) if !m.is_file() => f.note = Some("not a regular file".into()),
-                Ok(m) => {
-                    f.bytes = Some(m.len());
-                    if m.len() > MAX_COLLECT_BYTES {
-                        f.note = Some(format!("larger than {MAX_COLLECT_BYTES} bytes"));
-                    } else {
-                        match std::fs::read(&full).map(String::from_utf8) {
-                            Ok(Ok(t)) => f.text = Some(t),
-                            Ok(Err(_)) => f.note = Some("binary content (not UTF-8)".into()),
-                            Err(e) => f.note = Some(e.to_string()),
-                        }
-                    }
+                Err(e) => {
+                    f.encoding = Some(Encoding::Base64);
+                    f.content = Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
                 }
             }
             f
@@ -387,6 +479,40 @@ mod tests {
         copy_project(p, dst.path(), &mut budget).unwrap();
         assert_eq!(secrets_in(dst.path()), Vec::<PathBuf>::new());
         assert_eq!(std::fs::read(dst.path().join("mine")).unwrap(), b"mine");
+    }
+
+    /// What the cell left in /work may be links to host files: never read through.
+    #[test]
+    fn collect_reads_no_link_and_returns_bytes_exactly() {
+        let o = outside();
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        symlink(o.path().join("secret"), w.join("file-link")).unwrap();
+        symlink(o.path().join("dir"), w.join("dir-link")).unwrap();
+        std::fs::write(w.join("bin"), b"\xff\x00\xfe").unwrap();
+        let names: Vec<String> = ["file-link", "dir-link/secret", "bin", "dir-link"]
+            .map(String::from)
+            .to_vec();
+        let got = collect_files(w, &names);
+        for f in &got[..2] {
+            assert!(f.content.is_none() && f.note.is_some(), "{f:?}");
+        }
+        assert_eq!(got[2].encoding, Some(Encoding::Base64));
+        assert_eq!(got[2].content.as_deref(), Some("/wD+"));
+        assert!(got[3].content.is_none(), "{:?}", got[3]);
+    }
+
+    /// A fifo left in /work is not opened for reading in a way that blocks.
+    #[test]
+    fn collect_does_not_block_on_a_fifo() {
+        let work = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(
+            &work.path().join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let got = collect_files(work.path(), &["pipe".to_string()]);
+        assert_eq!(got[0].note.as_deref(), Some("not a regular file"));
     }
 
     #[test]

@@ -20,12 +20,15 @@ mod calls;
 mod child;
 mod files;
 mod gate;
+pub mod http;
 pub mod rundir;
 mod schema;
+mod summary;
 
 use files::*;
 use gate::*;
 pub use schema::*;
+use summary::*;
 
 use crate::hints::Hint;
 use rmcp::handler::server::common::schema_for_output;
@@ -49,6 +52,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum McpError {
@@ -64,7 +68,12 @@ pub enum McpError {
     Command { command: String, message: String },
     #[error("the MCP transport failed: {0}")]
     Transport(String),
+    #[error("cancelled by the client: the cell was killed, nothing of the run was kept")]
+    Cancelled,
 }
+
+/// How long a cancelled call's child may take to end after SIGTERM before SIGKILL.
+pub const CANCEL_KILL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest wall-clock limit a `run` may ask for.
 pub const MAX_TIMEOUT_SECS: u64 = 600;
@@ -72,16 +81,24 @@ pub const MAX_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// Largest capture of each stream a `run` may ask for.
 pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
-/// Capture of each stream when a `run` asks for none.
-pub const DEFAULT_OUTPUT_BYTES: u64 = 64 << 10;
-/// Total size of the files a `run` may place in its working directory (they come in
-/// one request, which must stay below [`MAX_REQUEST_BYTES`] with its JSON escaping).
+/// Capture of the start of each stream when a `run` asks for none (the last
+/// `supervise::TAIL_BYTES` of a longer stream are kept too).
+pub const DEFAULT_OUTPUT_BYTES: u64 = 16 << 10;
+/// Total size of the files a `run` may place in its working directory, decoded (they
+/// come in one request, which must stay below [`MAX_REQUEST_BYTES`] with its base64
+/// or JSON escaping).
 pub const MAX_FILES_BYTES: usize = 4 << 20;
+/// Files a `run` may place in its working directory.
+pub const MAX_FILES: usize = 256;
+/// Files a `run` may collect.
+pub const MAX_COLLECT_FILES: usize = 32;
+/// Total size of the files a `run` returns through `collect`.
+pub const MAX_COLLECT_TOTAL_BYTES: u64 = 4 << 20;
 /// Largest JSON-RPC message (one line on stdin) the server reads; a longer one is
 /// answered with an Invalid Request error and discarded, and the server goes on.
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// Largest file a `run` returns through `collect`.
-pub const MAX_COLLECT_BYTES: u64 = 256 << 10;
+pub const MAX_COLLECT_BYTES: u64 = 1 << 20;
 
 /// URIs of the context resources.
 pub const CONTEXT_URI: &str = "nixcell://context";
@@ -143,56 +160,6 @@ impl Progress {
     }
 }
 
-/// The agent-facing summary of a verdict.
-fn summarize(r: &RunResult) -> String {
-    let mut s = String::new();
-    let status = if r.timed_out {
-        "timed out; the cell was killed".to_string()
-    } else if r.oom_killed {
-        "killed: out of memory".to_string()
-    } else if let Some(e) = &r.error {
-        format!("nixcell error ({}): {}", e.kind, e.message)
-    } else if let Some(sig) = r.signal {
-        format!("killed by signal {sig}")
-    } else {
-        format!("exit code {}", r.exit_code)
-    };
-    s.push_str(&format!("{status} ({:.0} ms)\n", r.wall_time_ms));
-    for (name, st) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
-        if st.bytes > 0 {
-            s.push_str(&format!("--- {name} ---\n{}", st.text));
-            if !st.text.ends_with('\n') {
-                s.push('\n');
-            }
-            if st.truncated {
-                s.push_str(&format!(
-                    "[{name} truncated: {} bytes in total]\n",
-                    st.bytes
-                ));
-            }
-        }
-    }
-    for f in &r.files {
-        match (&f.text, &f.note) {
-            (Some(t), _) => s.push_str(&format!("--- file {} ---\n{t}\n", f.path)),
-            (None, Some(n)) => s.push_str(&format!("--- file {}: {n}\n", f.path)),
-            _ => {}
-        }
-    }
-    for h in &r.hints {
-        s.push_str(&format!("hint: {}", h.message));
-        if let Some(e) = &h.edit {
-            s.push_str(&format!(
-                " (through MCP: edit_environment with operation \"{}\", name \"{}\")",
-                e.op.replace('-', "_"),
-                e.name
-            ));
-        }
-        s.push('\n');
-    }
-    s
-}
-
 fn tool_error(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
@@ -231,19 +198,24 @@ impl Server {
 
     /// Runs a command, or an inline script with its interpreter, in a fresh cell of this
     /// environment: no network, only the environment's software, a private working
-    /// directory /work holding the `files` given. Returns the verdict (exit code, signal,
-    /// timeout, out-of-memory, usage, captured output) and hints when something seems to
-    /// be missing from the environment.
+    /// directory /work holding the `files` given. Returns the verdict once, in
+    /// structuredContent (exit code, signal, timeout, out-of-memory, usage, captured
+    /// output, collected files, what changed in /work, hints when something seems to be
+    /// missing), with a short text: the status, the hints and the first and last KiB of
+    /// each stream. Sends progress notifications when asked (a progressToken); a
+    /// cancelled call kills the cell.
     #[tool(output_schema = schema_for_output::<RunResult>())]
-    async fn run(&self, Parameters(p): Parameters<RunParams>) -> Result<CallToolResult, ErrorData> {
-        match self.run_cell(p).await {
+    async fn run(
+        &self,
+        Parameters(p): Parameters<RunParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let progress = Progress::of(&ctx);
+        match self.run_cell(p, &progress, &ctx.ct).await {
             Ok(r) => {
-                let failed = r.exit_code != 0;
+                let failed = r.exit_code != 0 || r.files.iter().any(|f| f.over_limit);
                 let value = serde_json::to_value(&r).unwrap_or_default();
-                let content = vec![
-                    ContentBlock::text(summarize(&r)),
-                    ContentBlock::text(value.to_string()),
-                ];
+                let content = vec![ContentBlock::text(summarize(&r))];
                 let mut out = if failed {
                     CallToolResult::error(content)
                 } else {
@@ -278,12 +250,10 @@ impl Server {
             Ok(r) => {
                 let text = match (&r.commit, &r.proposal) {
                     (Some(c), _) => format!(
-                        "{} {}: committed {c}; {} store paths added, {} removed ({}). Later runs use the new environment.\n{}",
+                        "{} {}: committed {c}; {}. Later runs use the new environment.\n{}",
                         r.operation,
                         r.name,
-                        r.closure_diff.added.len(),
-                        r.closure_diff.removed.len(),
-                        crate::units::human_delta(r.closure_diff.size_delta_bytes),
+                        closure_change(&r.closure_diff),
                         r.diff
                     ),
                     (_, Some(id)) => format!(
@@ -293,10 +263,7 @@ impl Server {
                     _ => format!("{} {}: {}", r.operation, r.name, r.status),
                 };
                 let value = serde_json::to_value(&r).unwrap_or_default();
-                let mut out = CallToolResult::success(vec![
-                    ContentBlock::text(text),
-                    ContentBlock::text(value.to_string()),
-                ]);
+                let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
                 out.structured_content = Some(value);
                 Ok(out)
             }

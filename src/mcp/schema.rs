@@ -15,18 +15,24 @@ pub struct RunParams {
     pub interpreter: Option<String>,
     /// Text given to the command on its standard input (default: none, empty input).
     pub stdin: Option<String>,
-    /// Files to place in the working directory (/work) before the run:
-    /// relative path → UTF-8 content.
-    pub files: Option<BTreeMap<String, String>>,
+    /// Files to place in the working directory (/work) before the run: relative path →
+    /// UTF-8 text, or {"content": BASE64, "encoding": "base64"} for any bytes. At most
+    /// 256 files and 4 MiB (4194304 bytes, decoded) in all; more is refused.
+    #[schemars(extend("maxProperties" = 256))]
+    pub files: Option<BTreeMap<String, FileContent>>,
     /// Start from a private copy of the project's files (default true when serving a
     /// project); changes stay in the run's copy, use `collect` to get files back.
     pub copy_project: Option<bool>,
-    /// Files of the working directory to return after the run (relative paths).
+    /// Files of the working directory to return after the run (relative paths); each
+    /// comes back as UTF-8 text or base64 (see its `encoding`). At most 32 files, each
+    /// at most 1 MiB (1048576 bytes), 4 MiB in all: a file over these is not returned
+    /// and the result is an error saying so.
+    #[schemars(length(max = 32))]
     pub collect: Option<Vec<String>>,
     /// Wall-clock limit in seconds (default 120; at most 600 and the profile's limit).
     pub timeout_seconds: Option<u64>,
-    /// Bytes kept of stdout and of stderr (default 65536; at most 1048576 and the
-    /// profile's limit).
+    /// Bytes kept of the start of stdout and of stderr (default 16384; at most 1048576
+    /// and the profile's limit); the last 4096 bytes of a longer stream are kept too.
     pub max_output_bytes: Option<u64>,
     /// Memory limit of the whole cell in MiB (at most the profile's).
     pub memory_mib: Option<u64>,
@@ -107,14 +113,48 @@ pub enum CommandArg {
     Line(String),
 }
 
+/// The content of a file placed in the working directory.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FileContent {
+    /// UTF-8 text, written as it is.
+    Text(#[schemars(length(max = 4194304))] String),
+    /// Content in an explicit encoding.
+    Encoded(EncodedFile),
+}
+
+/// A file's bytes in an explicit encoding.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncodedFile {
+    /// The bytes, encoded as `encoding` says (base64: the standard alphabet, padded).
+    #[schemars(length(max = 5592408))]
+    pub content: String,
+    pub encoding: Encoding,
+}
+
+/// How a file's bytes are written in a request or a result.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum Encoding {
+    /// The content is the file's text as it is (the file is valid UTF-8).
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// The content is the file's bytes in base64 (standard alphabet, padded).
+    #[serde(rename = "base64")]
+    Base64,
+}
+
 /// A captured stream.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Stream {
+    /// The first `max_output_bytes` of the stream.
     pub text: String,
     /// Bytes the command wrote in total.
     pub bytes: u64,
-    /// Whether `text` holds only the first `max_output_bytes`.
+    /// Whether the stream was longer than `text`.
     pub truncated: bool,
+    /// When truncated: the stream's last bytes (at most 4096), after the part not kept.
+    pub tail: Option<String>,
 }
 
 /// Why nixcell could not run the command as asked.
@@ -131,10 +171,15 @@ pub struct CollectedFile {
     pub path: String,
     /// Size in bytes, or null when the file does not exist.
     pub bytes: Option<u64>,
-    /// The content when it is UTF-8 text of at most 256 KiB.
-    pub text: Option<String>,
-    /// Why `text` is null.
+    /// How `content` is written: "utf-8" (the text as it is) or "base64" (other bytes).
+    pub encoding: Option<Encoding>,
+    /// The file's content, byte for byte in `encoding`; null when it is not returned.
+    pub content: Option<String>,
+    /// Why `content` is null.
     pub note: Option<String>,
+    /// The file is over a size limit of `collect`: not returned, and the result is an
+    /// error.
+    pub over_limit: bool,
 }
 
 /// The verdict of one `run`.
@@ -159,6 +204,10 @@ pub struct RunResult {
     pub hints: Vec<Hint>,
     /// The files asked for with `collect`.
     pub files: Vec<CollectedFile>,
+    /// What the command changed in /work (the run's private copy, removed after the
+    /// call: collect what you need). The lists hold at most 20 entries each; `counts`
+    /// are the totals; `run` is null (there is nothing to undo).
+    pub workdir: Option<crate::changes::WorkdirReport>,
     /// sha256 of the closure's store path list: the exact software the command saw.
     pub closure_hash: Option<String>,
 }
@@ -236,18 +285,35 @@ pub struct ApprovalAnswer {
 rmcp::elicit_safe!(ApprovalAnswer);
 
 pub(super) fn stream_of(c: Option<crate::supervise::Captured>) -> Stream {
-    c.map_or(
-        Stream {
-            text: String::new(),
-            bytes: 0,
-            truncated: false,
-        },
-        |c| Stream {
-            text: c.text,
-            bytes: c.bytes,
-            truncated: c.truncated,
-        },
-    )
+    let c = c.unwrap_or_default();
+    Stream {
+        text: c.text,
+        bytes: c.bytes,
+        truncated: c.truncated,
+        tail: c.tail,
+    }
+}
+
+/// Entries of each list of the workdir report an MCP result keeps.
+pub const WORKDIR_LIST_CAP: usize = 20;
+
+/// The workdir report, its lists cut to [`WORKDIR_LIST_CAP`] entries (counts stay).
+pub(super) fn workdir_of(
+    w: Option<crate::changes::WorkdirReport>,
+) -> Option<crate::changes::WorkdirReport> {
+    w.map(|mut w| {
+        for l in [
+            &mut w.changes.added,
+            &mut w.changes.modified,
+            &mut w.changes.deleted,
+        ] {
+            l.truncate(WORKDIR_LIST_CAP);
+        }
+        w.refused.truncate(WORKDIR_LIST_CAP);
+        // The run's directory is gone after the call: there is nothing to undo.
+        w.run = None;
+        w
+    })
 }
 
 /// What `nixcell run --json` prints: the run's verdict or, when nothing ran, its exit
@@ -288,5 +354,38 @@ mod tests {
         }
         // Anything else is neither (the server then reports the child's stderr).
         assert!(serde_json::from_str::<RunReply>(r#"{"exit_code":0}"#).is_err());
+    }
+
+    /// The limits the schema states are the ones enforced.
+    #[test]
+    fn the_schema_states_the_enforced_limits() {
+        let v = serde_json::to_value(schemars::schema_for!(RunParams)).unwrap();
+        let props = &v["properties"];
+        assert_eq!(props["files"]["maxProperties"], MAX_FILES);
+        assert_eq!(props["collect"]["maxItems"], MAX_COLLECT_FILES);
+        let files = props["files"]["description"].as_str().unwrap();
+        assert!(files.contains(&format!("{MAX_FILES} files")), "{files}");
+        assert!(files.contains(&MAX_FILES_BYTES.to_string()), "{files}");
+        let collect = props["collect"]["description"].as_str().unwrap();
+        assert!(collect.contains(&format!("{MAX_COLLECT_FILES} files")));
+        assert!(
+            collect.contains(&MAX_COLLECT_BYTES.to_string()),
+            "{collect}"
+        );
+        let out = props["max_output_bytes"]["description"].as_str().unwrap();
+        assert!(
+            out.contains(&format!("default {DEFAULT_OUTPUT_BYTES}")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{} bytes", crate::supervise::TAIL_BYTES)));
+        let defs = &v["$defs"];
+        assert_eq!(
+            defs["FileContent"]["anyOf"][0]["maxLength"],
+            MAX_FILES_BYTES as u64
+        );
+        assert_eq!(
+            defs["EncodedFile"]["properties"]["content"]["maxLength"],
+            (MAX_FILES_BYTES as u64).div_ceil(3) * 4
+        );
     }
 }

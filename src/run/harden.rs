@@ -265,6 +265,7 @@ impl Hardening {
             grace: self.limits.grace,
             before_spec,
             cell_cgroup: self.cell_procs.clone(),
+            on_event: None,
         }
     }
 

@@ -43,6 +43,24 @@ pub struct RunRequest {
     pub capture: bool,
 }
 
+/// Set (to anything) in the environment of `nixcell run`, it reports the run's stages on
+/// stderr as `nixcell: progress: ...` lines: the MCP server turns them into progress
+/// notifications.
+pub const PROGRESS_ENV: &str = "NIXCELL_PROGRESS";
+
+/// The line that starts each progress report on stderr.
+pub const PROGRESS_PREFIX: &str = "nixcell: progress: ";
+
+fn progress_wanted() -> bool {
+    std::env::var_os(PROGRESS_ENV).is_some()
+}
+
+fn progress(message: &str) {
+    if progress_wanted() {
+        eprintln!("{PROGRESS_PREFIX}{message}");
+    }
+}
+
 /// Why a run could not start; nothing ran (exit 125).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -89,7 +107,9 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
     // What the kernel cannot do fails the run before any Nix work (a build can take
     // minutes).
     crate::sandbox::ns::check_userns_possible()?;
+    progress("resolving the environment (building it when its declaration changed)");
     let project = crate::front::resolve_env(&mut cell, &sources).map_err(RunError::Environment)?;
+    progress("environment ready");
     if let (None, Some(t)) = (tmp_size, project.tmp_size_bytes) {
         cell.tmp_size_bytes = t;
     }
@@ -137,7 +157,22 @@ impl PreparedRun {
             capture,
             project,
         } = self;
-        let opts = hardening.run_options(capture);
+        let mut opts = hardening.run_options(capture);
+        if progress_wanted() {
+            let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
+            opts.on_event = Some(std::sync::Arc::new(move |e| {
+                progress(&match e {
+                    supervise::RunEvent::CellStarted => "cell started".to_string(),
+                    supervise::RunEvent::CommandStarted if services.is_empty() => {
+                        "command started".to_string()
+                    }
+                    supervise::RunEvent::CommandStarted => {
+                        format!("services ready ({}); command started", services.join(", "))
+                    }
+                    supervise::RunEvent::CommandEnded => "command ended".to_string(),
+                })
+            }));
+        }
         let mut outcome = supervise::run(&spec, &opts).await?;
         // A cell whose set-up failed never ran: it has no changes to bring back.
         let work_layer = outcome

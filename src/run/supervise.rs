@@ -35,7 +35,24 @@ pub struct RunOptions {
     pub before_spec: Option<BeforeSpec>,
     /// `cgroup.procs` of the cgroup the command joins, passed to the init stage.
     pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Called as the run goes through its stages (for progress reports).
+    pub on_event: Option<OnEvent>,
 }
+
+/// The stages of a run a caller may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEvent {
+    /// PID 1 of the cell exists.
+    CellStarted,
+    /// The declared services are ready (or there are none) and the command's process
+    /// exists: its first layer is applied.
+    CommandStarted,
+    /// The command ended.
+    CommandEnded,
+}
+
+/// A hook called with each [`RunEvent`].
+pub type OnEvent = Arc<dyn Fn(RunEvent) + Send + Sync>;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -46,6 +63,7 @@ impl Default for RunOptions {
             grace: Duration::from_secs(2),
             before_spec: None,
             cell_cgroup: None,
+            on_event: None,
         }
     }
 }
@@ -53,10 +71,17 @@ impl Default for RunOptions {
 /// A captured stream: what was kept, how much there was, whether some was dropped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Captured {
+    /// The first bytes of the stream (at most the output cap).
     pub text: String,
     pub bytes: u64,
     pub truncated: bool,
+    /// When truncated: the stream's last bytes (at most [`TAIL_BYTES`]), after the gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<String>,
 }
+
+/// Bytes kept of the end of a stream longer than its cap.
+pub const TAIL_BYTES: usize = 4 << 10;
 
 /// A hook called with the init stage's pid before it receives its spec.
 pub type BeforeSpec = Arc<dyn Fn(u32) -> Result<(), String> + Send + Sync>;
@@ -121,6 +146,8 @@ fn recv_with_fds(
 
 async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
     let mut kept = Vec::new();
+    // The last bytes past the cap, in a ring.
+    let mut tail = std::collections::VecDeque::with_capacity(TAIL_BYTES);
     let mut total: u64 = 0;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -129,14 +156,28 @@ async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
             Ok(n) => {
                 total += n as u64;
                 let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                let head = n.min(room);
+                kept.extend_from_slice(&buf[..head]);
+                let rest = &buf[head..n];
+                let rest = &rest[rest.len().saturating_sub(TAIL_BYTES)..];
+                let drop = (tail.len() + rest.len()).saturating_sub(TAIL_BYTES);
+                tail.drain(..drop);
+                tail.extend(rest);
             }
         }
     }
+    let tail: Vec<u8> = tail.into();
+    // A tail cut in the middle of a character starts at the next one.
+    let start = tail
+        .iter()
+        .take(3)
+        .position(|b| b & 0xC0 != 0x80)
+        .unwrap_or(0);
     Captured {
         truncated: total > kept.len() as u64,
         text: String::from_utf8_lossy(&kept).into_owned(),
         bytes: total,
+        tail: (!tail.is_empty()).then(|| String::from_utf8_lossy(&tail[start..]).into_owned()),
     }
 }
 
@@ -256,6 +297,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
         let sock = rd.as_ref();
+        let mut started = false;
         loop {
             if sock.readable().await.is_err() {
                 break;
@@ -276,6 +318,17 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     for m in msgs {
                         if let Report::Ready { pid1: p } = m {
                             *pid1.lock().unwrap() = Some(ProcessHandle::open_child(p, init_pid));
+                        }
+                        if let Some(f) = &opts.on_event {
+                            match &m {
+                                Report::Ready { .. } => f(RunEvent::CellStarted),
+                                Report::Layer(_) | Report::ExecFailed { .. } if !started => {
+                                    started = true;
+                                    f(RunEvent::CommandStarted)
+                                }
+                                Report::Exited { .. } => f(RunEvent::CommandEnded),
+                                _ => {}
+                            }
                         }
                         reports.lock().unwrap().push(m);
                     }
@@ -298,6 +351,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
+        // When SIGKILL follows, after the grace time: the timeout's, or a SIGTERM's.
         let mut kill_at: Option<tokio::time::Instant> = None;
         loop {
             let timer = async {
@@ -313,7 +367,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     if kill_at.is_some() {
                         signal(Signal::SIGKILL);
                         kill_at = None;
-                        timed_out = true;
+                        timed_out |= deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
                     } else {
                         timed_out = true;
                         signal(Signal::SIGTERM);
@@ -321,7 +375,13 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     }
                 }
                 Some(_) = async { match sigint.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGINT),
-                Some(_) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGTERM),
+                // Terminated (an MCP call cancelled, a service manager stopping us): the
+                // cell gets the grace time, then the whole of it is killed.
+                Some(_) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                    signal(Signal::SIGTERM);
+                    let k = tokio::time::Instant::now() + opts.grace;
+                    kill_at = Some(kill_at.map_or(k, |at| at.min(k)));
+                }
                 Some(_) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGHUP),
             }
         }
@@ -408,5 +468,34 @@ mod tests {
         };
         o.account_oom(true);
         assert_eq!(exit_status(&o), 125);
+    }
+
+    #[test]
+    fn a_long_stream_keeps_its_head_and_its_tail() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut data = b"HEAD".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 100_000));
+        data.extend("é".as_bytes());
+        data.extend(b"TAIL");
+        let c = rt.block_on(capture(&data[..], 1000));
+        assert_eq!((c.bytes, c.truncated), (data.len() as u64, true));
+        assert!(c.text.starts_with("HEAD") && c.text.len() == 1000);
+        let tail = c.tail.unwrap();
+        assert!(
+            tail.ends_with("éTAIL") && tail.len() <= TAIL_BYTES,
+            "{tail}"
+        );
+        // A tail cut inside a character starts at the next one.
+        let mut data = vec![b'x'; 10];
+        data.extend("é".repeat(TAIL_BYTES).as_bytes());
+        data.push(b'!');
+        let c = rt.block_on(capture(&data[..], 10));
+        let tail = c.tail.unwrap();
+        assert!(tail.ends_with("é!") && !tail.contains('\u{FFFD}'), "{tail}");
+        // Within the cap: no tail.
+        let c = rt.block_on(capture(&b"short"[..], 1000));
+        assert_eq!((c.text.as_str(), c.tail), ("short", None));
     }
 }
