@@ -38,7 +38,7 @@ PACKAGES="nix-bin patchelf busybox-static bash coreutils grep sed findutils tzda
   python3 python3-numpy python3-pandas python3-pandas-lib python3-openpyxl
   python3-et-xmlfile python3-dateutil python3-tz python3-six python3-yaml
   python3-markupsafe python3-jinja2 python3-lxml python3-chardet
-  redis-server redis-tools jq ripgrep postgresql python3-psycopg2
+  redis-server redis-tools jq ripgrep postgresql python3-psycopg2 file
   git util-linux procps iproute2 ca-certificates"
 
 say() { printf '[nix-current] %s\n' "$*" >&2; }

@@ -502,6 +502,11 @@ impl Project {
         crate::nix::store::add_root(&set.path, &roots.join(format!("{}-nixpkgs", &key[..32])));
         let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
+        if matches!(progress, Progress::Stderr) {
+            for w in &description.warnings {
+                eprintln!("nixcell: warning: {w}");
+            }
+        }
         // nix-build replaces whatever is at the link's place (it renames a new link
         // over it), so a planted link or file there is not followed.
         let env = declare::build_env(&evaluator, decl, Some(&set.path), &root, progress)?;
@@ -568,6 +573,7 @@ impl Project {
                         declare::ReadyCheck::TcpPort(p) => Some(p),
                         declare::ReadyCheck::None => None,
                     },
+                    ready_timeout_ms: svc.ready_timeout_ms,
                 });
             }
         }
