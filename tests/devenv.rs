@@ -177,6 +177,15 @@ fn unknown_options_are_refused_with_the_nearest_known_one() {
             "{ pkgs, ... }: { services.postgres.initialDatabases = [ { name = \"a\"; shema = ./s.sql; } ]; }",
             "did you mean `services.postgres.initialDatabases.*.schema`?",
         ),
+        // Known, but a value nixcell cannot give the meaning devenv gives it.
+        (
+            "{ pkgs, ... }: { services.postgres = { enable = true; listen_addresses = \"10.1.2.3\"; }; }",
+            "option `services.postgres.listen_addresses` in devenv.nix",
+        ),
+        (
+            "{ pkgs, ... }: { languages.python.libraries = [ \"/usr/lib\" ]; }",
+            "is not a package",
+        ),
     ] {
         for mode in MODES {
             let p = project(mode, decl, "", &[]);
@@ -208,10 +217,11 @@ fn the_old_string_form_still_reads_and_edits_write_devenv_form() {
             "{mode:?}: {}",
             text(&o.stderr)
         );
+        let err = text(&o.stderr);
+        assert!(err.contains("No module named 'psycopg2'"), "{err}");
         assert!(
-            text(&o.stderr).contains("No module named 'psycopg2'"),
-            "{}",
-            text(&o.stderr)
+            err.contains("warning: devenv.nix: languages.python.libraries = [ \"pandas\" ] is nixcell's old form"),
+            "{err}"
         );
         // An edit moves the names into devenv's form; the old one is not written.
         let o = cell(

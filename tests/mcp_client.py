@@ -547,7 +547,12 @@ async def over_http(url, token, uds):
         async with client(headers) as c:
             r = await c.post(url, json=init, headers={"Accept": "application/json, text/event-stream"})
             statuses[name] = r.status_code
-    assert statuses == {"none": 401, "wrong": 401}, statuses
+    # The right token under a foreign Host (DNS rebinding) is refused too.
+    async with client({"Authorization": f"Bearer {token}"}) as c:
+        r = await c.post(url, json=init, headers={"Accept": "application/json, text/event-stream",
+                                                  "Host": "rebound.example"})
+        statuses["foreign host"] = r.status_code
+    assert statuses == {"none": 401, "wrong": 401, "foreign host": 403}, statuses
     seen = []
 
     async def on_progress(p, total, message):

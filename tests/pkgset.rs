@@ -13,15 +13,6 @@ fn fixture() -> PathBuf {
     repo().join("tests/fixtures/pkgs")
 }
 
-fn scratch(prefix: &str) -> tempfile::TempDir {
-    let base = repo().join("target/test-work");
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(&base)
-        .unwrap()
-}
-
 /// A copy of the fixture package set at `dst` whose `hello` prints `greeting`.
 fn package_set(dst: &Path, greeting: &str) {
     let out = Command::new("cp")
@@ -148,7 +139,7 @@ fn a_path_in_the_project_is_pinned_until_the_lock_is_updated() {
     // The context names the pin.
     let ctx = ok(&cell(dir, None, &[], &["context"]), "context");
     assert!(
-        ctx.contains(v["nar_hash"].as_str().unwrap()) && ctx.contains("devenv.lock"),
+        ctx.contains(&v["nar_hash"].as_str().unwrap()[..19]) && ctx.contains("devenv.lock"),
         "{ctx}"
     );
 }
@@ -227,7 +218,28 @@ fn a_lock_edited_by_hand_is_used_and_a_bad_one_refused_naming_it() {
 #[test]
 fn a_project_may_not_name_a_host_directory_as_its_package_set() {
     let outside = scratch("outside");
-    package_set(&outside.path().join("p"), "Hello, outside!");
+    let nonce = format!(
+        "Hello, outside {}!",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    package_set(&outside.path().join("p"), &nonce);
+    let p_dir = std::fs::canonicalize(outside.path().join("p")).unwrap();
+    // A lock naming it, with a hash nix would have to fetch for.
+    let lock = serde_json::json!({
+        "nodes": {
+            "nixpkgs": {
+                "locked": { "type": "path", "path": p_dir,
+                            "narHash": "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" },
+                "original": { "type": "path", "path": p_dir },
+            },
+            "root": { "inputs": { "nixpkgs": "nixpkgs" } },
+        },
+        "root": "root",
+        "version": 7,
+    });
     for (file, content) in [
         (
             "nixcell.toml",
@@ -243,6 +255,7 @@ fn a_project_may_not_name_a_host_directory_as_its_package_set() {
                 outside.path().join("p").display()
             ),
         ),
+        ("devenv.lock", lock.to_string()),
     ] {
         let p = project(None);
         std::fs::write(p.path().join(file), &content).unwrap();
@@ -254,8 +267,37 @@ fn a_project_may_not_name_a_host_directory_as_its_package_set() {
             err.contains(file) && err.contains("outside the project"),
             "{file}: {err}"
         );
-        assert!(!p.path().join("devenv.lock").exists());
+        if file != "devenv.lock" {
+            assert!(!p.path().join("devenv.lock").exists());
+        }
     }
+    // Nothing of it was copied into the (world-readable) store.
+    let nix = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let p_str = p_dir.to_string_lossy();
+    let hash = nix(&[
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "hash",
+        "path",
+        &p_str,
+    ]);
+    let copy = nix(&[
+        "nix-store",
+        "--print-fixed-path",
+        "--recursive",
+        "sha256",
+        &hash,
+        "source",
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&copy).is_err(),
+        "{copy} is in the store"
+    );
 }
 
 #[test]
@@ -271,12 +313,15 @@ fn nix_path_names_the_package_set_and_the_lock_pins_it() {
         node["original"]["path"].as_str(),
         Some(std::fs::canonicalize(&set).unwrap().to_str().unwrap())
     );
-    // `<nixpkgs>` in nixcell.toml means the same.
-    std::fs::write(dir.join("nixcell.toml"), "nixpkgs = \"<nixpkgs>\"\n").unwrap();
-    assert_eq!(hello(dir, Some(&set), &[]), "Hello, NIX_PATH!");
-    // Another NIX_PATH is not silently used: the lock pins the first one.
+    // The lock names the package set now: another NIX_PATH, or none, does not move it.
     let other = sets.path().join("other");
     package_set(&other, "Hello, other!");
+    assert_eq!(hello(dir, Some(&other), &[]), "Hello, NIX_PATH!");
+    assert_eq!(hello(dir, None, &[]), "Hello, NIX_PATH!");
+    // `<nixpkgs>` in nixcell.toml names NIX_PATH's explicitly: another one is not
+    // silently used, it is pinned on request.
+    std::fs::write(dir.join("nixcell.toml"), "nixpkgs = \"<nixpkgs>\"\n").unwrap();
+    assert_eq!(hello(dir, Some(&set), &[]), "Hello, NIX_PATH!");
     let err = fails(
         &cell(dir, Some(&other), &[], &["run", "--", "hello"]),
         "another NIX_PATH",
@@ -285,6 +330,11 @@ fn nix_path_names_the_package_set_and_the_lock_pins_it() {
         err.contains("devenv.lock") && err.contains("nixcell lock --update"),
         "{err}"
     );
+    ok(
+        &cell(dir, Some(&other), &[], &["lock", "--update"]),
+        "lock --update",
+    );
+    assert_eq!(hello(dir, Some(&other), &[]), "Hello, other!");
 }
 
 #[test]
@@ -333,9 +383,24 @@ fn devenv_yaml_names_the_package_set() {
         "{err}"
     );
     std::fs::remove_file(dir.join("nixcell.toml")).unwrap();
-    std::fs::write(dir.join("devenv.yaml"), "inputs: [unclosed\n").unwrap();
-    let err = fails(&cell(dir, None, &[], &["run", "--", "true"]), "bad yaml");
-    assert!(err.contains("devenv.yaml"), "{err}");
+    // What would make devenv use another package set than nixcell is refused.
+    for (yaml, says) in [
+        ("inputs: [unclosed\n", "devenv.yaml:"),
+        (
+            "inputs:\n  nixpkgs:\n    url: path:./pkgs\n    overlays: [ default ]\n",
+            "devenv.yaml:4: inputs.nixpkgs.overlays",
+        ),
+        (
+            "inputs:\n  nixpkgs:\n    url: path:./pkgs\nallowUnfree: true\n",
+            "devenv.yaml:4: `allowUnfree`",
+        ),
+        ("imports:\n  - ./other\n", "devenv.yaml:1: `imports`"),
+        ("flavour: 1\n", "unsupported key `flavour`"),
+    ] {
+        std::fs::write(dir.join("devenv.yaml"), yaml).unwrap();
+        let err = fails(&cell(dir, None, &[], &["run", "--", "true"]), yaml);
+        assert!(err.contains(says), "{yaml}: {err}");
+    }
 }
 
 #[test]
@@ -367,6 +432,22 @@ fn a_registry_name_is_resolved_by_the_callers_registry() {
     assert_eq!(node["original"]["type"], "indirect");
     assert_eq!(node["original"]["id"], "fixturepkgs");
     assert_eq!(node["locked"]["type"], "path");
+    // Outside a project, NIX_PATH may name it the way NixOS does (`flake:…`).
+    let wd = scratch("with");
+    let out = cmd(
+        wd.path(),
+        None,
+        &[],
+        &["run", "--with", "hello", "--", "hello"],
+    )
+    .env("NIX_PATH", "nixpkgs=flake:fixturepkgs")
+    .env(
+        "NIX_CONFIG",
+        format!("substituters =\nflake-registry = {}\n", file.display()),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(ok(&out, "--with from flake:").trim(), "Hello, registry!");
 }
 
 #[test]
@@ -382,6 +463,7 @@ fn a_dev_shell_of_a_nixpkgs_like_mkshell_runs_with_its_variables() {
         packages = [ pkgs.busybox pkgs.jq ];
         GREETING = "hello from the shell";
       }};
+      devShells.x86_64-linux.bare = pkgs.mkShell {{ packages = [ pkgs.jq ]; }};
     }};
 }}
 "#,
@@ -402,26 +484,57 @@ fn a_dev_shell_of_a_nixpkgs_like_mkshell_runs_with_its_variables() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the shell built");
-    let o = cell(
-        dir.path(),
-        None,
-        &[],
-        &[
-            "run",
-            "--env",
-            ".#devShells.x86_64-linux.default",
-            "--impure",
-            "--setenv",
-            "EXTRA=1",
-            "--",
-            "sh",
-            "-c",
-            "jq --version; echo \"$GREETING\"; echo \"${builder-none} ${buildPhase-none} $EXTRA\"",
-        ],
+    let shell = |name: &str, script: &str| {
+        let env = format!(".#devShells.x86_64-linux.{name}");
+        let args = [
+            "run", "--env", &env, "--impure", "--setenv", "EXTRA=1", "--", "bash", "-c", script,
+        ];
+        ok(&cell(dir.path(), None, &[], &args), name)
+    };
+    let out = shell(
+        "default",
+        "jq --version; echo \"$GREETING\"; echo \"${builder-none} ${buildPhase-none} $EXTRA\"",
     );
-    let out = ok(&o, "dev shell");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("jq-"), "{out}");
     assert_eq!(lines[1], "hello from the shell");
     assert_eq!(lines[2], "none none 1", "build-only variables are not set");
+    // After the shell's inputs, its stdenv's tools are on PATH, as in `nix develop`.
+    let out = shell("bare", "jq --version; ls --version | head -1");
+    assert!(out.starts_with("jq-") && out.contains("coreutils"), "{out}");
+}
+
+#[test]
+fn rootless_the_owner_of_a_project_locks_its_package_set_and_runs() {
+    let p = project(Some("nixpkgs = \"path:./pkgs\"\n"));
+    let dir = p.path();
+    package_set(&dir.join("pkgs"), "Hello, rootless!");
+    chown_to_test_user(dir);
+    let run = |args: &[&str]| {
+        let mut c = nixcell(Mode::Rootless);
+        c.current_dir(dir).args(args);
+        c.output().unwrap()
+    };
+    assert_eq!(
+        ok(&run(&["run", "--", "hello"]), "rootless run").trim(),
+        "Hello, rootless!"
+    );
+    let lock_file = dir.join("devenv.lock");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&lock_file).unwrap().uid(),
+        test_user_ids().0
+    );
+    assert_eq!(nixpkgs_node(dir)["locked"]["type"], "path");
+    let good = std::fs::read_to_string(&lock_file).unwrap();
+    let tampered = good.replace(
+        nixpkgs_node(dir)["locked"]["narHash"].as_str().unwrap(),
+        "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    );
+    std::fs::write(&lock_file, tampered).unwrap();
+    let err = fails(&run(&["run", "--", "hello"]), "rootless tampered lock");
+    assert!(
+        err.contains("devenv.lock") && err.contains("hash mismatch"),
+        "{err}"
+    );
 }

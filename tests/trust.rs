@@ -13,15 +13,6 @@ fn pkgs_dir() -> PathBuf {
     repo().join("tests/fixtures/pkgs")
 }
 
-fn scratch(prefix: &str) -> tempfile::TempDir {
-    let base = repo().join("target/test-work");
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(&base)
-        .unwrap()
-}
-
 /// A copy of `tests/fixtures/projects/analysis` in a fresh git repository, one commit.
 fn project() -> tempfile::TempDir {
     let d = scratch("trust");

@@ -613,6 +613,15 @@ fn project() -> tempfile::TempDir {
     .unwrap();
     std::fs::write(d.path().join("data.csv"), "a,b\n1,2\n").unwrap();
     std::fs::write(d.path().join(".gitignore"), ".nixcell/\n").unwrap();
+    // The package set's pin, committed with the project as users do.
+    ok(
+        &nixcell(Mode::Root)
+            .current_dir(d.path())
+            .arg("lock")
+            .output()
+            .unwrap(),
+        "nixcell lock",
+    );
     git(d.path(), &["init", "-q"]);
     git(d.path(), &["add", "."]);
     git(d.path(), &["commit", "-q", "-m", "initial"]);

@@ -413,12 +413,9 @@ pub fn to_markdown(c: &Context, max_tokens: Option<usize>) -> String {
         ),
         format!("- Network: {} ({}).", c.network.policy, c.network.detail),
         format!(
-            "- Package set: {} ({}), pinned to {} {} by `{}`; it changes only with `nixcell lock --update`.",
-            c.package_set.source,
-            c.package_set.origin,
+            "- Package set: {} ({}…), pinned by devenv.lock.",
             c.package_set.locked,
-            c.package_set.nar_hash,
-            c.package_set.lock_file.display()
+            c.package_set.nar_hash.get(..19).unwrap_or_default()
         ),
     ];
     for w in &c.writable_paths {

@@ -1,4 +1,4 @@
-//! The front-end commands of the CLI: `build`, `context`, `edit`, `proposals`,
+//! The front-end commands of the CLI: `build`, `lock`, `context`, `edit`, `proposals`,
 //! `approve`, `reject`, and how `run` finds its environment (a project, `--with`,
 //! `--env`). Errors print one line `nixcell: ...` and exit 125.
 
@@ -345,9 +345,10 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         // In a project, its pinned package set; else NIX_PATH's.
         let set = match Project::discover(Path::new(".")) {
             Ok(p) => p.package_set()?,
-            Err(crate::project::ProjectError::NotFound(_)) => PackageSet::at(
-                &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
-            )?,
+            Err(crate::project::ProjectError::NotFound(_)) => {
+                PackageSet::from_nix_path(&std::env::current_dir()?)
+                    .ok_or(crate::project::ProjectError::NoPackageSet)??
+            }
             Err(e) => return Err(e.into()),
         };
         let env = crate::declare::build_with(

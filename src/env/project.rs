@@ -323,10 +323,11 @@ impl Project {
     }
 
     /// The package set as the project names it: `nixpkgs` of nixcell.toml, else
-    /// `inputs.nixpkgs.url` of devenv.yaml, else `nixpkgs=` of NIX_PATH. A local
-    /// directory a project names must be in the project, in the Nix store or under a
-    /// path the caller named ([`crate::declare::package_set::trusted_local`]).
-    pub fn requested(&self) -> Result<Requested, ProjectError> {
+    /// `inputs.nixpkgs.url` of devenv.yaml, else what its lock pins (as devenv's
+    /// default input), else `nixpkgs=` of NIX_PATH. A local directory a project names
+    /// must be in the project, in the Nix store or under a path the caller named
+    /// ([`crate::declare::package_set::trusted_local`]) to be resolved.
+    pub fn requested(&self, lock: Option<&Lock>) -> Result<Requested, ProjectError> {
         let yaml = self.devenv_yaml_nixpkgs()?;
         let req = match (&self.config.nixpkgs, yaml) {
             (Some(spec), yaml) => {
@@ -346,12 +347,14 @@ impl Project {
                 req
             }
             (None, Some(y)) => y,
+            (None, None) if let Some(o) = lock.and_then(Lock::original) => {
+                Requested::from_lock(o, &self.dir.join(LOCK_FILE), &self.dir)?
+            }
             (None, None) => {
                 let v = PackageSet::nix_path_value().ok_or(ProjectError::NoPackageSet)?;
                 Requested::parse(&v, Origin::NixPath, &self.dir)?
             }
         };
-        req.check_trusted(&self.dir)?;
         Ok(req)
     }
 
@@ -363,7 +366,7 @@ impl Project {
             key: "inputs.nixpkgs.url",
             message,
         };
-        let bytes = match read_nofollow_capped(&file, DEVENV_YAML_MAX_BYTES) {
+        let bytes = match crate::dirs::read_nofollow_capped(&file, DEVENV_YAML_MAX_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ProjectError::Io(file, e)),
@@ -374,13 +377,11 @@ impl Project {
                 line: e.location().map_or(1, |l| l.line()),
                 message: e.to_string().replace('\n', " "),
             })?;
+        check_devenv_yaml(&file, &String::from_utf8_lossy(&bytes), &doc)?;
         let input = doc.get("inputs").and_then(|i| i.get("nixpkgs"));
         let Some(input) = input else {
             return Ok(None);
         };
-        if input.get("follows").is_some() {
-            return Err(bad("follows is not supported for nixpkgs".into()));
-        }
         let url = input
             .get("url")
             .ok_or_else(|| bad("inputs.nixpkgs has no url".into()))?
@@ -397,8 +398,8 @@ impl Project {
     /// or, on first use or with `update`, the input resolved now and written there.
     /// Reading a lock calls no nix.
     pub fn pin(&self, update: bool) -> Result<Pin, ProjectError> {
-        let req = self.requested()?;
         let lock = Lock::read(&self.dir)?;
+        let req = self.requested(lock.as_ref())?;
         let file = self.dir.join(LOCK_FILE);
         if !update
             && let Some(pin) = lock
@@ -409,6 +410,10 @@ impl Project {
         {
             return Ok(pin);
         }
+        // Resolving reads the directory named (nix copies it into the store): only one
+        // the project may name. A pinned copy already in the store is read as it is
+        // ([`Pin::realise`]).
+        req.check_trusted(&self.dir)?;
         let pin = Pin {
             locked: req.resolve()?,
             requested: req,
@@ -497,6 +502,11 @@ impl Project {
         crate::nix::store::add_root(&set.path, &roots.join(format!("{}-nixpkgs", &key[..32])));
         let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
+        if matches!(progress, Progress::Stderr) {
+            for w in &description.warnings {
+                eprintln!("nixcell: warning: {w}");
+            }
+        }
         // nix-build replaces whatever is at the link's place (it renames a new link
         // over it), so a planted link or file there is not followed.
         let env = declare::build_env(&evaluator, decl, Some(&set.path), &root, progress)?;
@@ -563,11 +573,78 @@ impl Project {
                         declare::ReadyCheck::TcpPort(p) => Some(p),
                         declare::ReadyCheck::None => None,
                     },
+                    ready_timeout_ms: svc.ready_timeout_ms,
                 });
             }
         }
         req
     }
+}
+
+/// Refuses what would make devenv evaluate the package set otherwise than nixcell does
+/// (nixcell reads only `inputs.nixpkgs.url`): overlays, follows or other settings of the
+/// nixpkgs input, nixpkgs configuration, imports; an unknown key is an error too.
+/// Other inputs are left alone (a declaration reaches only `inputs.nixpkgs`).
+fn check_devenv_yaml(
+    file: &Path,
+    text: &str,
+    doc: &serde_norway::Value,
+) -> Result<(), ProjectError> {
+    use serde_norway::Value as Y;
+    let at = |key: &str, message: String| ProjectError::Config {
+        file: file.to_path_buf(),
+        line: text
+            .find(&format!("{key}:"))
+            .map_or(1, |o| line_of(text, o)),
+        message,
+    };
+    let Some(map) = doc.as_mapping() else {
+        return match doc {
+            Y::Null => Ok(()),
+            _ => Err(at("", "must be a mapping of devenv's keys".into())),
+        };
+    };
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        let fine = match key {
+            "inputs" => {
+                let nixpkgs = v.get("nixpkgs");
+                if let Some(other) = nixpkgs
+                    .and_then(Y::as_mapping)
+                    .and_then(|m| m.keys().find(|k| k.as_str() != Some("url")))
+                {
+                    return Err(at(
+                        other.as_str().unwrap_or("nixpkgs"),
+                        format!(
+                            "inputs.nixpkgs.{}: nixcell reads only inputs.nixpkgs.url",
+                            other.as_str().unwrap_or("?")
+                        ),
+                    ));
+                }
+                v.is_mapping() && nixpkgs.is_none_or(Y::is_mapping)
+            }
+            "allowUnfree" | "allowBroken" => v.as_bool() == Some(false),
+            "permittedInsecurePackages" | "imports" => {
+                v.as_sequence().is_some_and(|s| s.is_empty())
+            }
+            "clean" | "impure" => true,
+            _ => {
+                return Err(at(
+                    key,
+                    format!("unsupported key `{key}` (nixcell reads inputs.nixpkgs.url)"),
+                ));
+            }
+        };
+        if !fine {
+            return Err(at(
+                key,
+                format!(
+                    "`{key}` with this value is not supported: nixcell evaluates the package set without it"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Version of the build cache's entries and key.
@@ -603,30 +680,7 @@ fn check_owned_dir(dir: &Path) -> Result<(), ProjectError> {
 
 /// The content of a regular file, opened without following a symbolic link.
 pub fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
-    read_nofollow_capped(path, u64::MAX)
-}
-
-/// [`read_nofollow`] of a file of at most `max` bytes (else an error).
-pub fn read_nofollow_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if m.len() > max {
-        return Err(std::io::Error::other(format!("larger than {max} bytes")));
-    }
-    let mut out = Vec::new();
-    f.take(max.saturating_add(1)).read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::Error::other(format!("larger than {max} bytes")));
-    }
-    Ok(out)
+    crate::dirs::read_nofollow_capped(path, u64::MAX)
 }
 
 /// Names, sizes and modification times of the project's Nix files other than `decl`

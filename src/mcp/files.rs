@@ -481,6 +481,40 @@ mod tests {
         assert_eq!(std::fs::read(dst.path().join("mine")).unwrap(), b"mine");
     }
 
+    /// What the cell left in /work may be links to host files: never read through.
+    #[test]
+    fn collect_reads_no_link_and_returns_bytes_exactly() {
+        let o = outside();
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        symlink(o.path().join("secret"), w.join("file-link")).unwrap();
+        symlink(o.path().join("dir"), w.join("dir-link")).unwrap();
+        std::fs::write(w.join("bin"), b"\xff\x00\xfe").unwrap();
+        let names: Vec<String> = ["file-link", "dir-link/secret", "bin", "dir-link"]
+            .map(String::from)
+            .to_vec();
+        let got = collect_files(w, &names);
+        for f in &got[..2] {
+            assert!(f.content.is_none() && f.note.is_some(), "{f:?}");
+        }
+        assert_eq!(got[2].encoding, Some(Encoding::Base64));
+        assert_eq!(got[2].content.as_deref(), Some("/wD+"));
+        assert!(got[3].content.is_none(), "{:?}", got[3]);
+    }
+
+    /// A fifo left in /work is not opened for reading in a way that blocks.
+    #[test]
+    fn collect_does_not_block_on_a_fifo() {
+        let work = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(
+            &work.path().join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let got = collect_files(work.path(), &["pipe".to_string()]);
+        assert_eq!(got[0].note.as_deref(), Some("not a regular file"));
+    }
+
     #[test]
     fn a_fifo_in_the_project_is_skipped_without_blocking() {
         let project = tempfile::tempdir().unwrap();

@@ -249,9 +249,26 @@ fn missing_modules(text: &str) -> Vec<String> {
     out
 }
 
-/// Loopback ports a connection was refused on, as Python and redis-cli report it.
+/// Loopback ports a connection was refused on, as Python and redis-cli report it, and
+/// postgres' unix sockets (`/tmp/.s.PGSQL.5432`) that were not there, as libpq does.
 fn refused_loopback_ports(text: &str) -> Vec<u16> {
     let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.contains("No such file or directory"))
+    {
+        if let Some(i) = line.find(".s.PGSQL.") {
+            let digits: String = line[i + 9..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            if let Ok(p) = digits.parse::<u16>()
+                && !out.contains(&p)
+            {
+                out.push(p);
+            }
+        }
+    }
     if !text.contains("Connection refused") {
         return out;
     }
@@ -585,6 +602,22 @@ mod tests {
             h[0].edit.as_ref().unwrap().command,
             "nixcell edit enable-service redis"
         );
+    }
+
+    #[test]
+    fn postgres_unreachable_suggests_the_service() {
+        let p = Allow(vec![(Subject::Service, "postgres")]);
+        for out in [
+            "psycopg2.OperationalError: connection to server on socket \"/tmp/.s.PGSQL.5432\" failed: No such file or directory",
+            "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 5432 failed: Connection refused",
+        ] {
+            let h = run(out, None, Some(&p));
+            assert_eq!(h[0].kind, HintKind::ServiceNotRunning, "{out}");
+            assert_eq!(
+                h[0].edit.as_ref().unwrap().command,
+                "nixcell edit enable-service postgres"
+            );
+        }
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct ServiceRequest {
     pub name: String,
     pub argv: Vec<String>,
     pub port: Option<u16>,
+    /// How long it may take to get ready (default 15 s).
+    pub ready_timeout_ms: Option<u64>,
 }
 
 impl ServiceRequest {
@@ -146,6 +148,7 @@ impl ServiceRequest {
             name: name.to_string(),
             argv,
             port,
+            ready_timeout_ms: None,
         })
     }
 }
@@ -180,7 +183,7 @@ fn plan_services(req: &CellRequest) -> Result<Vec<ServiceSpec>, PlanError> {
             argv: s.argv.clone(),
             ready_port: s.port,
             log: dir.join(format!("{}.log", s.name)),
-            ready_timeout_ms: 15_000,
+            ready_timeout_ms: s.ready_timeout_ms.unwrap_or(15_000),
         })
         .collect())
 }

@@ -149,6 +149,27 @@ pub fn busybox() -> PathBuf {
     build_env("busybox", "pkgs.busybox")
 }
 
+/// Makes `dir` and everything in it the test user's (`chown -R`).
+pub fn chown_to_test_user(dir: &Path) {
+    let (u, g) = test_user_ids();
+    let out = Command::new("chown")
+        .args(["-R", &format!("{u}:{g}")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {}", text(&out.stderr));
+}
+
+/// A fresh directory under target/test-work.
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap()
+}
+
 /// A fresh directory the mode's user owns.
 pub fn workdir(mode: Mode) -> tempfile::TempDir {
     let base = repo().join("target/test-work");

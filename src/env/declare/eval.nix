@@ -207,7 +207,7 @@ let
     else if py ? package || legacyLibs == [ ] then basePython
     else basePython.withPackages (ps: map (n: ps.${n}) legacyLibs);
 
-  libPath = builtins.concatStringsSep ":" (map (p: "${p.lib or p}/lib") nativeLibs);
+  libPath = (lib.makeLibraryPath or (ps: builtins.concatStringsSep ":" (map (p: "${p}/lib") ps))) nativeLibs;
 
   # As devenv does: the interpreter's programs see the native libraries on
   # LD_LIBRARY_PATH. Wrappers of bin/python* win over the interpreter's own links.
@@ -281,7 +281,7 @@ let
     PGDATA=${pgRun}/data PGHOST=${pgRun} PGPORT=${toString pgPort}
     export PATH PGDATA PGHOST PGPORT
     mkdir -p ${pgRun}
-    initdb --locale=C --encoding=UTF8 --auth=trust -D "$PGDATA" > /dev/null
+    initdb --locale=C --encoding=UTF8 --auth=trust --no-sync -D "$PGDATA" > /dev/null
     printf '%s\n' "listen_addresses = '127.0.0.1'" "port = ${toString pgPort}" \
       "unix_socket_directories = '${pgRun}'" "dynamic_shared_memory_type = mmap" >> "$PGDATA/postgresql.conf"
     pg_ctl -D "$PGDATA" -w -s -o "-c listen_addresses='''" start
@@ -330,6 +330,8 @@ in
         ++ (if pgEnabled then [{
           name = "postgres";
           port = pgPort;
+          # initdb and the set-up run before it listens.
+          ready_timeout_ms = 60000;
           command = [ "${pgStart}/bin/nixcell-postgres" ];
         }] else [ ]);
       processes = map
@@ -339,6 +341,9 @@ in
           command = [ "${processScripts.${n}}/bin/nixcell-process-${n}" ];
         })
         (builtins.attrNames processes);
+      warnings =
+        if legacyLibs == [ ] then [ ]
+        else [ "${file}: languages.python.libraries = [ ${builtins.concatStringsSep " " (map (n: "\"${n}\"") legacyLibs)} ] is nixcell's old form (devenv reads libraries as native library packages); nixcell still reads it, and its next Python library edit rewrites it as languages.python.package = pkgs.python3.withPackages (ps: [ ${builtins.concatStringsSep " " (map (n: "ps.${n}") legacyLibs)} ])" ];
       scripts = map (n: { name = n; description = scripts.${n}.description or ""; }) (builtins.attrNames scripts);
       enter_shell = if enterShell == "" then null else [ "${enterShellScript}/bin/nixcell-enter-shell" ];
       env = pgEnv // builtins.mapAttrs (n: v: envValue v) envVars;

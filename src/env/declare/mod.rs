@@ -72,6 +72,9 @@ pub struct ServiceDecl {
     pub command: Vec<String>,
     pub port: Option<u16>,
     pub ready: ReadyCheck,
+    /// How long it may take to get ready (None: the runner's default).
+    #[serde(default)]
+    pub ready_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +94,8 @@ pub struct ServiceJson {
     pub name: String,
     pub port: u16,
     pub command: Vec<String>,
+    #[serde(default)]
+    pub ready_timeout_ms: Option<u64>,
 }
 
 /// A `scripts.<name>`: a command of that name on the cell's PATH.
@@ -117,6 +122,9 @@ pub struct Description {
     pub processes: Vec<ProcessJson>,
     #[serde(default)]
     pub scripts: Vec<ScriptJson>,
+    /// What the declaration should change to stay valid for devenv (the old form).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The prefix of the command's argv that runs `enterShell` first (a store script
     /// that sources it and execs the rest), when the declaration has one.
     #[serde(default)]
@@ -191,6 +199,7 @@ impl Description {
                 command: s.command.clone(),
                 port: Some(s.port),
                 ready: ReadyCheck::TcpPort(s.port),
+                ready_timeout_ms: s.ready_timeout_ms,
             })
             .collect();
         out.extend(self.processes.iter().map(|p| ServiceDecl {
@@ -198,6 +207,7 @@ impl Description {
             command: p.command.clone(),
             port: None,
             ready: ReadyCheck::None,
+            ready_timeout_ms: None,
         }));
         out
     }

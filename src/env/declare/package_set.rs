@@ -8,6 +8,7 @@
 //! project names, and never makes nix read a host directory the project could not name
 //! itself (see [`Pin::realise`]).
 
+use crate::nix::build::Progress;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -76,10 +77,24 @@ impl PackageSet {
         nix_path_nixpkgs(&np)
     }
 
-    /// `nixpkgs=PATH` of NIX_PATH when it is a directory.
-    pub fn from_nix_path() -> Option<PathBuf> {
+    /// The package set of NIX_PATH's `nixpkgs=` outside a project (no lock): a
+    /// directory as it is; a reference (`flake:nixpkgs`, a URL, `channel:…`) resolved
+    /// now. `None` without such an entry.
+    pub fn from_nix_path(cwd: &Path) -> Option<Result<PackageSet, PackageSetError>> {
         let v = PackageSet::nix_path_value()?;
-        v.starts_with('/').then(|| PathBuf::from(v))
+        if v.starts_with('/') {
+            return Some(PackageSet::at(Path::new(&v)));
+        }
+        let pin = || -> Result<PackageSet, PackageSetError> {
+            let requested = Requested::parse(&v, Origin::NixPath, cwd)?;
+            let pin = Pin {
+                locked: requested.resolve()?,
+                requested,
+                lock_file: PathBuf::from("NIX_PATH"),
+            };
+            pin.realise(cwd)
+        };
+        Some(pin())
     }
 }
 
@@ -134,6 +149,9 @@ pub enum Origin {
     Config(PathBuf),
     /// `inputs.nixpkgs.url` of a devenv.yaml.
     DevenvYaml(PathBuf),
+    /// `original` of the lock's nixpkgs input (a project that names no package set
+    /// otherwise, as devenv's default input).
+    Lock(PathBuf),
     /// `nixpkgs=` of the caller's NIX_PATH (or `<nixpkgs>`).
     NixPath,
     /// `nixcell run --with` outside a project, and tests.
@@ -145,6 +163,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::Config(p) => write!(f, "{}: nixpkgs", p.display()),
             Origin::DevenvYaml(p) => write!(f, "{}: inputs.nixpkgs.url", p.display()),
+            Origin::Lock(p) => write!(f, "{}: nodes.nixpkgs.original", p.display()),
             Origin::NixPath => write!(f, "NIX_PATH"),
             Origin::Caller => write!(f, "the command line"),
         }
@@ -326,6 +345,32 @@ impl Requested {
         })
     }
 
+    /// The input the lock's `original` names, as if the project had named it.
+    pub fn from_lock(
+        original: &Attrs,
+        file: &Path,
+        base: &Path,
+    ) -> Result<Requested, PackageSetError> {
+        let bad = |message: String| PackageSetError::Lock {
+            file: file.to_path_buf(),
+            message,
+        };
+        let reference = reference_of(original).ok_or_else(|| {
+            bad(format!(
+                "input nixpkgs: original {} is not an input nixcell can name",
+                canonical(original)
+            ))
+        })?;
+        let r = Requested::parse(&reference, Origin::Lock(file.to_path_buf()), base)?;
+        if &r.original != original {
+            return Err(bad(format!(
+                "input nixpkgs: original {} is not written as nixcell writes {reference}",
+                canonical(original)
+            )));
+        }
+        Ok(r)
+    }
+
     /// The local directory it names, if any.
     pub fn local_dir(&self) -> Option<PathBuf> {
         local_dir_of(&self.original)
@@ -351,15 +396,12 @@ impl Requested {
             spec: self.spec.clone(),
             message,
         };
-        let out = crate::nix::build::nix_flakes()
-            .args(["flake", "metadata", "--json", "--no-write-lock-file"])
-            .arg(&self.reference)
-            .output()
-            .map_err(|e| fail(format!("cannot run nix: {e}")))?;
-        if !out.status.success() {
-            return Err(fail(crate::nix::eval::nix_message(&out.stderr)));
-        }
-        let v: Value = serde_json::from_slice(&out.stdout)
+        let mut cmd = crate::nix::build::nix_flakes();
+        cmd.args(["flake", "metadata", "--json", "--no-write-lock-file"])
+            .arg(&self.reference);
+        let out = crate::nix::build::output_shown(cmd, "nix flake metadata", Progress::Stderr)
+            .map_err(|e| fail(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&out)
             .map_err(|e| fail(format!("nix flake metadata printed no JSON: {e}")))?;
         let locked = locked_of_metadata(&v)
             .ok_or_else(|| fail("nix flake metadata gave no locked input".into()))?;
@@ -386,6 +428,36 @@ fn locked_of_metadata(v: &Value) -> Option<Attrs> {
         locked.remove("__final");
     }
     Some(locked)
+}
+
+/// The flake reference of `original` attributes (the inverse of [`Requested::parse`]).
+fn reference_of(a: &Attrs) -> Option<String> {
+    let s = |k: &str| a.get(k).and_then(Value::as_str);
+    let suffix = s("rev")
+        .or(s("ref"))
+        .map(|r| format!("/{r}"))
+        .unwrap_or_default();
+    Some(match s("type")? {
+        k @ ("github" | "gitlab" | "sourcehut") => {
+            format!("{k}:{}/{}{suffix}", s("owner")?, s("repo")?)
+        }
+        "path" => format!("path:{}", s("path")?),
+        "tarball" => s("url")?.to_string(),
+        "indirect" => format!("flake:{}{suffix}", s("id")?),
+        "git" => {
+            let q: Vec<String> = ["ref", "rev"]
+                .iter()
+                .filter_map(|k| s(k).map(|v| format!("{k}={v}")))
+                .collect();
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            format!("git+{}{q}", s("url")?)
+        }
+        _ => return None,
+    })
 }
 
 fn split_query(s: &str) -> (&str, Option<&str>) {
@@ -574,6 +646,17 @@ fn check_locked(locked: &Attrs, original: &Attrs) -> Result<(), String> {
     {
         return Err(format!("path {p:?} is not absolute"));
     }
+    let schemes: &[&str] = match kind {
+        "tarball" => &["https://", "http://"],
+        "git" => &["https://", "http://", "ssh://", "git://", "file:///"],
+        _ => &[],
+    };
+    if !schemes.is_empty() && !s("url").is_some_and(|u| schemes.iter().any(|p| u.starts_with(p))) {
+        return Err(format!(
+            "a locked {kind} input needs a URL starting with one of {}",
+            schemes.join(", ")
+        ));
+    }
     // The lock pins the input the project names, not another one.
     let o = |k: &str| original.get(k).and_then(Value::as_str);
     if o("type") != Some("indirect") {
@@ -583,7 +666,13 @@ fn check_locked(locked: &Attrs, original: &Attrs) -> Result<(), String> {
                 o("type").unwrap_or("?")
             ));
         }
-        for k in ["path", "url", "owner", "repo"] {
+        // A tarball's URL may be swapped for an immutable one when it is locked.
+        let same = if kind == "tarball" {
+            &["path", "owner", "repo"][..]
+        } else {
+            &["path", "url", "owner", "repo"][..]
+        };
+        for k in same {
             if o(k).is_some() && o(k) != s(k) {
                 return Err(format!(
                     "the locked {k} {:?} is not the named one {:?}",
@@ -742,19 +831,13 @@ impl Pin {
                 return Err(bad(outside_message(&d)));
             }
             let json = serde_json::to_string(&self.locked).unwrap_or_default();
-            let out = crate::nix::build::nix_flakes()
-                .env("NIXCELL_LOCKED_INPUT", json)
+            let mut cmd = crate::nix::build::nix_flakes();
+            cmd.env("NIXCELL_LOCKED_INPUT", json)
                 .args(["eval", "--impure", "--raw", "--expr"])
-                .arg("(builtins.fetchTree (builtins.fromJSON (builtins.getEnv \"NIXCELL_LOCKED_INPUT\"))).outPath")
-                .output()
-                .map_err(|e| bad(format!("cannot run nix: {e}")))?;
-            if !out.status.success() {
-                return Err(bad(format!(
-                    "fetching the pinned package set: {}",
-                    crate::nix::eval::nix_message(&out.stderr)
-                )));
-            }
-            let got = String::from_utf8_lossy(&out.stdout);
+                .arg("(builtins.fetchTree (builtins.fromJSON (builtins.getEnv \"NIXCELL_LOCKED_INPUT\"))).outPath");
+            let out = crate::nix::build::output_shown(cmd, "nix eval", Progress::Stderr)
+                .map_err(|e| bad(format!("fetching the pinned package set: {e}")))?;
+            let got = String::from_utf8_lossy(&out);
             if Path::new(got.trim()) != set.path {
                 return Err(bad(format!(
                     "the pinned package set was fetched to {}, not to {} (its narHash)",
@@ -796,7 +879,7 @@ impl Lock {
             file: file.clone(),
             message,
         };
-        let bytes = match read_capped(&file) {
+        let bytes = match crate::dirs::read_nofollow_capped(&file, LOCK_MAX_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(bad(e.to_string())),
@@ -839,6 +922,11 @@ impl Lock {
             doc,
             node: Some((locked, original)),
         }))
+    }
+
+    /// The `original` of its nixpkgs input, if it has one.
+    pub fn original(&self) -> Option<&Attrs> {
+        self.node.as_ref().map(|(_, o)| o)
     }
 
     /// The pin for `requested`, if this lock has one: an error naming the file if it
@@ -886,29 +974,6 @@ impl Lock {
         text.push('\n');
         crate::dirs::write_atomic_mode(dir, LOCK_FILE, text.as_bytes(), 0o644)
     }
-}
-
-/// A regular file's content, opened without following a link, at most
-/// [`LOCK_MAX_BYTES`].
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if m.len() > LOCK_MAX_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {LOCK_MAX_BYTES} bytes"
-        )));
-    }
-    let mut out = Vec::new();
-    f.take(LOCK_MAX_BYTES + 1).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 fn fingerprint_dir(base: &Path, dir: &Path, h: &mut Sha256) {
@@ -991,6 +1056,25 @@ mod tests {
         assert_eq!(t.original["type"], "tarball");
         let p = parse("path:/").unwrap();
         assert_eq!(p.original, attrs(&[("type", "path"), ("path", "/")]));
+        for good in [
+            "github:NixOS/nixpkgs/nixos-24.11",
+            "github:NixOS/nixpkgs",
+            "gitlab:o/r/0123456789abcdef0123456789abcdef01234567",
+            "nixpkgs",
+            "nixpkgs/nixos-24.11",
+            "path:/",
+            "git+file:///?ref=main",
+            "git+https://example.org/r.git",
+            "https://example.org/nixexprs.tar.xz",
+        ] {
+            let r = parse(good).unwrap();
+            let back = reference_of(&r.original).unwrap();
+            assert_eq!(
+                parse(&back).unwrap().original,
+                r.original,
+                "{good} -> {back}"
+            );
+        }
         for bad in [
             "github:NixOS",
             "github:a/b/c/d",
@@ -1056,6 +1140,20 @@ mod tests {
             ("ref", "x"),
         ]);
         assert!(check_locked(&good, &gh).is_err(), "another type");
+        // Behind a registry name, a git input is still only remote or file:///.
+        let indirect = attrs(&[("type", "indirect"), ("id", "nixpkgs")]);
+        let hash = "sha256-IyERPxDVPG5tCvUuORRgc/0QPsiOXKeSSspYErFkmng=";
+        for url in ["file:/root/repo", "/root/repo", "ext::sh -c x"] {
+            let g = attrs(&[("type", "git"), ("url", url), ("narHash", hash)]);
+            assert!(check_locked(&g, &indirect).is_err(), "{url}");
+        }
+        let g = attrs(&[
+            ("type", "git"),
+            ("url", "file:///srv/repo"),
+            ("narHash", hash),
+        ]);
+        assert!(check_locked(&g, &indirect).is_ok());
+        assert_eq!(local_dir_of(&g), Some(PathBuf::from("/srv/repo")));
     }
 
     #[test]

@@ -94,16 +94,9 @@ impl std::fmt::Display for Step {
     }
 }
 
-fn run_streaming(
-    mut cmd: Command,
-    tool: &'static str,
-    link: &Path,
-    progress: Progress,
-) -> Result<PathBuf, BuildError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
+/// nix's stderr, line by line as it comes, shown with [`Progress::Stderr`]; all of it
+/// is returned (for the error message).
+fn pump_stderr(child: &mut std::process::Child, progress: &Progress) -> Vec<u8> {
     let mut captured = Vec::new();
     if let Some(err) = child.stderr.take() {
         let mut reader = BufReader::new(err);
@@ -124,6 +117,49 @@ fn run_streaming(
             line.clear();
         }
     }
+    captured
+}
+
+/// Runs a nix command whose answer is its stdout (JSON, a path): its progress is shown
+/// as it comes; a failure is nix's message.
+pub fn output_shown(
+    mut cmd: Command,
+    tool: &'static str,
+    progress: Progress,
+) -> Result<Vec<u8>, BuildError> {
+    use std::io::Read;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = s.read_to_end(&mut out);
+        }
+        out
+    });
+    let captured = pump_stderr(&mut child, &progress);
+    let out = reader.join().unwrap_or_default();
+    let status = child.wait().map_err(|e| BuildError::Spawn(tool, e))?;
+    if !status.success() {
+        return Err(BuildError::Nix(nix_message(&captured)));
+    }
+    Ok(out)
+}
+
+fn run_streaming(
+    mut cmd: Command,
+    tool: &'static str,
+    link: &Path,
+    progress: Progress,
+) -> Result<PathBuf, BuildError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| BuildError::Spawn(tool, e))?;
+    let captured = pump_stderr(&mut child, &progress);
     let status = child.wait().map_err(|e| BuildError::Spawn(tool, e))?;
     if !status.success() {
         return Err(BuildError::Nix(nix_message(&captured)));
@@ -248,7 +284,8 @@ const PATH_INPUTS: &[&str] = &[
 ];
 
 /// What nix says about a flake output: whether it is a dev shell (has an
-/// `inputDerivation`), and its derivation's environment as the builder would see it.
+/// `inputDerivation`), its derivation's environment as the builder would see it, and
+/// its stdenv's `initialPath` (the tools `nix develop` puts on PATH after the inputs).
 const PROBE: &str = r#"d:
   let
     conv = v: if builtins.isList v then builtins.concatStringsSep " " (map conv v)
@@ -257,7 +294,11 @@ const PROBE: &str = r#"d:
       else if builtins.isAttrs v && !(v ? outPath) then ""
       else toString v;
     shell = builtins.isAttrs d && d ? inputDerivation && d ? drvAttrs;
-  in { inherit shell; env = if shell then builtins.mapAttrs (n: conv) d.drvAttrs else { }; }"#;
+  in {
+    inherit shell;
+    env = if shell then builtins.mapAttrs (n: conv) d.drvAttrs else { };
+    initialPath = if shell then map toString ((d.stdenv or null).initialPath or [ ]) else [ ];
+  }"#;
 
 /// The `nix` command with flakes on.
 ///
@@ -295,16 +336,11 @@ pub fn flake_env(
         probe.arg("--impure");
     }
     probe.arg(installable).args(["--apply", PROBE]);
-    let out = probe
-        .output()
-        .map_err(|e| BuildError::Spawn("nix eval", e))?;
-    if !out.status.success() {
-        return Err(BuildError::Nix(nix_message(&out.stderr)));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let out = output_shown(probe, "nix eval", progress.clone())?;
+    let v: serde_json::Value = serde_json::from_slice(&out)
         .map_err(|e| BuildError::Nix(format!("nix eval printed no JSON: {e}")))?;
     if v["shell"] != serde_json::Value::Bool(true) {
-        let env = build_flake(installable, impure, link, progress)?;
+        let env = build_flake(installable, impure, link, progress.clone())?;
         return Ok(FlakeEnv {
             paths: vec![env],
             vars: Vec::new(),
@@ -330,6 +366,12 @@ pub fn flake_env(
             if crate::nix::store::is_store_path(&p, &store) && !paths.contains(&p) {
                 paths.push(p);
             }
+        }
+    }
+    let tools = v["initialPath"].as_array().cloned().unwrap_or_default();
+    for p in tools.iter().filter_map(|t| t.as_str()).map(PathBuf::from) {
+        if crate::nix::store::is_store_path(&p, &store) && !paths.contains(&p) {
+            paths.push(p);
         }
     }
     paths.push(closure);
