@@ -308,13 +308,11 @@ const PROBE: &str = r#"d:
 /// are added to that `NIX_CONFIG` as well, after the caller's own lines (which stay
 /// as they are). Without a `NIX_CONFIG` of the caller's, none is set.
 pub fn nix_flakes() -> Command {
-    const FEATURES: &str = "nix-command flakes";
     let mut cmd = super::command("nix");
-    cmd.args(["--extra-experimental-features", FEATURES]);
-    if let Some(caller) = std::env::var_os("NIX_CONFIG") {
-        let mut cfg = caller;
-        cfg.push(format!("\nextra-experimental-features = {FEATURES}\n"));
-        cmd.env("NIX_CONFIG", cfg);
+    cmd.args(["--extra-experimental-features", super::FLAKE_FEATURES]);
+    // (Unless command() did already, for a flake in NIX_PATH.)
+    if std::env::var_os("NIX_CONFIG").is_some() && !cmd.get_envs().any(|(k, _)| k == "NIX_CONFIG") {
+        super::with_flakes(&mut cmd);
     }
     cmd
 }

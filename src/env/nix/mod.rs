@@ -20,7 +20,32 @@ pub fn command(tool: &str) -> Command {
     if std::env::var_os("NIX_REMOTE").is_none() && store_needs_daemon() {
         c.env("NIX_REMOTE", "daemon");
     }
+    // A `flake:` entry of the caller's NIX_PATH (as NixOS sets it) needs flakes on for
+    // every tool of current Nix, which reads its search path at start.
+    if std::env::var("NIX_PATH").is_ok_and(|p| names_a_flake(&p)) {
+        with_flakes(&mut c);
+    }
     c
+}
+
+/// A search path with a `flake:` entry (`nixpkgs=flake:nixpkgs`, or a bare one); its
+/// entries are `:`-separated, but a flake reference has `:`s of its own.
+fn names_a_flake(nix_path: &str) -> bool {
+    nix_path.starts_with("flake:") || nix_path.contains("=flake:") || nix_path.contains(":flake:")
+}
+
+/// The experimental features that flake commands need.
+pub const FLAKE_FEATURES: &str = "nix-command flakes";
+
+/// Adds [`FLAKE_FEATURES`] to the `NIX_CONFIG` of `cmd`: after the caller's own lines,
+/// which stay as they are (current Nix applies the caller's flake settings, such as
+/// `flake-registry`, only when flakes are on in the same configuration).
+pub fn with_flakes(cmd: &mut Command) {
+    let mut cfg = std::env::var_os("NIX_CONFIG").unwrap_or_default();
+    cfg.push(format!(
+        "\nextra-experimental-features = {FLAKE_FEATURES}\n"
+    ));
+    cmd.env("NIX_CONFIG", cfg);
 }
 
 /// uid 0 that is not the host's root: inside a user namespace (a rootless container,
@@ -44,6 +69,25 @@ fn is_identity_map(map: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flake_entries_of_a_search_path_are_seen() {
+        for p in [
+            "nixpkgs=flake:nixpkgs",
+            "flake:nixpkgs",
+            "/a:nixpkgs=flake:github:NixOS/nixpkgs/nixos-24.11",
+            "/a:flake:x",
+        ] {
+            assert!(names_a_flake(p), "{p}");
+        }
+        for p in [
+            "nixpkgs=/src/nixpkgs",
+            "/nix/var/nix/profiles/per-user/root/channels",
+            "/flakes:x=/flake",
+        ] {
+            assert!(!names_a_flake(p), "{p}");
+        }
+    }
 
     #[test]
     fn only_the_initial_namespace_map_is_the_identity() {
