@@ -50,9 +50,20 @@ pub struct ContextArgs {
     pub project: ProjectArg,
     #[arg(long, value_enum, default_value = "markdown")]
     pub format: Format,
-    /// Keep the Markdown within about this many tokens (it says what it left out).
+    /// Keep the Markdown within about this many tokens: the least useful sections are
+    /// shortened or left out first, and a closing note says which.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
+    /// List every command on PATH and every store path (no toolbox summaries).
+    #[arg(long)]
+    pub full: bool,
+    /// Describe runs of this sandbox profile [default: the project's, else "default"].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
+    /// Describe runs through the MCP server (`nixcell mcp`): a private copy of the
+    /// project per run, the server's default limits, edits through `edit_environment`.
+    #[arg(long)]
+    pub mcp: bool,
 }
 
 #[derive(Args, Debug)]
@@ -126,13 +137,22 @@ pub fn context(args: &ContextArgs) -> i32 {
     let go = || -> anyhow::Result<context::Context> {
         let p = args.project.open()?;
         let b = p.build(Progress::Stderr)?;
-        Ok(context::gather(&p, &b)?)
+        let opts = context::Options {
+            profile: args.profile.clone(),
+            mcp: args.mcp,
+        };
+        Ok(context::gather(&p, &b, &opts)?)
+    };
+    let detail = if args.full {
+        context::Detail::Full
+    } else {
+        context::Detail::Default
     };
     match go() {
         Ok(c) => {
             match args.format {
                 Format::Json => print_json(&c),
-                Format::Markdown => print!("{}", context::to_markdown(&c, args.max_tokens)),
+                Format::Markdown => print!("{}", context::to_markdown(&c, args.max_tokens, detail)),
             }
             0
         }

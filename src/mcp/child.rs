@@ -102,6 +102,16 @@ impl Inner {
         }
     }
 
+    /// `nixcell context` describing this server's runs: its project and profile, MCP.
+    fn context_args(&self) -> Result<Vec<String>, McpError> {
+        let mut args = self.project_args()?;
+        args.push("--mcp".into());
+        if let Some(p) = &self.profile {
+            args.extend(["--profile".into(), p.clone()]);
+        }
+        Ok(args)
+    }
+
     /// The context as (JSON, Markdown).
     pub(super) async fn context(
         &self,
@@ -110,7 +120,7 @@ impl Inner {
         match &self.target {
             Target::Project(_) => {
                 let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
-                json_args.extend(self.project_args()?);
+                json_args.extend(self.context_args()?);
                 let c = self.nixcell(&json_args, None, progress).await?;
                 let json: serde_json::Value = if c.code == Some(0) {
                     serde_json::from_slice(&c.stdout).map_err(|e| McpError::Command {
@@ -124,7 +134,7 @@ impl Inner {
                     });
                 };
                 let mut md_args = vec!["context".to_string(), "--format".into(), "markdown".into()];
-                md_args.extend(self.project_args()?);
+                md_args.extend(self.context_args()?);
                 let c = self.nixcell(&md_args, None, None).await?;
                 if c.code != Some(0) {
                     return Err(McpError::Command {

@@ -66,14 +66,10 @@ pub enum McpError {
     Transport(String),
 }
 
-/// Longest wall-clock limit a `run` may ask for.
-pub const MAX_TIMEOUT_SECS: u64 = 600;
-/// Wall-clock limit of a `run` that asks for none (the project's limit applies if lower).
-pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
-/// Largest capture of each stream a `run` may ask for.
-pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
-/// Capture of each stream when a `run` asks for none.
-pub const DEFAULT_OUTPUT_BYTES: u64 = 64 << 10;
+/// The limits of a `run` (shared with the context, which states them).
+pub use crate::run::limits::mcp::{
+    DEFAULT_OUTPUT_BYTES, DEFAULT_TIMEOUT_SECS, MAX_OUTPUT_BYTES, MAX_TIMEOUT_SECS,
+};
 /// Total size of the files a `run` may place in its working directory (they come in
 /// one request, which must stay below [`MAX_REQUEST_BYTES`] with its JSON escaping).
 pub const MAX_FILES_BYTES: usize = 4 << 20;

@@ -71,7 +71,7 @@ pub fn prepare(
                 WorkdirMode::Cow => {
                     if let Some(w) = &mut spec.work {
                         // tmpfs pages are charged to the cell's memory cgroup.
-                        w.size_bytes = limits.memory.map_or(fs.work_size, |m| fs.work_size.min(m));
+                        w.size_bytes = crate::run::limits::work_size(fs, &limits);
                         w.inodes = fs.work_inodes;
                     }
                 }
