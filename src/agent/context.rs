@@ -346,13 +346,8 @@ fn toolboxes(env: &Path, executables: &[String]) -> Vec<Toolbox> {
         .collect()
 }
 
-/// Whether Landlock's TCP rules apply to runs of `profile` on this kernel.
-fn tcp_rules_enforced(profile: &crate::profile::Profile) -> bool {
-    use crate::sandbox::LayerMode;
-    profile.landlock.mode != LayerMode::Off
-        && profile.landlock.features.tcp != LayerMode::Off
-        && crate::doctor::landlock_abi().is_some_and(|abi| abi >= 4)
-}
+use crate::sandbox::limits::in_force as rlimit;
+use nix::sys::resource::Resource;
 
 /// The context of a built project, for runs of `opts`.
 pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Context, ContextError> {
@@ -477,7 +472,7 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
     let fs = &profile.filesystem;
     let cow = fs.workdir == WorkdirMode::Cow;
     let work_size = cow.then(|| crate::run::limits::work_size(fs, &limits));
-    let tcp_ports = tcp_rules_enforced(&profile).then(|| {
+    let tcp_ports = crate::harden::tcp_rules_enforced(&profile).then(|| {
         let mut p = profile.landlock.allow_ports.clone();
         p.extend(services.iter().filter_map(|s| s.port));
         p.sort_unstable();
@@ -561,9 +556,12 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
             memory_bytes: limits.memory,
             cpus: limits.cpus,
             pids: limits.pids,
-            open_files: limits.open_files,
-            file_size_bytes: limits.file_size,
-            cpu_seconds: limits.cpu_seconds,
+            // As the rlimits layer sets them: at most the hard limits nixcell runs under.
+            open_files: limits
+                .open_files
+                .map(|v| rlimit(Resource::RLIMIT_NOFILE, v)),
+            file_size_bytes: limits.file_size.map(|v| rlimit(Resource::RLIMIT_FSIZE, v)),
+            cpu_seconds: limits.cpu_seconds.map(|v| rlimit(Resource::RLIMIT_CPU, v)),
             max_output_bytes: limits.max_output,
             tmp_size_bytes: project.limits.tmp_size_bytes,
             tmp_inodes: fs.tmp_inodes,

@@ -300,6 +300,8 @@ pub struct FromProject {
     pub built: Option<Built>,
     /// The project's `[policy]`: hints suggest only edits it accepts.
     pub policy: Option<crate::project::Policy>,
+    /// The package set the environment comes from: hints name only packages it has.
+    pub package_set: Option<PackageSet>,
 }
 
 fn user_cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
@@ -322,6 +324,7 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
                 &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
             )?,
         };
+        extra.package_set = Some(set.clone());
         let env = crate::declare::build_with(
             &src.with,
             &set,
@@ -340,6 +343,9 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         req.env_paths.push(env);
     }
     if !req.env_paths.is_empty() {
+        if extra.package_set.is_none() {
+            extra.package_set = PackageSet::from_nix_path().and_then(|p| PackageSet::at(&p).ok());
+        }
         return Ok(extra);
     }
     let project = match &src.project {
@@ -361,5 +367,6 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
     extra.max_output_bytes = project.limits.max_output_bytes;
     extra.built = Some(built);
     extra.policy = Some(project.config.policy.clone());
+    extra.package_set = project.package_set().ok();
     Ok(extra)
 }

@@ -54,6 +54,13 @@ fn fmt_size(b: u64) -> String {
     }
 }
 
+/// Whether Landlock's TCP rules apply to runs of `profile` on this kernel.
+pub fn tcp_rules_enforced(profile: &Profile) -> bool {
+    profile.landlock.mode != LayerMode::Off
+        && profile.landlock.features.tcp != LayerMode::Off
+        && crate::doctor::landlock_abi().is_some_and(|abi| abi >= 4)
+}
+
 /// Fills `spec.security` from the profile and the run's `limits` (decided by
 /// `run::limits`), and creates the run's cgroup. `extra_ports` are loopback TCP ports
 /// added to the profile's Landlock allow list.
@@ -269,6 +276,8 @@ impl Hardening {
         });
         RunOptions {
             capture,
+            // Passed-through stderr is kept for hints unless it is a terminal.
+            tee_stderr: !capture && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
             max_output: self.limits.max_output as usize,
             timeout: self.limits.timeout,
             grace: self.limits.grace,

@@ -1,7 +1,7 @@
 //! The one JSON object a run reports.
 
 use crate::harden::Usage;
-use crate::hints::{EditPolicy, Hint, Inputs};
+use crate::hints::{DiedService, EditPolicy, End, Hint, Inputs, PackageSetQuery};
 use crate::nix::closure::Closure;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::{Identity, RunSpec};
@@ -109,6 +109,11 @@ pub struct Finish<'a> {
     pub workdir: Option<crate::changes::WorkdirReport>,
     /// The project's edit policy: hints suggest only edits it accepts.
     pub policy: Option<&'a dyn EditPolicy>,
+    /// The package set of the environment: hints name only packages it has.
+    pub package_set: Option<&'a dyn PackageSetQuery>,
+    /// The run's limits and what its profile allows (the rest of [`End`] is filled
+    /// from the outcome).
+    pub end: End,
 }
 
 /// The verdict of a finished run, complete: built once, nothing is added after.
@@ -119,7 +124,31 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
         .as_ref()
         .filter(|(_, e)| *e == libc::ENOENT)
         .map(|(p, _)| p.as_str());
-    let hints = hints_for([&o.stderr, &o.stdout], not_found, closure, f.policy);
+    let mut end = f.end;
+    end.oom_killed = f.oom_killed;
+    end.peak_memory = f.usage.peak_memory_bytes;
+    end.timed_out = o.timed_out;
+    end.died = died_services(spec, &o);
+    let mut output = String::new();
+    for c in [&o.stderr, &o.stdout].into_iter().flatten() {
+        output.push_str(&c.text);
+        output.push('\n');
+    }
+    if let Some(t) = &o.stderr_tail {
+        output.push_str(t);
+    }
+    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
+    let hints = crate::hints::for_outcome(
+        &Inputs {
+            output: &output,
+            exec_not_found: not_found,
+            closure: &paths,
+            argv: &spec.argv,
+            package_set: f.package_set,
+            end: &end,
+        },
+        f.policy,
+    );
     let mut layers = f.layers;
     layers.append(&mut o.layers);
     Verdict {
@@ -161,25 +190,80 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
     }
 }
 
-/// Hints for a finished run: its captured output, its exec error, its closure.
-fn hints_for(
-    streams: [&Option<Captured>; 2],
-    exec_not_found: Option<&str>,
-    closure: &Closure,
-    policy: Option<&dyn EditPolicy>,
-) -> Vec<Hint> {
-    let mut output = String::new();
-    for c in streams.into_iter().flatten() {
-        output.push_str(&c.text);
-        output.push('\n');
+/// The services of the run that ended while the command ran, or failed to start, each
+/// with the end of its log.
+fn died_services(spec: &RunSpec, o: &Outcome) -> Vec<DiedService> {
+    let mut out: Vec<DiedService> = o
+        .services_exited
+        .iter()
+        .filter_map(|(i, code, signal)| {
+            let s = spec.services.get(*i)?;
+            let how = match (code, signal) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (_, Some(sig)) => format!("was killed by signal {sig}"),
+                _ => "ended".to_string(),
+            };
+            Some(DiedService {
+                name: s.name.clone(),
+                how,
+                log_tail: log_tail(&s.log),
+            })
+        })
+        .collect();
+    if let Some(f) = &o.setup_error
+        && matches!(
+            f.stage,
+            crate::sandbox::Stage::ServiceStart | crate::sandbox::Stage::ServiceReady
+        )
+        && let Some(s) = spec
+            .services
+            .iter()
+            .find(|s| f.detail.contains(&format!("'{}'", s.name)))
+    {
+        out.push(DiedService {
+            name: s.name.clone(),
+            how: format!("did not start ({})", f.detail),
+            log_tail: log_tail(&s.log),
+        });
     }
-    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
-    crate::hints::for_outcome(
-        &Inputs {
-            output: &output,
-            exec_not_found,
-            closure: &paths,
-        },
-        policy,
-    )
+    out
+}
+
+/// The last lines of a service's log (a file nixcell created; what is in it is the
+/// cell's): at most 10 lines of its last 2 KiB, control characters replaced.
+fn log_tail(path: &std::path::Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    const TAIL: u64 = 2048;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return "(no log)".into();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return "(no log)".into();
+    }
+    let len = f.seek(SeekFrom::End(0)).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+    let mut buf = Vec::new();
+    let _ = f.take(TAIL).read_to_end(&mut buf);
+    let text: String = String::from_utf8_lossy(&buf)
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+    if tail.is_empty() {
+        "(empty log)".into()
+    } else {
+        tail
+    }
 }

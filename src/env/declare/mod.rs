@@ -8,6 +8,7 @@
 //! Supported options: `packages`, `languages.python.{enable,version,libraries,package}`,
 //! `services.redis.{enable,port}`, `processes.<name>.exec`, `env.<NAME>`.
 
+pub mod attrs;
 pub mod package_set;
 
 use crate::nix::build::{self, BuildError, Progress};
