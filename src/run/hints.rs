@@ -302,7 +302,7 @@ pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<
         }
     }
     if let Some(open) = &end.tcp_ports {
-        for h in denied_connections(inputs.output, open, policy) {
+        for h in denied_connections(inputs.output, &inputs.argv.join(" "), open, policy) {
             push(h);
         }
     }
@@ -753,8 +753,13 @@ fn loopback(host: &str) -> bool {
 }
 
 /// Hints for connections the profile's Landlock TCP rules denied (`open`: the ports
-/// they allow).
-fn denied_connections(text: &str, open: &[u16], policy: Option<&dyn EditPolicy>) -> Vec<Hint> {
+/// they allow); the addresses are those named in the output or on the command line.
+fn denied_connections(
+    text: &str,
+    command_line: &str,
+    open: &[u16],
+    policy: Option<&dyn EditPolicy>,
+) -> Vec<Hint> {
     if !text.lines().any(denied_line) {
         return Vec::new();
     }
@@ -767,7 +772,7 @@ fn denied_connections(text: &str, open: &[u16], policy: Option<&dyn EditPolicy>)
             .join(", ")
     };
     let mut out = Vec::new();
-    for (host, port) in addresses(text) {
+    for (host, port) in addresses(&format!("{text}\n{command_line}")) {
         match port {
             Some(p) if loopback(&host) && open.contains(&p) => {}
             Some(p) if loopback(&host) => {
@@ -1110,5 +1115,77 @@ mod tests {
             Some(&p),
         );
         assert_eq!(h[0].edit.as_ref().unwrap().name, "jq");
+    }
+
+    #[test]
+    fn pip_install_lines_name_the_libraries() {
+        let argv = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            pip_installs(&argv(&["sh", "-c", "pip install -U Pandas==1.5 'openpyxl[x]'; ls"])),
+            ["pandas", "openpyxl"]
+        );
+        assert_eq!(
+            pip_installs(&argv(&["python3", "-m", "pip", "install", "python_dateutil"])),
+            ["python-dateutil"]
+        );
+        assert!(pip_installs(&argv(&["pip", "list"])).is_empty());
+    }
+
+    #[test]
+    fn eacces_on_files_is_not_a_network_hint() {
+        for out in [
+            "PermissionError: [Errno 13] Permission denied: '/work/.git/config'",
+            "sh: can't create /etc/x: Permission denied",
+        ] {
+            assert!(run(out, None, None).is_empty(), "{out}");
+        }
+        // Without Landlock's TCP rules an EACCES is not the sandbox's: no hint.
+        let h = hints(
+            Inputs {
+                output: "PermissionError: [Errno 13] Permission denied",
+                exec_not_found: None,
+                closure: &[],
+                argv: &[],
+                package_set: None,
+                end: &End::default(),
+            },
+            None,
+        );
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn denied_connections_are_told_apart_by_address() {
+        let p = Allow(vec![(Subject::Service, "redis")]);
+        for (out, kind, missing) in [
+            ("redis.exceptions.ConnectionError: Error 13 connecting to localhost:6379. Permission denied.", HintKind::ServiceNotRunning, "127.0.0.1:6379"),
+            ("curl: (7) Failed to connect to 127.0.0.1 port 8000 after 0 ms: Permission denied", HintKind::PortDenied, "127.0.0.1:8000"),
+            ("nc: can't connect to remote host (10.1.2.3): Permission denied", HintKind::NetworkForbidden, "10.1.2.3"),
+        ] {
+            let h = run(out, None, Some(&p));
+            assert_eq!(h.len(), 1, "{out}: {h:?}");
+            assert_eq!((h[0].kind, h[0].missing.as_str()), (kind, missing), "{out}");
+        }
+    }
+
+    #[test]
+    fn without_a_package_set_no_package_is_named() {
+        let p = Allow(vec![(Subject::Package, "jq")]);
+        let h = hints(
+            Inputs {
+                output: "sh: jq: not found\nModuleNotFoundError: No module named 'yaml'",
+                exec_not_found: None,
+                closure: &[],
+                argv: &[],
+                package_set: None,
+                end: &End::default(),
+            },
+            Some(&p),
+        );
+        assert_eq!(h.len(), 2);
+        for x in &h {
+            assert!(x.edit.is_none() && !x.message.contains("pyyaml"), "{x:?}");
+            assert!(x.message.contains("no package set"), "{x:?}");
+        }
     }
 }
