@@ -37,7 +37,8 @@ fn project(devenv: &str, profile: &str) -> tempfile::TempDir {
     d
 }
 
-const PYTHON: &str = "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python.enable = true;\n}\n";
+const PYTHON: &str =
+    "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python.enable = true;\n}\n";
 
 fn cell(dir: &Path, args: &[&str]) -> Output {
     nixcell(Mode::Root)
@@ -76,21 +77,33 @@ fn printed(stderr: &str, hint: &Value, own: &str) {
         .find(&line)
         .unwrap_or_else(|| panic!("not printed: {line}\n{stderr}"));
     if !own.is_empty() {
-        let o = stderr.find(own).unwrap_or_else(|| panic!("{own}: {stderr}"));
-        assert!(o < at, "the hint comes after the command's output: {stderr}");
+        let o = stderr
+            .find(own)
+            .unwrap_or_else(|| panic!("{own}: {stderr}"));
+        assert!(
+            o < at,
+            "the hint comes after the command's output: {stderr}"
+        );
     }
 }
 
-const CONNECT: &str = "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n";
+const CONNECT: &str =
+    "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n";
 
 #[test]
 fn eacces_on_a_service_port_asks_to_enable_the_service() {
     let p = project(PYTHON, "default");
     std::fs::write(p.path().join("c.py"), CONNECT).unwrap();
     let (h, err) = both(p.path(), &[], &["python3", "c.py", "127.0.0.1", "6379"]);
-    assert!(err.contains("PermissionError: [Errno 13] Permission denied"), "{err}");
+    assert!(
+        err.contains("PermissionError: [Errno 13] Permission denied"),
+        "{err}"
+    );
     let s = of_kind(&h, "service_not_running");
-    assert_eq!(s["edit"]["command"], "nixcell edit enable-service redis", "{s}");
+    assert_eq!(
+        s["edit"]["command"], "nixcell edit enable-service redis",
+        "{s}"
+    );
     printed(&err, s, "PermissionError");
     // A script whose traceback shows the address.
     std::fs::write(
@@ -99,14 +112,24 @@ fn eacces_on_a_service_port_asks_to_enable_the_service() {
     )
     .unwrap();
     let (h, _) = both(p.path(), &[], &["python3", "r.py"]);
-    assert_eq!(of_kind(&h, "service_not_running")["missing"], "127.0.0.1:6379");
+    assert_eq!(
+        of_kind(&h, "service_not_running")["missing"],
+        "127.0.0.1:6379"
+    );
     // And the same with redis-py's wording, seen through a shell.
     let (h, _) = both(
         p.path(),
         &[],
-        &["sh", "-c", "echo 'redis.exceptions.ConnectionError: Error 13 connecting to localhost:6379. Permission denied.' >&2; exit 1"],
+        &[
+            "sh",
+            "-c",
+            "echo 'redis.exceptions.ConnectionError: Error 13 connecting to localhost:6379. Permission denied.' >&2; exit 1",
+        ],
     );
-    assert_eq!(of_kind(&h, "service_not_running")["missing"], "127.0.0.1:6379");
+    assert_eq!(
+        of_kind(&h, "service_not_running")["missing"],
+        "127.0.0.1:6379"
+    );
 }
 
 #[test]
@@ -121,7 +144,10 @@ fn eacces_to_an_outside_address_says_the_network_is_closed() {
     // A loopback port no service uses: only the operator opens it.
     let (h, _) = both(p.path(), &[], &["python3", "c.py", "127.0.0.1", "8080"]);
     let d = of_kind(&h, "port_denied");
-    assert!(d["message"].as_str().unwrap().contains("--allow-port 8080"), "{d}");
+    assert!(
+        d["message"].as_str().unwrap().contains("--allow-port 8080"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -136,8 +162,14 @@ fn oom_names_the_limit_the_peak_and_how_far_it_may_rise() {
     printed(&err, o, "");
     // Below the profile's limit, the hint says how far it may rise.
     let (h, _) = both(p.path(), &["--memory", "256M"], &alloc);
-    let m = of_kind(&h, "out_of_memory")["message"].as_str().unwrap().to_string();
-    assert!(m.contains("256.0 MiB") && m.contains("up to the profile's 512.0 MiB"), "{m}");
+    let m = of_kind(&h, "out_of_memory")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        m.contains("256.0 MiB") && m.contains("up to the profile's 512.0 MiB"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -230,7 +262,10 @@ fn no_hint_names_a_package_the_set_lacks() {
     named.sort();
     named.dedup();
     let real = set_has(&named);
-    assert_eq!(real, named, "named but missing from the set; hints:\n{messages:#?}");
+    assert_eq!(
+        real, named,
+        "named but missing from the set; hints:\n{messages:#?}"
+    );
     // `jq` and `bash` are in the set and allowed: named with their edit.
     let all = messages.join("\n");
     assert!(all.contains("nixcell edit add-package jq"), "{all}");
@@ -240,7 +275,10 @@ fn no_hint_names_a_package_the_set_lacks() {
     assert!(all.contains("no package named `postgresql`"), "{all}");
     assert!(!all.contains("the package `gnumake`"), "{all}");
     // ripgrep is in the set but not allowed: named, no edit.
-    assert!(all.contains("the package `ripgrep` would provide it"), "{all}");
+    assert!(
+        all.contains("the package `ripgrep` would provide it"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -250,15 +288,27 @@ fn pip_is_not_how_a_cell_gets_libraries() {
     let (h, err) = both(dir, &[], &["sh", "-c", "pip install pandas"]);
     let pip = of_kind(&h, "pip_unavailable");
     let m = pip["message"].as_str().unwrap();
-    assert!(m.starts_with("pip is not how a nixcell gets Python libraries"), "{m}");
-    assert_eq!(pip["edit"]["command"], "nixcell edit add-python-library pandas", "{pip}");
+    assert!(
+        m.starts_with("pip is not how a nixcell gets Python libraries"),
+        "{m}"
+    );
+    assert_eq!(
+        pip["edit"]["command"], "nixcell edit add-python-library pandas",
+        "{pip}"
+    );
     assert!(!h.iter().any(|x| x["kind"] == "missing_command"), "{h:?}");
     printed(&err, pip, "pip: not found");
     // python3 -m pip, for a library the set does not have: said so, nothing suggested.
     let (h, _) = both(dir, &[], &["python3", "-m", "pip", "install", "requests"]);
     let pip = of_kind(&h, "pip_unavailable");
     let m = pip["message"].as_str().unwrap();
-    assert!(m.contains("the package set has no Python library `requests`"), "{m}");
+    assert!(
+        m.contains("the package set has no Python library `requests`"),
+        "{m}"
+    );
     assert!(pip["edit"].is_null());
-    assert!(!h.iter().any(|x| x["missing"] == "pip" && x["kind"] == "missing_python_module"));
+    assert!(
+        !h.iter()
+            .any(|x| x["missing"] == "pip" && x["kind"] == "missing_python_module")
+    );
 }

@@ -1121,11 +1121,21 @@ mod tests {
     fn pip_install_lines_name_the_libraries() {
         let argv = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            pip_installs(&argv(&["sh", "-c", "pip install -U Pandas==1.5 'openpyxl[x]'; ls"])),
+            pip_installs(&argv(&[
+                "sh",
+                "-c",
+                "pip install -U Pandas==1.5 'openpyxl[x]'; ls"
+            ])),
             ["pandas", "openpyxl"]
         );
         assert_eq!(
-            pip_installs(&argv(&["python3", "-m", "pip", "install", "python_dateutil"])),
+            pip_installs(&argv(&[
+                "python3",
+                "-m",
+                "pip",
+                "install",
+                "python_dateutil"
+            ])),
             ["python-dateutil"]
         );
         assert!(pip_installs(&argv(&["pip", "list"])).is_empty());
@@ -1158,9 +1168,21 @@ mod tests {
     fn denied_connections_are_told_apart_by_address() {
         let p = Allow(vec![(Subject::Service, "redis")]);
         for (out, kind, missing) in [
-            ("redis.exceptions.ConnectionError: Error 13 connecting to localhost:6379. Permission denied.", HintKind::ServiceNotRunning, "127.0.0.1:6379"),
-            ("curl: (7) Failed to connect to 127.0.0.1 port 8000 after 0 ms: Permission denied", HintKind::PortDenied, "127.0.0.1:8000"),
-            ("nc: can't connect to remote host (10.1.2.3): Permission denied", HintKind::NetworkForbidden, "10.1.2.3"),
+            (
+                "redis.exceptions.ConnectionError: Error 13 connecting to localhost:6379. Permission denied.",
+                HintKind::ServiceNotRunning,
+                "127.0.0.1:6379",
+            ),
+            (
+                "curl: (7) Failed to connect to 127.0.0.1 port 8000 after 0 ms: Permission denied",
+                HintKind::PortDenied,
+                "127.0.0.1:8000",
+            ),
+            (
+                "nc: can't connect to remote host (10.1.2.3): Permission denied",
+                HintKind::NetworkForbidden,
+                "10.1.2.3",
+            ),
         ] {
             let h = run(out, None, Some(&p));
             assert_eq!(h.len(), 1, "{out}: {h:?}");
