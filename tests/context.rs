@@ -106,33 +106,23 @@ print(json.dumps(out))
 "#;
 
 /// A project with Python and two libraries (and what they bring), busybox and redis,
-/// whose nixcell.toml names `profile`, a 15 s timeout and a 16 MiB /tmp; owned by the
-/// test user so that both modes run in it.
+/// whose nixcell.toml names `profile`, a 15 s timeout and a 16 MiB /tmp.
 fn project(profile: &str) -> tempfile::TempDir {
-    let base = repo().join("target/test-work");
-    std::fs::create_dir_all(&base).unwrap();
-    let d = tempfile::Builder::new()
-        .prefix("ctx")
-        .tempdir_in(&base)
-        .unwrap();
-    std::fs::write(
-        d.path().join("devenv.nix"),
-        "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python = { enable = true; libraries = [ \"pandas\" \"openpyxl\" ]; };\n  services.redis.enable = true;\n}\n",
+    let toml = format!(
+        "profile = \"{profile}\"\nnixpkgs = \"{}\"\n[limits]\ntimeout = \"15s\"\ntmp_size = \"16M\"\n[policy]\npackages = [\"jq\"]\npython_libraries = [\"numpy\"]\n",
+        pkgs_dir().display()
+    );
+    git_project(
+        "ctx",
+        &[
+            (
+                "devenv.nix",
+                "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python = { enable = true; libraries = [ \"pandas\" \"openpyxl\" ]; };\n  services.redis.enable = true;\n}\n",
+            ),
+            ("nixcell.toml", &toml),
+            ("probe.py", PROBE),
+        ],
     )
-    .unwrap();
-    std::fs::write(
-        d.path().join("nixcell.toml"),
-        format!(
-            "profile = \"{profile}\"\nnixpkgs = \"{}\"\n[limits]\ntimeout = \"15s\"\ntmp_size = \"16M\"\n[policy]\npackages = [\"jq\"]\npython_libraries = [\"numpy\"]\n",
-            pkgs_dir().display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.path().join("probe.py"), PROBE).unwrap();
-    git(d.path(), &["init", "-q"]);
-    git(d.path(), &["add", "."]);
-    git(d.path(), &["commit", "-q", "-m", "initial"]);
-    d
 }
 
 fn cell_cmd(mode: Mode, dir: &Path, args: &[&str]) -> Command {
@@ -150,16 +140,6 @@ fn cell(mode: Mode, dir: &Path, args: &[&str]) -> Output {
 
 fn json_of(o: &Output, what: &str) -> Value {
     serde_json::from_str(&ok(o, what)).unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-fn chown_to_test_user(dir: &Path) {
-    let (u, g) = test_user_ids();
-    let out = Command::new("chown")
-        .args(["-R", &format!("{u}:{g}")])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
 }
 
 /// The probe's findings checked against the context's claims.

@@ -16,25 +16,11 @@ fn pkgs_dir() -> PathBuf {
 /// A project of `devenv` under `profile`, in a fresh git repository; its policy
 /// allows jq, pandas and redis.
 fn project(devenv: &str, profile: &str) -> tempfile::TempDir {
-    let base = repo().join("target/test-work");
-    std::fs::create_dir_all(&base).unwrap();
-    let d = tempfile::Builder::new()
-        .prefix("hint")
-        .tempdir_in(&base)
-        .unwrap();
-    std::fs::write(d.path().join("devenv.nix"), devenv).unwrap();
-    std::fs::write(
-        d.path().join("nixcell.toml"),
-        format!(
-            "profile = \"{profile}\"\nnixpkgs = \"{}\"\n[policy]\npackages = [\"jq\", \"bash\"]\npython_libraries = [\"pandas\", \"openpyxl\"]\nservices = [\"redis\"]\n",
-            pkgs_dir().display()
-        ),
-    )
-    .unwrap();
-    git(d.path(), &["init", "-q"]);
-    git(d.path(), &["add", "."]);
-    git(d.path(), &["commit", "-q", "-m", "initial"]);
-    d
+    let toml = format!(
+        "profile = \"{profile}\"\nnixpkgs = \"{}\"\n[policy]\npackages = [\"jq\", \"bash\"]\npython_libraries = [\"pandas\", \"openpyxl\"]\nservices = [\"redis\"]\n",
+        pkgs_dir().display()
+    );
+    git_project("hint", &[("devenv.nix", devenv), ("nixcell.toml", &toml)])
 }
 
 const PYTHON: &str =

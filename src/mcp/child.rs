@@ -144,15 +144,63 @@ impl Inner {
                 }
                 Ok((json, String::from_utf8_lossy(&c.stdout).into_owned()))
             }
-            Target::EnvPaths(paths) => env_paths_context(paths),
+            Target::EnvPaths(paths) => env_paths_context(paths, self.profile.as_deref()),
         }
     }
 }
 
-/// The context of plain store paths: what is on PATH, and that nothing can be edited.
+/// The context of plain store paths under `profile`: what is on PATH, what a run may
+/// write, its limits, and that nothing can be edited.
 pub(super) fn env_paths_context(
     paths: &[PathBuf],
+    profile: Option<&str>,
 ) -> Result<(serde_json::Value, String), McpError> {
+    let name = profile.unwrap_or("default");
+    let profile = crate::profile::load(name)
+        .map_err(|e| McpError::Request(format!("profile {name}: {e}")))?;
+    let limits = crate::run::limits::mcp::defaults(&profile.limits);
+    let work_ro = profile.filesystem.workdir == crate::sandbox::WorkdirMode::Ro;
+    let (writable, work_line) = if work_ro {
+        (
+            vec!["/tmp"],
+            "- Writable: /tmp only; /work (a fresh directory per run, with the files you pass) is read-only under this profile (EROFS).",
+        )
+    } else {
+        (
+            vec!["/work (a fresh directory per run)", "/tmp"],
+            "- Writable: /work (a fresh directory per run, with the files you pass) and /tmp.",
+        )
+    };
+    let mut limit_parts = Vec::new();
+    if let Some(m) = limits.memory {
+        limit_parts.push(format!("memory {} MiB (then OOM-killed)", m >> 20));
+    }
+    if let Some(t) = limits.timeout {
+        limit_parts.push(format!("timeout {} s", t.as_secs()));
+    }
+    if let Some(p) = limits.pids {
+        limit_parts.push(format!("{p} processes+threads"));
+    }
+    limit_parts.push(format!(
+        "output {} bytes kept per stream",
+        limits.max_output
+    ));
+    let tcp = if crate::harden::tcp_rules_enforced(&profile) {
+        let open = &profile.landlock.allow_ports;
+        if open.is_empty() {
+            "; TCP connect/bind denied (EACCES) on every port".to_string()
+        } else {
+            format!(
+                "; TCP connect/bind only on 127.0.0.1 ports {}",
+                open.iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    } else {
+        String::new()
+    };
     let store = crate::nix::closure::store_dir();
     let roots = paths
         .iter()
@@ -181,14 +229,23 @@ pub(super) fn env_paths_context(
         "closure": { "paths": closure.paths.len(), "hash": closure.hash },
         "executables": executables,
         "network": "loopback only",
-        "writable": ["/work (a fresh directory per run)", "/tmp"],
+        "tcp_ports": crate::harden::tcp_rules_enforced(&profile).then(|| profile.landlock.allow_ports.clone()),
+        "writable": writable,
+        "profile": profile.name,
+        "limits": {
+            "timeout_secs": limits.timeout.map(|t| t.as_secs()),
+            "memory_bytes": limits.memory,
+            "pids": limits.pids,
+            "max_output_bytes": limits.max_output,
+        },
         "edits": "none: this environment is fixed store paths, not a project",
     });
     let md = format!(
         "# Environment\n\nA nixcell cell made of the closure of {} ({} store paths). \
          Nothing else of the host exists inside.\n\n## Executables on PATH\n{}\n\n\
-         ## Rules\n- Network: loopback only; no outside host is reachable.\n\
-         - Writable: /work (a fresh directory per run, with the files you pass) and /tmp.\n\
+         ## Rules\n- Network: loopback only{tcp}; no outside host is reachable.\n\
+         {work_line}\n\
+         - Limits (profile `{}`): {}.\n\
          - Edits: none; this environment is fixed store paths.\n",
         roots
             .iter()
@@ -196,7 +253,9 @@ pub(super) fn env_paths_context(
             .collect::<Vec<_>>()
             .join(", "),
         closure.paths.len(),
-        executables.join(", ")
+        executables.join(", "),
+        profile.name,
+        limit_parts.join(", ")
     );
     Ok((json, md))
 }

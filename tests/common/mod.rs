@@ -207,3 +207,32 @@ pub fn verdict(o: &Output) -> serde_json::Value {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Gives `dir` and everything below it to the test user (`chown -R`).
+pub fn chown_to_test_user(dir: &Path) {
+    let (u, g) = test_user_ids();
+    let out = Command::new("chown")
+        .args(["-R", &format!("{u}:{g}")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {}", text(&out.stderr));
+}
+
+/// A fresh directory under target/test-work holding `files` (name, content), committed
+/// in a new git repository: a project.
+pub fn git_project(prefix: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap();
+    for (name, content) in files {
+        std::fs::write(d.path().join(name), content).unwrap();
+    }
+    git(d.path(), &["init", "-q"]);
+    git(d.path(), &["add", "."]);
+    git(d.path(), &["commit", "-q", "-m", "initial"]);
+    d
+}
