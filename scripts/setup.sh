@@ -41,8 +41,8 @@ export NIX_CONFIG
 PACKAGES="
   nix-bin patchelf busybox-static bubblewrap
   python3 python3-venv python3-pandas python3-openpyxl python3-tz python3-dateutil tzdata
-  redis-server redis-tools jq ripgrep
-  hyperfine iproute2 util-linux procps git ca-certificates
+  redis-server redis-tools jq ripgrep postgresql-15 python3-psycopg2 file
+  hyperfine iproute2 util-linux procps git ca-certificates zsh fish groff-base
   build-essential pkg-config
 "
 
@@ -215,7 +215,9 @@ open_to_others() { # DIR: readable below, traversable above
       *) chmod o+x "$d"; say "chmod o+x $d (so $TEST_USER can reach $1)" ;;
     esac
   done
-  find "$1" \( ! -perm -o+r -o \( -type d ! -perm -o+x \) \) -exec chmod o+rX {} + 2> /dev/null || true
+  # (Not into target/nix-current: a Debian root of its own, see scripts/nix-current.sh.)
+  find "$1" -path '*/target/nix-current' -prune -o \
+    \( ! -perm -o+r -o \( -type d ! -perm -o+x \) \) -exec chmod o+rX {} + 2> /dev/null || true
 }
 open_to_others "$repo"
 if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -d "$CARGO_TARGET_DIR" ]; then

@@ -19,11 +19,22 @@ if ! target/mcp-venv/bin/python -c 'import mcp.client.stdio' 2>/dev/null; then
 fi
 cargo build --locked --all-targets
 # setup.sh opened the repo to the test user; the build just made target/ anew.
-chmod -R o+rX target 2>/dev/null || true
+# (Not into target/nix-current: a Debian root of its own, see scripts/nix-current.sh.)
+find target -path target/nix-current -prune -o -exec chmod o+rX {} + 2> /dev/null || true
 log=target/test-output.log
 cargo test --locked --tests -- --test-threads=2 2>&1 | tee "$log"
 # The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
 scripts/mcp-conformance.sh 2>&1 | tee -a "$log"
+
+# The front-end, runner and nixcurrent suites under current Nix (Debian 13's nix-bin) in
+# a Debian 13 root with its own store and daemon (scripts/nix-current.sh); the suites
+# above ran with the host's Nix. NIXCELL_SKIP_NIX_CURRENT=1 skips it.
+nixc_log=target/nix-current.log
+: > "$nixc_log"
+if [ "${NIXCELL_SKIP_NIX_CURRENT:-}" != 1 ]; then
+  nixc_rc=0
+  scripts/nix-current.sh 2>&1 | tee "$nixc_log" || nixc_rc=$?
+fi
 
 # The same suites on the kernels users run (Debian 12's 6.1, Debian 13's 6.12, no
 # Landlock, no user namespaces), each booted in QEMU; NIXCELL_SKIP_KERNEL_MATRIX=1 skips it.
@@ -48,5 +59,11 @@ passed=$((passed + ${kmx_counts% *}))
 failed=$((failed + ${kmx_counts#* }))
 # A guest that timed out or did not finish counts as one failure.
 failed=$((failed + $(printf '%s\n' "$kmx_lines" | grep -cE 'TIMED OUT|did not finish' || true)))
+# Current Nix: one line a suite; a set-up that failed before any suite is one failure.
+nixc_counts=$(sed -n 's/^nix-current [^ ]* (Nix [^)]*): [A-Z]*[a-z]*: tests ok \([0-9]*\), failed \([0-9]*\);.*/\1 \2/p' "$nixc_log" |
+  awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
+passed=$((passed + ${nixc_counts% *}))
+failed=$((failed + ${nixc_counts#* }))
+if [ "${nixc_rc:-0}" != 0 ] && ! grep -q '^nix-current ' "$nixc_log"; then failed=$((failed + 1)); fi
 echo "tests: $passed passed, $failed failed"
-[ "${kmx_rc:-0}" = 0 ] && [ "$failed" = 0 ]
+[ "${kmx_rc:-0}" = 0 ] && [ "${nixc_rc:-0}" = 0 ] && [ "$failed" = 0 ]

@@ -264,17 +264,14 @@ fn the_context_is_true_under_every_profile() {
         let p = project(profile);
         let dir = p.path();
         ok(&cell(Mode::Root, dir, &["build"]), "build");
-        let c = json_of(
-            &cell(Mode::Root, dir, &["context", "--format", "json"]),
-            "context",
-        );
+        let c = json_of(&cell(Mode::Root, dir, &["context", "--json"]), "context");
         assert_eq!(c["profile"], profile);
         // The same project named by --profile describes the same runs.
         let named = json_of(
             &cell(
                 Mode::Root,
                 dir,
-                &["context", "--format", "json", "--profile", profile],
+                &["context", "--json", "--profile", profile],
             ),
             "context --profile",
         );

@@ -66,7 +66,8 @@ fn snapshot(dir: &Path) -> Snapshot {
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".nixcell")
+        // The lock is written when the package set is first resolved, not by an edit.
+        .filter(|n| n != ".nixcell" && n != "devenv.lock")
         .collect();
     files.sort();
     Snapshot {
@@ -79,7 +80,7 @@ fn snapshot(dir: &Path) -> Snapshot {
                 std::fs::read(dir.join(".git/index")).unwrap(),
             ))
         },
-        status: git(dir, &["status", "--porcelain"]),
+        status: git_status(dir),
         files,
     }
 }
@@ -136,7 +137,7 @@ fn scenario_1_pandas_and_openpyxl_through_edits() {
         "comments kept:\n{decl}"
     );
     assert!(
-        decl.contains("libraries = [ \"pandas\" \"openpyxl\" ];"),
+        decl.contains("package = pkgs.python3.withPackages (ps: [ ps.pandas ps.openpyxl ]);"),
         "{decl}"
     );
 
@@ -158,7 +159,7 @@ fn scenario_1_pandas_and_openpyxl_through_edits() {
     );
     let out = ok(&o, "network probe");
     assert!(out.starts_with("no network"), "{out}");
-    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert_eq!(git_status(dir), "");
 }
 
 #[test]
@@ -194,7 +195,7 @@ fn names_that_could_carry_code_are_refused_before_the_policy() {
         ("add-package", "https://example.org/evil.tar.gz"),
         ("add-package", "builtins.fetchurl"),
         ("add-python-library", "pandas\" ]; z = [ \""),
-        ("enable-service", "postgres"),
+        ("enable-service", "mysql"),
     ] {
         let o = cell(dir, &["edit", op, name]);
         let err = fails(&o, name);
@@ -260,11 +261,11 @@ fn concurrent_edits_serialize_and_neither_is_lost() {
         ok(&o, "concurrent edit");
     }
     let decl = std::fs::read_to_string(dir.join("devenv.nix")).unwrap();
-    for want in ["\"pandas\"", "\"numpy\"", "pkgs.jq"] {
+    for want in ["ps.pandas", "ps.numpy", "pkgs.jq"] {
         assert!(decl.contains(want), "{want} lost:\n{decl}");
     }
     assert_eq!(commits(dir).len(), 4, "{:?}", commits(dir));
-    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert_eq!(git_status(dir), "");
     let o = cell(
         dir,
         &[
@@ -396,7 +397,10 @@ fn context_describes_the_built_closure() {
         "deterministic"
     );
     assert!(
-        md.contains("pandas 1.") && md.contains("Allowed Python libraries"),
+        md.lines().any(|l| l
+            .strip_prefix("- pandas ")
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())))
+            && md.contains("Allowed Python libraries"),
         "{md}"
     );
     let short = ok(&cell(dir, &["context", "--max-tokens", "300"]), "short");

@@ -186,7 +186,7 @@ fn sdk_pandas_scenario_end_to_end_in_a_project() {
     }
     assert!(log.contains("add-python-library openpyxl"), "{log}");
     assert!(log.contains("add-python-library pandas"), "{log}");
-    assert_eq!(git(p.path(), &["status", "--porcelain"]), "");
+    assert_eq!(git_status(p.path()), "");
 }
 
 #[test]

@@ -250,7 +250,7 @@ async def proposals_with_elicitation(s):
     assert e["status"] == "committed" and e["commit"], e
     r = await s.call_tool("edit_environment", {"operation": "add_python_library", "name": "openpyxl"})
     assert r.is_error and "rejected" in text_of(r), text_of(r)
-    assert len(ASKED) == 2 and "libraries = [" in ASKED[0], ASKED
+    assert len(ASKED) == 2 and "withPackages (ps: [" in ASKED[0], ASKED
     return {"commit": e["commit"], "asked": ASKED}
 
 

@@ -190,7 +190,7 @@ fn cli_flags_override_the_profile_and_every_layer_is_reported() {
             .unwrap()
             .to_string();
         assert!(
-            cg.contains("memory 300M") && cg.contains("pids 33") && cg.contains("0.5 CPUs"),
+            cg.contains("memory 300 MiB") && cg.contains("pids 33") && cg.contains("0.5 CPUs"),
             "{cg}"
         );
         // The pids limit holds inside the cell: 40 processes cannot start.

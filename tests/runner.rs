@@ -777,10 +777,13 @@ fn an_unreadable_workdir_is_refused() {
 fn without_user_namespaces_the_error_says_so() {
     // A user namespace whose own limit of nested user namespaces is 0.
     let bb = busybox();
-    // The closure query goes to nix-daemon: the namespace's fake root cannot use the
-    // store directly (and the test must not depend on a cached closure).
+    let fresh_cache = tempfile::tempdir().unwrap();
+    // Whatever a fresh machine has cached: what the kernel cannot do is found before
+    // any Nix work (and the namespace's uid 0, not the host's root, would reach the
+    // store through nix-daemon: tests/nixcurrent.rs).
     let o = Command::new("unshare")
-        .env("NIX_REMOTE", "daemon")
+        .env_remove("NIX_REMOTE")
+        .env("XDG_CACHE_HOME", fresh_cache.path())
         .args(["-U", "--map-root-user", "sh", "-c"])
         .arg(format!(
             "echo 0 > /proc/sys/user/max_user_namespaces && exec {} run --env-path {} -- true",

@@ -201,7 +201,7 @@ fn nixcell_git_runs_nothing_the_repository_or_the_callers_git_variables_name() {
         committed.contains("pkgs.jq") && committed.contains("pkgs.hello"),
         "{committed}"
     );
-    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert_eq!(git_status(dir), "");
     assert_eq!(git(decoy.path(), &["rev-parse", "HEAD"]), decoy_head);
     assert_eq!(listing(m), Vec::<String>::new());
 }

@@ -20,6 +20,9 @@
 //!                                                  // declared libraries first
 //!   "services": [ { "name": "redis", "port": 6379 | null, "command": [ ... ] } ],
 //!   "env_vars": { "NAME": "value" },
+//!   "package_set": { "source": "github:NixOS/nixpkgs/nixos-24.11", "origin": "...",
+//!                    "locked": "github:NixOS/nixpkgs/<rev>", "nar_hash": "sha256-...",
+//!                    "lock_file": "/abs/project/devenv.lock", "path": "/nix/store/...-source" },
 //!   "limits": { "timeout_secs": 30 | null, "memory_bytes": N | null, "cpus": 2.0 | null,
 //!               "pids": N | null, "open_files": N | null, "file_size_bytes": N | null,
 //!               "cpu_seconds": N | null, "max_output_bytes": N, "tmp_size_bytes": N,
@@ -183,6 +186,8 @@ pub struct Context {
     pub python: Option<PythonInfo>,
     pub services: Vec<ServiceInfo>,
     pub env_vars: BTreeMap<String, String>,
+    /// The package set's pin (devenv.lock).
+    pub package_set: crate::project::PinInfo,
     pub limits: LimitsInfo,
     pub network: NetworkInfo,
     pub writable_paths: Vec<WritablePath>,
@@ -551,6 +556,7 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
         python,
         services,
         env_vars: built.description.env.clone(),
+        package_set: built.package_set.clone(),
         limits: LimitsInfo {
             timeout_secs: limits.timeout.map(|d| d.as_secs()),
             memory_bytes: limits.memory,
@@ -592,18 +598,7 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
 }
 
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::units::human_size(n)
 }
 
 fn human_secs(s: u64) -> String {
@@ -847,6 +842,10 @@ fn environment_short(c: &Context) -> String {
         head.push("- Each `run` is a fresh cell on a private copy of the project.".into());
     }
     head.push(format!(
+        "- Package set: {} pinned to {}.",
+        c.package_set.source, c.package_set.locked
+    ));
+    head.push(format!(
         "- Network: loopback only{}.",
         match &c.network.tcp_ports {
             Some(p) if p.is_empty() =>
@@ -909,6 +908,14 @@ fn environment(c: &Context) -> String {
     head.push(format!(
         "- Network: {} ({}).",
         c.network.policy, c.network.detail
+    ));
+    head.push(format!(
+        "- Package set: {} ({}), pinned to {} {} by `{}`; it changes only with `nixcell lock --update`.",
+        c.package_set.source,
+        c.package_set.origin,
+        c.package_set.locked,
+        c.package_set.nar_hash,
+        c.package_set.lock_file.display()
     ));
     for w in &c.writable_paths {
         let size = w
@@ -1013,6 +1020,11 @@ fn edits_renderings(c: &Context) -> Vec<String> {
         lines.push("- The policy allows no edits.".into());
     }
     let mut short = lines.clone();
+    if !a.python_libraries.is_empty() {
+        lines.push(
+            "- A Python library edit writes devenv's form, `languages.python.package = pkgs.python3.withPackages (ps: [ ps.NAME ])` (in devenv, `languages.python.libraries` holds native library packages such as `pkgs.file`).".into(),
+        );
+    }
     for cmd in &c.edits.commands {
         lines.push(format!("- `{cmd}`"));
     }

@@ -1,21 +1,29 @@
 //! The command line: `nixcell run`, `nixcell doctor`, and the front-end commands of
 //! [`crate::front`] (`build`, `context`, `edit`, `proposals`, `approve`, `reject`).
+//!
+//! Conventions every command keeps: `--json` is the one spelling of machine output,
+//! and with it a failure is printed as JSON too (the error object of the verdict, see
+//! [`crate::verdict::report_refusal`]); every flag has help text (a test walks the
+//! tree); sizes are shown by [`crate::units::human_size`]; a listing with nothing in
+//! it says so.
 
 use crate::plan::{self, CellRequest};
 
 use crate::units::{parse_duration, parse_size};
-use crate::verdict::VerdictError;
-use clap::{Args, Parser, Subcommand};
+use crate::verdict::{ErrorKind, VerdictError};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Exit status when nixcell itself failed before the command ran.
-pub const EXIT_SETUP: i32 = 125;
+pub const EXIT_SETUP: i32 = crate::verdict::EXIT_REFUSED;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nixcell",
     version,
-    about = "Run untrusted commands inside exactly a Nix closure"
+    about = "Run untrusted commands inside exactly a Nix closure",
+    after_help = "Exit status of `run`: the command's; 124 timeout; 125 nixcell failed before \
+                  the command ran; 126 not executable; 127 not found; 128+N killed by signal N."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,16 +32,20 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a command in a cell made of the closure of the given store paths.
+    /// Run a command in a cell made of exactly the closure of its environment: store
+    /// paths, packages, a flake output, or the project's devenv.nix.
+    #[command(override_usage = "nixcell run [OPTIONS] [--] COMMAND [ARGS]...")]
     Run(Box<RunArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
-        /// Print JSON instead of text.
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Evaluate and build the project's devenv.nix (cached; keeps a GC root).
     Build(crate::front::BuildArgs),
+    /// Pin the package set in devenv.lock (written on first use; `--update` moves it).
+    Lock(crate::front::LockArgs),
     /// Describe the built environment: packages, Python libraries, services, limits, edits.
     Context(crate::front::ContextArgs),
     /// Change devenv.nix within the policy of nixcell.toml; proven by a build, committed.
@@ -48,7 +60,7 @@ pub enum Command {
     Mcp(McpArgs),
     /// List recent runs whose workdir changes were applied (newest first).
     Runs {
-        /// Print JSON instead of text.
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -60,8 +72,21 @@ pub enum Command {
         /// Undo also paths that changed since the run.
         #[arg(long)]
         force: bool,
+        /// Print what was restored as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, or write one page per command into DIR.
+    Man {
+        /// Write nixcell.1, nixcell-run.1, ... into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -98,7 +123,8 @@ pub struct RunArgs {
     /// --env is given (default: found from the current directory).
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
-    /// A host directory mounted read-write at /work, the command's working directory.
+    /// A host directory mounted at /work, the command's working directory; copy-on-write
+    /// by default: the cell's changes are checked and applied after the run.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// Bind a host path read-only into the cell (DST defaults to SRC); repeatable.
@@ -160,8 +186,9 @@ pub struct RunArgs {
     /// 127.0.0.1:PORT accepts connections. Repeatable.
     #[arg(long = "service", value_name = "NAME[:PORT]=COMMAND")]
     pub services: Vec<String>,
-    /// The command and its arguments.
-    #[arg(last = true, value_name = "COMMAND")]
+    /// The command and its arguments: the first word that is not an option starts it
+    /// (`nixcell run --with jq jq --version`); after `--` any word does.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, num_args = 0..)]
     pub command: Vec<String>,
 }
 
@@ -201,20 +228,22 @@ fn parse_cpus(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The clap definition of the whole command line (completions, man page, tests).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_SETUP } else { 0 };
-            let _ = e.print();
-            return code;
-        }
+        Err(e) => return parse_error(&e),
     };
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Doctor { json } => crate::doctor::main(json),
         Command::Build(a) => crate::front::build(&a),
+        Command::Lock(a) => crate::front::lock(&a),
         Command::Context(a) => crate::front::context(&a),
         Command::Edit(a) => crate::front::edit(&a),
         Command::Proposals(a) => crate::front::proposals(&a),
@@ -223,6 +252,66 @@ pub fn main() -> i32 {
         Command::Mcp(args) => mcp(&args),
         Command::Runs { json } => runs(json),
         Command::Undo { run, force, json } => undo(run.as_deref(), force, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "nixcell", &mut std::io::stdout());
+            0
+        }
+        Command::Man { dir } => man(dir.as_deref()),
+    }
+}
+
+/// A command line clap refused. `--help` and `--version` print and succeed; anything
+/// else is a usage error (exit 125), in JSON too when `--json` is among the options
+/// (before any `--`): `run`'s verdict shape, or the error object for other commands.
+fn parse_error(e: &clap::Error) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = args.iter().take_while(|a| *a != "--");
+    let json = options.clone().any(|a| a == "--json");
+    if !json {
+        let _ = e.print();
+        return EXIT_SETUP;
+    }
+    let is_run = args.first().is_some_and(|a| a == "run");
+    let location = match e.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(s)) => s.split_whitespace().next().map(String::from),
+        _ => None,
+    };
+    // clap's own rendering up to its usage line, without the "error: " prefix: the
+    // message and clap's tip, if any, on one line.
+    let text = e.render().to_string();
+    let message = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let message = message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_string();
+    crate::verdict::report_refusal(
+        true,
+        VerdictError::new(ErrorKind::Usage, message, location),
+        is_run,
+    )
+}
+
+fn man(dir: Option<&std::path::Path>) -> i32 {
+    let res = match dir {
+        Some(d) => clap_mangen::generate_to(command(), d),
+        None => clap_mangen::Man::new(command()).render(&mut std::io::stdout()),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nixcell: man: {e}");
+            1
+        }
     }
 }
 
@@ -238,6 +327,12 @@ fn runs(json: bool) -> i32 {
             .collect();
         println!("{}", serde_json::Value::Array(v));
         return 0;
+    }
+    if list.is_empty() {
+        println!(
+            "no runs: none of the kept runs changed a workdir (copy-on-write changes are \
+             journaled when they are applied)"
+        );
     }
     for j in &list {
         println!(
@@ -276,8 +371,15 @@ fn undo(run: Option<&str>, force: bool, json: bool) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("nixcell: undo: {e}");
-            1
+            use crate::changes::UndoError as U;
+            let (kind, location) = match &e {
+                U::Conflict { .. } => (ErrorKind::Refused, None),
+                U::Workdir { path, .. } => (ErrorKind::Usage, Some(path.display().to_string())),
+                U::Io(_) => (ErrorKind::Environment, None),
+                _ => (ErrorKind::Usage, None),
+            };
+            let err = VerdictError::new(kind, format!("undo: {e}"), location);
+            crate::verdict::report_failure(json, err, 1)
         }
     }
 }
@@ -314,23 +416,13 @@ fn mcp(args: &McpArgs) -> i32 {
     }
 }
 
-fn usage_error(json: bool, message: String) -> i32 {
-    if json {
-        let v = serde_json::json!({
-            "exit_code": EXIT_SETUP,
-            "error": VerdictError { kind: "usage".into(), message, stage: None, syscall: None, errno: None },
-        });
-        println!("{v}");
-    } else {
-        eprintln!("nixcell: {message}");
-    }
-    EXIT_SETUP
-}
-
 fn run(args: &RunArgs) -> i32 {
     let cell = match args.request() {
         Ok(r) => r,
-        Err(e) => return usage_error(args.json, e.to_string()),
+        Err(e) => {
+            let err = VerdictError::of_run_error(&crate::run::RunError::Plan(e));
+            return crate::verdict::report_refusal(args.json, err, true);
+        }
     };
     let req = crate::run::RunRequest {
         cell,
@@ -354,7 +446,9 @@ fn run(args: &RunArgs) -> i32 {
     };
     let v = match crate::run::prepare(req).and_then(|p| p.run()) {
         Ok(v) => v,
-        Err(e) => return usage_error(args.json, e.to_string()),
+        Err(e) => {
+            return crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true);
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());

@@ -7,11 +7,9 @@ use crate::edit::{self, EditOutcome, EditRequest, Op};
 use crate::nix::build::{self, Progress};
 use crate::plan::CellRequest;
 use crate::project::{Built, PackageSet, Project};
+use crate::units::human_delta;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
-
-/// Exit status when nixcell itself failed.
-const EXIT_SETUP: i32 = 125;
 
 #[derive(Args, Debug, Clone)]
 pub struct ProjectArg {
@@ -38,6 +36,19 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+    /// Resolve the package set again and move the pin (else only a missing pin is
+    /// written).
+    #[arg(long)]
+    pub update: bool,
+    /// Print the pin as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     Markdown,
@@ -48,8 +59,12 @@ pub enum Format {
 pub struct ContextArgs {
     #[command(flatten)]
     pub project: ProjectArg,
-    #[arg(long, value_enum, default_value = "markdown")]
-    pub format: Format,
+    /// Print the context as JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Old spelling of --json (`--format json`); kept for scripts, hidden.
+    #[arg(long, value_enum, hide = true)]
+    pub format: Option<Format>,
     /// Keep the Markdown within about this many tokens: the least useful sections are
     /// shortened or left out first, and a closing note says which.
     #[arg(long, value_name = "N")]
@@ -68,6 +83,7 @@ pub struct ContextArgs {
 
 #[derive(Args, Debug)]
 pub struct EditArgs {
+    /// The edit to make.
     #[arg(value_enum)]
     pub op: Op,
     /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`).
@@ -89,6 +105,7 @@ pub struct ProposalsArgs {
     /// Every proposal, also approved and rejected ones.
     #[arg(long)]
     pub all: bool,
+    /// Print the proposals as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -99,13 +116,14 @@ pub struct DecideArgs {
     pub id: String,
     #[command(flatten)]
     pub project: ProjectArg,
+    /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-fn fail(e: anyhow::Error) -> i32 {
-    eprintln!("nixcell: {e}");
-    EXIT_SETUP
+/// `nixcell: ERROR` on stderr, with `--json` also the error object on stdout; exit 125.
+fn fail(e: anyhow::Error, json: bool) -> i32 {
+    crate::verdict::report_refusal(json, crate::verdict::VerdictError::of_error(&e), false)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -129,7 +147,32 @@ pub fn build(args: &BuildArgs) -> i32 {
             println!("{}", b.env.display());
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
+    }
+}
+
+pub fn lock(args: &LockArgs) -> i32 {
+    let go = || -> anyhow::Result<crate::project::PinInfo> {
+        let p = args.project.open()?;
+        Ok(p.pin(args.update)?.info())
+    };
+    match go() {
+        Ok(i) if args.json => {
+            print_json(&i);
+            0
+        }
+        Ok(i) => {
+            println!(
+                "{} ({}) pinned to {} {} in {}",
+                i.source,
+                i.origin,
+                i.locked,
+                i.nar_hash,
+                i.lock_file.display()
+            );
+            0
+        }
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -148,25 +191,17 @@ pub fn context(args: &ContextArgs) -> i32 {
     } else {
         context::Detail::Default
     };
+    let json = args.json || matches!(args.format, Some(Format::Json));
     match go() {
         Ok(c) => {
-            match args.format {
-                Format::Json => print_json(&c),
-                Format::Markdown => print!("{}", context::to_markdown(&c, args.max_tokens, detail)),
+            if json {
+                print_json(&c);
+            } else {
+                print!("{}", context::to_markdown(&c, args.max_tokens, detail));
             }
             0
         }
-        Err(e) => fail(e),
-    }
-}
-
-fn human_delta(n: i64) -> String {
-    let sign = if n < 0 { "-" } else { "+" };
-    let a = n.unsigned_abs() as f64;
-    if a >= (1 << 20) as f64 {
-        format!("{sign}{:.1} MiB", a / (1 << 20) as f64)
-    } else {
-        format!("{sign}{:.1} KiB", a / 1024.0)
+        Err(e) => fail(e, json),
     }
 }
 
@@ -209,7 +244,7 @@ pub fn edit(args: &EditArgs) -> i32 {
             report_outcome(&o, args.json);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -228,6 +263,17 @@ pub fn proposals(args: &ProposalsArgs) -> i32 {
             0
         }
         Ok(list) => {
+            if list.is_empty() {
+                println!(
+                    "no {}proposals{}",
+                    if args.all { "" } else { "pending " },
+                    if args.all {
+                        ""
+                    } else {
+                        " (--all lists approved and rejected ones too)"
+                    }
+                );
+            }
             for p in &list {
                 let status = serde_json::to_value(p.status).unwrap_or_default();
                 println!(
@@ -242,7 +288,7 @@ pub fn proposals(args: &ProposalsArgs) -> i32 {
             }
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -256,7 +302,7 @@ pub fn approve(args: &DecideArgs) -> i32 {
             report_outcome(&o, args.json);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -274,7 +320,7 @@ pub fn reject(args: &DecideArgs) -> i32 {
             println!("rejected {}: {} {}", p.id, p.operation.as_str(), p.name);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
@@ -318,11 +364,13 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
             crate::edit::policy::check_name(crate::edit::policy::Subject::Package, n)
                 .map_err(|e| anyhow::anyhow!("--with: {e}"))?;
         }
+        // In a project, its pinned package set; else NIX_PATH's.
         let set = match Project::discover(Path::new(".")) {
-            Ok(p) if p.config.nixpkgs.is_some() => p.package_set()?,
-            _ => PackageSet::at(
+            Ok(p) => p.package_set()?,
+            Err(crate::project::ProjectError::NotFound(_)) => PackageSet::at(
                 &PackageSet::from_nix_path().ok_or(crate::project::ProjectError::NoPackageSet)?,
             )?,
+            Err(e) => return Err(e.into()),
         };
         extra.package_set = Some(set.clone());
         let env = crate::declare::build_with(
@@ -338,9 +386,17 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         let cwd = std::env::current_dir()?;
         let key = hex::encode(Sha256::digest(format!("{}\0{f}", cwd.display())));
         let link = user_cache_dir("flakes")?.join(&key[..32]);
-        let env = build::build_flake(f, src.impure, &link, Progress::Stderr)
+        let env = build::flake_env(f, src.impure, &link, Progress::Stderr)
             .map_err(|e| anyhow::anyhow!("--env {f}: {e}"))?;
-        req.env_paths.push(env);
+        for p in env.paths {
+            if !req.env_paths.contains(&p) {
+                req.env_paths.push(p);
+            }
+        }
+        // A dev shell's variables, under those given with --setenv.
+        let mut vars: Vec<String> = env.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vars.append(&mut req.setenv);
+        req.setenv = vars;
     }
     if !req.env_paths.is_empty() {
         if extra.package_set.is_none() {

@@ -4,7 +4,9 @@
 //! by the declaration's content and the package set's pin, with a GC root per build: a
 //! cached environment starts a run without calling nix at all.
 
-pub use crate::declare::package_set::{PackageSet, PackageSetError};
+pub use crate::declare::package_set::{
+    LOCK_FILE, Lock, Origin, PackageSet, PackageSetError, Pin, PinInfo, Requested,
+};
 use crate::declare::{self, DeclareError, Description, ServiceDecl};
 use crate::nix::build::Progress;
 use crate::nix::closure;
@@ -18,6 +20,10 @@ use std::time::Duration;
 pub const DECLARATION: &str = "devenv.nix";
 /// The configuration's file name.
 pub const CONFIG: &str = "nixcell.toml";
+/// devenv's input file, read for `inputs.nixpkgs.url`.
+pub const DEVENV_YAML: &str = "devenv.yaml";
+/// Larger devenv.yaml files are refused unread.
+const DEVENV_YAML_MAX_BYTES: u64 = 64 << 10;
 /// The sibling of the declaration an edit is proven from.
 pub const CANDIDATE: &str = ".devenv.nix.nixcell-candidate.nix";
 /// nixcell's state inside a project (git-ignored by a `.gitignore` of its own).
@@ -53,7 +59,9 @@ pub enum ProjectError {
         key: &'static str,
         message: String,
     },
-    #[error("no package set: set `nixpkgs = \"PATH\"` in {CONFIG} or nixpkgs=PATH in NIX_PATH")]
+    #[error(
+        "no package set: set `nixpkgs = \"REF\"` in {CONFIG} (a path, github:OWNER/REPO/REF, a registry name), `inputs.nixpkgs.url` in {DEVENV_YAML}, or nixpkgs=PATH in NIX_PATH"
+    )]
     NoPackageSet,
     #[error(transparent)]
     PackageSet(#[from] PackageSetError),
@@ -108,7 +116,9 @@ pub struct LimitsToml {
 pub struct Config {
     /// Sandbox profile name.
     pub profile: Option<String>,
-    /// The package set (a directory with a default.nix), relative to the project.
+    /// The package set: a path (relative to the project), a flake reference
+    /// (`github:NixOS/nixpkgs/nixos-24.11`, `path:…`, `git+file:…`), a registry name
+    /// (`nixpkgs`) or `<nixpkgs>`.
     pub nixpkgs: Option<String>,
     #[serde(default)]
     pub limits: LimitsToml,
@@ -196,17 +206,6 @@ impl Config {
     }
 }
 
-/// The paths of `NIX_PATH` (`name=PATH` or `PATH` entries).
-fn nix_path_entries() -> Vec<PathBuf> {
-    std::env::var("NIX_PATH")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|e| !e.is_empty())
-        .map(|e| PathBuf::from(e.split_once('=').map_or(e, |(_, p)| p)))
-        .filter(|p| p.is_absolute())
-        .collect()
-}
-
 /// A built declaration: the environment's store path and what it declares.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Built {
@@ -217,6 +216,8 @@ pub struct Built {
     /// The GC root that keeps it.
     pub root: PathBuf,
     pub description: Description,
+    /// The package set's pin.
+    pub package_set: PinInfo,
     /// Whether this came from the cache (no nix call).
     #[serde(skip)]
     pub cached: bool,
@@ -321,51 +322,127 @@ impl Project {
         Ok(d)
     }
 
-    /// The package set: `nixpkgs` of nixcell.toml, else `nixpkgs=` of NIX_PATH.
-    ///
-    /// `nixpkgs` of nixcell.toml is the project's word, so it may name a package set in
-    /// the project or in the Nix store, and one elsewhere only under a path the caller
-    /// named (an entry of `NIX_PATH` or of `NIXCELL_EVAL_PATHS`): evaluation may read
-    /// the package set's directory, and a project must not choose which host directory
-    /// that is.
-    pub fn package_set(&self) -> Result<PackageSet, ProjectError> {
-        let Some(p) = &self.config.nixpkgs else {
-            return Ok(PackageSet::at(
-                &PackageSet::from_nix_path().ok_or(ProjectError::NoPackageSet)?,
-            )?);
+    /// The package set as the project names it: `nixpkgs` of nixcell.toml, else
+    /// `inputs.nixpkgs.url` of devenv.yaml, else `nixpkgs=` of NIX_PATH. A local
+    /// directory a project names must be in the project, in the Nix store or under a
+    /// path the caller named ([`crate::declare::package_set::trusted_local`]).
+    pub fn requested(&self) -> Result<Requested, ProjectError> {
+        let yaml = self.devenv_yaml_nixpkgs()?;
+        let req = match (&self.config.nixpkgs, yaml) {
+            (Some(spec), yaml) => {
+                let req = Requested::parse(spec, Origin::Config(self.dir.join(CONFIG)), &self.dir)?;
+                if let Some(y) = yaml
+                    && y.original != req.original
+                {
+                    return Err(ProjectError::ConfigValue {
+                        file: self.dir.join(CONFIG),
+                        key: "nixpkgs",
+                        message: format!(
+                            "names {spec:?} but {DEVENV_YAML} names {:?}: devenv would use another package set",
+                            y.spec
+                        ),
+                    });
+                }
+                req
+            }
+            (None, Some(y)) => y,
+            (None, None) => {
+                let v = PackageSet::nix_path_value().ok_or(ProjectError::NoPackageSet)?;
+                Requested::parse(&v, Origin::NixPath, &self.dir)?
+            }
         };
-        let set = PackageSet::at(&self.dir.join(p))?;
-        let canon = |p: &Path| std::fs::canonicalize(p).ok();
-        let store = canon(&closure::store_dir());
-        let trusted = std::iter::once(Some(self.dir.clone()))
-            .chain(std::iter::once(store))
-            .chain(nix_path_entries().iter().map(|p| canon(p)))
-            .chain(
-                crate::nix::eval::caller_allowed_paths()
-                    .iter()
-                    .map(|p| canon(p)),
-            )
-            .flatten()
-            .any(|t| set.path.starts_with(&t));
-        if !trusted {
-            return Err(ProjectError::ConfigValue {
-                file: self.dir.join(CONFIG),
-                key: "nixpkgs",
-                message: format!(
-                    "{} is outside the project and the Nix store; a package set elsewhere must be under a path the caller names (NIX_PATH or {})",
-                    set.path.display(),
-                    crate::nix::eval::EVAL_PATHS_VAR
-                ),
-            });
+        req.check_trusted(&self.dir)?;
+        Ok(req)
+    }
+
+    /// `inputs.nixpkgs.url` of the project's devenv.yaml, if it has one.
+    fn devenv_yaml_nixpkgs(&self) -> Result<Option<Requested>, ProjectError> {
+        let file = self.dir.join(DEVENV_YAML);
+        let bad = |message: String| ProjectError::ConfigValue {
+            file: file.clone(),
+            key: "inputs.nixpkgs.url",
+            message,
+        };
+        let bytes = match read_nofollow_capped(&file, DEVENV_YAML_MAX_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ProjectError::Io(file, e)),
+        };
+        let doc: serde_norway::Value =
+            serde_norway::from_slice(&bytes).map_err(|e| ProjectError::Config {
+                file: file.clone(),
+                line: e.location().map_or(1, |l| l.line()),
+                message: e.to_string().replace('\n', " "),
+            })?;
+        let input = doc.get("inputs").and_then(|i| i.get("nixpkgs"));
+        let Some(input) = input else {
+            return Ok(None);
+        };
+        if input.get("follows").is_some() {
+            return Err(bad("follows is not supported for nixpkgs".into()));
         }
-        Ok(set)
+        let url = input
+            .get("url")
+            .ok_or_else(|| bad("inputs.nixpkgs has no url".into()))?
+            .as_str()
+            .ok_or_else(|| bad("must be a string".into()))?;
+        Ok(Some(Requested::parse(
+            url,
+            Origin::DevenvYaml(file.clone()),
+            &self.dir,
+        )?))
+    }
+
+    /// The pin of the package set: the lock's (`devenv.lock` next to the declaration),
+    /// or, on first use or with `update`, the input resolved now and written there.
+    /// Reading a lock calls no nix.
+    pub fn pin(&self, update: bool) -> Result<Pin, ProjectError> {
+        let req = self.requested()?;
+        let lock = Lock::read(&self.dir)?;
+        let file = self.dir.join(LOCK_FILE);
+        if !update
+            && let Some(pin) = lock
+                .as_ref()
+                .map(|l| l.pin(&req, &file))
+                .transpose()?
+                .flatten()
+        {
+            return Ok(pin);
+        }
+        let pin = Pin {
+            locked: req.resolve()?,
+            requested: req,
+            lock_file: file.clone(),
+        };
+        if let Err(e) = Lock::write(lock.as_ref(), &self.dir, &pin) {
+            if update {
+                return Err(ProjectError::Io(file, e));
+            }
+            eprintln!(
+                "nixcell: warning: cannot write the lock {}: {e}; the package set is pinned for this run only",
+                file.display()
+            );
+        }
+        Ok(pin)
+    }
+
+    /// The package set, pinned and present in the store.
+    pub fn package_set(&self) -> Result<PackageSet, ProjectError> {
+        Ok(self.pin(false)?.realise(&self.dir)?)
     }
 
     /// The build cache key: everything the result depends on that nixcell can know.
-    fn key(&self, decl: &Path, decl_bytes: &[u8], set: &PackageSet) -> String {
+    fn key(&self, decl: &Path, decl_bytes: &[u8], pin: &Pin) -> String {
+        let set = pin.package_set();
         let mut h = Sha256::new();
         let mut files = Sha256::new();
-        fingerprint_nix_files(&self.dir, &self.dir, decl, &mut files, &mut 0);
+        // A package set inside the project is pinned by the lock, not walked.
+        let skip = pin.requested.local_dir();
+        let walk = Walk {
+            decl,
+            skip: skip.as_deref(),
+        };
+        walk.fingerprint(&self.dir, &self.dir, &mut files, &mut 0);
         let files = files.finalize();
         let allowed: Vec<u8> = crate::nix::eval::caller_allowed_paths()
             .iter()
@@ -401,8 +478,8 @@ impl Project {
     /// candidate edit of it).
     pub fn build_file(&self, decl: &Path, progress: Progress) -> Result<Built, ProjectError> {
         let bytes = read_nofollow(decl).map_err(io_err(decl))?;
-        let set = self.package_set()?;
-        let key = self.key(decl, &bytes, &set);
+        let pin = self.pin(false)?;
+        let key = self.key(decl, &bytes, &pin);
         let roots = self.state_subdir("gcroots")?;
         let root = roots.join(&key[..32]);
         // Without a private cache directory every run builds (nix finds the result).
@@ -414,6 +491,10 @@ impl Project {
         {
             return Ok(b);
         }
+        let set = pin.realise(&self.dir)?;
+        // The pinned source stays in the store as long as the build's root does: a
+        // later build need not fetch it again.
+        crate::nix::store::add_root(&set.path, &roots.join(format!("{}-nixpkgs", &key[..32])));
         let evaluator = declare::write_evaluator()?;
         let description = declare::describe(&evaluator, decl, Some(&set.path))?;
         // nix-build replaces whatever is at the link's place (it renames a new link
@@ -424,6 +505,7 @@ impl Project {
             env,
             root,
             description,
+            package_set: pin.info(),
             cached: false,
         };
         let json = serde_json::to_vec_pretty(&built).unwrap_or_default();
@@ -465,6 +547,13 @@ impl Project {
             .collect();
         setenv.append(&mut req.setenv);
         req.setenv = setenv;
+        // devenv runs enterShell before the command: a store script sources it (its
+        // output on stderr) and execs the command with what it exported.
+        if let Some(prefix) = &built.description.enter_shell
+            && !req.argv.is_empty()
+        {
+            req.argv.splice(0..0, prefix.iter().cloned());
+        }
         for svc in built.services() {
             if !req.services.iter().any(|s| s.name == svc.name) {
                 req.services.push(crate::plan::ServiceRequest {
@@ -482,7 +571,7 @@ impl Project {
 }
 
 /// Version of the build cache's entries and key.
-const BUILD_CACHE_FORMAT: &str = "build-v2";
+const BUILD_CACHE_FORMAT: &str = "build-v3";
 
 /// `dir` is a directory (not a link to one) owned by the effective uid.
 fn check_owned_dir(dir: &Path) -> Result<(), ProjectError> {
@@ -514,63 +603,86 @@ fn check_owned_dir(dir: &Path) -> Result<(), ProjectError> {
 
 /// The content of a regular file, opened without following a symbolic link.
 pub fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_nofollow_capped(path, u64::MAX)
+}
+
+/// [`read_nofollow`] of a file of at most `max` bytes (else an error).
+pub fn read_nofollow_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let m = f.metadata()?;
+    if !m.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
+    if m.len() > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
     let mut out = Vec::new();
-    f.read_to_end(&mut out)?;
+    f.take(max.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
     Ok(out)
 }
 
 /// Names, sizes and modification times of the project's Nix files other than `decl`
 /// (what a declaration may import besides the package set), skipping `.git`,
-/// `.nixcell`, `result*` links and nixcell's candidate file; at most 10000 entries.
-fn fingerprint_nix_files(base: &Path, dir: &Path, decl: &Path, h: &mut Sha256, n: &mut usize) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        *n += 1;
-        if *n > 10_000 {
+/// `.nixcell`, `result*` links, nixcell's candidate file and a package set in the
+/// project (`skip`, pinned by the lock); at most 10000 entries.
+struct Walk<'a> {
+    decl: &'a Path,
+    skip: Option<&'a Path>,
+}
+
+impl Walk<'_> {
+    fn fingerprint(&self, base: &Path, dir: &Path, h: &mut Sha256, n: &mut usize) {
+        use std::os::unix::fs::MetadataExt;
+        let decl = self.decl;
+        let Ok(rd) = std::fs::read_dir(dir) else {
             return;
-        }
-        let name = e.file_name();
-        let nb = name.as_encoded_bytes();
-        if name == ".git" || name == STATE_DIR || nb.starts_with(b"result") {
-            continue;
-        }
-        let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
         };
-        if meta.is_dir() {
-            fingerprint_nix_files(base, &path, decl, h, n);
-            continue;
+        let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            *n += 1;
+            if *n > 10_000 {
+                return;
+            }
+            let name = e.file_name();
+            let nb = name.as_encoded_bytes();
+            if name == ".git" || name == STATE_DIR || nb.starts_with(b"result") {
+                continue;
+            }
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if self.skip != Some(path.as_path()) {
+                    self.fingerprint(base, &path, h, n);
+                }
+                continue;
+            }
+            if !nb.ends_with(b".nix") || path == decl || nb == CANDIDATE.as_bytes() {
+                continue;
+            }
+            let rel = path.strip_prefix(base).unwrap_or(&path);
+            h.update(rel.as_os_str().as_encoded_bytes());
+            h.update(
+                format!(
+                    "\0{}\0{}\0{}\0{}\n",
+                    meta.file_type().is_symlink(),
+                    meta.len(),
+                    meta.mtime(),
+                    meta.mtime_nsec()
+                )
+                .as_bytes(),
+            );
         }
-        if !nb.ends_with(b".nix") || path == decl || nb == CANDIDATE.as_bytes() {
-            continue;
-        }
-        let rel = path.strip_prefix(base).unwrap_or(&path);
-        h.update(rel.as_os_str().as_encoded_bytes());
-        h.update(
-            format!(
-                "\0{}\0{}\0{}\0{}\n",
-                meta.file_type().is_symlink(),
-                meta.len(),
-                meta.mtime(),
-                meta.mtime_nsec()
-            )
-            .as_bytes(),
-        );
     }
 }
 

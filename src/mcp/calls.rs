@@ -86,7 +86,7 @@ impl Server {
                 stderr: stream_of(v.stderr),
                 hints: v.hints,
                 files,
-                closure_hash: Some(v.closure.hash),
+                closure_hash: v.closure.map(|c| c.hash),
             },
             RunReply::Refused { exit_code, error } => RunResult {
                 exit_code,
@@ -118,13 +118,13 @@ impl Server {
             return Ok(r);
         };
         let message = format!(
-            "The agent asks to {} `{}` in the environment.\n\n{}\nClosure: {} store paths added, {} removed ({:+} bytes). Approve?",
+            "The agent asks to {} `{}` in the environment.\n\n{}\nClosure: {} store paths added, {} removed ({}). Approve?",
             r.operation.replace('-', " "),
             r.name,
             r.diff,
             r.closure_diff.added.len(),
             r.closure_diff.removed.len(),
-            r.closure_diff.size_delta_bytes
+            crate::units::human_delta(r.closure_diff.size_delta_bytes)
         );
         let decision = match peer.elicit::<ApprovalAnswer>(message).await {
             Ok(Some(a)) => Some(a.approve),

@@ -253,7 +253,9 @@ impl Server {
     }
 
     /// Changes the declared environment through the project's whitelist: add or remove
-    /// a package or a Python library, enable or disable a service. The change is proven by
+    /// a package or a Python library (written as devenv declares one:
+    /// `languages.python.package = pkgs.python3.withPackages (ps: [ ps.NAME ])`), enable or
+    /// disable a service (redis, postgres). The change is proven by
     /// a build and committed with git; the result has the closure diff and the commit.
     /// When the policy wants a human's approval (or `propose` is set) it records a
     /// proposal and returns its id instead. Refusals say what the policy allows.
@@ -272,12 +274,12 @@ impl Server {
             Ok(r) => {
                 let text = match (&r.commit, &r.proposal) {
                     (Some(c), _) => format!(
-                        "{} {}: committed {c}; {} store paths added, {} removed ({:+} bytes). Later runs use the new environment.\n{}",
+                        "{} {}: committed {c}; {} store paths added, {} removed ({}). Later runs use the new environment.\n{}",
                         r.operation,
                         r.name,
                         r.closure_diff.added.len(),
                         r.closure_diff.removed.len(),
-                        r.closure_diff.size_delta_bytes,
+                        crate::units::human_delta(r.closure_diff.size_delta_bytes),
                         r.diff
                     ),
                     (_, Some(id)) => format!(

@@ -11,6 +11,7 @@ use crate::sandbox::proto::LayerReport;
 use crate::sandbox::seccomp::{self, SeccompError};
 use crate::sandbox::{RunSpec, WORKDIR_IN_CELL, WorkdirMode};
 use crate::supervise::{BeforeSpec, RunOptions};
+use crate::units::human_size;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -42,16 +43,6 @@ pub struct Hardening {
     cell_procs: Option<Arc<std::os::fd::OwnedFd>>,
     /// Layers the supervisor enforces (cgroup), reported with the cell's own.
     pub layers: Vec<LayerReport>,
-}
-
-fn fmt_size(b: u64) -> String {
-    if b.is_multiple_of(1 << 30) {
-        format!("{}G", b >> 30)
-    } else if b.is_multiple_of(1 << 20) {
-        format!("{}M", b >> 20)
-    } else {
-        format!("{b}B")
-    }
 }
 
 /// Whether Landlock's TCP rules apply to runs of `profile` on this kernel.
@@ -180,7 +171,7 @@ pub fn prepare(
             detail: format!(
                 "{why}; fallback: rlimits nproc={} (per user namespace) and address space={} (virtual memory, not resident); no CPU quota, no OOM report",
                 limits.pids.map_or("none".into(), |p| p.to_string()),
-                limits.memory.map_or("none".into(), fmt_size),
+                limits.memory.map_or("none".into(), human_size),
             ),
         });
     };
@@ -210,7 +201,7 @@ pub fn prepare(
                 Ok((run, fd)) => {
                     let mut d = format!("cgroup {:?}:", run.version).to_lowercase();
                     if let Some(m) = limits.memory {
-                        d.push_str(&format!(" memory {} (no swap)", fmt_size(m)));
+                        d.push_str(&format!(" memory {} (no swap)", human_size(m)));
                     }
                     if let Some(c) = limits.cpus {
                         d.push_str(&format!(", cpu {c} CPUs"));

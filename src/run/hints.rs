@@ -185,7 +185,7 @@ const MODULE_LIBRARIES: &[(&str, &str)] = &[
 ];
 
 /// Loopback ports of the services nixcell can run.
-const SERVICE_PORTS: &[(u16, &str)] = &[(6379, "redis")];
+const SERVICE_PORTS: &[(u16, &str)] = &[(6379, "redis"), (5432, "postgres")];
 
 /// Phrases that mean "tried to reach a host outside the cell".
 const NETWORK_PHRASES: &[&str] = &[

@@ -10,6 +10,7 @@
 pub mod harden;
 pub mod hints;
 pub mod limits;
+pub mod logs;
 pub mod plan;
 pub mod supervise;
 pub mod verdict;
@@ -47,6 +48,8 @@ pub struct RunRequest {
 pub enum RunError {
     #[error("{0}")]
     Plan(#[from] plan::PlanError),
+    #[error("set-up {0} (this kernel or user may not create namespaces; see 'nixcell doctor')")]
+    Kernel(#[from] crate::sandbox::StageError),
     #[error("{0}")]
     Environment(anyhow::Error),
     #[error("--profile: {0}")]
@@ -87,6 +90,9 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
     if cell.argv.is_empty() {
         return Err(plan::PlanError::NoCommand.into());
     }
+    // What the kernel cannot do fails the run before any Nix work (a build can take
+    // minutes).
+    crate::sandbox::ns::check_userns_possible()?;
     let project = crate::front::resolve_env(&mut cell, &sources).map_err(RunError::Environment)?;
     if let (None, Some(t)) = (tmp_size, project.tmp_size_bytes) {
         cell.tmp_size_bytes = t;

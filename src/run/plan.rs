@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("no command given (usage: nixcell run [OPTIONS] -- COMMAND [ARGS...])")]
+    #[error("no command given (usage: nixcell run [OPTIONS] [--] COMMAND [ARGS...])")]
     NoCommand,
     #[error("no environment: give at least one --env-path (or a declaration)")]
     NoEnvironment,
@@ -30,6 +30,8 @@ pub enum PlanError {
     Identity(String),
     #[error("--service {0}: {1}")]
     Service(String, String),
+    #[error("service logs: {0}")]
+    Logs(String),
 }
 
 /// What a user asks for, independent of where it came from.
@@ -148,20 +150,6 @@ impl ServiceRequest {
     }
 }
 
-/// A fresh directory for this run's service logs under the user's state directory.
-fn default_log_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    base.join("nixcell/logs")
-        .join(format!("{stamp}-{}", std::process::id()))
-}
-
 fn plan_services(req: &CellRequest) -> Result<Vec<ServiceSpec>, PlanError> {
     if req.services.is_empty() {
         return Ok(Vec::new());
@@ -172,13 +160,18 @@ fn plan_services(req: &CellRequest) -> Result<Vec<ServiceSpec>, PlanError> {
             return Err(PlanError::Service(s.name.clone(), "declared twice".into()));
         }
     }
-    let dir = req.log_dir.clone().unwrap_or_else(default_log_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        PlanError::Service(
-            dir.display().to_string(),
-            format!("cannot create the log directory: {e}"),
-        )
-    })?;
+    let dir = match &req.log_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| {
+                PlanError::Logs(format!(
+                    "{}: cannot create the log directory: {e}",
+                    d.display()
+                ))
+            })?;
+            d.clone()
+        }
+        None => crate::run::logs::new_run_dir().map_err(PlanError::Logs)?,
+    };
     Ok(req
         .services
         .iter()

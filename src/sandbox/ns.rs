@@ -152,6 +152,30 @@ fn idmap_userns(
     }
 }
 
+/// Host settings under which the cell's user namespace cannot be created at all, read
+/// from sysctls (nothing is tried): checked before any expensive work of a run (a Nix
+/// build), with the error the `unshare` stage would end with. Settings that depend on
+/// the program (AppArmor) are left to the stage itself.
+pub fn check_userns_possible() -> StageResult {
+    let errno = if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        Errno::ENOSPC
+    } else if read_sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        // The init stage leaves host root before unshare: this applies to root too.
+        Errno::EPERM
+    } else {
+        return Ok(());
+    };
+    Err(super::StageError::new(
+        Stage::Unshare,
+        "unshare",
+        format!(
+            "user|mount|pid|net|ipc|uts|cgroup, checked before building: {}",
+            userns_blockers().join("; ")
+        ),
+        errno,
+    ))
+}
+
 /// unshare(2) of every cell namespace at once; the user namespace is created first
 /// and owns the others.
 pub fn unshare_all() -> StageResult {

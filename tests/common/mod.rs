@@ -82,6 +82,17 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// `git status --porcelain` of `dir` without the package-set lock nixcell writes next to
+/// a declaration when it first resolves its package set (`?? devenv.lock`: the user's
+/// to commit).
+pub fn git_status(dir: &Path) -> String {
+    git(dir, &["status", "--porcelain"])
+        .lines()
+        .filter(|l| *l != "?? devenv.lock")
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// A command that runs `nixcell` with `args`, as root or as the test user.
 pub fn nixcell(mode: Mode) -> Command {
     require_root();

@@ -21,6 +21,9 @@ pub enum Item {
     Package(String),
     /// A string literal `"NAME"`.
     Str(String),
+    /// An attribute `NS.NAME` of a function's argument (plain `NAME` inside `with NS;`),
+    /// e.g. `ps.pandas` in `withPackages (ps: [ ... ])`.
+    Member(String, String),
 }
 
 /// A Nix source text and its tree.
@@ -79,12 +82,41 @@ fn indent_at(text: &str, offset: usize) -> String {
         .collect()
 }
 
-fn item_text(item: &Item, with_pkgs: bool) -> String {
+/// The namespaces of the `with NS;` a list is under.
+type Withs = Vec<String>;
+
+fn item_text(item: &Item, withs: &[String]) -> String {
     match item {
-        Item::Package(n) if with_pkgs => n.clone(),
-        Item::Package(n) => format!("pkgs.{n}"),
+        Item::Package(n) => item_text(&Item::Member("pkgs".into(), n.clone()), withs),
+        Item::Member(ns, n) if withs.contains(ns) => n.clone(),
+        Item::Member(ns, n) => format!("{ns}.{n}"),
         Item::Str(s) => format!("\"{s}\""),
     }
+}
+
+/// `F.withPackages (P: BODY)`: the lambda's parameter and its body.
+fn with_packages(node: &SyntaxNode) -> Option<(String, SyntaxNode)> {
+    let mut parts = node.children();
+    let (f, mut arg) = (parts.next()?, parts.next()?);
+    let path = f
+        .children()
+        .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)?;
+    if f.kind() != SyntaxKind::NODE_SELECT
+        || attrpath_names(&path)?.last().map(String::as_str) != Some("withPackages")
+    {
+        return None;
+    }
+    while arg.kind() == SyntaxKind::NODE_PAREN {
+        arg = last_child_node(&arg)?;
+    }
+    if arg.kind() != SyntaxKind::NODE_LAMBDA {
+        return None;
+    }
+    let param = arg.children().next()?;
+    if param.kind() != SyntaxKind::NODE_IDENT_PARAM {
+        return None;
+    }
+    Some((param.text().to_string(), last_child_node(&arg)?))
 }
 
 fn compact(s: &str) -> String {
@@ -305,21 +337,25 @@ impl Doc {
         })
     }
 
-    /// The list literal at `path` (through `with pkgs;` and parentheses), and whether it
-    /// is under `with pkgs;`.
-    fn list_at(&self, value: SyntaxNode, path: &[&str]) -> Result<(SyntaxNode, bool), CstError> {
+    /// The list literal at `path` (through `with NS;`, parentheses and the function of
+    /// `X.withPackages (ps: [ ... ])`), and the namespaces of the `with`s it is under.
+    fn list_at(&self, value: SyntaxNode, path: &[&str]) -> Result<(SyntaxNode, Withs), CstError> {
         let mut node = value;
-        let mut with_pkgs = false;
+        let mut withs = Vec::new();
         loop {
             match node.kind() {
-                SyntaxKind::NODE_LIST => return Ok((node, with_pkgs)),
+                SyntaxKind::NODE_LIST => return Ok((node, withs)),
                 SyntaxKind::NODE_PAREN => {
                     node = last_child_node(&node).ok_or_else(|| self.shape("incomplete"))?
                 }
                 SyntaxKind::NODE_WITH => {
-                    let ns = node.children().next().map(|n| n.text().to_string());
-                    with_pkgs |= ns.as_deref() == Some("pkgs");
+                    if let Some(ns) = node.children().next() {
+                        withs.push(ns.text().to_string());
+                    }
                     node = last_child_node(&node).ok_or_else(|| self.shape("incomplete"))?
+                }
+                SyntaxKind::NODE_APPLY if with_packages(&node).is_some() => {
+                    node = with_packages(&node).map(|(_, body)| body).unwrap_or(node)
                 }
                 _ => {
                     return Err(self.shape(format!(
@@ -331,12 +367,12 @@ impl Doc {
         }
     }
 
-    fn find_item(list: &SyntaxNode, item: &Item, with_pkgs: bool) -> Option<SyntaxNode> {
-        let want = compact(&item_text(item, with_pkgs));
+    fn find_item(list: &SyntaxNode, item: &Item, withs: &[String]) -> Option<SyntaxNode> {
+        let want = compact(&item_text(item, withs));
+        // `pkgs.jq` also names jq inside `with pkgs;`.
         let alt = match item {
-            // `pkgs.jq` also names jq inside `with pkgs;`.
-            Item::Package(n) if with_pkgs => Some(format!("pkgs.{n}")),
-            _ => None,
+            Item::Package(_) | Item::Member(..) => Some(item_text(item, &[])),
+            Item::Str(_) => None,
         };
         list.children().find(|c| {
             let t = compact(&c.text().to_string());
@@ -344,26 +380,82 @@ impl Doc {
         })
     }
 
+    /// The parameter of the function of `X.withPackages (P: ...)` bound at `path`: None
+    /// when nothing is bound there, an error when something else is.
+    pub fn with_packages_param(&self, path: &[&str]) -> Result<Option<String>, CstError> {
+        let Found::Value(mut v) = self.lookup(path)? else {
+            return Ok(None);
+        };
+        while v.kind() == SyntaxKind::NODE_PAREN {
+            v = last_child_node(&v).ok_or_else(|| self.shape("incomplete"))?;
+        }
+        match (v.kind(), with_packages(&v)) {
+            (SyntaxKind::NODE_APPLY, Some((param, _))) => Ok(Some(param)),
+            _ => Err(self.shape(format!(
+                "`{}` is not `pkgs.python3.withPackages (ps: [ ... ])`; edit it by hand",
+                path.join(".")
+            ))),
+        }
+    }
+
+    /// The string literals of the list literal at `path` (none when nothing is bound
+    /// there or it is not a list literal).
+    pub fn string_items(&self, path: &[&str]) -> Result<Vec<String>, CstError> {
+        let Found::Value(v) = self.lookup(path)? else {
+            return Ok(Vec::new());
+        };
+        let Ok((list, _)) = self.list_at(v, path) else {
+            return Ok(Vec::new());
+        };
+        Ok(list
+            .children()
+            .filter(|c| c.kind() == SyntaxKind::NODE_STRING)
+            .filter_map(|c| {
+                let t = c.text().to_string();
+                let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+                (!inner.contains(['\\', '$', '"'])).then(|| inner.to_string())
+            })
+            .collect())
+    }
+
+    /// Removes the binding at `path` (the whole `a.b = ...;`, with the whitespace
+    /// that led to it); it must be bound by its full name in its attribute set.
+    pub fn remove_binding(&mut self, path: &[&str]) -> Result<(), CstError> {
+        let Found::Value(v) = self.lookup(path)? else {
+            return Err(self.no_change(format!("`{}` is not set", path.join("."))));
+        };
+        let entry = v
+            .parent()
+            .filter(|p| p.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+            .ok_or_else(|| self.shape(format!("cannot remove `{}`", path.join("."))))?;
+        let mut start = entry.text_range().start();
+        if let Some(NodeOrToken::Token(ws)) = entry.prev_sibling_or_token()
+            && ws.kind() == SyntaxKind::TOKEN_WHITESPACE
+        {
+            start = match ws.text().rfind('\n') {
+                Some(i) => ws.text_range().start() + TextSize::from(i as u32),
+                None => ws.text_range().start(),
+            };
+        }
+        self.splice(TextRange::new(start, entry.text_range().end()), "")
+    }
+
     /// Adds `item` to the list at `path`, creating the binding if there is none.
     pub fn add_to_list(&mut self, path: &[&str], item: &Item) -> Result<(), CstError> {
         match self.lookup(path)? {
             Found::Value(v) => {
-                let (list, with_pkgs) = self.list_at(v, path)?;
-                if Self::find_item(&list, item, with_pkgs).is_some() {
+                let (list, withs) = self.list_at(v, path)?;
+                if Self::find_item(&list, item, &withs).is_some() {
                     return Err(self.no_change(format!(
                         "{} is already in `{}`",
-                        item_text(item, with_pkgs),
+                        item_text(item, &withs),
                         path.join(".")
                     )));
                 }
-                self.append_in(
-                    &list,
-                    SyntaxKind::TOKEN_R_BRACK,
-                    &item_text(item, with_pkgs),
-                )
+                self.append_in(&list, SyntaxKind::TOKEN_R_BRACK, &item_text(item, &withs))
             }
             Found::Missing { set, rest } => {
-                let value = format!("[ {} ]", item_text(item, false));
+                let value = format!("[ {} ]", item_text(item, &[]));
                 self.insert_binding(&set, &rest, &value)
             }
         }
@@ -374,7 +466,7 @@ impl Doc {
         let missing = || {
             self.no_change(format!(
                 "{} is not in `{}`",
-                item_text(item, false),
+                item_text(item, &[]),
                 path.join(".")
             ))
         };
@@ -382,8 +474,8 @@ impl Doc {
             Found::Value(v) => v,
             Found::Missing { .. } => return Err(missing()),
         };
-        let (list, with_pkgs) = self.list_at(v, path)?;
-        let node = Self::find_item(&list, item, with_pkgs).ok_or_else(missing)?;
+        let (list, withs) = self.list_at(v, path)?;
+        let node = Self::find_item(&list, item, &withs).ok_or_else(missing)?;
         let mut start = node.text_range().start();
         if let Some(NodeOrToken::Token(ws)) = node.prev_sibling_or_token()
             && ws.kind() == SyntaxKind::TOKEN_WHITESPACE

@@ -7,6 +7,8 @@
 //! any failure leaves the declaration and the repository as they were.
 
 pub mod cst;
+#[cfg(test)]
+mod devenv_types;
 pub mod git;
 pub mod policy;
 
@@ -211,25 +213,7 @@ pub fn apply_to_text(file: &str, text: &str, op: Op, name: &str) -> Result<Strin
         Op::AddPackage => doc.add_to_list(&["packages"], &Item::Package(name.into()))?,
         Op::RemovePackage => doc.remove_from_list(&["packages"], &Item::Package(name.into()))?,
         Op::AddPythonLibrary | Op::RemovePythonLibrary => {
-            if doc
-                .value_text(&["languages", "python", "package"])?
-                .is_some()
-            {
-                return Err(EditError::Refused(format!(
-                    "{file}: languages.python.package chooses the Python libraries; \
-                     edit it by hand or use languages.python.libraries"
-                )));
-            }
-            let path = ["languages", "python", "libraries"];
-            if op == Op::AddPythonLibrary {
-                doc.add_to_list(&path, &Item::Str(name.into()))?;
-                match doc.set_value(&["languages", "python", "enable"], "true") {
-                    Ok(()) | Err(CstError::NoChange { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                doc.remove_from_list(&path, &Item::Str(name.into()))?;
-            }
+            python_library(&mut doc, file, op == Op::AddPythonLibrary, name)?
         }
         Op::EnableService => doc.set_value(&["services", name, "enable"], "true")?,
         Op::DisableService => {
@@ -244,6 +228,138 @@ pub fn apply_to_text(file: &str, text: &str, op: Op, name: &str) -> Result<Strin
         }
     }
     Ok(doc.text().to_string())
+}
+
+const PYTHON_PACKAGE: [&str; 3] = ["languages", "python", "package"];
+const PYTHON_LIBRARIES: [&str; 3] = ["languages", "python", "libraries"];
+const PYTHON_VERSION: [&str; 3] = ["languages", "python", "version"];
+
+/// Adds (or removes) the Python library `name` the way devenv declares one:
+/// `languages.python.package = pkgs.python3.withPackages (ps: [ ps.NAME ])`. Names of
+/// the old nixcell form (`languages.python.libraries = [ "NAME" ]`, which devenv reads
+/// as native library paths) move into that list, so nixcell never writes the old form.
+fn python_library(doc: &mut Doc, file: &str, add: bool, name: &str) -> Result<(), EditError> {
+    let legacy = doc.string_items(&PYTHON_LIBRARIES)?;
+    let mut names: Vec<String> = legacy.clone();
+    let member = |param: &str, n: &str| Item::Member(param.to_string(), n.to_string());
+    let param = match doc.with_packages_param(&PYTHON_PACKAGE) {
+        Ok(p) => p,
+        // An interpreter of the package set (`pkgs.python3`, `pkgs.python311`) gets
+        // the libraries: it becomes the base of a withPackages.
+        Err(e) => {
+            let v = doc.value_text(&PYTHON_PACKAGE)?.unwrap_or_default();
+            if !is_interpreter_attr(&v) {
+                return Err(e.into());
+            }
+            doc.set_value(&PYTHON_PACKAGE, &format!("{v}.withPackages (ps: [ ])"))?;
+            Some("ps".to_string())
+        }
+    };
+    match param {
+        Some(param) => {
+            if !add {
+                match doc.remove_from_list(&PYTHON_PACKAGE, &member(&param, name)) {
+                    Err(CstError::NoChange { .. }) if legacy.iter().any(|l| l == name) => {}
+                    r => r?,
+                }
+            }
+            names.retain(|n| add || n != name);
+            if add {
+                names.push(name.to_string());
+            }
+            let mut changed = false;
+            for n in &names {
+                match doc.add_to_list(&PYTHON_PACKAGE, &member(&param, n)) {
+                    Ok(()) => changed = true,
+                    Err(CstError::NoChange { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if add && !changed && legacy.is_empty() {
+                return Err(CstError::NoChange {
+                    file: file.into(),
+                    message: format!("{param}.{name} is already in `languages.python.package`"),
+                }
+                .into());
+            }
+        }
+        None => {
+            if add {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            } else if !names.iter().any(|n| n == name) {
+                return Err(CstError::NoChange {
+                    file: file.into(),
+                    message: format!("the Python library {name} is not declared"),
+                }
+                .into());
+            } else {
+                names.retain(|n| n != name);
+            }
+            let base = python_base(doc, file)?;
+            let items: Vec<String> = names.iter().map(|n| format!("ps.{n}")).collect();
+            let value = if items.is_empty() {
+                format!("{base}.withPackages (ps: [ ])")
+            } else {
+                format!("{base}.withPackages (ps: [ {} ])", items.join(" "))
+            };
+            doc.set_value(&PYTHON_PACKAGE, &value)?;
+        }
+    }
+    for l in &legacy {
+        doc.remove_from_list(&PYTHON_LIBRARIES, &Item::Str(l.clone()))?;
+    }
+    if !legacy.is_empty()
+        && doc
+            .value_text(&PYTHON_LIBRARIES)?
+            .is_some_and(|v| is_empty_list(&v))
+    {
+        doc.remove_binding(&PYTHON_LIBRARIES)?;
+    }
+    if add {
+        match doc.set_value(&["languages", "python", "enable"], "true") {
+            Ok(()) | Err(CstError::NoChange { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `pkgs.python3`, `pkgs.python311`, ...
+fn is_interpreter_attr(v: &str) -> bool {
+    v.strip_prefix("pkgs.python")
+        .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_empty_list(value: &str) -> bool {
+    value
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim()
+        .is_empty()
+        && value.starts_with('[')
+}
+
+/// The interpreter a new `withPackages` starts from: `pkgs.python3`, or the one
+/// `languages.python.version` names (the version binding is replaced by it: devenv
+/// takes a version from an input of its own, and the two would conflict).
+fn python_base(doc: &mut Doc, file: &str) -> Result<String, EditError> {
+    let Some(v) = doc.value_text(&PYTHON_VERSION)? else {
+        return Ok("pkgs.python3".into());
+    };
+    let version = v.trim().trim_matches('"');
+    let digits: String = version.split('.').take(2).collect::<Vec<_>>().join("");
+    if !v.trim().starts_with('"')
+        || digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(EditError::Refused(format!(
+            "{file}: languages.python.version is {v}; declare the library in languages.python.package by hand"
+        )));
+    }
+    doc.remove_binding(&PYTHON_VERSION)?;
+    Ok(format!("pkgs.python{digits}"))
 }
 
 /// A unified diff of the declaration, labelled with its file name.
@@ -366,7 +482,7 @@ fn edit_locked(
     let text = String::from_utf8(original.clone())
         .map_err(|_| EditError::Encoding { file: decl.clone() })?;
     let new_text = apply_to_text(crate::project::DECLARATION, &text, op, name)?;
-    let before = project.build(progress)?;
+    let before = project.build(progress.clone())?;
     let after = prove(project, &new_text, progress)?;
     let diff = unified_diff(crate::project::DECLARATION, &text, &new_text);
     let cdiff = closure_diff(&before.env, &after.env)?;
@@ -511,18 +627,75 @@ pub fn reject(project: &Project, id: &str) -> Result<Proposal, EditError> {
 mod tests {
     use super::*;
 
+    const EMPTY: &str = "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n}\n";
+
+    fn edit(src: &str, op: Op, name: &str) -> String {
+        apply_to_text("devenv.nix", src, op, name).unwrap()
+    }
+
     #[test]
-    fn python_library_edits_enable_python() {
-        let src = "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n}\n";
-        let t = apply_to_text("devenv.nix", src, Op::AddPythonLibrary, "pandas").unwrap();
+    fn python_library_edits_write_devenv_form() {
+        let t = edit(EMPTY, Op::AddPythonLibrary, "pandas");
         assert_eq!(
             t,
-            "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python.libraries = [ \"pandas\" ];\n  languages.python.enable = true;\n}\n"
+            "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  languages.python.package = pkgs.python3.withPackages (ps: [ ps.pandas ]);\n  languages.python.enable = true;\n}\n"
         );
-        let t = apply_to_text("devenv.nix", &t, Op::AddPythonLibrary, "openpyxl").unwrap();
-        assert!(t.contains("[ \"pandas\" \"openpyxl\" ]"), "{t}");
-        let t = apply_to_text("devenv.nix", &t, Op::RemovePythonLibrary, "pandas").unwrap();
-        assert!(t.contains("[ \"openpyxl\" ]"), "{t}");
+        let t = edit(&t, Op::AddPythonLibrary, "openpyxl");
+        assert!(t.contains("(ps: [ ps.pandas ps.openpyxl ])"), "{t}");
+        let err = apply_to_text("devenv.nix", &t, Op::AddPythonLibrary, "pandas").unwrap_err();
+        assert!(err.to_string().contains("already"), "{err}");
+        let t = edit(&t, Op::RemovePythonLibrary, "pandas");
+        assert!(t.contains("(ps: [ ps.openpyxl ])"), "{t}");
+        assert!(!t.contains("libraries"), "{t}");
+    }
+
+    #[test]
+    fn the_old_string_form_moves_into_with_packages() {
+        let src = "{ pkgs, ... }:\n{\n  languages.python = {\n    enable = true;\n    libraries = [ \"pandas\" ];\n  };\n}\n";
+        let t = edit(src, Op::AddPythonLibrary, "openpyxl");
+        assert_eq!(
+            t,
+            "{ pkgs, ... }:\n{\n  languages.python = {\n    enable = true;\n    package = pkgs.python3.withPackages (ps: [ ps.pandas ps.openpyxl ]);\n  };\n}\n"
+        );
+        // Removing an old-form name writes the devenv form too.
+        let t = edit(src, Op::RemovePythonLibrary, "pandas");
+        assert!(
+            t.contains("package = pkgs.python3.withPackages (ps: [ ]);"),
+            "{t}"
+        );
+        assert!(!t.contains("libraries"), "{t}");
+        // Native libraries stay where devenv wants them; only the names move.
+        let src = "{ pkgs, ... }: { languages.python.libraries = [ pkgs.file \"numpy\" ]; }";
+        let t = edit(src, Op::AddPythonLibrary, "pandas");
+        assert!(
+            t.contains("languages.python.libraries = [ pkgs.file ];"),
+            "{t}"
+        );
+        assert!(t.contains("(ps: [ ps.numpy ps.pandas ])"), "{t}");
+    }
+
+    #[test]
+    fn with_packages_is_edited_in_place() {
+        let src = "{ pkgs, ... }: { languages.python.package = pkgs.python3.withPackages (p: with p; [\n    numpy\n  ]); }";
+        let t = edit(src, Op::AddPythonLibrary, "pandas");
+        assert!(t.contains("[\n    numpy\n    pandas\n  ]"), "{t}");
+        let t = edit(&t, Op::RemovePythonLibrary, "numpy");
+        assert!(t.contains("[\n    pandas\n  ]"), "{t}");
+        // An interpreter of the package set becomes the base of a withPackages.
+        let src = "{ pkgs, ... }: { languages.python.package = pkgs.python311; }";
+        let t = edit(src, Op::AddPythonLibrary, "numpy");
+        assert!(
+            t.contains("package = pkgs.python311.withPackages (ps: [ ps.numpy ]);"),
+            "{t}"
+        );
+        // A version becomes that interpreter (devenv's version needs an input of its own).
+        let src = "{ pkgs, ... }: { languages.python.version = \"3.11\"; }";
+        let t = edit(src, Op::AddPythonLibrary, "numpy");
+        assert!(
+            t.contains("package = pkgs.python311.withPackages (ps: [ ps.numpy ]);"),
+            "{t}"
+        );
+        assert!(!t.contains("version"), "{t}");
     }
 
     #[test]
@@ -536,8 +709,8 @@ mod tests {
     }
 
     #[test]
-    fn a_python_package_blocks_library_edits() {
-        let src = "{ pkgs, ... }: { languages.python.package = pkgs.python3; }";
+    fn a_python_package_of_another_shape_blocks_library_edits() {
+        let src = "{ pkgs, ... }: { languages.python.package = myPython; }";
         let err = apply_to_text("devenv.nix", src, Op::AddPythonLibrary, "numpy").unwrap_err();
         assert!(
             err.to_string().contains("languages.python.package"),

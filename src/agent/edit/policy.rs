@@ -78,7 +78,7 @@ impl Subject {
 }
 
 /// Services nixcell knows how to run.
-pub const KNOWN_SERVICES: &[&str] = &["redis"];
+pub const KNOWN_SERVICES: &[&str] = &["redis", "postgres"];
 
 const MAX_LEN: usize = 100;
 
@@ -240,7 +240,7 @@ mod tests {
             assert!(check_name(Subject::Package, n).is_err(), "{n:?}");
         }
         assert!(check_name(Subject::PythonLibrary, "ps.pandas").is_err());
-        assert!(check_name(Subject::Service, "postgres").is_err());
+        assert!(check_name(Subject::Service, "mysql").is_err());
     }
 
     #[test]

@@ -5,8 +5,16 @@
 //! buildable environment of the packages, the Python environment and the services'
 //! packages; and `description`, data about services, processes, variables and libraries.
 //!
-//! Supported options: `packages`, `languages.python.{enable,version,libraries,package}`,
-//! `services.redis.{enable,port}`, `processes.<name>.exec`, `env.<NAME>`.
+//! The file is called with devenv's arguments, `{ pkgs, lib, config, inputs, ... }`
+//! (`inputs.nixpkgs` is the package set in use), and every option it accepts means what
+//! it means to devenv. Supported options: `packages`,
+//! `languages.python.{enable,version,package,libraries}` (`libraries`: native library
+//! packages put on the interpreter's `LD_LIBRARY_PATH`; a list of Python library names,
+//! the old nixcell form, is still read), `services.redis.{enable,port}`,
+//! `services.postgres.{enable,port,listen_addresses,initialDatabases (name, user, pass,
+//! initialSQL, schema),initialScript,createDatabase}`, `processes.<name>.exec`, `scripts.<name>.{exec,description}`
+//! (commands on the cell's PATH), `enterShell` (run in the cell before the command),
+//! `env.<NAME>`. Any other option is an error naming the nearest known one.
 
 pub mod attrs;
 pub mod package_set;
@@ -70,8 +78,11 @@ pub struct ServiceDecl {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PythonDecl {
     pub version: Option<String>,
-    /// Names from `languages.python.libraries`.
+    /// Python library names in `languages.python.libraries` (the old nixcell form).
     pub libraries: Vec<String>,
+    /// Package names of `languages.python.libraries` (devenv's native libraries).
+    #[serde(default)]
+    pub native_libraries: Vec<String>,
     /// Whether `languages.python.package` chose the interpreter (and its libraries).
     pub package: bool,
 }
@@ -81,6 +92,13 @@ pub struct ServiceJson {
     pub name: String,
     pub port: u16,
     pub command: Vec<String>,
+}
+
+/// A `scripts.<name>`: a command of that name on the cell's PATH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptJson {
+    pub name: String,
+    pub description: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,14 +116,69 @@ pub struct Description {
     pub python: Option<PythonDecl>,
     pub services: Vec<ServiceJson>,
     pub processes: Vec<ProcessJson>,
+    #[serde(default)]
+    pub scripts: Vec<ScriptJson>,
+    /// The prefix of the command's argv that runs `enterShell` first (a store script
+    /// that sources it and execs the rest), when the declaration has one.
+    #[serde(default)]
+    pub enter_shell: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
 struct RawDescription {
-    errors: Vec<String>,
+    errors: Vec<EvalProblem>,
     #[serde(flatten)]
     rest: serde_json::Value,
+}
+
+/// One problem `eval.nix` found: a message, or an option it does not know with the
+/// names known at that place.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EvalProblem {
+    Message(String),
+    Unknown {
+        option: String,
+        file: String,
+        candidates: Vec<String>,
+    },
+}
+
+impl EvalProblem {
+    fn message(&self) -> String {
+        match self {
+            EvalProblem::Message(m) => m.clone(),
+            EvalProblem::Unknown {
+                option,
+                file,
+                candidates,
+            } => {
+                let last = option.rsplit('.').next().unwrap_or(option);
+                let prefix = &option[..option.len() - last.len()];
+                match did_you_mean(last, candidates) {
+                    Some(c) => format!(
+                        "unsupported option `{option}` in {file}; did you mean `{prefix}{c}`?"
+                    ),
+                    None => format!(
+                        "unsupported option `{option}` in {file} (known here: {})",
+                        candidates.join(", ")
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The known name nearest to `name`, if it is near enough to be a slip.
+pub fn did_you_mean<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(&lower, &k.to_lowercase()), k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.as_str())
 }
 
 impl Description {
@@ -132,13 +205,20 @@ impl Description {
 }
 
 /// Writes the evaluator into nixcell's private cache (nix needs a file; a project's
-/// directory is no place for code nixcell trusts) and returns its path.
+/// directory is no place for code nixcell trusts) and returns its path. The file is
+/// named by its content: two nixcell versions running at once for the same user never
+/// evaluate each other's evaluator.
 pub fn write_evaluator() -> Result<PathBuf, DeclareError> {
+    use sha2::{Digest, Sha256};
     let dir = crate::dirs::private_dir(crate::dirs::Base::Cache, "eval").map_err(|e| {
         DeclareError::Evaluator(PathBuf::from("eval.nix"), std::io::Error::other(e))
     })?;
-    let path = dir.join("eval.nix");
-    crate::dirs::write_atomic(&dir, "eval.nix", EVAL_NIX.as_bytes())
+    let name = format!(
+        "eval-{}.nix",
+        &hex::encode(Sha256::digest(EVAL_NIX.as_bytes()))[..16]
+    );
+    let path = dir.join(&name);
+    crate::dirs::write_atomic(&dir, &name, EVAL_NIX.as_bytes())
         .map_err(|e| DeclareError::Evaluator(path.clone(), e))?;
     Ok(path)
 }
@@ -184,7 +264,7 @@ pub fn describe(
             1 => String::new(),
             n => format!(" (and {} more)", n - 1),
         };
-        return Err(DeclareError::Invalid(format!("{first}{more}")));
+        return Err(DeclareError::Invalid(format!("{}{more}", first.message())));
     }
     serde_json::from_value(raw.rest).map_err(|source| DeclareError::Shape {
         file: decl.to_path_buf(),
@@ -260,4 +340,30 @@ pub fn build_with(
         file: PathBuf::from("--with"),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_slip_gets_the_nearest_option() {
+        let services = names(&["postgres", "redis"]);
+        assert_eq!(did_you_mean("postgresql", &services), Some("postgres"));
+        assert_eq!(did_you_mean("reddis", &services), Some("redis"));
+        assert_eq!(did_you_mean("kafka", &services), None);
+        let p = EvalProblem::Unknown {
+            option: "languages.python.libaries".into(),
+            file: "devenv.nix".into(),
+            candidates: names(&["enable", "libraries", "package", "version"]),
+        };
+        assert_eq!(
+            p.message(),
+            "unsupported option `languages.python.libaries` in devenv.nix; did you mean `languages.python.libraries`?"
+        );
+    }
 }

@@ -5,7 +5,6 @@ use crate::sandbox::{EntryKind, StoreEntry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClosureError {
@@ -150,7 +149,7 @@ pub fn closure(roots: &[PathBuf]) -> Result<Closure, ClosureError> {
     {
         return Ok(c);
     }
-    let out = Command::new("nix-store")
+    let out = super::command("nix-store")
         .arg("--query")
         .arg("--requisites")
         .args(&sorted_roots)

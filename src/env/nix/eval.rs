@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Absolute paths, `:`-separated, that the caller allows every evaluation to read
 /// besides the project and the package set: for a package set that reads host files
@@ -67,19 +66,6 @@ pub enum EvalError {
     Json(#[source] serde_json::Error),
 }
 
-/// The `NIX_CONFIG` nixcell adds to each nix call: no binary cache is assumed to be
-/// reachable unless the caller configured one.
-pub fn nix_config() -> OsString {
-    let mut cfg = OsString::new();
-    if let Some(existing) = std::env::var_os("NIX_CONFIG") {
-        cfg.push(existing);
-        cfg.push("\n");
-    } else {
-        cfg.push("substituters =\n");
-    }
-    cfg
-}
-
 /// The message of a failed nix call: from its first `error:` line to the end, trimmed,
 /// without the progress lines that precede it.
 pub fn nix_message(stderr: &[u8]) -> String {
@@ -105,9 +91,8 @@ pub fn eval_json(
     args: &[(&str, &str)],
     allowed: &[PathBuf],
 ) -> Result<serde_json::Value, EvalError> {
-    let mut cmd = Command::new("nix-instantiate");
-    cmd.env("NIX_CONFIG", nix_config())
-        .args(restricted(allowed))
+    let mut cmd = super::command("nix-instantiate");
+    cmd.args(restricted(allowed))
         .args(["--eval", "--strict", "--json"])
         .arg(expr)
         .args(["-A", attr]);

@@ -42,6 +42,19 @@ pub fn is_store_path(path: &Path, store: &Path) -> bool {
     store_path_name(path).is_some() && store.join(base).as_os_str() == path.as_os_str()
 }
 
+/// Makes `link` an indirect GC root of the valid store path `path` (best effort: a path
+/// without a root is only fetched again after a garbage collection).
+pub fn add_root(path: &Path, link: &Path) {
+    let _ = super::command("nix-store")
+        .arg("--add-root")
+        .arg(link)
+        .args(["--indirect", "--realise"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
