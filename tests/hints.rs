@@ -208,7 +208,7 @@ fn no_hint_names_a_package_the_set_lacks() {
     let p = project(PYTHON, "default");
     let dir = p.path();
     let cases: &[&[&str]] = &[
-        &["sh", "-c", "rg x; jq .; make; psql; exit 1"],
+        &["sh", "-c", "rg x; jq .; make; convert; exit 1"],
         &["python3", "-c", "import yaml"],
         &["python3", "-c", "import requests"],
         &["python3", "-c", "import cv2"],
@@ -255,10 +255,10 @@ fn no_hint_names_a_package_the_set_lacks() {
     // `jq` and `bash` are in the set and allowed: named with their edit.
     let all = messages.join("\n");
     assert!(all.contains("nixcell edit add-package jq"), "{all}");
-    // `make` and `psql` would come from gnumake and postgresql, which the set lacks:
+    // `make` and `convert` would come from gnumake and imagemagick, which the set lacks:
     // said so, never offered.
     assert!(all.contains("no package named `gnumake`"), "{all}");
-    assert!(all.contains("no package named `postgresql`"), "{all}");
+    assert!(all.contains("no package named `imagemagick`"), "{all}");
     assert!(!all.contains("the package `gnumake`"), "{all}");
     // ripgrep is in the set but not allowed: named, no edit.
     assert!(
