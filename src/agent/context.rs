@@ -733,18 +733,23 @@ pub fn to_markdown(c: &Context, max_tokens: Option<usize>, detail: Detail) -> St
         "commands on PATH",
         commands_renderings(c, full),
     ));
-    let layers: Vec<String> = c
-        .layers
-        .iter()
-        .map(|l| {
-            format!(
-                "- {}: {} ({})",
-                l.name,
-                if l.available { "yes" } else { "no" },
-                l.detail
-            )
-        })
-        .collect();
+    // Each layer's detail with --full; else one line.
+    let yes_no = |l: &LayerInfo| if l.available { "yes" } else { "no" };
+    let layers: Vec<String> = if full {
+        c.layers
+            .iter()
+            .map(|l| format!("- {}: {} ({})", l.name, yes_no(l), l.detail))
+            .collect()
+    } else {
+        vec![format!(
+            "- {}",
+            c.layers
+                .iter()
+                .map(|l| format!("{} {}", l.name, yes_no(l)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )]
+    };
     sections.push(Section::new(
         "sandbox layers",
         vec![
@@ -829,7 +834,14 @@ pub fn to_markdown(c: &Context, max_tokens: Option<usize>, detail: Detail) -> St
             }
         }
     }
-    render(&sections, &note(&sections))
+    let out = render(&sections, &note(&sections));
+    match max_tokens {
+        Some(max) if out.len() > max.saturating_mul(4) => out.replace(
+            " All: `nixcell context --full`._",
+            " What is left is the least an agent needs and exceeds the budget. All: `nixcell context --full`._",
+        ),
+        _ => out,
+    }
 }
 
 /// The first section in a few lines: network, writable paths, the main limits.
@@ -841,10 +853,14 @@ fn environment_short(c: &Context) -> String {
     if c.mcp {
         head.push("- Each `run` is a fresh cell on a private copy of the project.".into());
     }
-    head.push(format!(
-        "- Package set: {} pinned to {}.",
-        c.package_set.source, c.package_set.locked
-    ));
+    head.push(if c.package_set.locked == c.package_set.source {
+        format!("- Package set: {} (pinned).", c.package_set.locked)
+    } else {
+        format!(
+            "- Package set: {} pinned to {}.",
+            c.package_set.source, c.package_set.locked
+        )
+    });
     head.push(format!(
         "- Network: loopback only{}.",
         match &c.network.tcp_ports {
