@@ -109,6 +109,10 @@ pub struct LimitsInfo {
     /// Caps of the copy-on-write layer of /work (what the command may add or change).
     pub work_size_bytes: Option<u64>,
     pub work_inodes: Option<u64>,
+    /// What enforces memory and pids: "cgroup" (the whole cell, OOM kill), or "rlimit"
+    /// (no cgroup for this user: address space per process, processes per user
+    /// namespace, no CPU quota), or null when neither is asked for.
+    pub enforced_by: Option<String>,
     /// Under MCP: the most a `run` may ask for (`timeout_seconds`, `max_output_bytes`,
     /// `memory_mib`, `cpus`, `pids`).
     pub ask_up_to: Option<AskUpTo>,
@@ -538,6 +542,13 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
         path: "/".into(),
         what: "everything else: writes fail with EROFS or EACCES".into(),
     });
+    // As harden::prepare decides: the run's cgroup when this user can make one, else
+    // the rlimit fallback (a profile that requires cgroups refuses to run instead).
+    let any = limits.memory.is_some() || limits.cpus.is_some() || limits.pids.is_some();
+    let cgroup = profile.cgroup != crate::sandbox::LayerMode::Off
+        && crate::sandbox::cgroup::Hierarchy::detect()
+            .is_ok_and(|h| h.usable_by(nix::unistd::geteuid().as_raw()));
+    let enforced_by = any.then(|| if cgroup { "cgroup" } else { "rlimit" }.to_string());
     let ask_up_to = opts.mcp.then(|| AskUpTo {
         timeout_secs: crate::run::limits::mcp::max_timeout_secs(&ceiling),
         max_output_bytes: crate::run::limits::mcp::max_output_cap(&ceiling),
@@ -573,6 +584,7 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
             tmp_inodes: fs.tmp_inodes,
             work_size_bytes: work_size,
             work_inodes: cow.then_some(fs.work_inodes),
+            enforced_by,
             ask_up_to,
         },
         network: NetworkInfo {
@@ -969,13 +981,21 @@ fn environment(c: &Context) -> String {
 
 fn limits_line(l: &LimitsInfo) -> String {
     let mut parts = Vec::new();
+    let cgroup = l.enforced_by.as_deref() == Some("cgroup");
     if let Some(m) = l.memory_bytes {
-        parts.push(format!(
-            "memory {} (whole cell, no swap, then OOM-killed)",
-            human_bytes(m)
-        ));
+        parts.push(if cgroup {
+            format!(
+                "memory {} (whole cell, no swap, then OOM-killed)",
+                human_bytes(m)
+            )
+        } else {
+            format!(
+                "address space {} per process (no cgroup: allocations past it fail)",
+                human_bytes(m)
+            )
+        });
     }
-    if let Some(c) = l.cpus {
+    if let Some(c) = l.cpus.filter(|_| cgroup) {
         parts.push(format!("{c} CPU{}", if c == 1.0 { "" } else { "s" }));
     }
     if let Some(p) = l.pids {
