@@ -655,13 +655,7 @@ fn a_project_built_once_runs_rootless_from_the_cache() {
     let dir = p.path();
     // Root builds (single-user Nix); the unprivileged owner of the project runs.
     ok(&cell(dir, &["build"]), "build as root");
-    let (u, g) = test_user_ids();
-    let out = Command::new("chown")
-        .args(["-R", &format!("{u}:{g}")])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    chown_to_test_user(dir);
     let mut c = nixcell(Mode::Rootless);
     c.current_dir(dir).args([
         "run",
@@ -686,13 +680,7 @@ fn scenario_1_rootless_edits_build_through_the_daemon() {
     let dir = p.path();
     git(dir, &["config", "user.name", "agent"]);
     git(dir, &["config", "user.email", "agent@example.org"]);
-    let (u, g) = test_user_ids();
-    let out = Command::new("chown")
-        .args(["-R", &format!("{u}:{g}")])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    chown_to_test_user(dir);
     // The project's owner, unprivileged, edits (each edit built through nix-daemon and
     // committed) and runs the report in a rootless cell.
     let as_user = |args: &[&str]| {
