@@ -402,8 +402,8 @@ fn the_context_is_true_for_runs_through_mcp() {
                 "{cmd}"
             );
         }
-        // MCP's own default limits: 64 KiB of output, at most the project's 15 s.
-        assert_eq!(c["limits"]["max_output_bytes"], 64 << 10);
+        // MCP's own default limits: 16 KiB of output (head; the tail is kept too), at most the project's 15 s.
+        assert_eq!(c["limits"]["max_output_bytes"], 16 << 10);
         assert_eq!(c["limits"]["timeout_secs"], 15);
         let what = format!("mcp {profile}");
         let mut probe = |part: &str| -> Value {
