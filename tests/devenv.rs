@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// A project in a fresh git repository owned by the mode's user: `devenv.nix` is
 /// `decl`, `nixcell.toml` names the fixture package set (and `toml_extra`), `files`
@@ -34,13 +34,7 @@ fn project(mode: Mode, decl: &str, toml_extra: &str, files: &[(&str, &str)]) -> 
     git(dir, &["add", "."]);
     git(dir, &["commit", "-q", "-m", "initial"]);
     if mode == Mode::Rootless {
-        let (u, g) = test_user_ids();
-        let out = Command::new("chown")
-            .args(["-R", &format!("{u}:{g}")])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        chown_to_test_user(dir);
     }
     d
 }

@@ -65,9 +65,20 @@ pub struct ContextArgs {
     /// Old spelling of --json (`--format json`); kept for scripts, hidden.
     #[arg(long, value_enum, hide = true)]
     pub format: Option<Format>,
-    /// Keep the Markdown within about this many tokens (it says what it left out).
+    /// Keep the Markdown within about this many tokens: the least useful sections are
+    /// shortened or left out first, and a closing note says which.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
+    /// List every command on PATH and every store path (no toolbox summaries).
+    #[arg(long)]
+    pub full: bool,
+    /// Describe runs of this sandbox profile [default: the project's, else "default"].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
+    /// Describe runs through the MCP server (`nixcell mcp`): a private copy of the
+    /// project per run, the server's default limits, edits through `edit_environment`.
+    #[arg(long)]
+    pub mcp: bool,
 }
 
 #[derive(Args, Debug)]
@@ -169,7 +180,16 @@ pub fn context(args: &ContextArgs) -> i32 {
     let go = || -> anyhow::Result<context::Context> {
         let p = args.project.open()?;
         let b = p.build(Progress::Stderr)?;
-        Ok(context::gather(&p, &b)?)
+        let opts = context::Options {
+            profile: args.profile.clone(),
+            mcp: args.mcp,
+        };
+        Ok(context::gather(&p, &b, &opts)?)
+    };
+    let detail = if args.full {
+        context::Detail::Full
+    } else {
+        context::Detail::Default
     };
     let json = args.json || matches!(args.format, Some(Format::Json));
     match go() {
@@ -177,7 +197,7 @@ pub fn context(args: &ContextArgs) -> i32 {
             if json {
                 print_json(&c);
             } else {
-                print!("{}", context::to_markdown(&c, args.max_tokens));
+                print!("{}", context::to_markdown(&c, args.max_tokens, detail));
             }
             0
         }
@@ -326,6 +346,8 @@ pub struct FromProject {
     pub built: Option<Built>,
     /// The project's `[policy]`: hints suggest only edits it accepts.
     pub policy: Option<crate::project::Policy>,
+    /// The package set the environment comes from: hints name only packages it has.
+    pub package_set: Option<PackageSet>,
 }
 
 fn user_cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
@@ -351,6 +373,7 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
             }
             Err(e) => return Err(e.into()),
         };
+        extra.package_set = Some(set.clone());
         let env = crate::declare::build_with(
             &src.with,
             &set,
@@ -377,6 +400,13 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
         req.setenv = vars;
     }
     if !req.env_paths.is_empty() {
+        if extra.package_set.is_none() {
+            // Only a directory: naming packages in hints is no reason to resolve a
+            // reference (that may fetch).
+            extra.package_set = PackageSet::nix_path_value()
+                .filter(|v| v.starts_with('/'))
+                .and_then(|v| PackageSet::at(Path::new(&v)).ok());
+        }
         return Ok(extra);
     }
     let project = match &src.project {
@@ -398,5 +428,6 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
     extra.max_output_bytes = project.limits.max_output_bytes;
     extra.built = Some(built);
     extra.policy = Some(project.config.policy.clone());
+    extra.package_set = project.package_set().ok();
     Ok(extra)
 }

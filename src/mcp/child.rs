@@ -147,6 +147,16 @@ impl Inner {
         }
     }
 
+    /// `nixcell context` describing this server's runs: its project and profile, MCP.
+    fn context_args(&self) -> Result<Vec<String>, McpError> {
+        let mut args = self.project_args()?;
+        args.push("--mcp".into());
+        if let Some(p) = &self.profile {
+            args.extend(["--profile".into(), p.clone()]);
+        }
+        Ok(args)
+    }
+
     /// The context as (JSON, Markdown).
     pub(super) async fn context(
         &self,
@@ -155,7 +165,7 @@ impl Inner {
         match &self.target {
             Target::Project(_) => {
                 let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
-                json_args.extend(self.project_args()?);
+                json_args.extend(self.context_args()?);
                 if let Some(p) = progress {
                     p.report(
                         0,
@@ -181,7 +191,7 @@ impl Inner {
                     });
                 };
                 let mut md_args = vec!["context".to_string(), "--format".into(), "markdown".into()];
-                md_args.extend(self.project_args()?);
+                md_args.extend(self.context_args()?);
                 let c = self.nixcell(&md_args, None, None).await?;
                 if c.code != Some(0) {
                     return Err(McpError::Command {
@@ -191,15 +201,63 @@ impl Inner {
                 }
                 Ok((json, String::from_utf8_lossy(&c.stdout).into_owned()))
             }
-            Target::EnvPaths(paths) => env_paths_context(paths),
+            Target::EnvPaths(paths) => env_paths_context(paths, self.profile.as_deref()),
         }
     }
 }
 
-/// The context of plain store paths: what is on PATH, and that nothing can be edited.
+/// The context of plain store paths under `profile`: what is on PATH, what a run may
+/// write, its limits, and that nothing can be edited.
 pub(super) fn env_paths_context(
     paths: &[PathBuf],
+    profile: Option<&str>,
 ) -> Result<(serde_json::Value, String), McpError> {
+    let name = profile.unwrap_or("default");
+    let profile = crate::profile::load(name)
+        .map_err(|e| McpError::Request(format!("profile {name}: {e}")))?;
+    let limits = crate::run::limits::mcp::defaults(&profile.limits);
+    let work_ro = profile.filesystem.workdir == crate::sandbox::WorkdirMode::Ro;
+    let (writable, work_line) = if work_ro {
+        (
+            vec!["/tmp"],
+            "- Writable: /tmp only; /work (a fresh directory per run, with the files you pass) is read-only under this profile (EROFS).",
+        )
+    } else {
+        (
+            vec!["/work (a fresh directory per run)", "/tmp"],
+            "- Writable: /work (a fresh directory per run, with the files you pass) and /tmp.",
+        )
+    };
+    let mut limit_parts = Vec::new();
+    if let Some(m) = limits.memory {
+        limit_parts.push(format!("memory {} MiB (then OOM-killed)", m >> 20));
+    }
+    if let Some(t) = limits.timeout {
+        limit_parts.push(format!("timeout {} s", t.as_secs()));
+    }
+    if let Some(p) = limits.pids {
+        limit_parts.push(format!("{p} processes+threads"));
+    }
+    limit_parts.push(format!(
+        "output {} bytes kept per stream",
+        limits.max_output
+    ));
+    let tcp = if crate::harden::tcp_rules_enforced(&profile) {
+        let open = &profile.landlock.allow_ports;
+        if open.is_empty() {
+            "; TCP connect/bind denied (EACCES) on every port".to_string()
+        } else {
+            format!(
+                "; TCP connect/bind only on 127.0.0.1 ports {}",
+                open.iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    } else {
+        String::new()
+    };
     let store = crate::nix::closure::store_dir();
     let roots = paths
         .iter()
@@ -228,14 +286,23 @@ pub(super) fn env_paths_context(
         "closure": { "paths": closure.paths.len(), "hash": closure.hash },
         "executables": executables,
         "network": "loopback only",
-        "writable": ["/work (a fresh directory per run)", "/tmp"],
+        "tcp_ports": crate::harden::tcp_rules_enforced(&profile).then(|| profile.landlock.allow_ports.clone()),
+        "writable": writable,
+        "profile": profile.name,
+        "limits": {
+            "timeout_secs": limits.timeout.map(|t| t.as_secs()),
+            "memory_bytes": limits.memory,
+            "pids": limits.pids,
+            "max_output_bytes": limits.max_output,
+        },
         "edits": "none: this environment is fixed store paths, not a project",
     });
     let md = format!(
         "# Environment\n\nA nixcell cell made of the closure of {} ({} store paths). \
          Nothing else of the host exists inside.\n\n## Executables on PATH\n{}\n\n\
-         ## Rules\n- Network: loopback only; no outside host is reachable.\n\
-         - Writable: /work (a fresh directory per run, with the files you pass) and /tmp.\n\
+         ## Rules\n- Network: loopback only{tcp}; no outside host is reachable.\n\
+         {work_line}\n\
+         - Limits (profile `{}`): {}.\n\
          - Edits: none; this environment is fixed store paths.\n",
         roots
             .iter()
@@ -243,7 +310,9 @@ pub(super) fn env_paths_context(
             .collect::<Vec<_>>()
             .join(", "),
         closure.paths.len(),
-        executables.join(", ")
+        executables.join(", "),
+        profile.name,
+        limit_parts.join(", ")
     );
     Ok((json, md))
 }

@@ -75,15 +75,12 @@ pub enum McpError {
 /// How long a cancelled call's child may take to end after SIGTERM before SIGKILL.
 pub const CANCEL_KILL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Longest wall-clock limit a `run` may ask for.
-pub const MAX_TIMEOUT_SECS: u64 = 600;
-/// Wall-clock limit of a `run` that asks for none (the project's limit applies if lower).
-pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
-/// Largest capture of each stream a `run` may ask for.
-pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
-/// Capture of the start of each stream when a `run` asks for none (the last
-/// `supervise::TAIL_BYTES` of a longer stream are kept too).
-pub const DEFAULT_OUTPUT_BYTES: u64 = 16 << 10;
+/// The limits of a `run` (shared with the context, which states them). The default
+/// capture keeps the start of each stream; the last `supervise::TAIL_BYTES` of a
+/// longer stream are kept too.
+pub use crate::run::limits::mcp::{
+    DEFAULT_OUTPUT_BYTES, DEFAULT_TIMEOUT_SECS, MAX_OUTPUT_BYTES, MAX_TIMEOUT_SECS,
+};
 /// Total size of the files a `run` may place in its working directory, decoded (they
 /// come in one request, which must stay below [`MAX_REQUEST_BYTES`] with its base64
 /// or JSON escaping).

@@ -52,19 +52,16 @@ pub(super) fn limit_args(
             "{what} exceeds what the sandbox profile allows (at most {max})"
         ))
     };
-    let max_timeout = limits
-        .timeout
-        .map_or(MAX_TIMEOUT_SECS, |t| t.as_secs().min(MAX_TIMEOUT_SECS));
+    let defaults = crate::run::limits::mcp::defaults(limits);
+    let max_timeout = crate::run::limits::mcp::max_timeout_secs(limits);
     let timeout = p
         .timeout_seconds
-        .unwrap_or(DEFAULT_TIMEOUT_SECS.min(max_timeout));
+        .unwrap_or_else(|| defaults.timeout.map_or(max_timeout, |t| t.as_secs()));
     if timeout == 0 || timeout > max_timeout {
         return Err(refuse("timeout_seconds", format!("{max_timeout}")));
     }
-    let max_output_cap = limits.max_output.min(MAX_OUTPUT_BYTES);
-    let max_output = p
-        .max_output_bytes
-        .unwrap_or(DEFAULT_OUTPUT_BYTES.min(max_output_cap));
+    let max_output_cap = crate::run::limits::mcp::max_output_cap(limits);
+    let max_output = p.max_output_bytes.unwrap_or(defaults.max_output);
     if max_output > max_output_cap {
         return Err(refuse("max_output_bytes", format!("{max_output_cap}")));
     }

@@ -45,6 +45,13 @@ pub struct Hardening {
     pub layers: Vec<LayerReport>,
 }
 
+/// Whether Landlock's TCP rules apply to runs of `profile` on this kernel.
+pub fn tcp_rules_enforced(profile: &Profile) -> bool {
+    profile.landlock.mode != LayerMode::Off
+        && profile.landlock.features.tcp != LayerMode::Off
+        && crate::doctor::landlock_abi().is_some_and(|abi| abi >= 4)
+}
+
 /// Fills `spec.security` from the profile and the run's `limits` (decided by
 /// `run::limits`), and creates the run's cgroup. `extra_ports` are loopback TCP ports
 /// added to the profile's Landlock allow list.
@@ -62,7 +69,7 @@ pub fn prepare(
                 WorkdirMode::Cow => {
                     if let Some(w) = &mut spec.work {
                         // tmpfs pages are charged to the cell's memory cgroup.
-                        w.size_bytes = limits.memory.map_or(fs.work_size, |m| fs.work_size.min(m));
+                        w.size_bytes = crate::run::limits::work_size(fs, &limits);
                         w.inodes = fs.work_inodes;
                     }
                 }
@@ -260,6 +267,8 @@ impl Hardening {
         });
         RunOptions {
             capture,
+            // Passed-through stderr is kept for hints unless it is a terminal.
+            tee_stderr: !capture && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
             max_output: self.limits.max_output as usize,
             timeout: self.limits.timeout,
             grace: self.limits.grace,

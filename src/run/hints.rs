@@ -1,13 +1,17 @@
-//! Remediation hints: when a run fails because something is missing from the cell, say
-//! what is missing and which edit of the environment would provide it.
+//! Remediation hints: when a run fails, say why in terms an agent can act on: what is
+//! missing and which edit of the environment would provide it, which limit ended the
+//! run and how far it may be raised, which connection the sandbox denied, which
+//! service died.
 //!
-//! A hint reads the command's stderr and the exec error, looks in the built closure for
-//! the missing program, and consults the edit policy: it suggests an edit only when the
-//! policy would accept it. Without a policy it names what is missing and suggests nothing.
+//! A hint reads the command's output and the exec error, looks in the built closure for
+//! the missing program, asks the package set which candidate packages really exist
+//! (none is named that it lacks; without a package set none is named at all), and
+//! consults the edit policy: it suggests an edit only when the policy would accept it.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use crate::edit::policy::Subject;
 
@@ -26,7 +30,19 @@ impl EditPolicy for crate::project::Policy {
     }
 }
 
-/// What kind of thing is missing.
+/// Which attribute names the package set has (see `declare::attrs`).
+pub trait PackageSetQuery {
+    /// The names of `names` that are packages of the set; `None`: it cannot be asked.
+    fn existing(&self, names: &[String]) -> Option<Vec<String>>;
+}
+
+impl PackageSetQuery for crate::project::PackageSet {
+    fn existing(&self, names: &[String]) -> Option<Vec<String>> {
+        crate::declare::attrs::existing(self, names)
+    }
+}
+
+/// What kind of failure a hint is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HintKind {
@@ -34,10 +50,20 @@ pub enum HintKind {
     MissingCommand,
     /// A Python module could not be imported.
     MissingPythonModule,
+    /// The command tried pip: libraries come from the environment instead.
+    PipUnavailable,
     /// The command tried to reach the network; the cell has loopback only.
     NetworkForbidden,
+    /// A loopback TCP port the profile's Landlock rules do not open.
+    PortDenied,
     /// Nothing listens on a loopback port a known service uses.
     ServiceNotRunning,
+    /// A declared service or process died.
+    ServiceDied,
+    /// The cell reached its memory limit and the command was OOM-killed.
+    OutOfMemory,
+    /// The command ran past the wall-clock limit.
+    Timeout,
 }
 
 /// An edit that would provide what is missing, and that the policy accepts.
@@ -71,14 +97,48 @@ pub struct Inputs<'a> {
     pub exec_not_found: Option<&'a str>,
     /// The store paths of the built closure.
     pub closure: &'a [PathBuf],
+    /// The command line (`pip install NAME` names the library wanted).
+    pub argv: &'a [String],
+    /// The package set the environment comes from; `None`: no package is named.
+    pub package_set: Option<&'a dyn PackageSetQuery>,
+    /// How the run ended.
+    pub end: &'a End,
+}
+
+/// How a run ended, as far as its limits and services go.
+#[derive(Debug, Clone, Default)]
+pub struct End {
+    /// The profile the run used.
+    pub profile: String,
+    pub oom_killed: bool,
+    pub peak_memory: Option<u64>,
+    /// The run's memory limit, and the most its profile allows.
+    pub memory: Option<u64>,
+    pub memory_ceiling: Option<u64>,
+    pub timed_out: bool,
+    /// The run's wall-clock limit, and the most its profile (and project) allow.
+    pub timeout: Option<Duration>,
+    pub timeout_ceiling: Option<Duration>,
+    /// Loopback TCP ports Landlock opens, when its TCP rules are enforced.
+    pub tcp_ports: Option<Vec<u16>>,
+    /// Declared services and processes that died before the command ended.
+    pub died: Vec<DiedService>,
+}
+
+/// A service or process of the cell that ended before the command did.
+#[derive(Debug, Clone)]
+pub struct DiedService {
+    pub name: String,
+    /// How: "exited with status 1", "was killed by signal 9", "did not start: ...".
+    pub how: String,
+    /// The last lines of its log.
+    pub log_tail: String,
 }
 
 /// Programs whose package attribute differs from their name (or is worth stating).
 const PROGRAM_PACKAGES: &[(&str, &str)] = &[
     ("python", "python3"),
     ("python3", "python3"),
-    ("pip", "python3"),
-    ("pip3", "python3"),
     ("rg", "ripgrep"),
     ("fd", "fd"),
     ("node", "nodejs"),
@@ -143,7 +203,7 @@ const NETWORK_PHRASES: &[&str] = &[
     "bad address '",
 ];
 
-/// Hints for a run that ended with `inputs`; empty when nothing points at a missing piece.
+/// Hints for a run that ended with `inputs`; empty when nothing points at a cause.
 pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<Hint> {
     let mut out: Vec<Hint> = Vec::new();
     let mut push = |h: Hint| {
@@ -154,17 +214,77 @@ pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<
             out.push(h);
         }
     };
+    let end = inputs.end;
+    // What ended the run first: its limits and services.
+    if end.oom_killed {
+        push(oom_hint(end));
+    }
+    if end.timed_out {
+        push(timeout_hint(end));
+    }
+    for d in &end.died {
+        push(Hint {
+            kind: HintKind::ServiceDied,
+            missing: d.name.clone(),
+            message: format!(
+                "the service `{}` {} while the command ran; the end of its log:\n{}",
+                d.name, d.how, d.log_tail
+            ),
+            edit: None,
+        });
+    }
+    // What is missing: programs, modules, pip.
     let mut programs: Vec<String> = inputs
         .exec_not_found
         .map(|p| program_name(p).to_string())
         .into_iter()
         .collect();
-    programs.extend(missing_programs(inputs.output));
-    for p in programs {
-        push(missing_command(&p, inputs.closure, policy));
+    for p in missing_programs(inputs.output) {
+        if !programs.contains(&p) {
+            programs.push(p);
+        }
     }
-    for m in missing_modules(inputs.output) {
-        push(missing_module(&m, policy));
+    let mut modules = missing_modules(inputs.output);
+    let pip = programs.iter().any(|p| is_pip(p)) || modules.iter().any(|m| m == "pip");
+    programs.retain(|p| !is_pip(p));
+    modules.retain(|m| m != "pip");
+    let wanted = if pip {
+        pip_installs(inputs.argv)
+    } else {
+        Vec::new()
+    };
+    let programs: Vec<(String, Vec<String>)> = programs
+        .into_iter()
+        .map(|p| {
+            let c = program_candidates(&p, inputs.closure);
+            (p, c)
+        })
+        .collect();
+    let modules: Vec<(String, String)> = modules
+        .into_iter()
+        .map(|m| {
+            let l = library_of(&m);
+            (m, l)
+        })
+        .collect();
+    // One question to the package set for every name a hint might mention.
+    let mut ask: Vec<String> = programs.iter().flat_map(|(_, c)| c.clone()).collect();
+    ask.extend(modules.iter().map(|(_, l)| python_attr(l)));
+    ask.extend(wanted.iter().map(|l| python_attr(l)));
+    let known: Option<Vec<String>> = if ask.is_empty() {
+        Some(Vec::new())
+    } else {
+        inputs.package_set.and_then(|s| s.existing(&ask))
+    };
+    let known = known.as_deref();
+    for (p, c) in &programs {
+        push(missing_command(p, c, known, policy));
+    }
+    for (m, l) in &modules {
+        push(missing_module(m, l, known, policy));
+    }
+    if pip {
+        push(pip_hint(&wanted, known, policy));
     }
     if let Some(phrase) = NETWORK_PHRASES.iter().find(|p| inputs.output.contains(*p)) {
         push(Hint {
@@ -181,7 +301,74 @@ pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<
             push(service_hint(port, svc, policy));
         }
     }
+    if let Some(open) = &end.tcp_ports {
+        for h in denied_connections(inputs.output, &inputs.argv.join(" "), open, policy) {
+            push(h);
+        }
+    }
     out
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn oom_hint(end: &End) -> Hint {
+    let limit = end.memory.map_or("its memory limit".into(), |m| {
+        format!("its memory limit of {}", human_bytes(m))
+    });
+    let peak = end
+        .peak_memory
+        .map(|p| format!(" (peak {})", human_bytes(p)))
+        .unwrap_or_default();
+    let raise = match (end.memory, end.memory_ceiling) {
+        (Some(m), Some(c)) if m < c => format!(
+            "use less memory (work in chunks, stream instead of loading whole files), or ask for up to the profile's {} (`--memory`, MCP `memory_mib` up to {})",
+            human_bytes(c),
+            c >> 20
+        ),
+        _ => format!(
+            "use less memory (work in chunks, stream instead of loading whole files); the profile `{}` allows no more, only its operator can choose a larger limit (`--memory`, another profile)",
+            end.profile
+        ),
+    };
+    Hint {
+        kind: HintKind::OutOfMemory,
+        missing: "memory".into(),
+        message: format!("the cell reached {limit}{peak} and the command was OOM-killed: {raise}"),
+        edit: None,
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64().round())
+}
+
+fn timeout_hint(end: &End) -> Hint {
+    let limit = end.timeout.map_or("its wall-clock limit".into(), |t| {
+        format!("its wall-clock limit of {}", secs(t))
+    });
+    let raise = match (end.timeout, end.timeout_ceiling) {
+        (Some(t), Some(c)) if t < c => format!(
+            "make it faster or split it, or ask for up to {} (`--timeout`, MCP `timeout_seconds`)",
+            secs(c)
+        ),
+        (_, None) => "make it faster or split it, or ask for a longer `--timeout`".to_string(),
+        _ => format!(
+            "make it faster or split it into shorter runs; the profile `{}` allows no longer run",
+            end.profile
+        ),
+    };
+    Hint {
+        kind: HintKind::Timeout,
+        missing: "time".into(),
+        message: format!("the command ran past {limit} and the cell was killed: {raise}"),
+        edit: None,
+    }
 }
 
 fn program_name(p: &str) -> &str {
@@ -339,7 +526,50 @@ fn suggest(subject: Subject, name: &str, policy: Option<&dyn EditPolicy>) -> Opt
     })
 }
 
-fn missing_command(program: &str, closure: &[PathBuf], policy: Option<&dyn EditPolicy>) -> Hint {
+fn is_pip(p: &str) -> bool {
+    p == "pip"
+        || p == "pip3"
+        || (p.starts_with("pip3.") && p[5..].chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The libraries a command line asks pip to install: `pip install a b==1 'c[x]'`,
+/// `python3 -m pip install -U a`, also inside `sh -c "..."`.
+fn pip_installs(argv: &[String]) -> Vec<String> {
+    let line = argv.join(" ");
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < words.len() {
+        if is_pip(program_name(words[i])) && words[i + 1] == "install" {
+            for w in &words[i + 2..] {
+                if [";", "&&", "||", "|", "&"].contains(w) || w.ends_with(';') {
+                    break;
+                }
+                if w.starts_with('-') {
+                    continue;
+                }
+                let name: String = w
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                    .collect::<String>()
+                    .to_ascii_lowercase()
+                    .replace('_', "-");
+                if !name.is_empty() && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Packages that might provide `program`: those of the closure with `bin/<program>`,
+/// then the table's, then the program's own name.
+fn program_candidates(program: &str, closure: &[PathBuf]) -> Vec<String> {
     let mut candidates = in_closure(program, closure);
     let from_table = PROGRAM_PACKAGES
         .iter()
@@ -349,21 +579,59 @@ fn missing_command(program: &str, closure: &[PathBuf], policy: Option<&dyn EditP
     if !candidates.contains(&from_table) {
         candidates.push(from_table);
     }
-    let edit = candidates
+    candidates
+}
+
+/// The Python library (distribution) of a module.
+fn library_of(module: &str) -> String {
+    MODULE_LIBRARIES
+        .iter()
+        .find(|(m, _)| *m == module)
+        .map(|(_, l)| l.to_string())
+        .unwrap_or_else(|| module.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// The package set's attribute of a Python library.
+fn python_attr(lib: &str) -> String {
+    format!("python3Packages.{lib}")
+}
+
+fn has(known: Option<&[String]>, attr: &str) -> bool {
+    known.is_some_and(|k| k.iter().any(|n| n == attr))
+}
+
+fn missing_command(
+    program: &str,
+    candidates: &[String],
+    known: Option<&[String]>,
+    policy: Option<&dyn EditPolicy>,
+) -> Hint {
+    // Only packages the set really has are ever named.
+    let real: Vec<&String> = candidates.iter().filter(|c| has(known, c)).collect();
+    let edit = real
         .iter()
         .find_map(|c| suggest(Subject::Package, c, policy));
-    let message = match (&edit, policy) {
-        (Some(e), _) => format!(
+    let message = match (&edit, real.first(), known, policy) {
+        (Some(e), _, _, _) => format!(
             "`{program}` is not on the cell's PATH; ask for it with `{}`",
             e.command
         ),
-        (None, Some(_)) => format!(
-            "`{program}` is not on the cell's PATH, and the edit policy allows no package that provides it (tried: {}); ask a human to add it",
-            candidates.join(", ")
+        (None, _, None, _) => format!(
+            "`{program}` is not on the cell's PATH (no package set to look it up in); ask a human to add what provides it"
         ),
-        (None, None) => format!(
-            "`{program}` is not on the cell's PATH; it would come from the package `{}` (no edit policy here: ask a human to add it)",
-            candidates[0]
+        (None, None, Some(_), _) => format!(
+            "`{program}` is not on the cell's PATH, and the package set has no package named {}; use a command the environment has (see its context)",
+            candidates
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        (None, Some(pkg), Some(_), Some(_)) => format!(
+            "`{program}` is not on the cell's PATH; the package `{pkg}` would provide it, but the edit policy does not allow it: ask a human to add it"
+        ),
+        (None, Some(pkg), Some(_), None) => format!(
+            "`{program}` is not on the cell's PATH; the package `{pkg}` would provide it (no edit policy here: ask a human to add it)"
         ),
     };
     Hint {
@@ -374,22 +642,31 @@ fn missing_command(program: &str, closure: &[PathBuf], policy: Option<&dyn EditP
     }
 }
 
-fn missing_module(module: &str, policy: Option<&dyn EditPolicy>) -> Hint {
-    let lib = MODULE_LIBRARIES
-        .iter()
-        .find(|(m, _)| *m == module)
-        .map(|(_, l)| l.to_string())
-        .unwrap_or_else(|| module.to_ascii_lowercase().replace('_', "-"));
-    let edit = suggest(Subject::PythonLibrary, &lib, policy);
-    let message = match (&edit, policy) {
-        (Some(e), _) => format!(
+fn missing_module(
+    module: &str,
+    lib: &str,
+    known: Option<&[String]>,
+    policy: Option<&dyn EditPolicy>,
+) -> Hint {
+    let real = has(known, &python_attr(lib));
+    let edit = real
+        .then(|| suggest(Subject::PythonLibrary, lib, policy))
+        .flatten();
+    let message = match (&edit, real, known, policy) {
+        (Some(e), _, _, _) => format!(
             "the Python module `{module}` is not installed in the cell; ask for it with `{}`",
             e.command
         ),
-        (None, Some(_)) => format!(
+        (None, _, None, _) => format!(
+            "the Python module `{module}` is not installed in the cell (no package set to look it up in); ask a human to add the library that provides it"
+        ),
+        (None, false, Some(_), _) => format!(
+            "the Python module `{module}` is not installed in the cell, and the package set has no Python library `{lib}`; ask a human which library provides it"
+        ),
+        (None, true, Some(_), Some(_)) => format!(
             "the Python module `{module}` is not installed in the cell, and the edit policy does not allow the library `{lib}`; ask a human to add it"
         ),
-        (None, None) => format!(
+        (None, true, Some(_), None) => format!(
             "the Python module `{module}` is not installed in the cell; it would come from the Python library `{lib}` (no edit policy here: ask a human to add it)"
         ),
     };
@@ -398,6 +675,158 @@ fn missing_module(module: &str, policy: Option<&dyn EditPolicy>) -> Hint {
         missing: module.to_string(),
         message,
         edit,
+    }
+}
+
+/// pip is not how a cell gets libraries: the hint says so and names the edit for the
+/// libraries the command line asked pip for.
+fn pip_hint(wanted: &[String], known: Option<&[String]>, policy: Option<&dyn EditPolicy>) -> Hint {
+    let base = "pip is not how a nixcell gets Python libraries: they come from the environment's declaration, and the cell has no network";
+    let mut edit = None;
+    let mut notes = Vec::new();
+    for lib in wanted {
+        if !has(known, &python_attr(lib)) {
+            if known.is_some() {
+                notes.push(format!("the package set has no Python library `{lib}`"));
+            }
+            continue;
+        }
+        match suggest(Subject::PythonLibrary, lib, policy) {
+            Some(e) => {
+                notes.push(format!("ask for `{lib}` with `{}`", e.command));
+                edit.get_or_insert(e);
+            }
+            None if policy.is_some() => notes.push(format!(
+                "the edit policy does not allow `{lib}`: ask a human"
+            )),
+            None => notes.push(format!("ask a human to add the Python library `{lib}`")),
+        }
+    }
+    if notes.is_empty() {
+        notes.push("ask for each library with `nixcell edit add-python-library NAME`".into());
+    }
+    Hint {
+        kind: HintKind::PipUnavailable,
+        missing: "pip".into(),
+        message: format!("{base}; {}", notes.join("; ")),
+        edit,
+    }
+}
+
+/// Whether a line reports a network operation refused with EACCES (Landlock's answer
+/// to connect(2) and bind(2) on a port it does not open).
+fn denied_line(line: &str) -> bool {
+    let l = line.trim();
+    let eacces = l.contains("Permission denied") || l.contains("EACCES") || l.contains("Error 13 ");
+    if !eacces {
+        return false;
+    }
+    // Python's socket errors carry no file name; a file's does (`...denied: '/x'`).
+    l.ends_with("[Errno 13] Permission denied")
+        || l.contains("connect")
+        || l.contains("Failed to connect")
+        || l.contains("bind")
+}
+
+/// Hosts and ports named in `text`: `127.0.0.1:6379`, `localhost:6379`,
+/// `('127.0.0.1', 6379)`, `127.0.0.1 port 6379`, `remote host (10.1.2.3)`.
+fn addresses(text: &str) -> Vec<(String, Option<u16>)> {
+    let mut out: Vec<(String, Option<u16>)> = Vec::new();
+    let is_host = |h: &str| {
+        h == "localhost"
+            || (h.split('.').count() == 4 && h.split('.').all(|p| p.parse::<u8>().is_ok()))
+    };
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || "()[],'\"".contains(c))
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (i, w) in words.iter().enumerate() {
+        let w = w.trim_end_matches(['.', ';']);
+        let (host, port) = match w.rsplit_once(':') {
+            Some((h, p)) if is_host(h) => (h, p.parse::<u16>().ok()),
+            _ if is_host(w) => {
+                let next = words.get(i + 1).copied().unwrap_or("");
+                let port = if next == "port" {
+                    words
+                        .get(i + 2)
+                        .and_then(|p| p.trim_end_matches(':').parse().ok())
+                } else {
+                    next.trim_end_matches(['.', ':']).parse().ok()
+                };
+                (w, port)
+            }
+            _ => continue,
+        };
+        let a = (host.to_string(), port);
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn loopback(host: &str) -> bool {
+    host == "localhost" || host.starts_with("127.")
+}
+
+/// Hints for connections the profile's Landlock TCP rules denied (`open`: the ports
+/// they allow); the addresses are those named in the output or on the command line.
+fn denied_connections(
+    text: &str,
+    command_line: &str,
+    open: &[u16],
+    policy: Option<&dyn EditPolicy>,
+) -> Vec<Hint> {
+    if !text.lines().any(denied_line) {
+        return Vec::new();
+    }
+    let open_list = if open.is_empty() {
+        "none".to_string()
+    } else {
+        open.iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::new();
+    for (host, port) in addresses(&format!("{text}\n{command_line}")) {
+        match port {
+            Some(p) if loopback(&host) && open.contains(&p) => {}
+            Some(p) if loopback(&host) => {
+                if let Some((_, svc)) = SERVICE_PORTS.iter().find(|(sp, _)| *sp == p) {
+                    out.push(service_hint(p, svc, policy));
+                } else {
+                    out.push(Hint {
+                        kind: HintKind::PortDenied,
+                        missing: format!("127.0.0.1:{p}"),
+                        message: format!(
+                            "TCP to 127.0.0.1:{p} was denied (EACCES, \"Permission denied\"): the profile's Landlock rules open only the declared services' ports (here: {open_list}); a command may not listen or connect elsewhere, only the operator can open a port (`--allow-port {p}`)"
+                        ),
+                        edit: None,
+                    });
+                }
+            }
+            _ if !loopback(&host) => out.push(network_denied(Some(&host))),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        out.push(network_denied(None));
+    }
+    out
+}
+
+fn network_denied(host: Option<&str>) -> Hint {
+    let what = host.map_or("a network connection".to_string(), |h| {
+        format!("a connection to {h}")
+    });
+    Hint {
+        kind: HintKind::NetworkForbidden,
+        missing: host.unwrap_or("network").to_string(),
+        message: format!(
+            "{what} was denied (EACCES, \"Permission denied\"): the cell has loopback only, and TCP only to its declared services; no edit opens the network: work offline, or ask a human for the data"
+        ),
+        edit: None,
     }
 }
 
@@ -435,12 +864,53 @@ mod tests {
         }
     }
 
+    /// A package set of exact attribute names.
+    struct Set(&'static [&'static str]);
+    impl PackageSetQuery for Set {
+        fn existing(&self, names: &[String]) -> Option<Vec<String>> {
+            Some(
+                names
+                    .iter()
+                    .filter(|n| self.0.contains(&n.as_str()))
+                    .cloned()
+                    .collect(),
+            )
+        }
+    }
+
+    const SET: Set = Set(&[
+        "python3",
+        "jq",
+        "ripgrep",
+        "curl",
+        "redis",
+        "python3Packages.pandas",
+        "python3Packages.numpy",
+        "python3Packages.openpyxl",
+        "python3Packages.pyyaml",
+        "python3Packages.requests",
+    ]);
+
+    fn landlock_tcp() -> End {
+        End {
+            tcp_ports: Some(vec![]),
+            ..Default::default()
+        }
+    }
+
+    fn hints(inputs: Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<Hint> {
+        for_outcome(&inputs, policy)
+    }
+
     fn run(output: &str, exec: Option<&str>, policy: Option<&dyn EditPolicy>) -> Vec<Hint> {
-        for_outcome(
-            &Inputs {
+        hints(
+            Inputs {
                 output,
                 exec_not_found: exec,
                 closure: &[],
+                argv: &[],
+                package_set: Some(&SET),
+                end: &landlock_tcp(),
             },
             policy,
         )
@@ -666,14 +1136,111 @@ mod tests {
         std::fs::create_dir_all(sp.join("bin")).unwrap();
         std::fs::write(sp.join("bin/jq-tool"), "").unwrap();
         let p = Allow(vec![(Subject::Package, "jq")]);
-        let h = for_outcome(
-            &Inputs {
+        let h = hints(
+            Inputs {
                 output: "sh: jq-tool: not found",
                 exec_not_found: None,
                 closure: &[sp],
+                argv: &[],
+                package_set: Some(&SET),
+                end: &End::default(),
             },
             Some(&p),
         );
         assert_eq!(h[0].edit.as_ref().unwrap().name, "jq");
+    }
+
+    #[test]
+    fn pip_install_lines_name_the_libraries() {
+        let argv = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            pip_installs(&argv(&[
+                "sh",
+                "-c",
+                "pip install -U Pandas==1.5 'openpyxl[x]'; ls"
+            ])),
+            ["pandas", "openpyxl"]
+        );
+        assert_eq!(
+            pip_installs(&argv(&[
+                "python3",
+                "-m",
+                "pip",
+                "install",
+                "python_dateutil"
+            ])),
+            ["python-dateutil"]
+        );
+        assert!(pip_installs(&argv(&["pip", "list"])).is_empty());
+    }
+
+    #[test]
+    fn eacces_on_files_is_not_a_network_hint() {
+        for out in [
+            "PermissionError: [Errno 13] Permission denied: '/work/.git/config'",
+            "sh: can't create /etc/x: Permission denied",
+        ] {
+            assert!(run(out, None, None).is_empty(), "{out}");
+        }
+        // Without Landlock's TCP rules an EACCES is not the sandbox's: no hint.
+        let h = hints(
+            Inputs {
+                output: "PermissionError: [Errno 13] Permission denied",
+                exec_not_found: None,
+                closure: &[],
+                argv: &[],
+                package_set: None,
+                end: &End::default(),
+            },
+            None,
+        );
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn denied_connections_are_told_apart_by_address() {
+        let p = Allow(vec![(Subject::Service, "redis")]);
+        for (out, kind, missing) in [
+            (
+                "redis.exceptions.ConnectionError: Error 13 connecting to localhost:6379. Permission denied.",
+                HintKind::ServiceNotRunning,
+                "127.0.0.1:6379",
+            ),
+            (
+                "curl: (7) Failed to connect to 127.0.0.1 port 8000 after 0 ms: Permission denied",
+                HintKind::PortDenied,
+                "127.0.0.1:8000",
+            ),
+            (
+                "nc: can't connect to remote host (10.1.2.3): Permission denied",
+                HintKind::NetworkForbidden,
+                "10.1.2.3",
+            ),
+        ] {
+            let h = run(out, None, Some(&p));
+            assert_eq!(h.len(), 1, "{out}: {h:?}");
+            assert_eq!((h[0].kind, h[0].missing.as_str()), (kind, missing), "{out}");
+        }
+    }
+
+    #[test]
+    fn without_a_package_set_no_package_is_named() {
+        let p = Allow(vec![(Subject::Package, "jq")]);
+        let h = hints(
+            Inputs {
+                output: "sh: jq: not found\nModuleNotFoundError: No module named 'yaml'",
+                exec_not_found: None,
+                closure: &[],
+                argv: &[],
+                package_set: None,
+                end: &End::default(),
+            },
+            Some(&p),
+        );
+        assert_eq!(h.len(), 2);
+        for x in &h {
+            assert!(x.edit.is_none() && !x.message.contains("pyyaml"), "{x:?}");
+            assert!(x.message.contains("no package set"), "{x:?}");
+        }
     }
 }

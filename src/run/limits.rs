@@ -11,8 +11,53 @@
 //! The MCP server's clients are not the operator: the server checks what they ask for
 //! against [`ceiling`] (1 and 2) and refuses more, so an MCP request stays inside them.
 
-use crate::profile::Limits;
+use crate::profile::{Filesystem, Limits};
 use std::time::Duration;
+
+/// What an MCP `run` gets when its client names no limit, and the most it may ask for
+/// (always within [`ceiling`]).
+pub mod mcp {
+    use crate::profile::Limits;
+    use std::time::Duration;
+
+    /// Longest wall-clock limit a `run` may ask for.
+    pub const MAX_TIMEOUT_SECS: u64 = 600;
+    /// Wall-clock limit of a `run` that asks for none (the project's limit applies if lower).
+    pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+    /// Largest capture of each stream a `run` may ask for.
+    pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+    /// Capture of the start of each stream when a `run` asks for none (the end of a
+    /// longer stream is kept too, see `supervise::TAIL_BYTES`).
+    pub const DEFAULT_OUTPUT_BYTES: u64 = 16 << 10;
+
+    /// The longest timeout a client may ask for under `ceiling`, in seconds.
+    pub fn max_timeout_secs(ceiling: &Limits) -> u64 {
+        ceiling
+            .timeout
+            .map_or(MAX_TIMEOUT_SECS, |t| t.as_secs().min(MAX_TIMEOUT_SECS))
+    }
+
+    /// The largest capture a client may ask for under `ceiling`.
+    pub fn max_output_cap(ceiling: &Limits) -> u64 {
+        ceiling.max_output.min(MAX_OUTPUT_BYTES)
+    }
+
+    /// The limits of an MCP run whose client names none.
+    pub fn defaults(ceiling: &Limits) -> Limits {
+        let mut l = ceiling.clone();
+        l.timeout = Some(Duration::from_secs(
+            DEFAULT_TIMEOUT_SECS.min(max_timeout_secs(ceiling)),
+        ));
+        l.max_output = DEFAULT_OUTPUT_BYTES.min(max_output_cap(ceiling));
+        l
+    }
+}
+
+/// The size cap of a copy-on-write workdir: its tmpfs pages count against the cell's
+/// memory limit, so the cap is at most that limit.
+pub fn work_size(fs: &Filesystem, limits: &Limits) -> u64 {
+    limits.memory.map_or(fs.work_size, |m| fs.work_size.min(m))
+}
 
 /// Limits given explicitly on the command line; each replaces the decided value.
 #[derive(Debug, Clone, Default)]

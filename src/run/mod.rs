@@ -87,6 +87,10 @@ pub struct PreparedRun {
     hardening: Hardening,
     capture: bool,
     project: FromProject,
+    /// What the run may get at most (the profile's, tightened by the project's).
+    ceiling: crate::profile::Limits,
+    /// Landlock's open TCP ports, when its TCP rules are enforced.
+    tcp_ports: Option<Vec<u16>>,
 }
 
 /// Resolves the environment, plans the cell, decides its limits and prepares its
@@ -123,13 +127,18 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         max_output: project.max_output_bytes,
     };
     let decided = limits::decide(&profile.limits, &asked, &flags);
+    let ceiling = limits::ceiling(&profile.limits, &asked);
     let hardening = harden::prepare(&profile, decided, &allow_ports, &mut spec)?;
+    let tcp_ports =
+        harden::tcp_rules_enforced(&profile).then(|| spec.security.landlock.allow_ports.clone());
     Ok(PreparedRun {
         spec,
         closure,
         hardening,
         capture,
         project,
+        ceiling,
+        tcp_ports,
     })
 }
 
@@ -156,6 +165,8 @@ impl PreparedRun {
             hardening,
             capture,
             project,
+            ceiling,
+            tcp_ports,
         } = self;
         let mut opts = hardening.run_options(capture);
         if progress_wanted() {
@@ -197,6 +208,19 @@ impl PreparedRun {
         drop(work_layer);
         // Hints suggest only edits the project's policy accepts (none without a project).
         let policy = project.policy.as_ref().map(|p| p as &dyn hints::EditPolicy);
+        let package_set = project
+            .package_set
+            .as_ref()
+            .map(|p| p as &dyn hints::PackageSetQuery);
+        let end = hints::End {
+            profile: hardening.profile.name.clone(),
+            memory: hardening.limits.memory,
+            memory_ceiling: ceiling.memory,
+            timeout: hardening.limits.timeout,
+            timeout_ceiling: ceiling.timeout,
+            tcp_ports,
+            ..Default::default()
+        };
         Ok(verdict::build(
             &spec,
             &closure,
@@ -208,6 +232,8 @@ impl PreparedRun {
                 oom_killed,
                 workdir,
                 policy,
+                package_set,
+                end,
             },
         ))
     }

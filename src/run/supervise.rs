@@ -27,6 +27,9 @@ pub struct RunOptions {
     pub capture: bool,
     /// Bytes kept of each captured stream.
     pub max_output: usize,
+    /// Without `capture`: pass stderr on through a pipe and keep its last bytes (for
+    /// hints). Off when stderr is a terminal: an interactive shell needs it to be one.
+    pub tee_stderr: bool,
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when the timeout expires.
     pub grace: Duration,
@@ -59,6 +62,7 @@ impl Default for RunOptions {
         RunOptions {
             capture: false,
             max_output: 1 << 20,
+            tee_stderr: false,
             timeout: None,
             grace: Duration::from_secs(2),
             before_spec: None,
@@ -106,6 +110,10 @@ pub struct Outcome {
     pub work_layer: Option<std::os::fd::OwnedFd>,
     /// The cell ended without PID 1 reporting the command's status.
     pub unreported: bool,
+    /// Services (index in the spec, exit code, signal) that ended while the command ran.
+    pub services_exited: Vec<(usize, Option<i32>, Option<i32>)>,
+    /// The last bytes of the command's stderr when it was passed through (not captured).
+    pub stderr_tail: Option<String>,
 }
 
 impl Outcome {
@@ -179,6 +187,33 @@ async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
         bytes: total,
         tail: (!tail.is_empty()).then(|| String::from_utf8_lossy(&tail[start..]).into_owned()),
     }
+}
+
+/// Bytes of a passed-through stderr kept for hints.
+const HINT_TAIL_BYTES: usize = 64 << 10;
+
+/// Copies `r` to our stderr as it comes, and returns its last `keep` bytes.
+async fn tee<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> String {
+    let mut err = tokio::io::stderr();
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = err.write_all(&buf[..n]).await;
+                let _ = err.flush().await;
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+        }
+    }
+    if tail.len() > keep {
+        tail.drain(..tail.len() - keep);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 /// Where the cell's signals go: PID 1 once the init stage's `Ready` report is read;
@@ -266,6 +301,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     let start = Instant::now();
     let Spawned { mut child, control } = spawn_init(
         opts.capture,
+        opts.tee_stderr,
         &spec.sources,
         opts.cell_cgroup
             .as_deref()
@@ -299,10 +335,11 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         .stdout
         .take()
         .map(|s| tokio::spawn(capture(s, opts.max_output)));
-    let stderr_task = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(capture(s, opts.max_output)));
+    let (stderr_task, tee_task) = match child.stderr.take() {
+        Some(s) if opts.capture => (Some(tokio::spawn(capture(s, opts.max_output))), None),
+        Some(s) => (None, Some(tokio::spawn(tee(s, HINT_TAIL_BYTES)))),
+        None => (None, None),
+    };
 
     let passed: Arc<Mutex<Vec<std::os::fd::OwnedFd>>> = Arc::default();
     let read_reports = async {
@@ -412,6 +449,9 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     if let Some(t) = stderr_task {
         out.stderr = t.await.ok();
     }
+    if let Some(t) = tee_task {
+        out.stderr_tail = t.await.ok();
+    }
     out.wall = start.elapsed();
     let reports = std::mem::take(&mut *reports.lock().unwrap());
     let mut passed = std::mem::take(&mut *passed.lock().unwrap()).into_iter();
@@ -422,6 +462,11 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
             Report::SetupFailed(f) => out.setup_error = Some(f),
             Report::Layer(l) => out.layers.push(l),
             Report::ExecFailed { program, errno } => out.exec_error = Some((program, errno)),
+            Report::ServiceExited {
+                index,
+                code,
+                signal,
+            } => out.services_exited.push((index, code, signal)),
             Report::Exited { code, signal } => {
                 out.exit_code = code;
                 out.signal = signal;

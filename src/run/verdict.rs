@@ -1,7 +1,7 @@
 //! The one JSON object a run reports.
 
 use crate::harden::Usage;
-use crate::hints::{EditPolicy, Hint, Inputs};
+use crate::hints::{DiedService, EditPolicy, End, Hint, Inputs, PackageSetQuery};
 use crate::nix::closure::Closure;
 use crate::sandbox::proto::LayerReport;
 use crate::sandbox::{Identity, RunSpec};
@@ -364,6 +364,11 @@ pub struct Finish<'a> {
     pub workdir: Option<crate::changes::WorkdirReport>,
     /// The project's edit policy: hints suggest only edits it accepts.
     pub policy: Option<&'a dyn EditPolicy>,
+    /// The package set of the environment: hints name only packages it has.
+    pub package_set: Option<&'a dyn PackageSetQuery>,
+    /// The run's limits and what its profile allows (the rest of [`End`] is filled
+    /// from the outcome).
+    pub end: End,
 }
 
 /// The verdict of a finished run, complete: built once, nothing is added after.
@@ -374,8 +379,32 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
         .as_ref()
         .filter(|(_, e)| *e == libc::ENOENT)
         .map(|(p, _)| p.as_str());
-    let hints = hints_for([&o.stderr, &o.stdout], not_found, closure, f.policy);
-    let dead = failed_service(&o, &spec.services);
+    let mut end = f.end;
+    end.oom_killed = f.oom_killed;
+    end.peak_memory = f.usage.peak_memory_bytes;
+    end.timed_out = o.timed_out;
+    end.died = died_services(spec, &o);
+    let mut output = String::new();
+    for c in [&o.stderr, &o.stdout].into_iter().flatten() {
+        output.push_str(&c.text);
+        output.push('\n');
+    }
+    if let Some(t) = &o.stderr_tail {
+        output.push_str(t);
+    }
+    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
+    let hints = crate::hints::for_outcome(
+        &Inputs {
+            output: &output,
+            exec_not_found: not_found,
+            closure: &paths,
+            argv: &spec.argv,
+            package_set: f.package_set,
+            end: &end,
+        },
+        f.policy,
+    );
+    // The end of the log of each service that died (failed to start, or ended early).
     let services: Vec<ServiceSummary> = spec
         .services
         .iter()
@@ -383,9 +412,11 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
             name: s.name.clone(),
             port: s.ready_port,
             log: s.log.clone(),
-            log_tail: (dead == Some(s.name.as_str()))
-                .then(|| log_tail(&s.log))
-                .flatten(),
+            log_tail: end
+                .died
+                .iter()
+                .find(|d| d.name == s.name)
+                .map(|d| d.log_tail.clone()),
         })
         .collect();
     let mut error = outcome_error(&o);
@@ -428,6 +459,40 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
     }
 }
 
+/// The services of the run that ended while the command ran, or failed to start, each
+/// with the end of its log.
+fn died_services(spec: &RunSpec, o: &Outcome) -> Vec<DiedService> {
+    let tail =
+        |s: &crate::sandbox::ServiceSpec| log_tail(&s.log).unwrap_or_else(|| "(empty log)".into());
+    let mut out: Vec<DiedService> = o
+        .services_exited
+        .iter()
+        .filter_map(|(i, code, signal)| {
+            let s = spec.services.get(*i)?;
+            let how = match (code, signal) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (_, Some(sig)) => format!("was killed by signal {sig}"),
+                _ => "ended".to_string(),
+            };
+            Some(DiedService {
+                name: s.name.clone(),
+                how,
+                log_tail: tail(s),
+            })
+        })
+        .collect();
+    if let Some(name) = failed_service(o, &spec.services)
+        && let Some(s) = spec.services.iter().find(|s| s.name == name)
+    {
+        out.push(DiedService {
+            name: s.name.clone(),
+            how: "did not start".into(),
+            log_tail: tail(s),
+        });
+    }
+    out
+}
+
 /// The verdict of a run refused before anything ran (exit 125): the same shape as any
 /// other verdict, with `error` set and nothing measured.
 pub fn refused(error: VerdictError) -> Verdict {
@@ -451,27 +516,4 @@ pub fn refused(error: VerdictError) -> Verdict {
         hints: Vec::new(),
         workdir: None,
     }
-}
-
-/// Hints for a finished run: its captured output, its exec error, its closure.
-fn hints_for(
-    streams: [&Option<Captured>; 2],
-    exec_not_found: Option<&str>,
-    closure: &Closure,
-    policy: Option<&dyn EditPolicy>,
-) -> Vec<Hint> {
-    let mut output = String::new();
-    for c in streams.into_iter().flatten() {
-        output.push_str(&c.text);
-        output.push('\n');
-    }
-    let paths: Vec<PathBuf> = closure.paths.iter().map(|e| e.path.clone()).collect();
-    crate::hints::for_outcome(
-        &Inputs {
-            output: &output,
-            exec_not_found,
-            closure: &paths,
-        },
-        policy,
-    )
 }

@@ -244,6 +244,15 @@ fn can_write(dir: &Path) -> bool {
 }
 
 impl Hierarchy {
+    /// Whether [`Hierarchy::create_run`] can make a run's cgroup for `uid`: root makes
+    /// its base, a user needs one delegated to it.
+    pub fn usable_by(&self, uid: u32) -> bool {
+        uid == 0
+            || self
+                .bases(uid)
+                .is_ok_and(|bases| bases.iter().all(|(_, b)| b.is_dir() && can_write(b)))
+    }
+
     /// Makes the per-user base (as root) or checks it was delegated (as a user), then
     /// creates the run's cgroup with its limits. Stale runs of dead supervisors found
     /// in the base are removed first.

@@ -49,6 +49,12 @@ fn wanted(s: &RlimitSpec) -> Vec<(Resource, &'static str, u64)> {
     v
 }
 
+/// What [`apply`] sets `res` to for `value`: at most the current hard limit, which the
+/// cell inherits.
+pub fn in_force(res: Resource, value: u64) -> u64 {
+    getrlimit(res).map_or(value, |(_, hard)| value.min(hard))
+}
+
 /// Sets the limits; a limit above the current hard limit is lowered to it (only
 /// root could raise it) and the report says so.
 pub fn apply(s: &RlimitSpec) -> StageResult<super::proto::LayerReport> {

@@ -205,8 +205,10 @@ pub fn main(
         }
     }
 
-    let status = supervise(child, &sfd, sock);
-    stop_services(&services);
+    let mut services: Vec<Option<Pid>> = services.into_iter().map(Some).collect();
+    let status = supervise(child, &sfd, sock, &mut services);
+    let alive: Vec<Pid> = services.into_iter().flatten().collect();
+    stop_services(&alive);
     // Whatever the command left behind dies with it.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(None::<Pid>, None).is_ok() {}
@@ -220,8 +222,15 @@ pub fn main(
     unsafe { libc::_exit(0) }
 }
 
-/// Waits for the command, reaping orphans and forwarding signals on the way.
-fn supervise(child: Pid, sfd: &SignalFd, sock: BorrowedFd<'_>) -> WaitStatus {
+/// Waits for the command, reaping orphans and forwarding signals on the way; a service
+/// that ends is reported (and its slot in `services` emptied, so that no signal meant
+/// for it reaches a process that took its pid).
+fn supervise(
+    child: Pid,
+    sfd: &SignalFd,
+    sock: BorrowedFd<'_>,
+    services: &mut [Option<Pid>],
+) -> WaitStatus {
     loop {
         let mut fds = [
             PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
@@ -250,7 +259,25 @@ fn supervise(child: Pid, sfd: &SignalFd, sock: BorrowedFd<'_>) -> WaitStatus {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(st) if st.pid() == Some(child) => return st,
-                Ok(_) => {}
+                Ok(st) => {
+                    let (code, signal) = match st {
+                        WaitStatus::Exited(_, c) => (Some(c), None),
+                        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
+                        _ => continue,
+                    };
+                    if let Some(index) = services.iter().position(|p| p.is_some() && *p == st.pid())
+                    {
+                        services[index] = None;
+                        let _ = proto::send(
+                            sock,
+                            &Report::ServiceExited {
+                                index,
+                                code,
+                                signal,
+                            },
+                        );
+                    }
+                }
             }
         }
     }

@@ -36,6 +36,12 @@ pub enum Report {
     Layer(LayerReport),
     /// `execve` of the command failed.
     ExecFailed { program: String, errno: i32 },
+    /// A service (by its index in the spec) ended while the command ran.
+    ServiceExited {
+        index: usize,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// The command ended.
     Exited {
         code: Option<i32>,

@@ -16,11 +16,13 @@ pub struct Spawned {
     pub control: UnixStream,
 }
 
-/// Starts the init stage. With `capture`, its stdout and stderr are pipes; `cell_cgroup`
+/// Starts the init stage. With `capture`, its stdout and stderr are pipes (with
+/// `pipe_stderr`, only stderr: the supervisor passes it on and keeps its end); `cell_cgroup`
 /// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `sources` (the
 /// mount sources opened at plan time) on descriptors `MOUNT_FD_BASE + i`.
 pub fn spawn_init(
     capture: bool,
+    pipe_stderr: bool,
     sources: &[std::sync::Arc<OwnedFd>],
     cell_cgroup: Option<RawFd>,
 ) -> io::Result<Spawned> {
@@ -50,6 +52,8 @@ pub fn spawn_init(
         .kill_on_drop(true);
     if capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else if pipe_stderr {
+        cmd.stderr(Stdio::piped());
     }
     // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
     // which are async-signal-safe; it allocates nothing.

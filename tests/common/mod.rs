@@ -239,3 +239,21 @@ pub fn verdict(o: &Output) -> serde_json::Value {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A fresh directory under target/test-work holding `files` (name, content), committed
+/// in a new git repository: a project.
+pub fn git_project(prefix: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap();
+    for (name, content) in files {
+        std::fs::write(d.path().join(name), content).unwrap();
+    }
+    git(d.path(), &["init", "-q"]);
+    git(d.path(), &["add", "."]);
+    git(d.path(), &["commit", "-q", "-m", "initial"]);
+    d
+}

@@ -16,6 +16,7 @@
 //! (commands on the cell's PATH), `enterShell` (run in the cell before the command),
 //! `env.<NAME>`. Any other option is an error naming the nearest known one.
 
+pub mod attrs;
 pub mod package_set;
 
 use crate::nix::build::{self, BuildError, Progress};
