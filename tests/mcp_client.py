@@ -196,7 +196,10 @@ async def pandas_scenario(s):
     v = r.structured_content
     assert r.is_error, v
     hint = next(h for h in v["hints"] if h["kind"] == "missing_python_module")
-    assert hint["missing"] == "pandas" and hint["edit"]["command"] == "nixcell edit add-python-library pandas", hint
+    # Under MCP the hint names the tool call, never a `nixcell edit` command line.
+    call = 'edit_environment {"operation": "add_python_library", "name": "pandas"}'
+    assert hint["missing"] == "pandas" and hint["edit"]["command"] == call, hint
+    assert "nixcell edit" not in hint["message"] and call in hint["message"], hint
     progress = []
 
     async def on_progress(p, total, message):

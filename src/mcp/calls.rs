@@ -108,7 +108,7 @@ impl Server {
                 error: v.error.map(RunError::from),
                 stdout: stream_of(v.stdout),
                 stderr: stream_of(v.stderr),
-                hints: v.hints,
+                hints: v.hints.into_iter().map(hint_for_mcp).collect(),
                 files,
                 workdir: workdir_of(v.workdir),
                 closure_hash: v.closure.map(|c| c.hash),
@@ -250,5 +250,55 @@ impl Server {
                 String::from_utf8_lossy(&c.stdout)
             ),
         })
+    }
+}
+
+/// A hint as an MCP client acts on it: the edit is an `edit_environment` call, not a
+/// `nixcell edit` command line (which an agent under MCP cannot run).
+fn hint_for_mcp(mut h: crate::hints::Hint) -> crate::hints::Hint {
+    h.message = h.message.replace(
+        "`nixcell edit add-python-library NAME`",
+        "`edit_environment` (operation \"add_python_library\", name NAME)",
+    );
+    if let Some(e) = &mut h.edit {
+        let call = format!(
+            "edit_environment {{\"operation\": \"{}\", \"name\": \"{}\"}}",
+            e.op.replace('-', "_"),
+            e.name
+        );
+        h.message = h.message.replace(&e.command, &call);
+        e.command = call;
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_name_the_mcp_tool_not_the_command_line() {
+        let hint = crate::hints::Hint {
+            kind: crate::hints::HintKind::MissingPythonModule,
+            missing: "pandas".into(),
+            message: "`pandas` is not importable: ask for it with `nixcell edit add-python-library pandas`".into(),
+            edit: Some(crate::hints::SuggestedEdit {
+                op: "add-python-library".into(),
+                subject: crate::agent::edit::policy::Subject::PythonLibrary,
+                name: "pandas".into(),
+                command: "nixcell edit add-python-library pandas".into(),
+            }),
+        };
+        let h = hint_for_mcp(hint);
+        assert!(!h.message.contains("nixcell edit"), "{}", h.message);
+        assert!(
+            h.message.contains(
+                r#"edit_environment {"operation": "add_python_library", "name": "pandas"}"#
+            )
+        );
+        assert_eq!(
+            h.edit.unwrap().command,
+            r#"edit_environment {"operation": "add_python_library", "name": "pandas"}"#
+        );
     }
 }

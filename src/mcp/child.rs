@@ -65,9 +65,14 @@ impl Inner {
             let mut n = 0u64;
             while let Ok(Some(l)) = lines.next_line().await {
                 n += 1;
-                if let Some(p) = progress {
-                    let shown = l.strip_prefix(crate::run::PROGRESS_PREFIX).unwrap_or(&l);
-                    p.report(n, shown.to_string()).await;
+                // nixcell's own progress lines, and nix's build and download steps
+                // in short (`building NAME`, `downloading NAME from URL`).
+                let shown = match l.strip_prefix(crate::run::PROGRESS_PREFIX) {
+                    Some(s) => Some(s.to_string()),
+                    None => crate::nix::build::Step::parse(&l).map(|s| s.to_string()),
+                };
+                if let (Some(p), Some(shown)) = (progress, shown) {
+                    p.report(n, shown).await;
                 }
                 all.push_str(&l);
                 all.push('\n');
@@ -164,7 +169,7 @@ impl Inner {
     ) -> Result<(serde_json::Value, String), McpError> {
         match &self.target {
             Target::Project(_) => {
-                let mut json_args = vec!["context".to_string(), "--format".into(), "json".into()];
+                let mut json_args = vec!["context".to_string(), "--json".into()];
                 json_args.extend(self.context_args()?);
                 if let Some(p) = progress {
                     p.report(
@@ -190,7 +195,7 @@ impl Inner {
                         message: c.stderr.trim().to_string(),
                     });
                 };
-                let mut md_args = vec!["context".to_string(), "--format".into(), "markdown".into()];
+                let mut md_args = vec!["context".to_string()];
                 md_args.extend(self.context_args()?);
                 let c = self.nixcell(&md_args, None, None).await?;
                 if c.code != Some(0) {

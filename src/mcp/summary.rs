@@ -114,15 +114,7 @@ pub(super) fn summarize(r: &RunResult) -> String {
         s.push_str(&format!("peak memory {}\n", human_bytes(peak)));
     }
     for h in &r.hints {
-        s.push_str(&format!("hint: {}", h.message));
-        if let Some(e) = &h.edit {
-            s.push_str(&format!(
-                " (through MCP: edit_environment with operation \"{}\", name \"{}\")",
-                e.op.replace('-', "_"),
-                e.name
-            ));
-        }
-        s.push('\n');
+        s.push_str(&format!("hint: {}\n", h.message));
     }
     for f in r.files.iter().filter(|f| f.over_limit) {
         s.push_str(&format!(
