@@ -560,20 +560,9 @@ fn scenario_2_redis_service() {
 
 #[test]
 fn a_flake_output_is_an_environment() {
-    // Outside the repository: a flake inside a git tree is that tree's flake.
-    let dir = tempfile::tempdir().unwrap();
-    let flake = format!(
-        r#"{{
-  inputs.nixpkgs.url = "path:{}";
-  outputs = {{ self, nixpkgs }}:
-    let pkgs = nixpkgs.legacyPackages.x86_64-linux; in {{
-      devShells.x86_64-linux.default = pkgs.mkShell {{ packages = [ pkgs.busybox pkgs.jq ]; }};
-    }};
-}}
-"#,
-        pkgs_dir().display()
+    let dir = flake_dir(
+        "      devShells.x86_64-linux.default = pkgs.mkShell { packages = [ pkgs.busybox pkgs.jq ]; };",
     );
-    std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
     // The fixture package set reads the host's package versions: impure evaluation.
     let o = cell(
         dir.path(),

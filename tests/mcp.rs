@@ -417,11 +417,7 @@ fn sdk_run_directories_are_private_to_the_server_and_removed() {
             cell_ids,
             "{mode:?}: a placed file's owner"
         );
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
+        assert_empty_dir(tmp.path(), &format!("{mode:?}"));
     }
 }
 
@@ -491,11 +487,7 @@ fn sdk_cancelled_run_kills_the_cell_and_leaves_nothing() {
         eprintln!("{mode:?}: cell gone {secs:.2} s after the cancellation");
         // The profile's grace time (2 s) between SIGTERM and SIGKILL, and some slack.
         assert!(secs < 6.0, "{mode:?}: {secs} s");
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(left.is_empty(), "{mode:?}: left behind: {left:?}");
+        assert_empty_dir(tmp.path(), &format!("{mode:?}"));
     }
 }
 

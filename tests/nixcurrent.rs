@@ -219,22 +219,9 @@ fn build_progress_goes_to_stderr_and_json_stays_clean() {
 fn a_flake_in_a_dirty_git_tree_runs_and_warnings_stay_on_stderr() {
     // Current Nix warns about uncommitted changes ("Git tree ... is dirty") on stderr;
     // the `--json` verdict on stdout is all there is there.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("flake.nix"),
-        format!(
-            r#"{{
-  inputs.nixpkgs.url = "path:{}";
-  outputs = {{ self, nixpkgs }}:
-    let pkgs = nixpkgs.legacyPackages.x86_64-linux; in {{
-      devShells.x86_64-linux.default = pkgs.mkShell {{ packages = [ pkgs.busybox pkgs.jq ]; }};
-    }};
-}}
-"#,
-            pkgs_dir().display()
-        ),
-    )
-    .unwrap();
+    let dir = flake_dir(
+        "      devShells.x86_64-linux.default = pkgs.mkShell { packages = [ pkgs.busybox pkgs.jq ]; };",
+    );
     std::fs::write(dir.path().join("notes.txt"), "one\n").unwrap();
     git(dir.path(), &["init", "-q"]);
     git(dir.path(), &["add", "."]);

@@ -452,24 +452,13 @@ fn a_registry_name_is_resolved_by_the_callers_registry() {
 
 #[test]
 fn a_dev_shell_of_a_nixpkgs_like_mkshell_runs_with_its_variables() {
-    // Outside the repository: a flake inside a git tree is that tree's flake.
-    let dir = tempfile::tempdir().unwrap();
-    let flake = format!(
-        r#"{{
-  inputs.nixpkgs.url = "path:{}";
-  outputs = {{ self, nixpkgs }}:
-    let pkgs = nixpkgs.legacyPackages.x86_64-linux; in {{
-      devShells.x86_64-linux.default = pkgs.mkShell {{
+    let dir = flake_dir(
+        r#"      devShells.x86_64-linux.default = pkgs.mkShell {
         packages = [ pkgs.busybox pkgs.jq ];
         GREETING = "hello from the shell";
-      }};
-      devShells.x86_64-linux.bare = pkgs.mkShell {{ packages = [ pkgs.jq ]; }};
-    }};
-}}
-"#,
-        fixture().display()
+      };
+      devShells.x86_64-linux.bare = pkgs.mkShell { packages = [ pkgs.jq ]; };"#,
     );
-    std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
     // Like nixpkgs' mkShell, the shell itself does not build.
     let out = Command::new("nix")
         .current_dir(dir.path())

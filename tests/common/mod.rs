@@ -257,3 +257,25 @@ pub fn git_project(prefix: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     git(d.path(), &["commit", "-q", "-m", "initial"]);
     d
 }
+
+/// A new directory (outside the repository: a flake inside a git tree is that tree's
+/// flake) holding a `flake.nix` whose `nixpkgs` input is the offline package set and
+/// whose outputs, with `pkgs` in scope, are `outputs` (Nix attribute bindings).
+pub fn flake_dir(outputs: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let flake = format!(
+        "{{\n  inputs.nixpkgs.url = \"path:{}\";\n  outputs = {{ self, nixpkgs }}:\n    let pkgs = nixpkgs.legacyPackages.x86_64-linux; in {{\n{outputs}\n    }};\n}}\n",
+        repo().join("tests/fixtures/pkgs").display()
+    );
+    std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
+    dir
+}
+
+/// Asserts that `dir` is empty: nothing of a run was left behind there.
+pub fn assert_empty_dir(dir: &Path, what: &str) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "{what}: left behind: {left:?}");
+}
