@@ -394,15 +394,18 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     let signal = |sig| signal_cell(&target, init_pid, sig);
 
     let drive = async {
-        if wr.write_all(&frame).await.is_err() {
-            // The init stage died before reading its spec; its status tells the rest.
-        }
+        // Our handlers are in place before the cell can start the command (it starts
+        // once it has its spec): a SIGTERM to us as soon as the command runs is the
+        // cell's to handle, never the default action that would kill only us.
         let mut sigint =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sighup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        if wr.write_all(&frame).await.is_err() {
+            // The init stage died before reading its spec; its status tells the rest.
+        }
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
         // When SIGKILL follows, after the grace time: the timeout's, or a SIGTERM's.

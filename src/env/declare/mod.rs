@@ -334,8 +334,14 @@ pub fn build_with(
     {
         return Ok(target);
     }
-    let file = cache_dir.join("with.nix");
-    crate::dirs::write_atomic(cache_dir, "with.nix", WITH_NIX.as_bytes())
+    // Named by its content, as the evaluator: two nixcell versions running at once
+    // never build with each other's file.
+    let name = format!(
+        "with-{}.nix",
+        &hex::encode(Sha256::digest(WITH_NIX.as_bytes()))[..16]
+    );
+    let file = cache_dir.join(&name);
+    crate::dirs::write_atomic(cache_dir, &name, WITH_NIX.as_bytes())
         .map_err(|e| DeclareError::Evaluator(file.clone(), e))?;
     let set = nixpkgs.path.to_string_lossy();
     build::build_file(
