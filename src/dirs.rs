@@ -122,11 +122,26 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 /// [`write_atomic`] with the file's permission bits `mode` (exactly, whatever the
 /// umask), for files outside nixcell's own directories that keep their mode.
 pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomic_owned(dir, name, bytes, mode, None)
+}
+
+/// [`write_atomic_mode`], the new file given to `owner` (uid, gid) first: by its
+/// descriptor, before it takes the name, so no other file is ever chowned.
+pub fn write_atomic_owned(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .permissions(std::fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))?;
+    }
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
     tmp.as_file().sync_data()?;

@@ -493,6 +493,25 @@ fn a_dev_shell_of_a_nixpkgs_like_mkshell_runs_with_its_variables() {
     assert!(out.starts_with("jq-") && out.contains("coreutils"), "{out}");
 }
 
+/// Started as root in another user's project, nixcell writes the lock as that user's.
+#[test]
+fn a_lock_root_writes_in_a_users_project_is_the_users() {
+    let p = project(Some("nixpkgs = \"path:./pkgs\"\n"));
+    let dir = p.path();
+    package_set(&dir.join("pkgs"), "Hello, owner!");
+    chown_to_test_user(dir);
+    let out = nixcell(Mode::Root)
+        .current_dir(dir)
+        .arg("lock")
+        .output()
+        .unwrap();
+    ok(&out, "nixcell lock as root");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir.join("devenv.lock")).unwrap();
+    assert_eq!((m.uid(), m.gid()), test_user_ids(), "the lock's owner");
+    assert_eq!(m.mode() & 0o7777, 0o644);
+}
+
 #[test]
 fn rootless_the_owner_of_a_project_locks_its_package_set_and_runs() {
     let p = project(Some("nixpkgs = \"path:./pkgs\"\n"));

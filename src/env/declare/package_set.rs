@@ -972,7 +972,16 @@ impl Lock {
         doc["nodes"][&root]["inputs"][INPUT] = Value::String(name);
         let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         text.push('\n');
-        crate::dirs::write_atomic_mode(dir, LOCK_FILE, text.as_bytes(), 0o644)
+        // Started as root in someone's project, the lock is theirs, as the file they
+        // would have written themselves (devenv.lock is committed with the project).
+        use std::os::unix::fs::MetadataExt;
+        let owner = if nix::unistd::geteuid().is_root() {
+            let m = std::fs::metadata(dir)?;
+            Some((m.uid(), m.gid()))
+        } else {
+            None
+        };
+        crate::dirs::write_atomic_owned(dir, LOCK_FILE, text.as_bytes(), 0o644, owner)
     }
 }
 
