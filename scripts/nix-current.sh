@@ -56,7 +56,7 @@ setup_root() {
     say "debootstrap trixie into $root"
     rm -rf "$root.tmp"
     debootstrap --variant=minbase trixie "$root.tmp" "$MIRROR" > "$work/debootstrap.log" 2>&1 ||
-      die "debootstrap failed (see $work/debootstrap.log)"
+      { tail -n 15 "$work/debootstrap.log" >&2; die "debootstrap failed (see $work/debootstrap.log)"; }
     mv "$root.tmp" "$root"
   fi
   # Packages' maintainer scripts must not start services (redis, postgres) here.
@@ -84,8 +84,9 @@ setup_root() {
     unshare -m --propagation private sh -c '
       mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && shift &&
       chroot "$0" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-        sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends --allow-downgrades $*"' \
-      "$root" "$root" $missing > "$work/apt.log" 2>&1 || die "apt-get in the root failed (see $work/apt.log)"
+        sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends --allow-downgrades $* && apt-get clean"' \
+      "$root" "$root" $missing > "$work/apt.log" 2>&1 ||
+      { tail -n 15 "$work/apt.log" >&2; die "apt-get in the root failed (see $work/apt.log)"; }
   fi
   # The test machine's offline Nix configuration (never nixcell's own): no binary cache
   # is reachable, and the offline package set's builders read the root's Debian files.

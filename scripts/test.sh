@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The module graph: no import cycles, the sandbox names no front-end module.
 python3 scripts/check-modules.py
+# Free space where the build, the Debian 13 root and the guests' disks go: printed at
+# each stage, so a full disk reads as one.
+disk_free() { df -h --output=avail,target . | tail -n 1 | awk -v s="$1" '{ print "disk: " $1 " free on " $2 " (" s ")" }'; }
+disk_free start
+# A clean clone builds once: incremental state would only take disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 scripts/setup.sh
 # tests/mcp.rs drives `nixcell mcp` with the official Python MCP SDK (PyPI `mcp`).
@@ -30,6 +36,7 @@ scripts/mcp-conformance.sh 2>&1 | tee -a "$log"
 # Nix (Debian 13's nix-bin) in a Debian 13 root with its own store and daemon
 # (scripts/nix-current.sh); the suites above ran with the host's Nix.
 # NIXCELL_SKIP_NIX_CURRENT=1 skips it.
+disk_free "before nix-current"
 nixc_log=target/nix-current.log
 : > "$nixc_log"
 if [ "${NIXCELL_SKIP_NIX_CURRENT:-}" != 1 ]; then
@@ -39,6 +46,7 @@ fi
 
 # The same suites on the kernels users run (Debian 12's 6.1, Debian 13's 6.12, no
 # Landlock, no user namespaces), each booted in QEMU; NIXCELL_SKIP_KERNEL_MATRIX=1 skips it.
+disk_free "before kernel-matrix"
 kmx_log=target/kernel-matrix.log
 : > "$kmx_log"
 if [ "${NIXCELL_SKIP_KERNEL_MATRIX:-}" != 1 ]; then
