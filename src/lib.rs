@@ -17,6 +17,7 @@ pub mod mcp;
 pub mod profile;
 pub mod run;
 pub mod sandbox;
+pub mod session;
 pub mod units;
 
 // Short paths to the modules of the layout, e.g. `crate::plan` for `crate::run::plan`.

@@ -105,6 +105,14 @@ struct RawProfile {
     cgroup: RawMode,
     #[serde(default)]
     rlimits: RawMode,
+    #[serde(default)]
+    session: RawSession,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    idle: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +210,14 @@ pub struct Profile {
     pub seccomp: SeccompPolicy,
     pub cgroup: LayerMode,
     pub rlimits: LayerMode,
+    pub session: SessionPolicy,
+}
+
+/// Cells that live (`nixcell up`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionPolicy {
+    /// A cell with no exec running for this long is taken down; None: never.
+    pub idle: Option<Duration>,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -409,6 +425,9 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         },
         cgroup: mode(pick!(c, cgroup.mode)),
         rlimits: mode(pick!(c, rlimits.mode)),
+        session: SessionPolicy {
+            idle: pick!(c, session.idle).map(|d| d.0),
+        },
     })
 }
 

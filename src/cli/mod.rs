@@ -9,6 +9,8 @@
 
 use crate::plan::{self, CellRequest};
 
+pub mod session;
+
 use crate::units::{parse_duration, parse_size};
 use crate::verdict::{ErrorKind, VerdictError};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -76,6 +78,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start a cell that lives (the project's, or --env-path/--with) with its services
+    /// running; prints its name and id. Stays in the foreground unless --detach.
+    Up(Box<session::UpArgs>),
+    /// Run a command in a live cell: a fresh process, confined like a run.
+    #[command(override_usage = "nixcell exec [OPTIONS] NAME [--] COMMAND [ARGS]...")]
+    Exec(session::ExecArgs),
+    /// List the live cells: name, id, project, closure, services, age, usage.
+    Ps {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a live cell's services, tear it down and land its workdir changes.
+    Down(session::DownArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions {
         /// The shell the script is for.
@@ -260,6 +276,10 @@ pub fn main() -> i32 {
         Command::Mcp(args) => mcp(&args),
         Command::Runs { json } => runs(json),
         Command::Undo { run, force, json } => undo(run.as_deref(), force, json),
+        Command::Up(a) => session::up(&a),
+        Command::Exec(a) => session::exec(&a),
+        Command::Ps { json } => session::ps(json),
+        Command::Down(a) => session::down(&a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "nixcell", &mut std::io::stdout());
             0
@@ -443,33 +463,39 @@ fn mcp(args: &McpArgs) -> i32 {
     }
 }
 
+impl RunArgs {
+    /// The run these flags ask for.
+    pub fn run_request(&self) -> Result<crate::run::RunRequest, plan::PlanError> {
+        Ok(crate::run::RunRequest {
+            cell: self.request()?,
+            sources: crate::front::EnvSources {
+                with: self.with.clone(),
+                flakes: self.flakes.clone(),
+                impure: self.impure,
+                project: self.project.clone(),
+            },
+            profile: self.profile.clone(),
+            limits: crate::run::limits::Overrides {
+                timeout: self.timeout,
+                memory: self.memory,
+                cpus: self.cpus,
+                pids: self.pids,
+                max_output: self.max_output,
+            },
+            tmp_size: self.tmp_size,
+            allow_ports: self.allow_ports.clone(),
+            capture: self.json,
+        })
+    }
+}
+
 fn run(args: &RunArgs) -> i32 {
-    let cell = match args.request() {
+    let req = match args.run_request() {
         Ok(r) => r,
         Err(e) => {
             let err = VerdictError::of_run_error(&crate::run::RunError::Plan(e));
             return crate::verdict::report_refusal(args.json, err, true);
         }
-    };
-    let req = crate::run::RunRequest {
-        cell,
-        sources: crate::front::EnvSources {
-            with: args.with.clone(),
-            flakes: args.flakes.clone(),
-            impure: args.impure,
-            project: args.project.clone(),
-        },
-        profile: args.profile.clone(),
-        limits: crate::run::limits::Overrides {
-            timeout: args.timeout,
-            memory: args.memory,
-            cpus: args.cpus,
-            pids: args.pids,
-            max_output: args.max_output,
-        },
-        tmp_size: args.tmp_size,
-        allow_ports: args.allow_ports.clone(),
-        capture: args.json,
     };
     let v = match crate::run::prepare(req).and_then(|p| p.run()) {
         Ok(v) => v,

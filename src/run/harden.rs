@@ -278,6 +278,11 @@ impl Hardening {
         }
     }
 
+    /// Usage of the cell so far, while it runs (a session's): None without a cgroup.
+    pub fn usage_now(&self) -> Option<crate::sandbox::cgroup::CgroupUsage> {
+        self.cgroup.as_ref().map(|cg| cg.usage())
+    }
+
     /// Reads usage and OOM kills and removes the cgroup: (usage, oom_killed).
     pub fn finish(&self) -> (Usage, bool) {
         let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();

@@ -142,7 +142,33 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
     })
 }
 
+/// A prepared run taken apart for a session cell (src/session/): its spec marked as a
+/// session's, and what the verdicts of its execs are built from.
+pub struct SessionParts {
+    pub spec: RunSpec,
+    pub closure: Closure,
+    pub hardening: Hardening,
+    pub project: FromProject,
+    pub ceiling: crate::profile::Limits,
+    pub tcp_ports: Option<Vec<u16>>,
+}
+
 impl PreparedRun {
+    /// This run as a session cell: PID 1 keeps it, and its services, until it is
+    /// stopped; commands come one by one (`nixcell exec`).
+    pub fn into_session(self) -> SessionParts {
+        let mut spec = self.spec;
+        spec.session = true;
+        SessionParts {
+            spec,
+            closure: self.closure,
+            hardening: self.hardening,
+            project: self.project,
+            ceiling: self.ceiling,
+            tcp_ports: self.tcp_ports,
+        }
+    }
+
     /// The limits the run got.
     pub fn limits(&self) -> &crate::profile::Limits {
         &self.hardening.limits

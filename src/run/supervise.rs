@@ -130,7 +130,7 @@ impl Outcome {
 }
 
 /// recvmsg(2) on the control socket: bytes, and any descriptors passed with them.
-fn recv_with_fds(
+pub fn recv_with_fds(
     fd: std::os::fd::RawFd,
     buf: &mut [u8],
     fds: &mut Vec<std::os::fd::OwnedFd>,
@@ -152,7 +152,8 @@ fn recv_with_fds(
     Ok(msg.bytes)
 }
 
-async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
+/// Reads a stream to its end, keeping its first `cap` bytes and its tail.
+pub async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
     let mut kept = Vec::new();
     // The last bytes past the cap, in a ring.
     let mut tail = std::collections::VecDeque::with_capacity(TAIL_BYTES);
@@ -474,6 +475,8 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                 out.exit_code = code;
                 out.signal = signal;
             }
+            // Reports of a session cell only (src/session/).
+            Report::SessionReady | Report::ExecEnded { .. } => {}
         }
     }
     if out.exit_code.is_none()

@@ -348,6 +348,14 @@ impl Hierarchy {
         Ok(())
     }
 
+    /// Removes the cgroups of `uid`'s runs whose supervisor is gone (a crashed
+    /// session holder's, for one), as creating a run does.
+    pub fn clean_stale_runs(&self, uid: u32) {
+        if let Ok(bases) = self.bases(uid) {
+            self.clean_stale(&bases);
+        }
+    }
+
     fn clean_stale(&self, bases: &[(String, PathBuf)]) {
         for (c, b) in bases {
             let Ok(rd) = std::fs::read_dir(b) else {

@@ -31,6 +31,45 @@ pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Runs in a child of PID 1 of a session cell, forked for one exec: `io` holds its
+/// stdin, stdout, stderr and the socket its reports go to (see `proto::Request::Exec`).
+/// The same last steps as the command of a run; never returns.
+pub fn exec_in_session(spec: &RunSpec, argv: Vec<String>, io: &[std::os::fd::OwnedFd]) -> ! {
+    use std::os::fd::AsFd;
+    let report = io[3].as_fd();
+    let fail = |e: super::StageError| -> ! {
+        let _ = proto::send(report, &Report::SetupFailed(e.failure()));
+        // SAFETY: _exit ends the process without running anything else.
+        unsafe { libc::_exit(125) }
+    };
+    for (i, f) in io[..3].iter().enumerate() {
+        // SAFETY: dup2 onto a standard descriptor from one we hold.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(f), i as i32) } < 0 {
+            fail(super::StageError::new(
+                Stage::ForkCommand,
+                "dup2",
+                format!("exec stdio {i}"),
+                Errno::last(),
+            ));
+        }
+    }
+    let mut spec = spec.clone();
+    spec.argv = argv;
+    if let Err(e) = prepare(&spec, Some(report)) {
+        fail(e);
+    }
+    let (program, errno) = execute(&spec, &spec.argv);
+    let _ = proto::send(
+        report,
+        &Report::ExecFailed {
+            program,
+            errno: errno as i32,
+        },
+    );
+    // SAFETY: as above.
+    unsafe { libc::_exit(if errno == Errno::ENOENT { 127 } else { 126 }) }
+}
+
 /// Runs in a child of PID 1 forked for a service: the same confinement as the
 /// command, with stdout and stderr on the service's log and stdin on /dev/null. A
 /// failure is written to the log; PID 1 sees the early exit and reports it.

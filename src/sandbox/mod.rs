@@ -23,6 +23,7 @@ pub mod pidfd;
 pub mod proto;
 pub mod rootfs;
 pub mod seccomp;
+pub mod session;
 pub mod spawn;
 pub mod stage;
 pub mod sys;
@@ -157,6 +158,10 @@ pub struct RunSpec {
     /// Security layers applied right before exec.
     #[serde(default)]
     pub security: layers::SecuritySpec,
+    /// A session cell: `argv` is not run; PID 1 keeps the cell and its services alive
+    /// and starts the commands its holder sends ([`proto::Request`], `session.rs`).
+    #[serde(default)]
+    pub session: bool,
 }
 
 impl RunSpec {

@@ -180,6 +180,17 @@ pub fn main(
         }
     };
     drop(logs);
+    if spec.session {
+        super::session::serve(
+            spec,
+            sock,
+            &sfd,
+            &|| oom.fork(),
+            &|argv, io| exec::exec_in_session(spec, argv, io),
+            &stop_services,
+            services,
+        );
+    }
 
     // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
     let child = match oom.fork() {

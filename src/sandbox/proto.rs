@@ -47,6 +47,29 @@ pub enum Report {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// A session cell (`RunSpec::session`): its services are ready and PID 1 takes
+    /// [`Request`]s.
+    SessionReady,
+    /// An exec of a session cell (its id in the [`Request::Exec`]) ended.
+    ExecEnded {
+        id: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+/// What the holder of a session cell asks of its PID 1, after the spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Start `argv` as a fresh process of the cell, confined like a run's command.
+    /// Four descriptors travel with it (SCM_RIGHTS): its stdin, stdout, stderr and the
+    /// socket its layer reports and set-up or exec failures go to.
+    Exec { id: u64, argv: Vec<String> },
+    /// Signal an exec's process group.
+    Signal { id: u64, signal: i32 },
+    /// Stop the services (SIGTERM, grace, SIGKILL), kill the rest, end the cell.
+    Stop,
 }
 
 /// A failed set-up step, named so that a user can act on it.
@@ -97,13 +120,17 @@ pub fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T) -> io::Result<()> {
 
 /// Writes one message with a descriptor attached (SCM_RIGHTS).
 pub fn send_with_fd<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, pass: RawFd) -> io::Result<()> {
+    send_with_fds(fd, msg, &[pass])
+}
+
+/// Writes one message with descriptors attached (SCM_RIGHTS, on its first byte).
+pub fn send_with_fds<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&body);
-    let fds = [pass];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
     let iov = [io::IoSlice::new(&buf)];
     use std::os::fd::AsRawFd;
     let n = loop {
@@ -138,6 +165,61 @@ pub fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>) -> io::Result<Option<T>> {
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Most descriptors one message may carry.
+pub const MAX_FDS: usize = 8;
+
+/// Reads one message and the descriptors sent with it from a blocking descriptor
+/// (close-on-exec); `None` on a clean EOF.
+pub fn recv_with_fds<T: DeserializeOwned>(
+    fd: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Vec<std::os::fd::OwnedFd>)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    while got < 4 {
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [io::IoSliceMut::new(&mut len[got..])];
+        let msg = match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(list) = c {
+                // SAFETY: the kernel installed these descriptors for us.
+                fds.extend(list.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        if msg.bytes == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        got += msg.bytes;
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("control message of {len} bytes is too large"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    FdIo(fd).read_exact(&mut body)?;
+    let msg =
+        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some((msg, fds)))
 }
 
 /// Splits a byte stream into messages; used by the async supervisor.
