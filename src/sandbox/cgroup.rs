@@ -195,11 +195,14 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a live
-/// supervisor from a reused pid.
+/// supervisor from a reused pid. A zombie (dead, not reaped yet) has none.
 pub fn start_time(pid: u32) -> Option<u64> {
     let s = read(Path::new(&format!("/proc/{pid}/stat")))?;
-    let after = &s[s.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = s[s.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// `run-<pid>-<start time>-<n>`: the supervisor's identity (for stale clean-up) and

@@ -45,8 +45,9 @@ struct Shared {
 enum Event {
     /// A report of the cell (or `None`: its control socket closed).
     Cell(Option<(Report, Vec<OwnedFd>)>),
-    /// A client asked for `down`; the reply goes here once the cell is gone.
-    Down(mpsc::Sender<ClientReply>),
+    /// A client asked for `down`: its connection, answered once the cell is gone (by
+    /// the main thread, before the holder exits).
+    Down(UnixStream),
 }
 
 /// Why a cell ended.
@@ -244,7 +245,7 @@ async fn hold_async(
         .map_err(|e| start_err("signal handler", e))?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| start_err("signal handler", e))?;
-    let mut down_replies: Vec<mpsc::Sender<ClientReply>> = Vec::new();
+    let mut down_replies: Vec<UnixStream> = Vec::new();
     let reason = loop {
         let idle_left = idle.map(|d| {
             let last = *shared.last_active.lock().unwrap();
@@ -324,10 +325,13 @@ async fn hold_async(
     let _ = parts.hardening.finish();
     clean(&dir, &name);
     let shown = workdir.as_ref().and_then(|w| serde_json::to_value(w).ok());
-    for r in down_replies {
-        let _ = r.send(ClientReply::Down {
-            workdir: shown.clone(),
-        });
+    for conn in down_replies {
+        reply(
+            &conn,
+            &ClientReply::Down {
+                workdir: shown.clone(),
+            },
+        );
     }
     Ok(Ended { reason, workdir })
 }
@@ -413,14 +417,18 @@ fn serve_client(shared: &Shared, conn: UnixStream) {
                 .into(),
         },
         ClientRequest::Status => ClientReply::Status {
-            status: status(shared),
+            status: Box::new(status(shared)),
         },
         ClientRequest::Down => {
-            let (tx, rx) = mpsc::channel();
-            let _ = shared.events.send(Event::Down(tx));
-            rx.recv().unwrap_or(ClientReply::Error {
-                message: "the holder ended before the cell was down".into(),
-            })
+            let sent = conn
+                .try_clone()
+                .is_ok_and(|c| shared.events.send(Event::Down(c)).is_ok());
+            if sent {
+                return;
+            }
+            ClientReply::Error {
+                message: "the cell is already going down".into(),
+            }
         }
     };
     reply(&conn, &answer);
@@ -504,9 +512,9 @@ fn run_exec(
     let mut passed: Vec<OwnedFd> = stdio;
     if capture {
         let _enter = shared.rt.enter();
-        for i in 1..3 {
+        for slot in &mut passed[1..3] {
             let (r, w) = pipe()?;
-            passed[i] = w;
+            *slot = w;
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
                 .map_err(|e| format!("pipe: {e}"))?;
             captures.push(shared.rt.spawn(crate::run::supervise::capture(

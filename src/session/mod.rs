@@ -94,6 +94,7 @@ pub struct CellInfo {
 
 impl CellInfo {
     /// Whether the holder that wrote this is still running.
+    /// A zombie (killed, not reaped yet) is not.
     pub fn alive(&self) -> bool {
         crate::sandbox::cgroup::start_time(self.holder_pid) == Some(self.holder_start)
     }
@@ -134,7 +135,7 @@ pub struct CellStatus {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientReply {
     Verdict { verdict: serde_json::Value },
-    Status { status: CellStatus },
+    Status { status: Box<CellStatus> },
     Down { workdir: Option<serde_json::Value> },
     Error { message: String },
 }
@@ -290,7 +291,7 @@ fn unexpected(name: &str) -> SessionError {
 /// The status of the live cell `name`.
 pub fn status(name: &str) -> Result<CellStatus, SessionError> {
     match ask(name, &ClientRequest::Status, &[])? {
-        ClientReply::Status { status } => Ok(status),
+        ClientReply::Status { status } => Ok(*status),
         _ => Err(unexpected(name)),
     }
 }
