@@ -487,3 +487,49 @@ fn ps_down_and_bad_input() {
     let err = fails(&cells.run(&["down", "list"]), "down twice");
     assert!(err.contains("no live cell"), "{err}");
 }
+
+/// The seed's scenario 2 with the project's declared redis: in a session its data
+/// lives in the project's `.devenv/state/redis` (as devenv keeps it) and survives
+/// `down` + `up`; a one-shot run still starts it empty.
+#[test]
+fn scenario_2_the_projects_redis_keeps_its_data_in_devenv_state() {
+    let p = git_project(
+        "sess",
+        &[(
+            "devenv.nix",
+            "{ pkgs, ... }: {\n  packages = [ pkgs.busybox ];\n  services.redis.enable = true;\n}\n",
+        )],
+    );
+    let cells = Cells::new(Mode::Root);
+    let in_project = |args: &[&str]| {
+        cells
+            .cmd()
+            .current_dir(p.path())
+            .env(
+                "NIX_PATH",
+                format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(&in_project(&["up", "--detach", "--name", "proj"]), "up");
+    assert_eq!(stdout(&cells.sh("proj", CACHE)), "miss; caching\n");
+    assert_eq!(stdout(&cells.sh("proj", CACHE)), "hit 42\n");
+    ok(&cells.run(&["down", "proj"]), "down");
+    let dump = p.path().join(".devenv/state/redis/dump.rdb");
+    assert!(dump.is_file(), "no dump in the project's state directory");
+    ok(
+        &in_project(&["up", "--detach", "--name", "proj"]),
+        "up again",
+    );
+    let ps = cells.ps();
+    assert_eq!(
+        ps[0]["project"],
+        path_str(&std::fs::canonicalize(p.path()).unwrap())
+    );
+    assert_eq!(stdout(&cells.sh("proj", CACHE)), "hit 42\n");
+    ok(&cells.run(&["down", "proj"]), "down");
+    let o = in_project(&["run", "--json", "--", "sh", "-c", CACHE]);
+    assert_eq!(stdout(&verdict(&o)), "miss; caching\n");
+}

@@ -142,6 +142,9 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
     })
 }
 
+/// Set in the environment of a session cell's services and execs.
+pub const SESSION_ENV: &str = "NIXCELL_SESSION";
+
 /// A prepared run taken apart for a session cell (src/session/): its spec marked as a
 /// session's, and what the verdicts of its execs are built from.
 pub struct SessionParts {
@@ -159,6 +162,8 @@ impl PreparedRun {
     pub fn into_session(self) -> SessionParts {
         let mut spec = self.spec;
         spec.session = true;
+        // Services may keep their data where it lasts (src/env/declare/eval.nix).
+        spec.env.push((SESSION_ENV.to_string(), "1".to_string()));
         SessionParts {
             spec,
             closure: self.closure,

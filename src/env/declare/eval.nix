@@ -273,6 +273,19 @@ let
         fi
       '' else ""))
     pgDatabases);
+  # In a cell of `nixcell up` (NIXCELL_SESSION set) with a writable /work, the project, redis
+  # keeps its data in the project's .devenv/state/redis, as devenv does (saved when it
+  # is stopped; the copy-on-write workdir lands it at `down`); a one-shot run starts
+  # empty and keeps nothing.
+  redisStart = pkgs.writeShellScriptBin "nixcell-redis" ''
+    set -eu
+    args="--port ${toString redisPort} --bind 127.0.0.1 --appendonly no"
+    dir=/work/.devenv/state/redis
+    if [ -n "''${NIXCELL_SESSION:-}" ] && ${pkgs.coreutils}/bin/mkdir -p "$dir" 2> /dev/null; then
+      exec ${pkgs.redis}/bin/redis-server $args --save "3600 1" --dir "$dir"
+    fi
+    exec ${pkgs.redis}/bin/redis-server $args --save "" --dir /tmp
+  '';
   # initdb into the cell's private /tmp, set up on the unix socket alone, then the
   # server on the socket and 127.0.0.1:PORT: accepting TCP means it is set up.
   pgStart = pkgs.writeShellScriptBin "nixcell-postgres" ''
@@ -299,7 +312,7 @@ let
     name = "nixcell-env";
     paths = packages
       ++ (if python == null then [ ] else [ python ])
-      ++ (if redisEnabled then [ pkgs.redis ] else [ ])
+      ++ (if redisEnabled then [ pkgs.redis redisStart ] else [ ])
       ++ (if pgEnabled then [ postgresql pgStart ] else [ ])
       ++ (if enterShell == "" then [ ] else [ enterShellScript ])
       ++ builtins.attrValues scriptBins
@@ -324,8 +337,7 @@ in
         (if redisEnabled then [{
           name = "redis";
           port = redisPort;
-          command = [ "${pkgs.redis}/bin/redis-server" "--port" (toString redisPort) "--bind" "127.0.0.1"
-            "--save" "" "--appendonly" "no" "--dir" "/tmp" ];
+          command = [ "${redisStart}/bin/nixcell-redis" ];
         }] else [ ])
         ++ (if pgEnabled then [{
           name = "postgres";
