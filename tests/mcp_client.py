@@ -25,7 +25,7 @@ async def session(binary, server_args, body, elicitation_callback=None):
     # What an MCP client configuration would set in "env": the package set and Nix's
     # offline configuration, what the package set may read while it is evaluated (the
     # SDK passes only a few variables by default).
-    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME", "NIXCELL_EVAL_PATHS", "TMPDIR"]
+    keep = ["NIX_PATH", "NIX_CONFIG", "XDG_CACHE_HOME", "XDG_STATE_HOME", "NIXCELL_EVAL_PATHS", "TMPDIR"]
     env = {k: os.environ[k] for k in keep if k in os.environ}
     params = StdioServerParameters(command=binary, args=["mcp", *server_args], env=env)
     async with stdio_client(params) as (read, write):
@@ -510,9 +510,45 @@ async def cancel_run(s):
     return {"gone_after_seconds": gone_after, "cgroups": dirs}
 
 
+CACHE = ("v=$(redis-cli get answer); if [ -n \"$v\" ]; then echo \"hit $v\"; "
+         "else echo 'miss; caching'; redis-cli set answer 42 >/dev/null; fi")
+
+
+async def sessions(s):
+    """Runs naming one session share its cell: the project's redis, its data and /tmp;
+    another session, and a run without one, start afresh."""
+
+    async def run(args):
+        r = await s.call_tool("run", args)
+        return r, r.structured_content
+
+    listed = await s.list_tools()
+    run_tool = next(t for t in listed.tools if t.name == "run")
+    assert "session" in run_tool.input_schema["properties"], run_tool.input_schema
+    r, v = await run({"command": CACHE + "; echo kept > /tmp/mark", "session": "s1"})
+    assert v["stdout"]["text"] == "miss; caching\n", text_of(r)
+    r, v = await run({"command": CACHE + "; cat /tmp/mark", "session": "s1"})
+    assert v["stdout"]["text"] == "hit 42\nkept\n", text_of(r)
+    r, v = await run({"script": "import os; print(os.getcwd())", "interpreter": "python3", "session": "s1"})
+    assert v["stdout"]["text"] == "/work\n", text_of(r)
+    r, v = await run({"command": CACHE})
+    assert v["stdout"]["text"] == "miss; caching\n", text_of(r)
+    r, v = await run({"command": CACHE + "; cat /tmp/mark 2>&1", "session": "s2"})
+    assert v["stdout"]["text"].startswith("miss; caching\n"), text_of(r)
+    assert "kept" not in v["stdout"]["text"], text_of(r)
+    r, v = await run({"command": "exit 3", "session": "s1"})
+    assert r.is_error and v["exit_code"] == 3, text_of(r)
+    r = await s.call_tool("run", {"command": "true", "session": "s1", "files": {"a": "b"}})
+    assert r.is_error and "do not go with `session`" in text_of(r), text_of(r)
+    r = await s.call_tool("run", {"command": "true", "session": "../x"})
+    assert r.is_error and "session '../x'" in text_of(r), text_of(r)
+    return {"ok": True}
+
+
 SCENARIOS = {
     f.__name__: f
     for f in [
+        sessions,
         tools,
         context,
         run_basics,

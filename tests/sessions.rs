@@ -533,3 +533,47 @@ fn scenario_2_the_projects_redis_keeps_its_data_in_devenv_state() {
     let o = in_project(&["run", "--json", "--", "sh", "-c", CACHE]);
     assert_eq!(stdout(&verdict(&o)), "miss; caching\n");
 }
+
+/// MCP: runs with a `session` share one cell (through the Python SDK client), and the
+/// server takes its sessions down when it ends.
+#[test]
+fn mcp_runs_of_one_session_share_a_cell() {
+    let py = std::env::var_os("NIXCELL_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/mcp-venv/bin/python"));
+    assert!(
+        py.exists(),
+        "{}: the Python MCP SDK (made by the mcp suite, or NIXCELL_TEST_PYTHON)",
+        py.display()
+    );
+    let p = git_project(
+        "mcps",
+        &[(
+            "devenv.nix",
+            "{ pkgs, ... }: {\n  packages = [ pkgs.busybox pkgs.python3 ];\n  services.redis.enable = true;\n}\n",
+        )],
+    );
+    let cells = Cells::new(Mode::Root);
+    let out = Command::new(&py)
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .env("XDG_STATE_HOME", cells.state.path())
+        .env("NIXCELL_EVAL_PATHS", fixture_eval_paths())
+        .env(
+            "NIX_PATH",
+            format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
+        )
+        .env("NIX_CONFIG", "substituters =\n")
+        .arg(repo().join("tests/mcp_client.py"))
+        .args(["sessions", bin(), "--project"])
+        .arg(p.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(cells.ps().is_empty(), "the server's sessions are still up");
+    assert_empty_dir(&cells.sessions(), "sessions directory");
+}

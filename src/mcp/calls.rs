@@ -3,6 +3,26 @@
 
 use super::*;
 
+impl Inner {
+    /// The flags naming the environment and the profile of every cell of this server.
+    pub(super) fn target_args(&self) -> Result<Vec<String>, McpError> {
+        let mut args = Vec::new();
+        match &self.target {
+            Target::Project(_) => args.extend(self.project_args()?),
+            Target::EnvPaths(paths) => {
+                for p in paths {
+                    args.push("--env-path".into());
+                    args.push(p.display().to_string());
+                }
+            }
+        }
+        if let Some(name) = &self.profile {
+            args.extend(["--profile".into(), name.clone()]);
+        }
+        Ok(args)
+    }
+}
+
 impl Server {
     pub(super) async fn run_cell(
         &self,
@@ -10,6 +30,9 @@ impl Server {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<RunResult, McpError> {
+        if p.session.is_some() {
+            return self.run_in_session(p, progress, cancel).await;
+        }
         let limits = limit_args(&p, &self.inner.ceiling()?)?;
         // The whole request is checked before anything is created or run.
         let files = p.files.as_ref().map(decode_files).transpose()?;
@@ -54,18 +77,7 @@ impl Server {
         };
         dir.hand_over().map_err(McpError::Workdir)?;
         let mut args: Vec<String> = vec!["run".into(), "--json".into()];
-        match &self.inner.target {
-            Target::Project(_) => args.extend(self.inner.project_args()?),
-            Target::EnvPaths(paths) => {
-                for p in paths {
-                    args.push("--env-path".into());
-                    args.push(p.display().to_string());
-                }
-            }
-        }
-        if let Some(name) = &self.inner.profile {
-            args.extend(["--profile".into(), name.clone()]);
-        }
+        args.extend(self.inner.target_args()?);
         args.extend(["--workdir".into(), dir.path().display().to_string()]);
         args.extend(limits);
         args.push("--".into());
@@ -80,56 +92,9 @@ impl Server {
                 Some(cancel),
             )
             .await?;
-        let reply: RunReply =
-            serde_json::from_slice(&child.stdout).map_err(|_| McpError::Command {
-                command: "run".into(),
-                message: format!(
-                    "exit {:?}: {}",
-                    child.code,
-                    child
-                        .stderr
-                        .lines()
-                        .filter(|l| !l.starts_with(crate::run::PROGRESS_PREFIX))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                ),
-            })?;
         let files = collect_files(dir.path(), collect);
+        let result = result_of(&child, files)?;
         let done = child.stderr.lines().count() as u64 + 1;
-        let result = match reply {
-            RunReply::Ran(v) => RunResult {
-                exit_code: v.exit_code,
-                command_exit_code: v.command_exit_code,
-                signal: v.signal,
-                timed_out: v.timed_out,
-                oom_killed: v.oom_killed,
-                wall_time_ms: v.wall_time_ms,
-                usage: v.usage,
-                error: v.error.map(RunError::from),
-                stdout: stream_of(v.stdout),
-                stderr: stream_of(v.stderr),
-                hints: v.hints.into_iter().map(hint_for_mcp).collect(),
-                files,
-                workdir: workdir_of(v.workdir),
-                closure_hash: v.closure.map(|c| c.hash),
-            },
-            RunReply::Refused { exit_code, error } => RunResult {
-                exit_code,
-                command_exit_code: None,
-                signal: None,
-                timed_out: false,
-                oom_killed: false,
-                wall_time_ms: 0.0,
-                usage: None,
-                error: Some(error.into()),
-                stdout: stream_of(None),
-                stderr: stream_of(None),
-                hints: Vec::new(),
-                files,
-                workdir: None,
-                closure_hash: None,
-            },
-        };
         progress
             .report(
                 done,
@@ -255,6 +220,58 @@ impl Server {
 
 /// A hint as an MCP client acts on it: the edit is an `edit_environment` call, not a
 /// `nixcell edit` command line (which an agent under MCP cannot run).
+/// The result of a tool's `run`: the verdict a child `nixcell run --json` (or `exec
+/// --json`) printed, with the `files` collected.
+pub(super) fn result_of(child: &Child, files: Vec<CollectedFile>) -> Result<RunResult, McpError> {
+    let reply: RunReply = serde_json::from_slice(&child.stdout).map_err(|_| McpError::Command {
+        command: "run".into(),
+        message: format!(
+            "exit {:?}: {}",
+            child.code,
+            child
+                .stderr
+                .lines()
+                .filter(|l| !l.starts_with(crate::run::PROGRESS_PREFIX))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    })?;
+    Ok(match reply {
+        RunReply::Ran(v) => RunResult {
+            exit_code: v.exit_code,
+            command_exit_code: v.command_exit_code,
+            signal: v.signal,
+            timed_out: v.timed_out,
+            oom_killed: v.oom_killed,
+            wall_time_ms: v.wall_time_ms,
+            usage: v.usage,
+            error: v.error.map(RunError::from),
+            stdout: stream_of(v.stdout),
+            stderr: stream_of(v.stderr),
+            hints: v.hints.into_iter().map(hint_for_mcp).collect(),
+            files,
+            workdir: workdir_of(v.workdir),
+            closure_hash: v.closure.map(|c| c.hash),
+        },
+        RunReply::Refused { exit_code, error } => RunResult {
+            exit_code,
+            command_exit_code: None,
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            wall_time_ms: 0.0,
+            usage: None,
+            error: Some(error.into()),
+            stdout: stream_of(None),
+            stderr: stream_of(None),
+            hints: Vec::new(),
+            files,
+            workdir: None,
+            closure_hash: None,
+        },
+    })
+}
+
 fn hint_for_mcp(mut h: crate::hints::Hint) -> crate::hints::Hint {
     h.message = h.message.replace(
         "`nixcell edit add-python-library NAME`",

@@ -23,6 +23,7 @@ mod gate;
 pub mod http;
 pub mod rundir;
 mod schema;
+mod session;
 mod summary;
 
 use files::*;
@@ -118,6 +119,8 @@ struct Inner {
     profile: Option<String>,
     /// This binary, run for every tool call.
     exe: PathBuf,
+    /// The session cells of this server (src/mcp/session.rs).
+    sessions: session::Sessions,
 }
 
 #[derive(Clone)]
@@ -169,6 +172,7 @@ impl Server {
                 target,
                 profile,
                 exe,
+                sessions: Default::default(),
             }),
             tool_router: Self::tool_router(),
         }
@@ -200,7 +204,8 @@ impl Server {
     /// output, collected files, what changed in /work, hints when something seems to be
     /// missing), with a short text: the status, the hints and the first and last KiB of
     /// each stream. Sends progress notifications when asked (a progressToken); a
-    /// cancelled call kills the cell.
+    /// cancelled call kills the cell. With `session`, successive runs share one live
+    /// cell (its services, /tmp and /work), each still a fresh confined process.
     #[tool(output_schema = schema_for_output::<RunResult>())]
     async fn run(
         &self,

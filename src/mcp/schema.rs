@@ -40,6 +40,15 @@ pub struct RunParams {
     pub cpus: Option<f64>,
     /// Maximum number of processes and threads (at most the profile's).
     pub pids: Option<u64>,
+    /// A session name (1 to 20 letters, digits, '-' or '_'): runs naming the same
+    /// session share one cell that lives between calls: its services and their data,
+    /// its /tmp, its /work (a copy of the project made when the session starts). The
+    /// first run naming it starts it, with that run's memory_mib, cpus, pids and
+    /// max_output_bytes; each run is still a fresh, confined process with its own
+    /// timeout. The session ends when the server does, or after the profile's idle
+    /// time without a run; its /work changes stay in it. `files`, `collect` and
+    /// `copy_project` do not go with it (refused).
+    pub session: Option<String>,
 }
 
 /// Checks the limits a run asks for against the profile's; returns the CLI flags.
