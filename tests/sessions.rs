@@ -207,6 +207,7 @@ fn an_exec_cannot_signal_another_exec_or_a_service() {
         let probe = "for i in $(seq 50); do ps | grep -q 'sleep 123[4]' && break; sleep 0.1; done; \
                      for p in $(ps | grep -E 'sleep (1234|4321)' | grep -v grep | awk '{print $1}'); do \
                        kill -TERM $p 2>/dev/null && echo signalled-$p; kill -9 $p 2>/dev/null && echo killed-$p; \
+                       cat /proc/$p/environ >/dev/null 2>&1 && echo read-$p; \
                      done; ps | grep -E 'sleep (1234|4321)' | grep -v grep | wc -l";
         let v = cells.sh(&name, probe);
         assert_exit(&v, 0, "probe");

@@ -78,8 +78,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Start a cell that lives (the project's, or --env-path/--with) with its services
-    /// running; prints its name and id. Stays in the foreground unless --detach.
+    /// Start a cell that lives, its services running; prints its name and id.
+    ///
+    /// The environment is the project's, or --env-path/--with, as for `run`. Stays in
+    /// the foreground until Ctrl-C or `down` unless --detach.
     Up(Box<session::UpArgs>),
     /// Run a command in a live cell: a fresh process, confined like a run.
     #[command(override_usage = "nixcell exec [OPTIONS] NAME [--] COMMAND [ARGS]...")]
