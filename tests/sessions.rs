@@ -233,6 +233,18 @@ fn an_exec_cannot_signal_another_exec_or_a_service() {
     }
 }
 
+/// A client of a holder's socket: asks for its status, prints the answer's type and
+/// message.
+const STATUS_CLIENT: &str = "import json,socket,struct,sys
+s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+b=json.dumps({'type':'status'}).encode()
+try: s.sendall(struct.pack('<I',len(b))+b)
+except BrokenPipeError: pass
+h=s.recv(4); n=struct.unpack('<I',h)[0]; d=b''
+while len(d)<n: d+=s.recv(n-len(d))
+print(json.loads(d)['type'], json.loads(d).get('message',''))
+";
+
 /// Only the uid that started the cell may talk to its holder (SO_PEERCRED): root,
 /// reaching a user's socket, is refused, and never runs as root in it either way.
 #[test]
@@ -242,14 +254,6 @@ fn another_uid_is_refused_by_the_holder() {
     let name = cells.up("peer", &["--env-path", path_str(&bb)]);
     let sock = cells.sessions().join(format!("{name}.sock"));
     let ask = |as_user: bool| -> String {
-        let script = "import json,socket,struct,sys\n\
-            s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
-            b=json.dumps({'type':'status'}).encode()\n\
-            try: s.sendall(struct.pack('<I',len(b))+b)\n\
-            except BrokenPipeError: pass\n\
-            h=s.recv(4); n=struct.unpack('<I',h)[0]; d=b''\n\
-            while len(d)<n: d+=s.recv(n-len(d))\n\
-            print(json.loads(d)['type'], json.loads(d).get('message',''))\n";
         let mut c = if as_user {
             let mut c = as_test_user();
             c.arg("python3");
@@ -257,7 +261,7 @@ fn another_uid_is_refused_by_the_holder() {
         } else {
             Command::new("python3")
         };
-        let o = c.args(["-c", script]).arg(&sock).output().unwrap();
+        let o = c.args(["-c", STATUS_CLIENT]).arg(&sock).output().unwrap();
         ok(&o, "python client")
     };
     // The owner is served; the same request from root is refused.
@@ -577,4 +581,33 @@ fn mcp_runs_of_one_session_share_a_cell() {
     );
     assert!(cells.ps().is_empty(), "the server's sessions are still up");
     assert_empty_dir(&cells.sessions(), "sessions directory");
+}
+
+/// A cell's process that reaches a holder's socket (here through a bind of the state
+/// directory) has the caller's uid on the host, yet is refused: it is in another user
+/// namespace.
+#[test]
+fn a_process_in_a_cell_is_refused_by_the_holder() {
+    let bb = busybox();
+    let py = std::fs::canonicalize(repo().join("target/nix-fixture/python-bare")).unwrap();
+    let cells = Cells::new(Mode::Rootless);
+    let name = cells.up("inner", &["--env-path", path_str(&bb)]);
+    let bind = format!("{}:/s", cells.sessions().display());
+    let o = cells.run(&[
+        "run",
+        "--env-path",
+        path_str(&py),
+        "--ro-bind",
+        &bind,
+        "--",
+        "python3",
+        "-c",
+        STATUS_CLIENT,
+        &format!("/s/{name}.sock"),
+    ]);
+    let out = ok(&o, "client in a cell");
+    assert!(
+        out.starts_with("error refused: the caller runs in another user namespace"),
+        "a cell reached the holder: {out}"
+    );
 }
