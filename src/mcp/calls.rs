@@ -4,6 +4,19 @@
 use super::*;
 
 impl Inner {
+    /// A child `nixcell` of a `run` call: its stdin the call's, cancelled with it.
+    pub(super) async fn run_child(
+        &self,
+        args: &[String],
+        p: &RunParams,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Child, McpError> {
+        let stdin = p.stdin.as_deref().unwrap_or("").as_bytes();
+        self.nixcell_cancellable(args, Some(stdin), Some(progress), Some(cancel))
+            .await
+    }
+
     /// The flags naming the environment and the profile of every cell of this server.
     pub(super) fn target_args(&self) -> Result<Vec<String>, McpError> {
         let mut args = Vec::new();
@@ -83,15 +96,7 @@ impl Server {
         args.push("--".into());
         args.extend(argv);
         // The run's stages (and nix's lines, when it builds) follow as they come.
-        let child = self
-            .inner
-            .nixcell_cancellable(
-                &args,
-                Some(p.stdin.as_deref().unwrap_or("").as_bytes()),
-                Some(progress),
-                Some(cancel),
-            )
-            .await?;
+        let child = self.inner.run_child(&args, &p, progress, cancel).await?;
         let files = collect_files(dir.path(), collect);
         let result = result_of(&child, files)?;
         let done = child.stderr.lines().count() as u64 + 1;

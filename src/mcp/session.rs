@@ -141,15 +141,7 @@ impl Server {
         args.push(cell);
         args.push("--".into());
         args.extend(argv);
-        let child = self
-            .inner
-            .nixcell_cancellable(
-                &args,
-                Some(p.stdin.as_deref().unwrap_or("").as_bytes()),
-                Some(progress),
-                Some(cancel),
-            )
-            .await?;
+        let child = self.inner.run_child(&args, &p, progress, cancel).await?;
         let result = super::calls::result_of(&child, Vec::new())?;
         progress
             .report(1, format!("run: finished, exit code {}", result.exit_code))

@@ -147,12 +147,16 @@ pub fn send_with_fds<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -
 /// Reads one message from a blocking descriptor; `None` on a clean EOF.
 pub fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>) -> io::Result<Option<T>> {
     let mut len = [0u8; 4];
-    let mut io = FdIo(fd);
-    match io.read_exact(&mut len) {
+    match FdIo(fd).read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
+    read_body(fd, len).map(Some)
+}
+
+/// Reads the body of a message whose length header was `len`, and decodes it.
+fn read_body<T: DeserializeOwned>(fd: BorrowedFd<'_>, len: [u8; 4]) -> io::Result<T> {
     let len = u32::from_le_bytes(len);
     if len > MAX_MESSAGE {
         return Err(io::Error::new(
@@ -161,10 +165,8 @@ pub fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>) -> io::Result<Option<T>> {
         ));
     }
     let mut body = vec![0u8; len as usize];
-    io.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    FdIo(fd).read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Most descriptors one message may carry.
@@ -208,18 +210,7 @@ pub fn recv_with_fds<T: DeserializeOwned>(
         }
         got += msg.bytes;
     }
-    let len = u32::from_le_bytes(len);
-    if len > MAX_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("control message of {len} bytes is too large"),
-        ));
-    }
-    let mut body = vec![0u8; len as usize];
-    FdIo(fd).read_exact(&mut body)?;
-    let msg =
-        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(Some((msg, fds)))
+    Ok(Some((read_body(fd, len)?, fds)))
 }
 
 /// Splits a byte stream into messages; used by the async supervisor.

@@ -16,7 +16,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Serves the holder; never returns. `fork` is PID 1's (the child the OOM killer's
 /// first choice), `exec` the exec's last steps in the child (`exec::exec_in_session`),
@@ -31,16 +31,7 @@ pub(super) fn serve(
     services: Vec<Pid>,
 ) -> ! {
     super::layers::confine_pid1(spec, sock);
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors; null stays open until then.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
+    super::sys::stdio_to_null();
     let _ = proto::send(sock, &Report::SessionReady);
     let mut services: Vec<Option<Pid>> = services.into_iter().map(Some).collect();
     // Exec id by the pid of its first process (its process group).

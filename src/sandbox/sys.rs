@@ -137,6 +137,21 @@ pub fn mount_setattr(
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
+/// Puts /dev/null on stdin, stdout and stderr (PID 1 once the cell's processes have
+/// theirs: captured output then reaches EOF as soon as they are gone).
+pub fn stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; null stays open until then.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+        }
+    }
+}
+
 /// Marks every descriptor from `first` up close-on-exec (close_range(2)).
 pub fn cloexec_from(first: u32) -> Result<(), Errno> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; no memory involved.
