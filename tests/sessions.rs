@@ -611,3 +611,39 @@ fn a_process_in_a_cell_is_refused_by_the_holder() {
         "a cell reached the holder: {out}"
     );
 }
+
+/// An exec whose client is killed is killed too; the cell lives on.
+#[test]
+fn an_exec_ends_with_its_client() {
+    let bb = busybox();
+    let cells = Cells::new(Mode::Rootless);
+    let name = cells.up("client", &["--env-path", path_str(&bb)]);
+    let mut client = cells
+        .cmd()
+        .args(["exec", &name, "--", "sleep", "1234"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = "ps | grep 'sleep 123[4]' | wc -l";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stdout(&cells.sh(&name, count)).trim() != "1" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        stdout(&cells.sh(&name, count)).trim(),
+        "1",
+        "the exec never ran"
+    );
+    // setpriv execs the client: its pid is nixcell's.
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stdout(&cells.sh(&name, count)).trim() != "0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        stdout(&cells.sh(&name, count)).trim(),
+        "0",
+        "the exec outlived its client"
+    );
+}
