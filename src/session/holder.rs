@@ -180,7 +180,15 @@ async fn hold_async(
         }
     }
 
-    let listener = bind(&socket_path(&dir, &name))?;
+    let listener = match bind(&socket_path(&dir, &name), &name) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = proto::send(control.as_fd(), &Request::Stop);
+            let _ = child.wait().await;
+            let _ = parts.hardening.finish();
+            return Err(e);
+        }
+    };
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -337,12 +345,14 @@ async fn hold_async(
 }
 
 /// Binds the cell's socket, 0600 (in a 0700 directory: nobody else reaches it
-/// before the mode is set).
-fn bind(path: &std::path::Path) -> Result<UnixListener, SessionError> {
+/// before the mode is set). A name already bound is another holder's (what a dead
+/// holder left is gone by now, `live`): never taken over.
+fn bind(path: &std::path::Path, name: &str) -> Result<UnixListener, SessionError> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)
-        .map_err(|e| SessionError::Start(format!("{}: {e}", path.display())))?;
+    let l = UnixListener::bind(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => SessionError::Taken(name.to_string()),
+        _ => SessionError::Start(format!("{}: {e}", path.display())),
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| SessionError::Start(format!("{}: {e}", path.display())))?;
     Ok(l)
