@@ -105,6 +105,17 @@ struct RawProfile {
     cgroup: RawMode,
     #[serde(default)]
     rlimits: RawMode,
+    #[serde(default)]
+    network: RawNetwork,
+}
+
+/// `[network]`: the names and addresses a cell may reach through the proxy (see
+/// `net::policy`); none listed: loopback only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +213,8 @@ pub struct Profile {
     pub seccomp: SeccompPolicy,
     pub cgroup: LayerMode,
     pub rlimits: LayerMode,
+    /// The most a cell of this profile may reach (a project may only narrow it).
+    pub network: crate::net::NetPolicy,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -294,6 +307,17 @@ fn parse_raw(file: &str, text: &str) -> Result<RawProfile, ProfileError> {
                     name.get_ref()
                 ),
             ));
+        }
+    }
+    for entry in raw
+        .network
+        .allow
+        .iter()
+        .chain(raw.network.deny.iter())
+        .flatten()
+    {
+        if let Err(m) = crate::net::Entry::parse(entry.get_ref()) {
+            return Err(invalid(file, text, entry.span().start, m));
         }
     }
     Ok(raw)
@@ -409,6 +433,20 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         },
         cgroup: mode(pick!(c, cgroup.mode)),
         rlimits: mode(pick!(c, rlimits.mode)),
+        network: {
+            let list = |l: Option<Vec<Spanned<String>>>| -> Vec<String> {
+                l.unwrap_or_default()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect()
+            };
+            // Checked entry by entry with their positions in parse_raw.
+            crate::net::NetPolicy::parse(
+                &list(pick!(c, network.allow)),
+                &list(pick!(c, network.deny)),
+            )
+            .unwrap_or_default()
+        },
     })
 }
 
@@ -482,6 +520,13 @@ mod tests {
             ),
             ("[seccomp]\nallow = [\"read\", \"ptrace\"]\n", 2, "allow"),
             ("[limits]\npids = 0\n", 2, "pids"),
+            (
+                "[network]\n\nallow = [\"api.example.com:443\", \"a*.example.com:443\"]\n",
+                3,
+                "allow",
+            ),
+            ("[network]\ndeny = [\"x.org\"]\n", 2, "deny"),
+            ("[network]\nallwo = []\n", 2, "allwo"),
         ] {
             let p = write(d.path(), "bad.toml", text);
             let e = load(p.to_str().unwrap()).unwrap_err();

@@ -186,6 +186,11 @@ pub struct RunArgs {
     /// Landlock network rules; repeatable.
     #[arg(long = "allow-port", value_name = "PORT")]
     pub allow_ports: Vec<u16>,
+    /// A name (or an address written as such) the cell may reach through nixcell's
+    /// proxy, as HOST:PORT or *.SUFFIX:PORT, added to the profile's and project's
+    /// [network] allow list; repeatable.
+    #[arg(long = "allow-host", value_name = "HOST:PORT", value_parser = crate::net::Entry::parse)]
+    pub allow_hosts: Vec<crate::net::Entry>,
     /// Bytes kept of each captured stream (--json). Default: the project's, else the profile's.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
@@ -469,6 +474,7 @@ fn run(args: &RunArgs) -> i32 {
         },
         tmp_size: args.tmp_size,
         allow_ports: args.allow_ports.clone(),
+        allow_hosts: args.allow_hosts.clone(),
         capture: args.json,
     };
     let v = match crate::run::prepare(req).and_then(|p| p.run()) {

@@ -13,6 +13,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod exec;
+pub mod forward;
 pub mod init;
 pub mod landlock;
 pub mod layers;
@@ -157,6 +158,9 @@ pub struct RunSpec {
     /// Security layers applied right before exec.
     #[serde(default)]
     pub security: layers::SecuritySpec,
+    /// The forwarder to the network proxy, when the policy allows names.
+    #[serde(default)]
+    pub net: Option<forward::NetSpec>,
 }
 
 impl RunSpec {
