@@ -1,0 +1,442 @@
+//! The network policy, seen from inside the cell and from fake upstreams on the host's
+//! loopback: allowed names reach them through nixcell's proxy (HTTP, HTTPS through
+//! CONNECT, any TCP through CONNECT, bytes counted), everything else is refused and
+//! listed in the verdict, and nothing reaches the host around the proxy.
+//!
+//! No real DNS: the test names resolve through the proxy's test-only override
+//! (`NIXCELL_TEST_RESOLVE`, read by a debug build's supervisor from its own
+//! environment). Loopback upstreams are special addresses, so the policies below list
+//! them explicitly as such.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn py_env() -> std::path::PathBuf {
+    build_env(
+        "netpol-py",
+        "pkgs.buildEnv { name = \"netpol-py\"; paths = [ pkgs.python3 pkgs.busybox ]; }",
+    )
+}
+
+/// A fake upstream on all of the host's loopback addresses (127.0.0.0/8): `serve`
+/// answers each connection; `hits` counts them.
+struct Upstream {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+fn upstream(serve: fn(TcpStream)) -> Upstream {
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            h.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || serve(c));
+        }
+    });
+    Upstream { port, hits }
+}
+
+/// The HTTP upstream's whole answer.
+const HTTP_ANSWER: &str =
+    "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello, cell\n";
+
+fn serve_http(mut c: TcpStream) {
+    let mut req = Vec::new();
+    let mut b = [0u8; 1];
+    while !req.ends_with(b"\r\n\r\n") && c.read(&mut b).is_ok_and(|n| n == 1) {
+        req.push(b[0]);
+    }
+    let _ = c.write_all(HTTP_ANSWER.as_bytes());
+}
+
+/// Bytes the raw upstream reads, then writes.
+const RAW_IN: usize = 1000;
+const RAW_OUT: usize = 300_000;
+
+fn serve_raw(mut c: TcpStream) {
+    let mut got = vec![0u8; RAW_IN];
+    if c.read_exact(&mut got).is_ok() {
+        let _ = c.write_all(&vec![b'x'; RAW_OUT]);
+    }
+}
+
+/// `openssl s_server` with a fresh self-signed certificate, on 127.0.0.1.
+struct Tls {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_upstream() -> Tls {
+    let dir = scratch("tls");
+    let d = dir.path();
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=secure.test", "-keyout"])
+        .arg(d.join("key.pem"))
+        .arg("-out")
+        .arg(d.join("cert.pem"))
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "openssl req: {}", text(&out.stderr));
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(d.join("cert.pem"))
+        .arg("-key")
+        .arg(d.join("key.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Tls {
+        port,
+        child,
+        _dir: dir,
+    }
+}
+
+/// `nixcell run --json` of a Python script in a cell, the test names resolved by the
+/// supervisor's override.
+fn run_py(mode: Mode, resolve: &str, flags: &[String], script: &str) -> Output {
+    let env = py_env();
+    let mut c = match mode {
+        Mode::Root => {
+            let mut c = nixcell(mode);
+            c.env("NIXCELL_TEST_RESOLVE", resolve);
+            c
+        }
+        // as_test_user's `env` takes the assignment before nixcell's path.
+        Mode::Rootless => {
+            let mut c = as_test_user();
+            c.arg(format!("NIXCELL_TEST_RESOLVE={resolve}")).arg(bin());
+            c
+        }
+    };
+    c.args(["run", "--json", "--env-path", path_str(&env)])
+        .args(flags)
+        .args(["--", "python3", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn allow(entries: &[String]) -> Vec<String> {
+    entries
+        .iter()
+        .flat_map(|e| ["--allow-host".to_string(), e.clone()])
+        .collect()
+}
+
+const CLIENT: &str = r#"
+import os, socket, ssl, sys, urllib.request
+def get(url):
+    try:
+        ctx = ssl._create_unverified_context()
+        r = urllib.request.urlopen(url, timeout=10, context=ctx)
+        return "%d %s" % (r.status, r.read().decode(errors="replace").splitlines()[0])
+    except Exception as e:
+        return "ERR %s" % e
+def tunnel(host, port, send):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host, port, host, port)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    if b" 200" not in head.split(b"\r\n")[0]:
+        return "ERR " + head.split(b"\r\n")[0].decode()
+    s.sendall(b"y" * send)
+    got = 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += len(b)
+    return "got %d" % got
+for line in sys.argv[1:] if len(sys.argv) > 1 else os.environ["PROBES"].split():
+    kind, arg = line.split("=", 1)
+    if kind == "get":
+        print(arg, get(arg))
+    else:
+        host, port = arg.rsplit(":", 1)
+        print(arg, tunnel(host, int(port), int(kind[len("tunnel"):])))
+"#;
+
+fn probes(list: &[String]) -> String {
+    format!("PROBES={}", list.join(" "))
+}
+
+fn connections(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["network"]["connections"].as_array().unwrap().clone()
+}
+
+#[test]
+fn allowed_names_are_reached_over_http_https_and_connect_with_bytes_counted() {
+    let http = upstream(serve_http);
+    let raw = upstream(serve_raw);
+    let tls = tls_upstream();
+    let resolve = "api.test=127.0.0.1,secure.test=127.0.0.1,raw.test=127.0.0.1";
+    let entries = [
+        format!("api.test:{}", http.port),
+        format!("secure.test:{}", tls.port),
+        format!("raw.test:{}", raw.port),
+        format!("127.0.0.1:{}", http.port),
+        format!("127.0.0.1:{}", tls.port),
+        format!("127.0.0.1:{}", raw.port),
+    ];
+    for mode in MODES {
+        let before = (
+            http.hits.load(Ordering::SeqCst),
+            raw.hits.load(Ordering::SeqCst),
+        );
+        let mut flags = allow(&entries);
+        flags.extend([
+            "--setenv".to_string(),
+            probes(&[
+                format!("get=http://api.test:{}/hello", http.port),
+                format!("get=https://secure.test:{}/", tls.port),
+                format!("tunnel{RAW_IN}=raw.test:{}", raw.port),
+            ]),
+        ]);
+        let o = run_py(mode, resolve, &flags, CLIENT);
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        let out = v["stdout"]["text"].as_str().unwrap();
+        assert!(out.contains("/hello 200 hello, cell"), "{mode:?}: {out}");
+        assert!(
+            out.contains(&format!("secure.test:{}/ 200", tls.port)),
+            "{mode:?}: HTTPS through CONNECT: {out}"
+        );
+        assert!(out.contains(&format!("got {RAW_OUT}")), "{mode:?}: {out}");
+        assert_eq!(v["network"]["mode"], "proxy");
+        assert_eq!(v["network"]["denied"], serde_json::json!([]), "{v}");
+        let conns = connections(&v);
+        let of = |port: u16| {
+            conns
+                .iter()
+                .find(|c| c["port"] == port)
+                .unwrap_or_else(|| panic!("{mode:?}: no connection to {port}: {v}"))
+        };
+        let c = of(raw.port);
+        assert_eq!(c["host"], "raw.test");
+        assert_eq!(c["address"], format!("127.0.0.1:{}", raw.port));
+        assert_eq!(c["bytes_out"], RAW_IN as u64, "{c}");
+        assert_eq!(c["bytes_in"], RAW_OUT as u64, "{c}");
+        let c = of(http.port);
+        assert_eq!(c["bytes_in"], HTTP_ANSWER.len() as u64, "{c}");
+        assert!(c["bytes_out"].as_u64().unwrap() > 20, "{c}");
+        assert!(of(tls.port)["bytes_in"].as_u64().unwrap() > 500);
+        assert_eq!(http.hits.load(Ordering::SeqCst), before.0 + 1);
+        assert_eq!(raw.hits.load(Ordering::SeqCst), before.1 + 1);
+    }
+}
+
+#[test]
+fn refused_names_and_addresses_are_listed_and_never_reached() {
+    let http = upstream(serve_http);
+    let p = http.port;
+    // rebind.test is allowed by name but resolves to a loopback address not listed;
+    // the literal 127.0.0.3 and the private 10.1.2.3 are not listed either; a deny
+    // entry wins over the wildcard.
+    let resolve = "api.test=127.0.0.1,rebind.test=127.0.0.2,blocked.test=127.0.0.1";
+    let dir = scratch("netprofile");
+    let profile = dir.path().join("net.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "extends = \"default\"\n[network]\nallow = [\"*.test:{p}\", \"127.0.0.1:{p}\"]\ndeny = [\"blocked.test:{p}\"]\n"
+        ),
+    )
+    .unwrap();
+    chmod_readable(dir.path());
+    for mode in MODES {
+        let before = http.hits.load(Ordering::SeqCst);
+        let flags = vec![
+            "--profile".to_string(),
+            profile.display().to_string(),
+            "--setenv".to_string(),
+            probes(&[
+                format!("get=http://api.test:{p}/"),
+                format!("get=http://other.example:{p}/"),
+                format!("get=http://rebind.test:{p}/"),
+                format!("get=http://blocked.test:{p}/"),
+                format!("get=http://127.0.0.3:{p}/"),
+                format!("get=http://10.1.2.3:{p}/"),
+                format!("get=http://api.test:{}/", p.wrapping_add(1).max(1)),
+                format!("tunnel10=rebind.test:{p}"),
+            ]),
+        ];
+        let o = run_py(mode, resolve, &flags, CLIENT);
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        let out = v["stdout"]["text"].as_str().unwrap();
+        assert_eq!(out.matches(" 200 ").count(), 1, "{mode:?}: {out}");
+        assert_eq!(
+            out.matches("ERR HTTP Error 403").count(),
+            6,
+            "{mode:?}: {out}"
+        );
+        assert!(out.contains("ERR HTTP/1.1 403"), "{mode:?}: {out}");
+        assert_eq!(
+            http.hits.load(Ordering::SeqCst),
+            before + 1,
+            "{mode:?}: only the allowed request reached the upstream"
+        );
+        let denied = v["network"]["denied"].as_array().unwrap();
+        let reason = |host: &str| -> String {
+            denied
+                .iter()
+                .find(|d| d["host"] == host)
+                .unwrap_or_else(|| panic!("{mode:?}: {host} not in denied: {v}"))["reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(reason("other.example").contains("not on the allow list"));
+        assert!(reason("rebind.test").contains("127.0.0.2, a loopback address"));
+        assert!(reason("blocked.test").contains("deny entry"));
+        assert!(reason("127.0.0.3").contains("literal address"));
+        assert!(reason("10.1.2.3").contains("literal address"));
+        assert_eq!(denied.len(), 7, "{v}");
+        assert_eq!(connections(&v).len(), 1, "{v}");
+        assert_eq!(
+            v["network"]["allowed"],
+            serde_json::json!([format!("*.test:{p}"), format!("127.0.0.1:{p}")])
+        );
+    }
+}
+
+fn chmod_readable(d: &std::path::Path) {
+    let out = Command::new("chmod")
+        .args(["-R", "o+rX"])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn connections_around_the_proxy_reach_nothing() {
+    let http = upstream(serve_http);
+    let p = http.port;
+    // The host's address on another interface than loopback, if it has one.
+    let host_ip = nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|s| s.ip()))
+        .find(|ip| !ip.is_loopback());
+    let mut targets = vec![format!("127.0.0.1:{p}"), format!("10.1.2.3:{p}")];
+    if let Some(ip) = host_ip {
+        targets.push(format!("{ip}:{p}"));
+    }
+    let script = format!(
+        r#"
+import socket
+for t in {targets:?}:
+    h, p = t.rsplit(":", 1)
+    try:
+        socket.create_connection((h, int(p)), timeout=3)
+        print(t, "CONNECTED")
+    except OSError as e:
+        print(t, "refused", e.errno)
+try:
+    socket.getaddrinfo("api.test", 80)
+    print("dns answered")
+except OSError:
+    print("no dns")
+"#
+    );
+    for mode in MODES {
+        let flags = allow(&[format!("api.test:{p}"), format!("127.0.0.1:{p}")]);
+        let o = run_py(mode, "api.test=127.0.0.1", &flags, &script);
+        let v = verdict(&o);
+        let out = v["stdout"]["text"].as_str().unwrap_or_default();
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert!(!out.contains("CONNECTED"), "{mode:?}: {out}");
+        assert_eq!(out.matches("refused").count(), targets.len(), "{out}");
+        assert!(out.contains("no dns"), "{out}");
+        assert_eq!(http.hits.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[test]
+fn without_an_allow_list_there_is_no_proxy() {
+    let script = r#"
+import os, socket
+print(sorted(k for k in os.environ if "proxy" in k.lower()))
+try:
+    socket.create_connection(("127.0.0.1", 3128), timeout=3)
+    print("CONNECTED")
+except OSError as e:
+    print("refused")
+print(os.path.exists("/run/nixcell/proxy.sock"))
+"#;
+    for mode in MODES {
+        let o = run_py(mode, "", &[], script);
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"], "[]\nrefused\nFalse\n", "{mode:?}");
+        assert_eq!(
+            v["network"],
+            serde_json::json!({"mode": "none", "allowed": [], "connections": [], "denied": [], "truncated": 0})
+        );
+    }
+}
+
+#[test]
+fn bad_entries_are_refused_before_anything_runs() {
+    let o = sh(Mode::Root, &["--allow-host", "*x.test:80"], "echo ran");
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains("--allow-host") && err.contains("wildcard"),
+        "{err}"
+    );
+    assert!(!text(&o.stdout).contains("ran"));
+    let dir = scratch("netprofile");
+    let profile = dir.path().join("bad.toml");
+    std::fs::write(
+        &profile,
+        "[network]\nallow = [\"api.test:443\"]\ndeny = [\"api.test\"]\n",
+    )
+    .unwrap();
+    chmod_readable(dir.path());
+    let o = sh(
+        Mode::Rootless,
+        &["--profile", path_str(&profile)],
+        "echo ran",
+    );
+    let err = fails(&o, "bad network entry in a profile");
+    assert!(
+        err.contains("bad.toml:3:") && err.contains("deny") && err.contains("HOST:PORT"),
+        "{err}"
+    );
+}
