@@ -327,6 +327,30 @@ fn refused_names_and_addresses_are_listed_and_never_reached() {
         assert!(reason("127.0.0.3").contains("literal address"));
         assert!(reason("10.1.2.3").contains("literal address"));
         assert_eq!(denied.len(), 7, "{v}");
+        // Each refusal is a hint: what the operator could allow, or that a deny
+        // entry wins; no edit is suggested (a project cannot widen the profile).
+        let hints = v["hints"].as_array().unwrap();
+        let hint = |missing: String| {
+            hints
+                .iter()
+                .find(|h| h["kind"] == "network_denied" && h["missing"] == missing.as_str())
+                .unwrap_or_else(|| panic!("{mode:?}: no hint for {missing}: {v}"))
+                .clone()
+        };
+        let h = hint(format!("other.example:{p}"));
+        assert!(
+            h["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("--allow-host other.example:{p}")),
+            "{h}"
+        );
+        assert_eq!(h["edit"], serde_json::Value::Null);
+        let h = hint(format!("blocked.test:{p}"));
+        assert!(
+            h["message"].as_str().unwrap().contains("deny entry wins"),
+            "{h}"
+        );
         assert_eq!(connections(&v).len(), 1, "{v}");
         assert_eq!(
             v["network"]["allowed"],
@@ -439,4 +463,112 @@ fn bad_entries_are_refused_before_anything_runs() {
         err.contains("bad.toml:3:") && err.contains("deny") && err.contains("HOST:PORT"),
         "{err}"
     );
+}
+
+/// A project whose nixcell.toml asks for more than the operator's profile allows:
+/// it gets only what is inside the profile, and its context says exactly that.
+#[test]
+fn a_project_only_narrows_the_profile_and_its_context_says_so() {
+    let http = upstream(serve_http);
+    let p = http.port;
+    let pkgs = repo().join("tests/fixtures/pkgs");
+    let dir = scratch("netprofile");
+    let profile = dir.path().join("ceiling.toml");
+    std::fs::write(
+        &profile,
+        format!("[network]\nallow = [\"*.test:{p}\", \"127.0.0.1:{p}\"]\n"),
+    )
+    .unwrap();
+    chmod_readable(dir.path());
+    let toml = format!(
+        "nixpkgs = \"{}\"\n[network]\nallow = [\"api.test:{p}\", \"127.0.0.1:{p}\", \"api.example.org:{p}\"]\ndeny = [\"no.test:{p}\"]\n",
+        pkgs.display()
+    );
+    let proj = git_project(
+        "netproj",
+        &[
+            (
+                "devenv.nix",
+                "{ pkgs, ... }: {\n  packages = [ pkgs.python3 pkgs.busybox ];\n}\n",
+            ),
+            ("nixcell.toml", &toml),
+            ("client.py", CLIENT),
+        ],
+    );
+    for mode in MODES {
+        if mode == Mode::Rootless {
+            chown_to_test_user(proj.path());
+        }
+        let run = |args: &[&str]| -> Output {
+            let mut c = match mode {
+                Mode::Root => {
+                    let mut c = nixcell(mode);
+                    c.env(
+                        "NIXCELL_TEST_RESOLVE",
+                        "api.test=127.0.0.1,wide.test=127.0.0.1",
+                    )
+                    .env("NIX_PATH", format!("nixpkgs={}", pkgs.display()));
+                    c
+                }
+                Mode::Rootless => {
+                    let mut c = as_test_user();
+                    c.arg("NIXCELL_TEST_RESOLVE=api.test=127.0.0.1,wide.test=127.0.0.1")
+                        .arg(bin());
+                    c
+                }
+            };
+            c.current_dir(proj.path()).args(args).output().unwrap()
+        };
+        let prof = path_str(&profile);
+        let ctx: serde_json::Value = serde_json::from_str(&ok(
+            &run(&["context", "--format", "json", "--profile", prof]),
+            "context",
+        ))
+        .unwrap();
+        let n = &ctx["network"];
+        assert_eq!(n["policy"], "proxy", "{mode:?}: {n}");
+        assert_eq!(
+            n["allowed"],
+            serde_json::json!([format!("api.test:{p}"), format!("127.0.0.1:{p}")]),
+            "{mode:?}: api.example.org is outside the profile's list: {n}"
+        );
+        assert_eq!(n["proxy"], "http://127.0.0.1:3128");
+        let md = ok(&run(&["context", "--profile", prof]), "context");
+        assert!(
+            md.contains(&format!("only api.test:{p}, 127.0.0.1:{p}")),
+            "{md}"
+        );
+        // The claims hold in a cell of the project.
+        let o = run(&[
+            "run",
+            "--json",
+            "--profile",
+            prof,
+            "--setenv",
+            &probes(&[
+                format!("get=http://api.test:{p}/"),
+                format!("get=http://api.example.org:{p}/"),
+                format!("get=http://wide.test:{p}/"),
+            ]),
+            "--",
+            "python3",
+            "/work/client.py",
+        ]);
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        let out = v["stdout"]["text"].as_str().unwrap();
+        assert_eq!(out.matches(" 200 ").count(), 1, "{mode:?}: {out}");
+        assert_eq!(v["network"]["allowed"], n["allowed"]);
+        assert_eq!(
+            v["network"]["deny"],
+            serde_json::json!([format!("no.test:{p}")])
+        );
+        let denied: Vec<&str> = v["network"]["denied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(denied, ["api.example.org", "wide.test"], "{v}");
+    }
 }

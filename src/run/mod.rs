@@ -267,6 +267,12 @@ impl PreparedRun {
             .as_ref()
             .map(|p| p as &dyn hints::PackageSetQuery);
         let end = hints::End {
+            network_allowed: network.allowed.clone(),
+            network_denied: network
+                .denied
+                .iter()
+                .map(|d| (d.host.clone(), d.port, d.reason.clone()))
+                .collect(),
             profile: hardening.profile.name.clone(),
             memory: hardening.limits.memory,
             memory_ceiling: ceiling.memory,
