@@ -572,3 +572,68 @@ fn a_project_only_narrows_the_profile_and_its_context_says_so() {
         assert_eq!(denied, ["api.example.org", "wide.test"], "{v}");
     }
 }
+
+/// devenv's `processes.<name>.ports.<port>.allocate`: Landlock opens the port without
+/// `--allow-port`, the command starts once the process listens, and a process that
+/// cannot bind its port fails the run with its own error.
+#[test]
+fn a_process_declares_its_port_and_failing_to_bind_fails_the_run() {
+    let pkgs = repo().join("tests/fixtures/pkgs");
+    let declaration = |bind: &str| {
+        format!(
+            "{{ pkgs, config, ... }}: {{\n  packages = [ pkgs.python3 pkgs.busybox ];\n  processes.server = {{\n    ports.http.allocate = 8000;\n    exec = \"cd /tmp && echo served > index.html && exec python3 -m http.server {bind} --bind 127.0.0.1\";\n  }};\n}}\n"
+        )
+    };
+    let toml = format!("nixpkgs = \"{}\"\n", pkgs.display());
+    let good = git_project(
+        "netport",
+        &[
+            (
+                "devenv.nix",
+                &declaration("${toString config.processes.server.ports.http.value}"),
+            ),
+            ("nixcell.toml", &toml),
+        ],
+    );
+    let bad = git_project(
+        "netport",
+        &[
+            ("devenv.nix", &declaration("8001")),
+            ("nixcell.toml", &toml),
+        ],
+    );
+    for mode in MODES {
+        let run = |dir: &std::path::Path, script: &str| -> Output {
+            if mode == Mode::Rootless {
+                chown_to_test_user(dir);
+            }
+            let mut c = nixcell(mode);
+            if mode == Mode::Root {
+                c.env("NIX_PATH", format!("nixpkgs={}", pkgs.display()));
+            }
+            c.current_dir(dir)
+                .args(["run", "--json", "--", "python3", "-c", script])
+                .output()
+                .unwrap()
+        };
+        let o = run(
+            good.path(),
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/', timeout=5).read().decode(), end='')",
+        );
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"], "served\n");
+        let o = run(bad.path(), "print('ran')");
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 125, "{mode:?}: {v}");
+        assert!(
+            !v["stdout"]["text"].to_string().contains("ran"),
+            "{mode:?}: {v}"
+        );
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("server") && msg.contains("PermissionError"),
+            "{mode:?}: the process's own error: {msg}"
+        );
+    }
+}
