@@ -637,3 +637,76 @@ fn a_process_declares_its_port_and_failing_to_bind_fails_the_run() {
         );
     }
 }
+
+/// The seed's scenario 2 in two runs: a script fetches from the allowed "API" through
+/// the proxy and caches the answer in redis (saved in the workdir, which comes back);
+/// the second run is a cache hit that reaches nothing.
+#[test]
+fn an_api_answer_cached_in_redis_is_a_hit_on_the_second_run() {
+    let http = upstream(serve_http);
+    let p = http.port;
+    let env = build_env(
+        "netpol-redis",
+        "pkgs.buildEnv { name = \"netpol-redis\"; paths = [ pkgs.python3 pkgs.redis pkgs.busybox ]; }",
+    );
+    let script = format!(
+        r#"
+import subprocess, urllib.request
+def r(*a):
+    return subprocess.run(["redis-cli", "-p", "6379", *a], capture_output=True, text=True, check=True).stdout.strip()
+v = r("GET", "api:/data")
+if v:
+    print("hit", v)
+else:
+    body = urllib.request.urlopen("http://api.test:{p}/data", timeout=10).read().decode().strip()
+    r("SET", "api:/data", body)
+    r("SAVE")
+    print("miss", body)
+"#
+    );
+    for mode in MODES {
+        let wd = workdir(mode);
+        let run = || {
+            let mut c = match mode {
+                Mode::Root => {
+                    let mut c = nixcell(mode);
+                    c.env("NIXCELL_TEST_RESOLVE", "api.test=127.0.0.1");
+                    c
+                }
+                Mode::Rootless => {
+                    let mut c = as_test_user();
+                    c.arg("NIXCELL_TEST_RESOLVE=api.test=127.0.0.1").arg(bin());
+                    c
+                }
+            };
+            c.args(["run", "--json", "--env-path", path_str(&env), "--workdir"])
+                .arg(wd.path())
+                .args(["--allow-host", &format!("api.test:{p}")])
+                .args(["--allow-host", &format!("127.0.0.1:{p}")])
+                .args([
+                    "--service",
+                    "redis:6379=redis-server --port 6379 --bind 127.0.0.1 --dir /work --dbfilename cache.rdb --save '' --appendonly no",
+                    "--",
+                    "python3",
+                    "-c",
+                    &script,
+                ])
+                .output()
+                .unwrap()
+        };
+        let before = http.hits.load(Ordering::SeqCst);
+        let v = verdict(&run());
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"], "miss hello, cell\n", "{mode:?}: {v}");
+        assert_eq!(connections(&v).len(), 1);
+        assert!(
+            wd.path().join("cache.rdb").is_file(),
+            "{mode:?}: the cache came back"
+        );
+        let v = verdict(&run());
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"], "hit hello, cell\n", "{mode:?}: {v}");
+        assert_eq!(connections(&v).len(), 0, "{v}");
+        assert_eq!(http.hits.load(Ordering::SeqCst), before + 1);
+    }
+}
