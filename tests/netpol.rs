@@ -710,3 +710,121 @@ else:
         assert_eq!(http.hits.load(Ordering::SeqCst), before + 1);
     }
 }
+
+/// One `tools/call` of `run` on `nixcell mcp ARGS` over stdio (newline-delimited
+/// JSON-RPC); returns the tool's result.
+fn mcp_run(
+    mode: Mode,
+    resolve: &str,
+    server: &[String],
+    run: serde_json::Value,
+) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut c = match mode {
+        Mode::Root => {
+            let mut c = nixcell(mode);
+            c.env("NIXCELL_TEST_RESOLVE", resolve);
+            c
+        }
+        Mode::Rootless => {
+            let mut c = as_test_user();
+            c.arg(format!("NIXCELL_TEST_RESOLVE={resolve}")).arg(bin());
+            c
+        }
+    };
+    let mut child = c
+        .arg("mcp")
+        .args(server)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = |v: serde_json::Value| writeln!(stdin, "{v}").unwrap();
+    let mut answer = |id: u64| loop {
+        let line = lines.next().expect("an answer").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == id {
+            return v;
+        }
+    };
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "netpol-test", "version": "0"}}}),
+    );
+    answer(1);
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "run", "arguments": run}}),
+    );
+    let v = answer(2);
+    drop(send);
+    let _ = child.kill();
+    let _ = child.wait();
+    v["result"].clone()
+}
+
+/// Through MCP: the server's profile decides what a run reaches, the result carries
+/// `network`, and a run may name only ports the profile opens.
+#[test]
+fn mcp_runs_get_the_profiles_network_and_only_its_ports() {
+    let http = upstream(serve_http);
+    let p = http.port;
+    let env = py_env();
+    let dir = scratch("netprofile");
+    let profile = dir.path().join("mcp.toml");
+    std::fs::write(
+        &profile,
+        format!("[landlock]\nallow_ports = [8000]\n[network]\nallow = [\"api.test:{p}\", \"127.0.0.1:{p}\"]\n"),
+    )
+    .unwrap();
+    chmod_readable(dir.path());
+    let server = vec![
+        "--env-path".to_string(),
+        path_str(&env).to_string(),
+        "--profile".to_string(),
+        profile.display().to_string(),
+    ];
+    for mode in MODES {
+        let before = http.hits.load(Ordering::SeqCst);
+        let r = mcp_run(
+            mode,
+            "api.test=127.0.0.1",
+            &server,
+            serde_json::json!({"command": ["python3", "-c",
+                "import socket; s = socket.socket(); s.bind(('127.0.0.1', 8000)); s.listen(); print('bound')"],
+                "ports": [8000]}),
+        );
+        let s = &r["structuredContent"];
+        assert_eq!(s["exit_code"], 0, "{mode:?}: {r}");
+        assert_eq!(s["stdout"]["text"], "bound\n", "{r}");
+        assert_eq!(s["network"]["mode"], "proxy", "{r}");
+        assert_eq!(http.hits.load(Ordering::SeqCst), before);
+        let r = mcp_run(
+            mode,
+            "api.test=127.0.0.1",
+            &server,
+            serde_json::json!({"command": ["python3", "-c",
+                format!("import urllib.request; print(urllib.request.urlopen('http://api.test:{p}/').read().decode(), end='')")]}),
+        );
+        let s = &r["structuredContent"];
+        assert_eq!(s["exit_code"], 0, "{mode:?}: {r}");
+        assert_eq!(s["stdout"]["text"], "hello, cell\n", "{r}");
+        assert_eq!(s["network"]["connections"][0]["host"], "api.test", "{r}");
+        let r = mcp_run(
+            mode,
+            "",
+            &server,
+            serde_json::json!({"command": ["true"], "ports": [8001]}),
+        );
+        let text = r.to_string();
+        assert!(
+            r["isError"] == true
+                && text.contains("8001 is not a port the sandbox profile opens (8000)"),
+            "{mode:?}: {r}"
+        );
+    }
+}

@@ -10,7 +10,8 @@ impl Server {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<RunResult, McpError> {
-        let limits = limit_args(&p, &self.inner.ceiling()?)?;
+        let mut limits = limit_args(&p, &self.inner.ceiling()?)?;
+        limits.extend(port_args(&p, &self.inner.open_ports()?)?);
         // The whole request is checked before anything is created or run.
         let files = p.files.as_ref().map(decode_files).transpose()?;
         let collect = p.collect.as_deref().unwrap_or(&[]);
@@ -112,6 +113,7 @@ impl Server {
                 files,
                 workdir: workdir_of(v.workdir),
                 closure_hash: v.closure.map(|c| c.hash),
+                network: v.network,
             },
             RunReply::Refused { exit_code, error } => RunResult {
                 exit_code,
@@ -128,6 +130,7 @@ impl Server {
                 files,
                 workdir: None,
                 closure_hash: None,
+                network: None,
             },
         };
         progress

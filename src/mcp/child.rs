@@ -118,10 +118,11 @@ impl Inner {
         })
     }
 
-    /// The most a client's run may ask for: the limits of the profile runs use (the one
-    /// given, else the project's, else "default"), tightened by the project's own
-    /// (`run::limits::ceiling`).
-    pub(super) fn ceiling(&self) -> Result<crate::profile::Limits, McpError> {
+    /// The profile runs use (the one given, else the project's, else "default") and
+    /// the project.
+    fn profile_and_project(
+        &self,
+    ) -> Result<(crate::profile::Profile, Option<crate::project::Project>), McpError> {
         let project = match &self.target {
             Target::Project(dir) => Some(
                 crate::project::Project::discover(dir)
@@ -136,11 +137,23 @@ impl Inner {
             .unwrap_or_else(|| "default".into());
         let profile = crate::profile::load(&name)
             .map_err(|e| McpError::Request(format!("profile {name}: {e}")))?;
+        Ok((profile, project))
+    }
+
+    /// The most a client's run may ask for: the limits of the profile runs use,
+    /// tightened by the project's own (`run::limits::ceiling`).
+    pub(super) fn ceiling(&self) -> Result<crate::profile::Limits, McpError> {
+        let (profile, project) = self.profile_and_project()?;
         let asked = project.map_or_else(Default::default, |p| crate::run::limits::ProjectLimits {
             timeout: p.limits.timeout,
             max_output: p.limits.max_output_bytes,
         });
         Ok(crate::run::limits::ceiling(&profile.limits, &asked))
+    }
+
+    /// The loopback TCP ports the profile opens: those a client's run may name.
+    pub(super) fn open_ports(&self) -> Result<Vec<u16>, McpError> {
+        Ok(self.profile_and_project()?.0.landlock.allow_ports)
     }
 
     pub(super) fn project_args(&self) -> Result<Vec<String>, McpError> {
