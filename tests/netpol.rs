@@ -828,3 +828,29 @@ fn mcp_runs_get_the_profiles_network_and_only_its_ports() {
         );
     }
 }
+
+/// A cell opening connections in a loop gets at most the forwarder's cap relayed at
+/// once (it runs outside the command's cgroup): the rest are closed at once.
+#[test]
+fn the_forwarder_relays_a_bounded_number_of_connections() {
+    let script = r#"
+import socket, time
+socks = [socket.create_connection(("127.0.0.1", 3128)) for _ in range(200)]
+time.sleep(1)
+closed = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        if s.recv(1) == b"":
+            closed += 1
+    except BlockingIOError:
+        pass
+print(closed)
+"#;
+    for mode in MODES {
+        let o = run_py(mode, "", &allow(&["api.test:80".to_string()]), script);
+        let v = verdict(&o);
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(v["stdout"]["text"], "72\n", "{mode:?}: 128 of 200 relayed");
+    }
+}

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 pub const PORT_IN_CELL: u16 = 3128;
 /// Where the proxy's socket is bound in the cell.
 pub const SOCKET_IN_CELL: &str = "/run/nixcell/proxy.sock";
+/// Connections relayed at once (two threads and four descriptors each); past it a
+/// new one is closed at once. The forwarder is PID 1's child, outside the command's cgroup: this bounds
+/// what a cell opening connections in a loop costs the host.
+const MAX_RELAYS: usize = 128;
 
 /// The forwarder of a run: where it listens, where it forwards to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,12 +69,30 @@ fn keep_only(keep: i32) {
 }
 
 fn serve(listener: TcpListener, socket: &Path) -> ! {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let live = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let Ok(tcp) = conn else { continue };
+        let Ok(tcp) = conn else {
+            // Out of descriptors or memory for a moment: no busy loop meanwhile.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
+        if live.load(Ordering::SeqCst) >= MAX_RELAYS {
+            continue;
+        }
+        live.fetch_add(1, Ordering::SeqCst);
         let socket = socket.to_path_buf();
-        let _ = std::thread::Builder::new()
+        let done = live.clone();
+        let spawned = std::thread::Builder::new()
             .stack_size(64 << 10)
-            .spawn(move || relay(tcp, &socket));
+            .spawn(move || {
+                relay(tcp, &socket);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            live.fetch_sub(1, Ordering::SeqCst);
+        }
     }
     // SAFETY: _exit ends the process at once.
     unsafe { libc::_exit(0) }
