@@ -126,11 +126,9 @@ fn tls_upstream() -> Tls {
     }
 }
 
-/// `nixcell run --json` of a Python script in a cell, the test names resolved by the
-/// supervisor's override.
-fn run_py(mode: Mode, resolve: &str, flags: &[String], script: &str) -> Output {
-    let env = py_env();
-    let mut c = match mode {
+/// `nixcell` as root or as the test user, with the supervisor's test names.
+fn resolving(mode: Mode, resolve: &str) -> Command {
+    match mode {
         Mode::Root => {
             let mut c = nixcell(mode);
             c.env("NIXCELL_TEST_RESOLVE", resolve);
@@ -142,7 +140,14 @@ fn run_py(mode: Mode, resolve: &str, flags: &[String], script: &str) -> Output {
             c.arg(format!("NIXCELL_TEST_RESOLVE={resolve}")).arg(bin());
             c
         }
-    };
+    }
+}
+
+/// `nixcell run --json` of a Python script in a cell, the test names resolved by the
+/// supervisor's override.
+fn run_py(mode: Mode, resolve: &str, flags: &[String], script: &str) -> Output {
+    let env = py_env();
+    let mut c = resolving(mode, resolve);
     c.args(["run", "--json", "--env-path", path_str(&env)])
         .args(flags)
         .args(["--", "python3", "-c", script])
@@ -500,23 +505,10 @@ fn a_project_only_narrows_the_profile_and_its_context_says_so() {
             chown_to_test_user(proj.path());
         }
         let run = |args: &[&str]| -> Output {
-            let mut c = match mode {
-                Mode::Root => {
-                    let mut c = nixcell(mode);
-                    c.env(
-                        "NIXCELL_TEST_RESOLVE",
-                        "api.test=127.0.0.1,wide.test=127.0.0.1",
-                    )
-                    .env("NIX_PATH", format!("nixpkgs={}", pkgs.display()));
-                    c
-                }
-                Mode::Rootless => {
-                    let mut c = as_test_user();
-                    c.arg("NIXCELL_TEST_RESOLVE=api.test=127.0.0.1,wide.test=127.0.0.1")
-                        .arg(bin());
-                    c
-                }
-            };
+            let mut c = resolving(mode, "api.test=127.0.0.1,wide.test=127.0.0.1");
+            if mode == Mode::Root {
+                c.env("NIX_PATH", format!("nixpkgs={}", pkgs.display()));
+            }
             c.current_dir(proj.path()).args(args).output().unwrap()
         };
         let prof = path_str(&profile);
@@ -667,18 +659,7 @@ else:
     for mode in MODES {
         let wd = workdir(mode);
         let run = || {
-            let mut c = match mode {
-                Mode::Root => {
-                    let mut c = nixcell(mode);
-                    c.env("NIXCELL_TEST_RESOLVE", "api.test=127.0.0.1");
-                    c
-                }
-                Mode::Rootless => {
-                    let mut c = as_test_user();
-                    c.arg("NIXCELL_TEST_RESOLVE=api.test=127.0.0.1").arg(bin());
-                    c
-                }
-            };
+            let mut c = resolving(mode, "api.test=127.0.0.1");
             c.args(["run", "--json", "--env-path", path_str(&env), "--workdir"])
                 .arg(wd.path())
                 .args(["--allow-host", &format!("api.test:{p}")])
@@ -720,18 +701,7 @@ fn mcp_run(
     run: serde_json::Value,
 ) -> serde_json::Value {
     use std::io::BufRead;
-    let mut c = match mode {
-        Mode::Root => {
-            let mut c = nixcell(mode);
-            c.env("NIXCELL_TEST_RESOLVE", resolve);
-            c
-        }
-        Mode::Rootless => {
-            let mut c = as_test_user();
-            c.arg(format!("NIXCELL_TEST_RESOLVE={resolve}")).arg(bin());
-            c
-        }
-    };
+    let mut c = resolving(mode, resolve);
     let mut child = c
         .arg("mcp")
         .args(server)
@@ -761,7 +731,6 @@ fn mcp_run(
         "params": {"name": "run", "arguments": run}}),
     );
     let v = answer(2);
-    drop(send);
     let _ = child.kill();
     let _ = child.wait();
     v["result"].clone()

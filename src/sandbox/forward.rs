@@ -51,6 +51,17 @@ pub fn start(net: &NetSpec) -> StageResult<Pid> {
 /// Closes every descriptor but `keep` (the control socket, the logs, the mount
 /// sources are not the forwarder's); the standard ones become /dev/null.
 fn keep_only(keep: i32) {
+    stdio_to_null();
+    // SAFETY: close_range on descriptors nothing of this process uses.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
+/// Makes the standard descriptors /dev/null (PID 1 and the forwarder keep none of
+/// the command's streams).
+pub(super) fn stdio_to_null() {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -60,11 +71,6 @@ fn keep_only(keep: i32) {
             // SAFETY: dup2 onto the standard descriptors; null stays open until then.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
-    }
-    // SAFETY: close_range on descriptors nothing of this process uses.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
-        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
     }
 }
 

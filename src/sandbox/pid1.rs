@@ -200,16 +200,7 @@ pub fn main(
     // Seccomp for PID 1 comes after the fork: the command installs its own filters,
     // and inheriting PID 1's as well would run every syscall through both.
     super::layers::confine_pid1(spec, sock);
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors; null stays open until then.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
+    super::forward::stdio_to_null();
 
     let mut services: Vec<Option<Pid>> = services.into_iter().map(Some).collect();
     let status = supervise(child, &sfd, sock, &mut services);
