@@ -105,17 +105,9 @@ struct RawProfile {
     cgroup: RawMode,
     #[serde(default)]
     rlimits: RawMode,
+    /// `[network]` (see `net::policy`); none listed: loopback only.
     #[serde(default)]
-    network: RawNetwork,
-}
-
-/// `[network]`: the names and addresses a cell may reach through the proxy (see
-/// `net::policy`); none listed: loopback only.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    allow: Option<Vec<Spanned<String>>>,
-    deny: Option<Vec<Spanned<String>>>,
+    network: crate::net::policy::NetworkToml,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,13 +301,7 @@ fn parse_raw(file: &str, text: &str) -> Result<RawProfile, ProfileError> {
             ));
         }
     }
-    for entry in raw
-        .network
-        .allow
-        .iter()
-        .chain(raw.network.deny.iter())
-        .flatten()
-    {
+    for (_, entry) in raw.network.entries() {
         if let Err(m) = crate::net::Entry::parse(entry.get_ref()) {
             return Err(invalid(file, text, entry.span().start, m));
         }
@@ -527,6 +513,7 @@ mod tests {
             ),
             ("[network]\ndeny = [\"x.org\"]\n", 2, "deny"),
             ("[network]\nallwo = []\n", 2, "allwo"),
+            ("network = \"any\"\n", 1, "network"),
         ] {
             let p = write(d.path(), "bad.toml", text);
             let e = load(p.to_str().unwrap()).unwrap_err();
@@ -556,6 +543,21 @@ mod tests {
         );
         let prof = load(p.to_str().unwrap()).unwrap();
         assert_eq!(prof.limits.pids, Some(7));
+        let open = write(
+            d.path(),
+            "open.toml",
+            "[network]\nallow = [\"api.example.com:443\"]\n",
+        );
+        assert_eq!(load(open.to_str().unwrap()).unwrap().network.allow.len(), 1);
+        let closed = write(
+            d.path(),
+            "closed.toml",
+            "extends = \"open.toml\"\nnetwork = \"none\"\n",
+        );
+        assert_eq!(
+            load(closed.to_str().unwrap()).unwrap().network.mode(),
+            "none"
+        );
         assert_eq!(prof.limits.memory, Some(512 << 20));
         assert_eq!(prof.landlock.mode, LayerMode::Off);
         assert_eq!(prof.seccomp.kind, SeccompKind::AllowList);

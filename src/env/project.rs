@@ -126,18 +126,7 @@ pub struct Config {
     pub policy: Policy,
     /// `[network]`: the names the project's cells reach through the proxy, inside
     /// the profile's own list (see `net::policy`).
-    pub network: Option<NetworkToml>,
-}
-
-/// `[network]` as written: `allow` and `deny` entries (`HOST:PORT`, `*.SUFFIX:PORT`,
-/// addresses as such).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkToml {
-    #[serde(default)]
-    pub allow: Vec<toml::Spanned<String>>,
-    #[serde(default)]
-    pub deny: Vec<toml::Spanned<String>>,
+    pub network: Option<crate::net::policy::NetworkToml>,
 }
 
 /// Limits with their values checked.
@@ -211,24 +200,16 @@ impl Config {
             network: match &config.network {
                 None => None,
                 Some(n) => {
-                    for (key, e) in n
-                        .allow
-                        .iter()
-                        .map(|e| ("network.allow", e))
-                        .chain(n.deny.iter().map(|e| ("network.deny", e)))
-                    {
+                    for (key, e) in n.entries() {
                         if let Err(m) = crate::net::Entry::parse(e.get_ref()) {
                             return Err(ProjectError::Config {
                                 file: file.to_path_buf(),
                                 line: line_of(text, e.span().start),
-                                message: format!("{key}: {m}"),
+                                message: format!("network.{key}: {m}"),
                             });
                         }
                     }
-                    let list = |l: &[toml::Spanned<String>]| -> Vec<String> {
-                        l.iter().map(|e| e.get_ref().clone()).collect()
-                    };
-                    crate::net::NetPolicy::parse(&list(&n.allow), &list(&n.deny)).ok()
+                    n.policy().ok()
                 }
             },
         };
@@ -877,6 +858,22 @@ mod tests {
             .to_string();
         assert!(e.starts_with("nixcell.toml:2:"), "{e}");
         assert!(Config::parse(f, "").unwrap().1.network.is_none());
+        let none = Config::parse(f, "network = \"none\"\n").unwrap().1.network;
+        assert_eq!(none, Some(crate::net::NetPolicy::default()));
+        let e = Config::parse(f, "network = \"all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("nixcell.toml:1:") && e.contains("\"none\""),
+            "{e}"
+        );
+        let e = Config::parse(f, "[network]\nalow = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("nixcell.toml:2:") && e.contains("alow"),
+            "{e}"
+        );
     }
 
     #[test]

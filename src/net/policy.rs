@@ -328,6 +328,75 @@ impl NetPolicy {
     }
 }
 
+/// A `[network]` table as written in a profile or nixcell.toml, each entry with its
+/// position (checked by the reader, which knows the file): `network = "none"` is the
+/// short form of an empty allow list. `None`: not written (a profile inherits it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkToml {
+    pub allow: Option<Vec<toml::Spanned<String>>>,
+    pub deny: Option<Vec<toml::Spanned<String>>>,
+}
+
+impl NetworkToml {
+    /// The entries with the key each is under.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &toml::Spanned<String>)> {
+        self.allow
+            .iter()
+            .flatten()
+            .map(|e| ("allow", e))
+            .chain(self.deny.iter().flatten().map(|e| ("deny", e)))
+    }
+
+    /// The policy written (entries not yet checked are an error naming the entry).
+    pub fn policy(&self) -> Result<NetPolicy, String> {
+        let list = |l: &Option<Vec<toml::Spanned<String>>>| -> Vec<String> {
+            l.iter().flatten().map(|e| e.get_ref().clone()).collect()
+        };
+        NetPolicy::parse(&list(&self.allow), &list(&self.deny))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NetworkToml {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            allow: Option<Vec<toml::Spanned<String>>>,
+            deny: Option<Vec<toml::Spanned<String>>>,
+        }
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = NetworkToml;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"none\" or a table of `allow` and `deny` lists")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NetworkToml, E> {
+                if v == "none" {
+                    Ok(NetworkToml {
+                        allow: Some(Vec::new()),
+                        deny: None,
+                    })
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<NetworkToml, A::Error> {
+                let t = <Table as serde::Deserialize>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(m),
+                )?;
+                Ok(NetworkToml {
+                    allow: t.allow,
+                    deny: t.deny,
+                })
+            }
+        }
+        d.deserialize_any(Form)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
