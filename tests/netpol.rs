@@ -700,6 +700,17 @@ fn mcp_run(
     server: &[String],
     run: serde_json::Value,
 ) -> serde_json::Value {
+    mcp_call(mode, resolve, server, "run", run)
+}
+
+/// One `tools/call` of `tool` on `nixcell mcp ARGS`.
+fn mcp_call(
+    mode: Mode,
+    resolve: &str,
+    server: &[String],
+    tool: &str,
+    arguments: serde_json::Value,
+) -> serde_json::Value {
     use std::io::BufRead;
     let mut c = resolving(mode, resolve);
     let mut child = c
@@ -728,7 +739,7 @@ fn mcp_run(
     send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
     send(
         serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "run", "arguments": run}}),
+        "params": {"name": tool, "arguments": arguments}}),
     );
     let v = answer(2);
     let _ = child.kill();
@@ -758,6 +769,27 @@ fn mcp_runs_get_the_profiles_network_and_only_its_ports() {
         profile.display().to_string(),
     ];
     for mode in MODES {
+        let ctx = mcp_call(
+            mode,
+            "",
+            &server,
+            "environment_context",
+            serde_json::json!({}),
+        );
+        let c = &ctx["structuredContent"];
+        assert_eq!(
+            c["network_allowed"],
+            serde_json::json!([format!("api.test:{p}"), format!("127.0.0.1:{p}")]),
+            "{mode:?}: {ctx}"
+        );
+        assert_eq!(c["tcp_ports"], serde_json::json!([8000, 3128]), "{ctx}");
+        assert!(
+            ctx["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("through nixcell's proxy at http://127.0.0.1:3128"),
+            "{ctx}"
+        );
         let before = http.hits.load(Ordering::SeqCst);
         let r = mcp_run(
             mode,

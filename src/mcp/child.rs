@@ -260,8 +260,13 @@ pub(super) fn env_paths_context(
         "output {} bytes kept per stream",
         limits.max_output
     ));
-    let tcp = if crate::harden::tcp_rules_enforced(&profile) {
-        let open = &profile.landlock.allow_ports;
+    // Landlock's open ports: the profile's, and the proxy's when it allows names.
+    let mut open_ports = profile.landlock.allow_ports.clone();
+    if !profile.network.allow.is_empty() {
+        open_ports.push(crate::net::PORT_IN_CELL);
+    }
+    let tcp_ports = crate::harden::tcp_rules_enforced(&profile).then_some(open_ports);
+    let tcp = if let Some(open) = &tcp_ports {
         if open.is_empty() {
             "; TCP connect/bind denied (EACCES) on every port".to_string()
         } else {
@@ -275,6 +280,28 @@ pub(super) fn env_paths_context(
         }
     } else {
         String::new()
+    };
+    let allowed: Vec<String> = profile
+        .network
+        .allow
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let (network, net_line) = if allowed.is_empty() {
+        (
+            "loopback only".to_string(),
+            format!("loopback only{tcp}; no outside host is reachable"),
+        )
+    } else {
+        let through = format!(
+            "through nixcell's proxy at http://127.0.0.1:{} (HTTP_PROXY, HTTPS_PROXY and ALL_PROXY point to it) only {}",
+            crate::net::PORT_IN_CELL,
+            allowed.join(", ")
+        );
+        (
+            format!("loopback and, {through}"),
+            format!("loopback{tcp}, and {through}; everything else is refused"),
+        )
     };
     let store = crate::nix::closure::store_dir();
     let roots = paths
@@ -303,8 +330,9 @@ pub(super) fn env_paths_context(
         "roots": roots,
         "closure": { "paths": closure.paths.len(), "hash": closure.hash },
         "executables": executables,
-        "network": "loopback only",
-        "tcp_ports": crate::harden::tcp_rules_enforced(&profile).then(|| profile.landlock.allow_ports.clone()),
+        "network": network,
+        "network_allowed": allowed,
+        "tcp_ports": tcp_ports,
         "writable": writable,
         "profile": profile.name,
         "limits": {
@@ -318,7 +346,7 @@ pub(super) fn env_paths_context(
     let md = format!(
         "# Environment\n\nA nixcell cell made of the closure of {} ({} store paths). \
          Nothing else of the host exists inside.\n\n## Executables on PATH\n{}\n\n\
-         ## Rules\n- Network: loopback only{tcp}; no outside host is reachable.\n\
+         ## Rules\n- Network: {net_line}.\n\
          {work_line}\n\
          - Limits (profile `{}`): {}.\n\
          - Edits: none; this environment is fixed store paths.\n",
