@@ -328,6 +328,10 @@ fn refused_names_and_addresses_are_listed_and_never_reached() {
         };
         assert!(reason("other.example").contains("not on the allow list"));
         assert!(reason("rebind.test").contains("127.0.0.2, a loopback address"));
+        assert_eq!(
+            denied.iter().find(|d| d["host"] == "rebind.test").unwrap()["address"],
+            "127.0.0.2"
+        );
         assert!(reason("blocked.test").contains("deny entry"));
         assert!(reason("127.0.0.3").contains("literal address"));
         assert!(reason("10.1.2.3").contains("literal address"));
@@ -351,6 +355,14 @@ fn refused_names_and_addresses_are_listed_and_never_reached() {
             "{h}"
         );
         assert_eq!(h["edit"], serde_json::Value::Null);
+        let h = hint(format!("rebind.test:{p}"));
+        assert!(
+            h["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("--allow-host 127.0.0.2:{p}")),
+            "{h}"
+        );
         let h = hint(format!("blocked.test:{p}"));
         assert!(
             h["message"].as_str().unwrap().contains("deny entry wins"),

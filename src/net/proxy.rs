@@ -59,6 +59,10 @@ pub struct Denied {
     pub host: String,
     pub port: u16,
     pub reason: String,
+    /// The address refused, when the name passed and an address it resolves to (or
+    /// the literal asked for) did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// The verdict's `network`: the policy and what the cell did with it.
@@ -363,12 +367,23 @@ async fn handle(
 
 impl State {
     fn deny(&self, host: &str, port: u16, reason: String) -> (StatusCode, String) {
+        self.deny_at(host, port, reason, None)
+    }
+
+    fn deny_at(
+        &self,
+        host: &str,
+        port: u16,
+        reason: String,
+        address: Option<IpAddr>,
+    ) -> (StatusCode, String) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if log.denied.len() < MAX_LISTED {
             log.denied.push(Denied {
                 host: crate::changes::shown(&host.chars().take(253).collect::<String>()),
                 port,
                 reason: reason.clone(),
+                address: address.map(|a| a.to_string()),
             });
         } else {
             log.truncated += 1;
@@ -412,12 +427,14 @@ impl State {
                 .check_addr(ip, port, literal.is_some(), &self.own)
             {
                 Ok(()) => passed.push(SocketAddr::new(ip, port)),
-                Err(why) => refused = Some(why),
+                Err(why) => refused = Some((why, ip)),
             }
         }
         if passed.is_empty() {
-            let why = refused.unwrap_or_else(|| "resolves to no address".into());
-            return Err(self.deny(&name, port, why));
+            return Err(match refused {
+                Some((why, ip)) => self.deny_at(&name, port, why, Some(ip)),
+                None => self.deny(&name, port, "resolves to no address".into()),
+            });
         }
         let mut last = String::new();
         for addr in passed {

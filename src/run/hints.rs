@@ -127,8 +127,8 @@ pub struct End {
     pub died: Vec<DiedService>,
     /// The network allow entries in force (empty: loopback only).
     pub network_allowed: Vec<String>,
-    /// What the proxy refused: (host, port, reason).
-    pub network_denied: Vec<(String, u16, String)>,
+    /// What the proxy refused: (host, port, reason, the address refused).
+    pub network_denied: Vec<(String, u16, String, Option<String>)>,
 }
 
 /// A service or process of the cell that ended before the command did.
@@ -338,7 +338,7 @@ const MAX_PROXY_HINTS: usize = 5;
 /// project may only narrow the profile's allow list, so only the operator can.
 fn proxy_refusals(end: &End) -> Vec<Hint> {
     let mut out: Vec<Hint> = Vec::new();
-    for (host, port, reason) in &end.network_denied {
+    for (host, port, reason, address) in &end.network_denied {
         let missing = format!("{host}:{port}");
         if out.iter().any(|h| h.missing == missing) {
             continue;
@@ -348,6 +348,15 @@ fn proxy_refusals(end: &End) -> Vec<Hint> {
         }
         let what = if reason.contains("deny entry") {
             "a deny entry of the policy refuses it, and a deny entry wins: no flag or edit changes that".to_string()
+        } else if let Some(a) = address {
+            let a = if a.contains(':') {
+                format!("[{a}]")
+            } else {
+                a.clone()
+            };
+            format!(
+                "that address is reached only when it is listed as such, which only the operator can do (`--allow-host {a}:{port}`), and only if it is meant: a name resolving there may be an attempt to reach the host's own network"
+            )
         } else {
             let allowed = if end.network_allowed.is_empty() {
                 "nothing".to_string()

@@ -271,7 +271,7 @@ impl PreparedRun {
             network_denied: network
                 .denied
                 .iter()
-                .map(|d| (d.host.clone(), d.port, d.reason.clone()))
+                .map(|d| (d.host.clone(), d.port, d.reason.clone(), d.address.clone()))
                 .collect(),
             profile: hardening.profile.name.clone(),
             memory: hardening.limits.memory,
