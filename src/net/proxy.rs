@@ -30,6 +30,8 @@ use tokio::net::TcpStream;
 const MAX_CONCURRENT: usize = 256;
 /// Entries kept of each list of the report; the rest is counted in `truncated`.
 const MAX_LISTED: usize = 256;
+/// Buffer of each direction of a tunnel.
+const COPY_BUFFER: usize = 64 << 10;
 /// How long a connect to an upstream address may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -299,7 +301,13 @@ async fn handle(
         tokio::spawn(async move {
             if let Ok(up) = hyper::upgrade::on(req).await {
                 let mut cell = TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut cell, &mut upstream).await;
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut cell,
+                    &mut upstream,
+                    COPY_BUFFER,
+                    COPY_BUFFER,
+                )
+                .await;
             }
         });
         return Ok(Response::new(

@@ -105,7 +105,7 @@ fn serve(listener: TcpListener, socket: &Path) -> ! {
 }
 
 fn copy(mut from: impl Read, mut to: impl Write) {
-    let mut buf = [0u8; 16 << 10];
+    let mut buf = vec![0u8; 64 << 10];
     while let Ok(n) = from.read(&mut buf) {
         if n == 0 || to.write_all(&buf[..n]).is_err() {
             break;
