@@ -866,3 +866,45 @@ print(closed)
         assert_eq!(v["stdout"]["text"], "72\n", "{mode:?}: 128 of 200 relayed");
     }
 }
+
+fn serve_host_echo(mut c: TcpStream) {
+    let mut req = Vec::new();
+    let mut b = [0u8; 1];
+    while !req.ends_with(b"\r\n\r\n") && c.read(&mut b).is_ok_and(|n| n == 1) {
+        req.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&req).to_string();
+    let host = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let _ = write!(
+        c,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{host}",
+        host.len()
+    );
+}
+
+/// Plain HTTP: the upstream sees the Host that was checked, never one the cell wrote
+/// to reach another site at the same address.
+#[test]
+fn a_plain_http_request_carries_the_checked_host() {
+    let up = upstream(serve_host_echo);
+    let p = up.port;
+    let script = format!(
+        "import urllib.request\nr = urllib.request.Request('http://api.test:{p}/', headers={{'Host': 'other.example'}})\nprint(urllib.request.urlopen(r, timeout=10).read().decode())\n"
+    );
+    for mode in MODES {
+        let flags = allow(&[format!("api.test:{p}"), format!("127.0.0.1:{p}")]);
+        let v = verdict(&run_py(mode, "api.test=127.0.0.1", &flags, &script));
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        assert_eq!(
+            v["stdout"]["text"],
+            format!("api.test:{p}\n"),
+            "{mode:?}: {v}"
+        );
+    }
+}

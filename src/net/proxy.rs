@@ -352,9 +352,14 @@ async fn handle(
     {
         parts.headers.remove(h);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = uri.authority()
-        && let Ok(v) = header::HeaderValue::from_str(a.as_str())
+    // The Host the upstream sees is the one checked: a request for an allowed name
+    // with another Host would reach another site served at the same address.
+    parts.headers.remove(header::HOST);
+    if let Some(a) = uri.authority()
+        && let Ok(v) = header::HeaderValue::from_str(&match a.port_u16() {
+            Some(p) => format!("{}:{p}", a.host()),
+            None => a.host().to_string(),
+        })
     {
         parts.headers.insert(header::HOST, v);
     }
