@@ -43,7 +43,7 @@ PACKAGES="
   python3 python3-venv python3-pandas python3-openpyxl python3-tz python3-dateutil tzdata
   redis-server redis-tools jq ripgrep postgresql python3-psycopg2 file
   hyperfine iproute2 util-linux procps git ca-certificates zsh fish groff-base
-  build-essential pkg-config
+  build-essential pkg-config openssl
 "
 
 # With systemd, Debian's unit files for the daemon (which also make the

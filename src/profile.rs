@@ -105,6 +105,9 @@ struct RawProfile {
     cgroup: RawMode,
     #[serde(default)]
     rlimits: RawMode,
+    /// `[network]` (see `net::policy`); none listed: loopback only.
+    #[serde(default)]
+    network: crate::net::policy::NetworkToml,
     #[serde(default)]
     session: RawSession,
 }
@@ -210,6 +213,8 @@ pub struct Profile {
     pub seccomp: SeccompPolicy,
     pub cgroup: LayerMode,
     pub rlimits: LayerMode,
+    /// The most a cell of this profile may reach (a project may only narrow it).
+    pub network: crate::net::NetPolicy,
     pub session: SessionPolicy,
 }
 
@@ -310,6 +315,11 @@ fn parse_raw(file: &str, text: &str) -> Result<RawProfile, ProfileError> {
                     name.get_ref()
                 ),
             ));
+        }
+    }
+    for (_, entry) in raw.network.entries() {
+        if let Err(m) = crate::net::Entry::parse(entry.get_ref()) {
+            return Err(invalid(file, text, entry.span().start, m));
         }
     }
     Ok(raw)
@@ -425,6 +435,20 @@ pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         },
         cgroup: mode(pick!(c, cgroup.mode)),
         rlimits: mode(pick!(c, rlimits.mode)),
+        network: {
+            let list = |l: Option<Vec<Spanned<String>>>| -> Vec<String> {
+                l.unwrap_or_default()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect()
+            };
+            // Checked entry by entry with their positions in parse_raw.
+            crate::net::NetPolicy::parse(
+                &list(pick!(c, network.allow)),
+                &list(pick!(c, network.deny)),
+            )
+            .unwrap_or_default()
+        },
         session: SessionPolicy {
             idle: pick!(c, session.idle).map(|d| d.0),
         },
@@ -501,6 +525,14 @@ mod tests {
             ),
             ("[seccomp]\nallow = [\"read\", \"ptrace\"]\n", 2, "allow"),
             ("[limits]\npids = 0\n", 2, "pids"),
+            (
+                "[network]\n\nallow = [\"api.example.com:443\", \"a*.example.com:443\"]\n",
+                3,
+                "allow",
+            ),
+            ("[network]\ndeny = [\"x.org\"]\n", 2, "deny"),
+            ("[network]\nallwo = []\n", 2, "allwo"),
+            ("network = \"any\"\n", 1, "network"),
         ] {
             let p = write(d.path(), "bad.toml", text);
             let e = load(p.to_str().unwrap()).unwrap_err();
@@ -530,6 +562,21 @@ mod tests {
         );
         let prof = load(p.to_str().unwrap()).unwrap();
         assert_eq!(prof.limits.pids, Some(7));
+        let open = write(
+            d.path(),
+            "open.toml",
+            "[network]\nallow = [\"api.example.com:443\"]\n",
+        );
+        assert_eq!(load(open.to_str().unwrap()).unwrap().network.allow.len(), 1);
+        let closed = write(
+            d.path(),
+            "closed.toml",
+            "extends = \"open.toml\"\nnetwork = \"none\"\n",
+        );
+        assert_eq!(
+            load(closed.to_str().unwrap()).unwrap().network.mode(),
+            "none"
+        );
         assert_eq!(prof.limits.memory, Some(512 << 20));
         assert_eq!(prof.landlock.mode, LayerMode::Off);
         assert_eq!(prof.seccomp.kind, SeccompKind::AllowList);

@@ -129,7 +129,14 @@ pub struct AskUpTo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInfo {
+    /// "loopback-only", or "proxy": the names of `allowed` through nixcell's proxy.
     pub policy: String,
+    /// The allow entries in force (the profile's, narrowed by nixcell.toml).
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// The proxy's URL in the cell (also in HTTP_PROXY, HTTPS_PROXY, ALL_PROXY).
+    #[serde(default)]
+    pub proxy: Option<String>,
     /// Loopback TCP ports the command may connect to and bind (Landlock); `null`: any.
     pub tcp_ports: Option<Vec<u16>>,
     pub detail: String,
@@ -481,8 +488,15 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
     let fs = &profile.filesystem;
     let cow = fs.workdir == WorkdirMode::Cow;
     let work_size = cow.then(|| crate::run::limits::work_size(fs, &limits));
+    let net = crate::run::limits::network(&profile.network, project.limits.network.as_ref(), &[]);
+    let allowed: Vec<String> = net.allow.iter().map(|e| e.to_string()).collect();
+    let proxy =
+        (!allowed.is_empty()).then(|| format!("http://127.0.0.1:{}", crate::net::PORT_IN_CELL));
     let tcp_ports = crate::harden::tcp_rules_enforced(&profile).then(|| {
         let mut p = profile.landlock.allow_ports.clone();
+        if proxy.is_some() {
+            p.push(crate::net::PORT_IN_CELL);
+        }
         p.extend(services.iter().filter_map(|s| s.port));
         p.sort_unstable();
         p.dedup();
@@ -496,6 +510,14 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
             p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
         ),
         None => "only the cell's own loopback: no internet, no host services; the declared services listen on 127.0.0.1".to_string(),
+    };
+    let network_detail = match &proxy {
+        Some(url) => format!(
+            "{}; beyond it only {} through nixcell's proxy at {url} (HTTP_PROXY, HTTPS_PROXY and ALL_PROXY point to it; the proxy resolves the names, there is no DNS in the cell; a literal or private address only when listed as such); everything else is refused (HTTP 403)",
+            network_detail.replace("no internet, no host services", "no host services"),
+            allowed.join(", ")
+        ),
+        None => network_detail,
     };
     let protected = crate::project::PROTECTED.join(", ");
     let work_what = match (fs.workdir, opts.mcp) {
@@ -588,7 +610,14 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
             ask_up_to,
         },
         network: NetworkInfo {
-            policy: "loopback-only".into(),
+            policy: if proxy.is_some() {
+                "proxy"
+            } else {
+                "loopback-only"
+            }
+            .into(),
+            allowed,
+            proxy,
             tcp_ports,
             detail: network_detail,
         },
@@ -873,8 +902,15 @@ fn environment_short(c: &Context) -> String {
             c.package_set.source, c.package_set.locked
         )
     });
+    let through = match &c.network.proxy {
+        Some(url) => format!(
+            " and, through the proxy at {url} (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY set), only {}",
+            c.network.allowed.join(", ")
+        ),
+        None => String::new(),
+    };
     head.push(format!(
-        "- Network: loopback only{}.",
+        "- Network: loopback only{through}{}.",
         match &c.network.tcp_ports {
             Some(p) if p.is_empty() =>
                 "; TCP connect/bind denied (EACCES) on every port".to_string(),

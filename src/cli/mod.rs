@@ -204,6 +204,11 @@ pub struct RunArgs {
     /// Landlock network rules; repeatable.
     #[arg(long = "allow-port", value_name = "PORT")]
     pub allow_ports: Vec<u16>,
+    /// A name (or an address written as such) the cell may reach through nixcell's
+    /// proxy, as HOST:PORT or *.SUFFIX:PORT, added to the profile's and project's
+    /// [network] allow list; repeatable.
+    #[arg(long = "allow-host", value_name = "HOST:PORT", value_parser = crate::net::Entry::parse)]
+    pub allow_hosts: Vec<crate::net::Entry>,
     /// Bytes kept of each captured stream (--json). Default: the project's, else the profile's.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
@@ -486,6 +491,7 @@ impl RunArgs {
             },
             tmp_size: self.tmp_size,
             allow_ports: self.allow_ports.clone(),
+            allow_hosts: self.allow_hosts.clone(),
             capture: self.json,
         })
     }

@@ -343,6 +343,8 @@ pub struct FromProject {
     pub timeout: Option<std::time::Duration>,
     pub tmp_size_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
+    /// `[network]` of nixcell.toml (narrows the profile's).
+    pub network: Option<crate::net::NetPolicy>,
     pub built: Option<Built>,
     /// The project's `[policy]`: hints suggest only edits it accepts.
     pub policy: Option<crate::project::Policy>,
@@ -426,6 +428,7 @@ pub fn resolve_env(req: &mut CellRequest, src: &EnvSources) -> anyhow::Result<Fr
     extra.timeout = project.limits.timeout;
     extra.tmp_size_bytes = Some(project.limits.tmp_size_bytes);
     extra.max_output_bytes = project.limits.max_output_bytes;
+    extra.network = project.limits.network.clone();
     extra.built = Some(built);
     extra.policy = Some(project.config.policy.clone());
     extra.package_set = project.package_set().ok();

@@ -124,6 +124,9 @@ pub struct Config {
     pub limits: LimitsToml,
     #[serde(default)]
     pub policy: Policy,
+    /// `[network]`: the names the project's cells reach through the proxy, inside
+    /// the profile's own list (see `net::policy`).
+    pub network: Option<crate::net::policy::NetworkToml>,
 }
 
 /// Limits with their values checked.
@@ -133,6 +136,8 @@ pub struct Limits {
     pub tmp_size_bytes: u64,
     /// None: the profile's (a project may only lower it, see `run::limits`).
     pub max_output_bytes: Option<u64>,
+    /// `[network]`, checked; None: the profile's (a project may only narrow it).
+    pub network: Option<crate::net::NetPolicy>,
 }
 
 /// Profiles this build of nixcell knows.
@@ -192,6 +197,21 @@ impl Config {
                 .map(crate::units::parse_size)
                 .transpose()
                 .map_err(|m| bad("limits.max_output", m))?,
+            network: match &config.network {
+                None => None,
+                Some(n) => {
+                    for (key, e) in n.entries() {
+                        if let Err(m) = crate::net::Entry::parse(e.get_ref()) {
+                            return Err(ProjectError::Config {
+                                file: file.to_path_buf(),
+                                line: line_of(text, e.span().start),
+                                message: format!("network.{key}: {m}"),
+                            });
+                        }
+                    }
+                    n.policy().ok()
+                }
+            },
         };
         for (key, globs) in [
             ("policy.packages", &config.policy.packages),
@@ -813,6 +833,47 @@ mod tests {
         assert_eq!(l.timeout, Some(Duration::from_secs(30)));
         assert_eq!(l.tmp_size_bytes, 64 << 20);
         assert_eq!(c.policy.approval, Approval::Human);
+    }
+
+    #[test]
+    fn network_entries_are_checked_with_their_line() {
+        let f = Path::new("nixcell.toml");
+        let (_, l) = Config::parse(
+            f,
+            "[network]\nallow = [\"api.example.com:443\"]\ndeny = [\"10.0.0.0/8:443\"]\n",
+        )
+        .unwrap();
+        let n = l.network.unwrap();
+        assert_eq!((n.allow.len(), n.deny.len()), (1, 1));
+        let e = Config::parse(
+            f,
+            "[network]\nallow = [\n  \"api.example.com:443\",\n  \"*x.com:1\",\n]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("nixcell.toml:4: network.allow:"), "{e}");
+        assert!(e.contains("wildcard"), "{e}");
+        let e = Config::parse(f, "[network]\nallow = \"all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nixcell.toml:2:"), "{e}");
+        assert!(Config::parse(f, "").unwrap().1.network.is_none());
+        let none = Config::parse(f, "network = \"none\"\n").unwrap().1.network;
+        assert_eq!(none, Some(crate::net::NetPolicy::default()));
+        let e = Config::parse(f, "network = \"all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("nixcell.toml:1:") && e.contains("\"none\""),
+            "{e}"
+        );
+        let e = Config::parse(f, "[network]\nalow = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("nixcell.toml:2:") && e.contains("alow"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl Server {
         if p.session.is_some() {
             return self.run_in_session(p, progress, cancel).await;
         }
-        let limits = limit_args(&p, &self.inner.ceiling()?)?;
+        let mut limits = limit_args(&p, &self.inner.ceiling()?)?;
+        limits.extend(port_args(&p, &self.inner.open_ports()?)?);
         // The whole request is checked before anything is created or run.
         let files = p.files.as_ref().map(decode_files).transpose()?;
         let collect = p.collect.as_deref().unwrap_or(&[]);
@@ -257,6 +258,7 @@ pub(super) fn result_of(child: &Child, files: Vec<CollectedFile>) -> Result<RunR
             files,
             workdir: workdir_of(v.workdir),
             closure_hash: v.closure.map(|c| c.hash),
+            network: v.network,
         },
         RunReply::Refused { exit_code, error } => RunResult {
             exit_code,
@@ -273,6 +275,7 @@ pub(super) fn result_of(child: &Child, files: Vec<CollectedFile>) -> Result<RunR
             files,
             workdir: None,
             closure_hash: None,
+            network: None,
         },
     })
 }

@@ -118,10 +118,11 @@ impl Inner {
         })
     }
 
-    /// The most a client's run may ask for: the limits of the profile runs use (the one
-    /// given, else the project's, else "default"), tightened by the project's own
-    /// (`run::limits::ceiling`).
-    pub(super) fn ceiling(&self) -> Result<crate::profile::Limits, McpError> {
+    /// The profile runs use (the one given, else the project's, else "default") and
+    /// the project.
+    fn profile_and_project(
+        &self,
+    ) -> Result<(crate::profile::Profile, Option<crate::project::Project>), McpError> {
         let project = match &self.target {
             Target::Project(dir) => Some(
                 crate::project::Project::discover(dir)
@@ -136,11 +137,23 @@ impl Inner {
             .unwrap_or_else(|| "default".into());
         let profile = crate::profile::load(&name)
             .map_err(|e| McpError::Request(format!("profile {name}: {e}")))?;
+        Ok((profile, project))
+    }
+
+    /// The most a client's run may ask for: the limits of the profile runs use,
+    /// tightened by the project's own (`run::limits::ceiling`).
+    pub(super) fn ceiling(&self) -> Result<crate::profile::Limits, McpError> {
+        let (profile, project) = self.profile_and_project()?;
         let asked = project.map_or_else(Default::default, |p| crate::run::limits::ProjectLimits {
             timeout: p.limits.timeout,
             max_output: p.limits.max_output_bytes,
         });
         Ok(crate::run::limits::ceiling(&profile.limits, &asked))
+    }
+
+    /// The loopback TCP ports the profile opens: those a client's run may name.
+    pub(super) fn open_ports(&self) -> Result<Vec<u16>, McpError> {
+        Ok(self.profile_and_project()?.0.landlock.allow_ports)
     }
 
     pub(super) fn project_args(&self) -> Result<Vec<String>, McpError> {
@@ -247,8 +260,13 @@ pub(super) fn env_paths_context(
         "output {} bytes kept per stream",
         limits.max_output
     ));
-    let tcp = if crate::harden::tcp_rules_enforced(&profile) {
-        let open = &profile.landlock.allow_ports;
+    // Landlock's open ports: the profile's, and the proxy's when it allows names.
+    let mut open_ports = profile.landlock.allow_ports.clone();
+    if !profile.network.allow.is_empty() {
+        open_ports.push(crate::net::PORT_IN_CELL);
+    }
+    let tcp_ports = crate::harden::tcp_rules_enforced(&profile).then_some(open_ports);
+    let tcp = if let Some(open) = &tcp_ports {
         if open.is_empty() {
             "; TCP connect/bind denied (EACCES) on every port".to_string()
         } else {
@@ -262,6 +280,28 @@ pub(super) fn env_paths_context(
         }
     } else {
         String::new()
+    };
+    let allowed: Vec<String> = profile
+        .network
+        .allow
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let (network, net_line) = if allowed.is_empty() {
+        (
+            "loopback only".to_string(),
+            format!("loopback only{tcp}; no outside host is reachable"),
+        )
+    } else {
+        let through = format!(
+            "through nixcell's proxy at http://127.0.0.1:{} (HTTP_PROXY, HTTPS_PROXY and ALL_PROXY point to it) only {}",
+            crate::net::PORT_IN_CELL,
+            allowed.join(", ")
+        );
+        (
+            format!("loopback and, {through}"),
+            format!("loopback{tcp}, and {through}; everything else is refused"),
+        )
     };
     let store = crate::nix::closure::store_dir();
     let roots = paths
@@ -290,8 +330,9 @@ pub(super) fn env_paths_context(
         "roots": roots,
         "closure": { "paths": closure.paths.len(), "hash": closure.hash },
         "executables": executables,
-        "network": "loopback only",
-        "tcp_ports": crate::harden::tcp_rules_enforced(&profile).then(|| profile.landlock.allow_ports.clone()),
+        "network": network,
+        "network_allowed": allowed,
+        "tcp_ports": tcp_ports,
         "writable": writable,
         "profile": profile.name,
         "limits": {
@@ -305,7 +346,7 @@ pub(super) fn env_paths_context(
     let md = format!(
         "# Environment\n\nA nixcell cell made of the closure of {} ({} store paths). \
          Nothing else of the host exists inside.\n\n## Executables on PATH\n{}\n\n\
-         ## Rules\n- Network: loopback only{tcp}; no outside host is reachable.\n\
+         ## Rules\n- Network: {net_line}.\n\
          {work_line}\n\
          - Limits (profile `{}`): {}.\n\
          - Edits: none; this environment is fixed store paths.\n",

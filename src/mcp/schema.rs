@@ -49,6 +49,29 @@ pub struct RunParams {
     /// time without a run; its /work changes stay in it. `files`, `collect` and
     /// `copy_project` do not go with it (refused).
     pub session: Option<String>,
+    /// Loopback TCP ports the command listens on or connects to, besides the declared
+    /// services' (which need no asking): each must be one the sandbox profile opens.
+    pub ports: Option<Vec<u16>>,
+}
+
+/// Checks the ports a run names against those the profile opens; returns the flags.
+pub(super) fn port_args(p: &RunParams, open: &[u16]) -> Result<Vec<String>, McpError> {
+    let mut args = Vec::new();
+    for port in p.ports.iter().flatten() {
+        if !open.contains(port) {
+            let list: Vec<String> = open.iter().map(u16::to_string).collect();
+            return Err(McpError::Request(format!(
+                "ports: {port} is not a port the sandbox profile opens ({}); a declared service's port needs no asking, other ports only the operator opens",
+                if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(", ")
+                }
+            )));
+        }
+        args.extend(["--allow-port".to_string(), port.to_string()]);
+    }
+    Ok(args)
 }
 
 /// Checks the limits a run asks for against the profile's; returns the CLI flags.
@@ -216,6 +239,8 @@ pub struct RunResult {
     pub workdir: Option<crate::changes::WorkdirReport>,
     /// sha256 of the closure's store path list: the exact software the command saw.
     pub closure_hash: Option<String>,
+    /// The network policy and what the proxy allowed and refused.
+    pub network: Option<crate::net::NetworkReport>,
 }
 
 /// Edits of the declared environment.

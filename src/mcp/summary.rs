@@ -187,6 +187,7 @@ mod tests {
             hints: Vec::new(),
             files: Vec::new(),
             workdir: None,
+            network: None,
             closure_hash: None,
         }
     }

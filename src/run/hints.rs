@@ -56,6 +56,8 @@ pub enum HintKind {
     NetworkForbidden,
     /// A loopback TCP port the profile's Landlock rules do not open.
     PortDenied,
+    /// nixcell's proxy refused a name or address the network policy does not allow.
+    NetworkDenied,
     /// Nothing listens on a loopback port a known service uses.
     ServiceNotRunning,
     /// A declared service or process died.
@@ -123,6 +125,10 @@ pub struct End {
     pub tcp_ports: Option<Vec<u16>>,
     /// Declared services and processes that died before the command ended.
     pub died: Vec<DiedService>,
+    /// The network allow entries in force (empty: loopback only).
+    pub network_allowed: Vec<String>,
+    /// What the proxy refused: (host, port, reason, the address refused).
+    pub network_denied: Vec<(String, u16, String, Option<String>)>,
 }
 
 /// A service or process of the cell that ended before the command did.
@@ -286,7 +292,23 @@ pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<
     if pip {
         push(pip_hint(&wanted, known, policy));
     }
-    if let Some(phrase) = NETWORK_PHRASES.iter().find(|p| inputs.output.contains(*p)) {
+    for h in proxy_refusals(end) {
+        push(h);
+    }
+    if let Some(phrase) = NETWORK_PHRASES.iter().find(|p| inputs.output.contains(*p))
+        && !end.network_allowed.is_empty()
+    {
+        push(Hint {
+            kind: HintKind::NetworkForbidden,
+            missing: "network".into(),
+            message: format!(
+                "the command tried to reach the network (\"{phrase}\"); the cell reaches it only through nixcell's proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY: http://127.0.0.1:{}), and there only {}: use a client that honours the proxy variables",
+                crate::net::PORT_IN_CELL,
+                end.network_allowed.join(", ")
+            ),
+            edit: None,
+        });
+    } else if let Some(phrase) = NETWORK_PHRASES.iter().find(|p| inputs.output.contains(*p)) {
         push(Hint {
             kind: HintKind::NetworkForbidden,
             missing: "network".into(),
@@ -305,6 +327,52 @@ pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<
         for h in denied_connections(inputs.output, &inputs.argv.join(" "), open, policy) {
             push(h);
         }
+    }
+    out
+}
+
+/// Hints listed at most for the proxy's refusals (one per name and port).
+const MAX_PROXY_HINTS: usize = 5;
+
+/// One hint per name and port the proxy refused. No edit opens the network: a
+/// project may only narrow the profile's allow list, so only the operator can.
+fn proxy_refusals(end: &End) -> Vec<Hint> {
+    let mut out: Vec<Hint> = Vec::new();
+    for (host, port, reason, address) in &end.network_denied {
+        let missing = format!("{host}:{port}");
+        if out.iter().any(|h| h.missing == missing) {
+            continue;
+        }
+        if out.len() == MAX_PROXY_HINTS {
+            break;
+        }
+        let what = if reason.contains("deny entry") {
+            "a deny entry of the policy refuses it, and a deny entry wins: no flag or edit changes that".to_string()
+        } else if let Some(a) = address {
+            let a = if a.contains(':') {
+                format!("[{a}]")
+            } else {
+                a.clone()
+            };
+            format!(
+                "that address is reached only when it is listed as such, which only the operator can do (`--allow-host {a}:{port}`), and only if it is meant: a name resolving there may be an attempt to reach the host's own network"
+            )
+        } else {
+            let allowed = if end.network_allowed.is_empty() {
+                "nothing".to_string()
+            } else {
+                end.network_allowed.join(", ")
+            };
+            format!(
+                "the cell may reach {allowed}; only the operator can allow more (`--allow-host {missing}`, or the profile's [network] allow list)"
+            )
+        };
+        out.push(Hint {
+            kind: HintKind::NetworkDenied,
+            message: format!("nixcell's proxy refused {missing} ({reason}): {what}"),
+            missing,
+            edit: None,
+        });
     }
     out
 }

@@ -105,6 +105,23 @@ pub fn decide(profile: &Limits, project: &ProjectLimits, flags: &Overrides) -> L
     l
 }
 
+/// The network policy of a run, by the same rule: the profile's allow list is the
+/// ceiling; a project's `[network]` keeps only the entries inside it (and adds its deny
+/// entries); the operator's `--allow-host` entries are added as given.
+pub fn network(
+    profile: &crate::net::NetPolicy,
+    project: Option<&crate::net::NetPolicy>,
+    flags: &[crate::net::Entry],
+) -> crate::net::NetPolicy {
+    let mut p = profile.narrowed(project);
+    for e in flags {
+        if !p.allow.contains(e) {
+            p.allow.push(e.clone());
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

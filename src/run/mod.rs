@@ -39,6 +39,8 @@ pub struct RunRequest {
     pub tmp_size: Option<u64>,
     /// Loopback TCP ports added to the profile's Landlock allow list.
     pub allow_ports: Vec<u16>,
+    /// Network allow entries the operator adds (`--allow-host`).
+    pub allow_hosts: Vec<crate::net::Entry>,
     /// Capture the command's output into the verdict instead of passing it through.
     pub capture: bool,
 }
@@ -78,6 +80,8 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Supervise(#[from] supervise::SuperviseError),
+    #[error("network proxy: {0}")]
+    Proxy(std::io::Error),
 }
 
 /// A run ready to start: planned, its limits decided, its cgroup created.
@@ -91,6 +95,9 @@ pub struct PreparedRun {
     ceiling: crate::profile::Limits,
     /// Landlock's open TCP ports, when its TCP rules are enforced.
     tcp_ports: Option<Vec<u16>>,
+    /// The run's network policy, and its proxy when the policy allows names.
+    network: crate::net::NetPolicy,
+    proxy: Option<crate::net::Proxy>,
 }
 
 /// Resolves the environment, plans the cell, decides its limits and prepares its
@@ -103,6 +110,7 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         limits: flags,
         tmp_size,
         allow_ports,
+        allow_hosts,
         capture,
     } = req;
     if cell.argv.is_empty() {
@@ -128,6 +136,16 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
     };
     let decided = limits::decide(&profile.limits, &asked, &flags);
     let ceiling = limits::ceiling(&profile.limits, &asked);
+    let network = limits::network(&profile.network, project.network.as_ref(), &allow_hosts);
+    let mut allow_ports = allow_ports;
+    let proxy = if network.allow.is_empty() {
+        None
+    } else {
+        let proxy = crate::net::Proxy::bind(network.clone()).map_err(RunError::Proxy)?;
+        add_proxy(&mut spec, &proxy.socket()).map_err(RunError::Proxy)?;
+        allow_ports.push(crate::net::PORT_IN_CELL);
+        Some(proxy)
+    };
     let hardening = harden::prepare(&profile, decided, &allow_ports, &mut spec)?;
     let tcp_ports =
         harden::tcp_rules_enforced(&profile).then(|| spec.security.landlock.allow_ports.clone());
@@ -139,7 +157,33 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         project,
         ceiling,
         tcp_ports,
+        network,
+        proxy,
     })
+}
+
+/// Points the cell at the proxy: its socket bound read-only into the cell (opened
+/// here, mounted from the descriptor), the forwarder, the proxy variables.
+fn add_proxy(spec: &mut RunSpec, socket: &std::path::Path) -> std::io::Result<()> {
+    let opened = plan::open_host_path(socket)?;
+    spec.mounts.push(crate::sandbox::BindMount {
+        source: opened.real,
+        dest: crate::net::SOCKET_IN_CELL.into(),
+        writable: false,
+        is_dir: false,
+        dev: opened.st.st_dev,
+        ino: opened.st.st_ino,
+        owner: (opened.st.st_uid, opened.st.st_gid),
+    });
+    spec.sources.push(std::sync::Arc::new(opened.fd));
+    spec.net = Some(crate::sandbox::forward::NetSpec {
+        port: crate::net::PORT_IN_CELL,
+        socket: crate::net::SOCKET_IN_CELL.into(),
+    });
+    let vars = crate::net::proxy_env();
+    spec.env.retain(|(k, _)| !vars.iter().any(|(v, _)| v == k));
+    spec.env.extend(vars);
+    Ok(())
 }
 
 /// Set in the environment of a session cell's services and execs.
@@ -198,7 +242,12 @@ impl PreparedRun {
             project,
             ceiling,
             tcp_ports,
+            network,
+            mut proxy,
         } = self;
+        if let Some(p) = &mut proxy {
+            p.start().map_err(RunError::Proxy)?;
+        }
         let mut opts = hardening.run_options(capture);
         if progress_wanted() {
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
@@ -216,6 +265,11 @@ impl PreparedRun {
             }));
         }
         let mut outcome = supervise::run(&spec, &opts).await?;
+        let network = match &proxy {
+            Some(p) => p.report(),
+            None => crate::net::NetworkReport::of(&network),
+        };
+        drop(proxy);
         // A cell whose set-up failed never ran: it has no changes to bring back.
         let work_layer = outcome
             .work_layer
@@ -244,6 +298,12 @@ impl PreparedRun {
             .as_ref()
             .map(|p| p as &dyn hints::PackageSetQuery);
         let end = hints::End {
+            network_allowed: network.allowed.clone(),
+            network_denied: network
+                .denied
+                .iter()
+                .map(|d| (d.host.clone(), d.port, d.reason.clone(), d.address.clone()))
+                .collect(),
             profile: hardening.profile.name.clone(),
             memory: hardening.limits.memory,
             memory_ceiling: ceiling.memory,
@@ -265,6 +325,7 @@ impl PreparedRun {
                 policy,
                 package_set,
                 end,
+                network,
             },
         ))
     }

@@ -506,6 +506,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         services,
         security: Default::default(),
         session: false,
+        net: None,
     };
     Ok((spec, closure))
 }

@@ -45,6 +45,10 @@ pub struct Verdict {
     pub hints: Vec<Hint>,
     /// How /work was mounted and, copy-on-write, what came back (see changes.rs).
     pub workdir: Option<crate::changes::WorkdirReport>,
+    /// The network policy and, through the proxy, what the cell reached and what was
+    /// refused; null when nothing ran.
+    #[serde(default)]
+    pub network: Option<crate::net::NetworkReport>,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -195,7 +199,7 @@ impl VerdictError {
                     errno: Some(k.source as i32),
                 };
             }
-            R::Runtime(_) | R::Supervise(_) => (ErrorKind::Supervisor, None),
+            R::Runtime(_) | R::Supervise(_) | R::Proxy(_) => (ErrorKind::Supervisor, None),
         };
         VerdictError::new(kind, e.to_string(), location)
     }
@@ -369,6 +373,8 @@ pub struct Finish<'a> {
     /// The run's limits and what its profile allows (the rest of [`End`] is filled
     /// from the outcome).
     pub end: End,
+    /// The network policy and what the proxy saw.
+    pub network: crate::net::NetworkReport,
 }
 
 /// The verdict of a finished run, complete: built once, nothing is added after.
@@ -456,6 +462,7 @@ pub fn build(spec: &RunSpec, closure: &Closure, mut o: Outcome, f: Finish<'_>) -
         workdir: f
             .workdir
             .or_else(|| spec.workdir_mode().map(crate::changes::WorkdirReport::live)),
+        network: Some(f.network),
     }
 }
 
@@ -515,5 +522,6 @@ pub fn refused(error: VerdictError) -> Verdict {
         services: Vec::new(),
         hints: Vec::new(),
         workdir: None,
+        network: None,
     }
 }

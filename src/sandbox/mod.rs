@@ -13,6 +13,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod exec;
+pub mod forward;
 pub mod init;
 pub mod landlock;
 pub mod layers;
@@ -162,6 +163,9 @@ pub struct RunSpec {
     /// and starts the commands its holder sends ([`proto::Request`], `session.rs`).
     #[serde(default)]
     pub session: bool,
+    /// The forwarder to the network proxy, when the policy allows names.
+    #[serde(default)]
+    pub net: Option<forward::NetSpec>,
 }
 
 impl RunSpec {

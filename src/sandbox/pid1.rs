@@ -172,6 +172,12 @@ pub fn main(
         ),
     };
 
+    // The forwarder first: a service or the command may reach the proxy at once.
+    if let Some(net) = &spec.net
+        && let Err(e) = super::forward::start(net)
+    {
+        fail(sock, e)
+    }
     let services = match start_services(spec, &logs, &oom) {
         Ok(pids) => pids,
         Err(e) => {

@@ -85,6 +85,8 @@ stages! {
     ServiceStdio = "service-stdio",
     /// The fork of the command.
     ForkCommand = "fork-command",
+    /// The forwarder of the network proxy: its loopback listener and its fork.
+    Forwarder = "forwarder",
     /// The command joins its own cgroup.
     CgroupJoin = "cgroup-join",
     /// setsid(2) of the command.

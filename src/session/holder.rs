@@ -754,6 +754,8 @@ fn run_exec(
             policy,
             package_set,
             end,
+            // A session cell has no proxy: loopback only, whatever the profile allows.
+            network: crate::net::NetworkReport::of(&crate::net::NetPolicy::default()),
         },
     ))
 }

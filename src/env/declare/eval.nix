@@ -36,8 +36,22 @@ let
     if builtins.isFunction raw then
       raw (if formals == { } then allArgs else builtins.intersectAttrs formals allArgs)
     else raw;
-  # devenv passes the merged configuration; the user's own set is ours.
-  config = user;
+  # devenv passes the merged configuration; the user's own set is ours, with the
+  # value of each process port (devenv 2's `ports.<name>.allocate`: in a cell's own
+  # network namespace every port is free, so the value is the port asked for).
+  config = portValues user;
+  portValues = u:
+    if !(builtins.isAttrs (u.processes or null)) then u
+    else u // {
+      processes = builtins.mapAttrs
+        (n: p:
+          if builtins.isAttrs p && builtins.isAttrs (p.ports or null) then p // {
+            ports = builtins.mapAttrs
+              (_: po: if builtins.isAttrs po && po ? allocate then po // { value = po.allocate; } else po)
+              p.ports;
+          } else p)
+        u.processes;
+    };
 
   # ---- the supported option set --------------------------------------------------
   # A leaf is `true`; "named" is an attribute set of NAME -> the given option set.
@@ -51,7 +65,7 @@ let
         initialScript = true; createDatabase = true;
       };
     };
-    processes = { named = { exec = true; }; };
+    processes = { named = { exec = true; ports = { named = { allocate = true; }; }; }; };
     scripts = { named = { exec = true; description = true; }; };
     enterShell = true;
     env = "env";
@@ -117,6 +131,7 @@ let
   pgScript = pg.initialScript or null;
   pgCreateDb = pg.createDatabase or true;
   processes = user.processes or { };
+  processPorts = n: processes.${n}.ports or { };
   scripts = user.scripts or { };
   enterShell = user.enterShell or "";
   envVars = user.env or { };
@@ -183,7 +198,13 @@ let
     else [ ])
     ++ builtins.concatLists (map
       (n: check (builtins.isString (processes.${n}.exec or null))
-        "option `processes.${n}.exec` in ${file} must be a string")
+        "option `processes.${n}.exec` in ${file} must be a string"
+        ++ builtins.concatLists (map
+          (pn: check (isPort (processes.${n}.ports.${pn}.allocate or null))
+            "option `processes.${n}.ports.${pn}.allocate` in ${file} must be a port number")
+          (builtins.attrNames (processPorts n)))
+        ++ check (builtins.length (builtins.attrNames (processPorts n)) <= 1)
+          "option `processes.${n}.ports` in ${file}: nixcell supports one port per process")
       (builtins.attrNames processes))
     ++ builtins.concatLists (map
       (n: check (validName n) "option `scripts.${n}` in ${file}: not a valid command name"
@@ -350,6 +371,7 @@ in
         (n: {
           name = n;
           exec = processes.${n}.exec;
+          ports = map (pn: processes.${n}.ports.${pn}.allocate) (builtins.attrNames (processPorts n));
           command = [ "${processScripts.${n}}/bin/nixcell-process-${n}" ];
         })
         (builtins.attrNames processes);

@@ -111,6 +111,10 @@ pub struct ProcessJson {
     pub name: String,
     pub exec: String,
     pub command: Vec<String>,
+    /// The loopback port it listens on (`ports.<name>.allocate`): Landlock opens it,
+    /// and the command starts once the process accepts connections there.
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// What `eval.nix` says about a declaration.
@@ -203,12 +207,17 @@ impl Description {
                 ready_timeout_ms: s.ready_timeout_ms,
             })
             .collect();
-        out.extend(self.processes.iter().map(|p| ServiceDecl {
-            name: p.name.clone(),
-            command: p.command.clone(),
-            port: None,
-            ready: ReadyCheck::None,
-            ready_timeout_ms: None,
+        out.extend(self.processes.iter().map(|p| {
+            ServiceDecl {
+                name: p.name.clone(),
+                command: p.command.clone(),
+                port: p.ports.first().copied(),
+                ready: p
+                    .ports
+                    .first()
+                    .map_or(ReadyCheck::None, |&port| ReadyCheck::TcpPort(port)),
+                ready_timeout_ms: None,
+            }
         }));
         out
     }
