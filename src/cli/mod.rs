@@ -7,6 +7,8 @@
 //! tree); sizes are shown by [`crate::units::human_size`]; a listing with nothing in
 //! it says so.
 
+pub mod serve;
+
 use crate::plan::{self, CellRequest};
 
 use crate::units::{parse_duration, parse_size};
@@ -58,6 +60,9 @@ pub enum Command {
     Reject(crate::front::DecideArgs),
     /// Serve the Model Context Protocol on stdin/stdout for agents.
     Mcp(McpArgs),
+    /// Run this user's `nixcell run` cells from a long-lived process (used by `run`
+    /// whenever it is listening; until SIGINT/SIGTERM/SIGHUP).
+    Serve(serve::ServeArgs),
     /// List recent runs whose workdir changes were applied (newest first).
     Runs {
         /// Print the list as JSON.
@@ -258,6 +263,7 @@ pub fn main() -> i32 {
         Command::Approve(a) => crate::front::approve(&a),
         Command::Reject(a) => crate::front::reject(&a),
         Command::Mcp(args) => mcp(&args),
+        Command::Serve(a) => serve::main(&a),
         Command::Runs { json } => runs(json),
         Command::Undo { run, force, json } => undo(run.as_deref(), force, json),
         Command::Completions { shell } => {
@@ -443,15 +449,12 @@ fn mcp(args: &McpArgs) -> i32 {
     }
 }
 
-fn run(args: &RunArgs) -> i32 {
-    let cell = match args.request() {
-        Ok(r) => r,
-        Err(e) => {
-            let err = VerdictError::of_run_error(&crate::run::RunError::Plan(e));
-            return crate::verdict::report_refusal(args.json, err, true);
-        }
-    };
-    let req = crate::run::RunRequest {
+/// The `RunRequest` of a `run` command line.
+fn run_request(args: &RunArgs) -> Result<crate::run::RunRequest, VerdictError> {
+    let cell = args
+        .request()
+        .map_err(|e| VerdictError::of_run_error(&crate::run::RunError::Plan(e)))?;
+    Ok(crate::run::RunRequest {
         cell,
         sources: crate::front::EnvSources {
             with: args.with.clone(),
@@ -470,15 +473,27 @@ fn run(args: &RunArgs) -> i32 {
         tmp_size: args.tmp_size,
         allow_ports: args.allow_ports.clone(),
         capture: args.json,
+    })
+}
+
+fn run(args: &RunArgs) -> i32 {
+    if let Some(code) = serve::served(args) {
+        return code;
+    }
+    let req = match run_request(args) {
+        Ok(r) => r,
+        Err(e) => return crate::verdict::report_refusal(args.json, e, true),
     };
-    let v = match crate::run::prepare(req).and_then(|p| p.run()) {
-        Ok(v) => v,
-        Err(e) => {
-            return crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true);
-        }
-    };
+    match crate::run::prepare(req).and_then(|p| p.run()) {
+        Ok(v) => report(args, &v),
+        Err(e) => crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true),
+    }
+}
+
+/// Prints a run's verdict (`--json`) or what the user is to know of it; its exit status.
+fn report(args: &RunArgs, v: &crate::verdict::Verdict) -> i32 {
     if args.json {
-        println!("{}", serde_json::to_string(&v).unwrap_or_default());
+        println!("{}", serde_json::to_string(v).unwrap_or_default());
     } else if let Some(err) = &v.error {
         eprintln!("nixcell: {}", err.message);
     } else if v.timed_out {

@@ -275,6 +275,8 @@ impl Hardening {
             before_spec,
             cell_cgroup: self.cell_procs.clone(),
             on_event: None,
+            stdio: None,
+            signals: None,
         }
     }
 

@@ -91,6 +91,15 @@ pub struct PreparedRun {
     ceiling: crate::profile::Limits,
     /// Landlock's open TCP ports, when its TCP rules are enforced.
     tcp_ports: Option<Vec<u16>>,
+    /// A caller's own stdio and signals (`nixcell serve`), see [`PreparedRun::for_caller`].
+    caller: Option<Caller>,
+}
+
+/// The process a run is for when it is not this one (`nixcell serve`): its stdin,
+/// stdout and stderr, and the signals it passes on.
+pub struct Caller {
+    pub stdio: std::sync::Arc<[std::os::fd::OwnedFd; 3]>,
+    pub signals: tokio::sync::watch::Receiver<i32>,
 }
 
 /// Resolves the environment, plans the cell, decides its limits and prepares its
@@ -139,6 +148,7 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         project,
         ceiling,
         tcp_ports,
+        caller: None,
     })
 }
 
@@ -146,6 +156,12 @@ impl PreparedRun {
     /// The limits the run got.
     pub fn limits(&self) -> &crate::profile::Limits {
         &self.hardening.limits
+    }
+
+    /// The run is another process's: the cell gets its stdio, and its signals.
+    pub fn for_caller(mut self, caller: Caller) -> Self {
+        self.caller = Some(caller);
+        self
     }
 
     /// Runs the cell to its end (on a runtime of its own) and returns its verdict.
@@ -167,8 +183,16 @@ impl PreparedRun {
             project,
             ceiling,
             tcp_ports,
+            caller,
         } = self;
         let mut opts = hardening.run_options(capture);
+        if let Some(c) = caller {
+            // Passed-through stderr is kept for hints unless it is a terminal: the
+            // caller's, not ours.
+            opts.tee_stderr = !capture && !nix::unistd::isatty(&c.stdio[2]).unwrap_or(false);
+            opts.stdio = Some(c.stdio);
+            opts.signals = Some(c.signals);
+        }
         if progress_wanted() {
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
             opts.on_event = Some(std::sync::Arc::new(move |e| {

@@ -40,6 +40,12 @@ pub struct RunOptions {
     pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
     /// Called as the run goes through its stages (for progress reports).
     pub on_event: Option<OnEvent>,
+    /// The caller's stdin, stdout and stderr when they are not this process's own
+    /// (`nixcell serve` runs a cell for a `nixcell run` that passed its descriptors).
+    pub stdio: Option<Arc<[std::os::fd::OwnedFd; 3]>>,
+    /// Signals for the cell from elsewhere than this process's own handlers (the
+    /// caller of `nixcell serve`): each new value is a signal number to forward.
+    pub signals: Option<tokio::sync::watch::Receiver<i32>>,
 }
 
 /// The stages of a run a caller may follow.
@@ -68,6 +74,8 @@ impl Default for RunOptions {
             before_spec: None,
             cell_cgroup: None,
             on_event: None,
+            stdio: None,
+            signals: None,
         }
     }
 }
@@ -193,8 +201,15 @@ async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
 const HINT_TAIL_BYTES: usize = 64 << 10;
 
 /// Copies `r` to our stderr as it comes, and returns its last `keep` bytes.
-async fn tee<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> String {
-    let mut err = tokio::io::stderr();
+async fn tee<R: AsyncRead + Unpin>(
+    mut r: R,
+    keep: usize,
+    to: Option<std::os::fd::OwnedFd>,
+) -> String {
+    let mut err: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match to {
+        Some(fd) => Box::pin(tokio::fs::File::from_std(std::fs::File::from(fd))),
+        None => Box::pin(tokio::io::stderr()),
+    };
     let mut tail: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -297,11 +312,16 @@ impl Drop for TerminalGuard {
 
 /// Runs one cell to completion.
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
-    let _terminal = TerminalGuard::save();
+    // A caller's descriptors (served runs) are never a terminal: only ours is saved.
+    let _terminal = match opts.stdio {
+        None => TerminalGuard::save(),
+        Some(_) => TerminalGuard(None),
+    };
     let start = Instant::now();
     let Spawned { mut child, control } = spawn_init(
         opts.capture,
         opts.tee_stderr,
+        opts.stdio.as_deref(),
         &spec.sources,
         opts.cell_cgroup
             .as_deref()
@@ -337,7 +357,13 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
         .map(|s| tokio::spawn(capture(s, opts.max_output)));
     let (stderr_task, tee_task) = match child.stderr.take() {
         Some(s) if opts.capture => (Some(tokio::spawn(capture(s, opts.max_output))), None),
-        Some(s) => (None, Some(tokio::spawn(tee(s, HINT_TAIL_BYTES)))),
+        Some(s) => {
+            let to = match opts.stdio.as_deref() {
+                Some(fds) => Some(fds[2].try_clone().map_err(SuperviseError::Spawn)?),
+                None => None,
+            };
+            (None, Some(tokio::spawn(tee(s, HINT_TAIL_BYTES, to))))
+        }
         None => (None, None),
     };
 
@@ -403,6 +429,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sighup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut passed_signals = opts.signals.clone();
         if wr.write_all(&frame).await.is_err() {
             // The init stage died before reading its spec; its status tells the rest.
         }
@@ -440,6 +467,24 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     kill_at = Some(kill_at.map_or(k, |at| at.min(k)));
                 }
                 Some(_) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGHUP),
+                Some(n) = async {
+                    match passed_signals.as_mut() {
+                        Some(rx) => match rx.changed().await {
+                            Ok(()) => Some(*rx.borrow_and_update()),
+                            Err(_) => std::future::pending().await,
+                        },
+                        None => std::future::pending().await,
+                    }
+                } => match Signal::try_from(n) {
+                    // As if the signal had reached this process (same grace rule).
+                    Ok(Signal::SIGTERM) => {
+                        signal(Signal::SIGTERM);
+                        let k = tokio::time::Instant::now() + opts.grace;
+                        kill_at = Some(kill_at.map_or(k, |at| at.min(k)));
+                    }
+                    Ok(s) => signal(s),
+                    Err(_) => {}
+                },
             }
         }
     };

@@ -18,11 +18,13 @@ pub struct Spawned {
 
 /// Starts the init stage. With `capture`, its stdout and stderr are pipes (with
 /// `pipe_stderr`, only stderr: the supervisor passes it on and keeps its end); `cell_cgroup`
-/// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `sources` (the
+/// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `stdio`, when
+/// given, replaces the descriptors the init stage would inherit; `sources` (the
 /// mount sources opened at plan time) on descriptors `MOUNT_FD_BASE + i`.
 pub fn spawn_init(
     capture: bool,
     pipe_stderr: bool,
+    stdio: Option<&[OwnedFd; 3]>,
     sources: &[std::sync::Arc<OwnedFd>],
     cell_cgroup: Option<RawFd>,
 ) -> io::Result<Spawned> {
@@ -50,10 +52,27 @@ pub fn spawn_init(
         .env_clear()
         .stdin(Stdio::inherit())
         .kill_on_drop(true);
+    // `stdio`: the caller's own descriptors, used where ours would be inherited.
+    let given = |i: usize| -> io::Result<Option<Stdio>> {
+        Ok(match stdio {
+            Some(fds) => Some(Stdio::from(fds[i].try_clone()?)),
+            None => None,
+        })
+    };
+    if let Some(s) = given(0)? {
+        cmd.stdin(s);
+    }
     if capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else if pipe_stderr {
-        cmd.stderr(Stdio::piped());
+    } else {
+        if let Some(s) = given(1)? {
+            cmd.stdout(s);
+        }
+        if pipe_stderr {
+            cmd.stderr(Stdio::piped());
+        } else if let Some(s) = given(2)? {
+            cmd.stderr(s);
+        }
     }
     // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
     // which are async-signal-safe; it allocates nothing.
