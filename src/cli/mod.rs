@@ -450,10 +450,10 @@ fn mcp(args: &McpArgs) -> i32 {
 }
 
 /// The `RunRequest` of a `run` command line.
-fn run_request(args: &RunArgs) -> Result<crate::run::RunRequest, VerdictError> {
+fn run_request(args: &RunArgs) -> Result<crate::run::RunRequest, Box<VerdictError>> {
     let cell = args
         .request()
-        .map_err(|e| VerdictError::of_run_error(&crate::run::RunError::Plan(e)))?;
+        .map_err(|e| Box::new(VerdictError::of_run_error(&crate::run::RunError::Plan(e))))?;
     Ok(crate::run::RunRequest {
         cell,
         sources: crate::front::EnvSources {
@@ -482,7 +482,7 @@ fn run(args: &RunArgs) -> i32 {
     }
     let req = match run_request(args) {
         Ok(r) => r,
-        Err(e) => return crate::verdict::report_refusal(args.json, e, true),
+        Err(e) => return crate::verdict::report_refusal(args.json, *e, true),
     };
     match crate::run::prepare(req).and_then(|p| p.run()) {
         Ok(v) => report(args, &v),

@@ -1,0 +1,323 @@
+//! `nixcell serve`: a running server serves `nixcell run` (seen in its log), with the
+//! verdict a cold run gets; many served runs leave nothing behind and see nothing of
+//! each other; a killed server leaves nothing behind and `run` runs the cell itself.
+//! Root and rootless.
+
+mod common;
+use common::*;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `nixcell` as `mode`'s user with its own state directory (where the socket is).
+fn cmd(mode: Mode, state: &Path) -> Command {
+    match mode {
+        Mode::Root => {
+            let mut c = nixcell(mode);
+            c.env("XDG_STATE_HOME", state);
+            c
+        }
+        Mode::Rootless => {
+            // `env VAR=VALUE` before the binary (setpriv resets the environment).
+            let mut c = as_test_user();
+            c.arg(format!("XDG_STATE_HOME={}", state.display()))
+                .arg(bin());
+            c
+        }
+    }
+}
+
+fn state_dir(mode: Mode) -> tempfile::TempDir {
+    let d = workdir(mode);
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    d
+}
+
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(mode: Mode, state: &Path) -> Server {
+        let log = state.with_extension("serve.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd(mode, state)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let s = Server { child, log };
+        let t = Instant::now();
+        while !s.log().contains("listening on") {
+            assert!(t.elapsed() < Duration::from_secs(30), "serve: {}", s.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(&self.log)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+
+    fn served(&self) -> usize {
+        self.log().matches(": served, exit ").count()
+    }
+
+    /// The server's pid (the setpriv/env in front of it exec into it).
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_json(mode: Mode, state: &Path, extra: &[&str], script: &str) -> serde_json::Value {
+    let bb = busybox();
+    let out = cmd(mode, state)
+        .args(["run", "--json", "--env-path"])
+        .arg(&bb)
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    verdict(&out)
+}
+
+/// A verdict without what differs between any two runs (times, usage).
+fn comparable(mut v: serde_json::Value) -> serde_json::Value {
+    let o = v.as_object_mut().unwrap();
+    o.remove("wall_time_ms");
+    o.remove("usage");
+    // Layer reports arrive from two processes (PID 1, the command): in either order.
+    if let Some(l) = o.get_mut("layers").and_then(|l| l.as_array_mut()) {
+        l.sort_by_key(|x| x["layer"].to_string());
+    }
+    v
+}
+
+const PROBES: &[(&[&str], &str)] = &[
+    (&[], "echo out; echo err >&2"),
+    (&[], "echo failing; exit 3"),
+    (&["--timeout", "1s"], "sleep 30"),
+    // Denied by the layers: the store is read-only, no new user namespace.
+    (&[], "mkdir /nix/store/x; unshare -U true; echo $?"),
+    (
+        &[],
+        "ls -a /tmp; id; cat /proc/self/status | grep -E 'Cap|NoNewPrivs|Seccomp'",
+    ),
+];
+
+#[test]
+fn a_running_server_serves_run_with_the_verdict_of_a_cold_run() {
+    for mode in MODES {
+        let state = state_dir(mode);
+        let cold: Vec<_> = PROBES
+            .iter()
+            .map(|(x, s)| comparable(run_json(mode, state.path(), x, s)))
+            .collect();
+        let server = Server::start(mode, state.path());
+        for (i, (x, s)) in PROBES.iter().enumerate() {
+            let v = comparable(run_json(mode, state.path(), x, s));
+            assert_eq!(server.served(), i + 1, "{mode:?} {s}: {}", server.log());
+            assert_eq!(v, cold[i], "{mode:?}: served and cold verdicts of {s}");
+        }
+        // Passed through (no --json): the caller's stdout, stderr and exit status.
+        let out = cmd(mode, state.path())
+            .args(["run", "--env-path"])
+            .arg(busybox())
+            .args(["--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7), "{mode:?}");
+        assert_eq!(text(&out.stdout), "to-out\n", "{mode:?}");
+        assert!(text(&out.stderr).contains("to-err"), "{mode:?}");
+        assert_eq!(server.served(), PROBES.len() + 1, "{mode:?}");
+    }
+}
+
+/// Cgroups the server made for its runs (named after its pid).
+fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let prefix = format!("run-{pid}-");
+    let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink()) {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    found.push(e.path());
+                }
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+fn children_of(pid: u32) -> String {
+    let mut all = String::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        all += &std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+    }
+    all
+}
+
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn many_served_runs_leave_nothing_behind_and_see_nothing_of_each_other() {
+    // NIXCELL_POOL_RUNS=1000 for the full count.
+    let runs: usize = std::env::var("NIXCELL_POOL_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
+    for mode in MODES {
+        let state = state_dir(mode);
+        let work = workdir(mode);
+        let server = Server::start(mode, state.path());
+        // One run first, so that what the server keeps for good (its runtime, caches)
+        // is there before the counts are taken.
+        run_json(mode, state.path(), &[], "true");
+        let (fds, mounts_before) = (fds_of(server.pid()), mounts());
+        let bb = busybox();
+        for i in 0..runs {
+            // Each run leaves a file in /tmp and in the workdir's copy-on-write layer
+            // (the workdir's changes come back: the file is removed in the same run).
+            let script = format!(
+                "ls -A /tmp; echo {i} > /tmp/mark-{i}; echo {i} > /work/mark; rm /work/mark"
+            );
+            let out = cmd(mode, state.path())
+                .args(["run", "--json", "--env-path"])
+                .arg(&bb)
+                .arg("--workdir")
+                .arg(work.path())
+                .args(["--", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let v = verdict(&out);
+            assert_eq!(v["exit_code"], 0, "{mode:?} run {i}: {v}");
+            assert_eq!(
+                v["stdout"]["text"], "",
+                "{mode:?} run {i} saw another's /tmp"
+            );
+        }
+        assert_eq!(server.served(), runs + 1, "{mode:?}: {}", server.log());
+        assert_empty_dir(work.path(), "the workdir after the runs");
+        // The server closes a run's descriptors as soon as its caller has gone.
+        let t = Instant::now();
+        while fds_of(server.pid()) != fds && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            fds_of(server.pid()),
+            fds,
+            "{mode:?}: descriptors of the server"
+        );
+        assert_eq!(
+            children_of(server.pid()),
+            "",
+            "{mode:?}: processes of the server"
+        );
+        assert_eq!(cgroups_of(server.pid()), Vec::<PathBuf>::new(), "{mode:?}");
+        assert_eq!(mounts(), mounts_before, "{mode:?}: host mounts");
+    }
+}
+
+#[test]
+fn a_killed_server_leaves_nothing_behind_and_run_runs_the_cell_itself() {
+    for mode in MODES {
+        for sig in [libc::SIGTERM, libc::SIGKILL] {
+            let state = state_dir(mode);
+            let mut server = Server::start(mode, state.path());
+            assert_eq!(run_json(mode, state.path(), &[], "echo a")["exit_code"], 0);
+            assert_eq!(server.served(), 1);
+            let pid = server.pid();
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid as i32, sig) };
+            let st = server.child.wait().unwrap();
+            if sig == libc::SIGTERM {
+                assert_eq!(st.code(), Some(0), "{mode:?}: {}", server.log());
+                assert!(
+                    !state.path().join("nixcell/serve/socket").exists(),
+                    "{mode:?}: the socket is removed"
+                );
+            }
+            assert_eq!(cgroups_of(pid), Vec::<PathBuf>::new(), "{mode:?}");
+            let v = run_json(mode, state.path(), &[], "echo b");
+            assert_eq!(
+                (v["exit_code"].clone(), v["stdout"]["text"].clone()),
+                (0.into(), "b\n".into())
+            );
+            assert_eq!(server.served(), 1, "{mode:?}: not served after the kill");
+            // A new server takes over a stale socket.
+            let again = Server::start(mode, state.path());
+            run_json(mode, state.path(), &[], "true");
+            assert_eq!(again.served(), 1, "{mode:?}: {}", again.log());
+        }
+    }
+}
+
+#[test]
+fn a_server_serves_only_its_own_user() {
+    // The test user's server: root's run pointed at the same state directory does not
+    // use it, and a connection of root's (root may open the socket) is dropped unserved.
+    let state = state_dir(Mode::Rootless);
+    let server = Server::start(Mode::Rootless, state.path());
+    let v = run_json(Mode::Root, state.path(), &[], "id -u");
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let sock = state.path().join("nixcell/serve/socket");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+             s.sendall(b'x')\n\
+             try: print(repr(s.recv(100)))\nexcept ConnectionResetError: print(repr(b''))",
+        )
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "b''\n", "{}", text(&out.stderr));
+    assert!(
+        server.log().contains("refused a connection of uid 0"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.served(), 0);
+}
