@@ -76,6 +76,11 @@ impl Server {
         self.log().matches(": served, exit ").count()
     }
 
+    /// Served runs whose init stage had been started ahead (the warm pool).
+    fn pooled(&self) -> usize {
+        self.log().matches("(an init stage started ahead)").count()
+    }
+
     /// The server's pid (the setpriv/env in front of it exec into it).
     fn pid(&self) -> u32 {
         self.child.id()
@@ -138,6 +143,7 @@ fn a_running_server_serves_run_with_the_verdict_of_a_cold_run() {
         for (i, (x, s)) in PROBES.iter().enumerate() {
             let v = comparable(run_json(mode, state.path(), x, s));
             assert_eq!(server.served(), i + 1, "{mode:?} {s}: {}", server.log());
+            assert_eq!(server.pooled(), i + 1, "{mode:?} {s}: {}", server.log());
             assert_eq!(v, cold[i], "{mode:?}: served and cold verdicts of {s}");
         }
         // Passed through (no --json): the caller's stdout, stderr and exit status.
@@ -176,7 +182,9 @@ fn cgroups_of(pid: u32) -> Vec<PathBuf> {
     found
 }
 
-fn children_of(pid: u32) -> String {
+/// The server's child processes that are not init stages waiting in its pool (started
+/// ahead: no namespace of their own yet, nothing of a run).
+fn children_of(pid: u32) -> Vec<String> {
     let mut all = String::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -184,7 +192,18 @@ fn children_of(pid: u32) -> String {
     {
         all += &std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
     }
-    all
+    let ns = |p: &str, n: &str| std::fs::read_link(format!("/proc/{p}/ns/{n}")).ok();
+    all.split_whitespace()
+        .filter(|c| {
+            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            let waiting = cmd == b"nixcell-init\0__nixcell-init\0pooled\0"
+                && ["user", "mnt", "pid", "net"]
+                    .iter()
+                    .all(|n| ns(c, n) == ns(&pid.to_string(), n));
+            !waiting
+        })
+        .map(|c| c.to_string())
+        .collect()
 }
 
 fn fds_of(pid: u32) -> usize {
@@ -193,11 +212,16 @@ fn fds_of(pid: u32) -> usize {
         .count()
 }
 
-fn mounts() -> usize {
+/// Host mounts a cell's could be mistaken for: of the store, of nixcell, under this
+/// repository (the test's workdirs); other software's mounts come and go meanwhile.
+fn mounts() -> Vec<String> {
+    let repo = repo().display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .count()
+        .filter(|l| l.contains("/nix") || l.contains("nixcell") || l.contains(&repo))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -239,6 +263,7 @@ fn many_served_runs_leave_nothing_behind_and_see_nothing_of_each_other() {
             );
         }
         assert_eq!(server.served(), runs + 1, "{mode:?}: {}", server.log());
+        assert_eq!(server.pooled(), runs + 1, "{mode:?}: {}", server.log());
         assert_empty_dir(work.path(), "the workdir after the runs");
         // The server closes a run's descriptors as soon as its caller has gone.
         let t = Instant::now();
@@ -252,8 +277,8 @@ fn many_served_runs_leave_nothing_behind_and_see_nothing_of_each_other() {
         );
         assert_eq!(
             children_of(server.pid()),
-            "",
-            "{mode:?}: processes of the server"
+            Vec::<String>::new(),
+            "{mode:?}: processes"
         );
         assert_eq!(cgroups_of(server.pid()), Vec::<PathBuf>::new(), "{mode:?}");
         assert_eq!(mounts(), mounts_before, "{mode:?}: host mounts");
@@ -307,8 +332,9 @@ fn a_server_serves_only_its_own_user() {
         .arg("-c")
         .arg(
             "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
-             s.sendall(b'x')\n\
-             try: print(repr(s.recv(100)))\nexcept ConnectionResetError: print(repr(b''))",
+             \
+             try:\n s.sendall(b'x'); print(repr(s.recv(100)))\n\
+             except (ConnectionResetError, BrokenPipeError): print(repr(b''))",
         )
         .arg(&sock)
         .output()

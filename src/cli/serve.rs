@@ -20,7 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Init stages kept started ahead of their runs (each serves one run); 0: none.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub pool: u64,
+}
 
 /// The runs going on: their signal senders, by run number.
 type Live = Arc<Mutex<HashMap<u64, tokio::sync::watch::Sender<i32>>>>;
@@ -28,8 +32,8 @@ type Live = Arc<Mutex<HashMap<u64, tokio::sync::watch::Sender<i32>>>>;
 /// `nixcell serve`: listens until SIGINT, SIGTERM or SIGHUP, which end every run going
 /// on as that signal would end a `nixcell run` (the grace time, then SIGKILL), then
 /// remove the socket.
-pub fn main(_args: &ServeArgs) -> i32 {
-    match serve() {
+pub fn main(args: &ServeArgs) -> i32 {
+    match serve(args) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("nixcell serve: {e}");
@@ -38,7 +42,7 @@ pub fn main(_args: &ServeArgs) -> i32 {
     }
 }
 
-fn serve() -> anyhow::Result<()> {
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
     // Signals are ours (below), before any thread exists: every thread inherits the
     // mask, so no run's own handlers take them; the cells' processes start unblocked.
@@ -65,6 +69,13 @@ fn serve() -> anyhow::Result<()> {
     // The directory is 0700: nobody else could reach the socket before this.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     eprintln!("nixcell serve: listening on {}", path.display());
+    // One runtime for every run and the init stages started ahead (a child is
+    // awaited on the runtime it was spawned on).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let warm = pool::Warm::new(args.pool as usize, rt.handle().clone());
     let live: Live = Arc::default();
     let stopping = Arc::new(AtomicBool::new(false));
     {
@@ -101,8 +112,9 @@ fn serve() -> anyhow::Result<()> {
         }
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         let live = live.clone();
+        let warm = warm.clone();
         std::thread::spawn(move || {
-            if let Err(e) = handle(&mut conn, n, &live) {
+            if let Err(e) = handle(&mut conn, n, &live, &warm) {
                 eprintln!("nixcell serve: run {n}: {e}");
             }
             live.lock().unwrap().remove(&n);
@@ -148,7 +160,12 @@ fn servable(args: &mut RunArgs, req: &Request) -> Result<(), String> {
     Ok(())
 }
 
-fn handle(conn: &mut UnixStream, n: u64, live: &Live) -> anyhow::Result<()> {
+fn handle(
+    conn: &mut UnixStream,
+    n: u64,
+    live: &Live,
+    warm: &Arc<pool::Warm>,
+) -> anyhow::Result<()> {
     let stdio: [OwnedFd; 3] = pool::recv_fds(conn)?;
     let Some(req) = pool::recv::<Request>(conn)? else {
         return Ok(());
@@ -200,13 +217,26 @@ fn handle(conn: &mut UnixStream, n: u64, live: &Live) -> anyhow::Result<()> {
             }
         }
     });
+    let w = warm.clone();
+    let pooled = Arc::new(AtomicBool::new(false));
     let caller = crate::run::Caller {
         stdio: Arc::new(stdio),
         signals: rx,
+        init_source: Some(Arc::new(move || w.take())),
+        pooled: pooled.clone(),
     };
-    let reply = match crate::run::prepare(request).and_then(|p| p.for_caller(caller).run()) {
+    let ran = crate::run::prepare(request)
+        .and_then(|p| warm.handle().block_on(p.for_caller(caller).run_async()));
+    let reply = match ran {
         Ok(v) => {
-            eprintln!("nixcell serve: run {n}: served, exit {}", v.exit_code);
+            let how = match pooled.load(Ordering::SeqCst) {
+                true => "an init stage started ahead",
+                false => "a new init stage",
+            };
+            eprintln!(
+                "nixcell serve: run {n}: served, exit {} ({how})",
+                v.exit_code
+            );
             Reply::Done(Box::new(v))
         }
         Err(e) => {

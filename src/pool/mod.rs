@@ -148,3 +148,51 @@ pub fn recv_fds<const N: usize>(s: &UnixStream) -> std::io::Result<[OwnedFd; N]>
         std::io::Error::other(format!("{} descriptors passed, {N} expected", v.len()))
     })
 }
+
+/// Init stages started ahead of their runs (`nixcell serve --pool N`), each handed out
+/// once: a run takes one (which has nothing of any run yet: it is given its
+/// descriptors, then its spec) and a new one is started in its place.
+pub struct Warm {
+    waiting: std::sync::Mutex<Vec<crate::sandbox::spawn::Spawned>>,
+    size: usize,
+    /// The runtime the init stages are spawned on, and the runs go on.
+    handle: tokio::runtime::Handle,
+}
+
+impl Warm {
+    pub fn new(size: usize, handle: tokio::runtime::Handle) -> std::sync::Arc<Warm> {
+        let w = std::sync::Arc::new(Warm {
+            waiting: std::sync::Mutex::default(),
+            size,
+            handle,
+        });
+        w.fill();
+        w
+    }
+
+    /// Starts init stages until `size` wait.
+    fn fill(&self) {
+        let _rt = self.handle.enter();
+        while self.waiting.lock().unwrap().len() < self.size {
+            match crate::sandbox::spawn::spawn_waiting() {
+                Ok(s) => self.waiting.lock().unwrap().push(s),
+                Err(e) => {
+                    eprintln!("nixcell serve: cannot start an init stage ahead: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// One waiting init stage, if any; another is started in the background.
+    pub fn take(self: &std::sync::Arc<Self>) -> Option<crate::sandbox::spawn::Spawned> {
+        let s = self.waiting.lock().unwrap().pop();
+        let me = self.clone();
+        self.handle.spawn_blocking(move || me.fill());
+        s
+    }
+}

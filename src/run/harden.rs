@@ -277,6 +277,7 @@ impl Hardening {
             on_event: None,
             stdio: None,
             signals: None,
+            init_source: None,
         }
     }
 

@@ -100,6 +100,10 @@ pub struct PreparedRun {
 pub struct Caller {
     pub stdio: std::sync::Arc<[std::os::fd::OwnedFd; 3]>,
     pub signals: tokio::sync::watch::Receiver<i32>,
+    /// Init stages started ahead, spawned on the runtime the run goes on.
+    pub init_source: Option<supervise::InitSource>,
+    /// Set when the run's init stage was one of `init_source`'s.
+    pub pooled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Resolves the environment, plans the cell, decides its limits and prepares its
@@ -186,12 +190,14 @@ impl PreparedRun {
             caller,
         } = self;
         let mut opts = hardening.run_options(capture);
+        let pooled = caller.as_ref().map(|c| c.pooled.clone());
         if let Some(c) = caller {
             // Passed-through stderr is kept for hints unless it is a terminal: the
             // caller's, not ours.
             opts.tee_stderr = !capture && !nix::unistd::isatty(&c.stdio[2]).unwrap_or(false);
             opts.stdio = Some(c.stdio);
             opts.signals = Some(c.signals);
+            opts.init_source = c.init_source;
         }
         if progress_wanted() {
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
@@ -209,6 +215,9 @@ impl PreparedRun {
             }));
         }
         let mut outcome = supervise::run(&spec, &opts).await?;
+        if let Some(p) = pooled {
+            p.store(outcome.pooled, std::sync::atomic::Ordering::SeqCst);
+        }
         // A cell whose set-up failed never ran: it has no changes to bring back.
         let work_layer = outcome
             .work_layer

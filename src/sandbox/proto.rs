@@ -18,6 +18,19 @@ pub const INIT_FD: RawFd = 3;
 /// Descriptor of the init stage holding `cgroup.procs` of the run's command cgroup
 /// (opened by the supervisor), when the run has a cgroup.
 pub const CELL_CGROUP_FD: RawFd = 4;
+/// argv[2] of an init stage started ahead of its run (`nixcell serve`'s warm pool):
+/// before its spec it receives a [`Placement`] with the descriptors it would have been
+/// started with.
+pub const POOLED_ARG: &str = "pooled";
+
+/// What comes with the descriptors a pooled init stage receives, in this order: stdin,
+/// stdout, stderr, `cgroup.procs` (when `cgroup`), then `sources` mount sources.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Placement {
+    pub cgroup: bool,
+    pub sources: usize,
+}
+
 /// Largest message accepted, so a corrupt length cannot make us allocate gigabytes.
 const MAX_MESSAGE: u32 = 64 << 20;
 
@@ -114,6 +127,76 @@ pub fn send_with_fd<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, pass: RawFd) -> i
         }
     };
     // The rest (if the socket took only part) goes without the descriptor.
+    FdIo(fd).write_all(&buf[n..])
+}
+
+/// Reads one message and the descriptors sent with its first bytes; `None` on a clean
+/// EOF. Only the length is read with recvmsg(2), so no later message is taken along.
+pub fn recv_with_fds<T: DeserializeOwned>(
+    fd: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Vec<std::os::fd::OwnedFd>)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut len = [0u8; 4];
+    let mut fds = Vec::new();
+    let got = {
+        let mut iov = [io::IoSliceMut::new(&mut len)];
+        let mut space = nix::cmsg_space!([RawFd; 253]);
+        let msg = loop {
+            match recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(list) = c {
+                // SAFETY: the kernel installed these descriptors for us.
+                fds.extend(list.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        msg.bytes
+    };
+    if got == 0 {
+        return Ok(None);
+    }
+    let mut io = FdIo(fd);
+    io.read_exact(&mut len[got..])?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("control message of {len} bytes is too large"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    io.read_exact(&mut body)?;
+    let msg =
+        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some((msg, fds)))
+}
+
+/// Writes one message with descriptors attached to its first bytes (SCM_RIGHTS).
+pub fn send_with_fds<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, pass: &[RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    let cmsg = [ControlMessage::ScmRights(pass)];
+    let iov = [io::IoSlice::new(&buf)];
+    let n = loop {
+        match sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
     FdIo(fd).write_all(&buf[n..])
 }
 

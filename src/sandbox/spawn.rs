@@ -4,7 +4,7 @@
 //! whatever threads the supervisor runs (docs/ARCHITECTURE.md, process model).
 
 use super::MOUNT_FD_BASE;
-use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD};
+use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD, POOLED_ARG, Placement};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -109,4 +109,56 @@ pub fn spawn_init(
         child,
         control: ours,
     })
+}
+
+/// Starts an init stage ahead of its run (a warm pool): it waits, its standard
+/// descriptors on /dev/null, for [`place`] and then its spec.
+pub fn spawn_waiting() -> io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg0("nixcell-init")
+        .args([INIT_ARG, POOLED_ARG])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec only fcntl/dup2 (async-signal-safe), no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let from = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 16);
+            if from < 0 || libc::dup2(from, INIT_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok(Spawned {
+        child,
+        control: ours,
+    })
+}
+
+/// Gives a waiting init stage ([`spawn_waiting`]) the descriptors [`spawn_init`]
+/// places: stdin, stdout, stderr, the command's `cgroup.procs`, the mount sources.
+pub fn place(
+    s: &Spawned,
+    stdio: [RawFd; 3],
+    sources: &[std::sync::Arc<OwnedFd>],
+    cell_cgroup: Option<RawFd>,
+) -> io::Result<()> {
+    if sources.len() > 200 {
+        return Err(io::Error::other("more than 200 mounts"));
+    }
+    let mut fds = stdio.to_vec();
+    fds.extend(cell_cgroup);
+    fds.extend(sources.iter().map(|f| f.as_raw_fd()));
+    let p = Placement {
+        cgroup: cell_cgroup.is_some(),
+        sources: sources.len(),
+    };
+    super::proto::send_with_fds(std::os::fd::AsFd::as_fd(&s.control), &p, &fds)
 }
