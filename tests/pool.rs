@@ -146,6 +146,22 @@ fn a_running_server_serves_run_with_the_verdict_of_a_cold_run() {
             assert_eq!(server.pooled(), i + 1, "{mode:?} {s}: {}", server.log());
             assert_eq!(v, cold[i], "{mode:?}: served and cold verdicts of {s}");
         }
+        // A run's usage is its own: not the server's children's over all its runs.
+        let busy = run_json(
+            mode,
+            state.path(),
+            &[],
+            "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done",
+        );
+        let after = run_json(mode, state.path(), &[], "true");
+        let (b, a) = (
+            &busy["usage"]["cpu_time_ms"],
+            &after["usage"]["cpu_time_ms"],
+        );
+        assert!(
+            a.is_null() || a.as_f64() < b.as_f64(),
+            "{mode:?}: usage of `true` after a busy run: {a} vs {b}"
+        );
         // Passed through (no --json): the caller's stdout, stderr and exit status.
         let out = cmd(mode, state.path())
             .args(["run", "--env-path"])
@@ -157,7 +173,7 @@ fn a_running_server_serves_run_with_the_verdict_of_a_cold_run() {
         assert_eq!(out.status.code(), Some(7), "{mode:?}");
         assert_eq!(text(&out.stdout), "to-out\n", "{mode:?}");
         assert!(text(&out.stderr).contains("to-err"), "{mode:?}");
-        assert_eq!(server.served(), PROBES.len() + 1, "{mode:?}");
+        assert_eq!(server.served(), PROBES.len() + 3, "{mode:?}");
     }
 }
 

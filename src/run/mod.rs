@@ -215,7 +215,7 @@ impl PreparedRun {
             }));
         }
         let mut outcome = supervise::run(&spec, &opts).await?;
-        if let Some(p) = pooled {
+        if let Some(p) = &pooled {
             p.store(outcome.pooled, std::sync::atomic::Ordering::SeqCst);
         }
         // A cell whose set-up failed never ran: it has no changes to bring back.
@@ -223,7 +223,7 @@ impl PreparedRun {
             .work_layer
             .take()
             .filter(|_| outcome.setup_error.is_none());
-        let (usage, oom_killed) = hardening.finish();
+        let (usage, oom_killed) = hardening.finish(pooled.is_some());
         // The cell is gone (its PID 1 and init stage have exited): its changes come back.
         let workdir = match (&work_layer, &spec.work, spec.sources.first()) {
             (Some(layer), Some(work), Some(dir)) => {
