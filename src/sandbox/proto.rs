@@ -110,24 +110,7 @@ pub fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T) -> io::Result<()> {
 
 /// Writes one message with a descriptor attached (SCM_RIGHTS).
 pub fn send_with_fd<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, pass: RawFd) -> io::Result<()> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
-    let fds = [pass];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let iov = [io::IoSlice::new(&buf)];
-    use std::os::fd::AsRawFd;
-    let n = loop {
-        match sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
-            Ok(n) => break n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    // The rest (if the socket took only part) goes without the descriptor.
-    FdIo(fd).write_all(&buf[n..])
+    send_with_fds(fd, msg, &[pass])
 }
 
 /// Reads one message and the descriptors sent with its first bytes; `None` on a clean
@@ -166,6 +149,11 @@ pub fn recv_with_fds<T: DeserializeOwned>(
     }
     let mut io = FdIo(fd);
     io.read_exact(&mut len[got..])?;
+    Ok(Some((read_body(&mut io, len)?, fds)))
+}
+
+/// The body of a message whose length was read.
+fn read_body<T: DeserializeOwned>(io: &mut FdIo<'_>, len: [u8; 4]) -> io::Result<T> {
     let len = u32::from_le_bytes(len);
     if len > MAX_MESSAGE {
         return Err(io::Error::new(
@@ -175,9 +163,7 @@ pub fn recv_with_fds<T: DeserializeOwned>(
     }
     let mut body = vec![0u8; len as usize];
     io.read_exact(&mut body)?;
-    let msg =
-        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(Some((msg, fds)))
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Writes one message with descriptors attached to its first bytes (SCM_RIGHTS).
@@ -209,18 +195,7 @@ pub fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>) -> io::Result<Option<T>> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(len);
-    if len > MAX_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("control message of {len} bytes is too large"),
-        ));
-    }
-    let mut body = vec![0u8; len as usize];
-    io.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    read_body(&mut io, len).map(Some)
 }
 
 /// Splits a byte stream into messages; used by the async supervisor.
