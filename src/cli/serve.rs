@@ -130,6 +130,17 @@ fn servable(args: &mut RunArgs, req: &Request) -> Result<(), String> {
             return Err(format!("{k} differs"));
         }
     }
+    let ours = pool::context();
+    if ours.len() != req.context.len() {
+        return Err("the process context differs".into());
+    }
+    for ((k, v), (_, theirs)) in ours.iter().zip(&req.context) {
+        if v != theirs {
+            return Err(format!(
+                "{k} differs (here {v:.80}, the caller's {theirs:.80})"
+            ));
+        }
+    }
     if args.env_paths.is_empty()
         || !args.with.is_empty()
         || !args.flakes.is_empty()
@@ -287,6 +298,7 @@ pub fn served(args: &RunArgs) -> Option<i32> {
         args: std::env::args().collect(),
         cwd: std::env::current_dir().ok()?,
         env: pool::env_now(),
+        context: pool::context(),
     };
     CONN.store(conn.as_raw_fd(), Ordering::SeqCst);
     set_handlers(nix::sys::signal::SigHandler::Handler(pass_signal));

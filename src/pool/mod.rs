@@ -32,6 +32,55 @@ pub const ENV_KEYS: &[&str] = &[
     "NIXCELL_PROGRESS",
 ];
 
+/// What else a cell inherits from the process that starts it, as `KEY value` pairs:
+/// umask, ids and groups, ignored signals, resource limits, seccomp, no_new_privs and capabilities
+/// (`/proc/self/status`), namespaces, cgroups. A server serves a caller only when its
+/// own are the same.
+pub fn context() -> Vec<(String, String)> {
+    let mut c = Vec::new();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for l in status.lines() {
+        if let Some((k, v)) = l.split_once(':')
+            && matches!(
+                k,
+                "Umask"
+                    | "Uid"
+                    | "Gid"
+                    | "Groups"
+                    | "NoNewPrivs"
+                    | "Seccomp"
+                    | "Seccomp_filters"
+                    | "CapInh"
+                    | "CapPrm"
+                    | "CapEff"
+                    | "CapBnd"
+                    | "CapAmb"
+            )
+        {
+            c.push((k.to_string(), v.trim().to_string()));
+        }
+        // Ignored signals survive execve(2): those of 1..=31 the command does not get
+        // the default of (`sandbox::exec`), glibc's internal ones (32, 33) aside.
+        if let Some(v) = l.strip_prefix("SigIgn:") {
+            let mut reset = 1u64 << (libc::SIGPIPE - 1);
+            for s in crate::sandbox::pid1::FORWARDED {
+                reset |= 1 << (*s as i32 - 1);
+            }
+            let ign = u64::from_str_radix(v.trim(), 16).unwrap_or(u64::MAX);
+            c.push(("SigIgn".into(), format!("{:x}", ign & 0x7fff_ffff & !reset)));
+        }
+    }
+    for ns in ["mnt", "user", "pid", "net", "ipc", "uts", "cgroup"] {
+        let link = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap_or_default();
+        c.push((format!("ns/{ns}"), link.display().to_string()));
+    }
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    c.push(("cgroup".into(), cgroup));
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    c.push(("limits".into(), limits));
+    c
+}
+
 /// The largest request or reply accepted.
 const MAX_FRAME: usize = 16 << 20;
 
@@ -44,6 +93,8 @@ pub struct Request {
     pub cwd: PathBuf,
     /// The caller's values of [`ENV_KEYS`].
     pub env: Vec<(String, Option<String>)>,
+    /// The caller's [`context`].
+    pub context: Vec<(String, String)>,
 }
 
 /// The server's answers, in order: `Accepted` or `Declined`, then after `Accepted`
