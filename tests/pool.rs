@@ -234,9 +234,7 @@ fn cgroups_of(pid: u32) -> Vec<PathBuf> {
     found
 }
 
-/// The server's child processes that are not init stages waiting in its pool (started
-/// ahead: no namespace of their own yet, nothing of a run).
-fn children_of(pid: u32) -> Vec<String> {
+fn all_children_of(pid: u32) -> Vec<String> {
     let mut all = String::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -244,8 +242,15 @@ fn children_of(pid: u32) -> Vec<String> {
     {
         all += &std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
     }
+    all.split_whitespace().map(str::to_string).collect()
+}
+
+/// The server's child processes that are not init stages waiting in its pool (started
+/// ahead: no namespace of their own yet, nothing of a run).
+fn children_of(pid: u32) -> Vec<String> {
     let ns = |p: &str, n: &str| std::fs::read_link(format!("/proc/{p}/ns/{n}")).ok();
-    all.split_whitespace()
+    all_children_of(pid)
+        .into_iter()
         .filter(|c| {
             let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
             let waiting = cmd == b"nixcell-init\0__nixcell-init\0pooled\0"
@@ -254,7 +259,6 @@ fn children_of(pid: u32) -> Vec<String> {
                     .all(|n| ns(c, n) == ns(&pid.to_string(), n));
             !waiting
         })
-        .map(|c| c.to_string())
         .collect()
 }
 
@@ -347,9 +351,23 @@ fn a_killed_server_leaves_nothing_behind_and_run_runs_the_cell_itself() {
             assert_eq!(run_json(mode, state.path(), &[], "echo a")["exit_code"], 0);
             assert_eq!(server.served(), 1);
             let pid = server.pid();
+            let waiting = all_children_of(pid);
+            assert!(!waiting.is_empty(), "{mode:?}: init stages started ahead");
             // SAFETY: our own child.
             unsafe { libc::kill(pid as i32, sig) };
             let st = server.child.wait().unwrap();
+            // The init stages it had started ahead end with it (their socket closed).
+            let t = Instant::now();
+            let alive = || {
+                waiting.iter().any(|c| {
+                    std::fs::read_to_string(format!("/proc/{c}/stat"))
+                        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").starts_with(" Z"))
+                })
+            };
+            while alive() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(!alive(), "{mode:?}: init stages of a killed server live on");
             if sig == libc::SIGTERM {
                 assert_eq!(st.code(), Some(0), "{mode:?}: {}", server.log());
                 assert!(
