@@ -418,3 +418,41 @@ fn a_server_serves_only_its_own_user() {
     );
     assert_eq!(server.served(), 0);
 }
+
+#[test]
+fn a_served_run_whose_caller_is_killed_is_killed_too() {
+    for mode in MODES {
+        let state = state_dir(mode);
+        let server = Server::start(mode, state.path());
+        let mut caller = cmd(mode, state.path())
+            .args(["run", "--env-path"])
+            .arg(busybox())
+            .args(["--", "sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while children_of(server.pid()).is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(30), "{}", server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SIGKILL: the caller cannot pass anything on; its end of the socket closes.
+        caller.kill().unwrap();
+        caller.wait().unwrap();
+        let t = Instant::now();
+        // The cell is killed (no verdict reaches anyone, as when a `nixcell run` is
+        // killed: its cell's PID 1 kills the cell).
+        while server.served() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{mode:?}: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(children_of(server.pid()), Vec::<String>::new(), "{mode:?}");
+        assert_eq!(cgroups_of(server.pid()), Vec::<PathBuf>::new(), "{mode:?}");
+    }
+}
