@@ -7,6 +7,8 @@
 //! tree); sizes are shown by [`crate::units::human_size`]; a listing with nothing in
 //! it says so.
 
+pub mod serve;
+
 use crate::plan::{self, CellRequest};
 
 pub mod session;
@@ -60,6 +62,9 @@ pub enum Command {
     Reject(crate::front::DecideArgs),
     /// Serve the Model Context Protocol on stdin/stdout for agents.
     Mcp(McpArgs),
+    /// Run this user's `nixcell run` cells from a long-lived process (used by `run`
+    /// whenever it is listening; until SIGINT/SIGTERM/SIGHUP).
+    Serve(serve::ServeArgs),
     /// List recent runs whose workdir changes were applied (newest first).
     Runs {
         /// Print the list as JSON.
@@ -281,6 +286,7 @@ pub fn main() -> i32 {
         Command::Approve(a) => crate::front::approve(&a),
         Command::Reject(a) => crate::front::reject(&a),
         Command::Mcp(args) => mcp(&args),
+        Command::Serve(a) => serve::main(&a),
         Command::Runs { json } => runs(json),
         Command::Undo { run, force, json } => undo(run.as_deref(), force, json),
         Command::Up(a) => session::up(&a),
@@ -497,22 +503,30 @@ impl RunArgs {
     }
 }
 
+/// The `RunRequest` of a `run` command line, or the verdict error that refuses it.
+fn run_request(args: &RunArgs) -> Result<crate::run::RunRequest, Box<VerdictError>> {
+    args.run_request()
+        .map_err(|e| Box::new(VerdictError::of_run_error(&crate::run::RunError::Plan(e))))
+}
+
 fn run(args: &RunArgs) -> i32 {
-    let req = match args.run_request() {
+    if let Some(code) = serve::served(args) {
+        return code;
+    }
+    let req = match run_request(args) {
         Ok(r) => r,
-        Err(e) => {
-            let err = VerdictError::of_run_error(&crate::run::RunError::Plan(e));
-            return crate::verdict::report_refusal(args.json, err, true);
-        }
+        Err(e) => return crate::verdict::report_refusal(args.json, *e, true),
     };
-    let v = match crate::run::prepare(req).and_then(|p| p.run()) {
-        Ok(v) => v,
-        Err(e) => {
-            return crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true);
-        }
-    };
+    match crate::run::prepare(req).and_then(|p| p.run()) {
+        Ok(v) => report(args, &v),
+        Err(e) => crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true),
+    }
+}
+
+/// Prints a run's verdict (`--json`) or what the user is to know of it; its exit status.
+fn report(args: &RunArgs, v: &crate::verdict::Verdict) -> i32 {
     if args.json {
-        println!("{}", serde_json::to_string(&v).unwrap_or_default());
+        println!("{}", serde_json::to_string(v).unwrap_or_default());
     } else if let Some(err) = &v.error {
         eprintln!("nixcell: {}", err.message);
     } else if v.timed_out {

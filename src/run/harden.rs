@@ -275,6 +275,9 @@ impl Hardening {
             before_spec,
             cell_cgroup: self.cell_procs.clone(),
             on_event: None,
+            stdio: None,
+            signals: None,
+            init_source: None,
         }
     }
 
@@ -283,9 +286,13 @@ impl Hardening {
         self.cgroup.as_ref().map(|cg| cg.usage())
     }
 
-    /// Reads usage and OOM kills and removes the cgroup: (usage, oom_killed).
-    pub fn finish(&self) -> (Usage, bool) {
-        let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
+    /// Reads usage and OOM kills and removes the cgroup: (usage, oom_killed). With
+    /// `shared` (a process that runs many cells: `nixcell serve`), this process's
+    /// children are not the run's alone: their rusage is not taken for it.
+    pub fn finish(&self, shared: bool) -> (Usage, bool) {
+        let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+            .ok()
+            .filter(|_| !shared);
         let ru_cpu = ru.map(|r| {
             let t = |tv: nix::sys::time::TimeVal| {
                 tv.tv_sec() as f64 * 1000.0 + tv.tv_usec() as f64 / 1000.0

@@ -98,6 +98,19 @@ pub struct PreparedRun {
     /// The run's network policy, and its proxy when the policy allows names.
     network: crate::net::NetPolicy,
     proxy: Option<crate::net::Proxy>,
+    /// A caller's own stdio and signals (`nixcell serve`), see [`PreparedRun::for_caller`].
+    caller: Option<Caller>,
+}
+
+/// The process a run is for when it is not this one (`nixcell serve`): its stdin,
+/// stdout and stderr, and the signals it passes on.
+pub struct Caller {
+    pub stdio: std::sync::Arc<[std::os::fd::OwnedFd; 3]>,
+    pub signals: tokio::sync::watch::Receiver<i32>,
+    /// Init stages started ahead, spawned on the runtime the run goes on.
+    pub init_source: Option<supervise::InitSource>,
+    /// Set when the run's init stage was one of `init_source`'s.
+    pub pooled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Resolves the environment, plans the cell, decides its limits and prepares its
@@ -159,6 +172,7 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         tcp_ports,
         network,
         proxy,
+        caller: None,
     })
 }
 
@@ -223,6 +237,12 @@ impl PreparedRun {
         &self.hardening.limits
     }
 
+    /// The run is another process's: the cell gets its stdio, and its signals.
+    pub fn for_caller(mut self, caller: Caller) -> Self {
+        self.caller = Some(caller);
+        self
+    }
+
     /// Runs the cell to its end (on a runtime of its own) and returns its verdict.
     pub fn run(self) -> Result<Verdict, RunError> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -244,11 +264,21 @@ impl PreparedRun {
             tcp_ports,
             network,
             mut proxy,
+            caller,
         } = self;
         if let Some(p) = &mut proxy {
             p.start().map_err(RunError::Proxy)?;
         }
         let mut opts = hardening.run_options(capture);
+        let pooled = caller.as_ref().map(|c| c.pooled.clone());
+        if let Some(c) = caller {
+            // Passed-through stderr is kept for hints unless it is a terminal: the
+            // caller's, not ours.
+            opts.tee_stderr = !capture && !nix::unistd::isatty(&c.stdio[2]).unwrap_or(false);
+            opts.stdio = Some(c.stdio);
+            opts.signals = Some(c.signals);
+            opts.init_source = c.init_source;
+        }
         if progress_wanted() {
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
             opts.on_event = Some(std::sync::Arc::new(move |e| {
@@ -270,12 +300,15 @@ impl PreparedRun {
             None => crate::net::NetworkReport::of(&network),
         };
         drop(proxy);
+        if let Some(p) = &pooled {
+            p.store(outcome.pooled, std::sync::atomic::Ordering::SeqCst);
+        }
         // A cell whose set-up failed never ran: it has no changes to bring back.
         let work_layer = outcome
             .work_layer
             .take()
             .filter(|_| outcome.setup_error.is_none());
-        let (usage, oom_killed) = hardening.finish();
+        let (usage, oom_killed) = hardening.finish(pooled.is_some());
         // The cell is gone (its PID 1 and init stage have exited): its changes come back.
         let workdir = match (&work_layer, &spec.work, spec.sources.first()) {
             (Some(layer), Some(work), Some(dir)) => {

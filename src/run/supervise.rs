@@ -40,6 +40,69 @@ pub struct RunOptions {
     pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
     /// Called as the run goes through its stages (for progress reports).
     pub on_event: Option<OnEvent>,
+    /// The caller's stdin, stdout and stderr when they are not this process's own
+    /// (`nixcell serve` runs a cell for a `nixcell run` that passed its descriptors).
+    pub stdio: Option<Arc<[std::os::fd::OwnedFd; 3]>>,
+    /// Signals for the cell from elsewhere than this process's own handlers (the
+    /// caller of `nixcell serve`): each new value is a signal number to forward.
+    pub signals: Option<tokio::sync::watch::Receiver<i32>>,
+    /// Init stages started ahead (a warm pool, spawned on this runtime): one is taken
+    /// for the run when there is one, else a new one is started.
+    pub init_source: Option<InitSource>,
+}
+
+/// Hands out an init stage started ahead of its run (`spawn::spawn_waiting`), each
+/// at most once.
+pub type InitSource = Arc<dyn Fn() -> Option<Spawned> + Send + Sync>;
+
+/// A stream of the cell's output as the supervisor reads it.
+type Stream = std::pin::Pin<Box<dyn AsyncRead + Send>>;
+
+/// A pipe: the supervisor's end (read, asynchronous) and the cell's (write).
+fn pipe() -> std::io::Result<(Stream, std::os::fd::OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let r = tokio::net::unix::pipe::Receiver::from_owned_fd(r)?;
+    Ok((Box::pin(r), w))
+}
+
+/// The init stage of a run, its control socket and the read ends of its captured
+/// streams: a pooled one given its descriptors, else a new one.
+type Started = (
+    tokio::process::Child,
+    std::os::unix::net::UnixStream,
+    Option<Stream>,
+    Option<Stream>,
+);
+
+fn start_init(spec: &RunSpec, opts: &RunOptions) -> std::io::Result<(Started, bool)> {
+    use std::os::fd::AsRawFd;
+    let cgroup = opts.cell_cgroup.as_deref().map(AsRawFd::as_raw_fd);
+    if let Some(sp) = opts.init_source.as_ref().and_then(|f| f()) {
+        // As spawn_init places them: the caller's (or our own) descriptors, captured
+        // streams on pipes.
+        let own = |i: usize| opts.stdio.as_deref().map_or(i as i32, |s| s[i].as_raw_fd());
+        let out = opts.capture.then(pipe).transpose()?;
+        let err = (opts.capture || opts.tee_stderr).then(pipe).transpose()?;
+        let fd = |p: &Option<(Stream, std::os::fd::OwnedFd)>, i| {
+            p.as_ref().map_or(own(i), |p| p.1.as_raw_fd())
+        };
+        let placed = [own(0), fd(&out, 1), fd(&err, 2)];
+        // One that died while it waited is dropped (killed, reaped): a new one runs.
+        if crate::sandbox::spawn::place(&sp, placed, &spec.sources, cgroup).is_ok() {
+            let started = (sp.child, sp.control, out.map(|p| p.0), err.map(|p| p.0));
+            return Ok((started, true));
+        }
+    }
+    let Spawned { mut child, control } = spawn_init(
+        opts.capture,
+        opts.tee_stderr,
+        opts.stdio.as_deref(),
+        &spec.sources,
+        cgroup,
+    )?;
+    let out = child.stdout.take().map(|s| Box::pin(s) as Stream);
+    let err = child.stderr.take().map(|s| Box::pin(s) as Stream);
+    Ok(((child, control, out, err), false))
 }
 
 /// The stages of a run a caller may follow.
@@ -68,6 +131,9 @@ impl Default for RunOptions {
             before_spec: None,
             cell_cgroup: None,
             on_event: None,
+            stdio: None,
+            signals: None,
+            init_source: None,
         }
     }
 }
@@ -114,6 +180,8 @@ pub struct Outcome {
     pub services_exited: Vec<(usize, Option<i32>, Option<i32>)>,
     /// The last bytes of the command's stderr when it was passed through (not captured).
     pub stderr_tail: Option<String>,
+    /// The init stage was one started ahead ([`RunOptions::init_source`]).
+    pub pooled: bool,
 }
 
 impl Outcome {
@@ -194,8 +262,15 @@ pub async fn capture<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Captured {
 const HINT_TAIL_BYTES: usize = 64 << 10;
 
 /// Copies `r` to our stderr as it comes, and returns its last `keep` bytes.
-async fn tee<R: AsyncRead + Unpin>(mut r: R, keep: usize) -> String {
-    let mut err = tokio::io::stderr();
+async fn tee<R: AsyncRead + Unpin>(
+    mut r: R,
+    keep: usize,
+    to: Option<std::os::fd::OwnedFd>,
+) -> String {
+    let mut err: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match to {
+        Some(fd) => Box::pin(tokio::fs::File::from_std(std::fs::File::from(fd))),
+        None => Box::pin(tokio::io::stderr()),
+    };
     let mut tail: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -298,19 +373,19 @@ impl Drop for TerminalGuard {
 
 /// Runs one cell to completion.
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
-    let _terminal = TerminalGuard::save();
+    // A caller's descriptors (served runs) are never a terminal: only ours is saved.
+    let _terminal = match opts.stdio {
+        None => TerminalGuard::save(),
+        Some(_) => TerminalGuard(None),
+    };
     let start = Instant::now();
-    let Spawned { mut child, control } = spawn_init(
-        opts.capture,
-        opts.tee_stderr,
-        &spec.sources,
-        opts.cell_cgroup
-            .as_deref()
-            .map(std::os::fd::AsRawFd::as_raw_fd),
-    )
-    .map_err(SuperviseError::Spawn)?;
+    let ((mut child, control, out_pipe, err_pipe), pooled) =
+        start_init(spec, opts).map_err(SuperviseError::Spawn)?;
     let init_pid = child.id().unwrap_or(0) as i32;
-    let mut out = Outcome::default();
+    let mut out = Outcome {
+        pooled,
+        ..Default::default()
+    };
 
     if let Some(hook) = &opts.before_spec
         && let Err(e) = hook(init_pid as u32)
@@ -332,13 +407,16 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
     let target: Mutex<CellTarget> = Mutex::default();
 
-    let stdout_task = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(capture(s, opts.max_output)));
-    let (stderr_task, tee_task) = match child.stderr.take() {
+    let stdout_task = out_pipe.map(|s| tokio::spawn(capture(s, opts.max_output)));
+    let (stderr_task, tee_task) = match err_pipe {
         Some(s) if opts.capture => (Some(tokio::spawn(capture(s, opts.max_output))), None),
-        Some(s) => (None, Some(tokio::spawn(tee(s, HINT_TAIL_BYTES)))),
+        Some(s) => {
+            let to = match opts.stdio.as_deref() {
+                Some(fds) => Some(fds[2].try_clone().map_err(SuperviseError::Spawn)?),
+                None => None,
+            };
+            (None, Some(tokio::spawn(tee(s, HINT_TAIL_BYTES, to))))
+        }
         None => (None, None),
     };
 
@@ -404,6 +482,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sighup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut passed_signals = opts.signals.clone();
         if wr.write_all(&frame).await.is_err() {
             // The init stage died before reading its spec; its status tells the rest.
         }
@@ -441,6 +520,24 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                     kill_at = Some(kill_at.map_or(k, |at| at.min(k)));
                 }
                 Some(_) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => signal(Signal::SIGHUP),
+                Some(n) = async {
+                    match passed_signals.as_mut() {
+                        Some(rx) => match rx.changed().await {
+                            Ok(()) => Some(*rx.borrow_and_update()),
+                            Err(_) => std::future::pending().await,
+                        },
+                        None => std::future::pending().await,
+                    }
+                } => match Signal::try_from(n) {
+                    // As if the signal had reached this process (same grace rule).
+                    Ok(Signal::SIGTERM) => {
+                        signal(Signal::SIGTERM);
+                        let k = tokio::time::Instant::now() + opts.grace;
+                        kill_at = Some(kill_at.map_or(k, |at| at.min(k)));
+                    }
+                    Ok(s) => signal(s),
+                    Err(_) => {}
+                },
             }
         }
     };

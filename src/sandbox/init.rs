@@ -18,6 +18,12 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 pub fn main() -> ! {
     // SAFETY: the supervisor placed our end of the control socket on INIT_FD.
     let sock = unsafe { BorrowedFd::borrow_raw(INIT_FD) };
+    if std::env::args_os().nth(2).as_deref() == Some(std::ffi::OsStr::new(proto::POOLED_ARG))
+        && place(sock).is_err()
+    {
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(125) }
+    }
     let spec: RunSpec = match proto::recv(sock) {
         Ok(Some(s)) => s,
         // SAFETY: _exit ends the process at once.
@@ -34,6 +40,45 @@ pub fn main() -> ! {
     };
     // SAFETY: as above.
     unsafe { libc::_exit(code) }
+}
+
+/// A pooled init stage (started ahead of its run): receives the descriptors a fresh
+/// one is started with and puts them where it would have found them
+/// ([`proto::Placement`]). Nothing of a run exists before this.
+fn place(sock: BorrowedFd<'_>) -> std::io::Result<()> {
+    let Some((p, fds)) = proto::recv_with_fds::<proto::Placement>(sock)? else {
+        return Err(std::io::Error::other("no placement"));
+    };
+    let mut targets = vec![0, 1, 2];
+    if p.cgroup {
+        targets.push(proto::CELL_CGROUP_FD);
+    }
+    targets.extend((0..p.sources as i32).map(|i| super::MOUNT_FD_BASE + i));
+    if fds.len() != targets.len() || p.sources > 200 {
+        return Err(std::io::Error::other(
+            "descriptors do not match the placement",
+        ));
+    }
+    // Copies far above every target first, so that no dup2 overwrites one not yet placed.
+    let mut high = Vec::with_capacity(fds.len());
+    for f in &fds {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1.
+        let d = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 512) };
+        if d < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        high.push(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(d) });
+    }
+    drop(fds);
+    for (from, to) in high.iter().zip(targets) {
+        // SAFETY: dup2 onto a number this process keeps for it (as a fresh init
+        // stage finds it); the copy stays open across the forks that follow.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {

@@ -18,6 +18,19 @@ pub const INIT_FD: RawFd = 3;
 /// Descriptor of the init stage holding `cgroup.procs` of the run's command cgroup
 /// (opened by the supervisor), when the run has a cgroup.
 pub const CELL_CGROUP_FD: RawFd = 4;
+/// argv[2] of an init stage started ahead of its run (`nixcell serve`'s warm pool):
+/// before its spec it receives a [`Placement`] with the descriptors it would have been
+/// started with.
+pub const POOLED_ARG: &str = "pooled";
+
+/// What comes with the descriptors a pooled init stage receives, in this order: stdin,
+/// stdout, stderr, `cgroup.procs` (when `cgroup`), then `sources` mount sources.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Placement {
+    pub cgroup: bool,
+    pub sources: usize,
+}
+
 /// Largest message accepted, so a corrupt length cannot make us allocate gigabytes.
 const MAX_MESSAGE: u32 = 64 << 20;
 
@@ -126,13 +139,13 @@ pub fn send_with_fd<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, pass: RawFd) -> i
 /// Writes one message with descriptors attached (SCM_RIGHTS, on its first byte).
 pub fn send_with_fds<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&body);
     let cmsg = [ControlMessage::ScmRights(fds)];
     let iov = [io::IoSlice::new(&buf)];
-    use std::os::fd::AsRawFd;
     let n = loop {
         match sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
             Ok(n) => break n,
@@ -140,7 +153,6 @@ pub fn send_with_fds<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -
             Err(e) => return Err(e.into()),
         }
     };
-    // The rest (if the socket took only part) goes without the descriptor.
     FdIo(fd).write_all(&buf[n..])
 }
 
@@ -170,7 +182,7 @@ fn read_body<T: DeserializeOwned>(fd: BorrowedFd<'_>, len: [u8; 4]) -> io::Resul
 }
 
 /// Most descriptors one message may carry.
-pub const MAX_FDS: usize = 8;
+pub const MAX_FDS: usize = 253;
 
 /// Reads one message and the descriptors sent with it from a blocking descriptor
 /// (close-on-exec); `None` on a clean EOF.

@@ -4,7 +4,7 @@
 //! whatever threads the supervisor runs (docs/ARCHITECTURE.md, process model).
 
 use super::MOUNT_FD_BASE;
-use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD};
+use super::proto::{CELL_CGROUP_FD, INIT_ARG, INIT_FD, POOLED_ARG, Placement};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -18,11 +18,13 @@ pub struct Spawned {
 
 /// Starts the init stage. With `capture`, its stdout and stderr are pipes (with
 /// `pipe_stderr`, only stderr: the supervisor passes it on and keeps its end); `cell_cgroup`
-/// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `sources` (the
+/// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `stdio`, when
+/// given, replaces the descriptors the init stage would inherit; `sources` (the
 /// mount sources opened at plan time) on descriptors `MOUNT_FD_BASE + i`.
 pub fn spawn_init(
     capture: bool,
     pipe_stderr: bool,
+    stdio: Option<&[OwnedFd; 3]>,
     sources: &[std::sync::Arc<OwnedFd>],
     cell_cgroup: Option<RawFd>,
 ) -> io::Result<Spawned> {
@@ -50,10 +52,27 @@ pub fn spawn_init(
         .env_clear()
         .stdin(Stdio::inherit())
         .kill_on_drop(true);
+    // `stdio`: the caller's own descriptors, used where ours would be inherited.
+    let given = |i: usize| -> io::Result<Option<Stdio>> {
+        Ok(match stdio {
+            Some(fds) => Some(Stdio::from(fds[i].try_clone()?)),
+            None => None,
+        })
+    };
+    if let Some(s) = given(0)? {
+        cmd.stdin(s);
+    }
     if capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else if pipe_stderr {
-        cmd.stderr(Stdio::piped());
+    } else {
+        if let Some(s) = given(1)? {
+            cmd.stdout(s);
+        }
+        if pipe_stderr {
+            cmd.stderr(Stdio::piped());
+        } else if let Some(s) = given(2)? {
+            cmd.stderr(s);
+        }
     }
     // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
     // which are async-signal-safe; it allocates nothing.
@@ -90,4 +109,56 @@ pub fn spawn_init(
         child,
         control: ours,
     })
+}
+
+/// Starts an init stage ahead of its run (a warm pool): it waits, its standard
+/// descriptors on /dev/null, for [`place`] and then its spec.
+pub fn spawn_waiting() -> io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg0("nixcell-init")
+        .args([INIT_ARG, POOLED_ARG])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec only fcntl/dup2 (async-signal-safe), no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let from = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 16);
+            if from < 0 || libc::dup2(from, INIT_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok(Spawned {
+        child,
+        control: ours,
+    })
+}
+
+/// Gives a waiting init stage ([`spawn_waiting`]) the descriptors [`spawn_init`]
+/// places: stdin, stdout, stderr, the command's `cgroup.procs`, the mount sources.
+pub fn place(
+    s: &Spawned,
+    stdio: [RawFd; 3],
+    sources: &[std::sync::Arc<OwnedFd>],
+    cell_cgroup: Option<RawFd>,
+) -> io::Result<()> {
+    if sources.len() > 200 {
+        return Err(io::Error::other("more than 200 mounts"));
+    }
+    let mut fds = stdio.to_vec();
+    fds.extend(cell_cgroup);
+    fds.extend(sources.iter().map(|f| f.as_raw_fd()));
+    let p = Placement {
+        cgroup: cell_cgroup.is_some(),
+        sources: sources.len(),
+    };
+    super::proto::send_with_fds(std::os::fd::AsFd::as_fd(&s.control), &p, &fds)
 }

@@ -114,6 +114,7 @@ async fn hold_async(
     let crate::sandbox::spawn::Spawned { mut child, control } = crate::sandbox::spawn::spawn_init(
         false,
         false,
+        None,
         &parts.spec.sources,
         opts.cell_cgroup.as_deref().map(AsRawFd::as_raw_fd),
     )
@@ -171,7 +172,7 @@ async fn hold_async(
             Some(Event::Cell(Some(_))) => {}
             _ => {
                 let _ = child.wait().await;
-                let _ = parts.hardening.finish();
+                let _ = parts.hardening.finish(false);
                 return Err(SessionError::Start(match failure {
                     Some(f) => f.to_string(),
                     None => "the cell ended during its set-up".to_string(),
@@ -185,7 +186,7 @@ async fn hold_async(
         Err(e) => {
             let _ = proto::send(control.as_fd(), &Request::Stop);
             let _ = child.wait().await;
-            let _ = parts.hardening.finish();
+            let _ = parts.hardening.finish(false);
             return Err(e);
         }
     };
@@ -330,7 +331,7 @@ async fn hold_async(
         _ => None,
     };
     drop(work_layer);
-    let _ = parts.hardening.finish();
+    let _ = parts.hardening.finish(false);
     clean(&dir, &name);
     let shown = workdir.as_ref().and_then(|w| serde_json::to_value(w).ok());
     for conn in down_replies {
