@@ -7,6 +7,8 @@
 //! tree); sizes are shown by [`crate::units::human_size`]; a listing with nothing in
 //! it says so.
 
+pub mod shell;
+
 use crate::plan::{self, CellRequest};
 
 use crate::units::{parse_duration, parse_size};
@@ -36,6 +38,11 @@ pub enum Command {
     /// paths, packages, a flake output, or the project's devenv.nix.
     #[command(override_usage = "nixcell run [OPTIONS] [--] COMMAND [ARGS]...")]
     Run(Box<RunArgs>),
+    /// An interactive shell (the closure's bash, else sh; or COMMAND) in a new cell, on
+    /// a terminal (pty) of its own: the same environment flags, layers and limits as
+    /// `run`.
+    #[command(override_usage = "nixcell shell [OPTIONS] [-- COMMAND [ARGS]...]")]
+    Shell(Box<shell::ShellArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
         /// Print the report as JSON.
@@ -249,6 +256,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Shell(args) => shell::main(&args),
         Command::Doctor { json } => crate::doctor::main(json),
         Command::Build(a) => crate::front::build(&a),
         Command::Lock(a) => crate::front::lock(&a),
@@ -451,7 +459,19 @@ fn run(args: &RunArgs) -> i32 {
             return crate::verdict::report_refusal(args.json, err, true);
         }
     };
-    let req = crate::run::RunRequest {
+    let req = run_request(args, cell);
+    let v = match crate::run::prepare(req).and_then(|p| p.run()) {
+        Ok(v) => v,
+        Err(e) => {
+            return crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true);
+        }
+    };
+    report_verdict(args, &v)
+}
+
+/// The run `args` ask for, of `cell`.
+fn run_request(args: &RunArgs, cell: CellRequest) -> crate::run::RunRequest {
+    crate::run::RunRequest {
         cell,
         sources: crate::front::EnvSources {
             with: args.with.clone(),
@@ -470,13 +490,11 @@ fn run(args: &RunArgs) -> i32 {
         tmp_size: args.tmp_size,
         allow_ports: args.allow_ports.clone(),
         capture: args.json,
-    };
-    let v = match crate::run::prepare(req).and_then(|p| p.run()) {
-        Ok(v) => v,
-        Err(e) => {
-            return crate::verdict::report_refusal(args.json, VerdictError::of_run_error(&e), true);
-        }
-    };
+    }
+}
+
+/// Prints the verdict (`--json`) or what went wrong, on stderr; returns the exit status.
+fn report_verdict(args: &RunArgs, v: &crate::verdict::Verdict) -> i32 {
     if args.json {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else if let Some(err) = &v.error {

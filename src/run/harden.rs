@@ -275,6 +275,7 @@ impl Hardening {
             before_spec,
             cell_cgroup: self.cell_procs.clone(),
             on_event: None,
+            terminal: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod hints;
 pub mod limits;
 pub mod logs;
 pub mod plan;
+pub mod pty;
 pub mod supervise;
 pub mod verdict;
 
@@ -91,6 +92,8 @@ pub struct PreparedRun {
     ceiling: crate::profile::Limits,
     /// Landlock's open TCP ports, when its TCP rules are enforced.
     tcp_ports: Option<Vec<u16>>,
+    /// The slave of the cell's pty (`pty::shell`): the cell's stdio.
+    terminal: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Resolves the environment, plans the cell, decides its limits and prepares its
@@ -139,6 +142,7 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         project,
         ceiling,
         tcp_ports,
+        terminal: None,
     })
 }
 
@@ -167,8 +171,13 @@ impl PreparedRun {
             project,
             ceiling,
             tcp_ports,
+            terminal,
         } = self;
         let mut opts = hardening.run_options(capture);
+        if terminal.is_some() {
+            opts.tee_stderr = false;
+            opts.terminal = terminal;
+        }
         if progress_wanted() {
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
             opts.on_event = Some(std::sync::Arc::new(move |e| {

@@ -4,7 +4,7 @@
 use crate::sandbox::RunSpec;
 use crate::sandbox::pidfd::ProcessHandle;
 use crate::sandbox::proto::{self, LayerReport, Report, SetupFailure};
-use crate::sandbox::spawn::{Spawned, spawn_init};
+use crate::sandbox::spawn::{Spawned, spawn_init, spawn_init_on_terminal};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ pub struct RunOptions {
     pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
     /// Called as the run goes through its stages (for progress reports).
     pub on_event: Option<OnEvent>,
+    /// The slave of a pty allocated for the cell (`run::pty`): the cell's stdin,
+    /// stdout and stderr, and its command's controlling terminal; `capture` and
+    /// `tee_stderr` do not apply.
+    pub terminal: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// The stages of a run a caller may follow.
@@ -68,6 +72,7 @@ impl Default for RunOptions {
             before_spec: None,
             cell_cgroup: None,
             on_event: None,
+            terminal: None,
         }
     }
 }
@@ -299,14 +304,14 @@ impl Drop for TerminalGuard {
 pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, SuperviseError> {
     let _terminal = TerminalGuard::save();
     let start = Instant::now();
-    let Spawned { mut child, control } = spawn_init(
-        opts.capture,
-        opts.tee_stderr,
-        &spec.sources,
-        opts.cell_cgroup
-            .as_deref()
-            .map(std::os::fd::AsRawFd::as_raw_fd),
-    )
+    let cgroup_fd = opts
+        .cell_cgroup
+        .as_deref()
+        .map(std::os::fd::AsRawFd::as_raw_fd);
+    let Spawned { mut child, control } = match &opts.terminal {
+        Some(t) => spawn_init_on_terminal(t, &spec.sources, cgroup_fd),
+        None => spawn_init(opts.capture, opts.tee_stderr, &spec.sources, cgroup_fd),
+    }
     .map_err(SuperviseError::Spawn)?;
     let init_pid = child.id().unwrap_or(0) as i32;
     let mut out = Outcome::default();

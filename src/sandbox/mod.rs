@@ -157,6 +157,11 @@ pub struct RunSpec {
     /// Security layers applied right before exec.
     #[serde(default)]
     pub security: layers::SecuritySpec,
+    /// The command's stdin is a terminal nixcell allocated for the cell (a pty, never
+    /// the caller's): the command's new session takes it as its controlling terminal,
+    /// so that job control works in an interactive shell.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 impl RunSpec {

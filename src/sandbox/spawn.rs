@@ -26,6 +26,39 @@ pub fn spawn_init(
     sources: &[std::sync::Arc<OwnedFd>],
     cell_cgroup: Option<RawFd>,
 ) -> io::Result<Spawned> {
+    spawn_with(
+        Stdin::Inherit {
+            capture,
+            pipe_stderr,
+        },
+        sources,
+        cell_cgroup,
+    )
+}
+
+/// [`spawn_init`] with stdin, stdout and stderr on `terminal` (the slave of a pty
+/// nixcell allocated for the cell, never the caller's own terminal).
+pub fn spawn_init_on_terminal(
+    terminal: &OwnedFd,
+    sources: &[std::sync::Arc<OwnedFd>],
+    cell_cgroup: Option<RawFd>,
+) -> io::Result<Spawned> {
+    spawn_with(Stdin::Terminal(terminal), sources, cell_cgroup)
+}
+
+/// The init stage's standard descriptors.
+enum Stdin<'a> {
+    /// The caller's stdin; stdout and stderr the caller's or pipes.
+    Inherit { capture: bool, pipe_stderr: bool },
+    /// All three on this terminal.
+    Terminal(&'a OwnedFd),
+}
+
+fn spawn_with(
+    stdio: Stdin<'_>,
+    sources: &[std::sync::Arc<OwnedFd>],
+    cell_cgroup: Option<RawFd>,
+) -> io::Result<Spawned> {
     if sources.len() > 200 {
         return Err(io::Error::other("more than 200 mounts"));
     }
@@ -48,12 +81,24 @@ pub fn spawn_init(
     cmd.arg0("nixcell-init")
         .arg(INIT_ARG)
         .env_clear()
-        .stdin(Stdio::inherit())
         .kill_on_drop(true);
-    if capture {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else if pipe_stderr {
-        cmd.stderr(Stdio::piped());
+    match stdio {
+        Stdin::Inherit {
+            capture,
+            pipe_stderr,
+        } => {
+            cmd.stdin(Stdio::inherit());
+            if capture {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            } else if pipe_stderr {
+                cmd.stderr(Stdio::piped());
+            }
+        }
+        Stdin::Terminal(t) => {
+            cmd.stdin(t.try_clone()?)
+                .stdout(t.try_clone()?)
+                .stderr(t.try_clone()?);
+        }
     }
     // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
     // which are async-signal-safe; it allocates nothing.
