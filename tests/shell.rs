@@ -241,7 +241,7 @@ fn tiocsti_in_the_cell_cannot_type_into_the_callers_terminal() {
 #[test]
 fn a_timeout_kills_the_shell_and_the_terminal_is_put_back() {
     for mode in MODES {
-        let mut s = Session::start(mode, &["--timeout", "3s", "--json"]);
+        let s = Session::start(mode, &["--timeout", "3s", "--json"]);
         s.send("sleep 100\n");
         let (code, out, s) = s.wait();
         assert_eq!(code, Some(124), "{mode:?}");
@@ -262,10 +262,7 @@ fn the_verdict_comes_at_the_end_with_json() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["exit_code"], 4, "{mode:?}: {v}");
         assert_eq!(v["command_exit_code"], 4);
-        assert!(
-            v["layers"].to_string().contains("seccomp"),
-            "{mode:?}: {v}"
-        );
+        assert!(v["layers"].to_string().contains("seccomp"), "{mode:?}: {v}");
     }
 }
 

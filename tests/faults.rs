@@ -1,0 +1,200 @@
+//! Faults in what nixcell depends on: git missing or the repository locked, the Nix
+//! daemon unreachable, the cache directory full or read-only, the binary replaced
+//! while a cell runs. Each gives a clear error naming what is wrong, exit 125 (or the
+//! command's own status when it already ran), and nothing half-written.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn env_vars(c: &mut Command) -> &mut Command {
+    c.env(
+        "NIX_PATH",
+        format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
+    )
+}
+
+/// A copy of the `analysis` fixture project in a fresh repository with one commit.
+fn project() -> tempfile::TempDir {
+    let src = repo().join("tests/fixtures/projects/analysis");
+    let files: Vec<(String, String)> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    git_project("faults", &refs)
+}
+
+/// What an edit could change: the declaration, HEAD, the index.
+fn snapshot(dir: &Path) -> (Vec<u8>, String, Vec<u8>) {
+    (
+        std::fs::read(dir.join("devenv.nix")).unwrap(),
+        git(dir, &["rev-parse", "HEAD"]),
+        std::fs::read(dir.join(".git/index")).unwrap(),
+    )
+}
+
+fn edit(dir: &Path, path_env: Option<&str>) -> Output {
+    let mut c = nixcell(Mode::Root);
+    env_vars(&mut c)
+        .current_dir(dir)
+        .args(["edit", "add-package", "jq"]);
+    if let Some(p) = path_env {
+        c.env("PATH", p);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn an_edit_without_git_on_path_changes_nothing() {
+    let p = project();
+    let before = snapshot(p.path());
+    // nix's tools, but no git.
+    let bin = scratch("nogit");
+    for e in std::fs::read_dir("/usr/bin").unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("nix") {
+            std::os::unix::fs::symlink(e.path(), bin.path().join(e.file_name())).unwrap();
+        }
+    }
+    let o = edit(p.path(), Some(path_str(bin.path())));
+    let err = fails(&o, "edit without git");
+    assert!(err.contains("git is not installed or not on PATH"), "{err}");
+    assert_eq!(snapshot(p.path()), before);
+}
+
+#[test]
+fn an_edit_in_a_repository_locked_by_another_git_process_changes_nothing() {
+    let p = project();
+    let lock = p.path().join(".git/index.lock");
+    std::fs::write(&lock, "").unwrap();
+    let before = snapshot(p.path());
+    let o = edit(p.path(), None);
+    let err = fails(&o, "edit in a locked repository");
+    assert!(
+        err.contains("locked by another git process") && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(p.path()),
+        before,
+        "HEAD, index or declaration moved"
+    );
+    // Once the other process is done, the same edit goes through.
+    std::fs::remove_file(&lock).unwrap();
+    let o = edit(p.path(), None);
+    ok(&o, "edit after the lock is gone");
+    assert_ne!(snapshot(p.path()).1, before.1);
+    assert_eq!(git_status(p.path()), "");
+}
+
+#[test]
+fn an_unreachable_nix_daemon_is_named() {
+    let cache = scratch("nodaemon");
+    let mut c = nixcell(Mode::Root);
+    let o = env_vars(&mut c)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("NIX_REMOTE", "unix:///nonexistent/nix-daemon.socket")
+        .args(["run", "--with", "jq", "--", "jq", "--version"])
+        .output()
+        .unwrap();
+    let err = fails(&o, "no daemon");
+    assert!(
+        err.contains("/nonexistent/nix-daemon.socket") && err.contains("Nix daemon"),
+        "{err}"
+    );
+}
+
+/// `nixcell run --with jq` with its cache (and state) directory on `mount` (a tmpfs
+/// in a private mount namespace), then the files left there.
+fn run_with_cache_on(mount: &str, prepare: &str) -> (Output, String) {
+    let dir = scratch("cachefs");
+    let d = dir.path().display().to_string();
+    let prepare = prepare.replace("DIR", &d);
+    let script = format!(
+        "mount -t tmpfs -o {mount} tmpfs {d} && {prepare} \
+         XDG_CACHE_HOME={d}/cache XDG_STATE_HOME={d}/state {bin} run --with jq -- jq --version; \
+         rc=$?; find {d} -name '.tmp*' | sed 's/^/LEFT /' >&2; exit $rc",
+        bin = bin()
+    );
+    let mut c = Command::new("unshare");
+    let o = env_vars(&mut c)
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    (o, err)
+}
+
+#[test]
+fn a_full_cache_directory_is_named_and_nothing_is_left_half_written() {
+    let (o, err) = run_with_cache_on(
+        "size=64k",
+        "dd if=/dev/zero of=DIR/fill bs=4k count=100 2>/dev/null;",
+    );
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("/cache/nixcell"), "names the directory: {err}");
+    assert!(!err.contains("LEFT "), "temporary files left: {err}");
+}
+
+#[test]
+fn a_read_only_cache_directory_is_named() {
+    let (o, err) = run_with_cache_on("ro", "");
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("Read-only file system") && err.contains("/cache"),
+        "{err}"
+    );
+}
+
+#[test]
+fn replacing_the_binary_while_a_cell_runs_does_not_disturb_it() {
+    for mode in MODES {
+        let dir = scratch("exe");
+        let copy = dir.path().join("nixcell");
+        std::fs::copy(bin(), &copy).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut c = match mode {
+            Mode::Root => {
+                let mut c = Command::new(&copy);
+                c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+                c
+            }
+            Mode::Rootless => {
+                let mut c = as_test_user();
+                c.arg(&copy);
+                c
+            }
+        };
+        let child = c
+            .args(["run", "--env-path", path_str(&busybox()), "--"])
+            .args(["sh", "-c", "sleep 1.5; echo still-here; exit 3"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        // An upgrade: a new file renamed over the old name.
+        let next = dir.path().join("nixcell.new");
+        std::fs::write(&next, b"#!/bin/sh\nexit 99\n").unwrap();
+        std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::rename(&next, &copy).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{mode:?}");
+        assert_eq!(text(&o.stdout), "still-here\n", "{mode:?}");
+    }
+}
