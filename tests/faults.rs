@@ -198,3 +198,48 @@ fn replacing_the_binary_while_a_cell_runs_does_not_disturb_it() {
         assert_eq!(text(&o.stdout), "still-here\n", "{mode:?}");
     }
 }
+
+#[test]
+fn a_read_only_cgroup_hierarchy_is_named_and_fails_closed_where_required() {
+    let bb = busybox();
+    let script = format!(
+        "mount -o remount,bind,ro /sys/fs/cgroup/memory || exit 90; \
+         {b} run --json --memory 100M --env-path {bb} -- echo ran; echo rc=$?; \
+         {b} run --profile strict --env-path {bb} -- echo ran; echo rc=$?",
+        b = bin(),
+        bb = bb.display()
+    );
+    let o = Command::new("unshare")
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    let err = text(&o.stderr);
+    let mut parts = out.split("rc=");
+    // Best effort (the default profile): the run goes on and says what is not enforced.
+    let v: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
+    let cgroup = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "cgroup")
+        .unwrap();
+    assert_eq!(cgroup["enforced"], false, "{v}");
+    assert!(
+        cgroup["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/sys/fs/cgroup/memory/"),
+        "{cgroup}"
+    );
+    // Required (strict): nothing runs, the error names the hierarchy.
+    assert!(
+        out.ends_with("rc=125\n") && !out.contains("ran\nrc=125"),
+        "{out}"
+    );
+    assert!(
+        err.contains("cgroup layer is required") && err.contains("/sys/fs/cgroup/memory/"),
+        "{err}"
+    );
+}
