@@ -15,12 +15,12 @@
 //! [`relay`] is the reusable part: given a pty master and the caller's terminal it
 //! copies bytes both ways until the last slave descriptor is closed (the cell died).
 
+use super::supervise::without_sigttou;
 use super::verdict::Verdict;
 use super::{PreparedRun, RunError};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::pty::Winsize;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -108,19 +108,6 @@ impl Drop for CallerTerminal {
                 let _ = tcsetattr(borrow(self.fd), SetArg::TCSANOW, &self.saved);
             }
         });
-    }
-}
-
-/// Runs `f` with SIGTTOU blocked: a process in the background of its terminal
-/// changing that terminal's settings is stopped by it otherwise.
-pub(crate) fn without_sigttou(f: impl FnOnce()) {
-    let mut ttou = SigSet::empty();
-    ttou.add(Signal::SIGTTOU);
-    let mut old = SigSet::empty();
-    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).is_ok();
-    f();
-    if blocked {
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     }
 }
 
