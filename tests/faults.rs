@@ -114,6 +114,35 @@ fn an_unreachable_nix_daemon_is_named() {
     );
 }
 
+#[test]
+fn a_nix_daemon_that_dies_on_the_connection_is_named() {
+    let dir = scratch("dyingdaemon");
+    let sock = dir.path().join("daemon.socket");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A daemon that accepts, reads the client's greeting and dies.
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            let mut buf = [0u8; 64];
+            let _ = std::io::Read::read(&mut &c, &mut buf);
+            drop(c);
+        }
+    });
+    let cache = scratch("dyingcache");
+    let mut c = nixcell(Mode::Root);
+    let o = env_vars(&mut c)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("NIX_REMOTE", format!("unix://{}", sock.display()))
+        .args(["run", "--with", "jq", "--", "jq", "--version"])
+        .output()
+        .unwrap();
+    let err = fails(&o, "dying daemon");
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("ended the connection"),
+        "{err}"
+    );
+    assert_eq!(text(&o.stdout), "", "nothing ran");
+}
+
 /// `nixcell run --with jq` with its cache (and state) directory on `mount` (a tmpfs
 /// in a private mount namespace), then the files left there.
 fn run_with_cache_on(mount: &str, prepare: &str) -> (Output, String) {
