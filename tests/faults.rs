@@ -272,3 +272,71 @@ fn a_read_only_cgroup_hierarchy_is_named_and_fails_closed_where_required() {
         "{err}"
     );
 }
+
+/// A store path only this test uses (a unique file), with a GC root under
+/// target/ that the test removes to collect it.
+fn test_only_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let unique = format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let roots = repo().join("target/gcroots");
+    std::fs::create_dir_all(&roots).unwrap();
+    let link = roots.join(&unique);
+    let out = Command::new("nix-build")
+        .env("NIX_CONFIG", "substituters =\n")
+        .args(["--quiet", "-E"])
+        .arg(format!(
+            "derivation {{ name = \"{unique}\"; system = builtins.currentSystem; \
+             builder = \"/bin/sh\"; args = [ \"-c\" \"echo {unique} > $out\" ]; }}"
+        ))
+        .arg("-o")
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (std::fs::canonicalize(&link).unwrap(), link)
+}
+
+fn collect(path: &Path, root: &Path) {
+    std::fs::remove_file(root).unwrap();
+    let out = Command::new("nix-store")
+        .arg("--delete")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_cached_closure_whose_store_path_was_collected_is_named() {
+    for mode in MODES {
+        let (path, root) = test_only_path("collected");
+        let wd = workdir(mode);
+        let run = || {
+            nixcell(mode)
+                .args(["run", "--workdir", path_str(wd.path())])
+                .args(["--env-path", path_str(&busybox())])
+                .args(["--env-path", path_str(&path)])
+                .args(["--", "sh", "-c", "echo ran > /work/ran"])
+                .output()
+                .unwrap()
+        };
+        ok(&run(), "first run");
+        std::fs::remove_file(wd.path().join("ran")).unwrap();
+        // The closure is cached now; the path goes.
+        collect(&path, &root);
+        let o = run();
+        let err = fails(&o, "collected path");
+        assert!(
+            err.contains(path_str(&path)) && err.contains("no such file"),
+            "{mode:?}: {err}"
+        );
+        assert!(!wd.path().join("ran").exists(), "{mode:?}: the command ran");
+    }
+}
