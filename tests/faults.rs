@@ -340,3 +340,57 @@ fn a_cached_closure_whose_store_path_was_collected_is_named() {
         assert!(!wd.path().join("ran").exists(), "{mode:?}: the command ran");
     }
 }
+
+#[test]
+fn a_projects_cached_build_that_was_collected_is_built_again() {
+    let p = project();
+    let dir = p.path();
+    // A script of its own makes the environment a store path no other project has.
+    let unique = format!(
+        "u{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let decl = std::fs::read_to_string(dir.join("devenv.nix"))
+        .unwrap()
+        .replace("quarterly", &unique)
+        .replace(
+            "  env.REPORT_NAME",
+            &format!("  scripts.{unique}.exec = \"echo hi\";\n  env.REPORT_NAME"),
+        );
+    std::fs::write(dir.join("devenv.nix"), decl).unwrap();
+    git(dir, &["commit", "-qam", "unique"]);
+    let in_project = |args: &[&str]| {
+        let mut c = nixcell(Mode::Root);
+        env_vars(&mut c)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&in_project(&["build", "--json"]), "build")).unwrap();
+    let env = std::path::PathBuf::from(v["env"].as_str().unwrap());
+    let root = std::fs::read_dir(dir.join(".nixcell/gcroots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|r| std::fs::read_link(r).is_ok_and(|t| t == env))
+        .expect("the build's GC root");
+    collect(&env, &root);
+    let o = in_project(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo ran $REPORT_NAME; $REPORT_NAME",
+    ]);
+    assert_eq!(
+        ok(&o, "run after collection"),
+        format!("ran {unique}\nhi\n")
+    );
+    assert!(env.exists(), "built again");
+}
