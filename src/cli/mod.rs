@@ -38,9 +38,8 @@ pub enum Command {
     /// paths, packages, a flake output, or the project's devenv.nix.
     #[command(override_usage = "nixcell run [OPTIONS] [--] COMMAND [ARGS]...")]
     Run(Box<RunArgs>),
-    /// An interactive shell (the closure's bash, else sh; or COMMAND) in a new cell, on
-    /// a terminal (pty) of its own: the same environment flags, layers and limits as
-    /// `run`.
+    /// An interactive shell (the closure's bash, else sh) in a new cell, on a pty of its
+    /// own; the flags of `run`, and COMMAND to run another program.
     #[command(override_usage = "nixcell shell [OPTIONS] [-- COMMAND [ARGS]...]")]
     Shell(Box<shell::ShellArgs>),
     /// Report what this kernel and host can enforce.
