@@ -273,17 +273,19 @@ fn a_read_only_cgroup_hierarchy_is_named_and_fails_closed_where_required() {
     );
 }
 
+/// A name no other test run uses (letters, digits and `x`: a Nix attribute name too).
+fn unique_name(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}{}x{nanos}", std::process::id())
+}
+
 /// A store path only this test uses (a unique file), with a GC root under
 /// target/ that the test removes to collect it.
 fn test_only_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let unique = format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let unique = unique_name(tag);
     let roots = repo().join("target/gcroots");
     std::fs::create_dir_all(&roots).unwrap();
     let link = roots.join(&unique);
@@ -346,14 +348,7 @@ fn a_projects_cached_build_that_was_collected_is_built_again() {
     let p = project();
     let dir = p.path();
     // A script of its own makes the environment a store path no other project has.
-    let unique = format!(
-        "u{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let unique = unique_name("u");
     let decl = std::fs::read_to_string(dir.join("devenv.nix"))
         .unwrap()
         .replace("quarterly", &unique)
