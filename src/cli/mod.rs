@@ -8,6 +8,7 @@
 //! it says so.
 
 pub mod serve;
+pub mod shell;
 
 use crate::plan::{self, CellRequest};
 
@@ -40,6 +41,10 @@ pub enum Command {
     /// paths, packages, a flake output, or the project's devenv.nix.
     #[command(override_usage = "nixcell run [OPTIONS] [--] COMMAND [ARGS]...")]
     Run(Box<RunArgs>),
+    /// An interactive shell (the closure's bash, else sh) in a new cell, on a pty of its
+    /// own; the flags of `run`, and COMMAND to run another program.
+    #[command(override_usage = "nixcell shell [OPTIONS] [-- COMMAND [ARGS]...]")]
+    Shell(Box<shell::ShellArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {
         /// Print the report as JSON.
@@ -277,6 +282,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Shell(args) => shell::main(&args),
         Command::Doctor { json } => crate::doctor::main(json),
         Command::Build(a) => crate::front::build(&a),
         Command::Lock(a) => crate::front::lock(&a),

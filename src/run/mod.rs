@@ -12,6 +12,7 @@ pub mod hints;
 pub mod limits;
 pub mod logs;
 pub mod plan;
+pub mod pty;
 pub mod supervise;
 pub mod verdict;
 
@@ -100,6 +101,8 @@ pub struct PreparedRun {
     proxy: Option<crate::net::Proxy>,
     /// A caller's own stdio and signals (`nixcell serve`), see [`PreparedRun::for_caller`].
     caller: Option<Caller>,
+    /// The slave of the cell's pty (`pty::shell`), three times: the cell's stdio.
+    terminal: Option<std::sync::Arc<[std::os::fd::OwnedFd; 3]>>,
 }
 
 /// The process a run is for when it is not this one (`nixcell serve`): its stdin,
@@ -173,6 +176,7 @@ pub fn prepare(req: RunRequest) -> Result<PreparedRun, RunError> {
         network,
         proxy,
         caller: None,
+        terminal: None,
     })
 }
 
@@ -265,6 +269,7 @@ impl PreparedRun {
             network,
             mut proxy,
             caller,
+            terminal,
         } = self;
         if let Some(p) = &mut proxy {
             p.start().map_err(RunError::Proxy)?;
@@ -278,6 +283,11 @@ impl PreparedRun {
             opts.stdio = Some(c.stdio);
             opts.signals = Some(c.signals);
             opts.init_source = c.init_source;
+        }
+        if let Some(t) = terminal {
+            // The pty is the cell's stdin, stdout and stderr; nothing is teed.
+            opts.tee_stderr = false;
+            opts.stdio = Some(t);
         }
         if progress_wanted() {
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();

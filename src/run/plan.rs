@@ -507,6 +507,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         security: Default::default(),
         session: false,
         net: None,
+        terminal: false,
     };
     Ok((spec, closure))
 }

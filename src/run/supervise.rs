@@ -347,27 +347,35 @@ impl Drop for TerminalGuard {
         let stdin = std::io::stdin();
         // A background job changing its terminal gets SIGTTOU (and stops) unless the
         // signal is blocked; blocked, the calls go through.
-        let mut ttou = SigSet::empty();
-        ttou.add(Signal::SIGTTOU);
-        let mut old = SigSet::empty();
-        let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).is_ok();
-        if !tcgetattr(&stdin).is_ok_and(|now| now == *saved) {
-            let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
-        }
-        if exclusive().is_some_and(|now| now != *excl) {
-            let req = if *excl != 0 {
-                libc::TIOCEXCL
-            } else {
-                libc::TIOCNXCL
-            };
-            // SAFETY: TIOCEXCL/TIOCNXCL take no argument.
-            unsafe { libc::ioctl(0, req) };
-        }
-        // Output the cell suspended is resumed; on running output this does nothing.
-        let _ = tcflow(&stdin, FlowArg::TCOON);
-        if blocked {
-            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-        }
+        without_sigttou(|| {
+            if !tcgetattr(&stdin).is_ok_and(|now| now == *saved) {
+                let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+            }
+            if exclusive().is_some_and(|now| now != *excl) {
+                let req = if *excl != 0 {
+                    libc::TIOCEXCL
+                } else {
+                    libc::TIOCNXCL
+                };
+                // SAFETY: TIOCEXCL/TIOCNXCL take no argument.
+                unsafe { libc::ioctl(0, req) };
+            }
+            // Output the cell suspended is resumed; on running output this does nothing.
+            let _ = tcflow(&stdin, FlowArg::TCOON);
+        });
+    }
+}
+
+/// Runs `f` with SIGTTOU blocked: a process in the background of its terminal
+/// changing that terminal's settings is stopped by it otherwise.
+pub(crate) fn without_sigttou(f: impl FnOnce()) {
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old)).is_ok();
+    f();
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     }
 }
 

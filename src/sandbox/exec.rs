@@ -132,6 +132,19 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     // A new session: no controlling terminal, so TIOCSTI cannot type into the
     // caller's terminal (CVE-2017-5226).
     nix::unistd::setsid().at(Stage::Setsid, "setsid", "")?;
+    if spec.terminal && sock.is_some() {
+        // The pty's slave, on stdin: the command is the leader of its session, the
+        // terminal belongs to no session yet (nixcell opened it with O_NOCTTY).
+        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal).
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(super::StageError::new(
+                Stage::ControllingTerminal,
+                "ioctl",
+                "TIOCSCTTY on stdin",
+                Errno::last(),
+            ));
+        }
+    }
     nix::unistd::chdir(&spec.cwd).at(Stage::Chdir, "chdir", spec.cwd.display())?;
     caps::drop_all()?;
     // Nothing of ours but stdio survives execve; the control socket stays usable

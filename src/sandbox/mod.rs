@@ -166,6 +166,11 @@ pub struct RunSpec {
     /// The forwarder to the network proxy, when the policy allows names.
     #[serde(default)]
     pub net: Option<forward::NetSpec>,
+    /// The command's stdin is a terminal nixcell allocated for the cell (a pty, never
+    /// the caller's): the command's new session takes it as its controlling terminal,
+    /// so that job control works in an interactive shell.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 impl RunSpec {

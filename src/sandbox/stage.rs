@@ -91,6 +91,8 @@ stages! {
     CgroupJoin = "cgroup-join",
     /// setsid(2) of the command.
     Setsid = "setsid",
+    /// The command's terminal (a pty of nixcell's) made its controlling terminal.
+    ControllingTerminal = "controlling-terminal",
     /// chdir(2) to the command's working directory.
     Chdir = "chdir",
     /// Descriptors above stderr marked close-on-exec.

@@ -39,6 +39,10 @@ use std::process::{Command, Output, Stdio};
 pub enum GitError {
     #[error("cannot run git: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error(
+        "git is not installed or not on PATH: edits are recorded as git commits; nothing was changed"
+    )]
+    Missing,
     #[error("{dir} is not in a git repository (edits are recorded as commits)")]
     NoRepo { dir: PathBuf },
     #[error("{file} is not tracked by git: commit it first")]
@@ -47,6 +51,10 @@ pub enum GitError {
     Dirty { file: PathBuf },
     #[error("git {op} failed: {message}")]
     Failed { op: &'static str, message: String },
+    #[error(
+        "the repository is locked by another git process ({lock} exists); nothing was changed: retry when it has finished, or remove the file if no git process runs"
+    )]
+    Locked { lock: PathBuf },
 }
 
 /// Settings that would make git run a program, each overridden on the command line.
@@ -110,7 +118,15 @@ fn run(dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Result<Output, GitE
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().map_err(GitError::Spawn)
+    cmd.output().map_err(spawn_error)
+}
+
+fn spawn_error(e: std::io::Error) -> GitError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        GitError::Missing
+    } else {
+        GitError::Spawn(e)
+    }
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<Output, GitError> {
@@ -171,9 +187,29 @@ fn checked(op: &'static str, out: Output) -> Result<String, GitError> {
 
 fn failed(op: &'static str, out: &Output) -> GitError {
     let text = String::from_utf8_lossy(&out.stderr);
+    // git's first line says what failed (and names the file); the rest is advice.
     GitError::Failed {
         op,
-        message: text.trim().lines().last().unwrap_or("").to_string(),
+        message: text.trim().lines().next().unwrap_or("").to_string(),
+    }
+}
+
+/// Fails when another git process holds the user's index (`index.lock`): HEAD must
+/// not move when the index cannot follow it.
+fn check_unlocked(at: &Located) -> Result<(), GitError> {
+    let lock = checked(
+        "rev-parse",
+        at.git(&[
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "index.lock",
+        ])?,
+    )?;
+    let lock = PathBuf::from(lock);
+    match std::fs::symlink_metadata(&lock) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(GitError::Locked { lock }),
     }
 }
 
@@ -189,7 +225,7 @@ struct Located {
 
 impl Located {
     fn run(&self, args: &[&str], env: &[(&str, &OsStr)]) -> Result<Output, GitError> {
-        self.command(args, env).output().map_err(GitError::Spawn)
+        self.command(args, env).output().map_err(spawn_error)
     }
 
     fn command(&self, args: &[&str], env: &[(&str, &OsStr)]) -> Command {
@@ -269,7 +305,7 @@ fn hash_bytes(at: &Located, bytes: &[u8], write: bool) -> Result<String, GitErro
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+    let mut child = cmd.spawn().map_err(spawn_error)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(bytes).map_err(GitError::Spawn)?;
     }
@@ -363,15 +399,31 @@ pub fn commit_file(
             &identity,
         )?,
     )?;
+    check_unlocked(&at)?;
     // Compare-and-swap: fails if HEAD moved meanwhile.
     checked(
         "update-ref",
         at.git(&["update-ref", "-m", message, "HEAD", &commit, &head])?,
     )?;
     // The user's index now records the committed blob for this file alone.
-    checked(
-        "update-index",
-        at.git(&["update-index", "--cacheinfo", &info])?,
-    )?;
+    let indexed = at
+        .git(&["update-index", "--cacheinfo", &info])
+        .and_then(|out| checked("update-index", out));
+    if let Err(e) = indexed {
+        // The index could not follow (locked since the check): HEAD goes back, by
+        // compare-and-swap again, and the caller puts the file back. Should HEAD not
+        // go back, the edit stays committed (HEAD and the file agree).
+        let undo = at.git(&[
+            "update-ref",
+            "-m",
+            "nixcell edit undone",
+            "HEAD",
+            &head,
+            &commit,
+        ]);
+        if undo.is_ok_and(|o| o.status.success()) {
+            return Err(e);
+        }
+    }
     Ok(commit)
 }

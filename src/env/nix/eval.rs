@@ -74,6 +74,12 @@ pub fn nix_message(stderr: &[u8]) -> String {
     let msg = text[start..].trim();
     if msg.is_empty() {
         "nix failed without a message".to_string()
+    } else if msg.contains("cannot connect to socket at")
+        || msg.contains("cannot open connection to remote store")
+    {
+        format!(
+            "{msg}\n(the Nix daemon is not running, not reachable there, or ended the connection: start nix-daemon, or check NIX_REMOTE)"
+        )
     } else if msg.contains("forbidden in restricted mode") {
         format!(
             "{msg}\n(a declaration may only read files of its project directory and of the package set)"

@@ -1,0 +1,391 @@
+//! Faults in what nixcell depends on: git missing or the repository locked, the Nix
+//! daemon unreachable, the cache directory full or read-only, the binary replaced
+//! while a cell runs. Each gives a clear error naming what is wrong, exit 125 (or the
+//! command's own status when it already ran), and nothing half-written.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn env_vars(c: &mut Command) -> &mut Command {
+    c.env(
+        "NIX_PATH",
+        format!("nixpkgs={}", repo().join("tests/fixtures/pkgs").display()),
+    )
+}
+
+/// A copy of the `analysis` fixture project in a fresh repository with one commit.
+fn project() -> tempfile::TempDir {
+    let src = repo().join("tests/fixtures/projects/analysis");
+    let files: Vec<(String, String)> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    git_project("faults", &refs)
+}
+
+/// What an edit could change: the declaration, HEAD, the index.
+fn snapshot(dir: &Path) -> (Vec<u8>, String, Vec<u8>) {
+    (
+        std::fs::read(dir.join("devenv.nix")).unwrap(),
+        git(dir, &["rev-parse", "HEAD"]),
+        std::fs::read(dir.join(".git/index")).unwrap(),
+    )
+}
+
+fn edit(dir: &Path, path_env: Option<&str>) -> Output {
+    let mut c = nixcell(Mode::Root);
+    env_vars(&mut c)
+        .current_dir(dir)
+        .args(["edit", "add-package", "jq"]);
+    if let Some(p) = path_env {
+        c.env("PATH", p);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn an_edit_without_git_on_path_changes_nothing() {
+    let p = project();
+    let before = snapshot(p.path());
+    // nix's tools, but no git.
+    let bin = scratch("nogit");
+    for e in std::fs::read_dir("/usr/bin").unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("nix") {
+            std::os::unix::fs::symlink(e.path(), bin.path().join(e.file_name())).unwrap();
+        }
+    }
+    let o = edit(p.path(), Some(path_str(bin.path())));
+    let err = fails(&o, "edit without git");
+    assert!(err.contains("git is not installed or not on PATH"), "{err}");
+    assert_eq!(snapshot(p.path()), before);
+}
+
+#[test]
+fn an_edit_in_a_repository_locked_by_another_git_process_changes_nothing() {
+    let p = project();
+    let lock = p.path().join(".git/index.lock");
+    std::fs::write(&lock, "").unwrap();
+    let before = snapshot(p.path());
+    let o = edit(p.path(), None);
+    let err = fails(&o, "edit in a locked repository");
+    assert!(
+        err.contains("locked by another git process") && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(p.path()),
+        before,
+        "HEAD, index or declaration moved"
+    );
+    // Once the other process is done, the same edit goes through.
+    std::fs::remove_file(&lock).unwrap();
+    let o = edit(p.path(), None);
+    ok(&o, "edit after the lock is gone");
+    assert_ne!(snapshot(p.path()).1, before.1);
+    assert_eq!(git_status(p.path()), "");
+}
+
+#[test]
+fn an_unreachable_nix_daemon_is_named() {
+    let cache = scratch("nodaemon");
+    let mut c = nixcell(Mode::Root);
+    let o = env_vars(&mut c)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("NIX_REMOTE", "unix:///nonexistent/nix-daemon.socket")
+        .args(["run", "--with", "jq", "--", "jq", "--version"])
+        .output()
+        .unwrap();
+    let err = fails(&o, "no daemon");
+    assert!(
+        err.contains("/nonexistent/nix-daemon.socket") && err.contains("Nix daemon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_nix_daemon_that_dies_on_the_connection_is_named() {
+    let dir = scratch("dyingdaemon");
+    let sock = dir.path().join("daemon.socket");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A daemon that accepts, reads the client's greeting and dies.
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            let mut buf = [0u8; 64];
+            let _ = std::io::Read::read(&mut &c, &mut buf);
+            drop(c);
+        }
+    });
+    let cache = scratch("dyingcache");
+    let mut c = nixcell(Mode::Root);
+    let o = env_vars(&mut c)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("NIX_REMOTE", format!("unix://{}", sock.display()))
+        .args(["run", "--with", "jq", "--", "jq", "--version"])
+        .output()
+        .unwrap();
+    let err = fails(&o, "dying daemon");
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("ended the connection"),
+        "{err}"
+    );
+    assert_eq!(text(&o.stdout), "", "nothing ran");
+}
+
+/// `nixcell run --with jq` with its cache (and state) directory on `mount` (a tmpfs
+/// in a private mount namespace), then the files left there.
+fn run_with_cache_on(mount: &str, prepare: &str) -> (Output, String) {
+    let dir = scratch("cachefs");
+    let d = dir.path().display().to_string();
+    let prepare = prepare.replace("DIR", &d);
+    let script = format!(
+        "mount -t tmpfs -o {mount} tmpfs {d} && {prepare} \
+         XDG_CACHE_HOME={d}/cache XDG_STATE_HOME={d}/state {bin} run --with jq -- jq --version; \
+         rc=$?; find {d} -name '.tmp*' | sed 's/^/LEFT /' >&2; exit $rc",
+        bin = bin()
+    );
+    let mut c = Command::new("unshare");
+    let o = env_vars(&mut c)
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    (o, err)
+}
+
+#[test]
+fn a_full_cache_directory_is_named_and_nothing_is_left_half_written() {
+    let (o, err) = run_with_cache_on(
+        "size=64k",
+        "dd if=/dev/zero of=DIR/fill bs=4k count=100 2>/dev/null;",
+    );
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("/cache/nixcell"), "names the directory: {err}");
+    assert!(!err.contains("LEFT "), "temporary files left: {err}");
+}
+
+#[test]
+fn a_read_only_cache_directory_is_named() {
+    let (o, err) = run_with_cache_on("ro", "");
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("Read-only file system") && err.contains("/cache"),
+        "{err}"
+    );
+}
+
+#[test]
+fn replacing_the_binary_while_a_cell_runs_does_not_disturb_it() {
+    for mode in MODES {
+        let dir = scratch("exe");
+        let copy = dir.path().join("nixcell");
+        std::fs::copy(bin(), &copy).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut c = match mode {
+            Mode::Root => {
+                let mut c = Command::new(&copy);
+                c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+                c
+            }
+            Mode::Rootless => {
+                let mut c = as_test_user();
+                c.arg(&copy);
+                c
+            }
+        };
+        let child = c
+            .args(["run", "--env-path", path_str(&busybox()), "--"])
+            .args(["sh", "-c", "sleep 1.5; echo still-here; exit 3"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        // An upgrade: a new file renamed over the old name.
+        let next = dir.path().join("nixcell.new");
+        std::fs::write(&next, b"#!/bin/sh\nexit 99\n").unwrap();
+        std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::rename(&next, &copy).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{mode:?}");
+        assert_eq!(text(&o.stdout), "still-here\n", "{mode:?}");
+    }
+}
+
+#[test]
+fn a_read_only_cgroup_hierarchy_is_named_and_fails_closed_where_required() {
+    let bb = busybox();
+    let script = format!(
+        "mount -o remount,bind,ro /sys/fs/cgroup/memory || exit 90; \
+         {b} run --json --memory 100M --env-path {bb} -- echo ran; echo rc=$?; \
+         {b} run --profile strict --env-path {bb} -- echo ran; echo rc=$?",
+        b = bin(),
+        bb = bb.display()
+    );
+    let o = Command::new("unshare")
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    let err = text(&o.stderr);
+    let mut parts = out.split("rc=");
+    // Best effort (the default profile): the run goes on and says what is not enforced.
+    let v: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
+    let cgroup = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "cgroup")
+        .unwrap();
+    assert_eq!(cgroup["enforced"], false, "{v}");
+    assert!(
+        cgroup["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/sys/fs/cgroup/memory/"),
+        "{cgroup}"
+    );
+    // Required (strict): nothing runs, the error names the hierarchy.
+    assert!(
+        out.ends_with("rc=125\n") && !out.contains("ran\nrc=125"),
+        "{out}"
+    );
+    assert!(
+        err.contains("cgroup layer is required") && err.contains("/sys/fs/cgroup/memory/"),
+        "{err}"
+    );
+}
+
+/// A name no other test run uses (letters, digits and `x`: a Nix attribute name too).
+fn unique_name(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}{}x{nanos}", std::process::id())
+}
+
+/// A store path only this test uses (a unique file), with a GC root under
+/// target/ that the test removes to collect it.
+fn test_only_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let unique = unique_name(tag);
+    let roots = repo().join("target/gcroots");
+    std::fs::create_dir_all(&roots).unwrap();
+    let link = roots.join(&unique);
+    let out = Command::new("nix-build")
+        .env("NIX_CONFIG", "substituters =\n")
+        .args(["--quiet", "-E"])
+        .arg(format!(
+            "derivation {{ name = \"{unique}\"; system = builtins.currentSystem; \
+             builder = \"/bin/sh\"; args = [ \"-c\" \"echo {unique} > $out\" ]; }}"
+        ))
+        .arg("-o")
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (std::fs::canonicalize(&link).unwrap(), link)
+}
+
+fn collect(path: &Path, root: &Path) {
+    std::fs::remove_file(root).unwrap();
+    let out = Command::new("nix-store")
+        .arg("--delete")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_cached_closure_whose_store_path_was_collected_is_named() {
+    for mode in MODES {
+        let (path, root) = test_only_path("collected");
+        let wd = workdir(mode);
+        let run = || {
+            nixcell(mode)
+                .args(["run", "--workdir", path_str(wd.path())])
+                .args(["--env-path", path_str(&busybox())])
+                .args(["--env-path", path_str(&path)])
+                .args(["--", "sh", "-c", "echo ran > /work/ran"])
+                .output()
+                .unwrap()
+        };
+        ok(&run(), "first run");
+        std::fs::remove_file(wd.path().join("ran")).unwrap();
+        // The closure is cached now; the path goes.
+        collect(&path, &root);
+        let o = run();
+        let err = fails(&o, "collected path");
+        assert!(
+            err.contains(path_str(&path)) && err.contains("no such file"),
+            "{mode:?}: {err}"
+        );
+        assert!(!wd.path().join("ran").exists(), "{mode:?}: the command ran");
+    }
+}
+
+#[test]
+fn a_projects_cached_build_that_was_collected_is_built_again() {
+    let p = project();
+    let dir = p.path();
+    // A script of its own makes the environment a store path no other project has.
+    let unique = unique_name("u");
+    let decl = std::fs::read_to_string(dir.join("devenv.nix"))
+        .unwrap()
+        .replace("quarterly", &unique)
+        .replace(
+            "  env.REPORT_NAME",
+            &format!("  scripts.{unique}.exec = \"echo hi\";\n  env.REPORT_NAME"),
+        );
+    std::fs::write(dir.join("devenv.nix"), decl).unwrap();
+    git(dir, &["commit", "-qam", "unique"]);
+    let in_project = |args: &[&str]| {
+        let mut c = nixcell(Mode::Root);
+        env_vars(&mut c)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&in_project(&["build", "--json"]), "build")).unwrap();
+    let env = std::path::PathBuf::from(v["env"].as_str().unwrap());
+    let root = std::fs::read_dir(dir.join(".nixcell/gcroots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|r| std::fs::read_link(r).is_ok_and(|t| t == env))
+        .expect("the build's GC root");
+    collect(&env, &root);
+    let o = in_project(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo ran $REPORT_NAME; $REPORT_NAME",
+    ]);
+    assert_eq!(
+        ok(&o, "run after collection"),
+        format!("ran {unique}\nhi\n")
+    );
+    assert!(env.exists(), "built again");
+}
