@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod env;
 pub mod fsat;
 pub mod mcp;
+pub mod oci;
 pub mod profile;
 pub mod run;
 pub mod sandbox;

@@ -7,6 +7,8 @@
 //! tree); sizes are shown by [`crate::units::human_size`]; a listing with nothing in
 //! it says so.
 
+pub mod oci;
+
 use crate::plan::{self, CellRequest};
 
 use crate::units::{parse_duration, parse_size};
@@ -88,6 +90,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The OCI runtime (runc's command line; also the binary called `nixcell-runc`).
+    Oci(oci::OciArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -243,6 +247,9 @@ pub fn command() -> clap::Command {
 
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
+    if oci::called_as_runc() {
+        return oci::main_runc();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return parse_error(&e),
@@ -265,6 +272,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Oci(a) => oci::main(&a),
     }
 }
 

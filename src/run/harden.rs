@@ -278,6 +278,12 @@ impl Hardening {
         }
     }
 
+    /// Keeps the run's cgroup past this value (an OCI container outlives its creator):
+    /// its (controller, dir) pairs, for whoever removes it later.
+    pub fn keep_cgroup(&mut self) -> Option<Vec<(String, std::path::PathBuf)>> {
+        self.cgroup.take().map(|c| c.dirs.clone())
+    }
+
     /// Reads usage and OOM kills and removes the cgroup: (usage, oom_killed).
     pub fn finish(&self) -> (Usage, bool) {
         let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();

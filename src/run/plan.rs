@@ -505,6 +505,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         supervisor_pid: std::process::id() as i32,
         services,
         security: Default::default(),
+        oci: None,
     };
     Ok((spec, closure))
 }

@@ -474,6 +474,8 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
                 out.exit_code = code;
                 out.signal = signal;
             }
+            // Sent only by a cell held for an OCI `start` (`nixcell oci`).
+            Report::Created => {}
         }
     }
     if out.exit_code.is_none()

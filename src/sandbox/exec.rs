@@ -93,6 +93,19 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     // A new session: no controlling terminal, so TIOCSTI cannot type into the
     // caller's terminal (CVE-2017-5226).
     nix::unistd::setsid().at(Stage::Setsid, "setsid", "")?;
+    if spec.oci.as_ref().is_some_and(|o| o.terminal) {
+        // The OCI caller's terminal (its console socket got the master) becomes the
+        // command's controlling terminal.
+        // SAFETY: TIOCSCTTY on stdin with argument 0 (no stealing).
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(super::StageError::new(
+                Stage::Setsid,
+                "ioctl",
+                "TIOCSCTTY",
+                Errno::last(),
+            ));
+        }
+    }
     nix::unistd::chdir(&spec.cwd).at(Stage::Chdir, "chdir", spec.cwd.display())?;
     caps::drop_all()?;
     // Nothing of ours but stdio survives execve; the control socket stays usable
