@@ -478,22 +478,36 @@ pub fn delete(g: &Globals, id: &str, force: bool) -> Res {
     std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// `ps`: the host pids of the container's processes (every process in PID 1's pid
-/// namespace), as a JSON array with `json`, else one per line under a `PID` heading.
+/// `ps`: the host pids of the container's processes (PID 1 and its descendants: in a
+/// pid namespace every orphan is PID 1's), as a JSON array with `json`, else one per
+/// line under a `PID` heading. /proc/PID/stat is read, which needs no ptrace access.
 pub fn ps(g: &Globals, id: &str, json: bool) -> Res<String> {
     let dir = state::dir_of(&g.root()?, id)?;
     let rec = Record::load(&dir)?;
     if !rec.alive() {
         return Err(format!("container {id} is not running"));
     }
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
-    let own = ns(&rec.pid.to_string()).ok_or("cannot read PID 1's pid namespace")?;
-    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+    let parent_of = |pid: i32| -> Option<i32> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        s[s.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
         .map_err(|e| format!("/proc: {e}"))?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| ns(&p.to_string()).as_ref() == Some(&own))
+        .filter_map(|p| Some((p, parent_of(p)?)))
         .collect();
+    let mut pids = vec![rec.pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let p = pids[i];
+        pids.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
     pids.sort_unstable();
     if json {
         return serde_json::to_string(&pids).map_err(|e| e.to_string());
