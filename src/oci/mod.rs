@@ -299,17 +299,17 @@ fn hold(
         hook(pid)?;
     }
     proto::send(sp.control.as_fd(), spec).map_err(|e| format!("sending the spec: {e}"))?;
-    let (mut pid1, mut layers) = (None, Vec::new());
+    // PID 1 and the init stage both write here: Created may come before Ready.
+    let (mut pid1, mut created, mut layers) = (None, false, Vec::new());
     loop {
+        if let (Some(p), true) = (pid1, created) {
+            return Ok((p, layers));
+        }
         match proto::recv::<Report>(sp.control.as_fd()) {
             Ok(Some(Report::Ready { pid1: p })) => pid1 = Some(p),
             Ok(Some(Report::Layer(l))) => layers.push(l),
             Ok(Some(Report::SetupFailed(f))) => return Err(f.to_string()),
-            Ok(Some(Report::Created)) => {
-                return pid1
-                    .map(|p| (p, layers))
-                    .ok_or_else(|| "the cell reported no PID 1".to_string());
-            }
+            Ok(Some(Report::Created)) => created = true,
             Ok(Some(_)) => {}
             Ok(None) => return Err("the cell ended during set-up".into()),
             Err(e) => return Err(format!("control channel: {e}")),
