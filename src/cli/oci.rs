@@ -97,6 +97,38 @@ enum OciCmd {
         /// The container's id.
         id: String,
     },
+    /// Run another process in a running container, under the same layers.
+    Exec {
+        /// A runtime-spec process JSON file (args, env, cwd, user, terminal).
+        #[arg(long, short = 'p')]
+        process: Option<PathBuf>,
+        /// Return once the process runs (the caller waits for the pid).
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// File to write the process's pid (as seen by the host) to.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Give the process a terminal (its master goes to --console-socket).
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Unix socket that receives the terminal's master.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Working directory inside the container.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// NAME=VALUE added to the environment; repeatable.
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        /// UID[:GID]: only the container's own identity.
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// The container's id.
+        id: String,
+        /// The command and its arguments (without --process).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print what this runtime supports (runtime-spec features JSON).
     Features,
 }
@@ -145,6 +177,18 @@ pub fn main(a: &OciArgs) -> i32 {
         );
         return 0;
     }
+    if let Some(OciCmd::Exec { .. }) = &a.cmd
+        && !a.systemd_cgroup
+    {
+        return match exec(&g, a.cmd.as_ref()) {
+            Ok(code) => code,
+            Err(e) => {
+                g.log("error", &e);
+                // runc exec's status when the process did not start.
+                255
+            }
+        };
+    }
     let r = if a.systemd_cgroup {
         Err(
             "--systemd-cgroup: not supported, nixcell manages its cgroups on cgroupfs \
@@ -166,6 +210,39 @@ pub fn main(a: &OciArgs) -> i32 {
             1
         }
     }
+}
+
+fn exec(g: &Globals, cmd: Option<&OciCmd>) -> Result<i32, String> {
+    let Some(OciCmd::Exec {
+        process,
+        detach,
+        pid_file,
+        tty,
+        console_socket,
+        cwd,
+        env,
+        user,
+        id,
+        args,
+    }) = cmd
+    else {
+        return Err("exec: no arguments".into());
+    };
+    oci::exec::exec(
+        g,
+        &oci::exec::ExecArgs {
+            id: id.clone(),
+            process: process.clone(),
+            args: args.clone(),
+            env: env.clone(),
+            cwd: cwd.clone(),
+            user: user.clone(),
+            tty: *tty,
+            detach: *detach,
+            pid_file: pid_file.clone(),
+            console_socket: console_socket.clone(),
+        },
+    )
 }
 
 fn run(g: &Globals, cmd: Option<&OciCmd>) -> Result<String, String> {
@@ -207,5 +284,6 @@ fn run(g: &Globals, cmd: Option<&OciCmd>) -> Result<String, String> {
         OciCmd::Delete { force, id } => oci::delete(g, id, *force).map(|()| String::new()),
         OciCmd::Ps { format, id } => oci::ps(g, id, format == "json"),
         OciCmd::Features => Ok(oci::features()),
+        OciCmd::Exec { .. } => exec(g, Some(cmd)).map(|_| String::new()),
     }
 }

@@ -11,6 +11,7 @@
 //! the container's cgroup and directory.
 
 pub mod config;
+pub mod exec;
 pub mod state;
 
 use crate::run::{harden, limits, plan};
@@ -42,10 +43,10 @@ pub struct CreateArgs {
     pub console_socket: Option<PathBuf>,
 }
 
-type Res<T = ()> = Result<T, String>;
+pub(crate) type Res<T = ()> = Result<T, String>;
 
 impl Globals {
-    fn root(&self) -> Res<PathBuf> {
+    pub(crate) fn root(&self) -> Res<PathBuf> {
         let r = match &self.root {
             Some(r) => r.clone(),
             None => state::default_root()?,
@@ -78,7 +79,7 @@ impl Globals {
     }
 }
 
-fn absolute(p: &Path) -> Res<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> Res<PathBuf> {
     std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
@@ -271,17 +272,23 @@ fn create_in(
         cgroups,
     };
     rec.save(dir)?;
+    exec::save_spec(dir, &spec)?;
     if let Some(p) = &a.pid_file {
-        let p = absolute(p)?;
-        let d = p.parent().unwrap_or(Path::new("/"));
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or("--pid-file: no file name")?;
-        crate::dirs::write_atomic_mode(d, name, pid1.to_string().as_bytes(), 0o644)
-            .map_err(|e| format!("--pid-file {}: {e}", p.display()))?;
+        write_pid_file(p, pid1)?;
     }
     Ok(())
+}
+
+/// `--pid-file`: written atomically (a caller polling it never reads a part).
+fn write_pid_file(p: &Path, pid: i32) -> Res {
+    let p = absolute(p)?;
+    let d = p.parent().unwrap_or(Path::new("/"));
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("--pid-file: no file name")?;
+    crate::dirs::write_atomic_mode(d, name, pid.to_string().as_bytes(), 0o644)
+        .map_err(|e| format!("--pid-file {}: {e}", p.display()))
 }
 
 fn on(b: bool) -> &'static str {
@@ -320,7 +327,7 @@ fn hold(
 /// A pseudo-terminal for the command: the master goes to the caller's console socket
 /// (SCM_RIGHTS, as runc sends it), the slave becomes this process's stdio, which the
 /// init stage and the command inherit.
-fn give_terminal(sock: &Path) -> Res {
+pub(crate) fn give_terminal(sock: &Path) -> Res {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
     let conn = connect_path(sock).map_err(|e| format!("--console-socket: {e}"))?;
@@ -403,7 +410,7 @@ pub fn parse_signal(s: &str) -> Res<nix::sys::signal::Signal> {
 
 /// A pidfd on the container's PID 1, or None when it has ended: opened, then the
 /// recorded start time checked, so a reused pid is never signalled.
-fn pid1(rec: &Record) -> Option<OwnedFd> {
+pub(crate) fn pid1(rec: &Record) -> Option<OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.pid, 0) };
@@ -508,7 +515,18 @@ pub fn ps(g: &Globals, id: &str, json: bool) -> Res<String> {
         pids.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
+    // A process `exec` started is PID 1's sibling: found in the container's cgroups.
+    for (_, d) in &rec.cgroups {
+        for sub in [d.join(crate::sandbox::cgroup::CELL), d.clone()] {
+            let text = std::fs::read_to_string(sub.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
     pids.sort_unstable();
+    pids.dedup();
     if json {
         return serde_json::to_string(&pids).map_err(|e| e.to_string());
     }
