@@ -71,6 +71,9 @@ name="nixcell-oci-check-$$"
 podman --runtime "$runtime" run -d --name "$name" --network none \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --annotation "dev.nixcell.closure=$bb" "$image" sleep 100 > /dev/null
+check "podman: exec (same layers, exit status)" 4 "CapEff:	0000000000000000" \
+  podman exec "$name" sh -c 'grep CapEff /proc/self/status; exit 4'
+check "podman: top lists the container's processes" 0 "sleep 100" podman top "$name"
 podman stop -t 5 "$name" > /dev/null
 check "podman: stop (SIGTERM reaches the command)" 0 "143" \
   podman inspect --format '{{.State.ExitCode}}' "$name"
@@ -124,6 +127,8 @@ check "containerd: --privileged grants no capability" 0 "CapEff:	000000000000000
   crun_ "--rm --privileged" t3 grep CapEff /proc/self/status
 crun_ -d t4 sleep 100 > /dev/null
 check "containerd: task ls shows it running" 0 "RUNNING" c task ls
+check "containerd: task exec (exit status)" 3 "in t4" \
+  c task exec --exec-id e1 t4 sh -c 'echo in t4; exit 3'
 c task kill -s SIGTERM t4
 i=0
 while c task ls | grep -q "t4.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done

@@ -376,3 +376,90 @@ fn answers_as_nixcell_runc_with_a_json_log() {
     );
     assert!(entry["time"].is_string());
 }
+
+#[test]
+fn exec_runs_inside_under_the_same_layers() {
+    for mode in MODES {
+        let mut cfg = config(&["sleep", "100"]);
+        cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 30}}});
+        let c = Oci::new(mode, cfg);
+        let pid = c.create("ex");
+        let early = c.run(&["exec", "ex", "true"]);
+        assert_eq!(
+            early.status.code(),
+            Some(255),
+            "{mode:?}: exec before start"
+        );
+        ok(&c.run(&["start", "ex"]), "start");
+        // Same hostname, same pid namespace (PID 1 is the cell's), no capability,
+        // the host's files out of reach.
+        let o = c.run(&[
+            "exec",
+            "ex",
+            "sh",
+            "-c",
+            "echo $(hostname) $FOO; grep CapEff /proc/self/status; \
+             cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+             ls /root /etc/shadow 2>&1 | grep -c 'No such'; exit 6",
+        ]);
+        assert_eq!(o.status.code(), Some(6), "{mode:?}: {}", text(&o.stderr));
+        let out = text(&o.stdout);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "box bar", "{mode:?}: {out}");
+        assert!(lines[1].ends_with("0000000000000000"), "{mode:?}: {out}");
+        assert!(
+            lines[2].starts_with("nixcell-init"),
+            "{mode:?}: PID 1 is the cell's: {out}"
+        );
+        assert_eq!(lines[3], "2", "{mode:?}: {out}");
+        // --process, --detach, --pid-file: the process runs on, in the container.
+        let proc_json = c.dir.path().join("process.json");
+        std::fs::write(
+            &proc_json,
+            serde_json::json!({"args": ["sleep", "50"], "cwd": "/tmp", "env": ["X=1"],
+                "user": {"uid": 0, "gid": 0}})
+            .to_string(),
+        )
+        .unwrap();
+        let pid_file = c.dir.path().join("exec.pid");
+        let mut cmd = c.cmd(&["exec", "--detach", "--process", path_str(&proc_json)]);
+        cmd.arg("--pid-file").arg(&pid_file).arg("ex");
+        // Its stdio is ours: not a pipe that would stay open as long as it runs.
+        let st = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{mode:?}: exec --detach: {st:?}");
+        let epid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let ps = ok(&c.run(&["ps", "--format", "json", "ex"]), "ps");
+        let pids: Vec<i32> = serde_json::from_str(&ps).unwrap();
+        assert!(pids.contains(&epid), "{mode:?}: ps {pids:?} lacks {epid}");
+        let missing = c.run(&["exec", "ex", "no-such-command"]);
+        assert_eq!(missing.status.code(), Some(255));
+        assert!(
+            text(&missing.stderr).contains("not found"),
+            "{}",
+            text(&missing.stderr)
+        );
+        let other = c.run(&["exec", "--user", "1000", "ex", "true"]);
+        assert!(
+            text(&other.stderr).contains("only identity"),
+            "{}",
+            text(&other.stderr)
+        );
+        // The exec'd process dies with the container. It is our child (a subreaper's):
+        // reaped first, as a pid namespace's PID 1 ends only once all of it is reaped.
+        ok(&c.run(&["delete", "--force", "ex"]), "delete");
+        assert_eq!(
+            wait_exit(epid),
+            128 + libc::SIGKILL,
+            "{mode:?}: the exec'd process"
+        );
+        assert_eq!(wait_exit(pid), 128 + libc::SIGKILL);
+    }
+}

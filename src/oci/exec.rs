@@ -151,12 +151,21 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
     let spec = exec_spec(&dir, a)?;
     // The namespaces of the recorded PID 1: opened, then its identity checked again.
     let _pidfd = pid1(&rec).ok_or_else(|| format!("container {} is not running", a.id))?;
-    let mut ns = Vec::new();
-    for (name, kind) in NAMESPACES {
-        let p = format!("/proc/{}/ns/{name}", rec.pid);
-        let f = std::fs::File::open(&p).map_err(|e| format!("{p}: {e}"))?;
-        ns.push((OwnedFd::from(f), *kind));
+    // PID 1 is not dumpable: rootless, its namespaces are reached through its
+    // children (the command, exec'd in the cell's user namespace), checked to be its
+    // children after the open.
+    let mut ns = open_namespaces(rec.pid);
+    if ns.is_err() {
+        for child in children_of(rec.pid) {
+            if let Ok(n) = open_namespaces(child)
+                && children_of(rec.pid).contains(&child)
+            {
+                ns = Ok(n);
+                break;
+            }
+        }
     }
+    let ns = ns?;
     if !rec.alive() {
         return Err(format!("container {} is not running", a.id));
     }
@@ -182,19 +191,28 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
     drop(theirs);
     drop(ns);
     let _ = nix::sys::wait::waitpid(child, None);
-    let mut pid = None;
+    let (mut pid, mut failed) = (None, None);
     loop {
         match proto::recv::<Report>(ours.as_fd()) {
             Ok(Some(Report::Ready { pid1 })) => pid = Some(pid1),
             Ok(Some(Report::ExecFailed { program, errno })) => {
-                return Err(crate::sandbox::exec::exec_message(&program, errno));
+                failed = Some(crate::sandbox::exec::exec_message(&program, errno));
             }
-            Ok(Some(Report::SetupFailed(f))) => return Err(format!("exec: {f}")),
+            Ok(Some(Report::SetupFailed(f))) => failed = Some(format!("exec: {f}")),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
     }
-    let pid = pid.ok_or("exec: the process did not start")?;
+    let pid = pid.ok_or_else(|| {
+        failed
+            .clone()
+            .unwrap_or("exec: the process did not start".into())
+    })?;
+    if let Some(e) = failed {
+        // Ours to reap (a pid namespace's PID 1 ends only once all of it is reaped).
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        return Err(e);
+    }
     if let Some(p) = &a.pid_file {
         super::write_pid_file(p, pid)?;
     }
@@ -208,6 +226,36 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
         nix::sys::wait::WaitStatus::Signaled(_, s, _) => 128 + s as i32,
         _ => 1,
     })
+}
+
+fn open_namespaces(pid: i32) -> Res<Vec<(OwnedFd, libc::c_int)>> {
+    let mut ns = Vec::new();
+    for (name, kind) in NAMESPACES {
+        let p = format!("/proc/{pid}/ns/{name}");
+        let f = std::fs::File::open(&p).map_err(|e| format!("{p}: {e}"))?;
+        ns.push((OwnedFd::from(f), *kind));
+    }
+    Ok(ns)
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let parent = |p: i32| -> Option<i32> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        s[s.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| parent(*p) == Some(pid))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The intermediate child: joins the namespaces, forks the process into the pid
