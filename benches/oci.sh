@@ -35,20 +35,10 @@ podman --runtime crun run $common "$image" "$bb/bin/true" 2>&1 | tail -n 1 | sed
 
 ctd="$work/containerd"
 mkdir -p "$ctd"
-cat > "$ctd/config.toml" << EOT
-version = 2
-root = "$ctd/root"
-state = "$ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$ctd/containerd.sock"
-EOT
-containerd --config "$ctd/config.toml" > "$ctd/log" 2>&1 &
-ctd_pid=$!
+. scripts/oci-containerd.sh
+start_containerd "$ctd"
 ns="nixcell-oci-bench-$$"
 trap 'kill $ctd_pid 2>/dev/null || true; wait $ctd_pid 2>/dev/null || true; rm -rf /run/containerd/runc/$ns; podman rmi -f $image > /dev/null 2>&1 || true' EXIT
-i=0
-while [ ! -S "$ctd/containerd.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 ctr_="ctr -a $ctd/containerd.sock -n $ns run --rm"
 echo "# ctr run"
 hyperfine -N -w 2 -r "$runs" --export-json "$work/ctr.json" \

@@ -91,16 +91,8 @@ podman rmi -f "$image" > /dev/null
 ctd="$work/containerd"
 mkdir -p "$ctd/rootfs"
 tar -xf "$work/closure.tar" -C "$ctd/rootfs"
-cat > "$ctd/config.toml" << EOF
-version = 2
-root = "$ctd/root"
-state = "$ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$ctd/containerd.sock"
-EOF
-containerd --config "$ctd/config.toml" > "$ctd/log" 2>&1 &
-ctd_pid=$!
+. scripts/oci-containerd.sh
+start_containerd "$ctd"
 ns="nixcell-oci-check-$$"
 cleanup() {
   kill "$ctd_pid" 2> /dev/null || true
@@ -108,8 +100,6 @@ cleanup() {
   rm -rf "/run/containerd/runc/$ns"
 }
 trap cleanup EXIT
-i=0
-while [ ! -S "$ctd/containerd.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 c() { ctr -a "$ctd/containerd.sock" -n "$ns" "$@"; }
 # crun_ "ENGINE FLAGS" ID COMMAND...: the rootfs (unused: the closure is the root) and
 # the id come after the flags.

@@ -240,19 +240,11 @@ fn open_namespaces(pid: i32) -> Res<Vec<(OwnedFd, libc::c_int)>> {
 
 /// The pids whose parent is `pid`.
 fn children_of(pid: i32) -> Vec<i32> {
-    let parent = |p: i32| -> Option<i32> {
-        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        s[s.rfind(')')? + 1..]
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
     std::fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|p| parent(*p) == Some(pid))
+                .filter(|p| state::parent_of(*p) == Some(pid))
                 .collect()
         })
         .unwrap_or_default()

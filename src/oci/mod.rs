@@ -494,19 +494,11 @@ pub fn ps(g: &Globals, id: &str, json: bool) -> Res<String> {
     if !rec.alive() {
         return Err(format!("container {id} is not running"));
     }
-    let parent_of = |pid: i32| -> Option<i32> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        s[s.rfind(')')? + 1..]
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
     let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
         .map_err(|e| format!("/proc: {e}"))?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| Some((p, parent_of(p)?)))
+        .filter_map(|p| Some((p, state::parent_of(p)?)))
         .collect();
     let mut pids = vec![rec.pid];
     let mut i = 0;

@@ -145,6 +145,16 @@ impl Record {
     }
 }
 
+/// The parent of a process (field 4 of /proc/PID/stat, readable without ptrace access).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Now as RFC 3339 (UTC, seconds and nanoseconds).
 pub fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
