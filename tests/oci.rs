@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -339,6 +340,17 @@ fn refusals_are_clear_and_leave_nothing() {
             text(&o.stderr)
         );
     }
+    // What a killed `create` leaves (a directory, no state): gone with --force.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(c.root().join("half"))
+        .unwrap();
+    assert_eq!(c.run(&["delete", "half"]).status.code(), Some(1));
+    ok(
+        &c.run(&["delete", "--force", "half"]),
+        "delete --force of a half-made container",
+    );
+    assert_empty_dir(&c.root(), "after delete --force");
     let pid = c.create("dup");
     let o = c.run(&["create", "--bundle", path_str(&c.bundle()), "dup"]);
     assert!(

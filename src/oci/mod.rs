@@ -461,7 +461,14 @@ pub fn delete(g: &Globals, id: &str, force: bool) -> Res {
         }
         Err(e) => return Err(e),
     };
-    let rec = Record::load(&dir)?;
+    let rec = match Record::load(&dir) {
+        Ok(r) => r,
+        // A `create` that was killed before it recorded anything.
+        Err(_) if force => {
+            return std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(fd) = pid1(&rec) {
         if rec.started && !force {
             return Err(format!(
