@@ -15,6 +15,7 @@ pub mod env;
 pub mod fsat;
 pub mod mcp;
 pub mod net;
+pub mod oci;
 pub mod pool;
 pub mod profile;
 pub mod run;

@@ -7,6 +7,7 @@
 //! tree); sizes are shown by [`crate::units::human_size`]; a listing with nothing in
 //! it says so.
 
+pub mod oci;
 pub mod serve;
 pub mod shell;
 
@@ -116,6 +117,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The OCI runtime (runc's command line; also the binary called `nixcell-runc`).
+    Oci(oci::OciArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -276,6 +279,9 @@ pub fn command() -> clap::Command {
 
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
+    if oci::called_as_runc() {
+        return oci::main_runc();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return parse_error(&e),
@@ -304,6 +310,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Oci(a) => oci::main(&a),
     }
 }
 

@@ -286,6 +286,12 @@ impl Hardening {
         self.cgroup.as_ref().map(|cg| cg.usage())
     }
 
+    /// Keeps the run's cgroup past this value (an OCI container outlives its creator):
+    /// its (controller, dir) pairs, for whoever removes it later.
+    pub fn keep_cgroup(&mut self) -> Option<Vec<(String, std::path::PathBuf)>> {
+        self.cgroup.take().map(|c| c.dirs.clone())
+    }
+
     /// Reads usage and OOM kills and removes the cgroup: (usage, oom_killed). With
     /// `shared` (a process that runs many cells: `nixcell serve`), this process's
     /// children are not the run's alone: their rusage is not taken for it.

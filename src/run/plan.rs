@@ -508,6 +508,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         session: false,
         net: None,
         terminal: false,
+        oci: None,
     };
     Ok((spec, closure))
 }

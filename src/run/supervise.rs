@@ -582,6 +582,8 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
             }
             // Reports of a session cell only (src/session/).
             Report::SessionReady | Report::ExecEnded { .. } => {}
+            // Sent only by a cell held for an OCI `start` (`nixcell oci`).
+            Report::Created => {}
         }
     }
     if out.exit_code.is_none()

@@ -132,7 +132,7 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     // A new session: no controlling terminal, so TIOCSTI cannot type into the
     // caller's terminal (CVE-2017-5226).
     nix::unistd::setsid().at(Stage::Setsid, "setsid", "")?;
-    if spec.terminal && sock.is_some() {
+    if (spec.terminal || spec.oci.as_ref().is_some_and(|o| o.terminal)) && sock.is_some() {
         // The pty's slave, on stdin: the command is the leader of its session, the
         // terminal belongs to no session yet (nixcell opened it with O_NOCTTY).
         // SAFETY: TIOCSCTTY takes an int argument (0: do not steal).

@@ -140,6 +140,11 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
                     pid1: child.as_raw(),
                 },
             );
+            // An OCI container's PID 1 outlives its creator: nothing to wait for here
+            // (the caller waits for the pid it reports, PID 1).
+            if spec.oci.is_some() {
+                return Ok(0);
+            }
             for fd in 0..3 {
                 // SAFETY: dup2 onto the standard descriptors so that captured output
                 // reaches EOF as soon as the cell's processes are gone.

@@ -171,6 +171,22 @@ pub struct RunSpec {
     /// so that job control works in an interactive shell.
     #[serde(default)]
     pub terminal: bool,
+    /// Set for a container created by `nixcell oci create`: the command waits for
+    /// `start`, and the cell outlives its creator.
+    #[serde(default)]
+    pub oci: Option<OciHold>,
+}
+
+/// A cell held between an OCI runtime's `create` and `start`. PID 1 builds the root,
+/// reports [`proto::Report::Created`], then waits on the listening unix socket found on
+/// descriptor `start_fd`; the first connection (`nixcell oci start`) becomes its report
+/// channel and the command is forked. The creator does not stay: PID 1 ignores the end
+/// of the control socket and exits with the command's status (128+N for signal N).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OciHold {
+    pub start_fd: i32,
+    /// The command's stdin is a terminal to make its controlling terminal.
+    pub terminal: bool,
 }
 
 impl RunSpec {

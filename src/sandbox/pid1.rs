@@ -112,8 +112,11 @@ pub fn main(
     prepared: PreparedMounts,
     logs: Vec<OwnedFd>,
 ) -> ! {
-    // The init stage (our parent) is single-threaded: if it dies, so do we.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // The init stage (our parent) is single-threaded: if it dies, so do we. An OCI
+    // container's init stage leaves at once: its PID 1 is the caller's to wait for.
+    if spec.oci.is_none() {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    }
     let built = setup(spec, &prepared, sock);
     drop(prepared);
     if let Err(e) = built {
@@ -197,6 +200,9 @@ pub fn main(
             services,
         );
     }
+    if let Some(hold) = &spec.oci {
+        wait_for_start(hold, sock, &sfd);
+    }
 
     // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
     let child = match oom.fork() {
@@ -213,8 +219,17 @@ pub fn main(
     super::layers::confine_pid1(spec, sock);
     super::sys::stdio_to_null();
 
+    // An OCI container's report channel is `start`'s connection: closed here, so that
+    // `start` sees its end once the command has exec'd (or reported its failure).
+    let watch = if spec.oci.is_some() {
+        // SAFETY: the descriptor is ours and nothing in PID 1 uses it after this.
+        unsafe { libc::close(sock.as_raw_fd()) };
+        None
+    } else {
+        Some(sock)
+    };
     let mut services: Vec<Option<Pid>> = services.into_iter().map(Some).collect();
-    let status = supervise(child, &sfd, sock, &mut services);
+    let status = supervise(child, &sfd, watch, &mut services);
     let alive: Vec<Pid> = services.into_iter().flatten().collect();
     stop_services(&alive);
     // Whatever the command left behind dies with it.
@@ -225,6 +240,12 @@ pub fn main(
         WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
         _ => (None, None),
     };
+    if spec.oci.is_some() {
+        // The caller (an OCI engine) reads the container's status from PID 1's.
+        let status = code.unwrap_or_else(|| 128 + signal.unwrap_or(libc::SIGKILL));
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(status) }
+    }
     let _ = proto::send(sock, &Report::Exited { code, signal });
     // SAFETY: _exit ends the process at once.
     unsafe { libc::_exit(0) }
@@ -236,18 +257,21 @@ pub fn main(
 fn supervise(
     child: Pid,
     sfd: &SignalFd,
-    sock: BorrowedFd<'_>,
+    sock: Option<BorrowedFd<'_>>,
     services: &mut [Option<Pid>],
 ) -> WaitStatus {
     loop {
-        let mut fds = [
-            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sock, PollFlags::POLLIN),
-        ];
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(s) = sock {
+            fds.push(PollFd::new(s, PollFlags::POLLIN));
+        }
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
-        let sock_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        let sock_ev = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .unwrap_or(PollFlags::empty());
         if !sock_ev.is_empty() {
             // The supervisor sends nothing after the spec: readable means EOF, it died.
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
@@ -276,18 +300,69 @@ fn supervise(
                     if let Some(index) = services.iter().position(|p| p.is_some() && *p == st.pid())
                     {
                         services[index] = None;
-                        let _ = proto::send(
-                            sock,
-                            &Report::ServiceExited {
-                                index,
-                                code,
-                                signal,
-                            },
-                        );
+                        if let Some(s) = sock {
+                            let _ = proto::send(
+                                s,
+                                &Report::ServiceExited {
+                                    index,
+                                    code,
+                                    signal,
+                                },
+                            );
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// An OCI container between `create` and `start`: reports that the root is built, then
+/// waits for the first connection on the start socket, which replaces the control
+/// socket (on the same descriptor) as the channel the command reports on. A forwarded
+/// signal before that ends the container with 128+N: nothing of it runs yet.
+fn wait_for_start(hold: &super::OciHold, sock: BorrowedFd<'_>, sfd: &SignalFd) {
+    let _ = proto::send(sock, &Report::Created);
+    // SAFETY: the creator placed the listening socket on this descriptor for us.
+    let listener = unsafe { BorrowedFd::borrow_raw(hold.start_fd) };
+    loop {
+        let mut fds = [
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener, PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo != libc::SIGCHLD {
+                // SAFETY: _exit ends the process at once.
+                unsafe { libc::_exit(128 + signo) }
+            }
+        }
+        if fds[1].revents().is_none_or(|r| r.is_empty()) {
+            continue;
+        }
+        // SAFETY: accept4 on a listening socket we hold; a fresh descriptor or -1.
+        let conn = unsafe {
+            libc::accept4(
+                hold.start_fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if conn < 0 {
+            continue;
+        }
+        // SAFETY: dup2 replaces the control socket by the connection; both ours. The
+        // listener closes: a second `start` finds nobody to connect to.
+        unsafe {
+            libc::dup2(conn, sock.as_raw_fd());
+            libc::close(conn);
+            libc::close(hold.start_fd);
+        }
+        return;
     }
 }
 

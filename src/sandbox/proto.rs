@@ -55,6 +55,8 @@ pub enum Report {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// An OCI container's root is built; PID 1 waits for `start` (see `OciHold`).
+    Created,
     /// The command ended.
     Exited {
         code: Option<i32>,

@@ -1,0 +1,131 @@
+#!/bin/sh
+# Check nixcell as an OCI runtime through the real engines, as root:
+#   podman (`podman --runtime …/nixcell-runc`), with an image imported from a tarball of
+#   a closure (no registry), and containerd (`ctr run --runc-binary …/nixcell-runc`,
+#   through the io.containerd.runc.v2 shim) against a containerd of its own (root,
+#   state, socket and config under target/oci-engines; the shim keeps runc's state under
+#   /run/containerd/runc/<namespace>, a namespace of this script, removed at the end).
+# Each check prints PASS or FAIL; the exit status is non-zero when one fails.
+#
+#   scripts/oci-engines.sh
+set -eu
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+[ "$(id -u)" = 0 ] || { echo "oci-engines: run as root" >&2; exit 2; }
+for t in podman containerd ctr; do
+  command -v "$t" > /dev/null || { echo "oci-engines: $t is missing (scripts/setup.sh installs it)" >&2; exit 2; }
+done
+export NIX_CONFIG="substituters =
+${NIX_CONFIG:-}"
+cargo build --locked --quiet
+work="$repo/target/oci-engines"
+rm -rf "$work"
+mkdir -p "$work"
+runtime="$work/nixcell-runc"
+ln -s "$repo/target/debug/nixcell" "$runtime"
+bb=$(scripts/build-fixture-env.sh busybox | tail -n 1)
+
+failed=0
+pass() { echo "PASS  $1"; }
+fail() { echo "FAIL  $1"; failed=$((failed + 1)); }
+# check NAME EXPECTED-STATUS EXPECTED-OUTPUT-SUBSTRING COMMAND...
+check() {
+  what=$1 want=$2 text=$3
+  shift 3
+  set +e
+  out=$("$@" 2>&1)
+  rc=$?
+  set -e
+  if [ "$rc" = "$want" ] && case "$out" in *"$text"*) true ;; *) false ;; esac; then
+    pass "$what"
+  else
+    fail "$what (exit $rc, want $want; output: $(printf %s "$out" | tail -n 3 | tr '\n' ' '))"
+  fi
+}
+
+# An image made of exactly the closure: a tarball of its store paths.
+# shellcheck disable=SC2046
+tar -cf "$work/closure.tar" $(nix-store -qR "$bb")
+
+# --- podman (rootful) ---
+image=localhost/nixcell-oci-check
+podman import -q "$work/closure.tar" "$image" > /dev/null
+pod() {
+  podman --runtime "$runtime" run --rm --network none \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    --annotation "dev.nixcell.closure=$bb" "$@"
+}
+check "podman: run, output and exit status" 3 "hello" pod "$image" sh -c 'echo hello; exit 3'
+check "podman: --memory reaches the cgroup (OOM kill)" 137 "" \
+  pod --memory 64m "$image" dd if=/dev/zero of=/dev/null bs=200M count=1
+check "podman: --pids-limit reaches the cgroup" 0 "fork" \
+  pod --pids-limit 10 "$image" sh -c '(for i in $(seq 30); do sleep 1 & done; wait) 2>&1; true'
+check "podman: --cap-add grants no capability" 0 "CapEff:	0000000000000000" \
+  pod --cap-add SYS_ADMIN "$image" grep CapEff /proc/self/status
+check "podman: mount refused inside" 0 "refused" \
+  pod "$image" sh -c 'mount -t tmpfs x /tmp 2>/dev/null && echo mounted || echo refused'
+check "podman: the root is the closure" 0 "$(nix-store -qR "$bb" | wc -l)" \
+  pod "$image" sh -c 'ls /nix/store | wc -l'
+check "podman: -it gives a terminal" 0 "isatty" sh -c "echo | script -qec \"podman --runtime $runtime run --rm -it --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --annotation dev.nixcell.closure=$bb $image sh -c 'test -t 0 && test -t 1 && echo isatty'\" /dev/null"
+name="nixcell-oci-check-$$"
+podman --runtime "$runtime" run -d --name "$name" --network none \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  --annotation "dev.nixcell.closure=$bb" "$image" sleep 100 > /dev/null
+check "podman: exec (same layers, exit status)" 4 "CapEff:	0000000000000000" \
+  podman exec "$name" sh -c 'grep CapEff /proc/self/status; exit 4'
+check "podman: top lists the container's processes" 0 "sleep 100" podman top "$name"
+podman stop -t 5 "$name" > /dev/null
+check "podman: stop (SIGTERM reaches the command)" 0 "143" \
+  podman inspect --format '{{.State.ExitCode}}' "$name"
+podman rm -f "$name" > /dev/null
+podman --runtime "$runtime" run -d --name "$name" --network none \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  --annotation "dev.nixcell.closure=$bb" "$image" sleep 100 > /dev/null
+podman kill -s KILL "$name" > /dev/null
+podman wait "$name" > /dev/null 2>&1 || true
+check "podman: kill -s KILL" 0 "137" podman inspect --format '{{.State.ExitCode}}' "$name"
+podman rm -f "$name" > /dev/null
+podman rmi -f "$image" > /dev/null
+
+# --- containerd, its own daemon ---
+ctd="$work/containerd"
+mkdir -p "$ctd/rootfs"
+tar -xf "$work/closure.tar" -C "$ctd/rootfs"
+. scripts/oci-containerd.sh
+start_containerd "$ctd"
+ns="nixcell-oci-check-$$"
+cleanup() {
+  kill "$ctd_pid" 2> /dev/null || true
+  wait "$ctd_pid" 2> /dev/null || true
+  rm -rf "/run/containerd/runc/$ns"
+}
+trap cleanup EXIT
+c() { ctr -a "$ctd/containerd.sock" -n "$ns" "$@"; }
+# crun_ "ENGINE FLAGS" ID COMMAND...: the rootfs (unused: the closure is the root) and
+# the id come after the flags.
+crun_() {
+  flags=$1
+  shift
+  # shellcheck disable=SC2086
+  c run --runtime io.containerd.runc.v2 --runc-binary "$runtime" \
+    --annotation "dev.nixcell.closure=$bb" $flags --rootfs "$ctd/rootfs" "$@"
+}
+check "containerd: run, output and exit status" 5 "hi ctr" crun_ --rm t1 sh -c 'echo hi ctr; exit 5'
+check "containerd: --memory-limit reaches the cgroup (OOM kill)" 137 "" \
+  crun_ "--rm --memory-limit 67108864" t2 dd if=/dev/zero of=/dev/null bs=200M count=1
+check "containerd: --privileged grants no capability" 0 "CapEff:	0000000000000000" \
+  crun_ "--rm --privileged" t3 grep CapEff /proc/self/status
+crun_ -d t4 sleep 100 > /dev/null
+check "containerd: task ls shows it running" 0 "RUNNING" c task ls
+check "containerd: task exec (exit status)" 3 "in t4" \
+  c task exec --exec-id e1 t4 sh -c 'echo in t4; exit 3'
+c task kill -s SIGTERM t4
+i=0
+while c task ls | grep -q "t4.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+check "containerd: task kill reaches the command (exit 143)" 0 "exit code 143" c task delete t4
+c container rm t4 > /dev/null 2>&1 || true
+check "containerd: nothing left in the runtime's state" 0 "" \
+  sh -c "ls -A /run/containerd/runc/$ns 2>/dev/null | grep . && exit 1 || exit 0"
+
+echo "oci-engines: $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,309 @@
+//! The part of an OCI bundle's `config.json` (runtime-spec `config.md`) that nixcell
+//! reads. Unknown fields are ignored by serde; every field that changes what the
+//! container may do and that nixcell does not carry out is named by [`Config::check`]:
+//! refused when honouring it is impossible without weakening the cell, a warning in
+//! the runtime log when nixcell's own layer replaces it.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Largest config.json read (a bundle is caller input).
+const MAX_CONFIG: u64 = 4 << 20;
+/// Annotation naming the store path whose closure is the container's root.
+pub const CLOSURE_ANNOTATION: &str = "dev.nixcell.closure";
+/// Annotation naming the nixcell profile of the container (default `default`).
+pub const PROFILE_ANNOTATION: &str = "dev.nixcell.profile";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub oci_version: String,
+    pub process: Option<Process>,
+    pub root: Option<Root>,
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub linux: Option<Linux>,
+    pub hooks: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    #[serde(default)]
+    pub terminal: bool,
+    #[serde(default)]
+    pub user: User,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub capabilities: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    pub rlimits: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Root {
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Mount {
+    pub destination: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    pub seccomp: Option<serde_json::Value>,
+    #[serde(default)]
+    pub uid_mappings: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub gid_mappings: Vec<serde_json::Value>,
+    pub cgroups_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Resources {
+    pub memory: Option<Memory>,
+    pub cpu: Option<Cpu>,
+    pub pids: Option<Pids>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Memory {
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Cpu {
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Pids {
+    pub limit: i64,
+}
+
+/// What `create` asks the cell layer for, taken from a checked config.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Asked {
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+/// Mount destinations nixcell provides itself (its own /proc, /dev, /tmp, /sys absent).
+const OWN_MOUNTS: &[&str] = &[
+    "/proc",
+    "/dev",
+    "/dev/pts",
+    "/dev/shm",
+    "/dev/mqueue",
+    "/sys",
+    "/sys/fs/cgroup",
+    "/tmp",
+    "/run",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/run/.containerenv",
+];
+
+impl Config {
+    /// Reads `<bundle>/config.json` (no link followed, size-capped).
+    pub fn load(bundle: &Path) -> Result<Config, String> {
+        let path = bundle.join("config.json");
+        let bytes = crate::dirs::read_nofollow_capped(&path, MAX_CONFIG)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn process(&self) -> Result<&Process, String> {
+        let p = self
+            .process
+            .as_ref()
+            .ok_or("config.json: process is missing")?;
+        if p.args.is_empty() {
+            return Err("config.json: process.args is empty".into());
+        }
+        Ok(p)
+    }
+
+    /// Refusals (Err) and warnings (Ok) for what nixcell does not carry out as asked.
+    pub fn check(&self) -> Result<Vec<String>, String> {
+        if !self.oci_version.starts_with("1.") {
+            return Err(format!(
+                "config.json: ociVersion {:?}: this runtime implements 1.x",
+                self.oci_version
+            ));
+        }
+        let mut warn = Vec::new();
+        let p = self.process()?;
+        if !p.user.additional_gids.is_empty() {
+            warn.push(format!(
+                "process.user.additionalGids {:?}: a cell has no supplementary groups",
+                p.user.additional_gids
+            ));
+        }
+        if let Some(caps) = &p.capabilities {
+            let asked: std::collections::BTreeSet<&String> = caps.values().flatten().collect();
+            if !asked.is_empty() {
+                warn.push(format!(
+                    "process.capabilities: none granted ({} asked): a cell runs without capabilities",
+                    asked.len()
+                ));
+            }
+        }
+        if !p.rlimits.is_empty() {
+            warn.push("process.rlimits: the profile's rlimits apply instead".into());
+        }
+        for m in &self.mounts {
+            if !OWN_MOUNTS.contains(&m.destination.as_str()) {
+                return Err(format!(
+                    "config.json: mount of {} at {}: not supported (a cell's root is its closure; \
+                     nixcell provides /proc, /dev and /tmp itself)",
+                    m.source.as_deref().unwrap_or("?"),
+                    m.destination
+                ));
+            }
+        }
+        let linux = self.linux.as_ref();
+        for ns in linux.map(|l| l.namespaces.as_slice()).unwrap_or_default() {
+            if let Some(path) = &ns.path {
+                return Err(format!(
+                    "config.json: linux.namespaces: joining the {} namespace {path}: not supported \
+                     (a cell always has namespaces of its own; podman: --network none)",
+                    ns.kind
+                ));
+            }
+        }
+        if let Some(l) = linux {
+            if l.seccomp.is_some() {
+                warn.push("linux.seccomp: nixcell's own seccomp filter applies instead".into());
+            }
+            if !l.uid_mappings.is_empty() || !l.gid_mappings.is_empty() {
+                warn.push(
+                    "linux.uidMappings/gidMappings: the cell maps process.user to an \
+                     unprivileged host identity of its own"
+                        .into(),
+                );
+            }
+        }
+        if self.hooks.as_ref().is_some_and(|h| {
+            h.as_object().is_some_and(|o| {
+                o.values()
+                    .any(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+            })
+        }) {
+            return Err("config.json: hooks: not supported by nixcell".into());
+        }
+        Ok(warn)
+    }
+
+    /// linux.resources as nixcell limits; nonsense values are refused.
+    pub fn asked(&self) -> Result<Asked, String> {
+        let Some(r) = self.linux.as_ref().and_then(|l| l.resources.as_ref()) else {
+            return Ok(Asked::default());
+        };
+        let positive = |what: &str, v: i64| -> Result<Option<u64>, String> {
+            match v {
+                v if v > 0 => Ok(Some(v as u64)),
+                // -1 (and 0 for pids) is "no limit" in the spec.
+                -1 | 0 => Ok(None),
+                v => Err(format!("config.json: {what} {v} is not a limit")),
+            }
+        };
+        let memory = match r.memory.as_ref().and_then(|m| m.limit) {
+            Some(v) => positive("linux.resources.memory.limit", v)?,
+            None => None,
+        };
+        let pids = match &r.pids {
+            Some(p) => positive("linux.resources.pids.limit", p.limit)?,
+            None => None,
+        };
+        let cpus = match r.cpu.as_ref().map(|c| (c.quota, c.period)) {
+            Some((Some(q), period)) if q > 0 => {
+                let period = period.unwrap_or(100_000);
+                if period == 0 {
+                    return Err("config.json: linux.resources.cpu.period 0".into());
+                }
+                Some(q as f64 / period as f64)
+            }
+            _ => None,
+        };
+        Ok(Asked { memory, cpus, pids })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(j: &str) -> Config {
+        serde_json::from_str(j).unwrap()
+    }
+
+    #[test]
+    fn resources_become_limits() {
+        let c = parse(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
+            "linux":{"resources":{"memory":{"limit":67108864},"pids":{"limit":32},
+            "cpu":{"quota":50000,"period":100000}}}}"#,
+        );
+        assert_eq!(
+            c.asked().unwrap(),
+            Asked {
+                memory: Some(64 << 20),
+                cpus: Some(0.5),
+                pids: Some(32)
+            }
+        );
+    }
+
+    #[test]
+    fn joined_namespace_and_foreign_mount_are_refused() {
+        let ns = parse(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
+            "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"}]}}"#,
+        );
+        assert!(ns.check().unwrap_err().contains("/run/netns/x"));
+        let m = parse(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
+            "mounts":[{"destination":"/data","type":"bind","source":"/srv"}]}"#,
+        );
+        assert!(m.check().unwrap_err().contains("/data"));
+    }
+}

@@ -1,0 +1,477 @@
+//! `nixcell oci` (and the binary as `nixcell-runc`) driven directly as an OCI engine
+//! drives it: bundles made here, the container's PID 1 waited for as a shim waits for
+//! it (this test process is a child subreaper). Root and rootless.
+
+mod common;
+use common::*;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// One container's world: a state root, a bundle, a file the container's stdout and
+/// stderr go to.
+struct Oci {
+    mode: Mode,
+    dir: tempfile::TempDir,
+}
+
+fn subreaper() {
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+}
+
+impl Oci {
+    fn new(mode: Mode, config: serde_json::Value) -> Oci {
+        subreaper();
+        let dir = workdir(mode);
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let o = Oci { mode, dir };
+        o.write_config(config);
+        o
+    }
+
+    fn write_config(&self, config: serde_json::Value) {
+        let bundle = self.bundle();
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+        if self.mode == Mode::Rootless {
+            chown_to_test_user(self.dir.path());
+        }
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn out(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out")).unwrap_or_default()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = nixcell(self.mode);
+        c.arg("oci").arg("--root").arg(self.root()).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// `create` with stdout and stderr of the container on the `out` file; PID 1.
+    fn create(&self, id: &str) -> i32 {
+        let out = std::fs::File::create(self.dir.path().join("out")).unwrap();
+        let pid_file = self.dir.path().join(format!("{id}.pid"));
+        let o = self
+            .cmd(&["create", "--bundle", path_str(&self.bundle()), "--pid-file"])
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .unwrap();
+        assert!(o.success(), "create {id}: {o:?} {}", self.out());
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        let o = self.run(&["state", id]);
+        serde_json::from_str(&ok(&o, "state")).unwrap()
+    }
+}
+
+/// A config.json running `args` in the busybox closure (root.path is not used).
+fn config(args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "cwd": "/", "env": ["FOO=bar"], "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "hostname": "box",
+        "annotations": {"dev.nixcell.closure": path_str(&busybox())},
+    })
+}
+
+/// Waits for PID 1 (our child since the init stage left) and returns its exit status
+/// (128+N when it was killed by signal N, as a shim reports it).
+fn wait_exit(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waitpid on a child of ours.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid {pid}: {}", std::io::Error::last_os_error());
+    if libc::WIFSIGNALED(status) {
+        return 128 + libc::WTERMSIG(status);
+    }
+    libc::WEXITSTATUS(status)
+}
+
+#[test]
+fn lifecycle_state_and_exit_status() {
+    for mode in MODES {
+        let c = Oci::new(
+            mode,
+            config(&["sh", "-c", "echo out=$FOO:$(hostname):$(id -u); exit 7"]),
+        );
+        let pid = c.create("life");
+        let st = c.state("life");
+        assert_eq!(st["status"], "created", "{mode:?}: {st}");
+        assert_eq!(st["pid"], pid);
+        assert_eq!(st["ociVersion"], "1.0.2");
+        assert_eq!(st["bundle"], path_str(&c.bundle()));
+        assert_eq!(
+            st["annotations"]["dev.nixcell.closure"],
+            path_str(&busybox())
+        );
+        // Nothing of the command has run before start.
+        assert_eq!(c.out(), "", "{mode:?}");
+        ok(&c.run(&["start", "life"]), "start");
+        assert_eq!(
+            wait_exit(pid),
+            7,
+            "{mode:?}: the command's status is PID 1's"
+        );
+        assert_eq!(c.out().trim(), "out=bar:box:0", "{mode:?}");
+        let st = c.state("life");
+        assert_eq!(st["status"], "stopped", "{mode:?}: {st}");
+        assert!(st.get("pid").is_none(), "{st}");
+        let again = c.run(&["start", "life"]);
+        assert_eq!(again.status.code(), Some(1), "{mode:?}: a second start");
+        ok(&c.run(&["delete", "life"]), "delete");
+        assert_empty_dir(&c.root(), "state root after delete");
+        let gone = c.run(&["state", "life"]);
+        assert!(
+            text(&gone.stderr).contains("does not exist"),
+            "{}",
+            text(&gone.stderr)
+        );
+    }
+}
+
+#[test]
+fn kill_reaches_the_command_and_delete_force_cleans_up() {
+    for mode in MODES {
+        let c = Oci::new(mode, config(&["sleep", "100"]));
+        let pid = c.create("k");
+        ok(&c.run(&["start", "k"]), "start");
+        assert_eq!(c.state("k")["status"], "running");
+        let ps = ok(&c.run(&["ps", "--format", "json", "k"]), "ps");
+        let pids: Vec<i32> = serde_json::from_str(&ps).unwrap();
+        assert!(
+            pids.contains(&pid) && pids.len() == 2,
+            "{mode:?}: ps {pids:?}"
+        );
+        let refused = c.run(&["delete", "k"]);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "delete of a running container"
+        );
+        ok(&c.run(&["kill", "k", "TERM"]), "kill");
+        assert_eq!(wait_exit(pid), 128 + libc::SIGTERM, "{mode:?}");
+        assert_eq!(c.state("k")["status"], "stopped");
+        let dead = c.run(&["kill", "k", "KILL"]);
+        assert_eq!(dead.status.code(), Some(1), "kill of a stopped container");
+        ok(&c.run(&["delete", "k"]), "delete");
+
+        // --force: a running container is killed, its state and cgroup removed.
+        let pid = c.create("f");
+        ok(&c.run(&["start", "f"]), "start");
+        ok(&c.run(&["delete", "--force", "f"]), "delete --force");
+        assert_eq!(wait_exit(pid), 128 + libc::SIGKILL);
+        assert_empty_dir(&c.root(), "state root after delete --force");
+    }
+}
+
+#[test]
+fn a_created_container_can_be_deleted_and_killed_before_start() {
+    let c = Oci::new(Mode::Root, config(&["sh", "-c", "echo ran"]));
+    let pid = c.create("held");
+    ok(&c.run(&["delete", "held"]), "delete of a created container");
+    assert_eq!(wait_exit(pid), 128 + libc::SIGKILL);
+    let pid = c.create("held2");
+    ok(&c.run(&["kill", "held2", "SIGTERM"]), "kill");
+    assert_eq!(wait_exit(pid), 128 + libc::SIGTERM);
+    assert_eq!(c.out(), "", "the command never ran");
+    ok(&c.run(&["delete", "held2"]), "delete");
+}
+
+/// The run cgroup a container lives in is named after `create`, which exits: a later
+/// `nixcell run` must not take it for a stale run's and kill the container with it.
+#[test]
+fn a_later_run_does_not_reap_the_containers_cgroup() {
+    let mut cfg = config(&["sh", "-c", "sleep 2; echo survived"]);
+    cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 50}}});
+    let c = Oci::new(Mode::Root, cfg);
+    let pid = c.create("cg");
+    ok(&c.run(&["start", "cg"]), "start");
+    ok(
+        &sh(Mode::Root, &["--pids", "20"], "true"),
+        "a run with a cgroup",
+    );
+    assert_eq!(wait_exit(pid), 0);
+    assert_eq!(c.out().trim(), "survived");
+    ok(&c.run(&["delete", "cg"]), "delete");
+}
+
+#[test]
+fn resources_and_layers_apply_inside() {
+    for mode in MODES {
+        let mut cfg = config(&[
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status; ls /nix/store | wc -l; \
+             cat /etc/shadow 2>/dev/null || echo no-shadow; \
+             for i in $(seq 40); do sleep 3 & done 2>&1 | grep -c -i fork; wait",
+        ]);
+        cfg["process"]["capabilities"] = serde_json::json!({
+            "bounding": ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
+            "effective": ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
+            "permitted": ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
+        });
+        cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 16}}});
+        let c = Oci::new(mode, cfg);
+        let pid = c.create("lim");
+        ok(&c.run(&["start", "lim"]), "start");
+        wait_exit(pid);
+        let out = c.out();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{mode:?}: {out}"
+        );
+        let closure = Command::new("nix-store")
+            .arg("-qR")
+            .arg(busybox())
+            .output()
+            .unwrap();
+        assert_eq!(
+            lines[1].trim(),
+            text(&closure.stdout).lines().count().to_string(),
+            "{mode:?}: the store is exactly the closure"
+        );
+        assert_eq!(lines[2], "no-shadow", "{mode:?}");
+        let failed: u32 = lines[3].trim().parse().unwrap();
+        assert!(
+            failed > 0,
+            "{mode:?}: pids.limit 16 let 40 processes fork: {out}"
+        );
+        ok(&c.run(&["delete", "lim"]), "delete");
+    }
+}
+
+#[test]
+fn refusals_are_clear_and_leave_nothing() {
+    let c = Oci::new(Mode::Root, config(&["true"]));
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            {
+                let mut v = config(&["true"]);
+                v["annotations"] = serde_json::json!({});
+                v
+            },
+            "dev.nixcell.closure",
+        ),
+        (
+            {
+                let mut v = config(&["true"]);
+                v["linux"] = serde_json::json!({"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}]});
+                v
+            },
+            "/proc/1/ns/net",
+        ),
+        (
+            {
+                let mut v = config(&["true"]);
+                v["mounts"] =
+                    serde_json::json!([{"destination": "/host", "type": "bind", "source": "/"}]);
+                v
+            },
+            "/host",
+        ),
+        (
+            {
+                let mut v = config(&["true"]);
+                v["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/true"}]});
+                v
+            },
+            "hooks",
+        ),
+        (
+            {
+                let mut v = config(&["true"]);
+                v["annotations"]["dev.nixcell.profile"] = "no-such-profile".into();
+                v
+            },
+            "no-such-profile",
+        ),
+    ];
+    for (cfg, word) in cases {
+        c.write_config(cfg);
+        let o = c.run(&["create", "--bundle", path_str(&c.bundle()), "x"]);
+        assert_eq!(o.status.code(), Some(1), "{word}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(word),
+            "{word}: {}",
+            text(&o.stderr)
+        );
+        assert_empty_dir(&c.root(), word);
+    }
+    c.write_config(config(&["true"]));
+    for (args, word) in [
+        (vec!["create", "../x"], "invalid container id"),
+        (vec!["--systemd-cgroup", "state", "x"], "--systemd-cgroup"),
+        (vec!["state", "nope"], "does not exist"),
+    ] {
+        let o = c.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&o.stderr).contains(word),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    // What a killed `create` leaves (a directory, no state): gone with --force.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(c.root().join("half"))
+        .unwrap();
+    assert_eq!(c.run(&["delete", "half"]).status.code(), Some(1));
+    ok(
+        &c.run(&["delete", "--force", "half"]),
+        "delete --force of a half-made container",
+    );
+    assert_empty_dir(&c.root(), "after delete --force");
+    let pid = c.create("dup");
+    let o = c.run(&["create", "--bundle", path_str(&c.bundle()), "dup"]);
+    assert!(
+        text(&o.stderr).contains("exists already"),
+        "{}",
+        text(&o.stderr)
+    );
+    ok(&c.run(&["delete", "--force", "dup"]), "delete");
+    wait_exit(pid);
+}
+
+#[test]
+fn answers_as_nixcell_runc_with_a_json_log() {
+    let c = Oci::new(Mode::Root, config(&["true"]));
+    let link = c.dir.path().join("nixcell-runc");
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    let v = Command::new(&link).arg("--version").output().unwrap();
+    assert!(ok(&v, "--version").starts_with("nixcell-runc version "));
+    let f = Command::new(&link).arg("features").output().unwrap();
+    let feat: serde_json::Value = serde_json::from_str(&ok(&f, "features")).unwrap();
+    assert_eq!(feat["ociVersionMax"], "1.0.2");
+    let log = c.dir.path().join("log.json");
+    let o = Command::new(&link)
+        .args(["--root", path_str(&c.root()), "--log", path_str(&log)])
+        .args(["--log-format", "json", "start", "missing"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let line = std::fs::read_to_string(&log).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(entry["level"], "error");
+    assert!(
+        entry["msg"].as_str().unwrap().contains("missing"),
+        "{entry}"
+    );
+    assert!(entry["time"].is_string());
+}
+
+#[test]
+fn exec_runs_inside_under_the_same_layers() {
+    for mode in MODES {
+        let mut cfg = config(&["sleep", "100"]);
+        cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 30}}});
+        let c = Oci::new(mode, cfg);
+        let pid = c.create("ex");
+        let early = c.run(&["exec", "ex", "true"]);
+        assert_eq!(
+            early.status.code(),
+            Some(255),
+            "{mode:?}: exec before start"
+        );
+        ok(&c.run(&["start", "ex"]), "start");
+        // Same hostname, same pid namespace (PID 1 is the cell's), no capability,
+        // the host's files out of reach.
+        let o = c.run(&[
+            "exec",
+            "ex",
+            "sh",
+            "-c",
+            "echo $(hostname) $FOO; grep CapEff /proc/self/status; \
+             cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+             ls /root /etc/shadow 2>&1 | grep -c 'No such'; exit 6",
+        ]);
+        assert_eq!(o.status.code(), Some(6), "{mode:?}: {}", text(&o.stderr));
+        let out = text(&o.stdout);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "box bar", "{mode:?}: {out}");
+        assert!(lines[1].ends_with("0000000000000000"), "{mode:?}: {out}");
+        assert!(
+            lines[2].starts_with("nixcell-init"),
+            "{mode:?}: PID 1 is the cell's: {out}"
+        );
+        assert_eq!(lines[3], "2", "{mode:?}: {out}");
+        // --process, --detach, --pid-file: the process runs on, in the container.
+        let proc_json = c.dir.path().join("process.json");
+        std::fs::write(
+            &proc_json,
+            serde_json::json!({"args": ["sleep", "50"], "cwd": "/tmp", "env": ["X=1"],
+                "user": {"uid": 0, "gid": 0}})
+            .to_string(),
+        )
+        .unwrap();
+        let pid_file = c.dir.path().join("exec.pid");
+        let mut cmd = c.cmd(&["exec", "--detach", "--process", path_str(&proc_json)]);
+        cmd.arg("--pid-file").arg(&pid_file).arg("ex");
+        // Its stdio is ours: not a pipe that would stay open as long as it runs.
+        let st = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{mode:?}: exec --detach: {st:?}");
+        let epid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let ps = ok(&c.run(&["ps", "--format", "json", "ex"]), "ps");
+        let pids: Vec<i32> = serde_json::from_str(&ps).unwrap();
+        assert!(pids.contains(&epid), "{mode:?}: ps {pids:?} lacks {epid}");
+        let missing = c.run(&["exec", "ex", "no-such-command"]);
+        assert_eq!(missing.status.code(), Some(255));
+        assert!(
+            text(&missing.stderr).contains("not found"),
+            "{}",
+            text(&missing.stderr)
+        );
+        let other = c.run(&["exec", "--user", "1000", "ex", "true"]);
+        assert!(
+            text(&other.stderr).contains("only identity"),
+            "{}",
+            text(&other.stderr)
+        );
+        // The exec'd process dies with the container. It is our child (a subreaper's):
+        // reaped first, as a pid namespace's PID 1 ends only once all of it is reaped.
+        ok(&c.run(&["delete", "--force", "ex"]), "delete");
+        assert_eq!(
+            wait_exit(epid),
+            128 + libc::SIGKILL,
+            "{mode:?}: the exec'd process"
+        );
+        assert_eq!(wait_exit(pid), 128 + libc::SIGKILL);
+    }
+}
