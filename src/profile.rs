@@ -344,8 +344,24 @@ macro_rules! pick {
 
 /// Resolves a profile by built-in name or path.
 pub fn load(spec: &str) -> Result<Profile, ProfileError> {
-    let chain = load_chain(spec, None)?;
-    let c = &chain;
+    resolve(spec, &load_chain(spec, None)?)
+}
+
+/// A profile given as the text of `file` (its `extends` resolved as [`load`] would).
+pub fn from_text(file: &str, text: &str) -> Result<Profile, ProfileError> {
+    let raw = parse_raw(file, text)?;
+    let base = raw
+        .extends
+        .as_ref()
+        .map(|ext| load_chain(ext.get_ref(), Path::new(file).parent()))
+        .transpose()?;
+    let mut chain = vec![(file.to_string(), raw)];
+    chain.extend(base.into_iter().flatten());
+    resolve(file, &chain)
+}
+
+/// The profile a chain of raw profiles (child first) gives.
+fn resolve(spec: &str, c: &[(String, RawProfile)]) -> Result<Profile, ProfileError> {
     let mode = |m: Option<LayerMode>| m.unwrap_or(LayerMode::Required);
     Ok(Profile {
         name: spec.to_string(),

@@ -10,11 +10,9 @@ impl Server {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<RunResult, McpError> {
-        let limits = limit_args(&p, &self.inner.ceiling()?)?;
         // The whole request is checked before anything is created or run.
-        let files = p.files.as_ref().map(decode_files).transpose()?;
+        let CheckedRun { limits, files } = check_run(&p, &self.inner.ceiling()?)?;
         let collect = p.collect.as_deref().unwrap_or(&[]);
-        check_collect(collect)?;
         progress
             .report(0, "run: preparing the working directory".into())
             .await;
