@@ -19,7 +19,7 @@ def in_flight(n):
         # Each run writes its own token under a shared name, waits until every run has
         # started (so they are all in flight together), and reads its token back.
         script = (
-            "echo {i} > shared.txt; read t0 _ < /proc/uptime; sleep 3; "
+            "echo {i} > shared.txt; read t0 _ < /proc/uptime; sleep 5 & sleep 3; "
             "seen=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$'); "
             "read t1 _ < /proc/uptime; echo $(cat shared.txt) $seen $t0 $t1 $(ls | wc -l)"
         )
