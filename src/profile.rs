@@ -513,6 +513,17 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_given_as_text_resolves_like_a_file() {
+        let p = from_text("x.toml", "extends = \"strict\"\n[limits]\npids = 7\n").unwrap();
+        let strict = load("strict").unwrap();
+        assert_eq!(p.limits.pids, Some(7));
+        assert_eq!(p.limits.memory, strict.limits.memory);
+        assert_eq!(p.seccomp.kind, strict.seccomp.kind);
+        let e = from_text("x.toml", "[limits]\npids = 0\n").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml:2:"), "{e}");
+    }
+
+    #[test]
     fn extends_merges_and_detects_cycles() {
         let d = tempfile::tempdir().unwrap();
         write(

@@ -349,13 +349,14 @@ fn edit_cmd(dir: &Path, op: &str, name: &str) -> Command {
     c
 }
 
-/// What an edit may change: the declaration, the policy, HEAD, the index.
+/// What an edit may change: the declaration, the policy, HEAD, the index's entries.
 #[derive(Debug, Clone, PartialEq)]
 struct State {
     declaration: Vec<u8>,
     policy: Vec<u8>,
     head: String,
-    index: Vec<u8>,
+    index: String,
+    status: String,
 }
 
 fn state(dir: &Path) -> State {
@@ -363,7 +364,8 @@ fn state(dir: &Path) -> State {
         declaration: std::fs::read(dir.join("devenv.nix")).unwrap(),
         policy: std::fs::read(dir.join("nixcell.toml")).unwrap(),
         head: git(dir, &["rev-parse", "HEAD"]).trim().to_string(),
-        index: std::fs::read(dir.join(".git/index")).unwrap(),
+        index: git(dir, &["ls-files", "--stage"]),
+        status: git_status(dir),
     }
 }
 
@@ -386,61 +388,89 @@ fn wait_group_gone(pgid: i32) {
     }
 }
 
+/// Starts `nixcell edit OP jq` (adding jq when it is absent, else removing it) and
+/// SIGKILLs it when the `k`-th program it runs (git, nix) starts; false if the edit
+/// ended first.
+fn edit_killed_at(dir: &Path, k: usize) -> bool {
+    use std::os::unix::process::CommandExt;
+    let has = String::from_utf8_lossy(&state(dir).declaration).contains("pkgs.jq");
+    let op = if has { "remove-package" } else { "add-package" };
+    let mut child = edit_cmd(dir, op, "jq").process_group(0).spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut seen = std::collections::HashSet::new();
+    let killed = loop {
+        seen.extend(children(pid));
+        if seen.len() >= k {
+            let _ = child.kill();
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    child.wait().unwrap();
+    // What it started (git, nix) ends on its own; then the project is looked at.
+    wait_group_gone(pid);
+    killed
+}
+
 #[test]
 fn an_edit_killed_mid_way_leaves_the_project_as_it_was_or_committed() {
-    use std::os::unix::process::CommandExt;
     let p = edit_project();
     let dir = p.path();
-    // One edit and its undo, timed, so that the kills fall across a whole edit.
-    let t = Instant::now();
     ok(
         &edit_cmd(dir, "add-package", "jq").output().unwrap(),
         "edit",
     );
-    ok(
-        &edit_cmd(dir, "remove-package", "jq").output().unwrap(),
-        "edit",
-    );
-    let whole = t.elapsed() / 2;
-    let points = 16;
-    let (mut untouched, mut committed) = (0, 0);
-    for k in 0..points {
+    let (mut untouched, mut committed, mut settled) = (0, 0, 0);
+    for k in 1.. {
         let before = state(dir);
-        let has = String::from_utf8_lossy(&before.declaration).contains("pkgs.jq");
-        let op = if has { "remove-package" } else { "add-package" };
-        let mut child = edit_cmd(dir, op, "jq").process_group(0).spawn().unwrap();
-        let pgid = child.id() as i32;
-        std::thread::sleep(whole * k / points);
-        let _ = child.kill();
-        child.wait().unwrap();
-        // What it started (git, nix) ends on its own; then the project is looked at.
-        wait_group_gone(pgid);
+        let had = String::from_utf8_lossy(&before.declaration).contains("pkgs.jq");
+        if !edit_killed_at(dir, k) {
+            break;
+        }
+        let mid = state(dir);
+        assert_eq!(mid.policy, before.policy, "kill {k}: the policy changed");
+        // The next edit settles what a crash left (this one has nothing to do).
+        let o = edit_cmd(dir, "remove-package", "nosuchpackage")
+            .output()
+            .unwrap();
+        fails(&o, "an edit with nothing to do");
         let after = state(dir);
-        assert_eq!(after.policy, before.policy, "kill {k}: the policy changed");
+        if mid != after {
+            settled += 1;
+        }
         if after == before {
             untouched += 1;
             continue;
         }
         // Otherwise: exactly one new commit, holding the declaration as it is now.
         let parent = git(dir, &["rev-parse", "HEAD~1"]).trim().to_string();
-        assert_eq!(parent, before.head, "kill {k}: not one commit on top");
+        assert_eq!(
+            parent,
+            before.head,
+            "kill {k}: not one commit on top:\nbefore {before:?}\nmid {mid:?}\nafter {after:?}\n{}",
+            git(dir, &["log", "--oneline"])
+        );
         let committed_decl = git(dir, &["show", "HEAD:devenv.nix"]);
         assert_eq!(
             committed_decl.as_bytes(),
             after.declaration.as_slice(),
             "kill {k}: the declaration is not what was committed"
         );
-        assert_eq!(git_status(dir), "", "kill {k}: the work tree is not clean");
+        assert_eq!(after.status, "", "kill {k}: the work tree is not clean");
         assert_eq!(
             String::from_utf8_lossy(&after.declaration).contains("pkgs.jq"),
-            !has,
+            !had,
             "kill {k}: committed, but not the edit"
         );
         committed += 1;
     }
     eprintln!(
-        "edit killed at {points} points over {whole:?}: {untouched} untouched, {committed} committed"
+        "edit killed as each of its programs started: {untouched} untouched, {committed} committed, {settled} of them settled by the next edit"
     );
+    assert!(untouched + committed >= 5, "too few kill points");
     // The lock died with its holder: the next edit goes through.
     let has = String::from_utf8_lossy(&state(dir).declaration).contains("pkgs.jq");
     let op = if has { "remove-package" } else { "add-package" };
