@@ -15,22 +15,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A stage, the system call that begins it and which call of its process that is.
+/// A stage, the system call that begins it, which call of its process that is, and
+/// which process makes it (1: the init stage, 2: PID 1, 3: the command's process).
 struct Point {
     stage: &'static str,
     syscall: &'static str,
     nr: libc::c_long,
     when: u32,
+    by: usize,
     /// Reached only when started as root (leaving host root).
     root_only: bool,
 }
 
-const fn point(stage: &'static str, syscall: &'static str, nr: libc::c_long, when: u32) -> Point {
+const fn point(
+    stage: &'static str,
+    syscall: &'static str,
+    nr: libc::c_long,
+    when: u32,
+    by: usize,
+) -> Point {
     Point {
         stage,
         syscall,
         nr,
         when,
+        by,
         root_only: false,
     }
 }
@@ -38,32 +47,40 @@ const fn point(stage: &'static str, syscall: &'static str, nr: libc::c_long, whe
 /// Every named stage with a system call of its own, in set-up order
 /// (src/sandbox/stage.rs; docs/ARCHITECTURE.md gives the order).
 const POINTS: &[Point] = &[
-    point("check-parent", "getppid", libc::SYS_getppid, 1),
+    point("check-parent", "getppid", libc::SYS_getppid, 1, 1),
     Point {
         root_only: true,
-        ..point("leave-host-root", "setgroups", libc::SYS_setgroups, 1)
+        ..point("leave-host-root", "setgroups", libc::SYS_setgroups, 1, 1)
     },
-    point("unshare", "unshare", libc::SYS_unshare, 1),
-    point("hostname", "sethostname", libc::SYS_sethostname, 1),
-    point("mount-private", "mount", libc::SYS_mount, 1),
-    point("tmpfs-root", "mount", libc::SYS_mount, 2),
+    point("unshare", "unshare", libc::SYS_unshare, 1, 1),
+    point("hostname", "sethostname", libc::SYS_sethostname, 1, 2),
+    point("mount-private", "mount", libc::SYS_mount, 1, 2),
+    point("tmpfs-root", "mount", libc::SYS_mount, 2, 2),
     point(
         "detach-oldroot (pivot_root)",
         "pivot_root",
         libc::SYS_pivot_root,
         1,
+        2,
     ),
-    point("bind-store", "mount", libc::SYS_mount, 3),
-    point("proc", "mount", libc::SYS_mount, 5),
-    point("detach-oldroot (umount)", "umount2", libc::SYS_umount2, 1),
-    point("pid1 (capabilities)", "capset", libc::SYS_capset, 1),
+    point("bind-store", "mount", libc::SYS_mount, 3, 2),
+    point("proc", "mount", libc::SYS_mount, 5, 2),
+    point(
+        "detach-oldroot (umount)",
+        "umount2",
+        libc::SYS_umount2,
+        1,
+        2,
+    ),
+    point("pid1 (capabilities)", "capset", libc::SYS_capset, 1, 2),
     point(
         "landlock",
         "landlock_restrict_self",
         libc::SYS_landlock_restrict_self,
         1,
+        3,
     ),
-    point("seccomp", "seccomp", libc::SYS_seccomp, 1),
+    point("seccomp", "seccomp", libc::SYS_seccomp, 1, 3),
 ];
 
 /// How long strace holds the process at the pause point.
@@ -185,7 +202,7 @@ fn kill_at(mode: Mode, p: &Point, victim: Victim) -> Option<(Duration, i32, usiz
     let start = Instant::now();
     let (procs, held) = loop {
         let procs = chain(strace);
-        if let Some(h) = procs.iter().skip(1).find(|q| held_at(**q, p.nr)) {
+        if let Some(h) = procs.get(p.by).filter(|q| held_at(**q, p.nr)) {
             break (procs.clone(), *h);
         }
         if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(60) {
@@ -204,7 +221,8 @@ fn kill_at(mode: Mode, p: &Point, victim: Victim) -> Option<(Duration, i32, usiz
     let target = match victim {
         Victim::Supervisor => procs[0],
         Victim::InitStage => procs[1],
-        Victim::Pid1 => match procs.get(2) {
+        // PID 1 exists once the init stage is past its fork.
+        Victim::Pid1 => match procs.get(2).filter(|_| p.by >= 2) {
             Some(p) => *p,
             None => {
                 // Not forked yet at this stage: nothing to kill.
