@@ -304,7 +304,7 @@ pub fn head(dir: &Path, file: &Path) -> Result<(String, Option<String>), GitErro
 /// `MODE,BLOB,PATH` for `update-index --cacheinfo`: `bytes` written as a blob, the
 /// tracked file's mode kept (executable or not).
 fn cache_info(at: &Located, file: &Path, bytes: &[u8]) -> Result<String, GitError> {
-    let (mode, _) = index_entry(&at)?.ok_or_else(|| GitError::Untracked {
+    let (mode, _) = index_entry(at)?.ok_or_else(|| GitError::Untracked {
         file: file.to_path_buf(),
     })?;
     let mode = if mode == "100755" {
@@ -312,7 +312,7 @@ fn cache_info(at: &Located, file: &Path, bytes: &[u8]) -> Result<String, GitErro
     } else {
         "100644".into()
     };
-    let blob = hash_bytes(&at, bytes, true)?;
+    let blob = hash_bytes(at, bytes, true)?;
     Ok(format!("{mode},{blob},{}", at.path))
 }
 
