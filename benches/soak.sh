@@ -4,7 +4,7 @@
 # service start (redis) through the CLI, then the same kinds (but the service) through
 # one long-lived `nixcell mcp` server (benches/soak_mcp.py, the Python MCP SDK).
 #
-#   benches/soak.sh [RUNS]          RUNS per part (default 300: the CI form); 10000 is
+#   benches/soak.sh [RUNS]          RUNS per part (default 200: the CI form); 10000 is
 #                                   the full form
 #
 # Prints a before/after table (host mounts that name a store path or nixcell, cgroup
@@ -14,7 +14,7 @@
 # "PASS soak ..." or "FAIL soak ...". Runs as root (scripts/setup.sh's machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-300}
+runs=${1:-200}
 bin=${NIXCELL_BIN:-$PWD/target/debug/nixcell}
 [ -x "$bin" ] || cargo build -q --locked
 py=${NIXCELL_TEST_PYTHON:-$PWD/target/mcp-venv/bin/python}
