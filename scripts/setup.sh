@@ -42,7 +42,7 @@ PACKAGES="
   nix-bin patchelf busybox-static bubblewrap
   python3 python3-venv python3-pandas python3-openpyxl python3-tz python3-dateutil tzdata
   redis-server redis-tools jq ripgrep postgresql python3-psycopg2 file
-  hyperfine iproute2 util-linux procps git ca-certificates zsh fish groff-base
+  hyperfine iproute2 util-linux procps git ca-certificates zsh fish groff-base strace
   build-essential pkg-config openssl
   podman containerd runc conmon crun
 "

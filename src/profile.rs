@@ -370,8 +370,24 @@ macro_rules! pick {
 
 /// Resolves a profile by built-in name or path.
 pub fn load(spec: &str) -> Result<Profile, ProfileError> {
-    let chain = load_chain(spec, None)?;
-    let c = &chain;
+    resolve(spec, &load_chain(spec, None)?)
+}
+
+/// A profile given as the text of `file` (its `extends` resolved as [`load`] would).
+pub fn from_text(file: &str, text: &str) -> Result<Profile, ProfileError> {
+    let raw = parse_raw(file, text)?;
+    let base = raw
+        .extends
+        .as_ref()
+        .map(|ext| load_chain(ext.get_ref(), Path::new(file).parent()))
+        .transpose()?;
+    let mut chain = vec![(file.to_string(), raw)];
+    chain.extend(base.into_iter().flatten());
+    resolve(file, &chain)
+}
+
+/// The profile a chain of raw profiles (child first) gives.
+fn resolve(spec: &str, c: &[(String, RawProfile)]) -> Result<Profile, ProfileError> {
     let mode = |m: Option<LayerMode>| m.unwrap_or(LayerMode::Required);
     Ok(Profile {
         name: spec.to_string(),
@@ -545,6 +561,17 @@ mod tests {
                 other => panic!("{text}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn a_profile_given_as_text_resolves_like_a_file() {
+        let p = from_text("x.toml", "extends = \"strict\"\n[limits]\npids = 7\n").unwrap();
+        let strict = load("strict").unwrap();
+        assert_eq!(p.limits.pids, Some(7));
+        assert_eq!(p.limits.memory, strict.limits.memory);
+        assert_eq!(p.seccomp.kind, strict.seccomp.kind);
+        let e = from_text("x.toml", "[limits]\npids = 0\n").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml:2:"), "{e}");
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86400.0,
         _ => return Err(err()),
     };
-    Ok(Duration::from_secs_f64(secs))
+    // A finite number may still be more seconds than a Duration holds.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
 }
 
 #[cfg(test)]
@@ -105,6 +106,14 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
         assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_what_a_duration_holds_are_refused() {
+        // These panicked (Duration::from_secs_f64), e.g. in NIXCELL_LOG_MAX_AGE.
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_duration("300000000000000000d").is_err());
     }
 
     #[test]

@@ -46,12 +46,10 @@ impl Server {
         if p.session.is_some() {
             return self.run_in_session(p, progress, cancel).await;
         }
-        let mut limits = limit_args(&p, &self.inner.ceiling()?)?;
-        limits.extend(port_args(&p, &self.inner.open_ports()?)?);
         // The whole request is checked before anything is created or run.
-        let files = p.files.as_ref().map(decode_files).transpose()?;
+        let CheckedRun { mut limits, files } = check_run(&p, &self.inner.ceiling()?)?;
+        limits.extend(port_args(&p, &self.inner.open_ports()?)?);
         let collect = p.collect.as_deref().unwrap_or(&[]);
-        check_collect(collect)?;
         progress
             .report(0, "run: preparing the working directory".into())
             .await;

@@ -74,6 +74,24 @@ pub(super) fn port_args(p: &RunParams, open: &[u16]) -> Result<Vec<String>, McpE
     Ok(args)
 }
 
+/// A `run` request as checked before anything is created or run.
+#[derive(Debug)]
+pub struct CheckedRun {
+    /// The limits as `nixcell run` flags.
+    pub limits: Vec<String>,
+    /// The files to place, decoded (relative paths checked).
+    pub files: Option<Vec<(PathBuf, Vec<u8>)>>,
+}
+
+/// Checks a `run` request against the profile's limits: its limits, its files and
+/// the names it collects.
+pub fn check_run(p: &RunParams, limits: &crate::profile::Limits) -> Result<CheckedRun, McpError> {
+    let limits = limit_args(p, limits)?;
+    let files = p.files.as_ref().map(decode_files).transpose()?;
+    check_collect(p.collect.as_deref().unwrap_or(&[]))?;
+    Ok(CheckedRun { limits, files })
+}
+
 /// Checks the limits a run asks for against the profile's; returns the CLI flags.
 pub(super) fn limit_args(
     p: &RunParams,

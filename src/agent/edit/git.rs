@@ -325,6 +325,44 @@ fn head_blob(at: &Located) -> Result<Option<String>, GitError> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
 }
 
+/// HEAD's commit id and its first parent's (None for a root commit).
+pub fn head(dir: &Path, file: &Path) -> Result<(String, Option<String>), GitError> {
+    let at = locate(dir, file)?;
+    let head = checked("rev-parse", at.git(&["rev-parse", "--verify", "HEAD"])?)?;
+    let parent = at.git(&["rev-parse", "--verify", "--quiet", "HEAD~1"])?;
+    let parent = parent
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&parent.stdout).trim().to_string());
+    Ok((head, parent))
+}
+
+/// `MODE,BLOB,PATH` for `update-index --cacheinfo`: `bytes` written as a blob, the
+/// tracked file's mode kept (executable or not).
+fn cache_info(at: &Located, file: &Path, bytes: &[u8]) -> Result<String, GitError> {
+    let (mode, _) = index_entry(at)?.ok_or_else(|| GitError::Untracked {
+        file: file.to_path_buf(),
+    })?;
+    let mode = if mode == "100755" {
+        mode
+    } else {
+        "100644".into()
+    };
+    let blob = hash_bytes(at, bytes, true)?;
+    Ok(format!("{mode},{blob},{}", at.path))
+}
+
+/// Records `bytes` as the content of the tracked `file` in the index (its mode kept).
+pub fn stage_bytes(dir: &Path, file: &Path, bytes: &[u8]) -> Result<(), GitError> {
+    let at = locate(dir, file)?;
+    let info = cache_info(&at, file, bytes)?;
+    checked(
+        "update-index",
+        at.git(&["update-index", "--cacheinfo", &info])?,
+    )?;
+    Ok(())
+}
+
 /// Checks that `file` (in `dir`) is tracked and has no uncommitted changes: its bytes,
 /// its index entry and HEAD hold the same blob.
 pub fn check_clean(dir: &Path, file: &Path) -> Result<(), GitError> {
@@ -353,20 +391,11 @@ pub fn commit_file(
 ) -> Result<String, GitError> {
     let at = locate(dir, file)?;
     let head = checked("rev-parse", at.git(&["rev-parse", "--verify", "HEAD"])?)?;
-    let (mode, _) = index_entry(&at)?.ok_or_else(|| GitError::Untracked {
-        file: file.to_path_buf(),
-    })?;
-    let mode = if mode == "100755" {
-        mode
-    } else {
-        "100644".into()
-    };
-    let blob = hash_bytes(&at, bytes, true)?;
+    let info = cache_info(&at, file, bytes)?;
     let scratch = tempfile::tempdir().map_err(GitError::Spawn)?;
     let index = scratch.path().join("index");
     let tmp_index = [("GIT_INDEX_FILE", index.as_os_str())];
     checked("read-tree", at.run(&["read-tree", &head], &tmp_index)?)?;
-    let info = format!("{mode},{blob},{}", at.path);
     checked(
         "update-index",
         at.run(&["update-index", "--add", "--cacheinfo", &info], &tmp_index)?,

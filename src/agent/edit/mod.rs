@@ -424,16 +424,23 @@ impl Drop for Candidate {
     }
 }
 
+/// Removes what is at the candidate's name (made only under the edit lock, so what is
+/// there was left by a crash, or by a cell); returns its path.
+fn remove_candidate(project: &Project) -> Result<PathBuf, EditError> {
+    let path = project.dir.join(crate::project::CANDIDATE);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    Ok(path)
+}
+
 /// Builds the edited text from a sibling of the declaration (relative imports resolve
 /// the same) and returns the build; errors name devenv.nix, not the sibling. Whatever
 /// is at the sibling's name (a link a cell left there) is removed, not followed.
 fn prove(project: &Project, text: &str, progress: Progress) -> Result<Built, EditError> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = crate::project::CANDIDATE;
-    let path = project.dir.join(name);
-    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
-        std::fs::remove_file(&path).map_err(io(&path))?;
-    }
+    let path = remove_candidate(project)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -467,6 +474,50 @@ pub fn edit(
     edit_locked(project, req.op, &req.name, propose, progress)
 }
 
+/// An edit between writing the declaration and committing it (`.nixcell/edit-pending.json`).
+/// Three things change one after the other (the declaration, HEAD, the index), so a
+/// crash between them is finished or undone by the next edit of the project, under
+/// the same lock: forward if HEAD holds the edit's commit, else back.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    head: String,
+    original: String,
+    edited: String,
+}
+
+const PENDING: &str = "edit-pending.json";
+
+fn settle_pending(project: &Project) -> Result<(), EditError> {
+    remove_candidate(project)?;
+    let dir = project.state_dir()?;
+    let path = dir.join(PENDING);
+    let bytes = match crate::project::read_nofollow(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(EditError::Io(path, e)),
+    };
+    let p: Pending = serde_json::from_slice(&bytes)
+        .map_err(|e| EditError::Io(path.clone(), std::io::Error::other(e)))?;
+    let decl = &project.declaration;
+    let (head, parent) = git::head(&project.dir, decl)?;
+    let keep = if head == p.head {
+        Some(&p.original)
+    } else if parent.as_deref() == Some(p.head.as_str()) {
+        Some(&p.edited)
+    } else {
+        // HEAD moved elsewhere since: the user's history, not nixcell's to settle.
+        None
+    };
+    if let Some(keep) = keep {
+        let now = crate::project::read_nofollow(decl).map_err(io(decl))?;
+        if now != keep.as_bytes() {
+            write_atomically(decl, keep.as_bytes())?;
+        }
+        git::stage_bytes(&project.dir, decl, keep.as_bytes())?;
+    }
+    std::fs::remove_file(&path).map_err(|e| EditError::Io(path, e))
+}
+
 fn edit_locked(
     project: &Project,
     op: Op,
@@ -475,6 +526,7 @@ fn edit_locked(
     progress: Progress,
 ) -> Result<EditOutcome, EditError> {
     let decl = &project.declaration;
+    settle_pending(project)?;
     if !propose {
         git::check_clean(&project.dir, decl)?;
     }
@@ -520,9 +572,24 @@ fn edit_locked(
             env: after.env,
         });
     }
+    let state = project.state_dir()?;
+    let pending = Pending {
+        head: git::head(&project.dir, decl)?.0,
+        original: text.clone(),
+        edited: new_text.clone(),
+    };
+    let journal = serde_json::to_vec(&pending).map_err(std::io::Error::other);
+    journal
+        .and_then(|j| crate::dirs::write_atomic(&state, PENDING, &j))
+        .map_err(|e| EditError::Io(state.join(PENDING), e))?;
     write_atomically(decl, new_text.as_bytes())?;
     let message = format!("nixcell edit: {} {name}", op.as_str());
-    match git::commit_file(&project.dir, decl, new_text.as_bytes(), &message) {
+    let committed = git::commit_file(&project.dir, decl, new_text.as_bytes(), &message);
+    if committed.is_err() {
+        write_atomically(decl, &original)?;
+    }
+    std::fs::remove_file(state.join(PENDING)).map_err(|e| EditError::Io(state.join(PENDING), e))?;
+    match committed {
         Ok(commit) => Ok(EditOutcome {
             operation: op,
             name: name.to_string(),
@@ -533,10 +600,7 @@ fn edit_locked(
             closure_diff: cdiff,
             env: after.env,
         }),
-        Err(e) => {
-            write_atomically(decl, &original)?;
-            Err(EditError::Commit(e))
-        }
+        Err(e) => Err(EditError::Commit(e)),
     }
 }
 
