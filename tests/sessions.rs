@@ -543,14 +543,7 @@ fn scenario_2_the_projects_redis_keeps_its_data_in_devenv_state() {
 /// server takes its sessions down when it ends.
 #[test]
 fn mcp_runs_of_one_session_share_a_cell() {
-    let py = std::env::var_os("NIXCELL_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/mcp-venv/bin/python"));
-    assert!(
-        py.exists(),
-        "{}: the Python MCP SDK (made by the mcp suite, or NIXCELL_TEST_PYTHON)",
-        py.display()
-    );
+    let py = mcp_python();
     let p = git_project(
         "mcps",
         &[(

@@ -65,12 +65,9 @@ impl Server {
         if let Some(files) = &files {
             place_files(dir.path(), files)?;
         }
-        let argv = match (&p.command, &p.script) {
-            (Some(CommandArg::Argv(c)), None) if !c.is_empty() => c.clone(),
-            (Some(CommandArg::Line(l)), None) if !l.trim().is_empty() => {
-                vec!["sh".into(), "-c".into(), l.clone()]
-            }
-            (None, Some(s)) => {
+        let argv = match (p.command.as_ref().and_then(command_argv), &p.script) {
+            (Some(argv), None) => argv,
+            (None, Some(s)) if p.command.is_none() => {
                 let interp = p.interpreter.clone().unwrap_or_else(|| "sh".into());
                 let name = script_name(&interp);
                 if dir.path().join(name).exists() {
@@ -224,6 +221,17 @@ impl Server {
 
 /// A hint as an MCP client acts on it: the edit is an `edit_environment` call, not a
 /// `nixcell edit` command line (which an agent under MCP cannot run).
+/// The argv of a `command`: the list as it is, or a line run by `sh -c`; None if empty.
+pub(super) fn command_argv(c: &CommandArg) -> Option<Vec<String>> {
+    match c {
+        CommandArg::Argv(a) if !a.is_empty() => Some(a.clone()),
+        CommandArg::Line(l) if !l.trim().is_empty() => {
+            Some(vec!["sh".into(), "-c".into(), l.clone()])
+        }
+        _ => None,
+    }
+}
+
 /// The result of a tool's `run`: the verdict a child `nixcell run --json` (or `exec
 /// --json`) printed, with the `files` collected.
 pub(super) fn result_of(child: &Child, files: Vec<CollectedFile>) -> Result<RunResult, McpError> {

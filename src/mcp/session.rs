@@ -107,12 +107,12 @@ impl Server {
                     .into(),
             ));
         }
-        let argv = match (&p.command, &p.script) {
-            (Some(CommandArg::Argv(c)), None) if !c.is_empty() => c.clone(),
-            (Some(CommandArg::Line(l)), None) if !l.trim().is_empty() => {
-                vec!["sh".into(), "-c".into(), l.clone()]
-            }
-            (None, Some(s)) => {
+        let argv = match (
+            p.command.as_ref().and_then(super::calls::command_argv),
+            &p.script,
+        ) {
+            (Some(argv), None) => argv,
+            (None, Some(s)) if p.command.is_none() => {
                 let interp = p.interpreter.clone().unwrap_or_else(|| "sh".into());
                 vec![interp, "-c".into(), s.clone()]
             }

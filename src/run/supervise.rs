@@ -198,7 +198,7 @@ impl Outcome {
 }
 
 /// recvmsg(2) on the control socket: bytes, and any descriptors passed with them.
-pub fn recv_with_fds(
+fn recv_with_fds(
     fd: std::os::fd::RawFd,
     buf: &mut [u8],
     fds: &mut Vec<std::os::fd::OwnedFd>,

@@ -279,3 +279,38 @@ pub fn assert_empty_dir(dir: &Path, what: &str) {
         .collect();
     assert!(left.is_empty(), "{what}: left behind: {left:?}");
 }
+
+/// A Python interpreter with the `mcp` SDK (and openpyxl, to write real spreadsheets).
+pub fn mcp_python() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = std::env::var_os("NIXCELL_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo().join("target/mcp-venv");
+    let py = venv.join("bin/python");
+    let has_sdk = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import mcp.client.stdio, openpyxl"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let usable_rootless = || std::fs::canonicalize(&py).is_ok_and(|p| p.starts_with("/usr"));
+    if py.exists() && has_sdk(&py) && usable_rootless() {
+        return py;
+    }
+    // The distribution's interpreter, which the unprivileged test user can execute.
+    let st = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(st.success(), "cannot create {}", venv.display());
+    let st = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "mcp", "openpyxl"])
+        .status()
+        .expect("pip install mcp");
+    assert!(st.success(), "pip install mcp failed");
+    assert!(has_sdk(&py), "the mcp SDK is not importable");
+    py
+}
