@@ -1,7 +1,7 @@
 #!/bin/sh
-# Check nixcell as an OCI runtime through the real engines, as root:
-#   podman (`podman --runtime …/nixcell-runc`), with an image imported from a tarball of
-#   a closure (no registry), and containerd (`ctr run --runc-binary …/nixcell-runc`,
+# Check nixcell as an OCI runtime through the real engines, started as root:
+#   podman (`podman --runtime …/nixcell-runc`, rootful, and rootless as the test user),
+#   with an image imported from a tarball of a closure (no registry), and containerd (`ctr run --runc-binary …/nixcell-runc`,
 #   through the io.containerd.runc.v2 shim) against a containerd of its own (root,
 #   state, socket and config under target/oci-engines; the shim keeps runc's state under
 #   /run/containerd/runc/<namespace>, a namespace of this script, removed at the end).
@@ -86,6 +86,28 @@ podman wait "$name" > /dev/null 2>&1 || true
 check "podman: kill -s KILL" 0 "137" podman inspect --format '{{.State.ExitCode}}' "$name"
 podman rm -f "$name" > /dev/null
 podman rmi -f "$image" > /dev/null
+
+# --- podman, rootless (as the test user of scripts/setup.sh) ---
+rl="$work/rootless"
+mkdir -p "$rl"
+cp "$work/closure.tar" "$rl/"
+chown -R nixcell-test "$rl"
+chmod o+x "$work"
+as_user() {
+  setpriv --reuid nixcell-test --regid nixcell-test --init-groups \
+    env HOME="$rl/home" XDG_RUNTIME_DIR="$rl/xdg" PATH=/usr/bin:/bin:/usr/sbin "$@"
+}
+as_user sh -c 'mkdir -p "$HOME" "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"'
+as_user podman import -q "$rl/closure.tar" "$image" > /dev/null
+check "podman rootless: run, output and exit status" 3 "rootless" \
+  as_user podman --runtime "$runtime" run --rm --network none \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  --annotation "dev.nixcell.closure=$bb" "$image" sh -c 'echo rootless; exit 3'
+check "podman rootless: no capability inside" 0 "CapEff:	0000000000000000" \
+  as_user podman --runtime "$runtime" run --rm --network none \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  --annotation "dev.nixcell.closure=$bb" "$image" grep CapEff /proc/self/status
+as_user podman rmi -f "$image" > /dev/null 2>&1 || true
 
 # --- containerd, its own daemon ---
 ctd="$work/containerd"

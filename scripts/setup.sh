@@ -44,7 +44,7 @@ PACKAGES="
   redis-server redis-tools jq ripgrep postgresql python3-psycopg2 file
   hyperfine iproute2 util-linux procps git ca-certificates zsh fish groff-base strace
   build-essential pkg-config openssl
-  podman containerd runc conmon crun
+  podman containerd runc conmon crun uidmap
 "
 
 # With systemd, Debian's unit files for the daemon (which also make the

@@ -248,7 +248,8 @@ fn exec(g: &Globals, cmd: Option<&OciCmd>) -> Result<i32, String> {
 fn run(g: &Globals, cmd: Option<&OciCmd>) -> Result<String, String> {
     let Some(cmd) = cmd else {
         return Err(
-            "a subcommand is needed (create, start, state, kill, delete, ps, features)".into(),
+            "a subcommand is needed (create, start, state, kill, delete, exec, ps, features)"
+                .into(),
         );
     };
     match cmd {

@@ -18,16 +18,6 @@ use std::path::{Path, PathBuf};
 
 const SPEC_FILE: &str = "spec.json";
 const MAX_SPEC: u64 = 64 << 20;
-/// Joined in this order: the user namespace first, as it owns the others.
-const NAMESPACES: &[(&str, libc::c_int)] = &[
-    ("user", libc::CLONE_NEWUSER),
-    ("mnt", libc::CLONE_NEWNS),
-    ("pid", libc::CLONE_NEWPID),
-    ("net", libc::CLONE_NEWNET),
-    ("ipc", libc::CLONE_NEWIPC),
-    ("uts", libc::CLONE_NEWUTS),
-    ("cgroup", libc::CLONE_NEWCGROUP),
-];
 
 /// What `exec` is given.
 #[derive(Debug, Clone, Default)]
@@ -229,11 +219,17 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
 }
 
 fn open_namespaces(pid: i32) -> Res<Vec<(OwnedFd, libc::c_int)>> {
+    // Every namespace of a cell, the user namespace first: it owns the others.
     let mut ns = Vec::new();
-    for (name, kind) in NAMESPACES {
-        let p = format!("/proc/{pid}/ns/{name}");
+    for (name, kind) in crate::sandbox::ns::CELL_NAMESPACES {
+        let file = match *name {
+            "mount" => "mnt",
+            "network" => "net",
+            other => other,
+        };
+        let p = format!("/proc/{pid}/ns/{file}");
         let f = std::fs::File::open(&p).map_err(|e| format!("{p}: {e}"))?;
-        ns.push((OwnedFd::from(f), *kind));
+        ns.push((OwnedFd::from(f), kind.bits()));
     }
     Ok(ns)
 }

@@ -65,10 +65,12 @@ pub fn check_id(id: &str) -> Result<&str, String> {
     }
 }
 
-/// The default `--root`: /run/nixcell-runc as root, else under $XDG_RUNTIME_DIR (or
+/// The default `--root`: /run/nixcell-runc as host root, else under $XDG_RUNTIME_DIR (or
 /// nixcell's state directory).
 pub fn default_root() -> Result<PathBuf, String> {
-    if nix::unistd::geteuid().is_root() {
+    // Root of a user namespace (rootless podman runs its runtime in one) is not host
+    // root: its state goes where the caller's does.
+    if crate::sandbox::ns::is_host_root() {
         return Ok(PathBuf::from("/run/nixcell-runc"));
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
