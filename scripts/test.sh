@@ -31,6 +31,23 @@ log=target/test-output.log
 cargo test --locked --tests -- --test-threads=2 2>&1 | tee "$log"
 # The MCP Inspector (CLI mode) and the MCP conformance suite, from npm.
 scripts/mcp-conformance.sh 2>&1 | tee -a "$log"
+# A check script's PASS/FAIL lines are counted below; one that ends in failure without
+# a FAIL line of its own counts as one.
+check_stage() {
+  local name=$1 out rc=0
+  shift
+  out=$(mktemp)
+  "$@" 2>&1 | tee "$out" | tee -a "$log" || rc=$?
+  if [ "$rc" != 0 ] && ! grep -q '^FAIL' "$out"; then echo "FAIL $name: exit $rc" | tee -a "$log"; fi
+  rm -f "$out"
+}
+# nixcell as an OCI runtime behind the real engines: podman and containerd's runc shim.
+check_stage oci-engines scripts/oci-engines.sh
+# The fuzz targets, a short time each (scripts/fuzz.sh --runs N is the full form).
+disk_free "before fuzz"
+check_stage fuzz scripts/fuzz.sh "${NIXCELL_FUZZ_SECONDS:-15}"
+# The soak's short form: nothing left behind after mixed runs through the CLI and MCP.
+check_stage soak benches/soak.sh "${NIXCELL_SOAK_RUNS:-200}"
 
 # The frontend, runner, nixcurrent, devenv, pkgset and services suites under current
 # Nix (Debian 13's nix-bin) in a Debian 13 root with its own store and daemon
