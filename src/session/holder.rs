@@ -101,7 +101,7 @@ pub fn hold(
 }
 
 async fn hold_async(
-    parts: SessionParts,
+    mut parts: SessionParts,
     name: String,
     id: String,
     idle: Option<Duration>,
@@ -110,6 +110,11 @@ async fn hold_async(
     ready: &mut dyn FnMut(&CellInfo),
 ) -> Result<Ended, SessionError> {
     let start_err = |what: &str, e: std::io::Error| SessionError::Start(format!("{what}: {e}"));
+    // The proxy serves the cell (its forwarder starts first in the cell) until the
+    // holder ends.
+    if let Some(p) = &mut parts.proxy {
+        p.start().map_err(|e| start_err("network proxy", e))?;
+    }
     let opts = parts.hardening.run_options(false);
     let crate::sandbox::spawn::Spawned { mut child, control } = crate::sandbox::spawn::spawn_init(
         false,
@@ -613,6 +618,7 @@ fn run_exec(
     let (end_tx, end_rx) = mpsc::channel();
     shared.pending.lock().unwrap().insert(id, end_tx);
     let oom_before = parts.hardening.usage_now().map_or(0, |u| u.oom_kills);
+    let net_mark = parts.proxy.as_ref().map(crate::net::Proxy::mark);
     {
         let raw: Vec<i32> = passed
             .iter()
@@ -732,7 +738,13 @@ fn run_exec(
         .package_set
         .as_ref()
         .map(|p| p as &dyn hints::PackageSetQuery);
-    let end = hints::End {
+    // What the proxy did while the exec ran (the cell's services and other execs
+    // running at the same time share it: theirs are listed too).
+    let network = match (&parts.proxy, net_mark) {
+        (Some(p), Some(mark)) => p.report_since(mark),
+        _ => crate::net::NetworkReport::of(&parts.network),
+    };
+    let mut end = hints::End {
         profile: parts.hardening.profile.name.clone(),
         memory: limits.memory,
         memory_ceiling: parts.ceiling.memory,
@@ -741,6 +753,7 @@ fn run_exec(
         tcp_ports: parts.tcp_ports.clone(),
         ..Default::default()
     };
+    crate::run::network_end(&mut end, &network);
     Ok(verdict::build(
         &spec,
         &parts.closure,
@@ -755,8 +768,7 @@ fn run_exec(
             policy,
             package_set,
             end,
-            // A session cell has no proxy: loopback only, whatever the profile allows.
-            network: crate::net::NetworkReport::of(&crate::net::NetPolicy::default()),
+            network,
         },
     ))
 }
