@@ -6,14 +6,21 @@
 //! under an allowed test name (`NIXCELL_TEST_RESOLVE`, read by a debug build's holder
 //! from its own environment); a script fetches from it and caches the answer in the
 //! session's redis, and the second exec is a cache hit.
+//!
+//! `nixcell shell --session NAME`, driven through a pty the test allocates (the
+//! caller's terminal): typed commands run in the session's cell, on a pty nixcell
+//! allocated, and the caller's terminal is left as it was.
 
 mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The fake API on all of the host's loopback addresses; `hits` counts its requests.
 struct Api {
@@ -225,4 +232,153 @@ fn a_session_without_an_allow_list_reaches_nothing() {
         ok(&cells.run(&["down", "closed"]), "down");
     }
     assert_eq!(api.hits.load(Ordering::SeqCst), 0);
+}
+
+/// What the caller's terminal showed, read by a thread from the pty's master.
+struct Screen(Arc<Mutex<String>>);
+
+impl Screen {
+    fn of(master: std::fs::File) -> Screen {
+        let seen = Arc::new(Mutex::new(String::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            let mut master = master;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Screen(seen)
+    }
+
+    fn wait_for(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.0.lock().unwrap().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no {needle:?} on the terminal: {:?}",
+                self.0.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+const TIOCSTI_PROBE: &str = "import fcntl, termios\ntry:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    print('typed')\nexcept OSError as e:\n    print('tiocsti-refused', e.errno)\n";
+
+/// A shell into a live session cell: it sees what an exec left in the cell's /tmp and
+/// the session's redis, it leads its session on the pty nixcell made, TIOCSTI is
+/// refused, its exit status comes back and the caller's terminal is as it was.
+#[test]
+fn a_shell_in_a_session_sees_its_tmp_and_services_on_a_pty_of_its_own() {
+    let env = build_env(
+        "netpol-redis",
+        "pkgs.buildEnv { name = \"netpol-redis\"; paths = [ pkgs.python3 pkgs.redis pkgs.busybox ]; }",
+    );
+    for mode in MODES {
+        let cells = Cells {
+            mode,
+            state: workdir(mode),
+        };
+        ok(
+            &cells.run(&[
+                "up",
+                "--detach",
+                "--name",
+                "sh",
+                "--env-path",
+                path_str(&env),
+                "--service",
+                "redis:6379=redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no",
+            ]),
+            "up",
+        );
+        let v = verdict(&cells.run(&[
+            "exec",
+            "--json",
+            "sh",
+            "--",
+            "sh",
+            "-c",
+            "echo left-by-an-exec > /tmp/mark && printf %s \"$1\" > /tmp/probe.py && \
+             redis-cli set k from-redis",
+            "sh",
+            TIOCSTI_PROBE,
+        ]));
+        assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        let mut cmd = nixcell_in(mode, cells.state.path(), "");
+        let slave = &pty.slave;
+        cmd.args(["shell", "--session", "sh", "--json"])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut master = std::fs::File::from(pty.master);
+        let screen = Screen::of(master.try_clone().unwrap());
+        let typed = "cat /tmp/mark; redis-cli get k | tr a-z A-Z; \
+             read -r _ _ _ _ _ sid tty _ < /proc/$$/stat; \
+             [ $sid = $$ ] && [ $tty != 0 ] && echo leader-$((1+1)); \
+             python3 /tmp/probe.py; exit 5\n";
+        master.write_all(typed.as_bytes()).unwrap();
+        screen.wait_for("left-by-an-exec");
+        screen.wait_for("FROM-REDIS");
+        screen.wait_for("leader-2");
+        screen.wait_for(&format!("tiocsti-refused {}", libc::EPERM));
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(5), "{mode:?}: {out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["exit_code"], 5, "{mode:?}: {v}");
+        assert!(v["layers"].to_string().contains("seccomp"), "{v}");
+        assert!(
+            nix::sys::termios::tcgetattr(&pty.slave).unwrap() == before,
+            "{mode:?}: the caller's terminal attributes changed"
+        );
+        let mut n: libc::c_int = -1;
+        // SAFETY: FIONREAD writes one int.
+        assert_eq!(
+            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::FIONREAD, &mut n) },
+            0
+        );
+        assert_eq!(n, 0, "{mode:?}: input was typed into the caller's terminal");
+        // The cell lives on: the shell was one exec of it.
+        let v = verdict(&cells.run(&["exec", "--json", "sh", "--", "cat", "/tmp/mark"]));
+        assert_eq!(v["stdout"]["text"], "left-by-an-exec\n", "{mode:?}: {v}");
+        ok(&cells.run(&["down", "sh"]), "down");
+    }
+}
+
+/// `--session` takes no flag that makes a new cell.
+#[test]
+fn a_session_shell_refuses_new_cell_flags() {
+    let state = workdir(Mode::Root);
+    let o = nixcell_in(Mode::Root, state.path(), "")
+        .args(["shell", "--session", "x", "--with", "jq"])
+        .output()
+        .unwrap();
+    let err = fails(&o, "--session with --with");
+    assert!(err.contains("--with"), "{err}");
 }

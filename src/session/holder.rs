@@ -424,15 +424,14 @@ fn serve_client(shared: &Shared, conn: UnixStream) {
             argv,
             timeout_ms,
             capture,
-        } if fds.len() == 3 && !argv.is_empty() => {
-            match run_exec(
-                shared,
-                &conn,
-                argv,
-                timeout_ms.map(Duration::from_millis),
+            terminal,
+        } if fds.len() == 3 && (!argv.is_empty() || terminal) => {
+            let how = How {
+                timeout: timeout_ms.map(Duration::from_millis),
                 capture,
-                fds,
-            ) {
+                terminal,
+            };
+            match run_exec(shared, &conn, argv, how, fds) {
                 Ok(v) => ClientReply::Verdict {
                     verdict: serde_json::to_value(&v).unwrap_or_default(),
                 },
@@ -582,19 +581,48 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
+/// How an exec runs: its timeout, its output captured, on a terminal.
+struct How {
+    timeout: Option<Duration>,
+    capture: bool,
+    terminal: bool,
+}
+
 /// Runs one exec to its end and builds its verdict.
 fn run_exec(
     shared: &Shared,
     conn: &UnixStream,
-    argv: Vec<String>,
-    timeout: Option<Duration>,
-    capture: bool,
+    mut argv: Vec<String>,
+    how: How,
     stdio: Vec<OwnedFd>,
 ) -> Result<verdict::Verdict, String> {
+    let How {
+        timeout,
+        capture,
+        terminal,
+    } = how;
     let _running = Running::start(shared);
     let parts = &shared.parts;
     let limits = &parts.hardening.limits;
     let start = Instant::now();
+    if terminal {
+        // The slave of the client's pty, three times; it becomes the exec's
+        // controlling terminal in the cell.
+        if capture
+            || !stdio
+                .iter()
+                .all(|f| nix::unistd::isatty(f).unwrap_or(false))
+        {
+            return Err(
+                "bad request: a terminal exec needs a pty on its stdin, stdout and \
+                        stderr, and captures nothing"
+                    .into(),
+            );
+        }
+        if argv.is_empty() {
+            argv = crate::run::pty::default_shell(&parts.spec.path_dirs);
+        }
+    }
     // The project's enterShell prefix (everything before the placeholder command).
     let mut full: Vec<String> = parts.spec.argv[..parts.spec.argv.len().saturating_sub(1)].to_vec();
     full.extend(argv);
@@ -631,6 +659,7 @@ fn run_exec(
             &Request::Exec {
                 id,
                 argv: full.clone(),
+                terminal,
             },
             &raw,
         )
