@@ -16,8 +16,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +50,18 @@ fn api() -> Api {
     Api { port, hits }
 }
 
+/// python3, redis and busybox (the same environment as tests/netpol.rs builds).
+fn redis_py_env() -> std::path::PathBuf {
+    build_env(
+        "netpol-redis",
+        "pkgs.buildEnv { name = \"netpol-redis\"; paths = [ pkgs.python3 pkgs.redis pkgs.busybox ]; }",
+    )
+}
+
+/// The redis service of the tests' session cells.
+const REDIS: &str =
+    "redis:6379=redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no";
+
 /// `nixcell` of the mode's user, its cells in `state`, the test names resolved.
 fn nixcell_in(mode: Mode, state: &std::path::Path, resolve: &str) -> Command {
     match mode {
@@ -77,6 +88,27 @@ struct Cells {
 }
 
 impl Cells {
+    fn new(mode: Mode) -> Cells {
+        Cells {
+            mode,
+            state: workdir(mode),
+        }
+    }
+
+    /// `up --detach` of the cell `name` in [`redis_py_env`], with `flags`.
+    fn up(&self, name: &str, flags: &[&str]) {
+        let env = redis_py_env();
+        let up = [
+            "up",
+            "--detach",
+            "--name",
+            name,
+            "--env-path",
+            path_str(&env),
+        ];
+        ok(&self.run(&[&up[..], flags].concat()), "up");
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         nixcell_in(self.mode, self.state.path(), "api.test=127.0.0.1")
             .args(args)
@@ -125,34 +157,23 @@ if len(sys.argv) > 2:
 
 #[test]
 fn scenario_2_an_api_answer_cached_in_the_sessions_redis_is_a_hit_on_the_next_exec() {
-    let env = build_env(
-        "netpol-redis",
-        "pkgs.buildEnv { name = \"netpol-redis\"; paths = [ pkgs.python3 pkgs.redis pkgs.busybox ]; }",
-    );
     let api = api();
     let p = api.port.to_string();
     for mode in MODES {
-        let cells = Cells {
-            mode,
-            state: workdir(mode),
-        };
+        let cells = Cells::new(mode);
         let allow_name = format!("api.test:{p}");
         let allow_addr = format!("127.0.0.1:{p}");
-        let o = cells.run(&[
-            "up",
-            "--detach",
-            "--name",
+        cells.up(
             "api",
-            "--env-path",
-            path_str(&env),
-            "--allow-host",
-            &allow_name,
-            "--allow-host",
-            &allow_addr,
-            "--service",
-            "redis:6379=redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no",
-        ]);
-        ok(&o, "up");
+            &[
+                "--allow-host",
+                &allow_name,
+                "--allow-host",
+                &allow_addr,
+                "--service",
+                REDIS,
+            ],
+        );
         let exec = |extra: &[&str]| {
             let argv = [
                 &["exec", "--json", "api", "--", "python3", "-c", CACHE, &p],
@@ -201,26 +222,11 @@ fn scenario_2_an_api_answer_cached_in_the_sessions_redis_is_a_hit_on_the_next_ex
 /// the host's loopback is reached.
 #[test]
 fn a_session_without_an_allow_list_reaches_nothing() {
-    let env = build_env(
-        "netpol-redis",
-        "pkgs.buildEnv { name = \"netpol-redis\"; paths = [ pkgs.python3 pkgs.redis pkgs.busybox ]; }",
-    );
     let api = api();
     let p = api.port.to_string();
     for mode in MODES {
-        let cells = Cells {
-            mode,
-            state: workdir(mode),
-        };
-        let o = cells.run(&[
-            "up",
-            "--detach",
-            "--name",
-            "closed",
-            "--env-path",
-            path_str(&env),
-        ]);
-        ok(&o, "up");
+        let cells = Cells::new(mode);
+        cells.up("closed", &[]);
         let script = format!(
             "import os, urllib.request\nprint(os.environ.get('HTTP_PROXY'))\ntry:\n    \
              urllib.request.urlopen('http://127.0.0.1:{p}/', timeout=5)\n    print('reached')\n\
@@ -276,28 +282,9 @@ const TIOCSTI_PROBE: &str = "import fcntl, termios\ntry:\n    fcntl.ioctl(0, ter
 /// refused, its exit status comes back and the caller's terminal is as it was.
 #[test]
 fn a_shell_in_a_session_sees_its_tmp_and_services_on_a_pty_of_its_own() {
-    let env = build_env(
-        "netpol-redis",
-        "pkgs.buildEnv { name = \"netpol-redis\"; paths = [ pkgs.python3 pkgs.redis pkgs.busybox ]; }",
-    );
     for mode in MODES {
-        let cells = Cells {
-            mode,
-            state: workdir(mode),
-        };
-        ok(
-            &cells.run(&[
-                "up",
-                "--detach",
-                "--name",
-                "sh",
-                "--env-path",
-                path_str(&env),
-                "--service",
-                "redis:6379=redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no",
-            ]),
-            "up",
-        );
+        let cells = Cells::new(mode);
+        cells.up("sh", &["--service", REDIS]);
         let v = verdict(&cells.run(&[
             "exec",
             "--json",
@@ -314,21 +301,8 @@ fn a_shell_in_a_session_sees_its_tmp_and_services_on_a_pty_of_its_own() {
         let pty = nix::pty::openpty(None, None).unwrap();
         let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
         let mut cmd = nixcell_in(mode, cells.state.path(), "");
-        let slave = &pty.slave;
-        cmd.args(["shell", "--session", "sh", "--json"])
-            .stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(slave.try_clone().unwrap()));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        cmd.args(["shell", "--session", "sh", "--json"]);
+        on_terminal(&mut cmd, &pty.slave);
         let mut child = cmd.spawn().unwrap();
         let mut master = std::fs::File::from(pty.master);
         let screen = Screen::of(master.try_clone().unwrap());
