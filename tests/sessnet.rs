@@ -275,6 +275,48 @@ impl Screen {
     }
 }
 
+/// `nixcell shell --session sh --json FLAGS` on a terminal the test allocates: types
+/// `typed`, waits for each of `seen`, then for the exit status `code`; checks that the
+/// caller's terminal is as it was and has no input waiting. The verdict.
+fn session_shell(
+    cells: &Cells,
+    flags: &[&str],
+    typed: &str,
+    seen: &[String],
+    code: Option<i32>,
+) -> serde_json::Value {
+    let mode = cells.mode;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    let mut cmd = nixcell_in(mode, cells.state.path(), "");
+    cmd.args(["shell", "--session", "sh", "--json"]).args(flags);
+    on_terminal(&mut cmd, &pty.slave);
+    let mut child = cmd.spawn().unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let screen = Screen::of(master.try_clone().unwrap());
+    master.write_all(typed.as_bytes()).unwrap();
+    for s in seen {
+        screen.wait_for(s);
+    }
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(child.wait().unwrap().code(), code, "{mode:?}: {out}");
+    assert!(
+        nix::sys::termios::tcgetattr(&pty.slave).unwrap() == before,
+        "{mode:?}: the caller's terminal attributes changed"
+    );
+    let mut n: libc::c_int = -1;
+    // SAFETY: FIONREAD writes one int.
+    let r = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(
+        (r, n),
+        (0, 0),
+        "{mode:?}: input was typed into the caller's terminal"
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
 const TIOCSTI_PROBE: &str = "import fcntl, termios\ntry:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    print('typed')\nexcept OSError as e:\n    print('tiocsti-refused', e.errno)\n";
 
 /// A shell into a live session cell: it sees what an exec left in the cell's /tmp and
@@ -298,46 +340,22 @@ fn a_shell_in_a_session_sees_its_tmp_and_services_on_a_pty_of_its_own() {
             TIOCSTI_PROBE,
         ]));
         assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
-        let mut cmd = nixcell_in(mode, cells.state.path(), "");
-        cmd.args(["shell", "--session", "sh", "--json"]);
-        on_terminal(&mut cmd, &pty.slave);
-        let mut child = cmd.spawn().unwrap();
-        let mut master = std::fs::File::from(pty.master);
-        let screen = Screen::of(master.try_clone().unwrap());
         let typed = "cat /tmp/mark; redis-cli get k | tr a-z A-Z; \
              read -r _ _ _ _ _ sid tty _ < /proc/$$/stat; \
              [ $sid = $$ ] && [ $tty != 0 ] && echo leader-$((1+1)); \
              python3 /tmp/probe.py; exit 5\n";
-        master.write_all(typed.as_bytes()).unwrap();
-        screen.wait_for("left-by-an-exec");
-        screen.wait_for("FROM-REDIS");
-        screen.wait_for("leader-2");
-        screen.wait_for(&format!("tiocsti-refused {}", libc::EPERM));
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(5), "{mode:?}: {out}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let seen = [
+            "left-by-an-exec".to_string(),
+            "FROM-REDIS".into(),
+            "leader-2".into(),
+            format!("tiocsti-refused {}", libc::EPERM),
+        ];
+        let v = session_shell(&cells, &[], typed, &seen, Some(5));
         assert_eq!(v["exit_code"], 5, "{mode:?}: {v}");
         assert!(v["layers"].to_string().contains("seccomp"), "{v}");
-        assert!(
-            nix::sys::termios::tcgetattr(&pty.slave).unwrap() == before,
-            "{mode:?}: the caller's terminal attributes changed"
-        );
-        let mut n: libc::c_int = -1;
-        // SAFETY: FIONREAD writes one int.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::FIONREAD, &mut n) },
-            0
-        );
-        assert_eq!(n, 0, "{mode:?}: input was typed into the caller's terminal");
+        // The exec's timeout ends the shell alone.
+        let v = session_shell(&cells, &["--timeout", "2s"], "sleep 100\n", &[], Some(124));
+        assert_eq!(v["timed_out"], true, "{mode:?}: {v}");
         // The cell lives on: the shell was one exec of it.
         let v = verdict(&cells.run(&["exec", "--json", "sh", "--", "cat", "/tmp/mark"]));
         assert_eq!(v["stdout"]["text"], "left-by-an-exec\n", "{mode:?}: {v}");
