@@ -133,6 +133,28 @@ fn hosts(list: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The paths of the unix sockets the process `pid` listens on whose path has `part`.
+fn listening_paths(pid: u64, part: &str) -> Vec<String> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 8 && inodes.iter().any(|i| i == f[6]) && f[7].contains(part))
+                .then(|| f[7].to_string())
+        })
+        .collect()
+}
+
 /// The script: a hit from redis, else a fetch from the API (through the proxy the
 /// variables name) cached in redis; then a name the policy does not allow.
 const CACHE: &str = r#"
@@ -181,6 +203,22 @@ fn scenario_2_an_api_answer_cached_in_the_sessions_redis_is_a_hit_on_the_next_ex
             ];
             verdict(&cells.run(&argv.concat()))
         };
+        // The proxy serves the cell from a socket with no name left on the host: a
+        // holder killed now leaves nothing of it behind.
+        let ps: serde_json::Value =
+            serde_json::from_str(&ok(&cells.run(&["ps", "--json"]), "ps")).unwrap();
+        let holder = ps[0]["holder_pid"].as_u64().unwrap();
+        let proxy = listening_paths(holder, ".nixcell-net-");
+        assert_eq!(
+            proxy.len(),
+            1,
+            "{mode:?}: the holder's proxy socket: {proxy:?}"
+        );
+        assert!(
+            !std::path::Path::new(&proxy[0]).exists(),
+            "{mode:?}: {} is left on the host",
+            proxy[0]
+        );
         let before = api.hits.load(Ordering::SeqCst);
         let v = exec(&[]);
         assert_eq!(v["exit_code"], 0, "{mode:?}: {v}");

@@ -220,6 +220,14 @@ impl Proxy {
         self.dir.path().join(SOCKET_NAME)
     }
 
+    /// Removes the socket's name and directory from the host once the cell has it
+    /// mounted (the mount holds the socket, which keeps serving): a holder killed
+    /// later leaves nothing of it behind.
+    pub fn unlink(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.socket())?;
+        std::fs::remove_dir(self.dir.path())
+    }
+
     /// Serves the socket on the current tokio runtime until [`Proxy::report`].
     pub fn start(&mut self) -> std::io::Result<()> {
         let Some(std_listener) = self.listener.take() else {

@@ -168,7 +168,13 @@ async fn hold_async(
     let mut failure: Option<SetupFailure> = None;
     loop {
         match rx.recv().await {
-            Some(Event::Cell(Some((Report::SessionReady, _)))) => break,
+            Some(Event::Cell(Some((Report::SessionReady, _)))) => {
+                // The cell's mounts are made: its proxy needs no name on the host.
+                if let Some(p) = &parts.proxy {
+                    let _ = p.unlink();
+                }
+                break;
+            }
             Some(Event::Cell(Some((Report::Layer(l), _)))) => setup_layers.push(l),
             Some(Event::Cell(Some((Report::WorkLayer, fds)))) => {
                 work_layer = fds.into_iter().next()
