@@ -139,3 +139,24 @@ pub fn main(args: &ShellArgs) -> i32 {
     };
     super::report(a, &v)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every flag of `run` but --json, --timeout and COMMAND makes a new cell, so it
+    /// cannot go with --session (a flag added to `run` later must be listed too).
+    #[test]
+    fn session_conflicts_with_every_new_cell_flag() {
+        let cmd = super::super::command();
+        let shell = cmd.find_subcommand("shell").unwrap();
+        let unlisted: Vec<&str> = shell
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .filter(|id| !["session", "json", "timeout", "command", "help"].contains(id))
+            .filter(|id| !super::SESSION_CONFLICTS.contains(id))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "not refused with --session: {unlisted:?}"
+        );
+    }
+}
