@@ -7,7 +7,6 @@ use common::*;
 use nix::pty::Winsize;
 use nix::sys::termios::tcgetattr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -58,20 +57,7 @@ impl Session {
             .args(["--env-path", path_str(&shell_env())])
             .args(["--setenv", &format!("PS1={PROMPT}")])
             .args(extra);
-        let s = &pty.slave;
-        cmd.stdin(Stdio::from(s.try_clone().unwrap()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(s.try_clone().unwrap()));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        on_terminal(&mut cmd, &pty.slave);
         let before = (tcgetattr(&pty.slave).unwrap(), flags_of(&pty.slave));
         let child = cmd.spawn().unwrap();
         let mut s = Session {

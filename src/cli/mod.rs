@@ -43,8 +43,11 @@ pub enum Command {
     #[command(override_usage = "nixcell run [OPTIONS] [--] COMMAND [ARGS]...")]
     Run(Box<RunArgs>),
     /// An interactive shell (the closure's bash, else sh) in a new cell, on a pty of its
-    /// own; the flags of `run`, and COMMAND to run another program.
-    #[command(override_usage = "nixcell shell [OPTIONS] [-- COMMAND [ARGS]...]")]
+    /// own; the flags of `run`, and COMMAND to run another program; `--session NAME`:
+    /// in the live session cell NAME instead.
+    #[command(
+        override_usage = "nixcell shell [OPTIONS] [-- COMMAND [ARGS]...]\n       nixcell shell --session NAME [--json] [--timeout D] [-- COMMAND [ARGS]...]"
+    )]
     Shell(Box<shell::ShellArgs>),
     /// Report what this kernel and host can enforce.
     Doctor {

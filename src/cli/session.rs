@@ -199,9 +199,17 @@ fn detach() -> i32 {
 }
 
 pub fn exec(a: &ExecArgs) -> i32 {
-    match session::exec(&a.name, a.command.clone(), a.timeout, a.json) {
+    report_exec(
+        a.json,
+        session::exec(&a.name, a.command.clone(), a.timeout, a.json),
+    )
+}
+
+/// Prints an exec's verdict (`--json`) or what went wrong; its exit status.
+pub(super) fn report_exec(json: bool, r: Result<serde_json::Value, SessionError>) -> i32 {
+    match r {
         Ok(v) => {
-            if a.json {
+            if json {
                 println!("{v}");
             } else if let Some(m) = v["error"]["message"].as_str() {
                 eprintln!("nixcell: {m}");
@@ -212,7 +220,7 @@ pub fn exec(a: &ExecArgs) -> i32 {
             }
             v["exit_code"].as_i64().map_or(EXIT_SETUP, |c| c as i32)
         }
-        Err(e) => failure(a.json, &e, true),
+        Err(e) => failure(json, &e, true),
     }
 }
 

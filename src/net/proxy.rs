@@ -28,8 +28,11 @@ use tokio::net::TcpStream;
 
 /// Connections served at once; more wait for a free slot.
 const MAX_CONCURRENT: usize = 256;
-/// Entries kept of each list of the report; the rest is counted in `truncated`.
+/// Entries listed of each list of a report; the rest is counted in `truncated`.
 const MAX_LISTED: usize = 256;
+/// Entries the proxy keeps of each list (a session cell's proxy lives long): the
+/// oldest go first, counted in `truncated` of a report that asks for them.
+const MAX_KEPT: usize = 4096;
 /// Buffer of each direction of a tunnel.
 const COPY_BUFFER: usize = 64 << 10;
 /// How long a connect to an upstream address may take.
@@ -103,11 +106,36 @@ struct Conn {
     bytes_out: Arc<AtomicU64>,
 }
 
+/// What the proxy did, each entry numbered in one sequence (see [`Proxy::mark`]).
 #[derive(Default)]
 struct Log {
-    conns: Vec<Conn>,
-    denied: Vec<Denied>,
-    truncated: u64,
+    /// The number the next entry gets: the entries logged so far.
+    next: u64,
+    conns: std::collections::VecDeque<(u64, Conn)>,
+    denied: std::collections::VecDeque<(u64, Denied)>,
+}
+
+impl Log {
+    fn seq(&mut self) -> u64 {
+        self.next += 1;
+        self.next - 1
+    }
+
+    fn conn(&mut self, c: Conn) {
+        let n = self.seq();
+        self.conns.push_back((n, c));
+        if self.conns.len() > MAX_KEPT {
+            self.conns.pop_front();
+        }
+    }
+
+    fn deny(&mut self, d: Denied) {
+        let n = self.seq();
+        self.denied.push_back((n, d));
+        if self.denied.len() > MAX_KEPT {
+            self.denied.pop_front();
+        }
+    }
 }
 
 struct State {
@@ -192,6 +220,14 @@ impl Proxy {
         self.dir.path().join(SOCKET_NAME)
     }
 
+    /// Removes the socket's name and directory from the host once the cell has it
+    /// mounted (the mount holds the socket, which keeps serving): a holder killed
+    /// later leaves nothing of it behind.
+    pub fn unlink(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.socket())?;
+        std::fs::remove_dir(self.dir.path())
+    }
+
     /// Serves the socket on the current tokio runtime until [`Proxy::report`].
     pub fn start(&mut self) -> std::io::Result<()> {
         let Some(std_listener) = self.listener.take() else {
@@ -224,12 +260,30 @@ impl Proxy {
 
     /// What the cell did: the connections (bytes counted so far) and the refusals.
     pub fn report(&self) -> NetworkReport {
+        self.report_since(0)
+    }
+
+    /// Where the proxy's log is now: [`Proxy::report_since`] of it lists what came
+    /// after.
+    pub fn mark(&self) -> u64 {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next
+    }
+
+    /// The connections opened and the refusals made since `mark` (bytes counted so
+    /// far).
+    pub fn report_since(&self, mark: u64) -> NetworkReport {
         let log = self.state.log.lock().unwrap_or_else(|e| e.into_inner());
         let mut r = NetworkReport::of(&self.state.policy);
         r.connections = log
             .conns
             .iter()
-            .map(|c| Connection {
+            .filter(|(n, _)| *n >= mark)
+            .take(MAX_LISTED)
+            .map(|(_, c)| Connection {
                 host: c.host.clone(),
                 port: c.port,
                 address: c.address.to_string(),
@@ -237,8 +291,15 @@ impl Proxy {
                 bytes_out: c.bytes_out.load(Ordering::Relaxed),
             })
             .collect();
-        r.denied = log.denied.clone();
-        r.truncated = log.truncated;
+        r.denied = log
+            .denied
+            .iter()
+            .filter(|(n, _)| *n >= mark)
+            .take(MAX_LISTED)
+            .map(|(_, d)| d.clone())
+            .collect();
+        let listed = (r.connections.len() + r.denied.len()) as u64;
+        r.truncated = log.next.saturating_sub(mark).saturating_sub(listed);
         r
     }
 }
@@ -391,16 +452,12 @@ impl State {
         address: Option<IpAddr>,
     ) -> (StatusCode, String) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        if log.denied.len() < MAX_LISTED {
-            log.denied.push(Denied {
-                host: crate::changes::shown(&host.chars().take(253).collect::<String>()),
-                port,
-                reason: reason.clone(),
-                address: address.map(|a| a.to_string()),
-            });
-        } else {
-            log.truncated += 1;
-        }
+        log.deny(Denied {
+            host: crate::changes::shown(&host.chars().take(253).collect::<String>()),
+            port,
+            reason: reason.clone(),
+            address: address.map(|a| a.to_string()),
+        });
         (StatusCode::FORBIDDEN, format!("{host}:{port}: {reason}"))
     }
 
@@ -460,17 +517,13 @@ impl State {
                         bytes_out: Arc::default(),
                     };
                     let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-                    if log.conns.len() < MAX_LISTED {
-                        log.conns.push(Conn {
-                            host: name.clone(),
-                            port,
-                            address: addr,
-                            bytes_in: c.bytes_in.clone(),
-                            bytes_out: c.bytes_out.clone(),
-                        });
-                    } else {
-                        log.truncated += 1;
-                    }
+                    log.conn(Conn {
+                        host: name.clone(),
+                        port,
+                        address: addr,
+                        bytes_in: c.bytes_in.clone(),
+                        bytes_out: c.bytes_out.clone(),
+                    });
                     return Ok(c);
                 }
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
@@ -521,5 +574,37 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(p: &Proxy, host: &str) {
+        p.state.deny(host, 80, "not allowed".into());
+    }
+
+    #[test]
+    fn a_report_since_a_mark_lists_only_what_came_after_and_counts_what_was_dropped() {
+        let p = Proxy::bind(NetPolicy::default()).unwrap();
+        refusal(&p, "before.test");
+        let mark = p.mark();
+        refusal(&p, "after.test");
+        let r = p.report_since(mark);
+        let hosts: Vec<&str> = r.denied.iter().map(|d| d.host.as_str()).collect();
+        assert_eq!(hosts, ["after.test"]);
+        assert_eq!(r.truncated, 0);
+        assert_eq!(p.report().denied.len(), 2);
+        // Past what the proxy keeps, the oldest go; a report asking for them counts them.
+        for _ in 0..MAX_KEPT {
+            refusal(&p, "many.test");
+        }
+        let r = p.report_since(mark);
+        assert_eq!(r.denied.len(), MAX_LISTED);
+        assert_eq!(r.truncated, (MAX_KEPT + 1 - MAX_LISTED) as u64);
+        assert!(r.denied.iter().all(|d| d.host == "many.test"));
+        let r = p.report_since(p.mark());
+        assert!(r.denied.is_empty() && r.truncated == 0);
     }
 }

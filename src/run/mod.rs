@@ -216,6 +216,21 @@ pub struct SessionParts {
     pub project: FromProject,
     pub ceiling: crate::profile::Limits,
     pub tcp_ports: Option<Vec<u16>>,
+    /// The cell's network policy, and its proxy (not started yet) when the policy
+    /// allows names: the session's holder serves it as long as the cell lives.
+    pub network: crate::net::NetPolicy,
+    pub proxy: Option<crate::net::Proxy>,
+}
+
+/// The network part of a verdict's hints: what the policy allows and what the proxy
+/// refused.
+pub fn network_end(end: &mut hints::End, network: &crate::net::NetworkReport) {
+    end.network_allowed = network.allowed.clone();
+    end.network_denied = network
+        .denied
+        .iter()
+        .map(|d| (d.host.clone(), d.port, d.reason.clone(), d.address.clone()))
+        .collect();
 }
 
 impl PreparedRun {
@@ -233,6 +248,8 @@ impl PreparedRun {
             project: self.project,
             ceiling: self.ceiling,
             tcp_ports: self.tcp_ports,
+            network: self.network,
+            proxy: self.proxy,
         }
     }
 
@@ -340,13 +357,7 @@ impl PreparedRun {
             .package_set
             .as_ref()
             .map(|p| p as &dyn hints::PackageSetQuery);
-        let end = hints::End {
-            network_allowed: network.allowed.clone(),
-            network_denied: network
-                .denied
-                .iter()
-                .map(|d| (d.host.clone(), d.port, d.reason.clone(), d.address.clone()))
-                .collect(),
+        let mut end = hints::End {
             profile: hardening.profile.name.clone(),
             memory: hardening.limits.memory,
             memory_ceiling: ceiling.memory,
@@ -355,6 +366,7 @@ impl PreparedRun {
             tcp_ports,
             ..Default::default()
         };
+        network_end(&mut end, &network);
         Ok(verdict::build(
             &spec,
             &closure,

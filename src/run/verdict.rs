@@ -46,7 +46,8 @@ pub struct Verdict {
     /// How /work was mounted and, copy-on-write, what came back (see changes.rs).
     pub workdir: Option<crate::changes::WorkdirReport>,
     /// The network policy and, through the proxy, what the cell reached and what was
-    /// refused; null when nothing ran.
+    /// refused; null when nothing ran. An exec of a session cell lists what the cell's
+    /// proxy did while the exec ran (its services' and concurrent execs' too).
     #[serde(default)]
     pub network: Option<crate::net::NetworkReport>,
 }

@@ -33,8 +33,14 @@ pub fn exec_command(spec: &RunSpec, sock: BorrowedFd<'_>) -> ! {
 
 /// Runs in a child of PID 1 of a session cell, forked for one exec: `io` holds its
 /// stdin, stdout, stderr and the socket its reports go to (see `proto::Request::Exec`).
-/// The same last steps as the command of a run; never returns.
-pub fn exec_in_session(spec: &RunSpec, argv: Vec<String>, io: &[std::os::fd::OwnedFd]) -> ! {
+/// The same last steps as the command of a run (with `terminal`, its stdin becomes its
+/// controlling terminal, as a shell's); never returns.
+pub fn exec_in_session(
+    spec: &RunSpec,
+    argv: Vec<String>,
+    terminal: bool,
+    io: &[std::os::fd::OwnedFd],
+) -> ! {
     use std::os::fd::AsFd;
     let report = io[3].as_fd();
     let fail = |e: super::StageError| -> ! {
@@ -55,6 +61,7 @@ pub fn exec_in_session(spec: &RunSpec, argv: Vec<String>, io: &[std::os::fd::Own
     }
     let mut spec = spec.clone();
     spec.argv = argv;
+    spec.terminal = terminal;
     if let Err(e) = prepare(&spec, Some(report)) {
         fail(e);
     }

@@ -195,7 +195,7 @@ pub fn main(
             sock,
             &sfd,
             &|| oom.fork(),
-            &|argv, io| exec::exec_in_session(spec, argv, io),
+            &|argv, terminal, io| exec::exec_in_session(spec, argv, terminal, io),
             &stop_services,
             services,
         );

@@ -79,8 +79,14 @@ pub enum Report {
 pub enum Request {
     /// Start `argv` as a fresh process of the cell, confined like a run's command.
     /// Four descriptors travel with it (SCM_RIGHTS): its stdin, stdout, stderr and the
-    /// socket its layer reports and set-up or exec failures go to.
-    Exec { id: u64, argv: Vec<String> },
+    /// socket its layer reports and set-up or exec failures go to. With `terminal`,
+    /// its stdin is a pty's slave that becomes its controlling terminal.
+    Exec {
+        id: u64,
+        argv: Vec<String>,
+        #[serde(default)]
+        terminal: bool,
+    },
     /// Signal an exec's process group.
     Signal { id: u64, signal: i32 },
     /// Stop the services (SIGTERM, grace, SIGKILL), kill the rest, end the cell.

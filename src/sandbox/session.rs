@@ -18,6 +18,10 @@ use nix::unistd::{ForkResult, Pid};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+/// An exec's last steps in its child: its argv, whether its stdin is its terminal, its
+/// four descriptors.
+type ExecFn<'a> = dyn Fn(Vec<String>, bool, &[OwnedFd]) -> std::convert::Infallible + 'a;
+
 /// Serves the holder; never returns. `fork` is PID 1's (the child the OOM killer's
 /// first choice), `exec` the exec's last steps in the child (`exec::exec_in_session`),
 /// `stop_services` PID 1's way of stopping the services.
@@ -26,7 +30,7 @@ pub(super) fn serve(
     sock: BorrowedFd<'_>,
     sfd: &SignalFd,
     fork: &dyn Fn() -> nix::Result<ForkResult>,
-    exec: &dyn Fn(Vec<String>, &[OwnedFd]) -> std::convert::Infallible,
+    exec: &ExecFn<'_>,
     stop_services: &dyn Fn(&[Pid]),
     services: Vec<Pid>,
 ) -> ! {
@@ -49,9 +53,11 @@ pub(super) fn serve(
         while let Ok(Some(_)) = sfd.read_signal() {}
         if sock_ready {
             match proto::recv_with_fds::<Request>(sock) {
-                Ok(Some((Request::Exec { id, argv }, io))) if io.len() == 4 && !argv.is_empty() => {
+                Ok(Some((Request::Exec { id, argv, terminal }, io)))
+                    if io.len() == 4 && !argv.is_empty() =>
+                {
                     match fork() {
-                        Ok(ForkResult::Child) => match exec(argv, &io) {},
+                        Ok(ForkResult::Child) => match exec(argv, terminal, &io) {},
                         Ok(ForkResult::Parent { child }) => {
                             execs.insert(child, id);
                         }

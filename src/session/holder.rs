@@ -101,7 +101,7 @@ pub fn hold(
 }
 
 async fn hold_async(
-    parts: SessionParts,
+    mut parts: SessionParts,
     name: String,
     id: String,
     idle: Option<Duration>,
@@ -110,6 +110,11 @@ async fn hold_async(
     ready: &mut dyn FnMut(&CellInfo),
 ) -> Result<Ended, SessionError> {
     let start_err = |what: &str, e: std::io::Error| SessionError::Start(format!("{what}: {e}"));
+    // The proxy serves the cell (its forwarder starts first in the cell) until the
+    // holder ends.
+    if let Some(p) = &mut parts.proxy {
+        p.start().map_err(|e| start_err("network proxy", e))?;
+    }
     let opts = parts.hardening.run_options(false);
     let crate::sandbox::spawn::Spawned { mut child, control } = crate::sandbox::spawn::spawn_init(
         false,
@@ -163,7 +168,13 @@ async fn hold_async(
     let mut failure: Option<SetupFailure> = None;
     loop {
         match rx.recv().await {
-            Some(Event::Cell(Some((Report::SessionReady, _)))) => break,
+            Some(Event::Cell(Some((Report::SessionReady, _)))) => {
+                // The cell's mounts are made: its proxy needs no name on the host.
+                if let Some(p) = &parts.proxy {
+                    let _ = p.unlink();
+                }
+                break;
+            }
             Some(Event::Cell(Some((Report::Layer(l), _)))) => setup_layers.push(l),
             Some(Event::Cell(Some((Report::WorkLayer, fds)))) => {
                 work_layer = fds.into_iter().next()
@@ -419,15 +430,14 @@ fn serve_client(shared: &Shared, conn: UnixStream) {
             argv,
             timeout_ms,
             capture,
-        } if fds.len() == 3 && !argv.is_empty() => {
-            match run_exec(
-                shared,
-                &conn,
-                argv,
-                timeout_ms.map(Duration::from_millis),
+            terminal,
+        } if fds.len() == 3 && (!argv.is_empty() || terminal) => {
+            let how = How {
+                timeout: timeout_ms.map(Duration::from_millis),
                 capture,
-                fds,
-            ) {
+                terminal,
+            };
+            match run_exec(shared, &conn, argv, how, fds) {
                 Ok(v) => ClientReply::Verdict {
                     verdict: serde_json::to_value(&v).unwrap_or_default(),
                 },
@@ -577,19 +587,48 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
+/// How an exec runs: its timeout, its output captured, on a terminal.
+struct How {
+    timeout: Option<Duration>,
+    capture: bool,
+    terminal: bool,
+}
+
 /// Runs one exec to its end and builds its verdict.
 fn run_exec(
     shared: &Shared,
     conn: &UnixStream,
-    argv: Vec<String>,
-    timeout: Option<Duration>,
-    capture: bool,
+    mut argv: Vec<String>,
+    how: How,
     stdio: Vec<OwnedFd>,
 ) -> Result<verdict::Verdict, String> {
+    let How {
+        timeout,
+        capture,
+        terminal,
+    } = how;
     let _running = Running::start(shared);
     let parts = &shared.parts;
     let limits = &parts.hardening.limits;
     let start = Instant::now();
+    if terminal {
+        // The slave of the client's pty, three times; it becomes the exec's
+        // controlling terminal in the cell.
+        if capture
+            || !stdio
+                .iter()
+                .all(|f| nix::unistd::isatty(f).unwrap_or(false))
+        {
+            return Err(
+                "bad request: a terminal exec needs a pty on its stdin, stdout and \
+                        stderr, and captures nothing"
+                    .into(),
+            );
+        }
+        if argv.is_empty() {
+            argv = crate::run::pty::default_shell(&parts.spec.path_dirs);
+        }
+    }
     // The project's enterShell prefix (everything before the placeholder command).
     let mut full: Vec<String> = parts.spec.argv[..parts.spec.argv.len().saturating_sub(1)].to_vec();
     full.extend(argv);
@@ -613,6 +652,7 @@ fn run_exec(
     let (end_tx, end_rx) = mpsc::channel();
     shared.pending.lock().unwrap().insert(id, end_tx);
     let oom_before = parts.hardening.usage_now().map_or(0, |u| u.oom_kills);
+    let net_mark = parts.proxy.as_ref().map(crate::net::Proxy::mark);
     {
         let raw: Vec<i32> = passed
             .iter()
@@ -625,6 +665,7 @@ fn run_exec(
             &Request::Exec {
                 id,
                 argv: full.clone(),
+                terminal,
             },
             &raw,
         )
@@ -732,7 +773,13 @@ fn run_exec(
         .package_set
         .as_ref()
         .map(|p| p as &dyn hints::PackageSetQuery);
-    let end = hints::End {
+    // What the proxy did while the exec ran (the cell's services and other execs
+    // running at the same time share it: theirs are listed too).
+    let network = match (&parts.proxy, net_mark) {
+        (Some(p), Some(mark)) => p.report_since(mark),
+        _ => crate::net::NetworkReport::of(&parts.network),
+    };
+    let mut end = hints::End {
         profile: parts.hardening.profile.name.clone(),
         memory: limits.memory,
         memory_ceiling: parts.ceiling.memory,
@@ -741,6 +788,7 @@ fn run_exec(
         tcp_ports: parts.tcp_ports.clone(),
         ..Default::default()
     };
+    crate::run::network_end(&mut end, &network);
     Ok(verdict::build(
         &spec,
         &parts.closure,
@@ -755,8 +803,7 @@ fn run_exec(
             policy,
             package_set,
             end,
-            // A session cell has no proxy: loopback only, whatever the profile allows.
-            network: crate::net::NetworkReport::of(&crate::net::NetPolicy::default()),
+            network,
         },
     ))
 }

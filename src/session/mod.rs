@@ -21,7 +21,7 @@ pub mod holder;
 
 use crate::dirs::{self, Base};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -106,10 +106,14 @@ impl CellInfo {
 pub enum ClientRequest {
     /// Run `argv` in the cell; stdin, stdout and stderr travel with the request. With
     /// `capture`, the holder captures stdout and stderr into the verdict instead.
+    /// With `terminal`, the three descriptors are a pty's slave, the exec's
+    /// controlling terminal (an empty `argv`: the cell's shell).
     Exec {
         argv: Vec<String>,
         timeout_ms: Option<u64>,
         capture: bool,
+        #[serde(default)]
+        terminal: bool,
     },
     Status,
     Down,
@@ -234,12 +238,27 @@ fn connect(name: &str) -> Result<UnixStream, SessionError> {
 
 /// Sends one request (with `fds`) and reads the reply.
 fn ask(name: &str, req: &ClientRequest, fds: &[RawFd]) -> Result<ClientReply, SessionError> {
+    answer(name, &send(name, req, fds)?)
+}
+
+/// Sends `req` (and `fds`) to the holder of `name`; the connection its answer comes on.
+fn send(name: &str, req: &ClientRequest, fds: &[RawFd]) -> Result<UnixStream, SessionError> {
     let conn = connect(name)?;
+    crate::sandbox::proto::send_with_fds(conn.as_fd(), req, fds).map_err(|source| {
+        SessionError::Io {
+            name: name.to_string(),
+            source,
+        }
+    })?;
+    Ok(conn)
+}
+
+/// The holder's answer on `conn`.
+fn answer(name: &str, conn: &UnixStream) -> Result<ClientReply, SessionError> {
     let io = |source| SessionError::Io {
         name: name.to_string(),
         source,
     };
-    crate::sandbox::proto::send_with_fds(conn.as_fd(), req, fds).map_err(io)?;
     match crate::sandbox::proto::recv::<ClientReply>(conn.as_fd()).map_err(io)? {
         Some(ClientReply::Error { message }) => Err(SessionError::Holder {
             name: name.to_string(),
@@ -274,11 +293,40 @@ pub fn exec(
         argv,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         capture,
+        terminal: false,
     };
-    match ask(name, &req, &stdio)? {
+    verdict_of(name, ask(name, &req, &stdio)?)
+}
+
+fn verdict_of(name: &str, r: ClientReply) -> Result<serde_json::Value, SessionError> {
+    match r {
         ClientReply::Verdict { verdict } => Ok(verdict),
         _ => Err(unexpected(name)),
     }
+}
+
+/// Starts `argv` (empty: the cell's shell) in the cell `name` on the pty whose slave
+/// is given (closed here once sent); the connection the verdict comes on
+/// ([`terminal_verdict`]).
+pub fn exec_on_terminal(
+    name: &str,
+    argv: Vec<String>,
+    timeout: Option<std::time::Duration>,
+    slave: OwnedFd,
+) -> Result<UnixStream, SessionError> {
+    let s = slave.as_raw_fd();
+    let req = ClientRequest::Exec {
+        argv,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        capture: false,
+        terminal: true,
+    };
+    send(name, &req, &[s, s, s])
+}
+
+/// The verdict of an exec started by [`exec_on_terminal`], once it ended.
+pub fn terminal_verdict(name: &str, conn: &UnixStream) -> Result<serde_json::Value, SessionError> {
+    verdict_of(name, answer(name, conn)?)
 }
 
 fn unexpected(name: &str) -> SessionError {

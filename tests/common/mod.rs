@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 /// The unprivileged user that rootless cases run as (created by scripts/setup.sh).
@@ -313,4 +313,24 @@ pub fn mcp_python() -> PathBuf {
     assert!(st.success(), "pip install mcp failed");
     assert!(has_sdk(&py), "the mcp SDK is not importable");
     py
+}
+
+/// `cmd` on the terminal whose slave is given, as a terminal emulator starts a
+/// program: its stdin and stderr, its controlling terminal (a session of its own);
+/// stdout piped.
+pub fn on_terminal(cmd: &mut Command, slave: &std::os::fd::OwnedFd) {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
