@@ -17,6 +17,14 @@ impl Inner {
             .await
     }
 
+    /// `--profile NAME` when the server was given one (the ceiling of allow_domain).
+    pub(super) fn profile_args(&self) -> Vec<String> {
+        self.profile
+            .iter()
+            .flat_map(|name| ["--profile".to_string(), name.clone()])
+            .collect()
+    }
+
     /// The flags naming the environment and the profile of every cell of this server.
     pub(super) fn target_args(&self) -> Result<Vec<String>, McpError> {
         let mut args = Vec::new();
@@ -29,9 +37,7 @@ impl Inner {
                 }
             }
         }
-        if let Some(name) = &self.profile {
-            args.extend(["--profile".into(), name.clone()]);
-        }
+        args.extend(self.profile_args());
         Ok(args)
     }
 }
@@ -134,6 +140,9 @@ impl Server {
             None => return Ok(r),
         };
         args.extend(self.inner.project_args()?);
+        if decision == Some(true) {
+            args.extend(self.inner.profile_args());
+        }
         let c = self.inner.nixcell(&args, None, None).await?;
         if c.code != Some(0) {
             return Err(McpError::Command {
@@ -168,6 +177,7 @@ impl Server {
             args.push("--propose".into());
         }
         args.extend(self.inner.project_args()?);
+        args.extend(self.inner.profile_args());
         progress
             .report(
                 0,
