@@ -14,38 +14,10 @@
 //! already covers the entry. It never narrows what a run may reach.
 
 use super::EditError;
-use super::policy::{self, PolicyError, Subject};
+use super::policy::{self, Subject};
+pub use super::policy::{DEFAULT_PORT, entry_of};
 use crate::net::{Entry, NetPolicy};
 use crate::project::Policy;
-
-/// The port of a name given without one.
-pub const DEFAULT_PORT: u16 = 443;
-
-/// The entry `NAME[:PORT]` asks for, normalized (lowercase, port added).
-pub fn entry_of(name: &str) -> Result<Entry, PolicyError> {
-    let bad = |reason: String| PolicyError::BadName {
-        kind: Subject::Domain.noun(),
-        name: name.to_string(),
-        reason,
-    };
-    let has_port = if name.starts_with('[') {
-        !name.ends_with(']')
-    } else {
-        name.contains(':')
-    };
-    let text = if has_port {
-        name.to_string()
-    } else {
-        format!("{name}:{DEFAULT_PORT}")
-    };
-    let entry = Entry::parse(&text).map_err(bad)?;
-    if entry.is_wildcard() {
-        return Err(bad(
-            "one host name, not a wildcard (a wildcard is the profile's to give)".into(),
-        ));
-    }
-    Ok(entry)
-}
 
 fn listed(entries: &[Entry]) -> String {
     if entries.is_empty() {
