@@ -321,3 +321,37 @@ fn the_hint_names_the_edit_only_where_it_would_be_accepted() {
         }
     }
 }
+
+#[test]
+fn the_context_offers_the_edit_only_when_the_ceiling_has_names_to_add() {
+    let wide = ceiling_profile();
+    let narrow = profile_file(
+        "narrow-ctx.toml",
+        "[network]\nallow = [\"one.test.example:443\"]\n",
+    );
+    let mode = Mode::Rootless;
+    let p = project(mode, &config());
+    let dir = p.path();
+    let md = |profile: Option<&Path>| {
+        let mut args = vec!["context"];
+        if let Some(pr) = profile {
+            args.extend(["--profile", path_str(pr)]);
+        }
+        ok(&cell(mode, dir, &args), "context")
+    };
+    let offered = md(Some(&wide));
+    assert!(
+        offered.contains("`nixcell edit allow-domain NAME`"),
+        "{offered}"
+    );
+    assert!(
+        offered.contains(
+            "Domains: one name (NAME[:PORT], port 443 if left out) under *.test.example:443"
+        ),
+        "{offered}"
+    );
+    for profile in [Some(narrow.as_path()), None] {
+        let text = md(profile);
+        assert!(!text.contains("allow-domain"), "{profile:?}: {text}");
+    }
+}

@@ -318,6 +318,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_allow_domain_hint_names_the_mcp_call() {
+        let h = hint_for_mcp(crate::hints::Hint {
+            kind: crate::hints::HintKind::NetworkDenied,
+            missing: "api.test.example:443".into(),
+            message: "refused: ask for it with `nixcell edit allow-domain api.test.example:443`"
+                .into(),
+            edit: Some(crate::hints::SuggestedEdit {
+                op: "allow-domain".into(),
+                subject: crate::agent::edit::policy::Subject::Domain,
+                name: "api.test.example:443".into(),
+                command: "nixcell edit allow-domain api.test.example:443".into(),
+            }),
+        });
+        let call =
+            r#"edit_environment {"operation": "allow_domain", "name": "api.test.example:443"}"#;
+        assert!(h.message.contains(call), "{}", h.message);
+        let op: super::super::schema::EditOperation =
+            serde_json::from_str("\"allow_domain\"").unwrap();
+        assert_eq!(op.cli(), "allow-domain");
+    }
+
+    #[test]
     fn hints_name_the_mcp_tool_not_the_command_line() {
         let hint = crate::hints::Hint {
             kind: crate::hints::HintKind::MissingPythonModule,
