@@ -355,3 +355,51 @@ fn the_context_offers_the_edit_only_when_the_ceiling_has_names_to_add() {
         assert!(!text.contains("allow-domain"), "{profile:?}: {text}");
     }
 }
+
+#[test]
+fn a_proposal_waits_and_its_approval_commits_the_entry() {
+    let prof = ceiling_profile();
+    let prof = path_str(&prof);
+    for mode in MODES {
+        let p = project(mode, &config());
+        let dir = p.path();
+        let before = head(dir);
+        let o = cell(
+            mode,
+            dir,
+            &[
+                "edit",
+                "allow-domain",
+                "two.test.example",
+                "--propose",
+                "--profile",
+                prof,
+                "--json",
+            ],
+        );
+        let e: serde_json::Value = serde_json::from_str(&ok(&o, "propose")).unwrap();
+        assert_eq!(e["status"], "proposed", "{mode:?}: {e}");
+        assert!(
+            e["diff"]
+                .as_str()
+                .unwrap()
+                .contains("+  \"two.test.example:443\","),
+            "{e}"
+        );
+        assert_eq!(read(dir), config());
+        assert_eq!(head(dir), before);
+        let id = e["proposal"].as_str().unwrap();
+        // Approved under the default profile, the ceiling refuses it.
+        fails(
+            &cell(mode, dir, &["approve", id]),
+            "approve, default profile",
+        );
+        assert_eq!(read(dir), config());
+        ok(
+            &cell(mode, dir, &["approve", id, "--profile", prof]),
+            "approve",
+        );
+        assert!(read(dir).contains("\"two.test.example:443\","), "{mode:?}");
+        assert_eq!(g(dir, &["rev-parse", "HEAD~1"]), before);
+    }
+}
