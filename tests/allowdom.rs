@@ -71,6 +71,13 @@ fn status(dir: &Path) -> String {
         .collect()
 }
 
+/// `nixcell edit allow-domain NAME --profile PROFILE EXTRA...` in the project `dir`.
+fn allow_domain(mode: Mode, dir: &Path, name: &str, profile: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["edit", "allow-domain", name, "--profile", profile];
+    args.extend(extra);
+    cell(mode, dir, &args)
+}
+
 fn head(dir: &Path) -> String {
     g(dir, &["rev-parse", "HEAD"])
 }
@@ -87,18 +94,7 @@ fn an_accepted_edit_changes_only_the_allow_list_in_one_commit_and_the_next_run_r
         let p = project(mode, &config());
         let dir = p.path();
         let before = head(dir);
-        let o = cell(
-            mode,
-            dir,
-            &[
-                "edit",
-                "allow-domain",
-                "Two.Test.Example",
-                "--profile",
-                prof,
-                "--json",
-            ],
-        );
+        let o = allow_domain(mode, dir, "Two.Test.Example", prof, &["--json"]);
         let e: serde_json::Value = serde_json::from_str(&ok(&o, "allow-domain")).unwrap();
         assert_eq!(e["status"], "committed", "{mode:?}: {e}");
         assert_eq!(e["name"], "two.test.example:443");
@@ -133,17 +129,7 @@ fn an_accepted_edit_changes_only_the_allow_list_in_one_commit_and_the_next_run_r
         );
         // Asking again changes nothing.
         let err = fails(
-            &cell(
-                mode,
-                dir,
-                &[
-                    "edit",
-                    "allow-domain",
-                    "two.test.example:443",
-                    "--profile",
-                    prof,
-                ],
-            ),
+            &allow_domain(mode, dir, "two.test.example:443", prof, &[]),
             "again",
         );
         assert!(err.contains("reachable already"), "{err}");
@@ -213,17 +199,7 @@ fn a_project_without_network_keeps_the_profiles_list_and_is_not_narrowed() {
         let dir = p.path();
         let before = head(dir);
         let err = fails(
-            &cell(
-                mode,
-                dir,
-                &[
-                    "edit",
-                    "allow-domain",
-                    "two.test.example",
-                    "--profile",
-                    prof,
-                ],
-            ),
+            &allow_domain(mode, dir, "two.test.example", prof, &[]),
             "no [network]",
         );
         assert!(err.contains("reachable already"), "{mode:?}: {err}");
@@ -364,18 +340,12 @@ fn a_proposal_waits_and_its_approval_commits_the_entry() {
         let p = project(mode, &config());
         let dir = p.path();
         let before = head(dir);
-        let o = cell(
+        let o = allow_domain(
             mode,
             dir,
-            &[
-                "edit",
-                "allow-domain",
-                "two.test.example",
-                "--propose",
-                "--profile",
-                prof,
-                "--json",
-            ],
+            "two.test.example",
+            prof,
+            &["--propose", "--json"],
         );
         let e: serde_json::Value = serde_json::from_str(&ok(&o, "propose")).unwrap();
         assert_eq!(e["status"], "proposed", "{mode:?}: {e}");
