@@ -373,3 +373,76 @@ fn a_proposal_waits_and_its_approval_commits_the_entry() {
         assert_eq!(g(dir, &["rev-parse", "HEAD~1"]), before);
     }
 }
+
+/// `edit_environment` calls of an MCP client on stdio (`nixcell mcp --project DIR
+/// --profile PROFILE`): the results of the `tools/call`s, in order.
+fn mcp_calls(
+    mode: Mode,
+    dir: &Path,
+    profile: &str,
+    calls: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut c = nixcell(mode);
+    c.args(["mcp", "--project", path_str(dir), "--profile", profile])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = |v: serde_json::Value| writeln!(input, "{v}").unwrap();
+    let mut answer = |id: u64| loop {
+        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["id"] == id {
+            break v;
+        }
+    };
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    );
+    answer(0);
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let mut out = Vec::new();
+    for (i, args) in calls.iter().enumerate() {
+        let id = i as u64 + 1;
+        send(
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "edit_environment", "arguments": args}}),
+        );
+        out.push(answer(id)["result"].clone());
+    }
+    drop(input);
+    let _ = child.wait();
+    out
+}
+
+#[test]
+fn mcp_edit_environment_allows_a_domain_inside_the_servers_profile() {
+    let prof = ceiling_profile();
+    let prof = path_str(&prof);
+    for mode in MODES {
+        let p = project(mode, &config());
+        let dir = p.path();
+        let before = head(dir);
+        let r = mcp_calls(
+            mode,
+            dir,
+            prof,
+            &[
+                serde_json::json!({"operation": "allow_domain", "name": "evil.org"}),
+                serde_json::json!({"operation": "allow_domain", "name": "two.test.example"}),
+            ],
+        );
+        assert_eq!(r[0]["isError"], true, "{mode:?}: {}", r[0]);
+        assert!(r[0].to_string().contains("outside the profile"), "{}", r[0]);
+        assert_eq!(
+            r[1]["structuredContent"]["status"], "committed",
+            "{mode:?}: {}",
+            r[1]
+        );
+        assert!(read(dir).contains("\"two.test.example:443\","), "{mode:?}");
+        assert_eq!(g(dir, &["rev-parse", "HEAD~1"]), before);
+    }
+}
