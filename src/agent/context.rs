@@ -175,11 +175,18 @@ pub struct AllowedEdits {
     pub packages: Vec<String>,
     pub python_libraries: Vec<String>,
     pub services: Vec<String>,
+    /// Entries of the profile's network list `allow-domain` may add names of (one
+    /// name each, within `[policy] domains`); empty: the edit is not offered.
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EditsInfo {
     pub approval: Approval,
+    /// `[policy] domains` (globs of `HOST:PORT`), when allow-domain is offered.
+    #[serde(default)]
+    pub domain_policy: Vec<String>,
     pub allowed: AllowedEdits,
     pub commands: Vec<String>,
 }
@@ -440,10 +447,33 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
             command: s.command,
         })
         .collect();
+    // What a run gets: the run pipeline's rule (`run::limits`), the MCP server's
+    // defaults on top of it under MCP.
+    let profile_name = opts
+        .profile
+        .clone()
+        .or_else(|| project.config.profile.clone())
+        .unwrap_or_else(|| "default".into());
+    let profile = crate::profile::load(&profile_name)?;
     let policy = &project.config.policy;
+    // allow-domain only when the profile's list has names the project could still add.
+    let project_net = project.limits.network.as_ref();
+    let domains: Vec<String> =
+        if crate::edit::network::addable(policy, &profile.network, project_net) {
+            let effective = profile.network.narrowed(project_net);
+            (profile.network.allow.iter())
+                .filter(|c| c.is_name() && !effective.allow.iter().any(|a| a.covers(c)))
+                .map(|c| c.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
     let allowed_ops: Vec<&Op> = Op::ALL
         .iter()
-        .filter(|op| !op.subject().allowed(policy).is_empty())
+        .filter(|op| match op {
+            Op::AllowDomain => !domains.is_empty(),
+            _ => !op.subject().allowed(policy).is_empty(),
+        })
         .collect();
     let mut commands: Vec<String> = allowed_ops
         .iter()
@@ -465,14 +495,6 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
             "nixcell edit ... --propose (ask a human instead)".into()
         });
     }
-    // What a run gets: the run pipeline's rule (`run::limits`), the MCP server's
-    // defaults on top of it under MCP.
-    let profile_name = opts
-        .profile
-        .clone()
-        .or_else(|| project.config.profile.clone())
-        .unwrap_or_else(|| "default".into());
-    let profile = crate::profile::load(&profile_name)?;
     let ceiling = crate::run::limits::ceiling(
         &profile.limits,
         &crate::run::limits::ProjectLimits {
@@ -626,10 +648,16 @@ pub fn gather(project: &Project, built: &Built, opts: &Options) -> Result<Contex
         layers: layers(),
         edits: EditsInfo {
             approval: policy.approval,
+            domain_policy: if allowed_ops.contains(&&Op::AllowDomain) {
+                policy.domains.clone()
+            } else {
+                Vec::new()
+            },
             allowed: AllowedEdits {
                 packages: policy.packages.clone(),
                 python_libraries: policy.python_libraries.clone(),
                 services: policy.services.clone(),
+                domains,
             },
             commands,
         },
@@ -1087,6 +1115,13 @@ fn edits_renderings(c: &Context) -> Vec<String> {
         if !list.is_empty() {
             lines.push(format!("- Allowed {label}: {}", list.join(", ")));
         }
+    }
+    if !a.domains.is_empty() {
+        lines.push(format!(
+            "- Domains: one name (NAME[:PORT], port 443 if left out) under {} (and within [policy] domains: {})",
+            a.domains.join(", "),
+            c.edits.domain_policy.join(", ")
+        ));
     }
     if c.edits.commands.is_empty() {
         lines.push("- The policy allows no edits.".into());

@@ -86,11 +86,16 @@ pub struct EditArgs {
     /// The edit to make.
     #[arg(value_enum)]
     pub op: Op,
-    /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`).
+    /// Attribute name (package: an attribute path such as `jq` or `python3Packages.numpy`;
+    /// allow-domain: NAME[:PORT], port 443 by default).
     pub name: String,
     /// Record a proposal for a human instead of committing.
     #[arg(long)]
     pub propose: bool,
+    /// The sandbox profile whose network allow list bounds allow-domain (default: the
+    /// project's, else "default").
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
     #[command(flatten)]
     pub project: ProjectArg,
     /// Print the outcome as JSON.
@@ -116,6 +121,10 @@ pub struct DecideArgs {
     pub id: String,
     #[command(flatten)]
     pub project: ProjectArg,
+    /// The sandbox profile whose network allow list bounds an allow-domain proposal
+    /// (default: the project's, else "default"; `reject` ignores it).
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
     /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
@@ -229,6 +238,19 @@ fn report_outcome(o: &EditOutcome, json: bool) {
     print!("{}", o.diff);
 }
 
+/// The network allow list of the profile runs of `project` get (`profile`, else the
+/// project's, else "default"): the ceiling of `allow-domain`.
+fn network_ceiling(
+    project: &Project,
+    profile: Option<&str>,
+) -> anyhow::Result<crate::net::NetPolicy> {
+    let name = profile
+        .map(String::from)
+        .or_else(|| project.config.profile.clone())
+        .unwrap_or_else(|| "default".into());
+    Ok(crate::profile::load(&name)?.network)
+}
+
 pub fn edit(args: &EditArgs) -> i32 {
     let go = || -> anyhow::Result<EditOutcome> {
         let p = args.project.open()?;
@@ -237,7 +259,8 @@ pub fn edit(args: &EditArgs) -> i32 {
             name: args.name.clone(),
             propose: args.propose,
         };
-        Ok(edit::edit(&p, &req, Progress::Stderr)?)
+        let network = network_ceiling(&p, args.profile.as_deref())?;
+        Ok(edit::edit(&p, &req, &network, Progress::Stderr)?)
     };
     match go() {
         Ok(o) => {
@@ -295,7 +318,8 @@ pub fn proposals(args: &ProposalsArgs) -> i32 {
 pub fn approve(args: &DecideArgs) -> i32 {
     let go = || -> anyhow::Result<EditOutcome> {
         let p = args.project.open()?;
-        Ok(edit::approve(&p, &args.id, Progress::Stderr)?)
+        let network = network_ceiling(&p, args.profile.as_deref())?;
+        Ok(edit::approve(&p, &args.id, &network, Progress::Stderr)?)
     };
     match go() {
         Ok(o) => {

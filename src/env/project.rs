@@ -94,6 +94,10 @@ pub struct Policy {
     pub python_libraries: Vec<String>,
     #[serde(default)]
     pub services: Vec<String>,
+    /// `allow-domain` entries, `HOST:PORT` globs (e.g. `*.example.com:443`); the
+    /// profile's network allow list bounds them too.
+    #[serde(default)]
+    pub domains: Vec<String>,
     #[serde(default)]
     pub approval: Approval,
 }
@@ -217,6 +221,7 @@ impl Config {
             ("policy.packages", &config.policy.packages),
             ("policy.python_libraries", &config.policy.python_libraries),
             ("policy.services", &config.policy.services),
+            ("policy.domains", &config.policy.domains),
         ] {
             for g in globs {
                 glob::Pattern::new(g).map_err(|e| bad(key, format!("pattern {g:?}: {e}")))?;

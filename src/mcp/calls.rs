@@ -17,6 +17,14 @@ impl Inner {
             .await
     }
 
+    /// `--profile NAME` when the server was given one (the ceiling of allow_domain).
+    pub(super) fn profile_args(&self) -> Vec<String> {
+        self.profile
+            .iter()
+            .flat_map(|name| ["--profile".to_string(), name.clone()])
+            .collect()
+    }
+
     /// The flags naming the environment and the profile of every cell of this server.
     pub(super) fn target_args(&self) -> Result<Vec<String>, McpError> {
         let mut args = Vec::new();
@@ -29,9 +37,7 @@ impl Inner {
                 }
             }
         }
-        if let Some(name) = &self.profile {
-            args.extend(["--profile".into(), name.clone()]);
-        }
+        args.extend(self.profile_args());
         Ok(args)
     }
 }
@@ -134,6 +140,9 @@ impl Server {
             None => return Ok(r),
         };
         args.extend(self.inner.project_args()?);
+        if decision == Some(true) {
+            args.extend(self.inner.profile_args());
+        }
         let c = self.inner.nixcell(&args, None, None).await?;
         if c.code != Some(0) {
             return Err(McpError::Command {
@@ -168,6 +177,7 @@ impl Server {
             args.push("--propose".into());
         }
         args.extend(self.inner.project_args()?);
+        args.extend(self.inner.profile_args());
         progress
             .report(
                 0,
@@ -306,6 +316,28 @@ fn hint_for_mcp(mut h: crate::hints::Hint) -> crate::hints::Hint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allow_domain_hint_names_the_mcp_call() {
+        let h = hint_for_mcp(crate::hints::Hint {
+            kind: crate::hints::HintKind::NetworkDenied,
+            missing: "api.test.example:443".into(),
+            message: "refused: ask for it with `nixcell edit allow-domain api.test.example:443`"
+                .into(),
+            edit: Some(crate::hints::SuggestedEdit {
+                op: "allow-domain".into(),
+                subject: crate::agent::edit::policy::Subject::Domain,
+                name: "api.test.example:443".into(),
+                command: "nixcell edit allow-domain api.test.example:443".into(),
+            }),
+        });
+        let call =
+            r#"edit_environment {"operation": "allow_domain", "name": "api.test.example:443"}"#;
+        assert!(h.message.contains(call), "{}", h.message);
+        let op: super::super::schema::EditOperation =
+            serde_json::from_str("\"allow_domain\"").unwrap();
+        assert_eq!(op.cli(), "allow-domain");
+    }
 
     #[test]
     fn hints_name_the_mcp_tool_not_the_command_line() {

@@ -233,7 +233,8 @@ impl Server {
     /// Changes the declared environment through the project's whitelist: add or remove
     /// a package or a Python library (written as devenv declares one:
     /// `languages.python.package = pkgs.python3.withPackages (ps: [ ps.NAME ])`), enable or
-    /// disable a service (redis, postgres). The change is proven by
+    /// disable a service (redis, postgres), or allow a domain (`allow_domain`, NAME[:PORT],
+    /// added to nixcell.toml's [network] allow list inside the profile's). The change is proven by
     /// a build and committed with git; the result has the closure diff and the commit.
     /// When the policy wants a human's approval (or `propose` is set) it records a
     /// proposal and returns its id instead. Refusals say what the policy allows.

@@ -271,6 +271,7 @@ pub enum EditOperation {
     RemovePythonLibrary,
     EnableService,
     DisableService,
+    AllowDomain,
 }
 
 impl EditOperation {
@@ -282,6 +283,7 @@ impl EditOperation {
             EditOperation::RemovePythonLibrary => "remove-python-library",
             EditOperation::EnableService => "enable-service",
             EditOperation::DisableService => "disable-service",
+            EditOperation::AllowDomain => "allow-domain",
         }
     }
 }
@@ -290,8 +292,9 @@ impl EditOperation {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct EditParams {
     pub operation: EditOperation,
-    /// A package attribute (e.g. "jq"), a Python library (e.g. "pandas") or a service
-    /// (e.g. "redis"), as the policy in environment_context lists them.
+    /// A package attribute (e.g. "jq"), a Python library (e.g. "pandas"), a service
+    /// (e.g. "redis") or, for allow_domain, a host name and port (e.g.
+    /// "api.example.com:443"; 443 when left out), as environment_context lists them.
     pub name: String,
     /// Record a proposal for a human to approve instead of committing.
     pub propose: Option<bool>,

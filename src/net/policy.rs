@@ -172,6 +172,11 @@ impl Entry {
     pub fn is_name(&self) -> bool {
         !matches!(self.target, Target::Net(_))
     }
+
+    /// Whether the entry names more than one host name (`*.SUFFIX`, `*`).
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.target, Target::Suffix(_) | Target::AnyName)
+    }
 }
 
 /// Why an address is special, when it is: such addresses are reached only when an

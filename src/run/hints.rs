@@ -129,6 +129,9 @@ pub struct End {
     pub network_allowed: Vec<String>,
     /// What the proxy refused: (host, port, reason, the address refused).
     pub network_denied: Vec<(String, u16, String, Option<String>)>,
+    /// The refused `HOST:PORT`s the `allow-domain` edit would accept (the project's
+    /// policy and the profile's ceiling: `edit::network::check`).
+    pub network_editable: Vec<String>,
 }
 
 /// A service or process of the cell that ended before the command did.
@@ -334,8 +337,8 @@ pub fn for_outcome(inputs: &Inputs<'_>, policy: Option<&dyn EditPolicy>) -> Vec<
 /// Hints listed at most for the proxy's refusals (one per name and port).
 const MAX_PROXY_HINTS: usize = 5;
 
-/// One hint per name and port the proxy refused. No edit opens the network: a
-/// project may only narrow the profile's allow list, so only the operator can.
+/// One hint per name and port the proxy refused. The `allow-domain` edit is named
+/// only where it would be accepted; elsewhere only the operator can allow more.
 fn proxy_refusals(end: &End) -> Vec<Hint> {
     let mut out: Vec<Hint> = Vec::new();
     for (host, port, reason, address) in &end.network_denied {
@@ -346,7 +349,16 @@ fn proxy_refusals(end: &End) -> Vec<Hint> {
         if out.len() == MAX_PROXY_HINTS {
             break;
         }
-        let what = if reason.contains("deny entry") {
+        let edit = end
+            .network_editable
+            .contains(&missing)
+            .then(|| suggest_domain(&missing));
+        let what = if let Some(e) = &edit {
+            format!(
+                "the project's policy lets you add it: ask for it with `{}`, then run again",
+                e.command
+            )
+        } else if reason.contains("deny entry") {
             "a deny entry of the policy refuses it, and a deny entry wins: no flag or edit changes that".to_string()
         } else if let Some(a) = address {
             let a = if a.contains(':') {
@@ -371,10 +383,20 @@ fn proxy_refusals(end: &End) -> Vec<Hint> {
             kind: HintKind::NetworkDenied,
             message: format!("nixcell's proxy refused {missing} ({reason}): {what}"),
             missing,
-            edit: None,
+            edit,
         });
     }
     out
+}
+
+fn suggest_domain(entry: &str) -> SuggestedEdit {
+    let op = Subject::Domain.add_op();
+    SuggestedEdit {
+        op: op.to_string(),
+        subject: Subject::Domain,
+        name: entry.to_string(),
+        command: format!("nixcell edit {op} {entry}"),
+    }
 }
 
 fn human_bytes(n: u64) -> String {

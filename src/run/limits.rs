@@ -107,7 +107,9 @@ pub fn decide(profile: &Limits, project: &ProjectLimits, flags: &Overrides) -> L
 
 /// The network policy of a run, by the same rule: the profile's allow list is the
 /// ceiling; a project's `[network]` keeps only the entries inside it (and adds its deny
-/// entries); the operator's `--allow-host` entries are added as given.
+/// entries); the operator's `--allow-host` entries are added as given. A project without
+/// `[network]` gets the profile's list as is (so `allow-domain`, which never narrows,
+/// refuses to write a first entry there: `edit::network`).
 pub fn network(
     profile: &crate::net::NetPolicy,
     project: Option<&crate::net::NetPolicy>,

@@ -357,7 +357,25 @@ impl PreparedRun {
             .package_set
             .as_ref()
             .map(|p| p as &dyn hints::PackageSetQuery);
+        let network_editable = match &project.policy {
+            Some(policy) => network
+                .denied
+                .iter()
+                .map(|d| format!("{}:{}", d.host, d.port))
+                .filter(|e| {
+                    crate::edit::network::check(
+                        policy,
+                        &hardening.profile.network,
+                        project.network.as_ref(),
+                        e,
+                    )
+                    .is_ok()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut end = hints::End {
+            network_editable,
             profile: hardening.profile.name.clone(),
             memory: hardening.limits.memory,
             memory_ceiling: ceiling.memory,

@@ -5,11 +5,14 @@
 //! committed with git (one commit per edit) or recorded as a proposal for a human
 //! (`--propose`, or `approval = "human"`). Edits of one project serialize on a lock file;
 //! any failure leaves the declaration and the repository as they were.
+//! `allow-domain` ([`network`]) edits `nixcell.toml` instead, the same way (no build:
+//! the closure does not change).
 
 pub mod cst;
 #[cfg(test)]
 mod devenv_types;
 pub mod git;
+pub mod network;
 pub mod policy;
 
 use crate::nix::build::{self, Progress};
@@ -64,16 +67,18 @@ pub enum Op {
     RemovePythonLibrary,
     EnableService,
     DisableService,
+    AllowDomain,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::AddPackage,
         Op::RemovePackage,
         Op::AddPythonLibrary,
         Op::RemovePythonLibrary,
         Op::EnableService,
         Op::DisableService,
+        Op::AllowDomain,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +89,7 @@ impl Op {
             Op::RemovePythonLibrary => "remove-python-library",
             Op::EnableService => "enable-service",
             Op::DisableService => "disable-service",
+            Op::AllowDomain => "allow-domain",
         }
     }
 
@@ -92,6 +98,7 @@ impl Op {
             Op::AddPackage | Op::RemovePackage => Subject::Package,
             Op::AddPythonLibrary | Op::RemovePythonLibrary => Subject::PythonLibrary,
             Op::EnableService | Op::DisableService => Subject::Service,
+            Op::AllowDomain => Subject::Domain,
         }
     }
 }
@@ -225,6 +232,12 @@ pub fn apply_to_text(file: &str, text: &str, op: Op, name: &str) -> Result<Strin
                 .into());
             }
             doc.set_value(&["services", name, "enable"], "false")?
+        }
+        Op::AllowDomain => {
+            return Err(EditError::Refused(format!(
+                "allow-domain edits {}, not {file}",
+                crate::project::CONFIG
+            )));
         }
     }
     Ok(doc.text().to_string())
@@ -460,18 +473,29 @@ fn prove(project: &Project, text: &str, progress: Progress) -> Result<Built, Edi
     })
 }
 
-/// Checks, applies, proves and commits (or proposes) one edit.
+/// Checks, applies, proves and commits (or proposes) one edit. `network`: the
+/// profile's network policy, the ceiling of `allow-domain`.
 pub fn edit(
     project: &Project,
     req: &EditRequest,
+    network: &crate::net::NetPolicy,
     progress: Progress,
 ) -> Result<EditOutcome, EditError> {
     let subject = req.op.subject();
     policy::check_name(subject, &req.name)?;
-    policy::check_allowed(&project.config.policy, subject, &req.name)?;
+    let name = canonical_name(req.op, &req.name)?;
+    policy::check_allowed(&project.config.policy, subject, &name)?;
     let _lock = lock(project)?;
     let propose = req.propose || project.config.policy.approval == Approval::Human;
-    edit_locked(project, req.op, &req.name, propose, progress)
+    edit_locked(project, req.op, &name, propose, network, progress)
+}
+
+/// The name as the edit records it (a domain normalized, its port added).
+fn canonical_name(op: Op, name: &str) -> Result<String, EditError> {
+    Ok(match op {
+        Op::AllowDomain => network::entry_of(name)?.to_string(),
+        _ => name.to_string(),
+    })
 }
 
 /// An edit between writing the declaration and committing it (`.nixcell/edit-pending.json`).
@@ -480,6 +504,9 @@ pub fn edit(
 /// the same lock: forward if HEAD holds the edit's commit, else back.
 #[derive(Serialize, Deserialize)]
 struct Pending {
+    /// The file edited, when not the declaration (`nixcell.toml`).
+    #[serde(default)]
+    file: Option<String>,
     head: String,
     original: String,
     edited: String,
@@ -498,7 +525,10 @@ fn settle_pending(project: &Project) -> Result<(), EditError> {
     };
     let p: Pending = serde_json::from_slice(&bytes)
         .map_err(|e| EditError::Io(path.clone(), std::io::Error::other(e)))?;
-    let decl = &project.declaration;
+    let decl = &match p.file.as_deref() {
+        Some(crate::project::CONFIG) => project.dir.join(crate::project::CONFIG),
+        _ => project.declaration.clone(),
+    };
     let (head, parent) = git::head(&project.dir, decl)?;
     let keep = if head == p.head {
         Some(&p.original)
@@ -523,21 +553,54 @@ fn edit_locked(
     op: Op,
     name: &str,
     propose: bool,
+    network: &crate::net::NetPolicy,
     progress: Progress,
 ) -> Result<EditOutcome, EditError> {
-    let decl = &project.declaration;
+    let (decl, file_name) = if op == Op::AllowDomain {
+        (
+            project.dir.join(crate::project::CONFIG),
+            crate::project::CONFIG,
+        )
+    } else {
+        (project.declaration.clone(), crate::project::DECLARATION)
+    };
+    let decl = &decl;
     settle_pending(project)?;
-    if !propose {
-        git::check_clean(&project.dir, decl)?;
+    let clean = || match propose {
+        false => git::check_clean(&project.dir, decl),
+        true => Ok(()),
+    };
+    if op != Op::AllowDomain {
+        clean()?;
     }
-    let original = crate::project::read_nofollow(decl).map_err(io(decl))?;
+    let original = match crate::project::read_nofollow(decl) {
+        Err(e) if op == Op::AllowDomain && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        r => r.map_err(io(decl))?,
+    };
     let text = String::from_utf8(original.clone())
         .map_err(|_| EditError::Encoding { file: decl.clone() })?;
-    let new_text = apply_to_text(crate::project::DECLARATION, &text, op, name)?;
-    let before = project.build(progress.clone())?;
-    let after = prove(project, &new_text, progress)?;
-    let diff = unified_diff(crate::project::DECLARATION, &text, &new_text);
-    let cdiff = closure_diff(&before.env, &after.env)?;
+    let (new_text, after, cdiff) = if op == Op::AllowDomain {
+        // Checked again against the file as it is now, under the lock.
+        let (config, limits) = crate::project::Config::parse(decl, &text)?;
+        let entry = network::check(&config.policy, network, limits.network.as_ref(), name)?;
+        let new_text = network::apply_to_toml(file_name, &text, &entry)?;
+        let (_, edited) = crate::project::Config::parse(decl, &new_text)?;
+        let now = network.narrowed(edited.network.as_ref());
+        if !now.allow.iter().any(|a| a.covers(&entry)) {
+            return Err(EditError::Refused(format!(
+                "{file_name}: the edited [network] does not allow {entry}; nothing was changed"
+            )));
+        }
+        clean()?;
+        (new_text, project.build(progress)?, ClosureDiff::default())
+    } else {
+        let new_text = apply_to_text(file_name, &text, op, name)?;
+        let before = project.build(progress.clone())?;
+        let after = prove(project, &new_text, progress)?;
+        let cdiff = closure_diff(&before.env, &after.env)?;
+        (new_text, after, cdiff)
+    };
+    let diff = unified_diff(file_name, &text, &new_text);
     if propose {
         let created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -574,6 +637,7 @@ fn edit_locked(
     }
     let state = project.state_dir()?;
     let pending = Pending {
+        file: (op == Op::AllowDomain).then(|| file_name.to_string()),
         head: git::head(&project.dir, decl)?.0,
         original: text.clone(),
         edited: new_text.clone(),
@@ -663,14 +727,19 @@ fn settle_check(p: &Proposal) -> Result<(), EditError> {
 
 /// Approves a proposal: the operation is applied to the declaration as it is now,
 /// proven by a build and committed.
-pub fn approve(project: &Project, id: &str, progress: Progress) -> Result<EditOutcome, EditError> {
+pub fn approve(
+    project: &Project,
+    id: &str,
+    network: &crate::net::NetPolicy,
+    progress: Progress,
+) -> Result<EditOutcome, EditError> {
     let _lock = lock(project)?;
     let mut p = load_proposal(project, id)?;
     settle_check(&p)?;
     let subject = p.operation.subject();
     policy::check_name(subject, &p.name)?;
     policy::check_allowed(&project.config.policy, subject, &p.name)?;
-    let out = edit_locked(project, p.operation, &p.name, false, progress)?;
+    let out = edit_locked(project, p.operation, &p.name, false, network, progress)?;
     p.status = ProposalStatus::Approved;
     p.commit = out.commit.clone();
     save_proposal(project, &p)?;

@@ -32,6 +32,8 @@ pub enum Subject {
     Package,
     PythonLibrary,
     Service,
+    /// A host name (or address) the cell may reach through the proxy.
+    Domain,
 }
 
 impl Subject {
@@ -41,6 +43,7 @@ impl Subject {
             Subject::Package => "add-package",
             Subject::PythonLibrary => "add-python-library",
             Subject::Service => "enable-service",
+            Subject::Domain => "allow-domain",
         }
     }
 
@@ -49,6 +52,7 @@ impl Subject {
             Subject::Package => "package",
             Subject::PythonLibrary => "Python library",
             Subject::Service => "service",
+            Subject::Domain => "domain",
         }
     }
 
@@ -57,6 +61,7 @@ impl Subject {
             Subject::Package => "packages",
             Subject::PythonLibrary => "python_libraries",
             Subject::Service => "services",
+            Subject::Domain => "domains",
         }
     }
 
@@ -65,6 +70,7 @@ impl Subject {
             Subject::Package => &p.packages,
             Subject::PythonLibrary => &p.python_libraries,
             Subject::Service => &p.services,
+            Subject::Domain => &p.domains,
         }
     }
 
@@ -72,7 +78,7 @@ impl Subject {
     fn max_segments(self) -> usize {
         match self {
             Subject::Package => 3,
-            Subject::PythonLibrary | Subject::Service => 1,
+            Subject::PythonLibrary | Subject::Service | Subject::Domain => 1,
         }
     }
 }
@@ -115,7 +121,11 @@ const FORBIDDEN: &[&str] = &[
 /// Checks that `name` is a plain attribute path: segments of ASCII letters, digits,
 /// `_` and `-`, starting with a letter or `_`, joined by single dots. Nothing that could
 /// carry Nix code, a path, a URL, a string, an interpolation or a builtin.
+/// A domain is checked by the network policy's grammar instead ([`entry_of`]).
 pub fn check_name(subject: Subject, name: &str) -> Result<(), PolicyError> {
+    if subject == Subject::Domain {
+        return entry_of(name).map(|_| ());
+    }
     let bad = |reason: String| PolicyError::BadName {
         kind: subject.noun(),
         name: name.to_string(),
@@ -160,6 +170,35 @@ pub fn check_name(subject: Subject, name: &str) -> Result<(), PolicyError> {
         )));
     }
     Ok(())
+}
+
+/// The port of a name given without one.
+pub const DEFAULT_PORT: u16 = 443;
+
+/// The entry `NAME[:PORT]` asks for, normalized (lowercase, port added).
+pub fn entry_of(name: &str) -> Result<crate::net::Entry, PolicyError> {
+    let bad = |reason: String| PolicyError::BadName {
+        kind: Subject::Domain.noun(),
+        name: name.to_string(),
+        reason,
+    };
+    let has_port = if name.starts_with('[') {
+        !name.ends_with(']')
+    } else {
+        name.contains(':')
+    };
+    let text = if has_port {
+        name.to_string()
+    } else {
+        format!("{name}:{DEFAULT_PORT}")
+    };
+    let entry = crate::net::Entry::parse(&text).map_err(bad)?;
+    if entry.is_wildcard() {
+        return Err(bad(
+            "one host name, not a wildcard (a wildcard is the profile's to give)".into(),
+        ));
+    }
+    Ok(entry)
 }
 
 /// Checks `name` against the whitelist; the refusal says what the policy allows.
