@@ -147,8 +147,11 @@ fn the_window_size_is_forwarded_and_follows_a_resize() {
         let mut s = Session::start(mode, &[]);
         s.send("stty size | tr ' ' x\n");
         s.expect("33x101");
-        s.send("trap 'echo WINCH-$(stty size | tr \" \" :)' WINCH; echo trapped\n");
-        s.expect("trapped");
+        // The marker is computed, so that the echo of the typed line (by the pty, if
+        // it arrives while `stty` still runs) is not taken for its output: the prompt
+        // after the output is the one drawn once the trap is set.
+        s.send("trap 'echo WINCH-$(stty size | tr \" \" :)' WINCH; echo trapped-$((2+3))\n");
+        s.expect("trapped-5");
         s.expect(PROMPT);
         // The user resizes the terminal window: nixcell (its foreground process)
         // gets SIGWINCH and copies the size to the cell's pty.

@@ -25,6 +25,7 @@ use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 nix::ioctl_read_bad!(get_winsize, libc::TIOCGWINSZ, Winsize);
 nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
@@ -179,8 +180,13 @@ fn write_fd(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
 /// closed its last descriptor of the slave (its output read to the end). The
 /// terminal must be in non-blocking mode ([`CallerTerminal::enter_raw`]). If the
 /// caller's terminal goes away, the cell's output is still drained (it never blocks
-/// on a full pty) until the cell ends.
-pub async fn relay(master: OwnedFd, terminal: &CallerTerminal) -> std::io::Result<()> {
+/// on a full pty) until the cell ends. `winch` ([`window_changes`]) must have been
+/// made before the size given to the pty was read, so that no resize is missed.
+pub async fn relay(
+    master: OwnedFd,
+    terminal: &CallerTerminal,
+    mut winch: Signal,
+) -> std::io::Result<()> {
     let flags = fcntl(&master, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
     fcntl(
         &master,
@@ -193,7 +199,6 @@ pub async fn relay(master: OwnedFd, terminal: &CallerTerminal) -> std::io::Resul
     let master = unsafe { AsyncFd::register(master) }?;
     // SAFETY: as above.
     let term = unsafe { AsyncFd::register(Raw(terminal.fd)) }?;
-    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let (mut to_cell, mut to_term) = (Vec::<u8>::new(), Vec::<u8>::new());
     let (mut input_open, mut output_open, mut cell_open) = (true, true, true);
     let mut buf = vec![0u8; 16 * 1024];
@@ -254,6 +259,12 @@ pub async fn relay(master: OwnedFd, terminal: &CallerTerminal) -> std::io::Resul
     Ok(())
 }
 
+/// SIGWINCH, caught from now on (within a runtime): made before the caller's window
+/// size is first read, a resize at any time after that read is seen.
+pub fn window_changes() -> std::io::Result<Signal> {
+    signal(SignalKind::window_change())
+}
+
 /// Why an interactive run could not start (nothing ran).
 #[derive(Debug, thiserror::Error)]
 pub enum ShellError {
@@ -276,21 +287,26 @@ pub fn shell(
         prepared.spec.argv = default_shell(&prepared.spec.path_dirs);
     }
     prepared.spec.terminal = true;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    // Before the size is read and the cell starts: a resize meanwhile is not lost.
+    let winch = {
+        let _in = rt.enter();
+        window_changes().map_err(RunError::Runtime)?
+    };
     let (master, slave) = open_pty(terminal.size().as_ref())?;
     let copy = |s: &OwnedFd| {
         s.try_clone()
             .map_err(|e| PtyError::Allocate("dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))
     };
     prepared.terminal = Some(std::sync::Arc::new([copy(&slave)?, copy(&slave)?, slave]));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Runtime)?;
     terminal.enter_raw()?;
     let (verdict, _relayed) = rt.block_on(async {
         // The relay ends when the cell's last slave descriptor is closed: the run
         // drops the supervisor's copy when it returns.
-        tokio::join!(prepared.run_async(), relay(master, &terminal))
+        tokio::join!(prepared.run_async(), relay(master, &terminal, winch))
     });
     drop(terminal);
     Ok(verdict?)
