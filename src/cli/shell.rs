@@ -52,16 +52,24 @@ fn in_session(name: &str, a: &RunArgs, mut terminal: pty::CallerTerminal) -> i32
         let err = VerdictError::new(ErrorKind::Supervisor, format!("shell: {e}"), None);
         crate::verdict::report_refusal(a.json, err, true)
     };
-    let (master, slave) = match pty::open_pty(terminal.size().as_ref()) {
-        Ok(p) => p,
-        Err(e) => return fail(e.to_string()),
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    // Resizes are caught from before the size is read for the pty, so none is lost.
+    let winch = {
+        let _in_rt = rt.enter();
+        match pty::window_changes() {
+            Ok(w) => w,
+            Err(e) => return fail(format!("cannot watch window size changes: {e}")),
+        }
+    };
+    let (master, slave) = match pty::open_pty(terminal.size().as_ref()) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
     };
     let conn = match crate::session::exec_on_terminal(name, a.command.clone(), a.timeout, slave) {
         Ok(c) => c,
@@ -75,7 +83,7 @@ fn in_session(name: &str, a: &RunArgs, mut terminal: pty::CallerTerminal) -> i32
         let mut ended = tokio::task::spawn_blocking(move || {
             crate::session::terminal_verdict(&owned, &conn)
         });
-        let relay = pty::relay(master, &terminal);
+        let relay = pty::relay(master, &terminal, winch);
         tokio::pin!(relay);
         let v = tokio::select! {
             v = &mut ended => {
