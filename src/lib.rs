@@ -16,6 +16,7 @@ pub mod fsat;
 pub mod mcp;
 pub mod net;
 pub mod oci;
+pub mod peer;
 pub mod pool;
 pub mod profile;
 pub mod run;

@@ -466,3 +466,40 @@ fn a_served_run_whose_caller_is_killed_is_killed_too() {
         assert_eq!(cgroups_of(server.pid()), Vec::<PathBuf>::new(), "{mode:?}");
     }
 }
+
+/// A cell's process (here a rootless run's, with the server's directory bound in) has
+/// the server's uid on the host, yet is refused: it is in another user namespace. Were
+/// it served, it could ask for any bind of the user's files.
+#[test]
+fn a_process_in_a_cell_is_refused_by_the_server() {
+    let state = state_dir(Mode::Rootless);
+    let server = Server::start(Mode::Rootless, state.path());
+    let py = std::fs::canonicalize(repo().join("target/nix-fixture/python-bare")).unwrap();
+    let bind = format!("{}:/s", state.path().join("nixcell/serve").display());
+    let client = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                  try:\n s.sendall(b'x'); print(repr(s.recv(100)))\n\
+                  except (ConnectionResetError, BrokenPipeError): print(repr(b''))";
+    let out = cmd(Mode::Rootless, state.path())
+        .args(["run", "--env-path"])
+        .arg(&py)
+        .args([
+            "--ro-bind",
+            &bind,
+            "--",
+            "python3",
+            "-c",
+            client,
+            "/s/socket",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "b''\n", "{}", text(&out.stderr));
+    assert!(
+        server
+            .log()
+            .contains("refused a connection: the caller runs in another user namespace"),
+        "{}",
+        server.log()
+    );
+}

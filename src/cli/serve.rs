@@ -110,6 +110,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             }
             Err(_) => continue,
         }
+        // Our uid inside a cell (a rootless run that sees the socket through a workdir
+        // or a bind) would run cells with whatever binds it asks for: refused.
+        if let Err(why) = crate::peer::outside_cells(&conn) {
+            eprintln!("nixcell serve: refused a connection: {why}");
+            continue;
+        }
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         let live = live.clone();
         let warm = warm.clone();
@@ -291,7 +297,10 @@ pub fn served(args: &RunArgs) -> Option<i32> {
     }
     let path = pool::socket_dir(false).ok()?.join(pool::SOCKET);
     let mut conn = UnixStream::connect(&path).ok()?;
-    if pool::peer_uid(&conn).ok()? != nix::unistd::geteuid().as_raw() {
+    // A "server" a cell made (our uid there too, in a read-write workdir) gets nothing.
+    if pool::peer_uid(&conn).ok()? != nix::unistd::geteuid().as_raw()
+        || crate::peer::outside_cells(&conn).is_err()
+    {
         return None;
     }
     let req = Request {
