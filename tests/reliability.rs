@@ -598,3 +598,29 @@ fn sixty_four_runs_in_flight_through_one_mcp_server() {
         eprintln!("{mode:?}: {v}");
     }
 }
+
+/// The journal of an interrupted edit settles only the two states that edit left: a
+/// declaration the user changed since is theirs, and the next edit refuses instead of
+/// putting the journal's text over it (the journal may also come with a cloned
+/// repository: `.nixcell/` is the project's).
+#[test]
+fn an_interrupted_edits_journal_never_replaces_what_the_user_wrote_since() {
+    let p = edit_project();
+    let dir = p.path();
+    let head = git(dir, &["rev-parse", "HEAD"]).trim().to_string();
+    let original = std::fs::read_to_string(dir.join("devenv.nix")).unwrap();
+    let edited = format!("{original}\n# what the interrupted edit wrote\n");
+    std::fs::create_dir_all(dir.join(".nixcell")).unwrap();
+    let journal = serde_json::json!({"head": head, "original": original, "edited": edited});
+    std::fs::write(dir.join(".nixcell/edit-pending.json"), journal.to_string()).unwrap();
+    let mine = format!("{original}\n# the user's own line, not committed yet\n");
+    std::fs::write(dir.join("devenv.nix"), &mine).unwrap();
+    let o = edit_cmd(dir, "add-package", "jq").output().unwrap();
+    let err = fails(&o, "edit over a journal the file has moved past");
+    assert!(err.contains("edit-pending.json"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("devenv.nix")).unwrap(),
+        mine
+    );
+    assert_eq!(git(dir, &["rev-parse", "HEAD"]).trim(), head);
+}

@@ -540,6 +540,17 @@ fn settle_pending(project: &Project) -> Result<(), EditError> {
     };
     if let Some(keep) = keep {
         let now = crate::project::read_nofollow(decl).map_err(io(decl))?;
+        // Only the two states the edit left are settled: content that is neither was
+        // written since (by the user), and is theirs, not the journal's to replace.
+        if now != p.original.as_bytes() && now != p.edited.as_bytes() {
+            return Err(EditError::Refused(format!(
+                "{}: an edit interrupted earlier left {}, and the file has changed since; \
+                 nothing was changed: check the file and `git status`, then remove {}",
+                decl.display(),
+                path.display(),
+                path.display()
+            )));
+        }
         if now != keep.as_bytes() {
             write_atomically(decl, keep.as_bytes())?;
         }
