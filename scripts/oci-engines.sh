@@ -66,7 +66,13 @@ check "podman: mount refused inside" 0 "refused" \
   pod "$image" sh -c 'mount -t tmpfs x /tmp 2>/dev/null && echo mounted || echo refused'
 check "podman: the root is the closure" 0 "$(nix-store -qR "$bb" | wc -l)" \
   pod "$image" sh -c 'ls /nix/store | wc -l'
-check "podman: -it gives a terminal" 0 "isatty" sh -c "echo | script -qec \"podman --runtime $runtime run --rm -it --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --annotation dev.nixcell.closure=$bb $image sh -c 'test -t 0 && test -t 1 && echo isatty'\" /dev/null"
+# On a pty of its own (Python's pty.spawn keeps copying the output after its stdin, here
+# /dev/null, ends; script(1) given an ended stdin can end before the container's output).
+check "podman: -it gives a terminal" 0 "isatty" python3 -c \
+  'import os, pty, sys; os.dup2(os.open("/dev/null", os.O_RDONLY), 0); sys.exit(pty.spawn(sys.argv[1:]) >> 8)' \
+  podman --runtime "$runtime" run --rm -it --network none --ulimit nofile=1024:1024 \
+  --ulimit nproc=1024:1024 --annotation "dev.nixcell.closure=$bb" "$image" \
+  sh -c 'test -t 0 && test -t 1 && echo isatty'
 name="nixcell-oci-check-$$"
 podman --runtime "$runtime" run -d --name "$name" --network none \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
