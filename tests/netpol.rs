@@ -908,3 +908,73 @@ fn a_plain_http_request_carries_the_checked_host() {
         );
     }
 }
+
+/// Paths of the listening unix sockets of process `pid` (from /proc/net/unix: the
+/// bound name, whether or not it still exists on the host).
+fn bound_unix_paths(pid: u32) -> Vec<std::path::PathBuf> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 8 && inodes.iter().any(|i| i == f[6])).then(|| f[7].into())
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_run_leaves_no_proxy_socket_on_the_host() {
+    use std::io::BufRead;
+    let env = py_env();
+    let http = upstream(serve_http);
+    let p = http.port;
+    let script = format!(
+        r#"
+import time, urllib.request
+print("started", flush=True)
+time.sleep(1)
+print(urllib.request.urlopen("http://api.test:{p}/", timeout=10).read().decode().strip(), flush=True)
+time.sleep(60)
+"#
+    );
+    for mode in MODES {
+        let mut c = resolving(mode, "api.test=127.0.0.1");
+        let mut child = c
+            .args(["run", "--env-path", path_str(&env)])
+            .args(["--allow-host", &format!("api.test:{p}")])
+            .args(["--allow-host", &format!("127.0.0.1:{p}")])
+            .args(["--", "python3", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "started", "{mode:?}");
+        let socket = bound_unix_paths(pid)
+            .into_iter()
+            .find(|s| s.to_string_lossy().contains(".nixcell-net-"))
+            .expect("the supervisor serves the proxy");
+        // The proxy keeps serving the cell through its mount once the name is gone.
+        assert_eq!(lines.next().unwrap().unwrap(), "hello, cell", "{mode:?}");
+        assert!(
+            !socket.exists() && !socket.parent().unwrap().exists(),
+            "{mode:?}: {} is still on the host while the command runs",
+            socket.display()
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!socket.parent().unwrap().exists(), "{mode:?}");
+    }
+}

@@ -204,6 +204,27 @@ fn add_proxy(spec: &mut RunSpec, socket: &std::path::Path) -> std::io::Result<()
     Ok(())
 }
 
+/// Once the command has started, the cell's mounts are made and the proxy's socket
+/// needs no name on the host any more (the mount holds it): removed then, so that a
+/// supervisor killed later leaves nothing of it in /tmp. `then` is the caller's hook.
+fn unlink_proxy_when_started(
+    proxy: &crate::net::Proxy,
+    then: Option<supervise::OnEvent>,
+) -> supervise::OnEvent {
+    let socket = proxy.socket();
+    std::sync::Arc::new(move |e| {
+        if e == supervise::RunEvent::CommandStarted {
+            let _ = std::fs::remove_file(&socket);
+            if let Some(dir) = socket.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        if let Some(f) = &then {
+            f(e)
+        }
+    })
+}
+
 /// Set in the environment of a session cell's services and execs.
 pub const SESSION_ENV: &str = "NIXCELL_SESSION";
 
@@ -320,6 +341,9 @@ impl PreparedRun {
                     supervise::RunEvent::CommandEnded => "command ended".to_string(),
                 })
             }));
+        }
+        if let Some(p) = &proxy {
+            opts.on_event = Some(unlink_proxy_when_started(p, opts.on_event.take()));
         }
         let mut outcome = supervise::run(&spec, &opts).await?;
         let network = match &proxy {
