@@ -44,7 +44,20 @@ pub struct Process {
     pub cwd: String,
     pub capabilities: Option<BTreeMap<String, Vec<String>>>,
     #[serde(default)]
-    pub rlimits: Vec<serde_json::Value>,
+    pub rlimits: Vec<Rlimit>,
+    pub oom_score_adj: Option<i32>,
+    pub no_new_privileges: Option<bool>,
+    pub apparmor_profile: Option<String>,
+    pub selinux_label: Option<String>,
+}
+
+/// One `process.rlimits` entry.
+#[derive(Debug, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +69,7 @@ pub struct User {
     pub gid: u32,
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +99,9 @@ pub struct Linux {
     #[serde(default)]
     pub gid_mappings: Vec<serde_json::Value>,
     pub cgroups_path: Option<String>,
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    pub mount_label: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,24 +189,7 @@ impl Config {
         }
         let mut warn = Vec::new();
         let p = self.process()?;
-        if !p.user.additional_gids.is_empty() {
-            warn.push(format!(
-                "process.user.additionalGids {:?}: a cell has no supplementary groups",
-                p.user.additional_gids
-            ));
-        }
-        if let Some(caps) = &p.capabilities {
-            let asked: std::collections::BTreeSet<&String> = caps.values().flatten().collect();
-            if !asked.is_empty() {
-                warn.push(format!(
-                    "process.capabilities: none granted ({} asked): a cell runs without capabilities",
-                    asked.len()
-                ));
-            }
-        }
-        if !p.rlimits.is_empty() {
-            warn.push("process.rlimits: the profile's rlimits apply instead".into());
-        }
+        warn.extend(self.check_process(p)?);
         for m in &self.mounts {
             if !OWN_MOUNTS.contains(&m.destination.as_str()) {
                 return Err(format!(
@@ -210,17 +210,14 @@ impl Config {
                 ));
             }
         }
-        if let Some(l) = linux {
-            if l.seccomp.is_some() {
-                warn.push("linux.seccomp: nixcell's own seccomp filter applies instead".into());
-            }
-            if !l.uid_mappings.is_empty() || !l.gid_mappings.is_empty() {
-                warn.push(
-                    "linux.uidMappings/gidMappings: the cell maps process.user to an \
-                     unprivileged host identity of its own"
-                        .into(),
-                );
-            }
+        if let Some(l) = linux
+            && (!l.uid_mappings.is_empty() || !l.gid_mappings.is_empty())
+        {
+            warn.push(
+                "linux.uidMappings/gidMappings: the cell maps process.user to an \
+                 unprivileged host identity of its own"
+                    .into(),
+            );
         }
         if self.hooks.as_ref().is_some_and(|h| {
             h.as_object().is_some_and(|o| {

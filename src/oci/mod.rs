@@ -12,6 +12,8 @@
 
 pub mod config;
 pub mod exec;
+pub mod process;
+pub mod seccomp;
 pub mod state;
 
 use crate::run::{harden, limits, plan};
@@ -201,6 +203,7 @@ fn create_in(
     decided.timeout = None;
     let mut hardening =
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
+    container_process(g, cfg, &profile, &mut spec)?;
     for l in &hardening.layers {
         g.log(
             "info",
@@ -277,6 +280,27 @@ fn create_in(
     if let Some(p) = &a.pid_file {
         write_pid_file(p, pid1)?;
     }
+    Ok(())
+}
+
+/// The container's own rlimits, seccomp filter, umask, oomScoreAdj and sysctls, on
+/// top of the profile's layers.
+fn container_process(
+    g: &Globals,
+    cfg: &Config,
+    profile: &crate::profile::Profile,
+    spec: &mut crate::sandbox::RunSpec,
+) -> Res {
+    use crate::sandbox::seccomp::SeccompKind;
+    let sc = &profile.seccomp;
+    let allows_seccomp = sc.mode == crate::sandbox::LayerMode::Off
+        || sc.kind == SeccompKind::DenyList
+        || sc.allow.iter().any(|a| a == "seccomp");
+    let (c, warnings) = cfg.container_process(&spec.security.rlimits, allows_seccomp)?;
+    for w in warnings {
+        g.log("warning", &format!("config.json: {w}"));
+    }
+    spec.security.container = c;
     Ok(())
 }
 
@@ -546,9 +570,17 @@ pub fn features() -> String {
         "mountOptions": [],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            // None is granted: a cell runs without capabilities.
             "capabilities": [],
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": seccomp::ACTIONS,
+                "operators": seccomp::OPERATORS,
+                "archs": ["SCMP_ARCH_X86_64"],
+                "knownFlags": seccomp::FLAGS,
+                "supportedFlags": seccomp::FLAGS
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false}
         },

@@ -19,6 +19,7 @@ pub mod landlock;
 pub mod layers;
 pub mod limits;
 pub mod ns;
+pub mod ociproc;
 pub mod pid1;
 pub mod pidfd;
 pub mod proto;
