@@ -66,6 +66,17 @@ check "podman: mount refused inside" 0 "refused" \
   pod "$image" sh -c 'mount -t tmpfs x /tmp 2>/dev/null && echo mounted || echo refused'
 check "podman: the root is the closure" 0 "$(nix-store -qR "$bb" | wc -l)" \
   pod "$image" sh -c 'ls /nix/store | wc -l'
+# The container's process as config.json says (podman's default seccomp profile
+# applies to every run above, stacked under nixcell's own filters).
+check "podman: --ulimit reaches the container" 0 "512:768" \
+  pod --ulimit nofile=512:768 "$image" awk '/open files/ {print $4 ":" $5}' /proc/self/limits
+check "podman: --sysctl and --oom-score-adj reach the container" 0 "1 300" \
+  pod --sysctl net.ipv4.ip_forward=1 --oom-score-adj 300 "$image" \
+  sh -c 'echo $(cat /proc/sys/net/ipv4/ip_forward /proc/self/oom_score_adj)'
+printf '%s' '{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}' \
+  > "$work/seccomp.json"
+check "podman: --security-opt seccomp= stacks under nixcell's filters" 1 "Function not implemented" \
+  pod --security-opt "seccomp=$work/seccomp.json" "$image" mkdir /tmp/x
 # On a pty of its own (Python's pty.spawn keeps copying the output after its stdin, here
 # /dev/null, ends; script(1) given an ended stdin can end before the container's output).
 check "podman: -it gives a terminal" 0 "isatty" python3 -c \
@@ -143,6 +154,8 @@ check "containerd: --memory-limit reaches the cgroup (OOM kill)" 137 "" \
   crun_ "--rm --memory-limit 67108864" t2 dd if=/dev/zero of=/dev/null bs=200M count=1
 check "containerd: --privileged grants no capability" 0 "CapEff:	0000000000000000" \
   crun_ "--rm --privileged" t3 grep CapEff /proc/self/status
+check "containerd: --seccomp (its default profile) stacks under nixcell's filters" 0 "stacked" \
+  crun_ "--rm --seccomp" t5 sh -c 'n=$(grep Seccomp_filters /proc/self/status | cut -f2); [ "$n" -gt 3 ] && echo stacked'
 crun_ -d t4 sleep 100 > /dev/null
 check "containerd: task ls shows it running" 0 "RUNNING" c task ls
 check "containerd: task exec (exit status)" 3 "in t4" \
