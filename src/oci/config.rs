@@ -85,6 +85,8 @@ pub struct Mount {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub source: Option<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +104,23 @@ pub struct Linux {
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
     pub mount_label: Option<String>,
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Device {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,7 +162,7 @@ pub struct Asked {
 }
 
 /// Mount destinations nixcell provides itself (its own /proc, /dev, /tmp, /sys absent).
-const OWN_MOUNTS: &[&str] = &[
+pub const OWN_MOUNTS: &[&str] = &[
     "/proc",
     "/dev",
     "/dev/pts",
@@ -190,16 +209,6 @@ impl Config {
         let mut warn = Vec::new();
         let p = self.process()?;
         warn.extend(self.check_process(p)?);
-        for m in &self.mounts {
-            if !OWN_MOUNTS.contains(&m.destination.as_str()) {
-                return Err(format!(
-                    "config.json: mount of {} at {}: not supported (a cell's root is its closure; \
-                     nixcell provides /proc, /dev and /tmp itself)",
-                    m.source.as_deref().unwrap_or("?"),
-                    m.destination
-                ));
-            }
-        }
         let linux = self.linux.as_ref();
         for ns in linux.map(|l| l.namespaces.as_slice()).unwrap_or_default() {
             if let Some(path) = &ns.path {
@@ -291,16 +300,11 @@ mod tests {
     }
 
     #[test]
-    fn joined_namespace_and_foreign_mount_are_refused() {
+    fn joined_namespace_is_refused() {
         let ns = parse(
             r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
             "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"}]}}"#,
         );
         assert!(ns.check().unwrap_err().contains("/run/netns/x"));
-        let m = parse(
-            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
-            "mounts":[{"destination":"/data","type":"bind","source":"/srv"}]}"#,
-        );
-        assert!(m.check().unwrap_err().contains("/data"));
     }
 }

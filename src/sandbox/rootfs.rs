@@ -53,11 +53,26 @@ fn tmpfs(stage: Stage, target: &str, flags: MsFlags, data: &str) -> StageResult 
 pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     make_mounts_private()?;
     enter_tmpfs_root()?;
+    let tree = |i: usize, recursive: bool| source_tree(spec, prepared, i, recursive);
+    let oci = super::ocimount::Builder {
+        tree: &tree,
+        devices: DEVICES,
+        proc_masked: PROC_MASKED_FILES
+            .iter()
+            .chain(PROC_MASKED_DIRS)
+            .copied()
+            .collect(),
+        proc_read_only: PROC_READ_ONLY,
+    };
+    if let Some(img) = spec.image_root() {
+        return super::ocimount::build_image(spec, &oci, img);
+    }
     bind_store(spec)?;
     mount_proc()?;
     mount_dev()?;
     mount_tmp(spec.tmp_size_bytes, spec.tmp_inodes)?;
     bind_user_mounts(spec, prepared, sock)?;
+    super::ocimount::apply_closure(spec, &oci)?;
     write_etc(spec)?;
     make_symlinks(spec)?;
     detach_old_root()?;
@@ -349,6 +364,10 @@ fn bind_user_mounts(
     sock: BorrowedFd<'_>,
 ) -> StageResult {
     const STAGE: Stage = Stage::BindUser;
+    // An OCI container's binds are its config.json's mounts, made in their order.
+    if spec.oci_fs.is_some() {
+        return Ok(());
+    }
     for (i, m) in spec.mounts.iter().enumerate() {
         if let Some(parent) = m.dest.parent() {
             mkdir_p(STAGE, parent)?;
