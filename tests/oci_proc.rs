@@ -46,6 +46,13 @@ fn run(mode: Mode, cfg: &serde_json::Value) -> Result<Ran, String> {
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(d.join("bundle")).unwrap();
     std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
+    // An image root, for a config without the closure annotation.
+    let bin = d.join("bundle/rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/usr/bin/busybox", bin.join("busybox")).unwrap();
+    for a in ["sh", "grep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap();
+    }
     if mode == Mode::Rootless {
         chown_to_test_user(d);
     }
@@ -278,5 +285,21 @@ fn sysctls_of_the_containers_own_namespaces() {
             e.contains("linux.sysctl kernel.core_pattern: refused"),
             "{mode:?}: {e}"
         );
+    }
+}
+
+#[test]
+fn a_new_file_systems_source_is_the_configs() {
+    for mode in MODES {
+        let mut cfg = config("grep -E ' /(proc|tmp) ' /proc/self/mountinfo");
+        cfg["annotations"] = serde_json::json!({});
+        cfg["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+        cfg["mounts"] = serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "scratch"},
+        ]);
+        let r = run(mode, &cfg).unwrap();
+        assert!(r.out.contains(" - proc proc "), "{mode:?}: {}", r.out);
+        assert!(r.out.contains(" - tmpfs scratch "), "{mode:?}: {}", r.out);
     }
 }
