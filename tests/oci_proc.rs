@@ -247,6 +247,18 @@ fn umask_oom_score_and_groups() {
             "{mode:?}: {}",
             r.log
         );
+        // Below the runtime's own (this test's): raised to it, with a warning.
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        let mut low = config("cat /proc/self/oom_score_adj");
+        low["process"]["oomScoreAdj"] = serde_json::json!(-999);
+        let l = run(mode, &low).unwrap();
+        assert_eq!(l.out, own, "{mode:?}");
+        assert!(
+            l.log
+                .contains(&format!("oomScoreAdj -999 raised to {}", own.trim())),
+            "{mode:?}: {}",
+            l.log
+        );
         assert!(
             r.log.contains("process.capabilities: not granted") && r.log.contains("CAP_NET_RAW"),
             "{mode:?}: {}",

@@ -170,12 +170,29 @@ impl Config {
                 rlimits,
                 seccomp: seccomp.filter(|s| !s.filters.is_empty()),
                 umask: p.user.umask,
-                oom_score_adj: p.oom_score_adj,
+                oom_score_adj: p.oom_score_adj.map(|v| oom_score_floor(v, &mut warn)),
                 sysctl,
             },
             warn,
         ))
     }
+}
+
+/// `process.oomScoreAdj` at least this runtime's own value, which the cell inherits:
+/// going lower needs CAP_SYS_RESOURCE, which a cell never has. Kubernetes asks for
+/// -997 for its Guaranteed pods: raised, with a warning, rather than refused.
+fn oom_score_floor(v: i32, warn: &mut Vec<String>) -> i32 {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if v < own {
+        warn.push(format!(
+            "process.oomScoreAdj {v} raised to {own}, the runtime's own (a cell cannot lower it)"
+        ));
+        return own;
+    }
+    v
 }
 
 /// The limits the profile sets (the container's can only be lower).
