@@ -177,7 +177,8 @@ fn each_mount_kind_is_what_config_json_says() {
              cat /data/f; touch /data/g || echo data-ro; \
              touch /sys/x 2>/dev/null || echo sys-ro; \
              echo s > /dev/shm/s && echo shm-rw; echo t > /scratch/t && echo scratch-rw; \
-             ls -d /sys/fs/cgroup/* 2>/dev/null | wc -l",
+             ls -d /sys/fs/cgroup/* 2>/dev/null | wc -l; \
+             touch /rw/made 2>/dev/null && echo rw-written || echo rw-read-only",
         );
         let mounts = cfg["mounts"].as_array_mut().unwrap();
         // sysfs is read-only also when "ro" is not asked.
@@ -188,6 +189,12 @@ fn each_mount_kind_is_what_config_json_says() {
             serde_json::json!({"destination": "/scratch", "type": "tmpfs",
             "source": "tmpfs", "options": ["size=1m", "mode=1777"]}),
         );
+        // A writable bind: the cell's own directory rootless; root's when started as
+        // root, so read-only (a live writable mount is only ever the cell's).
+        let rw = b.dir.path().join("rw");
+        std::fs::create_dir(&rw).unwrap();
+        mounts.push(serde_json::json!({"destination": "/rw", "type": "bind",
+            "source": path_str(&rw), "options": ["rbind", "rw"]}));
         let (code, out) = b.run(&cfg);
         assert_eq!(code, 0, "{mode:?}: {out}");
         for line in [
@@ -208,6 +215,13 @@ fn each_mount_kind_is_what_config_json_says() {
             assert_has(&out, line);
         }
         assert!(!host.join("g").exists());
+        let want = if mode == Mode::Rootless {
+            "rw-written"
+        } else {
+            "rw-read-only"
+        };
+        assert_has(&out, want);
+        assert_eq!(rw.join("made").exists(), mode == Mode::Rootless);
     }
 }
 

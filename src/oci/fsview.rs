@@ -342,3 +342,93 @@ fn check_device(d: &super::config::Device) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(j: serde_json::Value) -> Result<Option<OciMount>, String> {
+        let m: Mount = serde_json::from_value(j).unwrap();
+        let dest = check_dest("mounts", &m.destination)?;
+        mount(&m, dest, (0, 0), &mut Vec::new())
+    }
+
+    #[test]
+    fn options_become_flags_and_checked_data() {
+        let m = one(
+            serde_json::json!({"destination": "/dev/pts", "type": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "gid=5"]}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.kind, MountKind::Devpts);
+        assert!(m.nosuid && m.noexec && !m.nodev && !m.readonly);
+        // gid 5 is not mapped in a cell: left out.
+        assert_eq!(m.data, ["newinstance", "ptmxmode=0666"]);
+        let s = one(serde_json::json!({"destination": "/sys", "type": "sysfs"}))
+            .unwrap()
+            .unwrap();
+        assert!(s.readonly && s.noexec, "sysfs is read-only unless asked");
+        let b = one(
+            serde_json::json!({"destination": "/d", "type": "none", "source": "/srv",
+            "options": ["bind", "ro"]}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            b.kind,
+            MountKind::Bind {
+                source: 0,
+                recursive: false
+            }
+        );
+        assert!(
+            one(serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup"}))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_mounts_are_refused_by_name() {
+        for (j, word) in [
+            (
+                serde_json::json!({"destination": "x", "type": "tmpfs"}),
+                "not absolute",
+            ),
+            (
+                serde_json::json!({"destination": "/a/../b", "type": "tmpfs"}),
+                "..",
+            ),
+            (
+                serde_json::json!({"destination": "/oldroot/x", "type": "tmpfs"}),
+                "nixcell uses",
+            ),
+            (
+                serde_json::json!({"destination": "/", "type": "tmpfs"}),
+                "root itself",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "tmpfs",
+                "options": ["huge=always"]}),
+                "huge=always",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "bind", "source": "rel"}),
+                "rel",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "bind", "source": "/s",
+                "options": ["rshared"]}),
+                "propagate",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "nfs"}),
+                "nfs",
+            ),
+        ] {
+            let e = one(j).unwrap_err();
+            assert!(e.contains(word), "{word}: {e}");
+        }
+    }
+}
