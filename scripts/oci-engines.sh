@@ -1,7 +1,8 @@
 #!/bin/sh
 # Check nixcell as an OCI runtime through the real engines, started as root:
 #   podman (`podman --runtime …/nixcell-runc`, rootful, and rootless as the test user),
-#   with an image imported from a tarball of a closure (no registry), and containerd (`ctr run --runc-binary …/nixcell-runc`,
+#   with an image imported from a tarball of a closure (no registry) and images whose root
+#   is a plain directory (no closure annotation), and containerd (`ctr run --runc-binary …/nixcell-runc`,
 #   through the io.containerd.runc.v2 shim) against a containerd of its own (root,
 #   state, socket and config under target/oci-engines; the shim keeps runc's state under
 #   /run/containerd/runc/<namespace>, a namespace of this script, removed at the end).
@@ -46,6 +47,14 @@ check() {
 # An image made of exactly the closure: a tarball of its store paths.
 # shellcheck disable=SC2046
 tar -cf "$work/closure.tar" $(nix-store -qR "$bb")
+
+# A plain directory root without a closure: Debian's static busybox and its applets.
+dirroot="$work/bbroot"
+mkdir -p "$dirroot/bin" "$dirroot/etc"
+cp /usr/bin/busybox "$dirroot/bin/"
+for a in sh cat echo id touch grep ls; do ln -s busybox "$dirroot/bin/$a"; done
+echo "from the image" > "$dirroot/etc/img"
+tar -C "$dirroot" -cf "$work/bbroot.tar" .
 
 # --- podman (rootful) ---
 image=localhost/nixcell-oci-check
@@ -103,11 +112,26 @@ podman wait "$name" > /dev/null 2>&1 || true
 check "podman: kill -s KILL" 0 "137" podman inspect --format '{{.State.ExitCode}}' "$name"
 podman rm -f "$name" > /dev/null
 podman rmi -f "$image" > /dev/null
+podd() {
+  podman --runtime "$runtime" run --rm --network none \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$@"
+}
+check "podman --rootfs: a directory root without a closure, exit status" 3 "from the image" \
+  podd --rootfs "$dirroot" sh -c 'cat /etc/img; exit 3'
+writes_stay() {
+  podd --rootfs "$dirroot" sh -c 'touch /etc/new /top && grep -c " / overlay " /proc/mounts' &&
+    [ ! -e "$dirroot/top" ] && [ ! -e "$dirroot/etc/new" ]
+}
+check "podman --rootfs: writes go to the container's layer, the directory stays" 0 "1" writes_stay
+podman import -q "$work/bbroot.tar" "$image-dir" > /dev/null
+check "podman: an imported image (overlayfs root) is refused clearly when rootful" 126 \
+  "cannot be idmapped" podd "$image-dir" true
+podman rmi -f "$image-dir" > /dev/null
 
 # --- podman, rootless (as the test user of scripts/setup.sh) ---
 rl="$work/rootless"
 mkdir -p "$rl"
-cp "$work/closure.tar" "$rl/"
+cp "$work/closure.tar" "$work/bbroot.tar" "$rl/"
 chown -R nixcell-test "$rl"
 chmod o+x "$work"
 as_user() {
@@ -125,6 +149,12 @@ check "podman rootless: no capability inside" 0 "CapEff:	0000000000000000" \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --annotation "dev.nixcell.closure=$bb" "$image" grep CapEff /proc/self/status
 as_user podman rmi -f "$image" > /dev/null 2>&1 || true
+as_user podman import -q "$rl/bbroot.tar" "$image-dir" > /dev/null
+check "podman rootless: an imported image without a closure (reads, writes, exit status)" 4 \
+  "from the image" as_user podman --runtime "$runtime" run --rm --network none \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$image-dir" \
+  sh -c 'cat /etc/img; touch /etc/new && exit 4'
+as_user podman rmi -f "$image-dir" > /dev/null 2>&1 || true
 
 # --- containerd, its own daemon ---
 ctd="$work/containerd"
@@ -160,6 +190,9 @@ crun_ -d t4 sleep 100 > /dev/null
 check "containerd: task ls shows it running" 0 "RUNNING" c task ls
 check "containerd: task exec (exit status)" 3 "in t4" \
   c task exec --exec-id e1 t4 sh -c 'echo in t4; exit 3'
+check "containerd: --rootfs DIR without a closure (exit status)" 6 "from the image" \
+  c run --runtime io.containerd.runc.v2 --runc-binary "$runtime" --rm --rootfs "$dirroot" \
+  t5 sh -c 'cat /etc/img; exit 6'
 c task kill -s SIGTERM t4
 i=0
 while c task ls | grep -q "t4.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done

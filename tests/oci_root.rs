@@ -177,15 +177,24 @@ fn each_mount_kind_is_what_config_json_says() {
              cat /data/f; touch /data/g || echo data-ro; \
              touch /sys/x 2>/dev/null || echo sys-ro; \
              echo s > /dev/shm/s && echo shm-rw; echo t > /scratch/t && echo scratch-rw; \
-             ls -d /sys/fs/cgroup/* 2>/dev/null | wc -l",
+             ls -d /sys/fs/cgroup/* 2>/dev/null | wc -l; \
+             touch /rw/made 2>/dev/null && echo rw-written || echo rw-read-only",
         );
         let mounts = cfg["mounts"].as_array_mut().unwrap();
+        // sysfs is read-only also when "ro" is not asked.
+        mounts[5]["options"] = serde_json::json!(["nosuid", "noexec", "nodev"]);
         mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
             "source": path_str(&host), "options": ["rbind", "ro", "rprivate"]}));
         mounts.push(
             serde_json::json!({"destination": "/scratch", "type": "tmpfs",
             "source": "tmpfs", "options": ["size=1m", "mode=1777"]}),
         );
+        // A writable bind: the cell's own directory rootless; root's when started as
+        // root, so read-only (a live writable mount is only ever the cell's).
+        let rw = b.dir.path().join("rw");
+        std::fs::create_dir(&rw).unwrap();
+        mounts.push(serde_json::json!({"destination": "/rw", "type": "bind",
+            "source": path_str(&rw), "options": ["rbind", "rw"]}));
         let (code, out) = b.run(&cfg);
         assert_eq!(code, 0, "{mode:?}: {out}");
         for line in [
@@ -206,6 +215,13 @@ fn each_mount_kind_is_what_config_json_says() {
             assert_has(&out, line);
         }
         assert!(!host.join("g").exists());
+        let want = if mode == Mode::Rootless {
+            "rw-written"
+        } else {
+            "rw-read-only"
+        };
+        assert_has(&out, want);
+        assert_eq!(rw.join("made").exists(), mode == Mode::Rootless);
     }
 }
 
@@ -317,5 +333,46 @@ fn a_hostile_image_link_never_places_a_mount_outside_the_root() {
         assert_eq!(code, 0, "{mode:?}: {out}");
         assert_empty_dir(&outside, &format!("{mode:?}: the host directory"));
         assert_has(&out, "4\n");
+    }
+}
+
+/// A closure root keeps nixcell's own /proc, /dev and /tmp (an engine's mounts there
+/// are not made) and gets config.json's other mounts, masks and read-only paths.
+#[test]
+fn a_closure_root_gets_the_other_mounts_of_config_json() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let host = b.dir.path().join("data");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("f"), "host data\n").unwrap();
+        let mut cfg = config(
+            "cat /data/f /data/hidden; ls /nix/store | wc -l; \
+             grep -E ' /(data|scratch|proc|dev) ' /proc/mounts | while read s at fs o r; do \
+             echo \"$at $fs\"; done; touch /scratch/x && echo scratch-rw",
+        );
+        cfg["annotations"] = serde_json::json!({"dev.nixcell.closure": path_str(&busybox())});
+        cfg["process"]["env"] = serde_json::json!([]);
+        std::fs::write(host.join("hidden"), "hidden\n").unwrap();
+        cfg["linux"]["maskedPaths"] = serde_json::json!(["/data/hidden"]);
+        let mounts = cfg["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+            "source": path_str(&host), "options": ["rbind", "ro"]}));
+        mounts.push(
+            serde_json::json!({"destination": "/scratch", "type": "tmpfs",
+            "source": "tmpfs", "options": ["size=1m"]}),
+        );
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, 0, "{mode:?}: {out}");
+        for want in [
+            "host data\n",
+            "/data ",
+            "/scratch tmpfs",
+            "/proc proc",
+            "/dev tmpfs",
+            "scratch-rw",
+        ] {
+            assert_has(&out, want);
+        }
+        assert!(!out.contains("hidden"), "{mode:?}: {out}");
     }
 }

@@ -32,6 +32,23 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
             path.display()
         ));
     }
+    // Started as root, the cell runs as an unprivileged host uid: the image's files
+    // are the cell's through an idmapped lower layer, which an overlayfs (an engine's
+    // own image store) cannot be.
+    if crate::sandbox::ns::is_host_root()
+        && o.st.st_uid != spec.identity.host_uid
+        && on_overlayfs(&o.fd)?
+    {
+        return Err(format!(
+            "config.json: root.path {}: an overlayfs owned by uid {} cannot be idmapped for \
+             the cell (it runs as the unprivileged host uid {}), so the container could not \
+             make its mount points or write its root; give a plain directory (podman run \
+             --rootfs DIR, ctr run --rootfs DIR) or run the engine rootless",
+            path.display(),
+            o.st.st_uid,
+            spec.identity.host_uid
+        ));
+    }
     spec.mounts.insert(
         0,
         BindMount {
@@ -52,6 +69,22 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
         inodes: IMAGE_LAYER_INODES,
     });
     Ok(())
+}
+
+/// The file system of `fd` is an overlayfs (statfs(2) f_type).
+fn on_overlayfs(fd: &std::os::fd::OwnedFd) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    // SAFETY: statfs is plain data; zeroed is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open descriptor; st is a valid statfs to fill in.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(format!(
+            "root.path: fstatfs: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(st.f_type == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// config.json's mounts, masked and read-only paths and devices into `spec.oci_fs`
@@ -80,6 +113,16 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
             let src = m.source.as_deref().unwrap_or_default();
             let o = crate::plan::open_host_path(Path::new(src))
                 .map_err(|e| format!("config.json: mount of {src} at {}: {e}", m.destination))?;
+            // A live writable mount is only ever the cell's own (as for `run --bind`):
+            // another owner's (an engine's /etc/hosts, root's) is bound read-only.
+            if !om.readonly && o.st.st_uid != spec.identity.host_uid {
+                warn.push(format!(
+                    "mount of {src} at {}: read-only (it belongs to uid {}, not to the \
+                     cell's host identity {})",
+                    m.destination, o.st.st_uid, spec.identity.host_uid
+                ));
+                om.readonly = true;
+            }
             spec.mounts.push(BindMount {
                 source: o.real.clone(),
                 dest: om.dest.clone(),
@@ -103,7 +146,15 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
     let masked = paths("linux.maskedPaths", linux.map(|l| &l.masked_paths))?;
     let readonly = paths("linux.readonlyPaths", linux.map(|l| &l.readonly_paths))?;
     for d in linux.map(|l| l.devices.as_slice()).unwrap_or_default() {
-        check_device(d)?;
+        match check_device(d) {
+            Ok(()) => {}
+            // A closure root's /dev is nixcell's as a whole (as its /dev mount is).
+            Err(e) if !image => warn.push(format!(
+                "{}: not given",
+                e.trim_start_matches("config.json: ")
+            )),
+            Err(e) => return Err(e),
+        }
     }
     let fs = spec.oci_fs.get_or_insert_with(OciFs::default);
     fs.mounts = mounts;
@@ -300,4 +351,94 @@ fn check_device(d: &super::config::Device) -> Result<(), String> {
         return refuse(&format!("the host's is {major}:{minor}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(j: serde_json::Value) -> Result<Option<OciMount>, String> {
+        let m: Mount = serde_json::from_value(j).unwrap();
+        let dest = check_dest("mounts", &m.destination)?;
+        mount(&m, dest, (0, 0), &mut Vec::new())
+    }
+
+    #[test]
+    fn options_become_flags_and_checked_data() {
+        let m = one(
+            serde_json::json!({"destination": "/dev/pts", "type": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "gid=5"]}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.kind, MountKind::Devpts);
+        assert!(m.nosuid && m.noexec && !m.nodev && !m.readonly);
+        // gid 5 is not mapped in a cell: left out.
+        assert_eq!(m.data, ["newinstance", "ptmxmode=0666"]);
+        let s = one(serde_json::json!({"destination": "/sys", "type": "sysfs"}))
+            .unwrap()
+            .unwrap();
+        assert!(s.readonly && s.noexec, "sysfs is read-only unless asked");
+        let b = one(
+            serde_json::json!({"destination": "/d", "type": "none", "source": "/srv",
+            "options": ["bind", "ro"]}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            b.kind,
+            MountKind::Bind {
+                source: 0,
+                recursive: false
+            }
+        );
+        assert!(
+            one(serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup"}))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_mounts_are_refused_by_name() {
+        for (j, word) in [
+            (
+                serde_json::json!({"destination": "x", "type": "tmpfs"}),
+                "not absolute",
+            ),
+            (
+                serde_json::json!({"destination": "/a/../b", "type": "tmpfs"}),
+                "..",
+            ),
+            (
+                serde_json::json!({"destination": "/oldroot/x", "type": "tmpfs"}),
+                "nixcell uses",
+            ),
+            (
+                serde_json::json!({"destination": "/", "type": "tmpfs"}),
+                "root itself",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "tmpfs",
+                "options": ["huge=always"]}),
+                "huge=always",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "bind", "source": "rel"}),
+                "rel",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "bind", "source": "/s",
+                "options": ["rshared"]}),
+                "propagate",
+            ),
+            (
+                serde_json::json!({"destination": "/t", "type": "nfs"}),
+                "nfs",
+            ),
+        ] {
+            let e = one(j).unwrap_err();
+            assert!(e.contains(word), "{word}: {e}");
+        }
+    }
 }
