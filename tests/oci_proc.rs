@@ -315,3 +315,26 @@ fn a_new_file_systems_source_is_the_configs() {
         assert!(r.out.contains(" - tmpfs scratch "), "{mode:?}: {}", r.out);
     }
 }
+
+#[test]
+fn features_list_the_seccomp_it_carries_out() {
+    let o = nixcell(Mode::Root)
+        .args(["oci", "features"])
+        .output()
+        .unwrap();
+    let f: serde_json::Value = serde_json::from_str(&ok(&o, "features")).unwrap();
+    let sc = &f["linux"]["seccomp"];
+    assert_eq!(sc["enabled"], true, "{f}");
+    for a in ["SCMP_ACT_ERRNO", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_ALLOW"] {
+        assert!(
+            sc["actions"].as_array().unwrap().iter().any(|x| x == a),
+            "{sc}"
+        );
+    }
+    assert!(!sc["actions"].to_string().contains("NOTIFY"), "{sc}");
+    assert_eq!(
+        f["linux"]["capabilities"],
+        serde_json::json!([]),
+        "none is granted"
+    );
+}

@@ -591,7 +591,7 @@ pub fn features() -> String {
                 "actions": seccomp::ACTIONS,
                 "operators": seccomp::OPERATORS,
                 "archs": ["SCMP_ARCH_X86_64"],
-                "knownFlags": seccomp::FLAGS,
+                "knownFlags": seccomp::KNOWN_FLAGS,
                 "supportedFlags": seccomp::FLAGS
             },
             "apparmor": {"enabled": false},

@@ -110,6 +110,12 @@ pub const OPERATORS: &[&str] = &[
 /// Filter flags accepted: TSYNC (the command is single-threaded when the filter is
 /// installed, so there is nothing to synchronise) and LOG.
 pub const FLAGS: &[&str] = &["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG"];
+/// Flags recognised: the supported ones and SPEC_ALLOW, refused.
+pub const KNOWN_FLAGS: &[&str] = &[
+    "SECCOMP_FILTER_FLAG_TSYNC",
+    "SECCOMP_FILTER_FLAG_LOG",
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+];
 
 fn err(msg: impl std::fmt::Display) -> String {
     format!("config.json: linux.seccomp: {msg}")
