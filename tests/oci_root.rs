@@ -58,12 +58,24 @@ impl Bundle {
         let out = std::fs::File::create(&out_path).unwrap();
         let pid_file = self.dir.path().join("c.pid");
         let state = self.dir.path().join("state");
-        let st = nixcell(self.mode)
+        let mut create = nixcell(self.mode);
+        create
             .arg("oci")
             .arg("--root")
             .arg(&state)
             .args(["create", "--bundle", path_str(&bundle), "--pid-file"])
-            .arg(&pid_file)
+            .arg(&pid_file);
+        // process.terminal: the pty's master comes over the console socket, as to an engine.
+        let console = (cfg["process"]["terminal"] == true).then(|| {
+            let sock = self.dir.path().join("console.sock");
+            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            if self.mode == Mode::Rootless {
+                chown_to_test_user(&sock);
+            }
+            create.arg("--console-socket").arg(&sock);
+            std::thread::spawn(move || receive_fd(&l.accept().unwrap().0))
+        });
+        let st = create
             .arg("c")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -71,8 +83,16 @@ impl Bundle {
             .status()
             .unwrap();
         let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
+        let drain = |mut out: String| {
+            if let Some(t) = console {
+                // Until every slave is closed (EIO).
+                let mut master = std::fs::File::from(t.join().unwrap());
+                let _ = std::io::Read::read_to_string(&mut master, &mut out);
+            }
+            out
+        };
         if !st.success() {
-            return (-1, read());
+            return (-1, drain(read()));
         }
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
@@ -93,8 +113,31 @@ impl Bundle {
         // SAFETY: waitpid on our child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         ok(&oci(&["delete", "c"]), "delete");
-        (libc::WEXITSTATUS(status), read())
+        let out = drain(read());
+        (libc::WEXITSTATUS(status), out)
     }
+}
+
+/// The descriptor sent with one message (SCM_RIGHTS) on `s`.
+fn receive_fd(s: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: a descriptor the kernel just gave us.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no descriptor on the console socket")
 }
 
 /// config.json as `runc spec` writes it (the usual mounts, masked and read-only paths),
@@ -374,5 +417,25 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
             assert_has(&out, want);
         }
         assert!(!out.contains("hidden"), "{mode:?}: {out}");
+    }
+}
+
+/// process.terminal: the command's terminal is the pty sent to the console socket, and
+/// /dev/console is it (the spec's default devices); the container's own devpts makes
+/// new terminals.
+#[test]
+fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let mut cfg = config(
+            "test -t 0 && test -t 1 && echo isatty; test -c /dev/console && echo console; \
+             exec 3<>/dev/ptmx && ls /dev/pts",
+        );
+        cfg["process"]["terminal"] = true.into();
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, 0, "{mode:?}: {out}");
+        for want in ["isatty", "console", "0", "ptmx"] {
+            assert_has(&out, want);
+        }
     }
 }

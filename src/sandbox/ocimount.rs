@@ -223,6 +223,9 @@ fn apply(
     }
     if image {
         default_devices(root, b.devices)?;
+        if spec.oci.as_ref().is_some_and(|o| o.terminal) {
+            console(root)?;
+        }
         if fs.mounts.iter().any(|m| m.kind == MountKind::Proc) {
             for p in &b.proc_masked {
                 mask(root, Path::new(p), null)?;
@@ -519,6 +522,45 @@ fn default_devices(root: BorrowedFd<'_>, devices: &[&str]) -> StageResult {
         }
     }
     Ok(())
+}
+
+/// /dev/console: a bind of the command's terminal (this process's stdin, the pty the
+/// console socket got), found again below /oldroot by its name and proven to be the
+/// same device, as the spec asks for a container with `process.terminal`.
+fn console(root: BorrowedFd<'_>) -> StageResult {
+    const S: Stage = Stage::Dev;
+    // The host's proc, below the staging root. The terminal was opened in the
+    // engine's mount namespace: its name is the one it has there, found again below
+    // /oldroot (the device is compared below).
+    let fd0 = "/oldroot/proc/self/fd/0";
+    let name = std::fs::read_link(fd0).at(S, "readlink", fd0)?;
+    let host = if name.starts_with("/oldroot/") {
+        name
+    } else {
+        Path::new("/oldroot").join(name.strip_prefix("/").unwrap_or(&name))
+    };
+    // SAFETY: descriptor 0 is open (the terminal); fstat fills a plain struct.
+    let st0 = crate::fsat::fstat(unsafe { BorrowedFd::borrow_raw(0) }).at(S, "fstat", "0")?;
+    let tree = sys::open_tree(&host, sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC).at(
+        S,
+        "open_tree",
+        host.display(),
+    )?;
+    let st = crate::fsat::fstat(tree.as_fd()).at(S, "fstat", host.display())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != st0.st_rdev {
+        return Err(StageError::new(
+            S,
+            "fstat",
+            format!("{}: not the terminal of the container", host.display()),
+            Errno::ESTALE,
+        ));
+    }
+    let target = mount_point(root, Path::new("/dev/console"), true)?;
+    sys::move_mount_onto_fd(tree.as_raw_fd(), target.as_raw_fd()).at(
+        S,
+        "move_mount",
+        "/dev/console",
+    )
 }
 
 /// /dev/null over a file, an empty read-only tmpfs over a directory; a path that is
