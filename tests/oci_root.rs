@@ -42,6 +42,24 @@ impl Bundle {
         b
     }
 
+    /// A host directory with a file `f` ("host data"), for binds.
+    fn host_data(&self) -> PathBuf {
+        let host = self.dir.path().join("data");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("f"), "host data\n").unwrap();
+        host
+    }
+
+    /// Runs `cfg`, which must exit 0, and checks that its output has each of `want`.
+    fn expect(&self, cfg: &serde_json::Value, want: &[&str]) -> String {
+        let (code, out) = self.run(cfg);
+        assert_eq!(code, 0, "{:?}: {out}", self.mode);
+        for w in want {
+            assert_has(&out, w);
+        }
+        out
+    }
+
     fn rootfs(&self) -> PathBuf {
         self.dir.path().join("bundle/rootfs")
     }
@@ -211,9 +229,7 @@ fn an_image_root_is_read_and_written_and_the_image_stays_as_it_was() {
 fn each_mount_kind_is_what_config_json_says() {
     for mode in MODES {
         let b = Bundle::new(mode);
-        let host = b.dir.path().join("data");
-        std::fs::create_dir(&host).unwrap();
-        std::fs::write(host.join("f"), "host data\n").unwrap();
+        let host = b.host_data();
         let mut cfg = config(
             "grep -E ' /(proc|dev|dev/pts|dev/shm|dev/mqueue|sys|data|scratch) ' /proc/mounts \
              | while read src at fs opts rest; do echo \"$at $fs ${opts%%,*}\"; done; \
@@ -238,25 +254,24 @@ fn each_mount_kind_is_what_config_json_says() {
         std::fs::create_dir(&rw).unwrap();
         mounts.push(serde_json::json!({"destination": "/rw", "type": "bind",
             "source": path_str(&rw), "options": ["rbind", "rw"]}));
-        let (code, out) = b.run(&cfg);
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for line in [
-            "/proc proc rw",
-            "/dev tmpfs rw",
-            "/dev/pts devpts rw",
-            "/dev/shm tmpfs rw",
-            "/dev/mqueue mqueue rw",
-            "/sys sysfs ro",
-            "/data ",
-            "/scratch tmpfs rw",
-            "host data",
-            "data-ro",
-            "sys-ro",
-            "shm-rw",
-            "scratch-rw",
-        ] {
-            assert_has(&out, line);
-        }
+        let out = b.expect(
+            &cfg,
+            &[
+                "/proc proc rw",
+                "/dev tmpfs rw",
+                "/dev/pts devpts rw",
+                "/dev/shm tmpfs rw",
+                "/dev/mqueue mqueue rw",
+                "/sys sysfs ro",
+                "/data ",
+                "/scratch tmpfs rw",
+                "host data",
+                "data-ro",
+                "sys-ro",
+                "shm-rw",
+                "scratch-rw",
+            ],
+        );
         assert!(!host.join("g").exists());
         let want = if mode == Mode::Rootless {
             "rw-written"
@@ -272,7 +287,7 @@ fn each_mount_kind_is_what_config_json_says() {
 fn masked_and_read_only_paths_and_the_default_devices() {
     for mode in MODES {
         let b = Bundle::new(mode);
-        let (code, out) = b.run(&config(
+        let cfg = config(
             "echo \"secret[$(cat /etc/secret)]\"; echo \"keys[$(head -c 4 /proc/keys)]\"; \
              ls /proc/acpi | wc -l; touch /etc/ro/x || echo etc-ro; cat /etc/ro/file; \
              echo 1 > /proc/sys/kernel/hostname || echo sys-ro; \
@@ -280,23 +295,23 @@ fn masked_and_read_only_paths_and_the_default_devices() {
              for d in full random urandom tty; do test -c /dev/$d && echo dev-$d; done; \
              for l in fd stdin ptmx; do readlink /dev/$l; done; \
              exec 3<>/dev/ptmx && ls /dev/pts",
-        ));
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for want in [
-            "secret[]",
-            "keys[]",
-            "0\n",
-            "etc-ro",
-            "ro\n",
-            "sys-ro",
-            "null-ok",
-            "3\n",
-            "dev-full\ndev-random\ndev-urandom\ndev-tty",
-            "/proc/self/fd\n/proc/self/fd/0\npts/ptmx",
-            "0\nptmx",
-        ] {
-            assert_has(&out, want);
-        }
+        );
+        b.expect(
+            &cfg,
+            &[
+                "secret[]",
+                "keys[]",
+                "0\n",
+                "etc-ro",
+                "ro\n",
+                "sys-ro",
+                "null-ok",
+                "3\n",
+                "dev-full\ndev-random\ndev-urandom\ndev-tty",
+                "/proc/self/fd\n/proc/self/fd/0\npts/ptmx",
+                "0\nptmx",
+            ],
+        );
     }
 }
 
@@ -385,9 +400,7 @@ fn a_hostile_image_link_never_places_a_mount_outside_the_root() {
 fn a_closure_root_gets_the_other_mounts_of_config_json() {
     for mode in MODES {
         let b = Bundle::new(mode);
-        let host = b.dir.path().join("data");
-        std::fs::create_dir(&host).unwrap();
-        std::fs::write(host.join("f"), "host data\n").unwrap();
+        let host = b.host_data();
         let mut cfg = config(
             "cat /data/f /data/hidden; ls /nix/store | wc -l; \
              grep -E ' /(data|scratch|proc|dev) ' /proc/mounts | while read s at fs o r; do \
@@ -404,18 +417,17 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
             serde_json::json!({"destination": "/scratch", "type": "tmpfs",
             "source": "tmpfs", "options": ["size=1m"]}),
         );
-        let (code, out) = b.run(&cfg);
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for want in [
-            "host data\n",
-            "/data ",
-            "/scratch tmpfs",
-            "/proc proc",
-            "/dev tmpfs",
-            "scratch-rw",
-        ] {
-            assert_has(&out, want);
-        }
+        let out = b.expect(
+            &cfg,
+            &[
+                "host data\n",
+                "/data ",
+                "/scratch tmpfs",
+                "/proc proc",
+                "/dev tmpfs",
+                "scratch-rw",
+            ],
+        );
         assert!(!out.contains("hidden"), "{mode:?}: {out}");
     }
 }
@@ -432,10 +444,6 @@ fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
              exec 3<>/dev/ptmx && ls /dev/pts",
         );
         cfg["process"]["terminal"] = true.into();
-        let (code, out) = b.run(&cfg);
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for want in ["isatty", "console", "0", "ptmx"] {
-            assert_has(&out, want);
-        }
+        b.expect(&cfg, &["isatty", "console", "0", "ptmx"]);
     }
 }
