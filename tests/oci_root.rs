@@ -417,6 +417,17 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
             serde_json::json!({"destination": "/scratch", "type": "tmpfs",
             "source": "tmpfs", "options": ["size=1m"]}),
         );
+        // A writable host directory where nixcell writes /etc and links /bin/sh: it
+        // gets nothing of those writes.
+        let etc = b.dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user(&etc);
+        }
+        for d in ["/etc", "/bin"] {
+            mounts.push(serde_json::json!({"destination": d, "type": "bind",
+                "source": path_str(&etc), "options": ["rbind", "rw"]}));
+        }
         let out = b.expect(
             &cfg,
             &[
@@ -429,6 +440,7 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
             ],
         );
         assert!(!out.contains("hidden"), "{mode:?}: {out}");
+        assert_empty_dir(&etc, "a bind over /etc and /bin");
     }
 }
 

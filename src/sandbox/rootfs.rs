@@ -72,9 +72,10 @@ pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) ->
     mount_dev()?;
     mount_tmp(spec.tmp_size_bytes, spec.tmp_inodes)?;
     bind_user_mounts(spec, prepared, sock)?;
-    super::ocimount::apply_closure(spec, &oci)?;
     write_etc(spec)?;
     make_symlinks(spec)?;
+    // After nixcell's own writes: none of them may go through a mount of config.json.
+    super::ocimount::apply_closure(spec, &oci)?;
     detach_old_root()?;
     seal_root()
 }
