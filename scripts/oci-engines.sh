@@ -52,7 +52,7 @@ tar -cf "$work/closure.tar" $(nix-store -qR "$bb")
 dirroot="$work/bbroot"
 mkdir -p "$dirroot/bin" "$dirroot/etc"
 cp /usr/bin/busybox "$dirroot/bin/"
-for a in sh cat echo id touch grep ls; do ln -s busybox "$dirroot/bin/$a"; done
+for a in sh cat echo id touch grep ls tty sleep; do ln -s busybox "$dirroot/bin/$a"; done
 echo "from the image" > "$dirroot/etc/img"
 tar -C "$dirroot" -cf "$work/bbroot.tar" .
 
@@ -123,6 +123,14 @@ writes_stay() {
     [ ! -e "$dirroot/top" ] && [ ! -e "$dirroot/etc/new" ]
 }
 check "podman --rootfs: writes go to the container's layer, the directory stays" 0 "1" writes_stay
+podd -d --rm=false --name "$name" --rootfs "$dirroot" sleep 100 > /dev/null
+check "podman --rootfs: exec in a directory root (exit status)" 4 "from the image" \
+  podman exec "$name" sh -c 'cat /etc/img; exit 4'
+podman rm -f "$name" > /dev/null
+check "podman --rootfs -it: the terminal is /dev/console" 0 "/dev/console" python3 -c \
+  'import os, pty, sys; os.dup2(os.open("/dev/null", os.O_RDONLY), 0); sys.exit(pty.spawn(sys.argv[1:]) >> 8)' \
+  podman --runtime "$runtime" run --rm -it --network none --ulimit nofile=1024:1024 \
+  --ulimit nproc=1024:1024 --rootfs "$dirroot" sh -c 'tty'
 podman import -q "$work/bbroot.tar" "$image-dir" > /dev/null
 check "podman: an imported image (overlayfs root) is refused clearly when rootful" 126 \
   "cannot be idmapped" podd "$image-dir" true

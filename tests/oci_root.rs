@@ -42,6 +42,24 @@ impl Bundle {
         b
     }
 
+    /// A host directory with a file `f` ("host data"), for binds.
+    fn host_data(&self) -> PathBuf {
+        let host = self.dir.path().join("data");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("f"), "host data\n").unwrap();
+        host
+    }
+
+    /// Runs `cfg`, which must exit 0, and checks that its output has each of `want`.
+    fn expect(&self, cfg: &serde_json::Value, want: &[&str]) -> String {
+        let (code, out) = self.run(cfg);
+        assert_eq!(code, 0, "{:?}: {out}", self.mode);
+        for w in want {
+            assert_has(&out, w);
+        }
+        out
+    }
+
     fn rootfs(&self) -> PathBuf {
         self.dir.path().join("bundle/rootfs")
     }
@@ -58,12 +76,24 @@ impl Bundle {
         let out = std::fs::File::create(&out_path).unwrap();
         let pid_file = self.dir.path().join("c.pid");
         let state = self.dir.path().join("state");
-        let st = nixcell(self.mode)
+        let mut create = nixcell(self.mode);
+        create
             .arg("oci")
             .arg("--root")
             .arg(&state)
             .args(["create", "--bundle", path_str(&bundle), "--pid-file"])
-            .arg(&pid_file)
+            .arg(&pid_file);
+        // process.terminal: the pty's master comes over the console socket, as to an engine.
+        let console = (cfg["process"]["terminal"] == true).then(|| {
+            let sock = self.dir.path().join("console.sock");
+            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            if self.mode == Mode::Rootless {
+                chown_to_test_user(&sock);
+            }
+            create.arg("--console-socket").arg(&sock);
+            std::thread::spawn(move || receive_fd(&l.accept().unwrap().0))
+        });
+        let st = create
             .arg("c")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -71,8 +101,16 @@ impl Bundle {
             .status()
             .unwrap();
         let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
+        let drain = |mut out: String| {
+            if let Some(t) = console {
+                // Until every slave is closed (EIO).
+                let mut master = std::fs::File::from(t.join().unwrap());
+                let _ = std::io::Read::read_to_string(&mut master, &mut out);
+            }
+            out
+        };
         if !st.success() {
-            return (-1, read());
+            return (-1, drain(read()));
         }
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
@@ -93,8 +131,31 @@ impl Bundle {
         // SAFETY: waitpid on our child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         ok(&oci(&["delete", "c"]), "delete");
-        (libc::WEXITSTATUS(status), read())
+        let out = drain(read());
+        (libc::WEXITSTATUS(status), out)
     }
+}
+
+/// The descriptor sent with one message (SCM_RIGHTS) on `s`.
+fn receive_fd(s: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: a descriptor the kernel just gave us.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no descriptor on the console socket")
 }
 
 /// config.json as `runc spec` writes it (the usual mounts, masked and read-only paths),
@@ -168,9 +229,7 @@ fn an_image_root_is_read_and_written_and_the_image_stays_as_it_was() {
 fn each_mount_kind_is_what_config_json_says() {
     for mode in MODES {
         let b = Bundle::new(mode);
-        let host = b.dir.path().join("data");
-        std::fs::create_dir(&host).unwrap();
-        std::fs::write(host.join("f"), "host data\n").unwrap();
+        let host = b.host_data();
         let mut cfg = config(
             "grep -E ' /(proc|dev|dev/pts|dev/shm|dev/mqueue|sys|data|scratch) ' /proc/mounts \
              | while read src at fs opts rest; do echo \"$at $fs ${opts%%,*}\"; done; \
@@ -195,25 +254,24 @@ fn each_mount_kind_is_what_config_json_says() {
         std::fs::create_dir(&rw).unwrap();
         mounts.push(serde_json::json!({"destination": "/rw", "type": "bind",
             "source": path_str(&rw), "options": ["rbind", "rw"]}));
-        let (code, out) = b.run(&cfg);
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for line in [
-            "/proc proc rw",
-            "/dev tmpfs rw",
-            "/dev/pts devpts rw",
-            "/dev/shm tmpfs rw",
-            "/dev/mqueue mqueue rw",
-            "/sys sysfs ro",
-            "/data ",
-            "/scratch tmpfs rw",
-            "host data",
-            "data-ro",
-            "sys-ro",
-            "shm-rw",
-            "scratch-rw",
-        ] {
-            assert_has(&out, line);
-        }
+        let out = b.expect(
+            &cfg,
+            &[
+                "/proc proc rw",
+                "/dev tmpfs rw",
+                "/dev/pts devpts rw",
+                "/dev/shm tmpfs rw",
+                "/dev/mqueue mqueue rw",
+                "/sys sysfs ro",
+                "/data ",
+                "/scratch tmpfs rw",
+                "host data",
+                "data-ro",
+                "sys-ro",
+                "shm-rw",
+                "scratch-rw",
+            ],
+        );
         assert!(!host.join("g").exists());
         let want = if mode == Mode::Rootless {
             "rw-written"
@@ -229,7 +287,7 @@ fn each_mount_kind_is_what_config_json_says() {
 fn masked_and_read_only_paths_and_the_default_devices() {
     for mode in MODES {
         let b = Bundle::new(mode);
-        let (code, out) = b.run(&config(
+        let cfg = config(
             "echo \"secret[$(cat /etc/secret)]\"; echo \"keys[$(head -c 4 /proc/keys)]\"; \
              ls /proc/acpi | wc -l; touch /etc/ro/x || echo etc-ro; cat /etc/ro/file; \
              echo 1 > /proc/sys/kernel/hostname || echo sys-ro; \
@@ -237,23 +295,23 @@ fn masked_and_read_only_paths_and_the_default_devices() {
              for d in full random urandom tty; do test -c /dev/$d && echo dev-$d; done; \
              for l in fd stdin ptmx; do readlink /dev/$l; done; \
              exec 3<>/dev/ptmx && ls /dev/pts",
-        ));
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for want in [
-            "secret[]",
-            "keys[]",
-            "0\n",
-            "etc-ro",
-            "ro\n",
-            "sys-ro",
-            "null-ok",
-            "3\n",
-            "dev-full\ndev-random\ndev-urandom\ndev-tty",
-            "/proc/self/fd\n/proc/self/fd/0\npts/ptmx",
-            "0\nptmx",
-        ] {
-            assert_has(&out, want);
-        }
+        );
+        b.expect(
+            &cfg,
+            &[
+                "secret[]",
+                "keys[]",
+                "0\n",
+                "etc-ro",
+                "ro\n",
+                "sys-ro",
+                "null-ok",
+                "3\n",
+                "dev-full\ndev-random\ndev-urandom\ndev-tty",
+                "/proc/self/fd\n/proc/self/fd/0\npts/ptmx",
+                "0\nptmx",
+            ],
+        );
     }
 }
 
@@ -342,9 +400,7 @@ fn a_hostile_image_link_never_places_a_mount_outside_the_root() {
 fn a_closure_root_gets_the_other_mounts_of_config_json() {
     for mode in MODES {
         let b = Bundle::new(mode);
-        let host = b.dir.path().join("data");
-        std::fs::create_dir(&host).unwrap();
-        std::fs::write(host.join("f"), "host data\n").unwrap();
+        let host = b.host_data();
         let mut cfg = config(
             "cat /data/f /data/hidden; ls /nix/store | wc -l; \
              grep -E ' /(data|scratch|proc|dev) ' /proc/mounts | while read s at fs o r; do \
@@ -361,18 +417,45 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
             serde_json::json!({"destination": "/scratch", "type": "tmpfs",
             "source": "tmpfs", "options": ["size=1m"]}),
         );
-        let (code, out) = b.run(&cfg);
-        assert_eq!(code, 0, "{mode:?}: {out}");
-        for want in [
-            "host data\n",
-            "/data ",
-            "/scratch tmpfs",
-            "/proc proc",
-            "/dev tmpfs",
-            "scratch-rw",
-        ] {
-            assert_has(&out, want);
+        // A writable host directory where nixcell writes /etc and links /bin/sh: it
+        // gets nothing of those writes.
+        let etc = b.dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user(&etc);
         }
+        for d in ["/etc", "/bin"] {
+            mounts.push(serde_json::json!({"destination": d, "type": "bind",
+                "source": path_str(&etc), "options": ["rbind", "rw"]}));
+        }
+        let out = b.expect(
+            &cfg,
+            &[
+                "host data\n",
+                "/data ",
+                "/scratch tmpfs",
+                "/proc proc",
+                "/dev tmpfs",
+                "scratch-rw",
+            ],
+        );
         assert!(!out.contains("hidden"), "{mode:?}: {out}");
+        assert_empty_dir(&etc, "a bind over /etc and /bin");
+    }
+}
+
+/// process.terminal: the command's terminal is the pty sent to the console socket, and
+/// /dev/console is it (the spec's default devices); the container's own devpts makes
+/// new terminals.
+#[test]
+fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let mut cfg = config(
+            "test -t 0 && test -t 1 && echo isatty; test -c /dev/console && echo console; \
+             exec 3<>/dev/ptmx && ls /dev/pts",
+        );
+        cfg["process"]["terminal"] = true.into();
+        b.expect(&cfg, &["isatty", "console", "0", "ptmx"]);
     }
 }

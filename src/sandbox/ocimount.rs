@@ -124,48 +124,13 @@ const LAYER: &str = "/.nixcell-image-layer";
 /// sources), then made the root; the tmpfs root and the host below it are detached.
 pub fn build_image(spec: &RunSpec, b: &Builder<'_>, img: &ImageRoot) -> StageResult {
     const S: Stage = Stage::ImageRoot;
-    for d in [NEW_ROOT, LOWER, LAYER] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(d)
-            .at(S, "mkdir", d)?;
-    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(NEW_ROOT)
+        .at(S, "mkdir", NEW_ROOT)?;
     let lower = (b.tree)(0, false)?;
-    sys::move_mount_fd(lower.as_raw_fd(), Path::new(LOWER)).at(S, "move_mount", LOWER)?;
-    sys::mount_setattr(
-        None,
-        Path::new(LOWER),
-        false,
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-        None,
-    )
-    .at(S, "mount_setattr(RDONLY)", LOWER)?;
-    mount(
-        Some("tmpfs"),
-        LAYER,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(format!("mode=0755,size={},nr_inodes={}", img.size_bytes, img.inodes).as_str()),
-    )
-    .at(S, "mount(tmpfs)", LAYER)?;
-    for d in ["upper", "work"] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(Path::new(LAYER).join(d))
-            .at(S, "mkdir", d)?;
-    }
-    let data = format!(
-        "lowerdir={LOWER},upperdir={LAYER}/upper,workdir={LAYER}/work,userxattr,\
-         redirect_dir=nofollow,metacopy=off,index=off,xino=off"
-    );
-    mount(
-        Some("overlay"),
-        NEW_ROOT,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .at(S, "mount(overlay)", NEW_ROOT)?;
+    stage_layers(S, lower, LOWER, LAYER, img.size_bytes, img.inodes)?;
+    overlay(S, LOWER, LAYER, Path::new(NEW_ROOT))?;
     for staged in [LOWER, LAYER] {
         umount2(staged, MntFlags::MNT_DETACH).at(S, "umount2(MNT_DETACH)", staged)?;
     }
@@ -186,6 +151,71 @@ pub fn build_image(spec: &RunSpec, b: &Builder<'_>, img: &ImageRoot) -> StageRes
         )?;
     }
     Ok(())
+}
+
+/// The two halves of an overlay, staged: the tree `lower` read-only at `lower_dir`, a
+/// capped tmpfs at `layer_dir` holding `upper` and `work`.
+pub fn stage_layers(
+    stage: Stage,
+    lower: OwnedFd,
+    lower_dir: &str,
+    layer_dir: &str,
+    size_bytes: u64,
+    inodes: u64,
+) -> StageResult {
+    for d in [lower_dir, layer_dir] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(d)
+            .at(stage, "mkdir", d)?;
+    }
+    sys::move_mount_fd(lower.as_raw_fd(), Path::new(lower_dir)).at(
+        stage,
+        "move_mount",
+        lower_dir,
+    )?;
+    sys::mount_setattr(
+        None,
+        Path::new(lower_dir),
+        false,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        None,
+    )
+    .at(stage, "mount_setattr(RDONLY)", lower_dir)?;
+    mount(
+        Some("tmpfs"),
+        layer_dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("mode=0755,size={size_bytes},nr_inodes={inodes}").as_str()),
+    )
+    .at(stage, "mount(tmpfs)", layer_dir)?;
+    for d in ["upper", "work"] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(Path::new(layer_dir).join(d))
+            .at(stage, "mkdir", d)?;
+    }
+    Ok(())
+}
+
+/// An overlay at `dest`: `lower` read-only below, `layer`'s `upper` and `work` above.
+/// Only full copies, whiteouts and opaque markers are written to the upper layer (no
+/// redirects, metacopy, index or xino); `userxattr`, as a user namespace needs.
+pub fn overlay(stage: Stage, lower: &str, layer: &str, dest: &Path) -> StageResult {
+    let data = format!(
+        "lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work,userxattr,\
+         redirect_dir=nofollow,metacopy=off,index=off,xino=off"
+    );
+    mount(
+        Some("overlay"),
+        dest,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .at(stage, "mount(overlay)", dest.display())
 }
 
 /// config.json's mounts, masks and read-only paths in a closure root (nixcell's own
@@ -223,6 +253,9 @@ fn apply(
     }
     if image {
         default_devices(root, b.devices)?;
+        if spec.oci.as_ref().is_some_and(|o| o.terminal) {
+            console(root)?;
+        }
         if fs.mounts.iter().any(|m| m.kind == MountKind::Proc) {
             for p in &b.proc_masked {
                 mask(root, Path::new(p), null)?;
@@ -521,21 +554,65 @@ fn default_devices(root: BorrowedFd<'_>, devices: &[&str]) -> StageResult {
     Ok(())
 }
 
+/// /dev/console: a bind of the command's terminal (this process's stdin, the pty the
+/// console socket got), found again below /oldroot by its name and proven to be the
+/// same device, as the spec asks for a container with `process.terminal`.
+fn console(root: BorrowedFd<'_>) -> StageResult {
+    const S: Stage = Stage::Dev;
+    // The host's proc, below the staging root. The terminal was opened in the
+    // engine's mount namespace: its name is the one it has there, found again below
+    // /oldroot (the device is compared below).
+    let fd0 = "/oldroot/proc/self/fd/0";
+    let name = std::fs::read_link(fd0).at(S, "readlink", fd0)?;
+    let host = if name.starts_with("/oldroot/") {
+        name
+    } else {
+        Path::new("/oldroot").join(name.strip_prefix("/").unwrap_or(&name))
+    };
+    // SAFETY: descriptor 0 is open (the terminal); fstat fills a plain struct.
+    let st0 = crate::fsat::fstat(unsafe { BorrowedFd::borrow_raw(0) }).at(S, "fstat", "0")?;
+    let tree = sys::open_tree(&host, sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC).at(
+        S,
+        "open_tree",
+        host.display(),
+    )?;
+    let st = crate::fsat::fstat(tree.as_fd()).at(S, "fstat", host.display())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != st0.st_rdev {
+        return Err(StageError::new(
+            S,
+            "fstat",
+            format!("{}: not the terminal of the container", host.display()),
+            Errno::ESTALE,
+        ));
+    }
+    let target = mount_point(root, Path::new("/dev/console"), true)?;
+    sys::move_mount_onto_fd(tree.as_raw_fd(), target.as_raw_fd()).at(
+        S,
+        "move_mount",
+        "/dev/console",
+    )
+}
+
+/// The path below the root, or None where it is not there.
+fn existing(root: BorrowedFd<'_>, p: &Path) -> StageResult<Option<OwnedFd>> {
+    match resolve(root, p, libc::O_PATH) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(StageError::new(
+            Stage::OciMasks,
+            "openat2",
+            p.display().to_string(),
+            errno(&e),
+        )),
+    }
+}
+
 /// /dev/null over a file, an empty read-only tmpfs over a directory; a path that is
 /// not there is skipped.
 fn mask(root: BorrowedFd<'_>, p: &Path, null: &Path) -> StageResult {
     const S: Stage = Stage::OciMasks;
-    let target = match resolve(root, p, libc::O_PATH) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => {
-            return Err(StageError::new(
-                S,
-                "openat2",
-                p.display().to_string(),
-                errno(&e),
-            ));
-        }
+    let Some(target) = existing(root, p)? else {
+        return Ok(());
     };
     let st = crate::fsat::fstat(target.as_fd()).at(S, "fstat", p.display())?;
     let tree = if crate::fsat::is_dir(&st) {
@@ -558,17 +635,8 @@ fn mask(root: BorrowedFd<'_>, p: &Path, null: &Path) -> StageResult {
 /// A read-only copy of the tree at `p` over itself; a path that is not there is skipped.
 fn read_only(root: BorrowedFd<'_>, p: &Path) -> StageResult {
     const S: Stage = Stage::OciMasks;
-    let target = match resolve(root, p, libc::O_PATH) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => {
-            return Err(StageError::new(
-                S,
-                "openat2",
-                p.display().to_string(),
-                errno(&e),
-            ));
-        }
+    let Some(target) = existing(root, p)? else {
+        return Ok(());
     };
     let tree = sys::open_tree_fd(
         target.as_raw_fd(),

@@ -72,9 +72,10 @@ pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) ->
     mount_dev()?;
     mount_tmp(spec.tmp_size_bytes, spec.tmp_inodes)?;
     bind_user_mounts(spec, prepared, sock)?;
-    super::ocimount::apply_closure(spec, &oci)?;
     write_etc(spec)?;
     make_symlinks(spec)?;
+    // After nixcell's own writes: none of them may go through a mount of config.json.
+    super::ocimount::apply_closure(spec, &oci)?;
     detach_old_root()?;
     seal_root()
 }
@@ -415,32 +416,7 @@ fn overlay_workdir(
     sock: BorrowedFd<'_>,
 ) -> StageResult {
     const STAGE: Stage = Stage::WorkdirOverlay;
-    mkdir_p(STAGE, Path::new(LOWER))?;
-    sys::move_mount_fd(lower.as_raw_fd(), Path::new(LOWER)).at(STAGE, "move_mount", LOWER)?;
-    sys::mount_setattr(
-        None,
-        Path::new(LOWER),
-        false,
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-        None,
-    )
-    .at(STAGE, "mount_setattr(RDONLY)", LOWER)?;
-    mkdir_p(STAGE, Path::new(LAYER))?;
-    tmpfs(
-        STAGE,
-        LAYER,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!(
-            "mode=0755,size={},nr_inodes={}",
-            work.size_bytes, work.inodes
-        ),
-    )?;
-    for d in ["upper", "work"] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(Path::new(LAYER).join(d))
-            .at(STAGE, "mkdir", d)?;
-    }
+    super::ocimount::stage_layers(STAGE, lower, LOWER, LAYER, work.size_bytes, work.inodes)?;
     let layer = fs::File::open(LAYER).at(STAGE, "open", LAYER)?;
     proto::send_with_fd(sock, &Report::WorkLayer, layer.as_raw_fd()).at(
         STAGE,
@@ -448,18 +424,7 @@ fn overlay_workdir(
         LAYER,
     )?;
     drop(layer);
-    let data = format!(
-        "lowerdir={LOWER},upperdir={LAYER}/upper,workdir={LAYER}/work,userxattr,\
-         redirect_dir=nofollow,metacopy=off,index=off,xino=off"
-    );
-    mount(
-        Some("overlay"),
-        dest,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .at(STAGE, "mount(overlay)", dest.display())?;
+    super::ocimount::overlay(STAGE, LOWER, LAYER, dest)?;
     for staged in [LOWER, LAYER] {
         umount2(staged, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", staged)?;
         fs::remove_dir(staged).at(STAGE, "rmdir", staged)?;
