@@ -1,7 +1,8 @@
 #!/bin/sh
 # Check nixcell as an OCI runtime through the real engines, started as root:
 #   podman (`podman --runtime …/nixcell-runc`, rootful, and rootless as the test user),
-#   with an image imported from a tarball of a closure (no registry), and containerd (`ctr run --runc-binary …/nixcell-runc`,
+#   with an image imported from a tarball of a closure (no registry) and images whose root
+#   is a plain directory (no closure annotation), and containerd (`ctr run --runc-binary …/nixcell-runc`,
 #   through the io.containerd.runc.v2 shim) against a containerd of its own (root,
 #   state, socket and config under target/oci-engines; the shim keeps runc's state under
 #   /run/containerd/runc/<namespace>, a namespace of this script, removed at the end).
@@ -47,6 +48,14 @@ check() {
 # shellcheck disable=SC2046
 tar -cf "$work/closure.tar" $(nix-store -qR "$bb")
 
+# A plain directory root without a closure: Debian's static busybox and its applets.
+dirroot="$work/bbroot"
+mkdir -p "$dirroot/bin" "$dirroot/etc"
+cp /usr/bin/busybox "$dirroot/bin/"
+for a in sh cat echo id touch grep ls tty sleep; do ln -s busybox "$dirroot/bin/$a"; done
+echo "from the image" > "$dirroot/etc/img"
+tar -C "$dirroot" -cf "$work/bbroot.tar" .
+
 # --- podman (rootful) ---
 image=localhost/nixcell-oci-check
 podman import -q "$work/closure.tar" "$image" > /dev/null
@@ -66,6 +75,17 @@ check "podman: mount refused inside" 0 "refused" \
   pod "$image" sh -c 'mount -t tmpfs x /tmp 2>/dev/null && echo mounted || echo refused'
 check "podman: the root is the closure" 0 "$(nix-store -qR "$bb" | wc -l)" \
   pod "$image" sh -c 'ls /nix/store | wc -l'
+# The container's process as config.json says (podman's default seccomp profile
+# applies to every run above, stacked under nixcell's own filters).
+check "podman: --ulimit reaches the container" 0 "512:768" \
+  pod --ulimit nofile=512:768 "$image" awk '/open files/ {print $4 ":" $5}' /proc/self/limits
+check "podman: --sysctl and --oom-score-adj reach the container" 0 "1 300" \
+  pod --sysctl net.ipv4.ip_forward=1 --oom-score-adj 300 "$image" \
+  sh -c 'echo $(cat /proc/sys/net/ipv4/ip_forward /proc/self/oom_score_adj)'
+printf '%s' '{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}' \
+  > "$work/seccomp.json"
+check "podman: --security-opt seccomp= stacks under nixcell's filters" 1 "Function not implemented" \
+  pod --security-opt "seccomp=$work/seccomp.json" "$image" mkdir /tmp/x
 # On a pty of its own (Python's pty.spawn keeps copying the output after its stdin, here
 # /dev/null, ends; script(1) given an ended stdin can end before the container's output).
 check "podman: -it gives a terminal" 0 "isatty" python3 -c \
@@ -92,11 +112,34 @@ podman wait "$name" > /dev/null 2>&1 || true
 check "podman: kill -s KILL" 0 "137" podman inspect --format '{{.State.ExitCode}}' "$name"
 podman rm -f "$name" > /dev/null
 podman rmi -f "$image" > /dev/null
+podd() {
+  podman --runtime "$runtime" run --rm --network none \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$@"
+}
+check "podman --rootfs: a directory root without a closure, exit status" 3 "from the image" \
+  podd --rootfs "$dirroot" sh -c 'cat /etc/img; exit 3'
+writes_stay() {
+  podd --rootfs "$dirroot" sh -c 'touch /etc/new /top && grep -c " / overlay " /proc/mounts' &&
+    [ ! -e "$dirroot/top" ] && [ ! -e "$dirroot/etc/new" ]
+}
+check "podman --rootfs: writes go to the container's layer, the directory stays" 0 "1" writes_stay
+podd -d --rm=false --name "$name" --rootfs "$dirroot" sleep 100 > /dev/null
+check "podman --rootfs: exec in a directory root (exit status)" 4 "from the image" \
+  podman exec "$name" sh -c 'cat /etc/img; exit 4'
+podman rm -f "$name" > /dev/null
+check "podman --rootfs -it: the terminal is /dev/console" 0 "/dev/console" python3 -c \
+  'import os, pty, sys; os.dup2(os.open("/dev/null", os.O_RDONLY), 0); sys.exit(pty.spawn(sys.argv[1:]) >> 8)' \
+  podman --runtime "$runtime" run --rm -it --network none --ulimit nofile=1024:1024 \
+  --ulimit nproc=1024:1024 --rootfs "$dirroot" sh -c 'tty'
+podman import -q "$work/bbroot.tar" "$image-dir" > /dev/null
+check "podman: an imported image (overlayfs root) is refused clearly when rootful" 126 \
+  "cannot be idmapped" podd "$image-dir" true
+podman rmi -f "$image-dir" > /dev/null
 
 # --- podman, rootless (as the test user of scripts/setup.sh) ---
 rl="$work/rootless"
 mkdir -p "$rl"
-cp "$work/closure.tar" "$rl/"
+cp "$work/closure.tar" "$work/bbroot.tar" "$rl/"
 chown -R nixcell-test "$rl"
 chmod o+x "$work"
 as_user() {
@@ -114,6 +157,12 @@ check "podman rootless: no capability inside" 0 "CapEff:	0000000000000000" \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --annotation "dev.nixcell.closure=$bb" "$image" grep CapEff /proc/self/status
 as_user podman rmi -f "$image" > /dev/null 2>&1 || true
+as_user podman import -q "$rl/bbroot.tar" "$image-dir" > /dev/null
+check "podman rootless: an imported image without a closure (reads, writes, exit status)" 4 \
+  "from the image" as_user podman --runtime "$runtime" run --rm --network none \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$image-dir" \
+  sh -c 'cat /etc/img; touch /etc/new && exit 4'
+as_user podman rmi -f "$image-dir" > /dev/null 2>&1 || true
 
 # --- containerd, its own daemon ---
 ctd="$work/containerd"
@@ -143,10 +192,15 @@ check "containerd: --memory-limit reaches the cgroup (OOM kill)" 137 "" \
   crun_ "--rm --memory-limit 67108864" t2 dd if=/dev/zero of=/dev/null bs=200M count=1
 check "containerd: --privileged grants no capability" 0 "CapEff:	0000000000000000" \
   crun_ "--rm --privileged" t3 grep CapEff /proc/self/status
+check "containerd: --seccomp (its default profile) stacks under nixcell's filters" 0 "stacked" \
+  crun_ "--rm --seccomp" t5 sh -c 'n=$(grep Seccomp_filters /proc/self/status | cut -f2); [ "$n" -gt 3 ] && echo stacked'
 crun_ -d t4 sleep 100 > /dev/null
 check "containerd: task ls shows it running" 0 "RUNNING" c task ls
 check "containerd: task exec (exit status)" 3 "in t4" \
   c task exec --exec-id e1 t4 sh -c 'echo in t4; exit 3'
+check "containerd: --rootfs DIR without a closure (exit status)" 6 "from the image" \
+  c run --runtime io.containerd.runc.v2 --runc-binary "$runtime" --rm --rootfs "$dirroot" \
+  t5 sh -c 'cat /etc/img; exit 6'
 c task kill -s SIGTERM t4
 i=0
 while c task ls | grep -q "t4.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done

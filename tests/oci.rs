@@ -279,7 +279,7 @@ fn refusals_are_clear_and_leave_nothing() {
                 v["annotations"] = serde_json::json!({});
                 v
             },
-            "dev.nixcell.closure",
+            "root.path",
         ),
         (
             {
@@ -292,8 +292,7 @@ fn refusals_are_clear_and_leave_nothing() {
         (
             {
                 let mut v = config(&["true"]);
-                v["mounts"] =
-                    serde_json::json!([{"destination": "/host", "type": "bind", "source": "/"}]);
+                v["mounts"] = serde_json::json!([{"destination": "/host", "type": "bind", "source": "/", "options": ["rshared"]}]);
                 v
             },
             "/host",

@@ -264,6 +264,7 @@ impl RunArgs {
             services,
             log_dir: None,
             protect: Vec::new(),
+            image_root: false,
         })
     }
 }

@@ -44,7 +44,20 @@ pub struct Process {
     pub cwd: String,
     pub capabilities: Option<BTreeMap<String, Vec<String>>>,
     #[serde(default)]
-    pub rlimits: Vec<serde_json::Value>,
+    pub rlimits: Vec<Rlimit>,
+    pub oom_score_adj: Option<i32>,
+    pub no_new_privileges: Option<bool>,
+    pub apparmor_profile: Option<String>,
+    pub selinux_label: Option<String>,
+}
+
+/// One `process.rlimits` entry.
+#[derive(Debug, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +69,7 @@ pub struct User {
     pub gid: u32,
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +85,8 @@ pub struct Mount {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub source: Option<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +101,26 @@ pub struct Linux {
     #[serde(default)]
     pub gid_mappings: Vec<serde_json::Value>,
     pub cgroups_path: Option<String>,
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    pub mount_label: Option<String>,
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Device {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +162,7 @@ pub struct Asked {
 }
 
 /// Mount destinations nixcell provides itself (its own /proc, /dev, /tmp, /sys absent).
-const OWN_MOUNTS: &[&str] = &[
+pub const OWN_MOUNTS: &[&str] = &[
     "/proc",
     "/dev",
     "/dev/pts",
@@ -172,34 +208,7 @@ impl Config {
         }
         let mut warn = Vec::new();
         let p = self.process()?;
-        if !p.user.additional_gids.is_empty() {
-            warn.push(format!(
-                "process.user.additionalGids {:?}: a cell has no supplementary groups",
-                p.user.additional_gids
-            ));
-        }
-        if let Some(caps) = &p.capabilities {
-            let asked: std::collections::BTreeSet<&String> = caps.values().flatten().collect();
-            if !asked.is_empty() {
-                warn.push(format!(
-                    "process.capabilities: none granted ({} asked): a cell runs without capabilities",
-                    asked.len()
-                ));
-            }
-        }
-        if !p.rlimits.is_empty() {
-            warn.push("process.rlimits: the profile's rlimits apply instead".into());
-        }
-        for m in &self.mounts {
-            if !OWN_MOUNTS.contains(&m.destination.as_str()) {
-                return Err(format!(
-                    "config.json: mount of {} at {}: not supported (a cell's root is its closure; \
-                     nixcell provides /proc, /dev and /tmp itself)",
-                    m.source.as_deref().unwrap_or("?"),
-                    m.destination
-                ));
-            }
-        }
+        warn.extend(self.check_process(p)?);
         let linux = self.linux.as_ref();
         for ns in linux.map(|l| l.namespaces.as_slice()).unwrap_or_default() {
             if let Some(path) = &ns.path {
@@ -210,17 +219,14 @@ impl Config {
                 ));
             }
         }
-        if let Some(l) = linux {
-            if l.seccomp.is_some() {
-                warn.push("linux.seccomp: nixcell's own seccomp filter applies instead".into());
-            }
-            if !l.uid_mappings.is_empty() || !l.gid_mappings.is_empty() {
-                warn.push(
-                    "linux.uidMappings/gidMappings: the cell maps process.user to an \
-                     unprivileged host identity of its own"
-                        .into(),
-                );
-            }
+        if let Some(l) = linux
+            && (!l.uid_mappings.is_empty() || !l.gid_mappings.is_empty())
+        {
+            warn.push(
+                "linux.uidMappings/gidMappings: the cell maps process.user to an \
+                 unprivileged host identity of its own"
+                    .into(),
+            );
         }
         if self.hooks.as_ref().is_some_and(|h| {
             h.as_object().is_some_and(|o| {
@@ -294,16 +300,11 @@ mod tests {
     }
 
     #[test]
-    fn joined_namespace_and_foreign_mount_are_refused() {
+    fn joined_namespace_is_refused() {
         let ns = parse(
             r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
             "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"}]}}"#,
         );
         assert!(ns.check().unwrap_err().contains("/run/netns/x"));
-        let m = parse(
-            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
-            "mounts":[{"destination":"/data","type":"bind","source":"/srv"}]}"#,
-        );
-        assert!(m.check().unwrap_err().contains("/data"));
     }
 }

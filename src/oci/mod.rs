@@ -12,6 +12,9 @@
 
 pub mod config;
 pub mod exec;
+pub mod fsview;
+pub mod process;
+pub mod seccomp;
 pub mod state;
 
 use crate::run::{harden, limits, plan};
@@ -137,17 +140,8 @@ fn create_in(
     a: &CreateArgs,
 ) -> Res {
     let process = cfg.process()?;
-    let closure = cfg
-        .annotations
-        .get(config::CLOSURE_ANNOTATION)
-        .ok_or_else(|| {
-            format!(
-                "config.json: annotation {} is missing: nixcell runs a container whose root is \
-                 exactly a Nix closure (root.path {} is not used)",
-                config::CLOSURE_ANNOTATION,
-                cfg.root.as_ref().map_or("-", |r| r.path.as_str())
-            )
-        })?;
+    // Without a closure the root is the bundle's root.path (fsview.rs).
+    let closure = cfg.annotations.get(config::CLOSURE_ANNOTATION);
     let profile_name = cfg
         .annotations
         .get(config::PROFILE_ANNOTATION)
@@ -162,7 +156,8 @@ fn create_in(
         }
     }
     let cell = plan::CellRequest {
-        env_paths: vec![PathBuf::from(closure)],
+        env_paths: closure.iter().map(PathBuf::from).collect(),
+        image_root: closure.is_none(),
         uid: process.user.uid,
         gid: process.user.gid,
         hostname: cfg.hostname.clone().unwrap_or_else(|| "cell".into()),
@@ -175,11 +170,17 @@ fn create_in(
     let (mut spec, _closure) = plan::plan(&cell).map_err(|e| format!("{e}"))?;
     // The closure's bin directories first (they are what the cell has), then the
     // caller's PATH.
-    if let (Some(extra), Some((_, path))) =
+    if closure.is_none() {
+        image_path(&mut spec, path_extra);
+        fsview::image_root(cfg, bundle, &mut spec)?;
+    } else if let (Some(extra), Some((_, path))) =
         (path_extra, spec.env.iter_mut().find(|(k, _)| k == "PATH"))
     {
         path.push(':');
         path.push_str(&extra);
+    }
+    for w in fsview::plan(cfg, &mut spec)? {
+        g.log("warning", &format!("config.json: {w}"));
     }
     spec.cwd = PathBuf::from(&process.cwd);
     if !spec.cwd.is_absolute() {
@@ -201,6 +202,7 @@ fn create_in(
     decided.timeout = None;
     let mut hardening =
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
+    container_process(g, cfg, &profile, &mut spec)?;
     for l in &hardening.layers {
         g.log(
             "info",
@@ -278,6 +280,41 @@ fn create_in(
         write_pid_file(p, pid1)?;
     }
     Ok(())
+}
+
+/// The container's own rlimits, seccomp filter, umask, oomScoreAdj and sysctls, on
+/// top of the profile's layers.
+fn container_process(
+    g: &Globals,
+    cfg: &Config,
+    profile: &crate::profile::Profile,
+    spec: &mut crate::sandbox::RunSpec,
+) -> Res {
+    use crate::sandbox::seccomp::SeccompKind;
+    let sc = &profile.seccomp;
+    let allows_seccomp = sc.mode == crate::sandbox::LayerMode::Off
+        || sc.kind == SeccompKind::DenyList
+        || sc.allow.iter().any(|a| a == "seccomp");
+    let (c, warnings) = cfg.container_process(&spec.security.rlimits, allows_seccomp)?;
+    for w in warnings {
+        g.log("warning", &format!("config.json: {w}"));
+    }
+    spec.security.container = c;
+    Ok(())
+}
+
+/// An image root's PATH is the caller's (runc's default when it gives none); the
+/// command is looked up in it.
+fn image_path(spec: &mut crate::sandbox::RunSpec, asked: Option<String>) {
+    let path = asked
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    spec.path_dirs = path
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    spec.env.retain(|(k, _)| k != "PATH");
+    spec.env.insert(0, ("PATH".into(), path));
 }
 
 /// `--pid-file`: written atomically (a caller polling it never reads a part).
@@ -546,9 +583,17 @@ pub fn features() -> String {
         "mountOptions": [],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            // None is granted: a cell runs without capabilities.
             "capabilities": [],
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": seccomp::ACTIONS,
+                "operators": seccomp::OPERATORS,
+                "archs": ["SCMP_ARCH_X86_64"],
+                "knownFlags": seccomp::KNOWN_FLAGS,
+                "supportedFlags": seccomp::FLAGS
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false}
         },

@@ -245,6 +245,7 @@ pub fn prepare(
         seccomp: seccomp_spec,
         rlimits: rl,
         join_cell_cgroup: cell_procs.is_some(),
+        ..Default::default()
     };
     Ok(Hardening {
         profile: profile.clone(),

@@ -56,6 +56,9 @@ pub struct CellRequest {
     /// Entries of the workdir (relative paths) the cell may not change: a project's
     /// repository and declaration. Read-only in the cell, refused when applying.
     pub protect: Vec<PathBuf>,
+    /// The cell's root is not a closure but an image directory its caller mounts (an
+    /// OCI bundle's root.path): `env_paths` may be empty.
+    pub image_root: bool,
 }
 
 /// A host path opened once: the descriptor everything later goes through, the path
@@ -410,7 +413,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
     if req.argv.is_empty() {
         return Err(PlanError::NoCommand);
     }
-    if req.env_paths.is_empty() {
+    if req.env_paths.is_empty() && !req.image_root {
         return Err(PlanError::NoEnvironment);
     }
     let store = closure::store_dir();
@@ -462,7 +465,15 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         sources.push(fd);
     }
     let identity = plan_identity(req, workdir.as_ref())?;
-    let closure = closure::closure(&roots)?;
+    let closure = if roots.is_empty() {
+        closure::Closure {
+            roots: Vec::new(),
+            paths: Vec::new(),
+            hash: String::new(),
+        }
+    } else {
+        closure::closure(&roots)?
+    };
 
     // PATH: the bin/ of each root in the order given.
     let mut path_dirs = Vec::new();
@@ -509,6 +520,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         net: None,
         terminal: false,
         oci: None,
+        oci_fs: None,
     };
     Ok((spec, closure))
 }

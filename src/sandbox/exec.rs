@@ -153,6 +153,7 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
         }
     }
     nix::unistd::chdir(&spec.cwd).at(Stage::Chdir, "chdir", spec.cwd.display())?;
+    super::ociproc::apply_umask(&spec.security.container);
     caps::drop_all()?;
     // Nothing of ours but stdio survives execve; the control socket stays usable
     // until then to report an exec failure.

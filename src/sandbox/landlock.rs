@@ -299,6 +299,17 @@ pub fn fs_rules(spec: &RunSpec, handled: BitFlags<AccessFs>) -> Vec<FsRule> {
             access: if m.writable { all } else { read },
         });
     }
+    for dest in super::ocimount::writable_dests(spec) {
+        rules.push(FsRule {
+            path: dest,
+            access: all,
+        });
+    }
+    // An image root has what its image and config.json give: rules on paths it lacks
+    // are left out (the rule on `/`, its first mount, covers what is there).
+    if spec.image_root().is_some() {
+        rules.retain(|r| r.path.exists());
+    }
     rules
 }
 

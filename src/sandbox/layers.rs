@@ -28,6 +28,9 @@ pub struct SecuritySpec {
     /// through [`super::proto::CELL_CGROUP_FD`] (set when the run has a cgroup).
     #[serde(default)]
     pub join_cell_cgroup: bool,
+    /// An OCI container's own rlimits, seccomp filter, umask, oomScoreAdj, sysctls.
+    #[serde(default)]
+    pub container: super::ociproc::ContainerProcess,
 }
 
 /// The seccomp layer: its mode and the BPF the supervisor compiled for this run.
@@ -55,10 +58,43 @@ fn send(sock: Option<BorrowedFd<'_>>, r: LayerReport) {
 /// Applies rlimits, Landlock and seccomp (in that order) to the calling process.
 pub fn apply_all(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     let sec = &spec.security;
-    send(sock, limits::apply(&sec.rlimits)?);
+    let mut rlimits = limits::apply(&sec.rlimits)?;
+    container_rlimits(&sec.container, &mut rlimits)?;
+    send(sock, rlimits);
     send(sock, landlock::apply(spec, &sec.landlock)?);
-    let report = apply_seccomp(&sec.seccomp)?;
+    let mut report = apply_seccomp(&sec.seccomp)?;
+    container_seccomp(&sec.container, &mut report)?;
     send(sock, report);
+    Ok(())
+}
+
+/// The container's rlimits, after the profile's (so at most those).
+fn container_rlimits(c: &super::ociproc::ContainerProcess, r: &mut LayerReport) -> StageResult {
+    if c.rlimits.is_empty() {
+        return Ok(());
+    }
+    if !r.enforced {
+        r.detail.clear();
+    }
+    r.enforced |= super::ociproc::apply_rlimits(&c.rlimits, &mut r.detail)?;
+    Ok(())
+}
+
+/// The container's seccomp filters, installed after nixcell's own.
+fn container_seccomp(c: &super::ociproc::ContainerProcess, r: &mut LayerReport) -> StageResult {
+    let Some(s) = &c.seccomp else { return Ok(()) };
+    let n = super::ociproc::install_seccomp(s)?;
+    if !r.enforced {
+        r.detail.clear();
+    }
+    r.enforced = true;
+    if !r.detail.is_empty() {
+        r.detail.push_str("; ");
+    }
+    r.detail.push_str(&format!(
+        "config.json linux.seccomp stacked under it ({n} filters: {})",
+        s.detail
+    ));
     Ok(())
 }
 

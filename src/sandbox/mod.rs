@@ -19,6 +19,8 @@ pub mod landlock;
 pub mod layers;
 pub mod limits;
 pub mod ns;
+pub mod ocimount;
+pub mod ociproc;
 pub mod pid1;
 pub mod pidfd;
 pub mod proto;
@@ -175,6 +177,10 @@ pub struct RunSpec {
     /// `start`, and the cell outlives its creator.
     #[serde(default)]
     pub oci: Option<OciHold>,
+    /// An OCI container's file system view from its config.json (`ocimount.rs`): an
+    /// image root, mounts, masked and read-only paths.
+    #[serde(default)]
+    pub oci_fs: Option<ocimount::OciFs>,
 }
 
 /// A cell held between an OCI runtime's `create` and `start`. PID 1 builds the root,
@@ -190,6 +196,25 @@ pub struct OciHold {
 }
 
 impl RunSpec {
+    /// An OCI container whose root is an image directory (`ocimount.rs`).
+    pub fn image_root(&self) -> Option<&ocimount::ImageRoot> {
+        self.oci_fs.as_ref()?.image.as_ref()
+    }
+
+    /// `mounts[i]` is cloned without its submounts: an image root (an overlay's lower
+    /// layer) or a plain `bind` of config.json.
+    pub fn flat_source(&self, i: usize) -> bool {
+        let Some(fs) = &self.oci_fs else { return false };
+        (i == 0 && fs.image.is_some())
+            || fs.mounts.iter().any(|m| {
+                m.kind
+                    == ocimount::MountKind::Bind {
+                        source: i,
+                        recursive: false,
+                    }
+            })
+    }
+
     /// How /work is mounted, when there is a workdir.
     pub fn workdir_mode(&self) -> Option<WorkdirMode> {
         let m = self

@@ -76,7 +76,12 @@ impl OomScore {
     /// fork(2), the child with oom_score_adj 1000. The child inherits the descriptor;
     /// the command's last steps make it close-on-exec with the rest.
     fn fork(&self) -> nix::Result<ForkResult> {
-        self.set(b"1000")?;
+        self.fork_with(b"1000")
+    }
+
+    /// fork(2), the child with oom_score_adj `v`.
+    fn fork_with(&self, v: &[u8]) -> nix::Result<ForkResult> {
+        self.set(v)?;
         // SAFETY: PID 1 is single-threaded; the child goes straight to exec_*.
         let r = unsafe { fork() };
         if let Ok(ForkResult::Parent { .. }) | Err(_) = r {
@@ -90,6 +95,7 @@ impl OomScore {
 fn setup(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     ns::set_hostname(&spec.hostname)?;
     ns::loopback_up()?;
+    super::ociproc::write_sysctls(&spec.security.container.sysctl)?;
     rootfs::build(spec, prepared, sock)?;
     // The mount sources the supervisor passed are mounted (or were cloned): close them.
     for i in 0..spec.mounts.len() {
@@ -97,6 +103,32 @@ fn setup(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> Sta
         unsafe { libc::close(super::MOUNT_FD_BASE + i as i32) };
     }
     Ok(())
+}
+
+/// The command's oom_score_adj: 1000, or an OCI container's `process.oomScoreAdj`
+/// (tried first: a value below what PID 1 inherited needs a privilege the cell lacks).
+fn command_oom_score(spec: &RunSpec, oom: &OomScore, sock: BorrowedFd<'_>) -> Vec<u8> {
+    let Some(v) = spec.security.container.oom_score_adj else {
+        return b"1000".to_vec();
+    };
+    let v = v.to_string().into_bytes();
+    if let Err(e) = oom.set(&v) {
+        fail(
+            sock,
+            super::StageError::new(
+                Stage::ForkCommand,
+                "write",
+                format!(
+                    "/proc/self/oom_score_adj {} (process.oomScoreAdj; at least the runtime's own {})",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(&oom.own).trim()
+                ),
+                e,
+            ),
+        );
+    }
+    let _ = oom.set(&oom.own);
+    v
 }
 
 fn fail(sock: BorrowedFd<'_>, e: super::StageError) -> ! {
@@ -204,8 +236,9 @@ pub fn main(
         wait_for_start(hold, sock, &sfd);
     }
 
+    let score = command_oom_score(spec, &oom, sock);
     // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
-    let child = match oom.fork() {
+    let child = match oom.fork_with(&score) {
         Ok(ForkResult::Child) => exec::exec_command(spec, sock),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(

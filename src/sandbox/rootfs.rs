@@ -53,6 +53,20 @@ fn tmpfs(stage: Stage, target: &str, flags: MsFlags, data: &str) -> StageResult 
 pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     make_mounts_private()?;
     enter_tmpfs_root()?;
+    let tree = |i: usize, recursive: bool| source_tree(spec, prepared, i, recursive);
+    let oci = super::ocimount::Builder {
+        tree: &tree,
+        devices: DEVICES,
+        proc_masked: PROC_MASKED_FILES
+            .iter()
+            .chain(PROC_MASKED_DIRS)
+            .copied()
+            .collect(),
+        proc_read_only: PROC_READ_ONLY,
+    };
+    if let Some(img) = spec.image_root() {
+        return super::ocimount::build_image(spec, &oci, img);
+    }
     bind_store(spec)?;
     mount_proc()?;
     mount_dev()?;
@@ -60,6 +74,8 @@ pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) ->
     bind_user_mounts(spec, prepared, sock)?;
     write_etc(spec)?;
     make_symlinks(spec)?;
+    // After nixcell's own writes: none of them may go through a mount of config.json.
+    super::ocimount::apply_closure(spec, &oci)?;
     detach_old_root()?;
     seal_root()
 }
@@ -349,6 +365,10 @@ fn bind_user_mounts(
     sock: BorrowedFd<'_>,
 ) -> StageResult {
     const STAGE: Stage = Stage::BindUser;
+    // An OCI container's binds are its config.json's mounts, made in their order.
+    if spec.oci_fs.is_some() {
+        return Ok(());
+    }
     for (i, m) in spec.mounts.iter().enumerate() {
         if let Some(parent) = m.dest.parent() {
             mkdir_p(STAGE, parent)?;
@@ -396,32 +416,7 @@ fn overlay_workdir(
     sock: BorrowedFd<'_>,
 ) -> StageResult {
     const STAGE: Stage = Stage::WorkdirOverlay;
-    mkdir_p(STAGE, Path::new(LOWER))?;
-    sys::move_mount_fd(lower.as_raw_fd(), Path::new(LOWER)).at(STAGE, "move_mount", LOWER)?;
-    sys::mount_setattr(
-        None,
-        Path::new(LOWER),
-        false,
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-        None,
-    )
-    .at(STAGE, "mount_setattr(RDONLY)", LOWER)?;
-    mkdir_p(STAGE, Path::new(LAYER))?;
-    tmpfs(
-        STAGE,
-        LAYER,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!(
-            "mode=0755,size={},nr_inodes={}",
-            work.size_bytes, work.inodes
-        ),
-    )?;
-    for d in ["upper", "work"] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(Path::new(LAYER).join(d))
-            .at(STAGE, "mkdir", d)?;
-    }
+    super::ocimount::stage_layers(STAGE, lower, LOWER, LAYER, work.size_bytes, work.inodes)?;
     let layer = fs::File::open(LAYER).at(STAGE, "open", LAYER)?;
     proto::send_with_fd(sock, &Report::WorkLayer, layer.as_raw_fd()).at(
         STAGE,
@@ -429,18 +424,7 @@ fn overlay_workdir(
         LAYER,
     )?;
     drop(layer);
-    let data = format!(
-        "lowerdir={LOWER},upperdir={LAYER}/upper,workdir={LAYER}/work,userxattr,\
-         redirect_dir=nofollow,metacopy=off,index=off,xino=off"
-    );
-    mount(
-        Some("overlay"),
-        dest,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .at(STAGE, "mount(overlay)", dest.display())?;
+    super::ocimount::overlay(STAGE, LOWER, LAYER, dest)?;
     for staged in [LOWER, LAYER] {
         umount2(staged, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", staged)?;
         fs::remove_dir(staged).at(STAGE, "rmdir", staged)?;

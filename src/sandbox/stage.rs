@@ -67,6 +67,12 @@ stages! {
     DetachOldroot = "detach-oldroot",
     /// The root made read-only.
     SealRoot = "seal-root",
+    /// An OCI container's image root: its copy-on-write layer, then the pivot into it.
+    ImageRoot = "image-root",
+    /// The mounts of an OCI container's config.json.
+    OciMounts = "oci-mounts",
+    /// The masked and read-only paths of an OCI container's config.json.
+    OciMasks = "oci-masks",
     /// The services' log files opened.
     ServiceLogs = "service-logs",
     /// The fork of PID 1.

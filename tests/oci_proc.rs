@@ -1,0 +1,340 @@
+//! The container's process as config.json asks for it, seen from inside: rlimits,
+//! a linux.seccomp filter stacked under nixcell's, umask, oomScoreAdj, sysctls of
+//! the container's own namespaces; refusals and the runtime log's warnings for what
+//! is not granted. Root and rootless.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+
+/// What one container run left: its exit status, its output, the runtime log.
+struct Ran {
+    status: i32,
+    out: String,
+    log: String,
+}
+
+/// A config.json running `sh -c script` in the busybox closure.
+fn config(script: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "annotations": {"dev.nixcell.closure": path_str(&busybox())},
+    })
+}
+
+fn oci(mode: Mode, dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = nixcell(mode);
+    c.arg("oci")
+        .arg("--root")
+        .arg(dir.join("state"))
+        .arg("--log")
+        .arg(dir.join("log"))
+        .args(args);
+    c
+}
+
+/// create (the container's stdout and stderr on a file), start, wait for PID 1 as a
+/// shim does (this process is a child subreaper), delete. `None` when create failed:
+/// its stderr then.
+fn run(mode: Mode, cfg: &serde_json::Value) -> Result<Ran, String> {
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let dir = workdir(mode);
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(d.join("bundle")).unwrap();
+    std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
+    // An image root, for a config without the closure annotation.
+    let bin = d.join("bundle/rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/usr/bin/busybox", bin.join("busybox")).unwrap();
+    for a in ["sh", "grep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap();
+    }
+    if mode == Mode::Rootless {
+        chown_to_test_user(d);
+    }
+    let out = std::fs::File::create(d.join("out")).unwrap();
+    let made = oci(mode, d, &["create", "--bundle"])
+        .arg(d.join("bundle"))
+        .arg("--pid-file")
+        .arg(d.join("pid"))
+        .arg("c")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
+        .unwrap();
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    if !made.success() {
+        assert_eq!(made.code(), Some(1), "create: {made:?}");
+        let left = std::fs::read_dir(d.join("state")).map_or(0, |r| r.count());
+        assert_eq!(left, 0, "a refused create leaves no state");
+        return Err(read("out"));
+    }
+    let pid: i32 = read("pid").trim().parse().unwrap();
+    ok(&oci(mode, d, &["start", "c"]).output().unwrap(), "start");
+    let mut st = 0;
+    // SAFETY: waitpid on a child of ours (the container's PID 1 was reparented here).
+    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    ok(&oci(mode, d, &["delete", "c"]).output().unwrap(), "delete");
+    Ok(Ran {
+        status: libc::WEXITSTATUS(st),
+        out: read("out"),
+        log: read("log"),
+    })
+}
+
+fn limits_line<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    out.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} not in {out}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn rlimits_are_the_stricter_of_config_and_profile() {
+    for mode in MODES {
+        let mut cfg = config("cat /proc/self/limits");
+        cfg["process"]["rlimits"] = serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200},
+            {"type": "RLIMIT_STACK", "soft": 4194304, "hard": 6291456},
+            {"type": "RLIMIT_MSGQUEUE", "soft": 4096, "hard": 8192},
+        ]);
+        let r = run(mode, &cfg).unwrap();
+        assert_eq!(r.status, 0, "{mode:?}: {}", r.out);
+        assert_eq!(
+            limits_line(&r.out, "Max open files")[3..5],
+            ["100", "200"],
+            "{mode:?}"
+        );
+        assert_eq!(
+            limits_line(&r.out, "Max stack size")[3..5],
+            ["4194304", "6291456"],
+            "{mode:?}"
+        );
+        assert_eq!(
+            limits_line(&r.out, "Max msgqueue size")[3..5],
+            ["4096", "8192"],
+            "{mode:?}"
+        );
+        // podman's default: above the default profile's open_files = 1024, lowered
+        // to it with a warning; the profile's core limit 0 stays as well.
+        cfg["process"]["rlimits"] = serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "soft": 1048576, "hard": 1048576},
+            {"type": "RLIMIT_CORE", "soft": 1024, "hard": 1024},
+        ]);
+        let r = run(mode, &cfg).unwrap();
+        assert_eq!(
+            limits_line(&r.out, "Max open files")[3..5],
+            ["1024", "1024"],
+            "{mode:?}: {}",
+            r.out
+        );
+        assert_eq!(limits_line(&r.out, "Max core file size")[4..6], ["0", "0"]);
+        assert!(
+            r.log
+                .contains("RLIMIT_NOFILE 1048576:1048576 lowered to 1024:1024"),
+            "{mode:?}: {}",
+            r.log
+        );
+        let mut bad = config("true");
+        bad["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_TEST", "soft": 1, "hard": 1}]);
+        let e = run(mode, &bad).err().expect("an unknown rlimit is refused");
+        assert!(e.contains("unknown type \"RLIMIT_TEST\""), "{mode:?}: {e}");
+    }
+}
+
+#[test]
+fn a_config_seccomp_filter_narrows_under_nixcells_own() {
+    for mode in MODES {
+        let mut cfg = config(
+            "grep -E '^Seccomp(_filters)?:' /proc/self/status; \
+             mkdir /tmp/x; echo x=$?; \
+             kill -0 $$; echo k0=$?; kill -CONT $$; echo kc=$?; \
+             touch /tmp/d; chmod 770 /tmp/d; echo c1=$?; chmod 700 /tmp/d; echo c2=$?; \
+             sync; echo sync=$?",
+        );
+        cfg["linux"] = serde_json::json!({"seccomp": {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat", "no_such_call"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                {"names": ["kill"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["chmod"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 1, "value": 56, "valueTwo": 56, "op": "SCMP_CMP_MASKED_EQ"}]},
+                {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 2, "value": 56, "valueTwo": 56, "op": "SCMP_CMP_MASKED_EQ"}]},
+                {"names": ["sync"], "action": "SCMP_ACT_KILL_PROCESS"}
+            ]
+        }});
+        let r = run(mode, &cfg).unwrap();
+        let out = &r.out;
+        assert!(
+            out.contains("Seccomp:\t2"),
+            "{mode:?}: {out} {} {}",
+            r.status,
+            r.log
+        );
+        // nixcell's three filters, then one per action of the config (ERRNO(38),
+        // ERRNO(EPERM), KILL_PROCESS).
+        assert!(out.contains("Seccomp_filters:\t6"), "{mode:?}: {out}");
+        assert!(
+            out.contains("x=1"),
+            "{mode:?}: mkdir answered ENOSYS: {out}"
+        );
+        assert!(out.contains("Function not implemented"), "{mode:?}: {out}");
+        assert!(out.contains("k0=1"), "{mode:?}: kill(_, 0) refused: {out}");
+        assert!(out.contains("kc=0"), "{mode:?}: other signals pass: {out}");
+        assert!(out.contains("c1=1"), "{mode:?}: group bits refused: {out}");
+        assert!(out.contains("Operation not permitted"), "{mode:?}: {out}");
+        assert!(out.contains("c2=0"), "{mode:?}: other modes pass: {out}");
+        assert!(out.contains("sync=159"), "{mode:?}: SIGSYS kill: {out}");
+        assert!(r.log.contains("no_such_call"), "{mode:?}: {}", r.log);
+
+        // A config that allows everything: nixcell's own filters stay, alone.
+        let mut all =
+            config("grep -E '^Seccomp(_filters)?:' /proc/self/status; hostname x; echo h=$?");
+        all["linux"] = serde_json::json!({"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}});
+        let r = run(mode, &all).unwrap();
+        assert!(
+            r.out.contains("Seccomp:\t2") && r.out.contains("Seccomp_filters:\t3"),
+            "{mode:?}: {}",
+            r.out
+        );
+        assert!(r.out.contains("h=1"), "{mode:?}: {}", r.out);
+
+        let mut notify = config("true");
+        notify["linux"] = serde_json::json!({"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY"}});
+        let e = run(mode, &notify).err().expect("NOTIFY is refused");
+        assert!(
+            e.contains("SCMP_ACT_NOTIFY is not supported"),
+            "{mode:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn umask_oom_score_and_groups() {
+    for mode in MODES {
+        let mut cfg = config(
+            "umask; cat /proc/self/oom_score_adj; grep ^Groups: /proc/self/status; \
+             touch /tmp/f; stat -c %a /tmp/f",
+        );
+        cfg["process"]["user"]["umask"] = serde_json::json!(0o077);
+        cfg["process"]["user"]["additionalGids"] = serde_json::json!([5, 6]);
+        cfg["process"]["oomScoreAdj"] = serde_json::json!(500);
+        cfg["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_NET_RAW"]});
+        let r = run(mode, &cfg).unwrap();
+        let lines: Vec<&str> = r.out.lines().collect();
+        assert_eq!(lines[0], "0077", "{mode:?}: {}", r.out);
+        assert_eq!(lines[1], "500", "{mode:?}: {}", r.out);
+        // Rootless, the caller's own groups stay (unmapped: the overflow gid).
+        let groups: Vec<&str> = lines[2].split_whitespace().skip(1).collect();
+        assert!(
+            !groups.contains(&"5") && !groups.contains(&"6"),
+            "{mode:?}: {}",
+            lines[2]
+        );
+        assert_eq!(lines[3], "600", "{mode:?}");
+        assert!(
+            r.log.contains("additionalGids [5, 6]: not granted"),
+            "{mode:?}: {}",
+            r.log
+        );
+        // Below the runtime's own (this test's): raised to it, with a warning.
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        let mut low = config("cat /proc/self/oom_score_adj");
+        low["process"]["oomScoreAdj"] = serde_json::json!(-999);
+        let l = run(mode, &low).unwrap();
+        assert_eq!(l.out, own, "{mode:?}");
+        assert!(
+            l.log
+                .contains(&format!("oomScoreAdj -999 raised to {}", own.trim())),
+            "{mode:?}: {}",
+            l.log
+        );
+        assert!(
+            r.log.contains("process.capabilities: not granted") && r.log.contains("CAP_NET_RAW"),
+            "{mode:?}: {}",
+            r.log
+        );
+    }
+}
+
+#[test]
+fn sysctls_of_the_containers_own_namespaces() {
+    let host_values = || {
+        ["net/ipv4/ip_default_ttl", "kernel/shmmni"]
+            .map(|k| std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap())
+    };
+    let host = host_values();
+    for mode in MODES {
+        let mut cfg = config(
+            "cat /proc/sys/net/ipv4/ip_default_ttl /proc/sys/kernel/shmmni /proc/sys/net/ipv4/ip_forward",
+        );
+        cfg["linux"] = serde_json::json!({"sysctl": {
+            "net.ipv4.ip_default_ttl": "42",
+            "net.ipv4.ip_forward": "1",
+            "kernel.shmmni": "1234"
+        }});
+        let r = run(mode, &cfg).unwrap();
+        assert_eq!(
+            r.out.split_whitespace().collect::<Vec<_>>(),
+            ["42", "1234", "1"],
+            "{mode:?}"
+        );
+        assert_eq!(host_values(), host, "{mode:?}: the host's own values");
+        let mut bad = config("true");
+        bad["linux"] = serde_json::json!({"sysctl": {"kernel.core_pattern": "|/tmp/x"}});
+        let e = run(mode, &bad).err().expect("a host sysctl is refused");
+        assert!(
+            e.contains("linux.sysctl kernel.core_pattern: refused"),
+            "{mode:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_new_file_systems_source_is_the_configs() {
+    for mode in MODES {
+        let mut cfg = config("grep -E ' /(proc|tmp) ' /proc/self/mountinfo");
+        cfg["annotations"] = serde_json::json!({});
+        cfg["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+        cfg["mounts"] = serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "scratch"},
+        ]);
+        let r = run(mode, &cfg).unwrap();
+        assert!(r.out.contains(" - proc proc "), "{mode:?}: {}", r.out);
+        assert!(r.out.contains(" - tmpfs scratch "), "{mode:?}: {}", r.out);
+    }
+}
+
+#[test]
+fn features_list_the_seccomp_it_carries_out() {
+    let o = nixcell(Mode::Root)
+        .args(["oci", "features"])
+        .output()
+        .unwrap();
+    let f: serde_json::Value = serde_json::from_str(&ok(&o, "features")).unwrap();
+    let sc = &f["linux"]["seccomp"];
+    assert_eq!(sc["enabled"], true, "{f}");
+    for a in ["SCMP_ACT_ERRNO", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_ALLOW"] {
+        assert!(
+            sc["actions"].as_array().unwrap().iter().any(|x| x == a),
+            "{sc}"
+        );
+    }
+    assert!(!sc["actions"].to_string().contains("NOTIFY"), "{sc}");
+    assert_eq!(
+        f["linux"]["capabilities"],
+        serde_json::json!([]),
+        "none is granted"
+    );
+}

@@ -1,0 +1,461 @@
+//! An OCI container's file system view as config.json says: an image root (no closure
+//! annotation), the mounts of every kind, masked and read-only paths, the default
+//! devices, and destinations that a hostile image's symbolic links cannot move out of
+//! the root. What the container sees is checked from inside. Root and rootless.
+
+mod common;
+use common::*;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+const APPLETS: &[&str] = &[
+    "sh", "cat", "ls", "echo", "id", "stat", "touch", "mkdir", "grep", "readlink", "head", "test",
+    "wc", "rm",
+];
+
+/// A bundle whose rootfs is a directory with a static busybox (owned by host root in
+/// root mode, as an engine's image is; by the test user rootless).
+struct Bundle {
+    mode: Mode,
+    dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    fn new(mode: Mode) -> Bundle {
+        // SAFETY: prctl with an integer argument: PID 1 becomes our child when its
+        // init stage leaves, as it becomes an engine shim's.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        let dir = workdir(mode);
+        let b = Bundle { mode, dir };
+        let r = b.rootfs();
+        for d in ["bin", "etc/ro", "tmp", "dev", "proc", "sys", "mnt"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::copy("/usr/bin/busybox", r.join("bin/busybox")).unwrap();
+        for a in APPLETS {
+            symlink("busybox", r.join("bin").join(a)).unwrap();
+        }
+        std::fs::write(r.join("etc/image-file"), "from the image\n").unwrap();
+        std::fs::write(r.join("etc/secret"), "secret\n").unwrap();
+        std::fs::write(r.join("etc/ro/file"), "ro\n").unwrap();
+        b
+    }
+
+    /// A host directory with a file `f` ("host data"), for binds.
+    fn host_data(&self) -> PathBuf {
+        let host = self.dir.path().join("data");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("f"), "host data\n").unwrap();
+        host
+    }
+
+    /// Runs `cfg`, which must exit 0, and checks that its output has each of `want`.
+    fn expect(&self, cfg: &serde_json::Value, want: &[&str]) -> String {
+        let (code, out) = self.run(cfg);
+        assert_eq!(code, 0, "{:?}: {out}", self.mode);
+        for w in want {
+            assert_has(&out, w);
+        }
+        out
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("bundle/rootfs")
+    }
+
+    /// Runs `script` in a container of `cfg` (create, start, PID 1 waited for): its
+    /// exit status and output.
+    fn run(&self, cfg: &serde_json::Value) -> (i32, String) {
+        let bundle = self.dir.path().join("bundle");
+        std::fs::write(bundle.join("config.json"), cfg.to_string()).unwrap();
+        if self.mode == Mode::Rootless {
+            chown_to_test_user(self.dir.path());
+        }
+        let out_path = self.dir.path().join("out");
+        let out = std::fs::File::create(&out_path).unwrap();
+        let pid_file = self.dir.path().join("c.pid");
+        let state = self.dir.path().join("state");
+        let mut create = nixcell(self.mode);
+        create
+            .arg("oci")
+            .arg("--root")
+            .arg(&state)
+            .args(["create", "--bundle", path_str(&bundle), "--pid-file"])
+            .arg(&pid_file);
+        // process.terminal: the pty's master comes over the console socket, as to an engine.
+        let console = (cfg["process"]["terminal"] == true).then(|| {
+            let sock = self.dir.path().join("console.sock");
+            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            if self.mode == Mode::Rootless {
+                chown_to_test_user(&sock);
+            }
+            create.arg("--console-socket").arg(&sock);
+            std::thread::spawn(move || receive_fd(&l.accept().unwrap().0))
+        });
+        let st = create
+            .arg("c")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .unwrap();
+        let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
+        let drain = |mut out: String| {
+            if let Some(t) = console {
+                // Until every slave is closed (EIO).
+                let mut master = std::fs::File::from(t.join().unwrap());
+                let _ = std::io::Read::read_to_string(&mut master, &mut out);
+            }
+            out
+        };
+        if !st.success() {
+            return (-1, drain(read()));
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let oci = |args: &[&str]| {
+            nixcell(self.mode)
+                .arg("oci")
+                .arg("--root")
+                .arg(&state)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        ok(&oci(&["start", "c"]), "start");
+        let mut status = 0;
+        // SAFETY: waitpid on our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        ok(&oci(&["delete", "c"]), "delete");
+        let out = drain(read());
+        (libc::WEXITSTATUS(status), out)
+    }
+}
+
+/// The descriptor sent with one message (SCM_RIGHTS) on `s`.
+fn receive_fd(s: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: a descriptor the kernel just gave us.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no descriptor on the console socket")
+}
+
+/// config.json as `runc spec` writes it (the usual mounts, masked and read-only paths),
+/// running `sh -c script`, without the closure annotation.
+fn config(script: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh", "-c", script], "cwd": "/",
+                    "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "img",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                           {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/etc/secret"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/etc/ro"]
+        }
+    })
+}
+
+fn assert_has(out: &str, want: &str) {
+    assert!(out.contains(want), "want {want:?} in:\n{out}");
+}
+
+#[test]
+fn an_image_root_is_read_and_written_and_the_image_stays_as_it_was() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let (code, out) = b.run(&config(
+            "cat /etc/image-file; id -u; stat -c 'owner %u:%g' /bin/busybox; \
+             echo new > /etc/image-file && cat /etc/image-file; \
+             mkdir /made && echo made-ok; touch /bin/x && echo touch-ok",
+        ));
+        assert_eq!(code, 0, "{mode:?}: {out}");
+        assert_has(&out, "from the image\n0\nowner 0:0\nnew\nmade-ok\ntouch-ok");
+        // Writes went to the copy-on-write layer, never to the image.
+        let r = b.rootfs();
+        assert_eq!(
+            std::fs::read_to_string(r.join("etc/image-file")).unwrap(),
+            "from the image\n"
+        );
+        assert!(!r.join("made").exists() && !r.join("bin/x").exists());
+        for d in ["dev", "proc", "sys"] {
+            assert_empty_dir(&r.join(d), d);
+        }
+        let mut ro = config("touch /x; echo more > /etc/image-file; cat /etc/image-file");
+        ro["root"]["readonly"] = true.into();
+        let (code, out) = b.run(&ro);
+        assert_eq!(code, 0, "{mode:?}: {out}");
+        assert_has(&out, "Read-only file system");
+        assert_has(&out, "from the image");
+    }
+}
+
+#[test]
+fn each_mount_kind_is_what_config_json_says() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let host = b.host_data();
+        let mut cfg = config(
+            "grep -E ' /(proc|dev|dev/pts|dev/shm|dev/mqueue|sys|data|scratch) ' /proc/mounts \
+             | while read src at fs opts rest; do echo \"$at $fs ${opts%%,*}\"; done; \
+             cat /data/f; touch /data/g || echo data-ro; \
+             touch /sys/x 2>/dev/null || echo sys-ro; \
+             echo s > /dev/shm/s && echo shm-rw; echo t > /scratch/t && echo scratch-rw; \
+             ls -d /sys/fs/cgroup/* 2>/dev/null | wc -l; \
+             touch /rw/made 2>/dev/null && echo rw-written || echo rw-read-only",
+        );
+        let mounts = cfg["mounts"].as_array_mut().unwrap();
+        // sysfs is read-only also when "ro" is not asked.
+        mounts[5]["options"] = serde_json::json!(["nosuid", "noexec", "nodev"]);
+        mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+            "source": path_str(&host), "options": ["rbind", "ro", "rprivate"]}));
+        mounts.push(
+            serde_json::json!({"destination": "/scratch", "type": "tmpfs",
+            "source": "tmpfs", "options": ["size=1m", "mode=1777"]}),
+        );
+        // A writable bind: the cell's own directory rootless; root's when started as
+        // root, so read-only (a live writable mount is only ever the cell's).
+        let rw = b.dir.path().join("rw");
+        std::fs::create_dir(&rw).unwrap();
+        mounts.push(serde_json::json!({"destination": "/rw", "type": "bind",
+            "source": path_str(&rw), "options": ["rbind", "rw"]}));
+        let out = b.expect(
+            &cfg,
+            &[
+                "/proc proc rw",
+                "/dev tmpfs rw",
+                "/dev/pts devpts rw",
+                "/dev/shm tmpfs rw",
+                "/dev/mqueue mqueue rw",
+                "/sys sysfs ro",
+                "/data ",
+                "/scratch tmpfs rw",
+                "host data",
+                "data-ro",
+                "sys-ro",
+                "shm-rw",
+                "scratch-rw",
+            ],
+        );
+        assert!(!host.join("g").exists());
+        let want = if mode == Mode::Rootless {
+            "rw-written"
+        } else {
+            "rw-read-only"
+        };
+        assert_has(&out, want);
+        assert_eq!(rw.join("made").exists(), mode == Mode::Rootless);
+    }
+}
+
+#[test]
+fn masked_and_read_only_paths_and_the_default_devices() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let cfg = config(
+            "echo \"secret[$(cat /etc/secret)]\"; echo \"keys[$(head -c 4 /proc/keys)]\"; \
+             ls /proc/acpi | wc -l; touch /etc/ro/x || echo etc-ro; cat /etc/ro/file; \
+             echo 1 > /proc/sys/kernel/hostname || echo sys-ro; \
+             echo x > /dev/null && echo null-ok; head -c 3 /dev/zero | wc -c; \
+             for d in full random urandom tty; do test -c /dev/$d && echo dev-$d; done; \
+             for l in fd stdin ptmx; do readlink /dev/$l; done; \
+             exec 3<>/dev/ptmx && ls /dev/pts",
+        );
+        b.expect(
+            &cfg,
+            &[
+                "secret[]",
+                "keys[]",
+                "0\n",
+                "etc-ro",
+                "ro\n",
+                "sys-ro",
+                "null-ok",
+                "3\n",
+                "dev-full\ndev-random\ndev-urandom\ndev-tty",
+                "/proc/self/fd\n/proc/self/fd/0\npts/ptmx",
+                "0\nptmx",
+            ],
+        );
+    }
+}
+
+#[test]
+fn refused_devices_and_options_are_clear_and_leave_nothing() {
+    let b = Bundle::new(Mode::Root);
+    for (edit, word) in [
+        (
+            serde_json::json!({"linux": {"devices": [
+                {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]}}),
+            "/dev/fuse",
+        ),
+        (
+            serde_json::json!({"mounts": [{"destination": "/m", "type": "bind",
+                "source": "/tmp", "options": ["rbind", "rshared"]}]}),
+            "rshared",
+        ),
+        (
+            serde_json::json!({"mounts": [{"destination": "/m", "type": "ext4",
+                "source": "/dev/sda"}]}),
+            "ext4",
+        ),
+        (
+            serde_json::json!({"mounts": [{"destination": "/a/../m", "type": "tmpfs"}]}),
+            "/a/../m",
+        ),
+        (serde_json::json!({"root": {"path": "nope"}}), "root.path"),
+    ] {
+        let mut cfg = config("true");
+        for (k, v) in edit.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, -1, "{word}: {out}");
+        assert_has(&out, word);
+        assert_empty_dir(&b.dir.path().join("state"), word);
+    }
+}
+
+/// Symbolic links of the image pointing at a host directory, through the staging
+/// root nixcell builds in and through `..`: destinations below them are made inside the
+/// container's root, the host directory gets nothing.
+#[test]
+fn a_hostile_image_link_never_places_a_mount_outside_the_root() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let outside = b.dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::set_permissions(
+            &outside,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let r = b.rootfs();
+        let abs = outside.strip_prefix("/").unwrap();
+        symlink(Path::new("/oldroot").join(abs), r.join("via-oldroot")).unwrap();
+        symlink(
+            Path::new("../../../../../../../../../..").join(abs),
+            r.join("via-dotdot"),
+        )
+        .unwrap();
+        symlink(&outside, r.join("etc/direct")).unwrap();
+        // Inside, the mounts are where the links lead within the root.
+        let mut cfg = config(&format!(
+            "grep -c ' [^ ]*{}/' /proc/mounts",
+            outside.display()
+        ));
+        let mounts = cfg["mounts"].as_array_mut().unwrap();
+        for d in ["/via-oldroot/m1", "/via-dotdot/m2", "/etc/direct/m3"] {
+            mounts.push(serde_json::json!({"destination": d, "type": "tmpfs", "source": "t"}));
+        }
+        mounts.push(
+            serde_json::json!({"destination": "/via-dotdot/f", "type": "bind",
+            "source": "/etc/hostname", "options": ["bind", "ro"]}),
+        );
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, 0, "{mode:?}: {out}");
+        assert_empty_dir(&outside, &format!("{mode:?}: the host directory"));
+        assert_has(&out, "4\n");
+    }
+}
+
+/// A closure root keeps nixcell's own /proc, /dev and /tmp (an engine's mounts there
+/// are not made) and gets config.json's other mounts, masks and read-only paths.
+#[test]
+fn a_closure_root_gets_the_other_mounts_of_config_json() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let host = b.host_data();
+        let mut cfg = config(
+            "cat /data/f /data/hidden; ls /nix/store | wc -l; \
+             grep -E ' /(data|scratch|proc|dev) ' /proc/mounts | while read s at fs o r; do \
+             echo \"$at $fs\"; done; touch /scratch/x && echo scratch-rw",
+        );
+        cfg["annotations"] = serde_json::json!({"dev.nixcell.closure": path_str(&busybox())});
+        cfg["process"]["env"] = serde_json::json!([]);
+        std::fs::write(host.join("hidden"), "hidden\n").unwrap();
+        cfg["linux"]["maskedPaths"] = serde_json::json!(["/data/hidden"]);
+        let mounts = cfg["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+            "source": path_str(&host), "options": ["rbind", "ro"]}));
+        mounts.push(
+            serde_json::json!({"destination": "/scratch", "type": "tmpfs",
+            "source": "tmpfs", "options": ["size=1m"]}),
+        );
+        // A writable host directory where nixcell writes /etc and links /bin/sh: it
+        // gets nothing of those writes.
+        let etc = b.dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user(&etc);
+        }
+        for d in ["/etc", "/bin"] {
+            mounts.push(serde_json::json!({"destination": d, "type": "bind",
+                "source": path_str(&etc), "options": ["rbind", "rw"]}));
+        }
+        let out = b.expect(
+            &cfg,
+            &[
+                "host data\n",
+                "/data ",
+                "/scratch tmpfs",
+                "/proc proc",
+                "/dev tmpfs",
+                "scratch-rw",
+            ],
+        );
+        assert!(!out.contains("hidden"), "{mode:?}: {out}");
+        assert_empty_dir(&etc, "a bind over /etc and /bin");
+    }
+}
+
+/// process.terminal: the command's terminal is the pty sent to the console socket, and
+/// /dev/console is it (the spec's default devices); the container's own devpts makes
+/// new terminals.
+#[test]
+fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let mut cfg = config(
+            "test -t 0 && test -t 1 && echo isatty; test -c /dev/console && echo console; \
+             exec 3<>/dev/ptmx && ls /dev/pts",
+        );
+        cfg["process"]["terminal"] = true.into();
+        b.expect(&cfg, &["isatty", "console", "0", "ptmx"]);
+    }
+}
