@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod exec;
+pub mod hooks;
 pub mod state;
 
 use crate::run::{harden, limits, plan};
@@ -215,6 +216,17 @@ fn create_in(
         terminal: process.terminal,
     });
     sources.push(Arc::new(OwnedFd::from(listener)));
+    for (kind, path, fd) in open_joins(g, cfg, &profile.network)? {
+        if kind == config::JoinKind::Net {
+            spec.net = None;
+        }
+        spec.joins.push(crate::sandbox::JoinNs {
+            kind,
+            fd: MOUNT_FD_BASE + sources.len() as i32,
+            path,
+        });
+        sources.push(Arc::new(fd));
+    }
     if process.terminal {
         let sock = a
             .console_socket
@@ -227,7 +239,7 @@ fn create_in(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (pid1, layers) = rt.block_on(async {
+    let (pid1, layers, control) = rt.block_on(async {
         let mut sp = crate::sandbox::spawn::spawn_init(
             false,
             false,
@@ -238,7 +250,7 @@ fn create_in(
         .map_err(|e| format!("cannot start the init stage: {e}"))?;
         let held = hold(&mut sp, &spec, &opts);
         let _ = sp.child.wait().await;
-        held
+        held.map(|(p, l)| (p, l, sp.control))
     })?;
     for l in &layers {
         g.log(
@@ -272,12 +284,103 @@ fn create_in(
         started: false,
         cgroups,
     };
-    rec.save(dir)?;
-    exec::save_spec(dir, &spec)?;
-    if let Some(p) = &a.pid_file {
-        write_pid_file(p, pid1)?;
+    let committed = commit(cfg, dir, &rec, &spec, a, &control);
+    if committed.is_err() {
+        end(&rec);
     }
-    Ok(())
+    committed
+}
+
+/// The held container's hooks (prestart, createRuntime) run and its state saved;
+/// then PID 1 is told (`Request::Committed`): before that, its control socket ending
+/// (this process killed) ends it, so a `create` that dies leaves no held container.
+fn commit(
+    cfg: &Config,
+    dir: &Path,
+    rec: &Record,
+    spec: &crate::sandbox::RunSpec,
+    a: &CreateArgs,
+    control: &UnixStream,
+) -> Res {
+    if let Some(h) = cfg.hooks.as_ref().filter(|h| !h.is_empty()) {
+        h.save(dir)?;
+        let mut st = serde_json::to_value(rec.state()).map_err(|e| e.to_string())?;
+        st["status"] = "creating".into();
+        hooks::run("prestart", &h.prestart, &st, &rec.bundle)?;
+        hooks::run("createRuntime", &h.create_runtime, &st, &rec.bundle)?;
+    }
+    rec.save(dir)?;
+    exec::save_spec(dir, spec)?;
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, rec.pid)?;
+    }
+    proto::send(control.as_fd(), &proto::Request::Committed)
+        .map_err(|e| format!("the container's PID 1 ended during set-up: {e}"))
+}
+
+/// The namespaces config.json names to join, each opened and checked to be a
+/// namespace of its kind (NS_GET_NSTYPE), and logged; a network namespace only when
+/// the profile allows network at all (the pod's network replaces the cell's own, and
+/// nixcell's network policy does not reach into it).
+fn open_joins(
+    g: &Globals,
+    cfg: &Config,
+    policy: &crate::net::NetPolicy,
+) -> Res<Vec<(config::JoinKind, PathBuf, OwnedFd)>> {
+    let mut out = Vec::new();
+    for (kind, path) in cfg.joins()? {
+        if kind == config::JoinKind::Net && policy.mode() == "none" {
+            return Err(format!(
+                "config.json: linux.namespaces: joining the network namespace {path}: the \
+                 profile (annotation {}) allows no network, and a joined network namespace is \
+                 the pod's network; name a profile with a [network] allow list",
+                config::PROFILE_ANNOTATION
+            ));
+        }
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("config.json: linux.namespaces: {} {path}: {e}", kind.name()))?;
+        let fd = OwnedFd::from(f);
+        match crate::sandbox::ns::ns_type(fd.as_fd()) {
+            Ok(t) if t == kind.flag().bits() => {}
+            Ok(_) | Err(_) => {
+                return Err(format!(
+                    "config.json: linux.namespaces: {path} is not a namespace of type {}",
+                    kind.name()
+                ));
+            }
+        }
+        g.log("info", &format!("namespace {}: joined {path}", kind.name()));
+        if kind == config::JoinKind::Net {
+            g.log(
+                "info",
+                &format!(
+                    "layer network: not enforced (the network namespace {path} is joined: the \
+                     cell's network is the pod's; the profile's network policy does not apply)"
+                ),
+            );
+        }
+        out.push((kind, PathBuf::from(path), fd));
+    }
+    Ok(out)
+}
+
+/// A container's PID 1 killed and waited for (its pidfd readable), its cgroups removed.
+fn end(rec: &Record) {
+    if let Some(fd) = pid1(rec) {
+        let _ = send_signal(&fd, nix::sys::signal::Signal::SIGKILL);
+        // The pidfd becomes readable when the process has ended.
+        let mut pfd = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
+    }
+    crate::sandbox::cgroup::RunCgroup {
+        version: crate::sandbox::cgroup::Version::V1,
+        dirs: rec.cgroups.clone(),
+        notes: Vec::new(),
+    }
+    .remove();
 }
 
 /// `--pid-file`: written atomically (a caller polling it never reads a part).
@@ -369,7 +472,7 @@ pub fn start(g: &Globals, id: &str) -> Res {
     rec.started = true;
     rec.save(&dir)?;
     // Reports until the command's copy of the channel closes at exec.
-    loop {
+    let started = (|| loop {
         match proto::recv::<Report>(conn.as_fd()) {
             Ok(None) => return Ok(()),
             Ok(Some(Report::ExecFailed { program, errno })) => {
@@ -383,7 +486,13 @@ pub fn start(g: &Globals, id: &str) -> Res {
             Ok(Some(_)) => {}
             Err(e) => return Err(format!("container {id}: {e}")),
         }
+    })();
+    if started.is_ok() {
+        let h = hooks::Hooks::load(&dir)?;
+        let st = serde_json::to_value(rec.state()).map_err(|e| e.to_string())?;
+        hooks::run_warn(g, "poststart", &h.poststart, &st, &rec.bundle);
     }
+    started
 }
 
 /// `state`: the runtime-spec state JSON.
@@ -470,27 +579,20 @@ pub fn delete(g: &Globals, id: &str, force: bool) -> Res {
         }
         Err(e) => return Err(e),
     };
-    if let Some(fd) = pid1(&rec) {
-        if rec.started && !force {
-            return Err(format!(
-                "cannot delete container {id} that is running (use --force)"
-            ));
-        }
-        send_signal(&fd, nix::sys::signal::Signal::SIGKILL)?;
-        // The pidfd becomes readable when the process has ended.
-        let mut pfd = [nix::poll::PollFd::new(
-            fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
+    if rec.started && !force && rec.alive() {
+        return Err(format!(
+            "cannot delete container {id} that is running (use --force)"
+        ));
     }
-    crate::sandbox::cgroup::RunCgroup {
-        version: crate::sandbox::cgroup::Version::V1,
-        dirs: rec.cgroups.clone(),
-        notes: Vec::new(),
-    }
-    .remove();
-    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+    let h = hooks::Hooks::load(&dir).unwrap_or_else(|e| {
+        g.log("warning", &format!("poststop hooks not run: {e}"));
+        hooks::Hooks::default()
+    });
+    end(&rec);
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let st = serde_json::to_value(rec.state()).map_err(|e| e.to_string())?;
+    hooks::run_warn(g, "poststop", &h.poststop, &st, &rec.bundle);
+    Ok(())
 }
 
 /// `ps`: the host pids of the container's processes (PID 1 and its descendants: in a
@@ -542,7 +644,7 @@ pub fn features() -> String {
     serde_json::to_string_pretty(&serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": state::OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": [],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
