@@ -218,6 +218,12 @@ impl Config {
         if let Some(h) = &self.hooks {
             h.check()?;
         }
+        if let Some(p) = linux.and_then(|l| l.cgroups_path.as_ref()) {
+            warn.push(format!(
+                "linux.cgroupsPath {p:?}: not honoured; the container's cgroup is nixcell's \
+                 own (named oci-<id>-…, under nixcell's cgroup root)"
+            ));
+        }
         Ok(warn)
     }
 
