@@ -174,7 +174,8 @@ fn hooks_run_in_order_with_the_state_and_a_failing_prestart_fails_create() {
             "printf '%s ' \"$NAME\" >> {0}; cat >> {0}; echo >> {0}",
             log.display()
         );
-        let mut cfg = config(&["sh", "-c", "echo ran"]);
+        // Running long enough for poststart to see it running.
+        let mut cfg = config(&["sleep", "2"]);
         cfg["hooks"] = serde_json::json!({
             "prestart": [hook("prestart", &rec)],
             "createRuntime": [hook("createRuntime", &rec)],
@@ -360,4 +361,70 @@ fn a_rootless_join_without_the_capability_is_refused_clearly() {
     ok(&p.run(&["delete", "--force", "pause"]), "delete pause");
     assert_eq!(wait_exit(pause, 10), Some(128 + libc::SIGKILL));
     assert_empty_dir(&p.path("state"), "after the refusal");
+}
+
+/// The cgroup directory of `pid` in the v1 hierarchy of `ctrl`, from /proc/PID/cgroup.
+fn cgroup_of(pid: i32, ctrl: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == ctrl)))
+        .unwrap();
+    let rel = line.splitn(3, ':').nth(2).unwrap().trim_start_matches('/');
+    Path::new("/sys/fs/cgroup").join(ctrl).join(rel)
+}
+
+#[test]
+fn linux_cgroups_path_places_the_container_with_its_limits() {
+    let unique = format!("nixcell-oci-pod-{}", std::process::id());
+    for (mode, path) in [
+        (Mode::Root, format!("/{unique}/c1")),
+        (Mode::Rootless, format!("{unique}/c1")),
+    ] {
+        let p = Pod::new(mode);
+        let mut cfg = config(&["sleep", "100"]);
+        cfg["linux"] = serde_json::json!({"cgroupsPath": path,
+            "resources": {"memory": {"limit": 100663296}, "pids": {"limit": 40}}});
+        let pid = p.create("cg", &cfg);
+        ok(&p.run(&["start", "cg"]), "start");
+        let base = match mode {
+            Mode::Root => PathBuf::from("/"),
+            Mode::Rootless => PathBuf::from(format!("nixcell/user-{}", test_user_ids().0)),
+        };
+        let want = |ctrl: &str| {
+            Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join(base.strip_prefix("/").unwrap_or(&base))
+                .join(path.trim_start_matches('/'))
+        };
+        assert_eq!(cgroup_of(pid, "pids"), want("pids"), "{mode:?}: PID 1's cgroup");
+        assert_eq!(
+            std::fs::read_to_string(want("pids").join("pids.max")).unwrap().trim(),
+            "40"
+        );
+        assert_eq!(
+            std::fs::read_to_string(want("memory").join("cell/memory.limit_in_bytes"))
+                .unwrap()
+                .trim(),
+            "100663296",
+            "{mode:?}: the command's memory limit"
+        );
+        ok(&p.run(&["delete", "--force", "cg"]), "delete");
+        assert_eq!(wait_exit(pid, 10), Some(128 + libc::SIGKILL));
+        for ctrl in ["cpu", "memory", "pids"] {
+            assert!(!want(ctrl).exists(), "{mode:?}: {} left", want(ctrl).display());
+            // The parent was made for the test (the runtime leaves parents, as runc).
+            let _ = std::fs::remove_dir(want(ctrl).parent().unwrap());
+        }
+    }
+    let p = Pod::new(Mode::Root);
+    let mut cfg = config(&["true"]);
+    cfg["linux"] = serde_json::json!({"cgroupsPath": "system.slice:nixcell:x"});
+    let (st, err) = p.try_create("sd", &cfg);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("systemd form"), "{err}");
+    assert!(
+        std::fs::read_dir(p.path("state")).map_or(true, |mut d| d.next().is_none()),
+        "nothing made"
+    );
 }

@@ -218,12 +218,7 @@ impl Config {
         if let Some(h) = &self.hooks {
             h.check()?;
         }
-        if let Some(p) = linux.and_then(|l| l.cgroups_path.as_ref()) {
-            warn.push(format!(
-                "linux.cgroupsPath {p:?}: not honoured; the container's cgroup is nixcell's \
-                 own (named oci-<id>-…, under nixcell's cgroup root)"
-            ));
-        }
+        self.cgroups_path()?;
         Ok(warn)
     }
 
@@ -261,6 +256,32 @@ impl Config {
             out.push((kind, path.as_str()));
         }
         Ok(out)
+    }
+
+    /// linux.cgroupsPath, cgroupfs form (absolute: under each controller's mount;
+    /// relative: under nixcell's per-user cgroup); systemd's `slice:prefix:name` form
+    /// and `..` are refused.
+    pub fn cgroups_path(&self) -> Result<Option<&Path>, String> {
+        let Some(p) = self.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) else {
+            return Ok(None);
+        };
+        if p.contains(':') {
+            return Err(format!(
+                "config.json: linux.cgroupsPath {p:?}: the systemd form slice:prefix:name is not \
+                 supported (nixcell manages cgroupfs cgroups; use the cgroupfs cgroup manager)"
+            ));
+        }
+        let path = Path::new(p);
+        if p.is_empty()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "config.json: linux.cgroupsPath {p:?}: not a cgroup path (empty or with ..)"
+            ));
+        }
+        Ok(Some(path))
     }
 
     /// linux.resources as nixcell limits; nonsense values are refused.

@@ -202,6 +202,7 @@ fn create_in(
     decided.timeout = None;
     let mut hardening =
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
+    let placed = place_cgroup(g, cfg, &mut hardening)?;
     for l in &hardening.layers {
         g.log(
             "info",
@@ -267,6 +268,9 @@ fn create_in(
         .unwrap_or_default()
         .into_iter()
         .map(|(c, d)| {
+            if placed {
+                return Ok((c, d));
+            }
             let to = d.with_file_name(format!("oci-{id}-{pid1}-{start_time}"));
             match std::fs::rename(&d, &to) {
                 Ok(()) => Ok((c, to)),
@@ -289,6 +293,33 @@ fn create_in(
         end(&rec);
     }
     committed
+}
+
+/// linux.cgroupsPath honoured: the run's cgroup is made there (true), or a warning
+/// says why not (false). The cgroup of an engine's naming is not renamed after `create`.
+fn place_cgroup(g: &Globals, cfg: &Config, hardening: &mut harden::Hardening) -> Res<bool> {
+    let Some(path) = cfg.cgroups_path()? else {
+        return Ok(false);
+    };
+    match hardening.place_cgroup(path) {
+        Ok(None) => Ok(true),
+        Ok(Some(why)) => {
+            g.log(
+                "warning",
+                &format!("linux.cgroupsPath {}: not honoured: {why}", path.display()),
+            );
+            Ok(false)
+        }
+        // Rootless (as runc): a cgroup the caller may not make is no failure.
+        Err(e) if !crate::sandbox::ns::is_host_root() => {
+            g.log(
+                "warning",
+                &format!("linux.cgroupsPath {}: not honoured: {e}", path.display()),
+            );
+            Ok(false)
+        }
+        Err(e) => Err(format!("config.json: linux.cgroupsPath {}: {e}", path.display())),
+    }
 }
 
 /// The held container's hooks (prestart, createRuntime) run and its state saved;
