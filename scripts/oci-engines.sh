@@ -126,6 +126,8 @@ cleanup() {
   kill "$ctd_pid" 2> /dev/null || true
   wait "$ctd_pid" 2> /dev/null || true
   rm -rf "/run/containerd/runc/$ns"
+  # The parent of the containers' cgroups (cgroupsPath /NAMESPACE/ID), left as by runc.
+  for d in /sys/fs/cgroup/*/"$ns"; do rmdir "$d" 2> /dev/null || true; done
 }
 trap cleanup EXIT
 c() { ctr -a "$ctd/containerd.sock" -n "$ns" "$@"; }

@@ -368,7 +368,11 @@ fn cgroup_of(pid: i32, ctrl: &str) -> PathBuf {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let line = text
         .lines()
-        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == ctrl)))
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|x| x == ctrl))
+        })
         .unwrap();
     let rel = line.splitn(3, ':').nth(2).unwrap().trim_start_matches('/');
     Path::new("/sys/fs/cgroup").join(ctrl).join(rel)
@@ -397,9 +401,15 @@ fn linux_cgroups_path_places_the_container_with_its_limits() {
                 .join(base.strip_prefix("/").unwrap_or(&base))
                 .join(path.trim_start_matches('/'))
         };
-        assert_eq!(cgroup_of(pid, "pids"), want("pids"), "{mode:?}: PID 1's cgroup");
         assert_eq!(
-            std::fs::read_to_string(want("pids").join("pids.max")).unwrap().trim(),
+            cgroup_of(pid, "pids"),
+            want("pids"),
+            "{mode:?}: PID 1's cgroup"
+        );
+        assert_eq!(
+            std::fs::read_to_string(want("pids").join("pids.max"))
+                .unwrap()
+                .trim(),
             "40"
         );
         assert_eq!(
@@ -412,7 +422,11 @@ fn linux_cgroups_path_places_the_container_with_its_limits() {
         ok(&p.run(&["delete", "--force", "cg"]), "delete");
         assert_eq!(wait_exit(pid, 10), Some(128 + libc::SIGKILL));
         for ctrl in ["cpu", "memory", "pids"] {
-            assert!(!want(ctrl).exists(), "{mode:?}: {} left", want(ctrl).display());
+            assert!(
+                !want(ctrl).exists(),
+                "{mode:?}: {} left",
+                want(ctrl).display()
+            );
             // The parent was made for the test (the runtime leaves parents, as runc).
             let _ = std::fs::remove_dir(want(ctrl).parent().unwrap());
         }

@@ -318,7 +318,10 @@ fn place_cgroup(g: &Globals, cfg: &Config, hardening: &mut harden::Hardening) ->
             );
             Ok(false)
         }
-        Err(e) => Err(format!("config.json: linux.cgroupsPath {}: {e}", path.display())),
+        Err(e) => Err(format!(
+            "config.json: linux.cgroupsPath {}: {e}",
+            path.display()
+        )),
     }
 }
 
