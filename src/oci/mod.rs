@@ -261,24 +261,7 @@ fn create_in(
     }
     let start_time = crate::sandbox::cgroup::start_time(pid1 as u32)
         .ok_or("the container's PID 1 ended during set-up")?;
-    // The run cgroup is named after this process, which ends now: renamed after the
-    // container, so that no later run takes it for a stale one.
-    let cgroups = hardening
-        .keep_cgroup()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(c, d)| {
-            if placed {
-                return Ok((c, d));
-            }
-            let to = d.with_file_name(format!("oci-{id}-{pid1}-{start_time}"));
-            match std::fs::rename(&d, &to) {
-                Ok(()) => Ok((c, to)),
-                Err(e) => Err(format!("cgroup {}: rename: {e}", d.display())),
-            }
-        })
-        .collect::<Res<Vec<_>>>()?;
-    let rec = Record {
+    let mut rec = Record {
         id: id.to_string(),
         bundle: bundle.to_path_buf(),
         pid: pid1,
@@ -286,13 +269,25 @@ fn create_in(
         annotations: cfg.annotations.clone(),
         created: state::now_rfc3339(),
         started: false,
-        cgroups,
+        cgroups: hardening.keep_cgroup().unwrap_or_default(),
     };
-    let committed = commit(cfg, dir, &rec, &spec, a, &control);
+    let committed = commit(cfg, dir, &mut rec, &spec, a, &control, placed);
     if committed.is_err() {
         end(&rec);
     }
     committed
+}
+
+/// The run cgroup is named after `create`, which ends now: renamed after the
+/// container, so that no later run takes it for a stale one (until then, a `create`
+/// that dies leaves a stale run's cgroup, which the next run removes).
+fn rename_cgroups(rec: &mut Record) -> Res {
+    for (_, d) in rec.cgroups.iter_mut() {
+        let to = d.with_file_name(format!("oci-{}-{}-{}", rec.id, rec.pid, rec.start_time));
+        std::fs::rename(&*d, &to).map_err(|e| format!("cgroup {}: rename: {e}", d.display()))?;
+        *d = to;
+    }
+    Ok(())
 }
 
 /// linux.cgroupsPath honoured: the run's cgroup is made there (true), or a warning
@@ -331,10 +326,11 @@ fn place_cgroup(g: &Globals, cfg: &Config, hardening: &mut harden::Hardening) ->
 fn commit(
     cfg: &Config,
     dir: &Path,
-    rec: &Record,
+    rec: &mut Record,
     spec: &crate::sandbox::RunSpec,
     a: &CreateArgs,
     control: &UnixStream,
+    placed: bool,
 ) -> Res {
     if let Some(h) = cfg.hooks.as_ref().filter(|h| !h.is_empty()) {
         h.save(dir)?;
@@ -342,6 +338,9 @@ fn commit(
         st["status"] = "creating".into();
         hooks::run("prestart", &h.prestart, &st, &rec.bundle)?;
         hooks::run("createRuntime", &h.create_runtime, &st, &rec.bundle)?;
+    }
+    if !placed {
+        rename_cgroups(rec)?;
     }
     rec.save(dir)?;
     exec::save_spec(dir, spec)?;
