@@ -142,40 +142,63 @@ fn pid_in(state_file: &Path) -> i32 {
 fn a_create_killed_before_it_saved_the_state_leaves_no_held_pid1() {
     for mode in MODES {
         let p = Pod::new(mode);
-        let seen = p.path("seen.json");
-        let mut cfg = config(&["sh", "-c", "echo ran"]);
-        // The hook runs inside `create` (its parent) before the state is saved.
-        cfg["hooks"] = serde_json::json!({"prestart": [hook("p",
-            &format!("cat > {}; kill -9 $PPID", seen.display()))]});
         let uid = match mode {
             Mode::Root => 0,
             Mode::Rootless => test_user_ids().0,
         };
-        let (st, err) = p.try_create("killed", &cfg);
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&st),
-            Some(libc::SIGKILL),
-            "{mode:?}: {err}"
-        );
-        let pid1 = pid_in(&seen);
-        // 125: it saw its creator's end; 137: a concurrent run removed its (stale) cgroup.
-        let end = wait_exit(pid1, 10);
-        assert!(
-            matches!(end, Some(125 | 137)),
-            "{mode:?}: the held PID 1 ends once its creator is gone: {end:?}"
-        );
-        assert_eq!(p.out("killed"), "", "{mode:?}: the command never ran");
-        // Its cgroup is a stale run's, which the next run with a cgroup removes.
-        ok(&sh(mode, &["--pids", "20"], "true"), "a run with a cgroup");
-        let base = PathBuf::from(format!("/sys/fs/cgroup/pids/nixcell/user-{uid}"));
-        let left: Vec<String> = std::fs::read_dir(&base)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&format!("oci-killed-{pid1}-")))
-            .collect();
-        assert!(left.is_empty(), "{mode:?}: {left:?} left in {}", base.display());
-        ok(&p.run(&["delete", "--force", "killed"]), "delete --force");
+        // Without a cgroup first: nothing but the end of its creator can end PID 1
+        // (a stale run's cgroup is removed, its processes killed, by later runs).
+        let no_cgroup = p.path("nocg.toml");
+        std::fs::write(
+            &no_cgroup,
+            "extends = \"default\"\n[cgroup]\nmode = \"off\"\n",
+        )
+        .unwrap();
+        for (id, profile) in [
+            ("nocg", no_cgroup.display().to_string()),
+            ("killed", "default".into()),
+        ] {
+            let seen = p.path(&format!("{id}.json"));
+            let mut cfg = config(&["sh", "-c", "echo ran"]);
+            cfg["annotations"]["dev.nixcell.profile"] = profile.into();
+            // The hook runs inside `create` (its parent) before the state is saved.
+            cfg["hooks"] = serde_json::json!({"prestart": [hook("p",
+                &format!("cat > {}; kill -9 $PPID", seen.display()))]});
+            let (st, err) = p.try_create(id, &cfg);
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&st),
+                Some(libc::SIGKILL),
+                "{mode:?}: {err}"
+            );
+            let pid1 = pid_in(&seen);
+            let end = wait_exit(pid1, 10);
+            if id == "nocg" {
+                assert_eq!(
+                    end,
+                    Some(125),
+                    "{mode:?}: PID 1 ends once its creator is gone"
+                );
+            } else {
+                // 137: a concurrent run removed its (stale) cgroup first.
+                assert!(matches!(end, Some(125 | 137)), "{mode:?}: {end:?}");
+                // Its cgroup is a stale run's, which the next run with a cgroup removes.
+                ok(&sh(mode, &["--pids", "20"], "true"), "a run with a cgroup");
+                let base = PathBuf::from(format!("/sys/fs/cgroup/pids/nixcell/user-{uid}"));
+                let left: Vec<String> = std::fs::read_dir(&base)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("oci-killed-{pid1}-")))
+                    .collect();
+                assert!(
+                    left.is_empty(),
+                    "{mode:?}: {left:?} left in {}",
+                    base.display()
+                );
+            }
+            assert_eq!(p.out(id), "", "{mode:?}: the command never ran");
+            ok(&p.run(&["delete", "--force", id]), "delete --force");
+        }
         assert_empty_dir(&p.path("state"), "after delete --force");
     }
 }
@@ -314,7 +337,13 @@ fn a_container_joins_the_pods_network_ipc_and_uts() {
     // `exec` in a container that joined the pod enters the pod's namespaces too.
     let held = p.create("held", &joining(&["sleep", "100"], pause, &all, &profile));
     ok(&p.run(&["start", "held"]), "start held");
-    let o = p.run(&["exec", "held", "sh", "-c", "hostname; nc 127.0.0.1 8080 </dev/null"]);
+    let o = p.run(&[
+        "exec",
+        "held",
+        "sh",
+        "-c",
+        "hostname; nc 127.0.0.1 8080 </dev/null",
+    ]);
     assert_eq!(ok(&o, "exec").lines().collect::<Vec<_>>(), ["pod", "pong"]);
     ok(&p.run(&["delete", "--force", "held"]), "delete held");
     assert_eq!(wait_exit(held, 10), Some(128 + libc::SIGKILL));
