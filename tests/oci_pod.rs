@@ -493,3 +493,39 @@ fn linux_cgroups_path_places_the_container_with_its_limits() {
         "nothing made"
     );
 }
+
+/// Rootless as a rootless engine runs its runtime: root of a user namespace of its
+/// own, joining a namespace that user namespace owns (a pod's, made by the engine).
+#[test]
+fn rootless_in_the_engines_user_namespace_joins_its_namespaces() {
+    let p = Pod::new(Mode::Rootless);
+    let mut cfg = config(&["hostname"]);
+    cfg["hostname"] = "other".into();
+    cfg["linux"] =
+        serde_json::json!({"namespaces": [{"type": "uts", "path": "/proc/INNER/ns/uts"}]});
+    let b = p.bundle("in", &cfg);
+    std::fs::rename(b.join("config.json"), b.join("config.in")).unwrap();
+    let script = r#"
+        bin=$1 root=$2 b=$3
+        unshare -u sh -c 'hostname inner; exec sleep 30' &
+        inner=$!
+        sleep 0.5
+        sed "s|INNER|$inner|" "$b/config.in" > "$b/config.json"
+        "$bin" oci --root "$root" create --bundle "$b" c > "$b/out" 2> "$b/err" || { cat "$b/err"; exit 3; }
+        "$bin" oci --root "$root" start c || exit 4
+        i=0; while [ ! -s "$b/out" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+        cat "$b/out"
+        "$bin" oci --root "$root" delete --force c
+        kill $inner
+    "#;
+    let o = as_test_user()
+        .args(["unshare", "-Ur", "sh", "-c", script, "sh", bin()])
+        .arg(p.path("state"))
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok(&o, "create in the engine's user namespace").trim(),
+        "inner"
+    );
+}
