@@ -287,6 +287,51 @@ impl Hardening {
         self.cgroup.as_ref().map(|cg| cg.usage())
     }
 
+    /// Moves the run's cgroup to `path` (an OCI container's `linux.cgroupsPath`, v1):
+    /// made there with the same limits, the one `prepare` made removed. Before the
+    /// cell starts only. `Ok(Some(why))` when it is not moved (no cgroup layer, cgroup
+    /// v2), Err when the cgroup cannot be made there.
+    pub fn place_cgroup(&mut self, path: &std::path::Path) -> Result<Option<String>, String> {
+        if self.cgroup.is_none() {
+            return Ok(Some("the cell has no cgroup (see the cgroup layer)".into()));
+        }
+        let wanted = CgroupLimits {
+            memory: self.limits.memory,
+            cpus: self.limits.cpus,
+            pids: self.limits.pids,
+        };
+        let h = Hierarchy::detect().map_err(|e| e.to_string())?;
+        if h.version != crate::sandbox::cgroup::Version::V1 {
+            return Ok(Some("honoured on cgroup v1 only".into()));
+        }
+        let dirs = h
+            .named_dirs(nix::unistd::geteuid().as_raw(), path)
+            .map_err(|e| e.to_string())?;
+        let run = h.create_at(dirs, &wanted).map_err(|e| e.to_string())?;
+        let fd = match run.open_cell_procs() {
+            Ok(fd) => fd,
+            Err(e) => {
+                run.remove();
+                return Err(e.to_string());
+            }
+        };
+        if let Some(l) = self.layers.iter_mut().find(|l| l.layer == "cgroup") {
+            l.detail.push_str(&format!(
+                "; at {}",
+                run.dirs
+                    .iter()
+                    .map(|(_, d)| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(old) = self.cgroup.replace(Arc::new(run)) {
+            old.remove();
+        }
+        self.cell_procs = Some(Arc::new(fd));
+        Ok(None)
+    }
+
     /// Keeps the run's cgroup past this value (an OCI container outlives its creator):
     /// its (controller, dir) pairs, for whoever removes it later.
     pub fn keep_cgroup(&mut self) -> Option<Vec<(String, std::path::PathBuf)>> {

@@ -521,6 +521,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         terminal: false,
         oci: None,
         oci_fs: None,
+        joins: Vec::new(),
     };
     Ok((spec, closure))
 }
