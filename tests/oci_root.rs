@@ -459,3 +459,42 @@ fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
         b.expect(&cfg, &["isatty", "console", "0", "ptmx"]);
     }
 }
+
+/// A bind of a shared host mount is made private first: a mount below it in the
+/// container does not appear on the host (root: a tree cloned from the host's
+/// namespace is a peer of its source until then).
+#[test]
+fn mounts_below_a_bind_of_a_shared_host_mount_stay_in_the_container() {
+    let b = Bundle::new(Mode::Root);
+    let share = b.dir.path().join("share");
+    std::fs::create_dir_all(share.join("x")).unwrap();
+    let mount = |args: &[&str]| {
+        let o = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount {args:?}: {}", text(&o.stderr));
+    };
+    mount(&["--bind", path_str(&share), path_str(&share)]);
+    mount(&["--make-shared", path_str(&share)]);
+    let mut cfg = config("grep -c ' /data/x ' /proc/mounts");
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+        "source": path_str(&share), "options": ["rbind", "ro"]}));
+    mounts.push(
+        serde_json::json!({"destination": "/data/x", "type": "tmpfs",
+        "source": "nixcell-propagation-test"}),
+    );
+    let (code, out) = b.run(&cfg);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked = host.contains("nixcell-propagation-test");
+    if leaked {
+        let _ = std::process::Command::new("umount")
+            .arg(share.join("x"))
+            .status();
+    }
+    let _ = std::process::Command::new("umount").arg(&share).status();
+    assert_eq!(code, 0, "{out}");
+    assert_has(&out, "1\n");
+    assert!(!leaked, "the container's tmpfs appeared on the host");
+}

@@ -96,7 +96,11 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
     let ids = (spec.identity.uid, spec.identity.gid);
     for m in &cfg.mounts {
         let dest = check_dest("mounts", &m.destination)?;
-        if !image && super::config::OWN_MOUNTS.contains(&m.destination.as_str()) {
+        if !image
+            && super::config::OWN_MOUNTS
+                .iter()
+                .any(|o| dest == Path::new(o))
+        {
             continue;
         }
         if !image && dest.starts_with(&spec.store_dir) {
@@ -247,6 +251,10 @@ fn mount(
         nodev: true,
         noexec: false,
         data: Vec::new(),
+        source: match kind {
+            MountKind::Bind { .. } => String::new(),
+            _ => m.source.clone().unwrap_or_default(),
+        },
         kind,
     };
     let mut rw_asked = false;

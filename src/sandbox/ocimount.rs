@@ -57,6 +57,9 @@ pub struct OciMount {
     pub noexec: bool,
     /// File system options (`key` or `key=value`), already checked against the type.
     pub data: Vec<String>,
+    /// The source a kernel file system shows in mountinfo (config.json's `source`).
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,7 @@ pub fn build_image(spec: &RunSpec, b: &Builder<'_>, img: &ImageRoot) -> StageRes
         .create(NEW_ROOT)
         .at(S, "mkdir", NEW_ROOT)?;
     let lower = (b.tree)(0, false)?;
+    sys::make_tree_private(lower.as_raw_fd()).at(S, "mount_setattr(MS_PRIVATE)", LOWER)?;
     stage_layers(S, lower, LOWER, LAYER, img.size_bytes, img.inodes)?;
     overlay(S, LOWER, LAYER, Path::new(NEW_ROOT))?;
     for staged in [LOWER, LAYER] {
@@ -425,6 +429,7 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
     let tree = match &m.kind {
         MountKind::Bind { source, recursive } => {
             let tree = (b.tree)(*source, *recursive)?;
+            sys::make_tree_private(tree.as_raw_fd()).at(STAGE, "mount_setattr(MS_PRIVATE)", &d)?;
             // Binds never carry setuid files or devices into the cell.
             let a = attrs(m) | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
             sys::mount_setattr(Some(tree.as_raw_fd()), Path::new(""), true, a, None).at(
@@ -434,7 +439,13 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
             )?;
             tree
         }
-        kind => new_fs(kind.fs_type().unwrap_or("tmpfs"), &m.data, attrs(m)).at(
+        kind => new_fs(
+            kind.fs_type().unwrap_or("tmpfs"),
+            &m.source,
+            &m.data,
+            attrs(m),
+        )
+        .at(
             STAGE,
             "fsmount",
             format!("{} at {d}", kind.fs_type().unwrap_or("?")),
@@ -446,7 +457,7 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
 }
 
 /// A new, detached file system (fsopen, fsconfig, fsmount) with mount attributes.
-fn new_fs(fs_type: &str, data: &[String], attrs: u64) -> nix::Result<OwnedFd> {
+fn new_fs(fs_type: &str, source: &str, data: &[String], attrs: u64) -> nix::Result<OwnedFd> {
     let t = CString::new(fs_type).map_err(|_| Errno::EINVAL)?;
     // SAFETY: t is NUL-terminated; the kernel returns a new descriptor or -1.
     let fc = unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), libc::FSOPEN_CLOEXEC) };
@@ -455,7 +466,8 @@ fn new_fs(fs_type: &str, data: &[String], attrs: u64) -> nix::Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor we own.
     let fc = unsafe { OwnedFd::from_raw_fd(fc as RawFd) };
-    for opt in data {
+    let source = (!source.is_empty()).then(|| format!("source={source}"));
+    for opt in source.iter().chain(data) {
         let (k, v) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt.as_str(), None),
@@ -617,6 +629,7 @@ fn mask(root: BorrowedFd<'_>, p: &Path, null: &Path) -> StageResult {
     let st = crate::fsat::fstat(target.as_fd()).at(S, "fstat", p.display())?;
     let tree = if crate::fsat::is_dir(&st) {
         new_fs(
+            "tmpfs",
             "tmpfs",
             &["mode=0555".into(), "size=4k".into(), "nr_inodes=1".into()],
             sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
