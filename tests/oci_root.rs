@@ -326,8 +326,8 @@ fn refused_devices_and_options_are_clear_and_leave_nothing() {
         ),
         (
             serde_json::json!({"mounts": [{"destination": "/m", "type": "bind",
-                "source": "/tmp", "options": ["rbind", "rshared"]}]}),
-            "rshared",
+                "source": "/tmp", "options": ["rbind", "remount"]}]}),
+            "remount",
         ),
         (
             serde_json::json!({"mounts": [{"destination": "/m", "type": "ext4",
@@ -462,7 +462,8 @@ fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
 
 /// A bind of a shared host mount is made private first: a mount below it in the
 /// container does not appear on the host (root: a tree cloned from the host's
-/// namespace is a peer of its source until then).
+/// namespace is a peer of its source until then), also when config.json asks for
+/// shared propagation (a peer group inside the container).
 #[test]
 fn mounts_below_a_bind_of_a_shared_host_mount_stay_in_the_container() {
     let b = Bundle::new(Mode::Root);
@@ -480,10 +481,10 @@ fn mounts_below_a_bind_of_a_shared_host_mount_stay_in_the_container() {
     let mut cfg = config("grep -c ' /data/x ' /proc/mounts");
     let mounts = cfg["mounts"].as_array_mut().unwrap();
     mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
-        "source": path_str(&share), "options": ["rbind", "ro"]}));
+        "source": path_str(&share), "options": ["rbind", "ro", "rshared"]}));
     mounts.push(
         serde_json::json!({"destination": "/data/x", "type": "tmpfs",
-        "source": "nixcell-propagation-test"}),
+        "source": "nixcell-propagation-test", "options": ["shared"]}),
     );
     let (code, out) = b.run(&cfg);
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

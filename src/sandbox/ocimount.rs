@@ -60,6 +60,10 @@ pub struct OciMount {
     /// The source a kernel file system shows in mountinfo (config.json's `source`).
     #[serde(default)]
     pub source: String,
+    /// `shared`/`rshared`: a peer group of its own, inside the cell (the tree is
+    /// private first, so nothing propagates to or from the host).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +136,11 @@ pub fn build_image(spec: &RunSpec, b: &Builder<'_>, img: &ImageRoot) -> StageRes
         .create(NEW_ROOT)
         .at(S, "mkdir", NEW_ROOT)?;
     let lower = (b.tree)(0, false)?;
-    sys::make_tree_private(lower.as_raw_fd()).at(S, "mount_setattr(MS_PRIVATE)", LOWER)?;
+    sys::set_tree_propagation(lower.as_raw_fd(), libc::MS_PRIVATE).at(
+        S,
+        "mount_setattr(MS_PRIVATE)",
+        LOWER,
+    )?;
     stage_layers(S, lower, LOWER, LAYER, img.size_bytes, img.inodes)?;
     overlay(S, LOWER, LAYER, Path::new(NEW_ROOT))?;
     for staged in [LOWER, LAYER] {
@@ -429,7 +437,11 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
     let tree = match &m.kind {
         MountKind::Bind { source, recursive } => {
             let tree = (b.tree)(*source, *recursive)?;
-            sys::make_tree_private(tree.as_raw_fd()).at(STAGE, "mount_setattr(MS_PRIVATE)", &d)?;
+            sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_PRIVATE).at(
+                STAGE,
+                "mount_setattr(MS_PRIVATE)",
+                &d,
+            )?;
             // Binds never carry setuid files or devices into the cell.
             let a = attrs(m) | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
             sys::mount_setattr(Some(tree.as_raw_fd()), Path::new(""), true, a, None).at(
@@ -453,7 +465,15 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
     };
     let file = matches!(m.kind, MountKind::Bind { source, .. } if !spec.mounts[source].is_dir);
     let target = mount_point(root, &m.dest, file)?;
-    sys::move_mount_onto_fd(tree.as_raw_fd(), target.as_raw_fd()).at(STAGE, "move_mount", &d)
+    sys::move_mount_onto_fd(tree.as_raw_fd(), target.as_raw_fd()).at(STAGE, "move_mount", &d)?;
+    if m.shared {
+        sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_SHARED).at(
+            STAGE,
+            "mount_setattr(MS_SHARED)",
+            &d,
+        )?;
+    }
+    Ok(())
 }
 
 /// A new, detached file system (fsopen, fsconfig, fsmount) with mount attributes.

@@ -137,12 +137,13 @@ pub fn mount_setattr(
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
-/// mount_setattr(2) of a detached tree (`fd`, AT_RECURSIVE): its propagation type
-/// becomes private. A tree cloned from a shared mount of the host is a peer of it until
-/// then: mounts made below it would appear on the host, and the host's inside.
-pub fn make_tree_private(fd: RawFd) -> Result<(), Errno> {
+/// mount_setattr(2) of the tree on `fd` (AT_RECURSIVE): its propagation type becomes
+/// `propagation` (MS_PRIVATE, MS_SHARED...). A tree cloned from a shared mount of the
+/// host is a peer of it until it is made private: mounts made below it would appear on
+/// the host, and the host's inside.
+pub fn set_tree_propagation(fd: RawFd, propagation: u64) -> Result<(), Errno> {
     let attr = MountAttr {
-        propagation: libc::MS_PRIVATE,
+        propagation,
         ..Default::default()
     };
     let empty = c"";
