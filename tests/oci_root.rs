@@ -404,7 +404,8 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
         let mut cfg = config(
             "cat /data/f /data/hidden; ls /nix/store | wc -l; \
              grep -E ' /(data|scratch|proc|dev) ' /proc/mounts | while read s at fs o r; do \
-             echo \"$at $fs\"; done; touch /scratch/x && echo scratch-rw",
+             echo \"$at $fs\"; done; touch /scratch/x && echo scratch-rw; \
+             echo \"staged[$(ls -a / | grep -c nixcell)]\"",
         );
         cfg["annotations"] = serde_json::json!({"dev.nixcell.closure": path_str(&busybox())});
         cfg["process"]["env"] = serde_json::json!([]);
@@ -437,6 +438,7 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
                 "/proc proc",
                 "/dev tmpfs",
                 "scratch-rw",
+                "staged[0]",
             ],
         );
         assert!(!out.contains("hidden"), "{mode:?}: {out}");

@@ -237,7 +237,8 @@ pub fn apply_closure(spec: &RunSpec, b: &Builder<'_>) -> StageResult {
         return Ok(());
     }
     let root = open_dir(Path::new("/")).at(STAGE, "open", "/")?;
-    apply(spec, b, root.as_fd(), Path::new("/oldroot/dev/null"), false)
+    apply(spec, b, root.as_fd(), Path::new("/oldroot/dev/null"), false)?;
+    remove_bind_stage()
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
@@ -442,6 +443,7 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
                 "mount_setattr(MS_PRIVATE)",
                 &d,
             )?;
+            let tree = fresh_copy(tree, spec.mounts[*source].is_dir, *recursive)?;
             // Binds never carry setuid files or devices into the cell.
             let a = attrs(m) | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
             sys::mount_setattr(Some(tree.as_raw_fd()), Path::new(""), true, a, None).at(
@@ -472,6 +474,58 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
             "mount_setattr(MS_SHARED)",
             &d,
         )?;
+    }
+    Ok(())
+}
+
+/// Where a bind's tree is staged to be copied (in the staging root, or a closure
+/// root's tmpfs before it is sealed; removed once the mounts are made).
+const BIND_STAGE: [&str; 2] = ["/.nixcell-bind-dir", "/.nixcell-bind-file"];
+
+/// A copy of `tree` made now: a tree cloned while still host root (before the user
+/// namespace existed) would show before the mounts made since in mountinfo, which
+/// lists mounts by their ids, and config.json's mounts are made in order.
+fn fresh_copy(tree: OwnedFd, is_dir: bool, recursive: bool) -> StageResult<OwnedFd> {
+    let at = BIND_STAGE[usize::from(!is_dir)];
+    let made = if is_dir {
+        fs::DirBuilder::new().mode(0o700).create(at)
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(at)
+            .map(drop)
+    };
+    match made {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(StageError::new(STAGE, "mkdir", at, errno(&e)));
+        }
+        _ => {}
+    }
+    sys::move_mount_fd(tree.as_raw_fd(), Path::new(at)).at(STAGE, "move_mount", at)?;
+    let mut flags = sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    let copy = sys::open_tree(Path::new(at), flags).at(STAGE, "open_tree", at)?;
+    umount2(at, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", at)?;
+    Ok(copy)
+}
+
+/// The staging entries of [`fresh_copy`] go (a closure root keeps its tmpfs).
+fn remove_bind_stage() -> StageResult {
+    for (i, at) in BIND_STAGE.iter().enumerate() {
+        let r = if i == 0 {
+            fs::remove_dir(at)
+        } else {
+            fs::remove_file(at)
+        };
+        match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StageError::new(STAGE, "unlink", *at, errno(&e)));
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
