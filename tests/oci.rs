@@ -293,7 +293,7 @@ fn refusals_are_clear_and_leave_nothing() {
         (
             {
                 let mut v = config(&["true"]);
-                v["mounts"] = serde_json::json!([{"destination": "/host", "type": "bind", "source": "/", "options": ["rshared"]}]);
+                v["mounts"] = serde_json::json!([{"destination": "/host", "type": "bind", "source": "/", "options": ["remount"]}]);
                 v
             },
             "/host",

@@ -326,8 +326,8 @@ fn refused_devices_and_options_are_clear_and_leave_nothing() {
         ),
         (
             serde_json::json!({"mounts": [{"destination": "/m", "type": "bind",
-                "source": "/tmp", "options": ["rbind", "rshared"]}]}),
-            "rshared",
+                "source": "/tmp", "options": ["rbind", "remount"]}]}),
+            "remount",
         ),
         (
             serde_json::json!({"mounts": [{"destination": "/m", "type": "ext4",
@@ -404,7 +404,8 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
         let mut cfg = config(
             "cat /data/f /data/hidden; ls /nix/store | wc -l; \
              grep -E ' /(data|scratch|proc|dev) ' /proc/mounts | while read s at fs o r; do \
-             echo \"$at $fs\"; done; touch /scratch/x && echo scratch-rw",
+             echo \"$at $fs\"; done; touch /scratch/x && echo scratch-rw; \
+             echo \"staged[$(ls -a / | grep -c nixcell)]\"",
         );
         cfg["annotations"] = serde_json::json!({"dev.nixcell.closure": path_str(&busybox())});
         cfg["process"]["env"] = serde_json::json!([]);
@@ -437,6 +438,7 @@ fn a_closure_root_gets_the_other_mounts_of_config_json() {
                 "/proc proc",
                 "/dev tmpfs",
                 "scratch-rw",
+                "staged[0]",
             ],
         );
         assert!(!out.contains("hidden"), "{mode:?}: {out}");
@@ -458,4 +460,44 @@ fn a_terminal_is_the_console_and_dev_pts_makes_new_ones() {
         cfg["process"]["terminal"] = true.into();
         b.expect(&cfg, &["isatty", "console", "0", "ptmx"]);
     }
+}
+
+/// A bind of a shared host mount is made private first: a mount below it in the
+/// container does not appear on the host (root: a tree cloned from the host's
+/// namespace is a peer of its source until then), also when config.json asks for
+/// shared propagation (a peer group inside the container).
+#[test]
+fn mounts_below_a_bind_of_a_shared_host_mount_stay_in_the_container() {
+    let b = Bundle::new(Mode::Root);
+    let share = b.dir.path().join("share");
+    std::fs::create_dir_all(share.join("x")).unwrap();
+    let mount = |args: &[&str]| {
+        let o = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount {args:?}: {}", text(&o.stderr));
+    };
+    mount(&["--bind", path_str(&share), path_str(&share)]);
+    mount(&["--make-shared", path_str(&share)]);
+    let mut cfg = config("grep -c ' /data/x ' /proc/mounts");
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+        "source": path_str(&share), "options": ["rbind", "ro", "rshared"]}));
+    mounts.push(
+        serde_json::json!({"destination": "/data/x", "type": "tmpfs",
+        "source": "nixcell-propagation-test", "options": ["shared"]}),
+    );
+    let (code, out) = b.run(&cfg);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked = host.contains("nixcell-propagation-test");
+    if leaked {
+        let _ = std::process::Command::new("umount")
+            .arg(share.join("x"))
+            .status();
+    }
+    let _ = std::process::Command::new("umount").arg(&share).status();
+    assert_eq!(code, 0, "{out}");
+    assert_has(&out, "1\n");
+    assert!(!leaked, "the container's tmpfs appeared on the host");
 }

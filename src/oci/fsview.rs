@@ -96,7 +96,11 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
     let ids = (spec.identity.uid, spec.identity.gid);
     for m in &cfg.mounts {
         let dest = check_dest("mounts", &m.destination)?;
-        if !image && super::config::OWN_MOUNTS.contains(&m.destination.as_str()) {
+        if !image
+            && super::config::OWN_MOUNTS
+                .iter()
+                .any(|o| dest == Path::new(o))
+        {
             continue;
         }
         if !image && dest.starts_with(&spec.store_dir) {
@@ -247,6 +251,11 @@ fn mount(
         nodev: true,
         noexec: false,
         data: Vec::new(),
+        shared: false,
+        source: match kind {
+            MountKind::Bind { .. } => String::new(),
+            _ => m.source.clone().unwrap_or_default(),
+        },
         kind,
     };
     let mut rw_asked = false;
@@ -264,20 +273,24 @@ fn mount(
             "nosuid" | "suid" | "nodev" | "dev" | "bind" | "rbind" => {}
             "relatime" | "norelatime" | "noatime" | "atime" | "strictatime" | "nostrictatime"
             | "nodiratime" | "diratime" | "sync" | "async" => {}
-            // Nothing of a cell propagates either way.
+            // Nothing of a cell propagates to or from the host: every tree is private
+            // first; shared makes a peer group inside the cell only.
             "private" | "rprivate" | "slave" | "rslave" | "unbindable" | "runbindable" => {}
-            "shared" | "rshared" => {
-                return Err(format!(
-                    "{}: option {o}: a cell's mounts never propagate to the host",
-                    at()
-                ));
-            }
+            "shared" | "rshared" => om.shared = true,
             "tmpcopyup" => warn.push(format!(
                 "mount at {}: tmpcopyup: the tmpfs starts empty",
                 m.destination
             )),
             kv => {
                 let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+                // A bind has no file system options (mount(2) ignores them, as runc's).
+                if matches!(om.kind, MountKind::Bind { .. }) && kv.contains('=') {
+                    warn.push(format!(
+                        "mount at {}: option {kv}: a bind takes none, ignored",
+                        m.destination
+                    ));
+                    continue;
+                }
                 if !allowed_data(&om.kind).contains(&key) {
                     return Err(format!("{}: option {kv:?} is not supported", at()));
                 }
@@ -429,8 +442,8 @@ mod tests {
             ),
             (
                 serde_json::json!({"destination": "/t", "type": "bind", "source": "/s",
-                "options": ["rshared"]}),
-                "propagate",
+                "options": ["rbind", "remount"]}),
+                "remount",
             ),
             (
                 serde_json::json!({"destination": "/t", "type": "nfs"}),

@@ -57,6 +57,13 @@ pub struct OciMount {
     pub noexec: bool,
     /// File system options (`key` or `key=value`), already checked against the type.
     pub data: Vec<String>,
+    /// The source a kernel file system shows in mountinfo (config.json's `source`).
+    #[serde(default)]
+    pub source: String,
+    /// `shared`/`rshared`: a peer group of its own, inside the cell (the tree is
+    /// private first, so nothing propagates to or from the host).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +136,11 @@ pub fn build_image(spec: &RunSpec, b: &Builder<'_>, img: &ImageRoot) -> StageRes
         .create(NEW_ROOT)
         .at(S, "mkdir", NEW_ROOT)?;
     let lower = (b.tree)(0, false)?;
+    sys::set_tree_propagation(lower.as_raw_fd(), libc::MS_PRIVATE).at(
+        S,
+        "mount_setattr(MS_PRIVATE)",
+        LOWER,
+    )?;
     stage_layers(S, lower, LOWER, LAYER, img.size_bytes, img.inodes)?;
     overlay(S, LOWER, LAYER, Path::new(NEW_ROOT))?;
     for staged in [LOWER, LAYER] {
@@ -225,7 +237,8 @@ pub fn apply_closure(spec: &RunSpec, b: &Builder<'_>) -> StageResult {
         return Ok(());
     }
     let root = open_dir(Path::new("/")).at(STAGE, "open", "/")?;
-    apply(spec, b, root.as_fd(), Path::new("/oldroot/dev/null"), false)
+    apply(spec, b, root.as_fd(), Path::new("/oldroot/dev/null"), false)?;
+    remove_bind_stage()
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
@@ -425,6 +438,12 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
     let tree = match &m.kind {
         MountKind::Bind { source, recursive } => {
             let tree = (b.tree)(*source, *recursive)?;
+            sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_PRIVATE).at(
+                STAGE,
+                "mount_setattr(MS_PRIVATE)",
+                &d,
+            )?;
+            let tree = fresh_copy(tree, spec.mounts[*source].is_dir, *recursive)?;
             // Binds never carry setuid files or devices into the cell.
             let a = attrs(m) | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
             sys::mount_setattr(Some(tree.as_raw_fd()), Path::new(""), true, a, None).at(
@@ -434,7 +453,13 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
             )?;
             tree
         }
-        kind => new_fs(kind.fs_type().unwrap_or("tmpfs"), &m.data, attrs(m)).at(
+        kind => new_fs(
+            kind.fs_type().unwrap_or("tmpfs"),
+            &m.source,
+            &m.data,
+            attrs(m),
+        )
+        .at(
             STAGE,
             "fsmount",
             format!("{} at {d}", kind.fs_type().unwrap_or("?")),
@@ -442,11 +467,71 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
     };
     let file = matches!(m.kind, MountKind::Bind { source, .. } if !spec.mounts[source].is_dir);
     let target = mount_point(root, &m.dest, file)?;
-    sys::move_mount_onto_fd(tree.as_raw_fd(), target.as_raw_fd()).at(STAGE, "move_mount", &d)
+    sys::move_mount_onto_fd(tree.as_raw_fd(), target.as_raw_fd()).at(STAGE, "move_mount", &d)?;
+    if m.shared {
+        sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_SHARED).at(
+            STAGE,
+            "mount_setattr(MS_SHARED)",
+            &d,
+        )?;
+    }
+    Ok(())
+}
+
+/// Where a bind's tree is staged to be copied (in the staging root, or a closure
+/// root's tmpfs before it is sealed; removed once the mounts are made).
+const BIND_STAGE: [&str; 2] = ["/.nixcell-bind-dir", "/.nixcell-bind-file"];
+
+/// A copy of `tree` made now: a tree cloned while still host root (before the user
+/// namespace existed) would show before the mounts made since in mountinfo, which
+/// lists mounts by their ids, and config.json's mounts are made in order.
+fn fresh_copy(tree: OwnedFd, is_dir: bool, recursive: bool) -> StageResult<OwnedFd> {
+    let at = BIND_STAGE[usize::from(!is_dir)];
+    let made = if is_dir {
+        fs::DirBuilder::new().mode(0o700).create(at)
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(at)
+            .map(drop)
+    };
+    match made {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(StageError::new(STAGE, "mkdir", at, errno(&e)));
+        }
+        _ => {}
+    }
+    sys::move_mount_fd(tree.as_raw_fd(), Path::new(at)).at(STAGE, "move_mount", at)?;
+    let mut flags = sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    let copy = sys::open_tree(Path::new(at), flags).at(STAGE, "open_tree", at)?;
+    umount2(at, MntFlags::MNT_DETACH).at(STAGE, "umount2(MNT_DETACH)", at)?;
+    Ok(copy)
+}
+
+/// The staging entries of [`fresh_copy`] go (a closure root keeps its tmpfs).
+fn remove_bind_stage() -> StageResult {
+    for (i, at) in BIND_STAGE.iter().enumerate() {
+        let r = if i == 0 {
+            fs::remove_dir(at)
+        } else {
+            fs::remove_file(at)
+        };
+        match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StageError::new(STAGE, "unlink", *at, errno(&e)));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A new, detached file system (fsopen, fsconfig, fsmount) with mount attributes.
-fn new_fs(fs_type: &str, data: &[String], attrs: u64) -> nix::Result<OwnedFd> {
+fn new_fs(fs_type: &str, source: &str, data: &[String], attrs: u64) -> nix::Result<OwnedFd> {
     let t = CString::new(fs_type).map_err(|_| Errno::EINVAL)?;
     // SAFETY: t is NUL-terminated; the kernel returns a new descriptor or -1.
     let fc = unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), libc::FSOPEN_CLOEXEC) };
@@ -455,7 +540,8 @@ fn new_fs(fs_type: &str, data: &[String], attrs: u64) -> nix::Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor we own.
     let fc = unsafe { OwnedFd::from_raw_fd(fc as RawFd) };
-    for opt in data {
+    let source = (!source.is_empty()).then(|| format!("source={source}"));
+    for opt in source.iter().chain(data) {
         let (k, v) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt.as_str(), None),
@@ -617,6 +703,7 @@ fn mask(root: BorrowedFd<'_>, p: &Path, null: &Path) -> StageResult {
     let st = crate::fsat::fstat(target.as_fd()).at(S, "fstat", p.display())?;
     let tree = if crate::fsat::is_dir(&st) {
         new_fs(
+            "tmpfs",
             "tmpfs",
             &["mode=0555".into(), "size=4k".into(), "nr_inodes=1".into()],
             sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,

@@ -137,6 +137,31 @@ pub fn mount_setattr(
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
+/// mount_setattr(2) of the tree on `fd` (AT_RECURSIVE): its propagation type becomes
+/// `propagation` (MS_PRIVATE, MS_SHARED...). A tree cloned from a shared mount of the
+/// host is a peer of it until it is made private: mounts made below it would appear on
+/// the host, and the host's inside.
+pub fn set_tree_propagation(fd: RawFd, propagation: u64) -> Result<(), Errno> {
+    let attr = MountAttr {
+        propagation,
+        ..Default::default()
+    };
+    let empty = c"";
+    // SAFETY: attr is a properly laid out struct mount_attr and its size is passed; the
+    // path is an empty C string with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            empty.as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as u32,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
 /// Puts /dev/null on stdin, stdout and stderr (PID 1 once the cell's processes have
 /// theirs: captured output then reaches EOF as soon as they are gone).
 pub fn stdio_to_null() {
