@@ -564,3 +564,57 @@ fn a_bare_repository_made_by_a_cell_brings_no_configuration_back() {
         assert!(!wd.path().join("c/HEAD").exists(), "{mode:?}: {v}");
     }
 }
+
+/// Started as root, bind sources are cloned in the host's mount namespace; a clone of
+/// a shared mount (the root of a systemd host is shared) is its peer, so a mount the
+/// cell made below a bind (here nixcell's own: the proxy socket under a bind at /run)
+/// used to appear on the host, and stayed there after the cell.
+#[test]
+fn a_mount_below_a_bind_of_a_shared_mount_never_reaches_the_host() {
+    let t = scratch("shared");
+    let shared = t.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let mount = |args: &[&str]| {
+        let o = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount {args:?}: {o:?}");
+    };
+    mount(&["-t", "tmpfs", "tmpfs", path_str(&shared)]);
+    mount(&["--make-shared", path_str(&shared)]);
+    let outer = shared.join("outer");
+    std::fs::create_dir_all(outer.join("nixcell")).unwrap();
+    for d in [&outer, &outer.join("nixcell")] {
+        nix::unistd::chown(d.as_path(), Some(65534.into()), Some(65534.into())).unwrap();
+    }
+    let bind = format!("--bind={}:/run", outer.display());
+    let o = sh(
+        Mode::Root,
+        &[
+            "--json",
+            "--host-uid",
+            "65534",
+            &bind,
+            "--allow-host",
+            "example.test:443",
+        ],
+        "test -S /run/nixcell/proxy.sock && echo socket",
+    );
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let below: Vec<&str> = host_mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(path_str(&outer)))
+        .collect::<Vec<_>>();
+    let below = below.join(" ");
+    let _ = std::process::Command::new("umount")
+        .args(["-R", "-l", path_str(&shared)])
+        .status();
+    let v = verdict(&o);
+    assert_eq!(v["stdout"]["text"], "socket\n", "{v}");
+    assert!(
+        below.is_empty(),
+        "the cell's mounts appeared on the host: {below}"
+    );
+}

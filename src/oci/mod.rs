@@ -13,9 +13,9 @@
 pub mod config;
 pub mod exec;
 pub mod fsview;
+pub mod hooks;
 pub mod process;
 pub mod seccomp;
-pub mod hooks;
 pub mod state;
 
 use crate::run::{harden, limits, plan};

@@ -61,6 +61,13 @@ pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMou
             "open_tree",
             m.source.display(),
         )?;
+        // A clone of a shared mount is its peer: a mount the cell made below it (a
+        // later bind, nixcell's own) would appear on the host and outlive the cell.
+        sys::set_tree_propagation(fd.as_raw_fd(), libc::MS_PRIVATE).at(
+            STAGE,
+            "mount_setattr(MS_PRIVATE)",
+            m.source.display(),
+        )?;
         if cow && m.owner != (id.host_uid, id.host_gid) {
             let userns = idmap_userns(m.owner.0, m.owner.1, id.host_uid, id.host_gid)?;
             sys::mount_setattr(
