@@ -1,5 +1,6 @@
 //! Faults in what nixcell depends on: git missing or the repository locked, the Nix
-//! daemon unreachable, the cache directory full or read-only, the binary replaced
+//! daemon unreachable or killed during a build, the cache directory full or read-only,
+//! the cgroup hierarchy read-only or missing a controller, the binary replaced
 //! while a cell runs. Each gives a clear error naming what is wrong, exit 125 (or the
 //! command's own status when it already ran), and nothing half-written.
 
@@ -388,4 +389,142 @@ fn a_projects_cached_build_that_was_collected_is_built_again() {
         format!("ran {unique}\nhi\n")
     );
     assert!(env.exists(), "built again");
+}
+
+/// A nix-daemon of this test's own, on a socket of its own: the test may kill it (and
+/// only it, never the machine's). Dropped: killed with every process it started.
+struct OwnDaemon {
+    daemon: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl OwnDaemon {
+    fn start(dir: &Path, name: &str) -> OwnDaemon {
+        let socket = dir.join(name);
+        let daemon = Command::new("nix-daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(t.elapsed().as_secs() < 30, "nix-daemon did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        OwnDaemon { daemon, socket }
+    }
+
+    fn remote(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// SIGKILL to the daemon and all its descendants (its per-connection workers and
+    /// their builders, which run in sessions of their own), found before any dies.
+    fn kill(&mut self) {
+        let mut tree = vec![self.daemon.id() as i32];
+        let mut i = 0;
+        while i < tree.len() {
+            tree.extend(children_of(tree[i]));
+            i += 1;
+        }
+        for pid in tree {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.daemon.wait();
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split(' ').nth(1))
+            .and_then(|s| s.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The daemon killed while it builds the project's environment (a derivation that
+/// waits for the test): a clear error naming the daemon, exit 125, the command not
+/// run, no GC root or cache entry of a half-built environment; with a daemon again,
+/// the same run builds and runs.
+#[test]
+fn a_nix_daemon_killed_during_a_build_is_named_and_nothing_is_cached_half() {
+    let dir = scratch("killeddaemon");
+    let d = dir.path();
+    // The builder runs as a build user: the directory is its to write.
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let unique = unique_name("slow");
+    let decl = format!(
+        "{{ pkgs, ... }}:\n{{\n  packages = [ pkgs.busybox (pkgs.runCommand \"{unique}\" {{}} \
+         \"touch {d}/started; while [ ! -e {d}/go ]; do sleep 0.1; done; mkdir -p $out/bin\") ];\n}}\n",
+        d = d.display()
+    );
+    let p = git_project("killeddaemon", &[("devenv.nix", &decl)]);
+    let cache = scratch("killedcache");
+    let run = |daemon: &OwnDaemon| {
+        let mut c = nixcell(Mode::Root);
+        env_vars(&mut c)
+            .current_dir(p.path())
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("NIX_REMOTE", daemon.remote())
+            .args(["run", "--", "echo", "ran"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = OwnDaemon::start(d, "first.socket");
+    let mut child = run(&daemon);
+    let t = std::time::Instant::now();
+    while !d.join("started").exists() {
+        if child.try_wait().unwrap().is_some() {
+            let o = child.wait_with_output().unwrap();
+            panic!("ended before the build started: {}", text(&o.stderr));
+        }
+        assert!(t.elapsed().as_secs() < 300, "the build did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    daemon.kill();
+    let o = child.wait_with_output().unwrap();
+    let err = fails(&o, "daemon killed during the build");
+    assert!(
+        err.contains("ended the connection in the middle") && err.contains(&daemon.remote()),
+        "{err}"
+    );
+    assert_eq!(text(&o.stdout), "", "nothing ran");
+    // No environment recorded: the project's GC roots hold its package set alone, the
+    // build cache nothing.
+    let roots: Vec<String> = std::fs::read_dir(p.path().join(".nixcell/gcroots"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(roots.iter().all(|r| r.ends_with("-nixpkgs")), "{roots:?}");
+    let builds = cache.path().join("nixcell/builds");
+    let cached = std::fs::read_dir(&builds).map_or(0, |r| r.count());
+    assert_eq!(cached, 0, "{}", builds.display());
+    // A daemon again: the same run builds and runs.
+    std::fs::write(d.join("go"), "").unwrap();
+    let again = OwnDaemon::start(d, "second.socket");
+    let o = run(&again).wait_with_output().unwrap();
+    assert_eq!(ok(&o, "run with a daemon again"), "ran\n");
 }
