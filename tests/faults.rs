@@ -528,3 +528,61 @@ fn a_nix_daemon_killed_during_a_build_is_named_and_nothing_is_cached_half() {
     let o = run(&again).wait_with_output().unwrap();
     assert_eq!(ok(&o, "run with a daemon again"), "ran\n");
 }
+
+/// Runs `script` in a private mount namespace where the v1 hierarchy of `ctrl` is
+/// unmounted (the machine's own stays): `NIXCELL` is nixcell, `BUSYBOX` busybox.
+/// stdout, stderr.
+fn without_controller(ctrl: &str, script: &str) -> (String, String) {
+    let script = format!(
+        "umount -l /sys/fs/cgroup/{ctrl} || exit 90; {}",
+        script
+            .replace("BUSYBOX", path_str(&busybox()))
+            .replace("NIXCELL", bin())
+    );
+    let o = Command::new("unshare")
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    (text(&o.stdout).to_string(), text(&o.stderr).to_string())
+}
+
+/// A hierarchy without the controller a limit needs: a profile that requires the
+/// cgroup layer refuses to run (exit 125, the controller named); best effort falls
+/// back to rlimits and says the layer is not enforced. Never a limit left out while
+/// the layer claims to be on.
+#[test]
+fn a_cgroup_hierarchy_missing_a_controller_is_named_and_fails_closed_where_required() {
+    for ctrl in ["memory", "pids"] {
+        let (out, err) = without_controller(
+            ctrl,
+            "NIXCELL run --profile strict --env-path BUSYBOX -- echo ran; echo rc=$?",
+        );
+        assert_eq!(out, "rc=125\n", "{ctrl}: {out}\n{err}");
+        assert!(
+            err.contains("cgroup layer is required")
+                && err.contains(&format!("with the {ctrl} controller")),
+            "{ctrl}: {err}"
+        );
+    }
+    // Best effort: a pids limit on a machine without the pids hierarchy.
+    let (out, err) = without_controller(
+        "pids",
+        "NIXCELL run --json --pids 32 --env-path BUSYBOX -- echo ran",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let cgroup = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "cgroup")
+        .unwrap();
+    assert_eq!(cgroup["enforced"], false, "{v}");
+    let detail = cgroup["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pids controller") && detail.contains("nproc=32"),
+        "{cgroup}"
+    );
+}
