@@ -586,3 +586,56 @@ fn a_cgroup_hierarchy_missing_a_controller_is_named_and_fails_closed_where_requi
         "{cgroup}"
     );
 }
+
+/// A run whose workdir changes land (a file replaced, one added) with its state
+/// directory on `mount` (a tmpfs in a private mount namespace, `prepare` run first,
+/// `DIR` its directory): stdout (the command's status, then the workdir's files),
+/// stderr.
+fn run_with_state_on(mount: &str, prepare: &str) -> (String, String) {
+    let dir = scratch("statefs");
+    let d = dir.path().display().to_string();
+    let script = format!(
+        "mkdir {d}/state {d}/wd && echo orig > {d}/wd/g && \
+         mount -t tmpfs -o {mount} tmpfs {d}/state && {prepare} \
+         XDG_STATE_HOME={d}/state {bin} run --workdir {d}/wd --env-path {bb} \
+         -- sh -c 'echo new > /work/g; echo added > /work/h'; echo rc=$?; \
+         cat {d}/wd/g {d}/wd/h; find {d}/state -name '.tmp*' | sed 's/^/LEFT /'",
+        prepare = prepare.replace("DIR", &format!("{d}/state")),
+        bin = bin(),
+        bb = path_str(&busybox()),
+    );
+    let o = Command::new("unshare")
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    (text(&o.stdout).to_string(), text(&o.stderr).to_string())
+}
+
+/// The state directory full or read-only: the command ran, so its own status; a file
+/// it replaced keeps its previous version (there is nowhere to keep the old one for
+/// `undo`), the refusal names the state directory, and nothing is half-written there.
+#[test]
+fn a_full_or_read_only_state_directory_keeps_the_users_files_and_is_named() {
+    for (mount, prepare, reason) in [
+        ("ro", "", "Read-only file system"),
+        (
+            "size=64k",
+            "dd if=/dev/zero of=DIR/fill bs=4k count=100 2>/dev/null;",
+            "No space left on device",
+        ),
+    ] {
+        let (out, err) = run_with_state_on(mount, prepare);
+        assert_eq!(out, "rc=0\norig\nadded\n", "{mount}: {out}\n{err}");
+        assert!(
+            err.contains("nixcell: workdir: g: cannot keep the previous version")
+                && err.contains("/state/nixcell")
+                && err.contains(reason),
+            "{mount}: {err}"
+        );
+        assert!(
+            err.contains("nixcell: workdir: the run journal could not be written"),
+            "{mount}: {err}"
+        );
+    }
+}

@@ -568,9 +568,13 @@ fn report(args: &RunArgs, v: &crate::verdict::Verdict) -> i32 {
             eprintln!("nixcell: the workdir's copy-on-write cap was hit; no change was applied");
         }
         for r in &w.refused {
+            // A refusal of no path is the whole apply's (its journal, its layer).
+            let path = match crate::changes::shown(&r.path) {
+                p if p.is_empty() => String::new(),
+                p => format!(" {p}:"),
+            };
             eprintln!(
-                "nixcell: workdir: {}: {}",
-                crate::changes::shown(&r.path),
+                "nixcell: workdir:{path} {}",
                 crate::changes::shown(&r.reason)
             );
         }
