@@ -239,22 +239,11 @@ fn a_read_only_cgroup_hierarchy_is_named_and_fails_closed_where_required() {
         b = bin(),
         bb = bb.display()
     );
-    let o = Command::new("unshare")
-        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let out = text(&o.stdout);
-    let err = text(&o.stderr);
+    let (out, err) = in_private_mounts(&script);
     let mut parts = out.split("rc=");
     // Best effort (the default profile): the run goes on and says what is not enforced.
     let v: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
-    let cgroup = v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["layer"] == "cgroup")
-        .unwrap();
+    let cgroup = cgroup_layer(&v);
     assert_eq!(cgroup["enforced"], false, "{v}");
     assert!(
         cgroup["detail"]
@@ -529,6 +518,27 @@ fn a_nix_daemon_killed_during_a_build_is_named_and_nothing_is_cached_half() {
     assert_eq!(ok(&o, "run with a daemon again"), "ran\n");
 }
 
+/// `sh -c script` as root in a private mount namespace (what it mounts stays there):
+/// stdout, stderr.
+fn in_private_mounts(script: &str) -> (String, String) {
+    let o = Command::new("unshare")
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .output()
+        .unwrap();
+    (text(&o.stdout).to_string(), text(&o.stderr).to_string())
+}
+
+/// The cgroup layer's report in a verdict.
+fn cgroup_layer(v: &serde_json::Value) -> &serde_json::Value {
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "cgroup")
+        .unwrap()
+}
+
 /// Runs `script` in a private mount namespace where the v1 hierarchy of `ctrl` is
 /// unmounted (the machine's own stays): `NIXCELL` is nixcell, `BUSYBOX` busybox.
 /// stdout, stderr.
@@ -539,12 +549,7 @@ fn without_controller(ctrl: &str, script: &str) -> (String, String) {
             .replace("BUSYBOX", path_str(&busybox()))
             .replace("NIXCELL", bin())
     );
-    let o = Command::new("unshare")
-        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    (text(&o.stdout).to_string(), text(&o.stderr).to_string())
+    in_private_mounts(&script)
 }
 
 /// A hierarchy without the controller a limit needs: a profile that requires the
@@ -573,12 +578,7 @@ fn a_cgroup_hierarchy_missing_a_controller_is_named_and_fails_closed_where_requi
     let v: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     assert_eq!(v["exit_code"], 0, "{v}");
-    let cgroup = v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["layer"] == "cgroup")
-        .unwrap();
+    let cgroup = cgroup_layer(&v);
     assert_eq!(cgroup["enforced"], false, "{v}");
     let detail = cgroup["detail"].as_str().unwrap();
     assert!(
@@ -604,12 +604,7 @@ fn run_with_state_on(mount: &str, prepare: &str) -> (String, String) {
         bin = bin(),
         bb = path_str(&busybox()),
     );
-    let o = Command::new("unshare")
-        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    (text(&o.stdout).to_string(), text(&o.stderr).to_string())
+    in_private_mounts(&script)
 }
 
 /// The state directory full or read-only: the command ran, so its own status; a file
