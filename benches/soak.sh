@@ -161,6 +161,7 @@ for ((i = 0; i < runs; i++)); do
     bad=$((bad + 1))
     echo "soak: run $i (${kind_names[$k]}) exited $rc, expected ${want[$k]}" >&2
   fi
+  if (((i + 1) % 1000 == 0)); then echo "soak: CLI $((i + 1))/$runs runs $(date -u +%T)" >&2; fi
 done
 end=$(date +%s.%N)
 "$bin" down "$session" > /dev/null
