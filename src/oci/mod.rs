@@ -10,6 +10,7 @@
 //! under `--root` (`state.rs`); `kill` signals PID 1 through a pidfd; `delete` removes
 //! the container's cgroup and directory.
 
+pub mod cgroups;
 pub mod config;
 pub mod exec;
 pub mod state;
@@ -190,17 +191,26 @@ fn create_in(
     }
     let profile = crate::profile::load(profile_name)
         .map_err(|e| format!("annotation {}: {e}", config::PROFILE_ANNOTATION))?;
+    // The profile's limits are the ceiling of the container's: the stricter wins.
+    let ceiling = cgroups::ceiling(&profile.limits);
     let flags = limits::Overrides {
-        memory: asked.memory,
-        cpus: asked.cpus,
-        pids: asked.pids,
+        memory: cgroups::stricter(asked.memory, ceiling.memory),
+        cpus: cgroups::stricter(asked.cpus, ceiling.cpus),
+        pids: cgroups::stricter(asked.pids, ceiling.pids),
         ..Default::default()
     };
+    let placed = cgroups::placement(cfg.linux.as_ref(), &ceiling, |w| {
+        g.log("warning", &format!("config.json: {w}"))
+    })?;
     let mut decided = limits::decide(&profile.limits, &limits::ProjectLimits::default(), &flags);
     // Nobody stays to time a container out: its engine stops it.
     decided.timeout = None;
+    let at = placed.as_ref().map(|p| p.dirs.clone());
     let mut hardening =
-        harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
+        harden::prepare_at(&profile, decided, &[], &mut spec, at).map_err(|e| e.to_string())?;
+    if let Some(p) = &placed {
+        p.apply(&hardening.layers)?;
+    }
     for l in &hardening.layers {
         g.log(
             "info",
@@ -255,6 +265,10 @@ fn create_in(
         .unwrap_or_default()
         .into_iter()
         .map(|(c, d)| {
+            if placed.is_some() {
+                // At the container's cgroupsPath: its name is the caller's.
+                return Ok((c, d));
+            }
             let to = d.with_file_name(format!("oci-{id}-{pid1}-{start_time}"));
             match std::fs::rename(&d, &to) {
                 Ok(()) => Ok((c, to)),

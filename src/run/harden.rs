@@ -61,6 +61,19 @@ pub fn prepare(
     extra_ports: &[u16],
     spec: &mut RunSpec,
 ) -> Result<Hardening, HardenError> {
+    prepare_at(profile, limits, extra_ports, spec, None)
+}
+
+/// [`prepare`] with the run's cgroup at `at` ((controller, dir) pairs: an OCI
+/// container's `linux.cgroupsPath`) instead of a new one in nixcell's base; made even
+/// without a limit.
+pub fn prepare_at(
+    profile: &Profile,
+    limits: Limits,
+    extra_ports: &[u16],
+    spec: &mut RunSpec,
+    at: Option<Vec<(String, std::path::PathBuf)>>,
+) -> Result<Hardening, HardenError> {
     let fs = &profile.filesystem;
     let host = (spec.identity.host_uid, spec.identity.host_gid);
     for m in &mut spec.mounts {
@@ -181,7 +194,7 @@ pub fn prepare(
             enforced: false,
             detail: "off in the profile".into(),
         }),
-        _ if !any => layers.push(LayerReport {
+        _ if !any && at.is_none() => layers.push(LayerReport {
             layer: "cgroup".into(),
             enforced: false,
             detail: "no memory, cpu or pids limit asked for".into(),
@@ -189,7 +202,10 @@ pub fn prepare(
         mode => {
             let uid = nix::unistd::geteuid().as_raw();
             let made = Hierarchy::detect()
-                .and_then(|h| h.create_run(uid, &wanted))
+                .and_then(|h| match at {
+                    Some(dirs) => h.create_run_at(dirs, &wanted),
+                    None => h.create_run(uid, &wanted),
+                })
                 .and_then(|run| match run.open_cell_procs() {
                     Ok(fd) => Ok((run, fd)),
                     Err(e) => {

@@ -307,6 +307,43 @@ impl Hierarchy {
         Ok(run)
     }
 
+    /// Creates a run's cgroup at the given (controller, dir) pairs (an OCI container's
+    /// `linux.cgroupsPath`, checked by the caller), parents included, with its limits.
+    /// A directory already there is refused: it is another's, and removing the run's
+    /// cgroup would end what lives in it.
+    pub fn create_run_at(
+        &self,
+        dirs: Vec<(String, PathBuf)>,
+        limits: &CgroupLimits,
+    ) -> Result<RunCgroup, CgroupError> {
+        let mut notes = Vec::new();
+        for (_, d) in &dirs {
+            let parent = d.parent().unwrap_or(d);
+            std::fs::create_dir_all(parent).map_err(io(parent, "mkdir"))?;
+            if self.version == Version::V2 {
+                // From the top down: the parent's own write is the one that matters.
+                self.enable_v2_controllers(parent, 0, &mut notes)?;
+            }
+        }
+        let mut run = RunCgroup {
+            version: self.version,
+            dirs: Vec::new(),
+            notes,
+        };
+        for (c, d) in dirs {
+            if let Err(e) = std::fs::create_dir(&d) {
+                run.remove();
+                return Err(io(&d, "mkdir")(e));
+            }
+            run.dirs.push((c, d));
+        }
+        if let Err(e) = run.make_leaves().and_then(|()| run.set_limits(limits)) {
+            run.remove();
+            return Err(e);
+        }
+        Ok(run)
+    }
+
     /// v2: the controllers must be enabled in every ancestor's subtree_control.
     /// Root enables them from the top; a delegated user only in its own base.
     fn enable_v2_controllers(
