@@ -479,3 +479,140 @@ impl Placed {
         apply(self.version, &self.dirs, &self.writes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(j: &str) -> Resources {
+        serde_json::from_str(j).unwrap()
+    }
+
+    const ALL: &str = r#"{"memory":{"limit":50593792,"reservation":40000000,"swap":101187584,
+        "kernel":1,"kernelTCP":50593792,"swappiness":10,"disableOOMKiller":true},
+        "cpu":{"shares":1024,"quota":50000,"period":200000,"realtimePeriod":1000000,
+        "realtimeRuntime":950000,"cpus":"0-1","mems":"0"},"pids":{"limit":100}}"#;
+
+    fn get<'a>(w: &'a [Write], f: &str) -> Option<&'a str> {
+        w.iter()
+            .find(|(_, n, _)| *n == f)
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    #[test]
+    fn v1_files_as_runc_writes_them() {
+        let (w, warn) = plan(Version::V1, &res(ALL), &CgroupLimits::default()).unwrap();
+        let want = [
+            ("memory", "memory.limit_in_bytes", "50593792"),
+            ("memory", "memory.soft_limit_in_bytes", "40000000"),
+            ("memory", "memory.memsw.limit_in_bytes", "101187584"),
+            ("memory", "memory.kmem.tcp.limit_in_bytes", "50593792"),
+            ("memory", "memory.swappiness", "10"),
+            ("memory", "memory.oom_control", "1"),
+            ("cpu", "cpu.shares", "1024"),
+            ("cpu", "cpu.cfs_period_us", "200000"),
+            ("cpu", "cpu.cfs_quota_us", "50000"),
+            ("cpu", "cpu.rt_period_us", "1000000"),
+            ("cpu", "cpu.rt_runtime_us", "950000"),
+            ("cpuset", "cpuset.cpus", "0-1"),
+            ("cpuset", "cpuset.mems", "0"),
+            ("pids", "pids.max", "100"),
+        ];
+        let got: Vec<(&str, &str, &str)> = w.iter().map(|(c, f, v)| (*c, *f, v.as_str())).collect();
+        assert_eq!(got, want);
+        assert!(warn.iter().any(|w| w.contains("memory.kernel")), "{warn:?}");
+    }
+
+    #[test]
+    fn v2_names_and_conversions() {
+        let mut r = res(ALL);
+        r.cpu.as_mut().unwrap().realtime_period = None;
+        r.cpu.as_mut().unwrap().realtime_runtime = None;
+        let (w, warn) = plan(Version::V2, &r, &CgroupLimits::default()).unwrap();
+        assert!(w.iter().all(|(c, _, _)| c.is_empty()));
+        assert_eq!(get(&w, "memory.max"), Some("50593792"));
+        assert_eq!(get(&w, "memory.low"), Some("40000000"));
+        // memsw 2x the limit: the swap alone is the limit once more.
+        assert_eq!(get(&w, "memory.swap.max"), Some("50593792"));
+        // runc's shares-to-weight conversion: 1024 -> 39.
+        assert_eq!(get(&w, "cpu.weight"), Some("39"));
+        assert_eq!(get(&w, "cpu.max"), Some("50000 200000"));
+        assert_eq!(get(&w, "cpuset.cpus"), Some("0-1"));
+        assert_eq!(get(&w, "pids.max"), Some("100"));
+        for f in ["swappiness", "disableOOMKiller", "kernelTCP"] {
+            assert!(warn.iter().any(|w| w.contains(f)), "{f}: {warn:?}");
+        }
+        // Realtime has no v2 file: refused, as runc does.
+        let e = plan(Version::V2, &res(ALL), &CgroupLimits::default()).unwrap_err();
+        assert!(e.contains("realtime"), "{e}");
+        let e = plan(
+            Version::V2,
+            &res(r#"{"memory":{"swap":1000}}"#),
+            &CgroupLimits::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("without memory.limit"), "{e}");
+        let (w, _) = plan(
+            Version::V2,
+            &res(r#"{"memory":{"limit":-1,"swap":-1},"pids":{"limit":0}}"#),
+            &CgroupLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(get(&w, "memory.max"), Some("max"));
+        assert_eq!(get(&w, "memory.swap.max"), Some("max"));
+        assert_eq!(get(&w, "pids.max"), Some("max"));
+    }
+
+    #[test]
+    fn the_profile_is_the_ceiling() {
+        let ceiling = CgroupLimits {
+            memory: Some(1 << 20),
+            cpus: Some(0.5),
+            pids: Some(10),
+        };
+        for v in [Version::V1, Version::V2] {
+            let (w, warn) = plan(v, &res(ALL.replace("realtime", "x").as_str()), &ceiling).unwrap();
+            let mem = if v == Version::V1 {
+                "memory.limit_in_bytes"
+            } else {
+                "memory.max"
+            };
+            assert_eq!(get(&w, mem), Some("1048576"), "{v:?}");
+            assert_eq!(get(&w, "pids.max"), Some("10"), "{v:?}");
+            assert_eq!(warn.iter().filter(|w| w.contains("lowered")).count(), 2);
+            // 50000/200000 is 0.25 CPU, below the profile's 0.5: kept.
+            let (wc, _) = (
+                get(&w, "cpu.cfs_quota_us").or(get(&w, "cpu.max")),
+                get(&w, "cpu.cfs_period_us"),
+            );
+            assert!(wc.unwrap().starts_with("50000"), "{v:?} {wc:?}");
+        }
+        // Nothing asked: the profile's limits are written all the same.
+        let (w, _) = plan(Version::V1, &Resources::default(), &ceiling).unwrap();
+        assert_eq!(get(&w, "memory.limit_in_bytes"), Some("1048576"));
+        assert_eq!(get(&w, "cpu.cfs_quota_us"), Some("50000"));
+        assert_eq!(get(&w, "pids.max"), Some("10"));
+        let (w, warn) = plan(
+            Version::V1,
+            &res(r#"{"cpu":{"quota":400000,"period":100000}}"#),
+            &ceiling,
+        )
+        .unwrap();
+        assert_eq!(get(&w, "cpu.cfs_quota_us"), Some("50000"));
+        assert!(warn[0].contains("cpu.quota 400000"), "{warn:?}");
+    }
+
+    #[test]
+    fn paths_that_leave_the_hierarchy_are_refused() {
+        assert_eq!(parse_path("/a/b").unwrap(), (true, vec!["a", "b"]));
+        assert_eq!(parse_path("a/b").unwrap(), (false, vec!["a", "b"]));
+        for p in ["/", "", "/a/../../b", "..", "a/./b", "/a//b", "/a/", "a\0b"] {
+            assert!(parse_path(p).is_err(), "{p:?}");
+        }
+        let text = "4:memory:/m/x\n1:cpu,cpuacct:/c\n0::/u\n";
+        assert_eq!(own_cgroup(text, "memory").as_deref(), Some("m/x"));
+        assert_eq!(own_cgroup(text, "cpuacct").as_deref(), Some("c"));
+        assert_eq!(own_cgroup(text, "").as_deref(), Some("u"));
+        assert_eq!(own_cgroup(text, "pids"), None);
+    }
+}
