@@ -284,10 +284,11 @@ fn refusals_are_clear_and_leave_nothing() {
         (
             {
                 let mut v = config(&["true"]);
-                v["linux"] = serde_json::json!({"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}]});
+                v["linux"] =
+                    serde_json::json!({"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]});
                 v
             },
-            "/proc/1/ns/net",
+            "/proc/1/ns/pid",
         ),
         (
             {
@@ -301,10 +302,10 @@ fn refusals_are_clear_and_leave_nothing() {
         (
             {
                 let mut v = config(&["true"]);
-                v["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/true"}]});
+                v["hooks"] = serde_json::json!({"createContainer": [{"path": "/bin/true"}]});
                 v
             },
-            "hooks",
+            "hooks.createContainer",
         ),
         (
             {

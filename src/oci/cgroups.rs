@@ -1,123 +1,15 @@
-//! `linux.cgroupsPath` and the `linux.resources` that reach the cgroup layer, as runc
-//! writes them on cgroupfs (without `--systemd-cgroup`, which is refused).
-//!
-//! An absolute path is taken from each hierarchy's root, a relative one from the
-//! runtime's own cgroup in that hierarchy. The path is caller input: a component `..`,
-//! `.`, empty or holding a NUL is refused, so the joined path stays in the hierarchy.
-//! Started as root the cgroup is made with its parents; rootless it must lie strictly
-//! inside the caller's delegated base. The container's cgroup is the run's cgroup
-//! itself (`cgroup::Hierarchy::create_run_at`): PID 1 in it, the command in its
-//! `cell` sub-cgroup with nixcell's own limits; the asked resources are written at the
-//! path, each capped by the profile's limit (the stricter wins). `delete` removes the
-//! container's cgroup and leaves the parents, as runc does.
+//! The `linux.resources` that reach the cgroup layer, written as runc writes them on
+//! cgroupfs into the container's cgroup at its `linux.cgroupsPath`
+//! (`Hardening::place_cgroup`): v1 names on cgroup v1, v2 names (and runc's
+//! conversions: shares to weight, memory+swap to swap) on v2. Each limit is capped by
+//! the profile's (the stricter wins, warned); what is not written is a warning, a
+//! resource without a file on this version that runc refuses (realtime on v2) an error.
+//! The command's own `cell` sub-cgroup keeps nixcell's limits.
 
 use super::Res;
 use super::config::Resources;
-use crate::sandbox::cgroup::{CgroupLimits, Hierarchy, Version};
-use std::path::{Path, PathBuf};
-
-/// The checked components of a cgroupsPath and whether it is absolute.
-pub fn parse_path(p: &str) -> Res<(bool, Vec<&str>)> {
-    let bad = |why: &str| format!("config.json: linux.cgroupsPath {p:?}: {why}");
-    let abs = p.starts_with('/');
-    let rest = if abs { &p[1..] } else { p };
-    let parts: Vec<&str> = rest.split('/').collect();
-    for c in &parts {
-        match *c {
-            "" => return Err(bad("an empty component (or the hierarchy's root)")),
-            "." | ".." => return Err(bad(&format!("a component {c:?}"))),
-            c if c.contains('\0') => return Err(bad("a NUL byte")),
-            _ => {}
-        }
-    }
-    Ok((abs, parts))
-}
-
-/// The v1 mount point of `ctrl` (one not in `cgroup::CONTROLLERS`: cpuset).
-fn v1_mount(ctrl: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mut r = right.split_whitespace();
-        let (fstype, _, opts) = (r.next()?, r.next()?, r.next()?);
-        let mount = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup" && opts.split(',').any(|o| o == ctrl)).then(|| PathBuf::from(mount))
-    })
-}
-
-/// This process's cgroup in the hierarchy of `ctrl` (v1) or the unified one (`""`),
-/// from /proc/self/cgroup, without the leading `/`.
-fn own_cgroup(text: &str, ctrl: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, list, path) = (f.next()?, f.next()?, f.next()?);
-        let hit = if ctrl.is_empty() {
-            list.is_empty()
-        } else {
-            list.split(',').any(|c| c == ctrl)
-        };
-        hit.then(|| path.trim_start_matches('/').to_string())
-    })
-}
-
-/// The container's cgroup in each hierarchy nixcell uses (and cpuset's when the
-/// config asks for cpus or mems): (controller, dir), `""` on v2. Refused: a path
-/// outside a rootless caller's delegated base, a cgroup that exists already.
-pub fn place(h: &Hierarchy, path: &str, uid: u32, cpuset: bool) -> Res<Vec<(String, PathBuf)>> {
-    let (abs, parts) = parse_path(path)?;
-    let mut mounts: Vec<(String, PathBuf)> = match h.version {
-        Version::V2 => vec![(String::new(), h.unified.clone())],
-        Version::V1 => h.v1.clone(),
-    };
-    if cpuset && h.version == Version::V1 {
-        let m = v1_mount("cpuset").ok_or(
-            "config.json: linux.resources.cpu.cpus/mems: no cgroup hierarchy with the cpuset \
-             controller is mounted",
-        )?;
-        mounts.push(("cpuset".into(), m));
-    }
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let delegated = if uid == 0 {
-        Vec::new()
-    } else {
-        h.bases(uid).map_err(|e| e.to_string())?
-    };
-    let mut out = Vec::new();
-    for (c, m) in mounts {
-        let mut d = m.clone();
-        if !abs {
-            let mine = own_cgroup(&own, &c)
-                .ok_or_else(|| format!("/proc/self/cgroup: no {c} hierarchy"))?;
-            d.push(mine);
-        }
-        d.extend(&parts);
-        if uid != 0 {
-            let base = delegated.iter().find(|(bc, _)| *bc == c).map(|(_, b)| b);
-            let inside = base.is_some_and(|b| d.starts_with(b) && d != *b && usable(b));
-            if !inside {
-                return Err(format!(
-                    "config.json: linux.cgroupsPath {path:?}: {} is outside the cgroup \
-                     delegated to uid {uid}{} (rootless, a container's cgroup lies below it)",
-                    d.display(),
-                    base.map_or(String::new(), |b| format!(" ({})", b.display()))
-                ));
-            }
-        }
-        if d.exists() {
-            return Err(format!(
-                "config.json: linux.cgroupsPath {path:?}: the cgroup {} exists already \
-                 (a container's cgroup is its own)",
-                d.display()
-            ));
-        }
-        out.push((c, d));
-    }
-    Ok(out)
-}
-
-fn usable(b: &Path) -> bool {
-    b.is_dir() && nix::unistd::access(b, nix::unistd::AccessFlags::W_OK).is_ok()
-}
+use crate::sandbox::cgroup::{CgroupLimits, Version};
+use std::path::PathBuf;
 
 /// The stricter of what the container asks and the profile's limit.
 pub fn stricter<T: PartialOrd + Copy>(asked: Option<T>, ceiling: Option<T>) -> Option<T> {
@@ -349,76 +241,20 @@ pub fn plan(
     Ok((w, warn))
 }
 
-/// Whether `r` asks for cpuset.cpus or cpuset.mems.
-pub fn wants_cpuset(r: Option<&Resources>) -> bool {
-    r.and_then(|r| r.cpu.as_ref()).is_some_and(|c| {
-        c.cpus
-            .as_ref()
-            .or(c.mems.as_ref())
-            .is_some_and(|v| !v.is_empty())
-    })
-}
-
-/// Writes `plan`'s files into the container's cgroup (`dirs` from [`place`]); a
-/// cpuset cgroup (v1) gets its parents' cpus and mems first, which it needs before a
-/// process may join it.
-pub fn apply(version: Version, dirs: &[(String, PathBuf)], writes: &[Write]) -> Res {
+/// Writes `plan`'s files into the container's cgroup (`dirs`: (controller, dir)).
+fn apply(version: Version, dirs: &[(String, PathBuf)], writes: &[Write]) -> Res {
     let dir = |c: &str| {
         dirs.iter()
             .find(|(dc, _)| version == Version::V2 || dc == c)
             .map(|(_, d)| d.clone())
             .ok_or_else(|| format!("no {c} cgroup hierarchy for linux.resources"))
     };
-    if version == Version::V1
-        && let Ok(d) = dir("cpuset")
-    {
-        inherit_cpuset(&d)?;
-    }
-    if version == Version::V2 && writes.iter().any(|(_, f, _)| f.starts_with("cpuset.")) {
-        enable_v2_cpuset(&dir("")?);
-    }
     for (c, f, v) in writes {
         let p = dir(c)?.join(f);
         std::fs::write(&p, v)
             .map_err(|e| format!("linux.resources: {} = {v}: {e}", p.display()))?;
     }
     Ok(())
-}
-
-/// v1 cpuset: a new cgroup's cpus and mems are empty; each level from the top copies
-/// its parent's.
-fn inherit_cpuset(leaf: &Path) -> Res {
-    let mut chain: Vec<&Path> = leaf
-        .ancestors()
-        .take_while(|a| a.join("cpuset.cpus").exists())
-        .collect();
-    chain.reverse();
-    for pair in chain.windows(2) {
-        for f in ["cpuset.cpus", "cpuset.mems"] {
-            let have = std::fs::read_to_string(pair[1].join(f)).unwrap_or_default();
-            if have.trim().is_empty() {
-                let up = std::fs::read_to_string(pair[0].join(f)).unwrap_or_default();
-                let p = pair[1].join(f);
-                std::fs::write(&p, up.trim())
-                    .map_err(|e| format!("cgroup {}: write: {e}", p.display()))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// v2: cpuset enabled in the subtree_control of every ancestor of the container's
-/// cgroup (failures show when cpuset.cpus cannot be written).
-fn enable_v2_cpuset(d: &Path) {
-    let mut chain: Vec<&Path> = d
-        .ancestors()
-        .skip(1)
-        .take_while(|a| a.join("cgroup.subtree_control").exists())
-        .collect();
-    chain.reverse();
-    for a in chain {
-        let _ = std::fs::write(a.join("cgroup.subtree_control"), "+cpuset");
-    }
 }
 
 /// The profile's limits as the ceiling of the container's.
@@ -430,54 +266,28 @@ pub fn ceiling(l: &crate::profile::Limits) -> CgroupLimits {
     }
 }
 
-/// A container's cgroup at its cgroupsPath, planned before anything is made.
-#[derive(Debug)]
-pub struct Placed {
-    pub version: Version,
-    pub dirs: Vec<(String, PathBuf)>,
-    writes: Vec<Write>,
-}
-
-/// `create`'s first part: with a cgroupsPath, where the container's cgroup goes and
-/// what is written there (warnings through `warn`); None without one (nixcell's own
-/// run cgroup, as `nixcell run` makes it).
-pub fn placement(
+/// After `Hardening::place_cgroup` made the container's cgroup at its cgroupsPath:
+/// the asked resources written there (`plan`), warnings through `warn`. cpuset is not
+/// one of the hierarchies the container is placed in: cpus/mems are a warning.
+pub fn write_resources(
     l: Option<&super::config::Linux>,
     ceiling: &CgroupLimits,
+    hardening: &crate::run::harden::Hardening,
     mut warn: impl FnMut(&str),
-) -> Res<Option<Placed>> {
-    let Some(path) = l.and_then(|l| l.cgroups_path.as_deref()) else {
-        return Ok(None);
+) -> Res {
+    let Some((version, dirs)) = hardening.cgroup_dirs() else {
+        return Ok(());
     };
     let r = l.and_then(|l| l.resources.as_ref());
-    let h = Hierarchy::detect().map_err(|e| format!("linux.cgroupsPath: {e}"))?;
-    let (writes, warnings) = plan(h.version, r.unwrap_or(&Resources::default()), ceiling)?;
+    let (mut writes, warnings) = plan(version, r.unwrap_or(&Resources::default()), ceiling)?;
     for w in warnings {
         warn(&w);
     }
-    let uid = nix::unistd::geteuid().as_raw();
-    let dirs = place(&h, path, uid, wants_cpuset(r))?;
-    Ok(Some(Placed {
-        version: h.version,
-        dirs,
-        writes,
-    }))
-}
-
-impl Placed {
-    /// `create`'s second part, once the run's cgroup is made at [`Placed::dirs`]
-    /// (`layers`: the hardening's reports): the resources are written. An unmade
-    /// cgroup (a profile with the cgroup layer off, or best effort failing) is an error:
-    /// the caller asked for the container's place.
-    pub fn apply(&self, layers: &[crate::sandbox::proto::LayerReport]) -> Res {
-        if let Some(l) = layers.iter().find(|l| l.layer == "cgroup" && !l.enforced) {
-            return Err(format!(
-                "linux.cgroupsPath: the container's cgroup was not made: {}",
-                l.detail
-            ));
-        }
-        apply(self.version, &self.dirs, &self.writes)
+    if version == Version::V1 && writes.iter().any(|(c, _, _)| *c == "cpuset") {
+        warn("linux.resources.cpu.cpus/mems: not written (the container has no cpuset cgroup)");
+        writes.retain(|(c, _, _)| *c != "cpuset");
     }
+    apply(version, &dirs, &writes)
 }
 
 #[cfg(test)]
@@ -600,19 +410,5 @@ mod tests {
         .unwrap();
         assert_eq!(get(&w, "cpu.cfs_quota_us"), Some("50000"));
         assert!(warn[0].contains("cpu.quota 400000"), "{warn:?}");
-    }
-
-    #[test]
-    fn paths_that_leave_the_hierarchy_are_refused() {
-        assert_eq!(parse_path("/a/b").unwrap(), (true, vec!["a", "b"]));
-        assert_eq!(parse_path("a/b").unwrap(), (false, vec!["a", "b"]));
-        for p in ["/", "", "/a/../../b", "..", "a/./b", "/a//b", "/a/", "a\0b"] {
-            assert!(parse_path(p).is_err(), "{p:?}");
-        }
-        let text = "4:memory:/m/x\n1:cpu,cpuacct:/c\n0::/u\n";
-        assert_eq!(own_cgroup(text, "memory").as_deref(), Some("m/x"));
-        assert_eq!(own_cgroup(text, "cpuacct").as_deref(), Some("c"));
-        assert_eq!(own_cgroup(text, "").as_deref(), Some("u"));
-        assert_eq!(own_cgroup(text, "pids"), None);
     }
 }

@@ -4,6 +4,7 @@
 //! refused when honouring it is impossible without weakening the cell, a warning in
 //! the runtime log when nixcell's own layer replaces it.
 
+pub use crate::sandbox::JoinKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +28,7 @@ pub struct Config {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     pub linux: Option<Linux>,
-    pub hooks: Option<serde_json::Value>,
+    pub hooks: Option<super::hooks::Hooks>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,15 +224,7 @@ impl Config {
             }
         }
         let linux = self.linux.as_ref();
-        for ns in linux.map(|l| l.namespaces.as_slice()).unwrap_or_default() {
-            if let Some(path) = &ns.path {
-                return Err(format!(
-                    "config.json: linux.namespaces: joining the {} namespace {path}: not supported \
-                     (a cell always has namespaces of its own; podman: --network none)",
-                    ns.kind
-                ));
-            }
-        }
+        self.joins()?;
         if let Some(l) = linux {
             if l.seccomp.is_some() {
                 warn.push("linux.seccomp: nixcell's own seccomp filter applies instead".into());
@@ -244,15 +237,73 @@ impl Config {
                 );
             }
         }
-        if self.hooks.as_ref().is_some_and(|h| {
-            h.as_object().is_some_and(|o| {
-                o.values()
-                    .any(|v| v.as_array().is_some_and(|a| !a.is_empty()))
-            })
-        }) {
-            return Err("config.json: hooks: not supported by nixcell".into());
+        if let Some(h) = &self.hooks {
+            h.check()?;
         }
+        self.cgroups_path()?;
         Ok(warn)
+    }
+
+    /// The namespaces to join (linux.namespaces entries with a path), each kind once:
+    /// network, ipc and uts (a pod's); joining any other kind is refused.
+    pub fn joins(&self) -> Result<Vec<(JoinKind, &str)>, String> {
+        let mut out: Vec<(JoinKind, &str)> = Vec::new();
+        let all = self.linux.as_ref().map(|l| l.namespaces.as_slice());
+        for ns in all.unwrap_or_default() {
+            let Some(path) = &ns.path else { continue };
+            let kind = match ns.kind.as_str() {
+                "network" => JoinKind::Net,
+                "ipc" => JoinKind::Ipc,
+                "uts" => JoinKind::Uts,
+                other => {
+                    return Err(format!(
+                        "config.json: linux.namespaces: joining the {other} namespace {path}: not \
+                         supported (a cell joins a pod's network, ipc and uts namespaces; its user, \
+                         mount, pid and cgroup namespaces are always its own)"
+                    ));
+                }
+            };
+            if !Path::new(path).is_absolute() {
+                return Err(format!(
+                    "config.json: linux.namespaces: {} path {path:?} is not absolute",
+                    ns.kind
+                ));
+            }
+            if out.iter().any(|(k, _)| *k == kind) {
+                return Err(format!(
+                    "config.json: linux.namespaces: {} is given twice",
+                    ns.kind
+                ));
+            }
+            out.push((kind, path.as_str()));
+        }
+        Ok(out)
+    }
+
+    /// linux.cgroupsPath, cgroupfs form (absolute: under each controller's mount;
+    /// relative: under nixcell's per-user cgroup); systemd's `slice:prefix:name` form
+    /// and `..` are refused.
+    pub fn cgroups_path(&self) -> Result<Option<&Path>, String> {
+        let Some(p) = self.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) else {
+            return Ok(None);
+        };
+        if p.contains(':') {
+            return Err(format!(
+                "config.json: linux.cgroupsPath {p:?}: the systemd form slice:prefix:name is not \
+                 supported (nixcell manages cgroupfs cgroups; use the cgroupfs cgroup manager)"
+            ));
+        }
+        let path = Path::new(p);
+        if p.is_empty()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "config.json: linux.cgroupsPath {p:?}: not a cgroup path (empty or with ..)"
+            ));
+        }
+        Ok(Some(path))
     }
 
     /// linux.resources as nixcell limits; nonsense values are refused.
@@ -319,9 +370,21 @@ mod tests {
     fn joined_namespace_and_foreign_mount_are_refused() {
         let ns = parse(
             r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
-            "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"}]}}"#,
+            "linux":{"namespaces":[{"type":"pid","path":"/run/pidns/x"}]}}"#,
         );
-        assert!(ns.check().unwrap_err().contains("/run/netns/x"));
+        assert!(ns.check().unwrap_err().contains("/run/pidns/x"));
+        let ns = parse(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
+            "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"},
+            {"type":"uts","path":"/proc/7/ns/uts"},{"type":"mount"}]}}"#,
+        );
+        assert_eq!(
+            ns.joins().unwrap(),
+            [
+                (JoinKind::Net, "/run/netns/x"),
+                (JoinKind::Uts, "/proc/7/ns/uts")
+            ]
+        );
         let m = parse(
             r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
             "mounts":[{"destination":"/data","type":"bind","source":"/srv"}]}"#,

@@ -155,7 +155,10 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
             }
         }
     }
-    let ns = ns?;
+    let mut ns = ns?;
+    // A namespace the container joined (a pod's) is not owned by its user namespace:
+    // entered first, as `create` joined it.
+    ns.sort_by_key(|(_, kind)| !spec.joins.iter().any(|j| j.kind.flag().bits() == *kind));
     if !rec.alive() {
         return Err(format!("container {} is not running", a.id));
     }

@@ -13,6 +13,7 @@
 pub mod cgroups;
 pub mod config;
 pub mod exec;
+pub mod hooks;
 pub mod state;
 
 use crate::run::{harden, limits, plan};
@@ -199,17 +200,16 @@ fn create_in(
         pids: cgroups::stricter(asked.pids, ceiling.pids),
         ..Default::default()
     };
-    let placed = cgroups::placement(cfg.linux.as_ref(), &ceiling, |w| {
-        g.log("warning", &format!("config.json: {w}"))
-    })?;
     let mut decided = limits::decide(&profile.limits, &limits::ProjectLimits::default(), &flags);
     // Nobody stays to time a container out: its engine stops it.
     decided.timeout = None;
-    let at = placed.as_ref().map(|p| p.dirs.clone());
     let mut hardening =
-        harden::prepare_at(&profile, decided, &[], &mut spec, at).map_err(|e| e.to_string())?;
-    if let Some(p) = &placed {
-        p.apply(&hardening.layers)?;
+        harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
+    let placed = place_cgroup(g, cfg, &mut hardening)?;
+    if placed {
+        cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &hardening, |w| {
+            g.log("warning", &format!("config.json: {w}"))
+        })?;
     }
     for l in &hardening.layers {
         g.log(
@@ -225,6 +225,17 @@ fn create_in(
         terminal: process.terminal,
     });
     sources.push(Arc::new(OwnedFd::from(listener)));
+    for (kind, path, fd) in open_joins(g, cfg, &profile.network)? {
+        if kind == config::JoinKind::Net {
+            spec.net = None;
+        }
+        spec.joins.push(crate::sandbox::JoinNs {
+            kind,
+            fd: MOUNT_FD_BASE + sources.len() as i32,
+            path,
+        });
+        sources.push(Arc::new(fd));
+    }
     if process.terminal {
         let sock = a
             .console_socket
@@ -237,7 +248,7 @@ fn create_in(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (pid1, layers) = rt.block_on(async {
+    let (pid1, layers, control) = rt.block_on(async {
         let mut sp = crate::sandbox::spawn::spawn_init(
             false,
             false,
@@ -248,7 +259,7 @@ fn create_in(
         .map_err(|e| format!("cannot start the init stage: {e}"))?;
         let held = hold(&mut sp, &spec, &opts);
         let _ = sp.child.wait().await;
-        held
+        held.map(|(p, l)| (p, l, sp.control))
     })?;
     for l in &layers {
         g.log(
@@ -258,25 +269,7 @@ fn create_in(
     }
     let start_time = crate::sandbox::cgroup::start_time(pid1 as u32)
         .ok_or("the container's PID 1 ended during set-up")?;
-    // The run cgroup is named after this process, which ends now: renamed after the
-    // container, so that no later run takes it for a stale one.
-    let cgroups = hardening
-        .keep_cgroup()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(c, d)| {
-            if placed.is_some() {
-                // At the container's cgroupsPath: its name is the caller's.
-                return Ok((c, d));
-            }
-            let to = d.with_file_name(format!("oci-{id}-{pid1}-{start_time}"));
-            match std::fs::rename(&d, &to) {
-                Ok(()) => Ok((c, to)),
-                Err(e) => Err(format!("cgroup {}: rename: {e}", d.display())),
-            }
-        })
-        .collect::<Res<Vec<_>>>()?;
-    let rec = Record {
+    let mut rec = Record {
         id: id.to_string(),
         bundle: bundle.to_path_buf(),
         pid: pid1,
@@ -284,14 +277,151 @@ fn create_in(
         annotations: cfg.annotations.clone(),
         created: state::now_rfc3339(),
         started: false,
-        cgroups,
+        cgroups: hardening.keep_cgroup().unwrap_or_default(),
     };
-    rec.save(dir)?;
-    exec::save_spec(dir, &spec)?;
-    if let Some(p) = &a.pid_file {
-        write_pid_file(p, pid1)?;
+    let committed = commit(cfg, dir, &mut rec, &spec, a, &control, placed);
+    if committed.is_err() {
+        end(&rec);
+    }
+    committed
+}
+
+/// The run cgroup is named after `create`, which ends now: renamed after the
+/// container, so that no later run takes it for a stale one (until then, a `create`
+/// that dies leaves a stale run's cgroup, which the next run removes).
+fn rename_cgroups(rec: &mut Record) -> Res {
+    for (_, d) in rec.cgroups.iter_mut() {
+        let to = d.with_file_name(format!("oci-{}-{}-{}", rec.id, rec.pid, rec.start_time));
+        std::fs::rename(&*d, &to).map_err(|e| format!("cgroup {}: rename: {e}", d.display()))?;
+        *d = to;
     }
     Ok(())
+}
+
+/// linux.cgroupsPath honoured: the run's cgroup is made there (true), or a warning
+/// says why not (false). The cgroup of an engine's naming is not renamed after `create`.
+fn place_cgroup(g: &Globals, cfg: &Config, hardening: &mut harden::Hardening) -> Res<bool> {
+    let Some(path) = cfg.cgroups_path()? else {
+        return Ok(false);
+    };
+    match hardening.place_cgroup(path) {
+        Ok(None) => Ok(true),
+        Ok(Some(why)) => {
+            g.log(
+                "warning",
+                &format!("linux.cgroupsPath {}: not honoured: {why}", path.display()),
+            );
+            Ok(false)
+        }
+        // Rootless (as runc): a cgroup the caller may not make is no failure.
+        Err(e) if !crate::sandbox::ns::is_host_root() => {
+            g.log(
+                "warning",
+                &format!("linux.cgroupsPath {}: not honoured: {e}", path.display()),
+            );
+            Ok(false)
+        }
+        Err(e) => Err(format!(
+            "config.json: linux.cgroupsPath {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// The held container's hooks (prestart, createRuntime) run and its state saved;
+/// then PID 1 is told (`Request::Committed`): before that, its control socket ending
+/// (this process killed) ends it, so a `create` that dies leaves no held container.
+fn commit(
+    cfg: &Config,
+    dir: &Path,
+    rec: &mut Record,
+    spec: &crate::sandbox::RunSpec,
+    a: &CreateArgs,
+    control: &UnixStream,
+    placed: bool,
+) -> Res {
+    if let Some(h) = cfg.hooks.as_ref().filter(|h| !h.is_empty()) {
+        h.save(dir)?;
+        let mut st = serde_json::to_value(rec.state()).map_err(|e| e.to_string())?;
+        st["status"] = "creating".into();
+        hooks::run("prestart", &h.prestart, &st, &rec.bundle)?;
+        hooks::run("createRuntime", &h.create_runtime, &st, &rec.bundle)?;
+    }
+    if !placed {
+        rename_cgroups(rec)?;
+    }
+    rec.save(dir)?;
+    exec::save_spec(dir, spec)?;
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, rec.pid)?;
+    }
+    proto::send(control.as_fd(), &proto::Request::Committed)
+        .map_err(|e| format!("the container's PID 1 ended during set-up: {e}"))
+}
+
+/// The namespaces config.json names to join, each opened and checked to be a
+/// namespace of its kind (NS_GET_NSTYPE), and logged; a network namespace only when
+/// the profile allows network at all (the pod's network replaces the cell's own, and
+/// nixcell's network policy does not reach into it).
+fn open_joins(
+    g: &Globals,
+    cfg: &Config,
+    policy: &crate::net::NetPolicy,
+) -> Res<Vec<(config::JoinKind, PathBuf, OwnedFd)>> {
+    let mut out = Vec::new();
+    for (kind, path) in cfg.joins()? {
+        if kind == config::JoinKind::Net && policy.mode() == "none" {
+            return Err(format!(
+                "config.json: linux.namespaces: joining the network namespace {path}: the \
+                 profile (annotation {}) allows no network, and a joined network namespace is \
+                 the pod's network; name a profile with a [network] allow list",
+                config::PROFILE_ANNOTATION
+            ));
+        }
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("config.json: linux.namespaces: {} {path}: {e}", kind.name()))?;
+        let fd = OwnedFd::from(f);
+        match crate::sandbox::ns::ns_type(fd.as_fd()) {
+            Ok(t) if t == kind.flag().bits() => {}
+            Ok(_) | Err(_) => {
+                return Err(format!(
+                    "config.json: linux.namespaces: {path} is not a namespace of type {}",
+                    kind.name()
+                ));
+            }
+        }
+        g.log("info", &format!("namespace {}: joined {path}", kind.name()));
+        if kind == config::JoinKind::Net {
+            g.log(
+                "info",
+                &format!(
+                    "layer network: not enforced (the network namespace {path} is joined: the \
+                     cell's network is the pod's; the profile's network policy does not apply)"
+                ),
+            );
+        }
+        out.push((kind, PathBuf::from(path), fd));
+    }
+    Ok(out)
+}
+
+/// A container's PID 1 killed and waited for (its pidfd readable), its cgroups removed.
+fn end(rec: &Record) {
+    if let Some(fd) = pid1(rec) {
+        let _ = send_signal(&fd, nix::sys::signal::Signal::SIGKILL);
+        // The pidfd becomes readable when the process has ended.
+        let mut pfd = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
+    }
+    crate::sandbox::cgroup::RunCgroup {
+        version: crate::sandbox::cgroup::Version::V1,
+        dirs: rec.cgroups.clone(),
+        notes: Vec::new(),
+    }
+    .remove();
 }
 
 /// `--pid-file`: written atomically (a caller polling it never reads a part).
@@ -383,7 +513,7 @@ pub fn start(g: &Globals, id: &str) -> Res {
     rec.started = true;
     rec.save(&dir)?;
     // Reports until the command's copy of the channel closes at exec.
-    loop {
+    let started = (|| loop {
         match proto::recv::<Report>(conn.as_fd()) {
             Ok(None) => return Ok(()),
             Ok(Some(Report::ExecFailed { program, errno })) => {
@@ -397,7 +527,13 @@ pub fn start(g: &Globals, id: &str) -> Res {
             Ok(Some(_)) => {}
             Err(e) => return Err(format!("container {id}: {e}")),
         }
+    })();
+    if started.is_ok() {
+        let h = hooks::Hooks::load(&dir)?;
+        let st = serde_json::to_value(rec.state()).map_err(|e| e.to_string())?;
+        hooks::run_warn(g, "poststart", &h.poststart, &st, &rec.bundle);
     }
+    started
 }
 
 /// `state`: the runtime-spec state JSON.
@@ -484,27 +620,20 @@ pub fn delete(g: &Globals, id: &str, force: bool) -> Res {
         }
         Err(e) => return Err(e),
     };
-    if let Some(fd) = pid1(&rec) {
-        if rec.started && !force {
-            return Err(format!(
-                "cannot delete container {id} that is running (use --force)"
-            ));
-        }
-        send_signal(&fd, nix::sys::signal::Signal::SIGKILL)?;
-        // The pidfd becomes readable when the process has ended.
-        let mut pfd = [nix::poll::PollFd::new(
-            fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16));
+    if rec.started && !force && rec.alive() {
+        return Err(format!(
+            "cannot delete container {id} that is running (use --force)"
+        ));
     }
-    crate::sandbox::cgroup::RunCgroup {
-        version: crate::sandbox::cgroup::Version::V1,
-        dirs: rec.cgroups.clone(),
-        notes: Vec::new(),
-    }
-    .remove();
-    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+    let h = hooks::Hooks::load(&dir).unwrap_or_else(|e| {
+        g.log("warning", &format!("poststop hooks not run: {e}"));
+        hooks::Hooks::default()
+    });
+    end(&rec);
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let st = serde_json::to_value(rec.state()).map_err(|e| e.to_string())?;
+    hooks::run_warn(g, "poststop", &h.poststop, &st, &rec.bundle);
+    Ok(())
 }
 
 /// `ps`: the host pids of the container's processes (PID 1 and its descendants: in a
@@ -556,7 +685,7 @@ pub fn features() -> String {
     serde_json::to_string_pretty(&serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": state::OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": [],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],

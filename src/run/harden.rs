@@ -61,19 +61,6 @@ pub fn prepare(
     extra_ports: &[u16],
     spec: &mut RunSpec,
 ) -> Result<Hardening, HardenError> {
-    prepare_at(profile, limits, extra_ports, spec, None)
-}
-
-/// [`prepare`] with the run's cgroup at `at` ((controller, dir) pairs: an OCI
-/// container's `linux.cgroupsPath`) instead of a new one in nixcell's base; made even
-/// without a limit.
-pub fn prepare_at(
-    profile: &Profile,
-    limits: Limits,
-    extra_ports: &[u16],
-    spec: &mut RunSpec,
-    at: Option<Vec<(String, std::path::PathBuf)>>,
-) -> Result<Hardening, HardenError> {
     let fs = &profile.filesystem;
     let host = (spec.identity.host_uid, spec.identity.host_gid);
     for m in &mut spec.mounts {
@@ -194,7 +181,7 @@ pub fn prepare_at(
             enforced: false,
             detail: "off in the profile".into(),
         }),
-        _ if !any && at.is_none() => layers.push(LayerReport {
+        _ if !any => layers.push(LayerReport {
             layer: "cgroup".into(),
             enforced: false,
             detail: "no memory, cpu or pids limit asked for".into(),
@@ -202,10 +189,7 @@ pub fn prepare_at(
         mode => {
             let uid = nix::unistd::geteuid().as_raw();
             let made = Hierarchy::detect()
-                .and_then(|h| match at {
-                    Some(dirs) => h.create_run_at(dirs, &wanted),
-                    None => h.create_run(uid, &wanted),
-                })
+                .and_then(|h| h.create_run(uid, &wanted))
                 .and_then(|run| match run.open_cell_procs() {
                     Ok(fd) => Ok((run, fd)),
                     Err(e) => {
@@ -300,6 +284,61 @@ impl Hardening {
     /// Usage of the cell so far, while it runs (a session's): None without a cgroup.
     pub fn usage_now(&self) -> Option<crate::sandbox::cgroup::CgroupUsage> {
         self.cgroup.as_ref().map(|cg| cg.usage())
+    }
+
+    /// Moves the run's cgroup to `path` (an OCI container's `linux.cgroupsPath`, v1):
+    /// made there with the same limits, the one `prepare` made removed. Before the
+    /// cell starts only. `Ok(Some(why))` when it is not moved (no cgroup layer, cgroup
+    /// v2), Err when the cgroup cannot be made there.
+    pub fn place_cgroup(&mut self, path: &std::path::Path) -> Result<Option<String>, String> {
+        if self.cgroup.is_none() {
+            return Ok(Some("the cell has no cgroup (see the cgroup layer)".into()));
+        }
+        let wanted = CgroupLimits {
+            memory: self.limits.memory,
+            cpus: self.limits.cpus,
+            pids: self.limits.pids,
+        };
+        let h = Hierarchy::detect().map_err(|e| e.to_string())?;
+        if h.version != crate::sandbox::cgroup::Version::V1 {
+            return Ok(Some("honoured on cgroup v1 only".into()));
+        }
+        let dirs = h
+            .named_dirs(nix::unistd::geteuid().as_raw(), path)
+            .map_err(|e| e.to_string())?;
+        let run = h.create_at(dirs, &wanted).map_err(|e| e.to_string())?;
+        let fd = match run.open_cell_procs() {
+            Ok(fd) => fd,
+            Err(e) => {
+                run.remove();
+                return Err(e.to_string());
+            }
+        };
+        if let Some(l) = self.layers.iter_mut().find(|l| l.layer == "cgroup") {
+            l.detail.push_str(&format!(
+                "; at {}",
+                run.dirs
+                    .iter()
+                    .map(|(_, d)| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(old) = self.cgroup.replace(Arc::new(run)) {
+            old.remove();
+        }
+        self.cell_procs = Some(Arc::new(fd));
+        Ok(None)
+    }
+
+    /// The run's cgroup: its version and (controller, dir) pairs, None without one.
+    pub fn cgroup_dirs(
+        &self,
+    ) -> Option<(
+        crate::sandbox::cgroup::Version,
+        Vec<(String, std::path::PathBuf)>,
+    )> {
+        self.cgroup.as_ref().map(|c| (c.version, c.dirs.clone()))
     }
 
     /// Keeps the run's cgroup past this value (an OCI container outlives its creator):

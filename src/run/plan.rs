@@ -509,6 +509,7 @@ pub fn plan(req: &CellRequest) -> Result<(RunSpec, Closure), PlanError> {
         net: None,
         terminal: false,
         oci: None,
+        joins: Vec::new(),
     };
     Ok((spec, closure))
 }

@@ -282,6 +282,59 @@ impl Hierarchy {
             .iter()
             .map(|(c, b)| (c.clone(), b.join(&name)))
             .collect();
+        self.make(dirs, notes, limits)
+    }
+
+    /// v1: the directories of the cgroup an OCI engine names (`linux.cgroupsPath`,
+    /// checked to have no `..`): an absolute path under each controller's mount, a
+    /// relative one under `uid`'s base ([`Hierarchy::bases`]).
+    pub fn named_dirs(&self, uid: u32, path: &Path) -> Result<Vec<(String, PathBuf)>, CgroupError> {
+        if self.version != Version::V1 {
+            return Err(CgroupError::NoController("cpu, memory, pids (v1)".into()));
+        }
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        if path.is_absolute() {
+            CONTROLLERS
+                .iter()
+                .map(|c| {
+                    self.v1
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .map(|(_, m)| (c.to_string(), m.join(rel)))
+                        .ok_or_else(|| CgroupError::NoController(c.to_string()))
+                })
+                .collect()
+        } else {
+            Ok(self
+                .bases(uid)?
+                .into_iter()
+                .map(|(c, b)| (c, b.join(rel)))
+                .collect())
+        }
+    }
+
+    /// A cgroup at `dirs` (their parents made as needed; each leaf must be new, never
+    /// a cgroup shared with another container) with `limits`, as [`Self::create_run`]
+    /// makes one under its base.
+    pub fn create_at(
+        &self,
+        dirs: Vec<(String, PathBuf)>,
+        limits: &CgroupLimits,
+    ) -> Result<RunCgroup, CgroupError> {
+        for (_, d) in &dirs {
+            if let Some(parent) = d.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent, "mkdir"))?;
+            }
+        }
+        self.make(dirs, Vec::new(), limits)
+    }
+
+    fn make(
+        &self,
+        dirs: Vec<(String, PathBuf)>,
+        notes: Vec<String>,
+        limits: &CgroupLimits,
+    ) -> Result<RunCgroup, CgroupError> {
         let run = RunCgroup {
             version: self.version,
             dirs,
@@ -300,43 +353,6 @@ impl Hierarchy {
             }
         }
         let mut run = run;
-        if let Err(e) = run.make_leaves().and_then(|()| run.set_limits(limits)) {
-            run.remove();
-            return Err(e);
-        }
-        Ok(run)
-    }
-
-    /// Creates a run's cgroup at the given (controller, dir) pairs (an OCI container's
-    /// `linux.cgroupsPath`, checked by the caller), parents included, with its limits.
-    /// A directory already there is refused: it is another's, and removing the run's
-    /// cgroup would end what lives in it.
-    pub fn create_run_at(
-        &self,
-        dirs: Vec<(String, PathBuf)>,
-        limits: &CgroupLimits,
-    ) -> Result<RunCgroup, CgroupError> {
-        let mut notes = Vec::new();
-        for (_, d) in &dirs {
-            let parent = d.parent().unwrap_or(d);
-            std::fs::create_dir_all(parent).map_err(io(parent, "mkdir"))?;
-            if self.version == Version::V2 {
-                // From the top down: the parent's own write is the one that matters.
-                self.enable_v2_controllers(parent, 0, &mut notes)?;
-            }
-        }
-        let mut run = RunCgroup {
-            version: self.version,
-            dirs: Vec::new(),
-            notes,
-        };
-        for (c, d) in dirs {
-            if let Err(e) = std::fs::create_dir(&d) {
-                run.remove();
-                return Err(io(&d, "mkdir")(e));
-            }
-            run.dirs.push((c, d));
-        }
         if let Err(e) = run.make_leaves().and_then(|()| run.set_limits(limits)) {
             run.remove();
             return Err(e);

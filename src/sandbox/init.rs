@@ -112,6 +112,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
             .at(Stage::ServiceLogs, "open", svc.log.display())?;
         logs.push(std::os::fd::OwnedFd::from(f));
     }
+    let joined = ns::join_all(&spec.joins)?;
     let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
         ns::leave_host_root(&spec.identity, spec)?
     } else {
@@ -121,7 +122,7 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
     );
-    ns::unshare_all()?;
+    ns::unshare_all_but(joined)?;
     ns::write_id_maps(&spec.identity, host_ids)?;
     let null = std::fs::OpenOptions::new()
         .read(true)

@@ -175,6 +175,46 @@ pub struct RunSpec {
     /// `start`, and the cell outlives its creator.
     #[serde(default)]
     pub oci: Option<OciHold>,
+    /// Namespaces joined instead of made (an OCI pod's network, ipc, uts).
+    #[serde(default)]
+    pub joins: Vec<JoinNs>,
+}
+
+/// A namespace kind a cell may join instead of making its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinKind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl JoinKind {
+    pub fn flag(self) -> nix::sched::CloneFlags {
+        match self {
+            JoinKind::Net => nix::sched::CloneFlags::CLONE_NEWNET,
+            JoinKind::Ipc => nix::sched::CloneFlags::CLONE_NEWIPC,
+            JoinKind::Uts => nix::sched::CloneFlags::CLONE_NEWUTS,
+        }
+    }
+
+    /// The name in `ns::CELL_NAMESPACES` (and in config.json).
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinKind::Net => "network",
+            JoinKind::Ipc => "ipc",
+            JoinKind::Uts => "uts",
+        }
+    }
+}
+
+/// A namespace the init stage joins (setns) before it makes the others: opened and
+/// checked to be of its kind by the supervisor, found on descriptor `fd`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinNs {
+    pub kind: JoinKind,
+    pub fd: i32,
+    pub path: PathBuf,
 }
 
 /// A cell held between an OCI runtime's `create` and `start`. PID 1 builds the root,

@@ -179,9 +179,51 @@ pub fn check_userns_possible() -> StageResult {
 /// unshare(2) of every cell namespace at once; the user namespace is created first
 /// and owns the others.
 pub fn unshare_all() -> StageResult {
+    unshare_all_but(CloneFlags::empty())
+}
+
+/// setns(2) into each namespace to join (`RunSpec::joins`), before anything else
+/// changes: started as root, while still host root (a pod's namespaces are owned by
+/// the host's user namespace); rootless, the caller needs CAP_SYS_ADMIN in the user
+/// namespace owning them (root of the user namespace a rootless engine made). The
+/// descriptors are closed once joined. Returns the flags of the kinds joined.
+pub fn join_all(joins: &[super::JoinNs]) -> StageResult<CloneFlags> {
+    let mut joined = CloneFlags::empty();
+    for j in joins {
+        // SAFETY: the supervisor placed the namespace descriptor there for us.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(j.fd) };
+        nix::sched::setns(fd, j.kind.flag()).at(
+            Stage::JoinNamespaces,
+            "setns",
+            format!(
+                "{} namespace {} (joining needs CAP_SYS_ADMIN in the user namespace owning it)",
+                j.kind.name(),
+                j.path.display()
+            ),
+        )?;
+        // SAFETY: nothing else uses the descriptor.
+        unsafe { libc::close(j.fd) };
+        joined |= j.kind.flag();
+    }
+    Ok(joined)
+}
+
+/// The type of the namespace open on `fd` (ioctl NS_GET_NSTYPE, ioctl_ns(2)): a
+/// `CLONE_NEW*` flag, or an error when `fd` is no namespace.
+pub fn ns_type(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<libc::c_int> {
+    // _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an argument-less ioctl on a descriptor we hold.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}
+
+/// unshare(2) of every cell namespace but those in `skip` (joined instead).
+pub fn unshare_all_but(skip: CloneFlags) -> StageResult {
     let flags = CELL_NAMESPACES
         .iter()
-        .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+        .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f)
+        - skip;
     unshare(flags).map_err(|e| {
         // Name the host setting that forbids user namespaces, and its fix.
         let mut detail = String::from("user|mount|pid|net|ipc|uts|cgroup");

@@ -88,8 +88,14 @@ impl OomScore {
 }
 
 fn setup(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
-    ns::set_hostname(&spec.hostname)?;
-    ns::loopback_up()?;
+    // A joined namespace is the pod's: its host name and loopback are the pod's.
+    let joined = |k: super::JoinKind| spec.joins.iter().any(|j| j.kind == k);
+    if !joined(super::JoinKind::Uts) {
+        ns::set_hostname(&spec.hostname)?;
+    }
+    if !joined(super::JoinKind::Net) {
+        ns::loopback_up()?;
+    }
     rootfs::build(spec, prepared, sock)?;
     // The mount sources the supervisor passed are mounted (or were cloned): close them.
     for i in 0..spec.mounts.len() {
@@ -321,14 +327,18 @@ fn supervise(
 /// waits for the first connection on the start socket, which replaces the control
 /// socket (on the same descriptor) as the channel the command reports on. A forwarded
 /// signal before that ends the container with 128+N: nothing of it runs yet.
+/// Until `create` has saved the state and said so ([`proto::Request::Committed`]),
+/// nobody may start the container and nobody but `create` knows of it: the control
+/// socket ending first (`create` was killed) ends PID 1, so no held container is left.
 fn wait_for_start(hold: &super::OciHold, sock: BorrowedFd<'_>, sfd: &SignalFd) {
     let _ = proto::send(sock, &Report::Created);
     // SAFETY: the creator placed the listening socket on this descriptor for us.
     let listener = unsafe { BorrowedFd::borrow_raw(hold.start_fd) };
+    let mut committed = false;
     loop {
         let mut fds = [
             PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(listener, PollFlags::POLLIN),
+            PollFd::new(if committed { listener } else { sock }, PollFlags::POLLIN),
         ];
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
@@ -341,6 +351,14 @@ fn wait_for_start(hold: &super::OciHold, sock: BorrowedFd<'_>, sfd: &SignalFd) {
             }
         }
         if fds[1].revents().is_none_or(|r| r.is_empty()) {
+            continue;
+        }
+        if !committed {
+            match proto::recv::<proto::Request>(sock) {
+                Ok(Some(proto::Request::Committed)) => committed = true,
+                // SAFETY: _exit ends the process at once; nothing of the command runs.
+                _ => unsafe { libc::_exit(125) },
+            }
             continue;
         }
         // SAFETY: accept4 on a listening socket we hold; a fresh descriptor or -1.

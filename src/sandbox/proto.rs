@@ -91,6 +91,10 @@ pub enum Request {
     Signal { id: u64, signal: i32 },
     /// Stop the services (SIGTERM, grace, SIGKILL), kill the rest, end the cell.
     Stop,
+    /// An OCI container's state is saved (`create` sends it once, after
+    /// [`Report::Created`]): PID 1 holds on for `start` from here; the control
+    /// socket ending before it means `create` died, and PID 1 ends the container.
+    Committed,
 }
 
 /// A failed set-up step, named so that a user can act on it.

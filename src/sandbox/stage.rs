@@ -31,6 +31,8 @@ stages! {
     CheckParent = "check-parent",
     /// unshare(2) of the cell's namespaces.
     Unshare = "unshare",
+    /// setns(2) into the namespaces an OCI container joins (a pod's).
+    JoinNamespaces = "join-namespaces",
     /// Mount sources idmapped for a rootless cell's workdir.
     IdmapWorkdir = "idmap-workdir",
     /// Root (in a rootful run) becomes the unprivileged host user.
