@@ -131,7 +131,7 @@ fn placed_and_removed(
             "resources": {
                 "memory": {"limit": 50593792, "reservation": 40000000, "swappiness": 10,
                            "disableOOMKiller": true},
-                "cpu": {"shares": 2048, "quota": 50000, "period": 200000},
+                "cpu": {"shares": 2048, "quota": 50000, "period": 200000, "cpus": "0", "mems": "0"},
                 "pids": {"limit": 1000},
             },
         }),
@@ -160,6 +160,15 @@ fn placed_and_removed(
     assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "200000");
     assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "50000");
     assert_eq!(read(&under("pids").join("pids.max")), "512", "{mode:?}");
+    // cpus/mems: a cgroup in the cpuset hierarchy at the same path (as root; rootless
+    // the cpuset hierarchy is not delegated: a warning).
+    let cpusets = mode == Mode::Root;
+    if cpusets {
+        assert_eq!(cgroup_of(pid, "cpuset"), cgroup_of(pid, "memory"));
+        assert_eq!(read(&under("cpuset").join("cpuset.cpus")), "0");
+    } else {
+        assert!(err.contains("cpus/mems: not written"), "{err}");
+    }
     let o = b
         .cmd(&["start", &id])
         .stdout(Stdio::null())
@@ -185,7 +194,10 @@ fn placed_and_removed(
     let o = b.cmd(&["delete", "--force", &id]).output().unwrap();
     assert!(o.status.success(), "{mode:?}: delete: {}", text(&o.stderr));
     wait(pid);
-    for c in ["memory", "cpu", "pids"] {
+    for c in ["memory", "cpu", "pids", "cpuset"] {
+        if c == "cpuset" && !cpusets {
+            continue;
+        }
         assert!(!under(c).exists(), "{mode:?}: {} left", under(c).display());
         assert!(under(c).parent().unwrap().is_dir(), "{mode:?}: parent gone");
     }
@@ -201,7 +213,7 @@ fn root_absolute_and_relative_paths() {
         &|c: &str| Path::new(CG).join(c).join(&abs[1..]),
         &|_| String::new(),
     );
-    for c in ["memory", "cpu", "pids"] {
+    for c in ["memory", "cpu", "pids", "cpuset"] {
         rmdirs(&Path::new(CG).join(c).join(&top));
     }
     // Relative: below nixcell's own per-user cgroup.
@@ -210,7 +222,7 @@ fn root_absolute_and_relative_paths() {
     placed_and_removed(Mode::Root, &rel, &|c: &str| base(c).join(&rel), &|_| {
         "/nixcell/user-0".into()
     });
-    for c in ["memory", "cpu", "pids"] {
+    for c in ["memory", "cpu", "pids", "cpuset"] {
         rmdirs(&base(c).join(rel.split('/').next().unwrap()));
     }
 }

@@ -9,7 +9,7 @@
 use super::Res;
 use super::config::Resources;
 use crate::sandbox::cgroup::{CgroupLimits, Version};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The stricter of what the container asks and the profile's limit.
 pub fn stricter<T: PartialOrd + Copy>(asked: Option<T>, ceiling: Option<T>) -> Option<T> {
@@ -267,15 +267,15 @@ pub fn ceiling(l: &crate::profile::Limits) -> CgroupLimits {
 }
 
 /// After `Hardening::place_cgroup` made the container's cgroup at its cgroupsPath:
-/// the asked resources written there (`plan`), warnings through `warn`. cpuset is not
-/// one of the hierarchies the container is placed in: cpus/mems are a warning.
+/// the asked resources written there (`plan`), warnings through `warn`. cpus/mems
+/// (v1) make the container's cgroup in the cpuset hierarchy too, at the same path.
 pub fn write_resources(
     l: Option<&super::config::Linux>,
     ceiling: &CgroupLimits,
-    hardening: &crate::run::harden::Hardening,
+    hardening: &mut crate::run::harden::Hardening,
     mut warn: impl FnMut(&str),
 ) -> Res {
-    let Some((version, dirs)) = hardening.cgroup_dirs() else {
+    let Some((version, mut dirs)) = hardening.cgroup_dirs() else {
         return Ok(());
     };
     let r = l.and_then(|l| l.resources.as_ref());
@@ -284,10 +284,68 @@ pub fn write_resources(
         warn(&w);
     }
     if version == Version::V1 && writes.iter().any(|(c, _, _)| *c == "cpuset") {
-        warn("linux.resources.cpu.cpus/mems: not written (the container has no cpuset cgroup)");
-        writes.retain(|(c, _, _)| *c != "cpuset");
+        match cpuset_dir(&dirs) {
+            Ok(d) => {
+                hardening.add_cgroup_dir("cpuset", d.clone())?;
+                dirs.push(("cpuset".into(), d));
+            }
+            // Rootless (as the placement): no cpuset cgroup is no failure.
+            Err(e) if !crate::sandbox::ns::is_host_root() => {
+                warn(&format!("linux.resources.cpu.cpus/mems: not written: {e}"));
+                writes.retain(|(c, _, _)| *c != "cpuset");
+            }
+            Err(e) => return Err(format!("linux.resources.cpu.cpus/mems: {e}")),
+        }
     }
     apply(version, &dirs, &writes)
+}
+
+/// The v1 mount point of `ctrl`.
+fn v1_mount(ctrl: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let (fstype, _, opts) = (r.next()?, r.next()?, r.next()?);
+        let mount = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup" && opts.split(',').any(|o| o == ctrl)).then(|| PathBuf::from(mount))
+    })
+}
+
+/// The container's cgroup in the cpuset hierarchy: at the path its memory cgroup has
+/// under the memory mount; made (a new one), with cpus and mems copied down from the
+/// parents (a v1 cpuset cgroup starts empty and takes no process so).
+fn cpuset_dir(dirs: &[(String, PathBuf)]) -> Res<PathBuf> {
+    let mem = dirs
+        .iter()
+        .find(|(c, _)| c == "memory")
+        .map(|(_, d)| d)
+        .ok_or("no memory cgroup")?;
+    let (mm, cm) = (v1_mount("memory"), v1_mount("cpuset"));
+    let (Some(mm), Some(cm)) = (mm, cm) else {
+        return Err("no cgroup hierarchy with the cpuset controller is mounted".into());
+    };
+    let rel = mem.strip_prefix(&mm).map_err(|e| e.to_string())?;
+    let d = cm.join(rel);
+    let parent = d.parent().unwrap_or(&cm);
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: mkdir: {e}", parent.display()))?;
+    std::fs::create_dir(&d).map_err(|e| format!("{}: mkdir: {e}", d.display()))?;
+    let mut chain: Vec<&Path> = d.ancestors().take_while(|a| a.starts_with(&cm)).collect();
+    chain.reverse();
+    for pair in chain.windows(2) {
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let have = std::fs::read_to_string(pair[1].join(f)).unwrap_or_default();
+            if have.trim().is_empty() {
+                let up = std::fs::read_to_string(pair[0].join(f)).unwrap_or_default();
+                let p = pair[1].join(f);
+                if let Err(e) = std::fs::write(&p, up.trim()) {
+                    let _ = std::fs::remove_dir(&d);
+                    return Err(format!("{}: write: {e}", p.display()));
+                }
+            }
+        }
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

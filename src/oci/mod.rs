@@ -207,7 +207,7 @@ fn create_in(
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
     let placed = place_cgroup(g, cfg, &mut hardening)?;
     if placed {
-        cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &hardening, |w| {
+        cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &mut hardening, |w| {
             g.log("warning", &format!("config.json: {w}"))
         })?;
     }

@@ -341,6 +341,18 @@ impl Hardening {
         self.cgroup.as_ref().map(|c| (c.version, c.dirs.clone()))
     }
 
+    /// Adds a made cgroup of one more v1 hierarchy (cpuset) to the run's: the cell is
+    /// attached to it and it is removed with the rest. Before the cell starts only.
+    pub fn add_cgroup_dir(&mut self, ctrl: &str, dir: std::path::PathBuf) -> Result<(), String> {
+        let run = self
+            .cgroup
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .ok_or("the run's cgroup is shared already")?;
+        run.dirs.push((ctrl.to_string(), dir));
+        Ok(())
+    }
+
     /// Keeps the run's cgroup past this value (an OCI container outlives its creator):
     /// its (controller, dir) pairs, for whoever removes it later.
     pub fn keep_cgroup(&mut self) -> Option<Vec<(String, std::path::PathBuf)>> {
