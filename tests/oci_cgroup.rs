@@ -71,6 +71,16 @@ impl Bundle {
     }
 }
 
+/// Deletes the container (`--force`) when dropped: a failed assertion leaves no held
+/// PID 1 and no cgroup.
+struct Deleted<'a>(&'a Bundle, &'a str);
+
+impl Drop for Deleted<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.cmd(&["delete", "--force", self.1]).output();
+    }
+}
+
 fn uniq(what: &str) -> String {
     format!("nxcg-{what}-{}", std::process::id())
 }
@@ -138,6 +148,7 @@ fn placed_and_removed(
     );
     let id = uniq("c");
     let (code, err) = b.create(&id);
+    let _guard = Deleted(&b, &id);
     assert_eq!(code, Some(0), "{mode:?}: create: {err}");
     let pid = b.pid();
     let tail = path.trim_start_matches('/');
@@ -277,6 +288,7 @@ fn escaping_paths_are_refused() {
     let path = format!("/{top}");
     let b = Bundle::new(Mode::Rootless, serde_json::json!({"cgroupsPath": path}));
     let (code, err) = b.create("out");
+    let _guard = Deleted(&b, "out");
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("not honoured"), "{err}");
     let o = b.cmd(&["delete", "--force", "out"]).output().unwrap();
