@@ -208,6 +208,16 @@ i=0
 while c task ls | grep -q "t4.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 check "containerd: task kill reaches the command (exit 143)" 0 "exit code 143" c task delete t4
 c container rm t4 > /dev/null 2>&1 || true
+# linux.resources beyond the limits land in the container's cgroup at cgroupsPath
+# (/NAMESPACE/ID), as runc writes them.
+crun_ "-d --cpu-shares 512" t5 sleep 100 > /dev/null
+check "containerd: --cpu-shares reaches the container's cgroup at cgroupsPath" 0 "512" \
+  cat "/sys/fs/cgroup/cpu/$ns/t5/cpu.shares"
+c task kill -s SIGKILL t5
+i=0
+while c task ls | grep -q "t5.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+c task delete t5 > /dev/null 2>&1 || true
+c container rm t5 > /dev/null 2>&1 || true
 # A pod: a pause-like container, and one joining its network, ipc and uts namespaces
 # by path (what the kubelet asks through CRI), under a profile that allows network
 # (a joined network namespace is the pod's) and the pod's port.

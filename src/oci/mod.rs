@@ -10,6 +10,7 @@
 //! under `--root` (`state.rs`); `kill` signals PID 1 through a pidfd; `delete` removes
 //! the container's cgroup and directory.
 
+pub mod cgroups;
 pub mod config;
 pub mod exec;
 pub mod fsview;
@@ -192,10 +193,12 @@ fn create_in(
     }
     let profile = crate::profile::load(profile_name)
         .map_err(|e| format!("annotation {}: {e}", config::PROFILE_ANNOTATION))?;
+    // The profile's limits are the ceiling of the container's: the stricter wins.
+    let ceiling = cgroups::ceiling(&profile.limits);
     let flags = limits::Overrides {
-        memory: asked.memory,
-        cpus: asked.cpus,
-        pids: asked.pids,
+        memory: cgroups::stricter(asked.memory, ceiling.memory),
+        cpus: cgroups::stricter(asked.cpus, ceiling.cpus),
+        pids: cgroups::stricter(asked.pids, ceiling.pids),
         ..Default::default()
     };
     let mut decided = limits::decide(&profile.limits, &limits::ProjectLimits::default(), &flags);
@@ -205,6 +208,11 @@ fn create_in(
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
     container_process(g, cfg, &profile, &mut spec)?;
     let placed = place_cgroup(g, cfg, &mut hardening)?;
+    if placed {
+        cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &mut hardening, |w| {
+            g.log("warning", &format!("config.json: {w}"))
+        })?;
+    }
     for l in &hardening.layers {
         g.log(
             "info",

@@ -332,6 +332,28 @@ impl Hardening {
         Ok(None)
     }
 
+    /// The run's cgroup: its version and (controller, dir) pairs, None without one.
+    pub fn cgroup_dirs(
+        &self,
+    ) -> Option<(
+        crate::sandbox::cgroup::Version,
+        Vec<(String, std::path::PathBuf)>,
+    )> {
+        self.cgroup.as_ref().map(|c| (c.version, c.dirs.clone()))
+    }
+
+    /// Adds a made cgroup of one more v1 hierarchy (cpuset) to the run's: the cell is
+    /// attached to it and it is removed with the rest. Before the cell starts only.
+    pub fn add_cgroup_dir(&mut self, ctrl: &str, dir: std::path::PathBuf) -> Result<(), String> {
+        let run = self
+            .cgroup
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .ok_or("the run's cgroup is shared already")?;
+        run.dirs.push((ctrl.to_string(), dir));
+        Ok(())
+    }
+
     /// Keeps the run's cgroup past this value (an OCI container outlives its creator):
     /// its (controller, dir) pairs, for whoever removes it later.
     pub fn keep_cgroup(&mut self) -> Option<Vec<(String, std::path::PathBuf)>> {
