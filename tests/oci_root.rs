@@ -501,3 +501,119 @@ fn mounts_below_a_bind_of_a_shared_host_mount_stay_in_the_container() {
     assert_has(&out, "1\n");
     assert!(!leaked, "the container's tmpfs appeared on the host");
 }
+
+/// An overlayfs mounted at a bundle's rootfs (as an engine's snapshotter mounts one),
+/// unmounted when dropped.
+struct EngineOverlay {
+    mnt: PathBuf,
+    layers: PathBuf,
+}
+
+impl EngineOverlay {
+    /// The bundle's image becomes the lower layer `lower` (a name with a colon and a
+    /// newline, as mountinfo escapes them); an upper layer holds a file and a whiteout
+    /// of `/etc/gone`.
+    fn mount(b: &Bundle, lower: &str) -> EngineOverlay {
+        let layers = b.dir.path().join("layers");
+        let (l, u, w) = (layers.join(lower), layers.join("upper"), layers.join("work"));
+        for d in [&u, &w] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mnt = b.rootfs();
+        std::fs::write(mnt.join("etc/gone"), "deleted by the upper layer\n").unwrap();
+        std::fs::rename(&mnt, &l).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::create_dir(u.join("etc")).unwrap();
+        std::fs::write(u.join("etc/upper-file"), "from the engine's upper\n").unwrap();
+        let gone = std::ffi::CString::new(path_str(&u.join("etc/gone"))).unwrap();
+        // SAFETY: a valid path; a 0/0 character device is overlayfs's whiteout.
+        assert_eq!(unsafe { libc::mknod(gone.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        let esc = path_str(&l).replace(':', "\\:");
+        let data = format!(
+            "lowerdir={esc},upperdir={},workdir={}",
+            path_str(&u),
+            path_str(&w)
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &mnt,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .unwrap();
+        EngineOverlay { mnt, layers }
+    }
+}
+
+impl Drop for EngineOverlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Started as root over an engine's overlayfs root (which cannot be idmapped), the
+/// container sees the overlay's layers merged (the upper's file and whiteout), owns its
+/// root, and its writes reach none of the layers.
+#[test]
+fn an_engines_overlayfs_root_is_seen_merged_and_never_written() {
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "low:er\nlayer");
+    let out = b.expect(
+        &config(
+            "cat /etc/image-file /etc/upper-file; test -e /etc/gone || echo gone-ok; \
+             id -u; stat -c 'root %u:%g' /; stat -c 'busybox %u:%g' /bin/busybox; \
+             echo new > /etc/upper-file && cat /etc/upper-file; echo w > /etc/image-file; \
+             mkdir /made && echo made-ok; grep -c ' / overlay ' /proc/mounts",
+        ),
+        &[
+            "from the image\nfrom the engine's upper\ngone-ok\n0\nroot 0:0\nbusybox 0:0\nnew\n\
+             made-ok\n1",
+        ],
+    );
+    assert!(!out.contains("denied"), "{out}");
+    for (f, want) in [
+        ("upper/etc/upper-file", "from the engine's upper\n"),
+        ("low:er\nlayer/etc/image-file", "from the image\n"),
+    ] {
+        assert_eq!(std::fs::read_to_string(ov.layers.join(f)).unwrap(), want);
+    }
+    for p in [
+        ov.layers.join("upper/made"),
+        ov.layers.join("upper/etc/image-file"),
+        ov.mnt.join("made"),
+    ] {
+        assert!(!p.exists(), "{}", p.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(ov.mnt.join("etc/upper-file")).unwrap(),
+        "from the engine's upper\n"
+    );
+}
+
+/// A root.path inside an engine's overlayfs (not its mount root), directly or as a bind
+/// of one of its directories, is refused by name, and nothing is left.
+#[test]
+fn a_directory_inside_an_overlayfs_root_is_refused() {
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "lower");
+    let sub = b.dir.path().join("bundle/sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some(&ov.mnt.join("etc")),
+        &sub,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    for root in ["rootfs/etc", "sub"] {
+        let mut cfg = config("true");
+        cfg["root"]["path"] = root.into();
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, -1, "{root}: {out}");
+        assert_has(&out, "a directory inside an overlayfs");
+        assert_empty_dir(&b.dir.path().join("state"), root);
+    }
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}

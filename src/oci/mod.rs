@@ -14,6 +14,7 @@ pub mod config;
 pub mod exec;
 pub mod fsview;
 pub mod hooks;
+pub mod layers;
 pub mod process;
 pub mod seccomp;
 pub mod state;
