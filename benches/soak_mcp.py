@@ -65,6 +65,8 @@ def soak(runs):
         # Four in flight at a time, as an agent platform would.
         for base in range(0, runs, 4):
             bad += sum(await asyncio.gather(*[one(i) for i in range(base, min(base + 4, runs))]))
+            if (base + 4) % 1000 == 0:
+                print(f"soak: MCP {base + 4}/{runs} runs {time.strftime('%H:%M:%S', time.gmtime())}", file=sys.stderr)
         rate = round(runs / (time.monotonic() - t), 1)
         await asyncio.sleep(1)
         fds1, rss1 = probe(pid)

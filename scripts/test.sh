@@ -48,6 +48,7 @@ disk_free "before fuzz"
 check_stage fuzz scripts/fuzz.sh "${NIXCELL_FUZZ_SECONDS:-15}"
 # The soak's short form: nothing left behind after mixed runs through the CLI and MCP.
 check_stage soak benches/soak.sh "${NIXCELL_SOAK_RUNS:-200}"
+check_stage soak-rootless benches/soak.sh "${NIXCELL_SOAK_ROOTLESS_RUNS:-100}" --rootless
 
 # The frontend, runner, nixcurrent, devenv, pkgset and services suites under current
 # Nix (Debian 13's nix-bin) in a Debian 13 root with its own store and daemon

@@ -1,5 +1,6 @@
 //! Faults in what nixcell depends on: git missing or the repository locked, the Nix
-//! daemon unreachable, the cache directory full or read-only, the binary replaced
+//! daemon unreachable or killed during a build, the cache directory full or read-only,
+//! the cgroup hierarchy read-only or missing a controller, the binary replaced
 //! while a cell runs. Each gives a clear error naming what is wrong, exit 125 (or the
 //! command's own status when it already ran), and nothing half-written.
 
@@ -238,22 +239,11 @@ fn a_read_only_cgroup_hierarchy_is_named_and_fails_closed_where_required() {
         b = bin(),
         bb = bb.display()
     );
-    let o = Command::new("unshare")
-        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let out = text(&o.stdout);
-    let err = text(&o.stderr);
+    let (out, err) = in_private_mounts(&script);
     let mut parts = out.split("rc=");
     // Best effort (the default profile): the run goes on and says what is not enforced.
     let v: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
-    let cgroup = v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["layer"] == "cgroup")
-        .unwrap();
+    let cgroup = cgroup_layer(&v);
     assert_eq!(cgroup["enforced"], false, "{v}");
     assert!(
         cgroup["detail"]
@@ -388,4 +378,259 @@ fn a_projects_cached_build_that_was_collected_is_built_again() {
         format!("ran {unique}\nhi\n")
     );
     assert!(env.exists(), "built again");
+}
+
+/// A nix-daemon of this test's own, on a socket of its own: the test may kill it (and
+/// only it, never the machine's). Dropped: killed with every process it started.
+struct OwnDaemon {
+    daemon: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl OwnDaemon {
+    fn start(dir: &Path, name: &str) -> OwnDaemon {
+        let socket = dir.join(name);
+        let daemon = Command::new("nix-daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(t.elapsed().as_secs() < 30, "nix-daemon did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        OwnDaemon { daemon, socket }
+    }
+
+    fn remote(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// SIGKILL to the daemon and all its descendants (its per-connection workers and
+    /// their builders, which run in sessions of their own), found before any dies.
+    fn kill(&mut self) {
+        let mut tree = vec![self.daemon.id() as i32];
+        let mut i = 0;
+        while i < tree.len() {
+            tree.extend(children_of(tree[i]));
+            i += 1;
+        }
+        for pid in tree {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.daemon.wait();
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split(' ').nth(1))
+            .and_then(|s| s.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The daemon killed while it builds the project's environment (a derivation that
+/// waits for the test): a clear error naming the daemon, exit 125, the command not
+/// run, no GC root or cache entry of a half-built environment; with a daemon again,
+/// the same run builds and runs.
+#[test]
+fn a_nix_daemon_killed_during_a_build_is_named_and_nothing_is_cached_half() {
+    let dir = scratch("killeddaemon");
+    let d = dir.path();
+    // The builder runs as a build user: the directory is its to write.
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let unique = unique_name("slow");
+    let decl = format!(
+        "{{ pkgs, ... }}:\n{{\n  packages = [ pkgs.busybox (pkgs.runCommand \"{unique}\" {{}} \
+         \"touch {d}/started; while [ ! -e {d}/go ]; do sleep 0.1; done; mkdir -p $out/bin\") ];\n}}\n",
+        d = d.display()
+    );
+    let p = git_project("killeddaemon", &[("devenv.nix", &decl)]);
+    let cache = scratch("killedcache");
+    let run = |daemon: &OwnDaemon| {
+        let mut c = nixcell(Mode::Root);
+        env_vars(&mut c)
+            .current_dir(p.path())
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("NIX_REMOTE", daemon.remote())
+            .args(["run", "--", "echo", "ran"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = OwnDaemon::start(d, "first.socket");
+    let mut child = run(&daemon);
+    let t = std::time::Instant::now();
+    while !d.join("started").exists() {
+        if child.try_wait().unwrap().is_some() {
+            let o = child.wait_with_output().unwrap();
+            panic!("ended before the build started: {}", text(&o.stderr));
+        }
+        assert!(t.elapsed().as_secs() < 300, "the build did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    daemon.kill();
+    let o = child.wait_with_output().unwrap();
+    let err = fails(&o, "daemon killed during the build");
+    assert!(
+        err.contains("ended the connection in the middle") && err.contains(&daemon.remote()),
+        "{err}"
+    );
+    assert_eq!(text(&o.stdout), "", "nothing ran");
+    // No environment recorded: the project's GC roots hold its package set alone, the
+    // build cache nothing.
+    let roots: Vec<String> = std::fs::read_dir(p.path().join(".nixcell/gcroots"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(roots.iter().all(|r| r.ends_with("-nixpkgs")), "{roots:?}");
+    let builds = cache.path().join("nixcell/builds");
+    let cached = std::fs::read_dir(&builds).map_or(0, |r| r.count());
+    assert_eq!(cached, 0, "{}", builds.display());
+    // A daemon again: the same run builds and runs.
+    std::fs::write(d.join("go"), "").unwrap();
+    let again = OwnDaemon::start(d, "second.socket");
+    let o = run(&again).wait_with_output().unwrap();
+    assert_eq!(ok(&o, "run with a daemon again"), "ran\n");
+}
+
+/// `sh -c script` as root in a private mount namespace (what it mounts stays there):
+/// stdout, stderr.
+fn in_private_mounts(script: &str) -> (String, String) {
+    let o = Command::new("unshare")
+        .env("XDG_CACHE_HOME", repo().join("target/test-cache/root"))
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .output()
+        .unwrap();
+    (text(&o.stdout).to_string(), text(&o.stderr).to_string())
+}
+
+/// The cgroup layer's report in a verdict.
+fn cgroup_layer(v: &serde_json::Value) -> &serde_json::Value {
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "cgroup")
+        .unwrap()
+}
+
+/// Runs `script` in a private mount namespace where the v1 hierarchy of `ctrl` is
+/// unmounted (the machine's own stays): `NIXCELL` is nixcell, `BUSYBOX` busybox.
+/// stdout, stderr.
+fn without_controller(ctrl: &str, script: &str) -> (String, String) {
+    let script = format!(
+        "umount -l /sys/fs/cgroup/{ctrl} || exit 90; {}",
+        script
+            .replace("BUSYBOX", path_str(&busybox()))
+            .replace("NIXCELL", bin())
+    );
+    in_private_mounts(&script)
+}
+
+/// A hierarchy without the controller a limit needs: a profile that requires the
+/// cgroup layer refuses to run (exit 125, the controller named); best effort falls
+/// back to rlimits and says the layer is not enforced. Never a limit left out while
+/// the layer claims to be on.
+#[test]
+fn a_cgroup_hierarchy_missing_a_controller_is_named_and_fails_closed_where_required() {
+    for ctrl in ["memory", "pids"] {
+        let (out, err) = without_controller(
+            ctrl,
+            "NIXCELL run --profile strict --env-path BUSYBOX -- echo ran; echo rc=$?",
+        );
+        assert_eq!(out, "rc=125\n", "{ctrl}: {out}\n{err}");
+        assert!(
+            err.contains("cgroup layer is required")
+                && err.contains(&format!("with the {ctrl} controller")),
+            "{ctrl}: {err}"
+        );
+    }
+    // Best effort: a pids limit on a machine without the pids hierarchy.
+    let (out, err) = without_controller(
+        "pids",
+        "NIXCELL run --json --pids 32 --env-path BUSYBOX -- echo ran",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let cgroup = cgroup_layer(&v);
+    assert_eq!(cgroup["enforced"], false, "{v}");
+    let detail = cgroup["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pids controller") && detail.contains("nproc=32"),
+        "{cgroup}"
+    );
+}
+
+/// A run whose workdir changes land (a file replaced, one added) with its state
+/// directory on `mount` (a tmpfs in a private mount namespace, `prepare` run first,
+/// `DIR` its directory): stdout (the command's status, then the workdir's files),
+/// stderr.
+fn run_with_state_on(mount: &str, prepare: &str) -> (String, String) {
+    let dir = scratch("statefs");
+    let d = dir.path().display().to_string();
+    let script = format!(
+        "mkdir {d}/state {d}/wd && echo orig > {d}/wd/g && \
+         mount -t tmpfs -o {mount} tmpfs {d}/state && {prepare} \
+         XDG_STATE_HOME={d}/state {bin} run --workdir {d}/wd --env-path {bb} \
+         -- sh -c 'echo new > /work/g; echo added > /work/h'; echo rc=$?; \
+         cat {d}/wd/g {d}/wd/h; find {d}/state -name '.tmp*' | sed 's/^/LEFT /'",
+        prepare = prepare.replace("DIR", &format!("{d}/state")),
+        bin = bin(),
+        bb = path_str(&busybox()),
+    );
+    in_private_mounts(&script)
+}
+
+/// The state directory full or read-only: the command ran, so its own status; a file
+/// it replaced keeps its previous version (there is nowhere to keep the old one for
+/// `undo`), the refusal names the state directory, and nothing is half-written there.
+#[test]
+fn a_full_or_read_only_state_directory_keeps_the_users_files_and_is_named() {
+    for (mount, prepare, reason) in [
+        ("ro", "", "Read-only file system"),
+        (
+            "size=64k",
+            "dd if=/dev/zero of=DIR/fill bs=4k count=100 2>/dev/null;",
+            "No space left on device",
+        ),
+    ] {
+        let (out, err) = run_with_state_on(mount, prepare);
+        assert_eq!(out, "rc=0\norig\nadded\n", "{mount}: {out}\n{err}");
+        assert!(
+            err.contains("nixcell: workdir: g: cannot keep the previous version")
+                && err.contains("/state/nixcell")
+                && err.contains(reason),
+            "{mount}: {err}"
+        );
+        assert!(
+            err.contains("nixcell: workdir: the run journal could not be written"),
+            "{mount}: {err}"
+        );
+    }
 }

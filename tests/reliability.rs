@@ -557,36 +557,45 @@ fn mcp_python() -> PathBuf {
     py
 }
 
+/// `tests/reliability_mcp.py SCENARIO N` on a server of `server_args`, in `mode`: its
+/// JSON line.
+fn mcp_scenario(mode: Mode, scenario: &str, n: u32, server_args: &[&str]) -> serde_json::Value {
+    let py = mcp_python();
+    let mut cmd = match mode {
+        Mode::Root => {
+            let mut c = Command::new(&py);
+            c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
+            c
+        }
+        Mode::Rootless => {
+            let mut c = as_test_user();
+            c.arg(&py);
+            c
+        }
+    };
+    let bb = busybox();
+    let out = cmd
+        .arg(repo().join("tests/reliability_mcp.py"))
+        .args([scenario, &n.to_string(), bin(), "--env-path", path_str(&bb)])
+        .args(server_args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{mode:?} {scenario}: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let v = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    eprintln!("{mode:?} {scenario}: {v}");
+    v
+}
+
 #[test]
 fn sixty_four_runs_in_flight_through_one_mcp_server() {
-    let py = mcp_python();
-    let bb = busybox();
     for mode in MODES {
-        let mut cmd = match mode {
-            Mode::Root => {
-                let mut c = Command::new(&py);
-                c.env("XDG_CACHE_HOME", repo().join("target/test-cache/root"));
-                c
-            }
-            Mode::Rootless => {
-                let mut c = as_test_user();
-                c.arg(&py);
-                c
-            }
-        };
-        let out = cmd
-            .arg(repo().join("tests/reliability_mcp.py"))
-            .args(["in_flight", "64", bin(), "--env-path", path_str(&bb)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{mode:?}: {}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        let v: serde_json::Value =
-            serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+        // A server whose bound lets all 64 run at once.
+        let v = mcp_scenario(mode, "in_flight", 64, &["--max-runs", "64"]);
         assert_eq!(v["runs"], 64, "{v}");
         // They were in flight together, not one after the other.
         assert!(v["in_flight_together"].as_u64().unwrap() >= 32, "{v}");
@@ -595,8 +604,47 @@ fn sixty_four_runs_in_flight_through_one_mcp_server() {
         if let (Some(peak), Some(l)) = (v["max_peak_memory_bytes"].as_u64(), limit) {
             assert!(peak <= l, "{v}");
         }
-        eprintln!("{mode:?}: {v}");
     }
+}
+
+/// The server's bound, not luck: 64 runs in flight on a server of 3 slots never have
+/// more than 3 cells at once (counted from the host), and every one is answered.
+#[test]
+fn sixty_four_runs_on_a_server_of_three_slots_never_run_more_than_three_cells() {
+    for mode in MODES {
+        let v = mcp_scenario(mode, "capped", 64, &["--max-runs", "3"]);
+        assert_eq!(v["runs"], 64, "{v}");
+        let most = v["most_cells_at_once"].as_u64().unwrap();
+        assert!(most <= 3, "{v}");
+        // The host did see them: the bound was reached, not merely unobserved.
+        assert!(most >= 2, "{v}");
+    }
+}
+
+/// Beyond the waiting bound a run is refused at once with an MCP error that says the
+/// server is busy and names its flags; the freed slot serves the next call.
+#[test]
+fn a_run_beyond_the_waiting_bound_is_refused_saying_the_server_is_busy() {
+    for mode in MODES {
+        let v = mcp_scenario(mode, "busy", 3, &["--max-runs", "1", "--max-queued", "0"]);
+        assert_eq!(
+            (v["ran"].as_u64(), v["refused"].as_u64()),
+            (Some(1), Some(2)),
+            "{v}"
+        );
+    }
+}
+
+/// Without `--max-runs` the bound comes from the machine and the profile: a server of
+/// the default profile (its memory limit) never runs more cells at once than
+/// `default_max_runs` allows.
+#[test]
+fn the_default_bound_follows_the_profiles_memory_limit() {
+    let limit = nixcell::profile::load("default").unwrap().limits.memory;
+    let bound = nixcell::mcp::default_max_runs(limit) as u64;
+    let v = mcp_scenario(Mode::Root, "capped", 2 * bound as u32 + 2, &[]);
+    let most = v["most_cells_at_once"].as_u64().unwrap();
+    assert!(most <= bound, "{v} (bound {bound})");
 }
 
 /// The journal of an interrupted edit settles only the two states that edit left: a

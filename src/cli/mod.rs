@@ -144,6 +144,14 @@ pub struct McpArgs {
     /// (`Authorization: Bearer TOKEN`, at least 32 characters).
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub token_file: Option<PathBuf>,
+    /// Cells at once; runs beyond wait their turn (default: as many as the machine's
+    /// memory holds at the profile's per-run memory limit, at most 4 per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_runs: Option<u32>,
+    /// Runs that may wait for a cell; one more is refused with an MCP error saying
+    /// the server is busy (default: 256).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub max_queued: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -465,6 +473,10 @@ fn mcp(args: &McpArgs) -> i32 {
             return EXIT_SETUP;
         }
     };
+    let concurrency = crate::mcp::Concurrency {
+        max_runs: args.max_runs.map(|n| n as usize),
+        max_queued: args.max_queued.map(|n| n as usize),
+    };
     let served = match (&args.listen, &args.token_file) {
         (Some(l), Some(t)) => {
             let http = crate::mcp::http::parse_listen(l)
@@ -475,6 +487,7 @@ fn mcp(args: &McpArgs) -> i32 {
                     args.profile.clone(),
                     l,
                     token,
+                    concurrency,
                 )),
                 Err(e) => {
                     eprintln!("nixcell: {e}");
@@ -482,7 +495,7 @@ fn mcp(args: &McpArgs) -> i32 {
                 }
             }
         }
-        _ => rt.block_on(crate::mcp::serve(target, args.profile.clone())),
+        _ => rt.block_on(crate::mcp::serve(target, args.profile.clone(), concurrency)),
     };
     match served {
         Ok(()) => 0,
@@ -556,9 +569,13 @@ fn report(args: &RunArgs, v: &crate::verdict::Verdict) -> i32 {
             eprintln!("nixcell: the workdir's copy-on-write cap was hit; no change was applied");
         }
         for r in &w.refused {
+            // A refusal of no path is the whole apply's (its journal, its layer).
+            let path = match crate::changes::shown(&r.path) {
+                p if p.is_empty() => String::new(),
+                p => format!(" {p}:"),
+            };
             eprintln!(
-                "nixcell: workdir: {}: {}",
-                crate::changes::shown(&r.path),
+                "nixcell: workdir:{path} {}",
                 crate::changes::shown(&r.reason)
             );
         }

@@ -50,11 +50,14 @@ impl Server {
         cancel: &CancellationToken,
     ) -> Result<RunResult, McpError> {
         if p.session.is_some() {
+            let _slot = self.inner.slots.acquire(cancel).await?;
             return self.run_in_session(p, progress, cancel).await;
         }
         // The whole request is checked before anything is created or run.
         let CheckedRun { mut limits, files } = check_run(&p, &self.inner.ceiling()?)?;
         limits.extend(port_args(&p, &self.inner.open_ports()?)?);
+        // Held until the cell is gone and its files are read back.
+        let _slot = self.inner.slots.acquire(cancel).await?;
         let collect = p.collect.as_deref().unwrap_or(&[]);
         progress
             .report(0, "run: preparing the working directory".into())

@@ -114,10 +114,9 @@ pub async fn serve_http(
     profile: Option<String>,
     listen: Listen,
     token: String,
+    concurrency: Concurrency,
 ) -> Result<(), McpError> {
-    let exe = std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
-    let server = Server::new(target, profile, exe);
-    server.inner.ceiling()?;
+    let server = Server::start(target, profile, concurrency)?;
     // Host validation against DNS rebinding stays at rmcp's loopback default.
     let config =
         StreamableHttpServerConfig::default().with_max_request_body_bytes(MAX_REQUEST_BYTES);

@@ -24,11 +24,13 @@ pub mod http;
 pub mod rundir;
 mod schema;
 mod session;
+mod slots;
 mod summary;
 
 use files::*;
 use gate::*;
 pub use schema::*;
+pub use slots::{Concurrency, DEFAULT_MAX_QUEUED, RUNS_PER_CPU, default_max_runs};
 use summary::*;
 
 use crate::hints::Hint;
@@ -71,6 +73,10 @@ pub enum McpError {
     Transport(String),
     #[error("cancelled by the client: the cell was killed, nothing of the run was kept")]
     Cancelled,
+    #[error(
+        "the server is busy: {running} runs are in flight and {queued} more wait (its bound, `nixcell mcp --max-runs/--max-queued`); nothing was run, try again when a run ends"
+    )]
+    Busy { running: usize, queued: usize },
 }
 
 /// How long a cancelled call's child may take to end after SIGTERM before SIGKILL.
@@ -121,6 +127,8 @@ struct Inner {
     exe: PathBuf,
     /// The session cells of this server (src/mcp/session.rs).
     sessions: session::Sessions,
+    /// The bound on cells at once (src/mcp/slots.rs).
+    slots: slots::Slots,
 }
 
 #[derive(Clone)]
@@ -166,16 +174,33 @@ fn tool_error(message: impl Into<String>) -> CallToolResult {
 
 #[tool_router]
 impl Server {
-    pub fn new(target: Target, profile: Option<String>, exe: PathBuf) -> Server {
-        Server {
-            inner: Arc::new(Inner {
-                target,
-                profile,
-                exe,
-                sessions: Default::default(),
-            }),
+    /// A server of this binary, its profile and project checked now (a server fails
+    /// at start, not at the first run, when they do not load), its bound on cells at
+    /// once decided.
+    pub fn start(
+        target: Target,
+        profile: Option<String>,
+        concurrency: Concurrency,
+    ) -> Result<Server, McpError> {
+        let exe =
+            std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
+        let mut inner = Inner {
+            target,
+            profile,
+            exe,
+            sessions: Default::default(),
+            slots: slots::Slots::new(1, 0),
+        };
+        let memory = inner.ceiling()?.memory;
+        let max_runs = concurrency
+            .max_runs
+            .unwrap_or_else(|| default_max_runs(memory));
+        let max_queued = concurrency.max_queued.unwrap_or(DEFAULT_MAX_QUEUED);
+        inner.slots = slots::Slots::new(max_runs, max_queued);
+        Ok(Server {
+            inner: Arc::new(inner),
             tool_router: Self::tool_router(),
-        }
+        })
     }
 
     /// Describes the environment as built: packages and versions, executables on PATH,
@@ -382,11 +407,12 @@ impl ServerHandler for Server {
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve(target: Target, profile: Option<String>) -> Result<(), McpError> {
-    let exe = std::env::current_exe().map_err(|e| McpError::Spawn("/proc/self/exe".into(), e))?;
-    let server = Server::new(target, profile, exe);
-    // Fail at start, not at the first run, when the profile or the project does not load.
-    server.inner.ceiling()?;
+pub async fn serve(
+    target: Target,
+    profile: Option<String>,
+    concurrency: Concurrency,
+) -> Result<(), McpError> {
+    let server = Server::start(target, profile, concurrency)?;
     let (input, output, gate) = gate(tokio::io::stdin(), tokio::io::stdout(), MAX_REQUEST_BYTES);
     // The gate enforces the size limit; rmcp's own (which drops a line unanswered)
     // must not come first.

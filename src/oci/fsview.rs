@@ -325,16 +325,6 @@ fn mount(
             }
         }
     }
-    // The source of a new file system is only its name in mountinfo (runc's, e.g.
-    // `proc`), which callers compare with the config.
-    if !matches!(om.kind, MountKind::Bind { .. })
-        && let Some(s) = m
-            .source
-            .as_deref()
-            .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        om.data.push(format!("source={s}"));
-    }
     // sysfs shows the host's devices and kernel settings: read-only unless asked.
     if om.kind == MountKind::Sysfs && !rw_asked {
         om.readonly = true;

@@ -80,6 +80,15 @@ pub fn nix_message(stderr: &[u8]) -> String {
         format!(
             "{msg}\n(the Nix daemon is not running, not reachable there, or ended the connection: start nix-daemon, or check NIX_REMOTE)"
         )
+    } else if msg.lines().next() == Some("error: unexpected end-of-file") {
+        // What nix says when the daemon's end of the connection closes in the middle.
+        let at = std::env::var("NIX_REMOTE").map_or_else(
+            |_| "the Nix daemon".to_string(),
+            |r| format!("the Nix daemon (NIX_REMOTE={r})"),
+        );
+        format!(
+            "{msg}\n({at} ended the connection in the middle, it stopped or was killed: nothing it was building was kept; start nix-daemon and try again)"
+        )
     } else if msg.contains("forbidden in restricted mode") {
         format!(
             "{msg}\n(a declaration may only read files of its project directory and of the package set)"
@@ -120,5 +129,14 @@ mod tests {
     fn the_message_starts_at_the_error() {
         let m = nix_message(b"building '/nix/store/x.drv'...\nerror: attribute 'foo' missing\n\n       at x.nix:1:1\n");
         assert!(m.starts_with("error: attribute 'foo' missing"), "{m}");
+    }
+
+    #[test]
+    fn a_connection_ended_in_the_middle_names_the_daemon() {
+        let m = nix_message(b"building '/nix/store/x.drv'...\nerror: unexpected end-of-file\n");
+        assert!(
+            m.contains("Nix daemon") && m.contains("ended the connection"),
+            "{m}"
+        );
     }
 }
