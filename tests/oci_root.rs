@@ -515,7 +515,11 @@ impl EngineOverlay {
     /// of `/etc/gone`.
     fn mount(b: &Bundle, lower: &str) -> EngineOverlay {
         let layers = b.dir.path().join("layers");
-        let (l, u, w) = (layers.join(lower), layers.join("upper"), layers.join("work"));
+        let (l, u, w) = (
+            layers.join(lower),
+            layers.join("upper"),
+            layers.join("work"),
+        );
         for d in [&u, &w] {
             std::fs::create_dir_all(d).unwrap();
         }
@@ -616,4 +620,30 @@ fn a_directory_inside_an_overlayfs_root_is_refused() {
         assert_empty_dir(&b.dir.path().join("state"), root);
     }
     nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
+/// A directory an engine marked opaque (a trusted xattr the container's overlay, in its
+/// user namespace, does not read) is refused by name rather than shown merged with the
+/// files its layer removed; nothing is left.
+#[test]
+fn an_opaque_directory_of_an_engines_layer_is_refused_by_name() {
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "lower");
+    let dir = ov.layers.join("upper/etc");
+    let c = std::ffi::CString::new(path_str(&dir)).unwrap();
+    // SAFETY: valid C strings and a one-byte value.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            c"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let (code, out) = b.run(&config("cat /etc/image-file"));
+    assert_eq!(code, -1, "{out}");
+    assert_has(&out, "directory etc has the xattr trusted.overlay.opaque");
+    assert_empty_dir(&b.dir.path().join("state"), "state");
 }

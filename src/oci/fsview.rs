@@ -43,7 +43,9 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
     {
         let what = format!("config.json: root.path {}", path.display());
         let mut opened = Vec::new();
-        for l in super::layers::of_root(o.fd.as_fd(), &what)? {
+        let layers = super::layers::of_root(o.fd.as_fd(), &what)?;
+        super::layers::refuse_trusted_markers(&layers, &what)?;
+        for l in layers {
             let lo = crate::plan::open_host_path(&l)
                 .map_err(|e| format!("{what}: overlay layer {}: {e}", l.display()))?;
             if !crate::fsat::is_dir(&lo.st) {

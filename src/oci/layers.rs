@@ -46,6 +46,53 @@ pub fn of_root(fd: BorrowedFd<'_>, what: &str) -> Result<Vec<PathBuf>, String> {
     parse(super_opts).map_err(|e| format!("{what}: overlayfs mount {id}: {e}"))
 }
 
+/// An engine marks an opaque directory (one its layer removed and made again) and a
+/// renamed one with `trusted.overlay.*` xattrs; the container's overlay, mounted in
+/// its user namespace, reads only `user.overlay.*`, so it would show the lower
+/// layers' files through them. Such a directory in any layer but the lowest is refused
+/// by name (whiteouts, 0/0 character devices, are seen as the engine meant).
+pub fn refuse_trusted_markers(layers: &[PathBuf], what: &str) -> Result<(), String> {
+    let upper = &layers[..layers.len().saturating_sub(1)];
+    for layer in upper {
+        let mut dirs = vec![layer.clone()];
+        while let Some(d) = dirs.pop() {
+            for attr in [c"trusted.overlay.opaque", c"trusted.overlay.redirect"] {
+                if has_xattr(&d, attr) {
+                    return Err(format!(
+                        "{what}: overlay layer {}: directory {} has the xattr {} (an \
+                         opaque or renamed directory of the engine), which the \
+                         container's overlay in its user namespace cannot see; nixcell \
+                         refuses the image rather than show files its layers removed",
+                        layer.display(),
+                        d.strip_prefix(layer).unwrap_or(&d).display(),
+                        attr.to_string_lossy()
+                    ));
+                }
+            }
+            let entries =
+                std::fs::read_dir(&d).map_err(|e| format!("{what}: {}: {e}", d.display()))?;
+            for e in entries {
+                let e = e.map_err(|e| format!("{what}: {}: {e}", d.display()))?;
+                // file_type() does not follow symbolic links.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `p` (not followed if a link) has the extended attribute `name`.
+fn has_xattr(p: &std::path::Path, name: &std::ffi::CStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: valid C strings; a size of 0 only asks for the value's length.
+    unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
 /// The mount id of `fd` and whether `fd` is the root of that mount.
 fn mount_id(fd: BorrowedFd<'_>) -> std::io::Result<(u64, bool)> {
     // SAFETY: statx is plain data; zeroed is a valid value.
