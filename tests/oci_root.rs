@@ -511,8 +511,8 @@ struct EngineOverlay {
 
 impl EngineOverlay {
     /// The bundle's image becomes the lower layer `lower` (a name with a colon and a
-    /// newline, as mountinfo escapes them); an upper layer holds a file and a whiteout
-    /// of `/etc/gone`.
+    /// newline, as mountinfo escapes them), named by a link `l/lower`; an upper layer
+    /// holds a file and a whiteout of `/etc/gone`.
     fn mount(b: &Bundle, lower: &str) -> EngineOverlay {
         let layers = b.dir.path().join("layers");
         let (l, u, w) = (
@@ -532,7 +532,11 @@ impl EngineOverlay {
         let gone = std::ffi::CString::new(path_str(&u.join("etc/gone"))).unwrap();
         // SAFETY: a valid path; a 0/0 character device is overlayfs's whiteout.
         assert_eq!(unsafe { libc::mknod(gone.as_ptr(), libc::S_IFCHR, 0) }, 0);
-        let esc = path_str(&l).replace(':', "\\:");
+        // Named by a link under `l/`, as podman names its lowers.
+        let link = layers.join("l").join(lower);
+        std::fs::create_dir(layers.join("l")).unwrap();
+        symlink(Path::new("..").join(lower), &link).unwrap();
+        let esc = path_str(&link).replace(':', "\\:");
         let data = format!(
             "lowerdir={esc},upperdir={},workdir={}",
             path_str(&u),
@@ -645,5 +649,23 @@ fn an_opaque_directory_of_an_engines_layer_is_refused_by_name() {
     let (code, out) = b.run(&config("cat /etc/image-file"));
     assert_eq!(code, -1, "{out}");
     assert_has(&out, "directory etc has the xattr trusted.overlay.opaque");
+    assert_empty_dir(&b.dir.path().join("state"), "state");
+}
+
+/// A layer named by a link in a directory others may write (where anyone could have
+/// swapped the link) is refused by name; nothing is left.
+#[test]
+fn a_layer_link_in_a_directory_others_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "lower");
+    let l = ov.layers.join("l");
+    std::fs::set_permissions(&l, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, out) = b.run(&config("cat /etc/image-file"));
+    assert_eq!(code, -1, "{out}");
+    assert_has(
+        &out,
+        &format!("the symbolic link {}/lower is not root's", l.display()),
+    );
     assert_empty_dir(&b.dir.path().join("state"), "state");
 }

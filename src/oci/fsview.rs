@@ -43,7 +43,10 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
     {
         let what = format!("config.json: root.path {}", path.display());
         let mut opened = Vec::new();
-        let layers = super::layers::of_root(o.fd.as_fd(), &what)?;
+        let layers = super::layers::of_root(o.fd.as_fd(), &what)?
+            .iter()
+            .map(|l| super::layers::resolve(l, &what))
+            .collect::<Result<Vec<_>, _>>()?;
         super::layers::refuse_trusted_markers(&layers, &what)?;
         for l in layers {
             let lo = crate::plan::open_host_path(&l)

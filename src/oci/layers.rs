@@ -23,6 +23,12 @@ const HARMLESS: &[&str] = &[
     "redirect_dir=off",
     "redirect_dir=nofollow",
     "userxattr",
+    // How the engine's own writes to its upper layer are synced: the container never
+    // writes that layer (it is one of its read-only lowers).
+    "volatile",
+    "fsync=volatile",
+    "fsync=auto",
+    "fsync=strict",
 ];
 
 /// The layer directories (topmost first) of the overlayfs whose root `fd` is.
@@ -44,6 +50,53 @@ pub fn of_root(fd: BorrowedFd<'_>, what: &str) -> Result<Vec<PathBuf>, String> {
         ));
     }
     parse(super_opts).map_err(|e| format!("{what}: overlayfs mount {id}: {e}"))
+}
+
+/// `layer` with its symbolic links resolved (podman names its lowers by links under
+/// `overlay/l/`), each link owned by root in a directory only root can write, so that
+/// what is opened is what the engine mounted; the result has no links left.
+pub fn resolve(layer: &std::path::Path, what: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |e: std::io::Error| format!("{what}: overlay layer {}: {e}", layer.display());
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    let mut todo: Vec<std::ffi::OsString> = layer
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    while let Some(c) = todo.pop() {
+        match c.to_str() {
+            Some("/" | ".") => continue,
+            Some("..") => {
+                cur.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = cur.join(&c);
+        let m = std::fs::symlink_metadata(&next).map_err(err)?;
+        if !m.file_type().is_symlink() {
+            cur = next;
+            continue;
+        }
+        let parent = std::fs::symlink_metadata(&cur).map_err(err)?;
+        links += 1;
+        if m.uid() != 0 || parent.uid() != 0 || parent.mode() & 0o022 != 0 || links > 40 {
+            return Err(format!(
+                "{what}: overlay layer {}: the symbolic link {} is not root's in a directory \
+                 only root can write; nixcell follows no other links in host paths",
+                layer.display(),
+                next.display()
+            ));
+        }
+        let target = std::fs::read_link(&next).map_err(err)?;
+        if target.is_absolute() {
+            cur = PathBuf::from("/");
+        }
+        todo.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+    }
+    Ok(cur)
 }
 
 /// An engine marks an opaque directory (one its layer removed and made again) and a
