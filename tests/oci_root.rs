@@ -669,3 +669,18 @@ fn a_layer_link_in_a_directory_others_write_is_refused() {
     );
     assert_empty_dir(&b.dir.path().join("state"), "state");
 }
+
+/// A pod's sandbox (pause) container, marked so by the CRI plugin, keeps its image root
+/// though the pod's closure annotation reaches it too.
+#[test]
+fn a_cri_sandbox_keeps_its_image_root_under_a_pod_closure_annotation() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let mut cfg = config("cat /etc/image-file");
+        cfg["annotations"] = serde_json::json!({
+            "dev.nixcell.closure": "/nix/store/00000000000000000000000000000000-none",
+            "io.kubernetes.cri.container-type": "sandbox"
+        });
+        b.expect(&cfg, &["from the image"]);
+    }
+}
