@@ -26,14 +26,8 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
         "config.json: root is missing (and no dev.nixcell.closure annotation names a closure)",
     )?;
     let path = bundle.join(&root.path);
-    let o = crate::plan::open_host_path(&path)
-        .map_err(|e| format!("config.json: root.path {}: {e}", path.display()))?;
-    if !crate::fsat::is_dir(&o.st) {
-        return Err(format!(
-            "config.json: root.path {}: not a directory",
-            path.display()
-        ));
-    }
+    let what = format!("config.json: root.path {}", path.display());
+    let o = open_dir(&path, &what)?;
     // Started as root, the cell runs as an unprivileged host uid: the image's files
     // are the cell's through idmapped lower layers. An overlayfs (an engine's own
     // image store) cannot be idmapped: its layers are, one by one (`layers.rs`).
@@ -41,7 +35,6 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
         && o.st.st_uid != spec.identity.host_uid
         && on_overlayfs(&o.fd)?
     {
-        let what = format!("config.json: root.path {}", path.display());
         let mut opened = Vec::new();
         let layers = super::layers::of_root(o.fd.as_fd(), &what)?
             .iter()
@@ -49,15 +42,10 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
             .collect::<Result<Vec<_>, _>>()?;
         super::layers::refuse_trusted_markers(&layers, &what)?;
         for l in layers {
-            let lo = crate::plan::open_host_path(&l)
-                .map_err(|e| format!("{what}: overlay layer {}: {e}", l.display()))?;
-            if !crate::fsat::is_dir(&lo.st) {
-                return Err(format!(
-                    "{what}: overlay layer {}: not a directory",
-                    l.display()
-                ));
-            }
-            opened.push(lo);
+            opened.push(open_dir(
+                &l,
+                &format!("{what}: overlay layer {}", l.display()),
+            )?);
         }
         opened
     } else {
@@ -87,6 +75,15 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
         layers: n,
     });
     Ok(())
+}
+
+/// The host directory `path` opened as every mount source is; errors start with `what`.
+fn open_dir(path: &Path, what: &str) -> Result<crate::plan::Opened, String> {
+    let o = crate::plan::open_host_path(path).map_err(|e| format!("{what}: {e}"))?;
+    if !crate::fsat::is_dir(&o.st) {
+        return Err(format!("{what}: not a directory"));
+    }
+    Ok(o)
 }
 
 /// The file system of `fd` is an overlayfs (statfs(2) f_type).

@@ -295,7 +295,7 @@ mod tests {
             "rw,lowerdir=/a::/d,upperdir=/u,workdir=/w",
             "rw,lowerdir=/a,metacopy=on",
             "rw,lowerdir=/a,redirect_dir=on",
-            "rw,lowerdir=/a,upperdir=/u,workdir=/w,volatile",
+            "rw,lowerdir=/a,upperdir=/u,workdir=/w,nfs_export=on",
             "rw,lowerdir=/a,datadir+=/d",
             "rw,lowerdir=rel",
             "rw,lowerdir=/a\\9",
