@@ -52,7 +52,7 @@ tar -cf "$work/closure.tar" $(nix-store -qR "$bb")
 dirroot="$work/bbroot"
 mkdir -p "$dirroot/bin" "$dirroot/etc"
 cp /usr/bin/busybox "$dirroot/bin/"
-for a in sh cat echo id touch grep ls tty sleep nc; do ln -s busybox "$dirroot/bin/$a"; done
+for a in sh cat echo id touch grep ls tty sleep nc mkdir rm; do ln -s busybox "$dirroot/bin/$a"; done
 echo "from the image" > "$dirroot/etc/img"
 tar -C "$dirroot" -cf "$work/bbroot.tar" .
 
@@ -146,6 +146,17 @@ check "podman: an imported image (overlayfs root) runs with nixcell's layers, wr
   4 "from the image" img_writes_stay
 check "podman: an imported image, no capability and nixcell's filters" 0 "CapEff:	0000000000000000" \
   podd "$image-dir" sh -c 'grep -E "CapEff|Seccomp_filters|NoNewPrivs" /proc/self/status'
+# A layer that removes a directory and makes it again: podman's storage marks it opaque
+# with a trusted xattr, which the container's overlay (in its user namespace) cannot read.
+mkdir -p "$work/opq"
+printf 'FROM %s\nRUN mkdir /d && echo old > /d/old\nRUN rm -rf /d && mkdir /d\n' "$image-dir" \
+  > "$work/opq/Containerfile"
+podman build -q --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  -t "$image-opq" "$work/opq" > /dev/null
+check "podman: an image with an opaque directory is refused by name" 126 \
+  "directory d has the xattr trusted.overlay.opaque" podd "$image-opq" true
+podman save -q -o "$work/opq-image.tar" "$image-opq"
+podman rmi -f "$image-opq" > /dev/null
 
 # --- podman, rootless (as the test user of scripts/setup.sh) ---
 rl="$work/rootless"
@@ -265,6 +276,10 @@ i=0
 while c task ls | grep -q "s0.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 c task delete s0 > /dev/null 2>&1 || true
 for id in i1 s0 s1; do c container rm "$id" > /dev/null 2>&1 || true; done
+c image import "$work/opq-image.tar" > /dev/null
+check "containerd: an image with an opaque directory is refused by name" 1 \
+  "has the xattr trusted.overlay.opaque" irun --rm "$image-opq:latest" o1 true
+c container rm o1 > /dev/null 2>&1 || true
 check "containerd: nothing left in the runtime's state" 0 "" \
   sh -c "ls -A /run/containerd/runc/$ns 2>/dev/null | grep . && exit 1 || exit 0"
 
