@@ -137,7 +137,7 @@ podman import -q "$work/bbroot.tar" "$image-dir" > /dev/null
 img_writes_stay() {
   podd "$image-dir" sh -c 'cat /etc/img; id -u; touch /etc/new /top && grep -c " / overlay " /proc/mounts; exit 4'
   rc=$?
-  for d in $(find /var/lib/containers/storage/overlay -maxdepth 2 -name diff); do
+  for d in /var/lib/containers/storage/overlay/*/diff; do
     [ ! -e "$d/top" ] && [ ! -e "$d/etc/new" ] || { echo "a write reached $d"; return 1; }
   done
   return $rc
