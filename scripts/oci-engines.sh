@@ -52,7 +52,7 @@ tar -cf "$work/closure.tar" $(nix-store -qR "$bb")
 dirroot="$work/bbroot"
 mkdir -p "$dirroot/bin" "$dirroot/etc"
 cp /usr/bin/busybox "$dirroot/bin/"
-for a in sh cat echo id touch grep ls tty sleep; do ln -s busybox "$dirroot/bin/$a"; done
+for a in sh cat echo id touch grep ls tty sleep nc mkdir rm; do ln -s busybox "$dirroot/bin/$a"; done
 echo "from the image" > "$dirroot/etc/img"
 tar -C "$dirroot" -cf "$work/bbroot.tar" .
 
@@ -132,9 +132,31 @@ check "podman --rootfs -it: the terminal is /dev/console" 0 "/dev/console" pytho
   podman --runtime "$runtime" run --rm -it --network none --ulimit nofile=1024:1024 \
   --ulimit nproc=1024:1024 --rootfs "$dirroot" sh -c 'tty'
 podman import -q "$work/bbroot.tar" "$image-dir" > /dev/null
-check "podman: an imported image (overlayfs root) is refused clearly when rootful" 126 \
-  "cannot be idmapped" podd "$image-dir" true
-podman rmi -f "$image-dir" > /dev/null
+# An imported image without a closure: podman's overlay storage mounts an overlayfs as
+# the root; its layers become the container's read-only lowers.
+img_writes_stay() {
+  podd "$image-dir" sh -c 'cat /etc/img; id -u; touch /etc/new /top && grep -c " / overlay " /proc/mounts; exit 4'
+  rc=$?
+  for d in /var/lib/containers/storage/overlay/*/diff; do
+    [ ! -e "$d/top" ] && [ ! -e "$d/etc/new" ] || { echo "a write reached $d"; return 1; }
+  done
+  return $rc
+}
+check "podman: an imported image (overlayfs root) runs with nixcell's layers, writes stay the container's" \
+  4 "from the image" img_writes_stay
+check "podman: an imported image, no capability and nixcell's filters" 0 "CapEff:	0000000000000000" \
+  podd "$image-dir" sh -c 'grep -E "CapEff|Seccomp_filters|NoNewPrivs" /proc/self/status'
+# A layer that removes a directory and makes it again: podman's storage marks it opaque
+# with a trusted xattr, which the container's overlay (in its user namespace) cannot read.
+mkdir -p "$work/opq"
+printf 'FROM %s\nRUN mkdir /d && echo old > /d/old\nRUN rm -rf /d && mkdir /d\n' "$image-dir" \
+  > "$work/opq/Containerfile"
+podman build -q --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  -t "$image-opq" "$work/opq" > /dev/null
+check "podman: an image with an opaque directory is refused by name" 126 \
+  "directory d has the xattr trusted.overlay.opaque" podd "$image-opq" true
+podman save -q -o "$work/opq-image.tar" "$image-opq"
+podman rmi -f "$image-opq" > /dev/null
 
 # --- podman, rootless (as the test user of scripts/setup.sh) ---
 rl="$work/rootless"
@@ -244,8 +266,33 @@ i=0
 while c task ls | grep -q "p0.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 c task delete p0 > /dev/null 2>&1 || true
 for id in p0 p1 p2 p3 p4; do c container rm "$id" > /dev/null 2>&1 || true; done
+# An image imported into this containerd (no --rootfs: its overlayfs snapshotter mounts
+# the root), as the CRI plugin runs a pod: a pause-like sandbox from the image, then a
+# container with the closure annotation joining its namespaces.
+podman save -q -o "$work/bbroot-image.tar" "$image-dir"
+c image import "$work/bbroot-image.tar" > /dev/null
+irun() {
+  c run --runtime io.containerd.runc.v2 --runc-binary "$runtime" "$@"
+}
+check "containerd: an imported image (overlayfs snapshot) runs, exit status" 7 "from the image" \
+  irun --rm "$image-dir:latest" i1 sh -c 'cat /etc/img; touch /etc/new && exit 7'
+irun -d $podp "$image-dir:latest" s0 sh -c 'while true; do echo pong | nc -l -p 8080; done' > /dev/null
+spid=$(c task ls | awk '$1 == "s0" { print $2 }')
+sjoins="--with-ns network:/proc/$spid/ns/net --with-ns ipc:/proc/$spid/ns/ipc --with-ns uts:/proc/$spid/ns/uts"
+check "containerd pod from an image: a closure container reaches the sandbox's listener" 0 "pong" \
+  crun_ "--rm $podp $sjoins" s1 sh -c 'for i in 1 2 3 4 5; do nc 127.0.0.1 8080 < /dev/null && break; sleep 0.3; done'
+c task kill -s SIGKILL s0
+i=0
+while c task ls | grep -q "s0.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+c task delete s0 > /dev/null 2>&1 || true
+for id in i1 s0 s1; do c container rm "$id" > /dev/null 2>&1 || true; done
+c image import "$work/opq-image.tar" > /dev/null
+check "containerd: an image with an opaque directory is refused by name" 1 \
+  "has the xattr trusted.overlay.opaque" irun --rm "$image-opq:latest" o1 true
+c container rm o1 > /dev/null 2>&1 || true
 check "containerd: nothing left in the runtime's state" 0 "" \
   sh -c "ls -A /run/containerd/runc/$ns 2>/dev/null | grep . && exit 1 || exit 0"
 
+podman rmi -f "$image-dir" > /dev/null
 echo "oci-engines: $failed failed"
 [ "$failed" = 0 ]

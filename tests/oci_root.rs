@@ -501,3 +501,186 @@ fn mounts_below_a_bind_of_a_shared_host_mount_stay_in_the_container() {
     assert_has(&out, "1\n");
     assert!(!leaked, "the container's tmpfs appeared on the host");
 }
+
+/// An overlayfs mounted at a bundle's rootfs (as an engine's snapshotter mounts one),
+/// unmounted when dropped.
+struct EngineOverlay {
+    mnt: PathBuf,
+    layers: PathBuf,
+}
+
+impl EngineOverlay {
+    /// The bundle's image becomes the lower layer `lower` (a name with a colon and a
+    /// newline, as mountinfo escapes them), named by a link `l/lower`; an upper layer
+    /// holds a file and a whiteout of `/etc/gone`.
+    fn mount(b: &Bundle, lower: &str) -> EngineOverlay {
+        let layers = b.dir.path().join("layers");
+        let (l, u, w) = (
+            layers.join(lower),
+            layers.join("upper"),
+            layers.join("work"),
+        );
+        for d in [&u, &w] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mnt = b.rootfs();
+        std::fs::write(mnt.join("etc/gone"), "deleted by the upper layer\n").unwrap();
+        std::fs::rename(&mnt, &l).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::create_dir(u.join("etc")).unwrap();
+        std::fs::write(u.join("etc/upper-file"), "from the engine's upper\n").unwrap();
+        let gone = std::ffi::CString::new(path_str(&u.join("etc/gone"))).unwrap();
+        // SAFETY: a valid path; a 0/0 character device is overlayfs's whiteout.
+        assert_eq!(unsafe { libc::mknod(gone.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        // Named by a link under `l/`, as podman names its lowers.
+        let link = layers.join("l").join(lower);
+        std::fs::create_dir(layers.join("l")).unwrap();
+        symlink(Path::new("..").join(lower), &link).unwrap();
+        let esc = path_str(&link).replace(':', "\\:");
+        let data = format!(
+            "lowerdir={esc},upperdir={},workdir={}",
+            path_str(&u),
+            path_str(&w)
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &mnt,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .unwrap();
+        EngineOverlay { mnt, layers }
+    }
+}
+
+impl Drop for EngineOverlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Started as root over an engine's overlayfs root (which cannot be idmapped), the
+/// container sees the overlay's layers merged (the upper's file and whiteout), owns its
+/// root, and its writes reach none of the layers.
+#[test]
+fn an_engines_overlayfs_root_is_seen_merged_and_never_written() {
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "low:er\nlayer");
+    let out = b.expect(
+        &config(
+            "cat /etc/image-file /etc/upper-file; test -e /etc/gone || echo gone-ok; \
+             id -u; stat -c 'root %u:%g' /; stat -c 'busybox %u:%g' /bin/busybox; \
+             echo new > /etc/upper-file && cat /etc/upper-file; echo w > /etc/image-file; \
+             mkdir /made && echo made-ok; grep -c ' / overlay ' /proc/mounts",
+        ),
+        &[
+            "from the image\nfrom the engine's upper\ngone-ok\n0\nroot 0:0\nbusybox 0:0\nnew\n\
+             made-ok\n1",
+        ],
+    );
+    assert!(!out.contains("denied"), "{out}");
+    for (f, want) in [
+        ("upper/etc/upper-file", "from the engine's upper\n"),
+        ("low:er\nlayer/etc/image-file", "from the image\n"),
+    ] {
+        assert_eq!(std::fs::read_to_string(ov.layers.join(f)).unwrap(), want);
+    }
+    for p in [
+        ov.layers.join("upper/made"),
+        ov.layers.join("upper/etc/image-file"),
+        ov.mnt.join("made"),
+    ] {
+        assert!(!p.exists(), "{}", p.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(ov.mnt.join("etc/upper-file")).unwrap(),
+        "from the engine's upper\n"
+    );
+}
+
+/// A root.path inside an engine's overlayfs (not its mount root), directly or as a bind
+/// of one of its directories, is refused by name, and nothing is left.
+#[test]
+fn a_directory_inside_an_overlayfs_root_is_refused() {
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "lower");
+    let sub = b.dir.path().join("bundle/sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some(&ov.mnt.join("etc")),
+        &sub,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    for root in ["rootfs/etc", "sub"] {
+        let mut cfg = config("true");
+        cfg["root"]["path"] = root.into();
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, -1, "{root}: {out}");
+        assert_has(&out, "a directory inside an overlayfs");
+        assert_empty_dir(&b.dir.path().join("state"), root);
+    }
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
+/// A directory an engine marked opaque (a trusted xattr the container's overlay, in its
+/// user namespace, does not read) is refused by name rather than shown merged with the
+/// files its layer removed; nothing is left.
+#[test]
+fn an_opaque_directory_of_an_engines_layer_is_refused_by_name() {
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "lower");
+    let dir = ov.layers.join("upper/etc");
+    let c = std::ffi::CString::new(path_str(&dir)).unwrap();
+    // SAFETY: valid C strings and a one-byte value.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            c"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let (code, out) = b.run(&config("cat /etc/image-file"));
+    assert_eq!(code, -1, "{out}");
+    assert_has(&out, "directory etc has the xattr trusted.overlay.opaque");
+    assert_empty_dir(&b.dir.path().join("state"), "state");
+}
+
+/// A layer named by a link in a directory others may write (where anyone could have
+/// swapped the link) is refused by name; nothing is left.
+#[test]
+fn a_layer_link_in_a_directory_others_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bundle::new(Mode::Root);
+    let ov = EngineOverlay::mount(&b, "lower");
+    let l = ov.layers.join("l");
+    std::fs::set_permissions(&l, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, out) = b.run(&config("cat /etc/image-file"));
+    assert_eq!(code, -1, "{out}");
+    assert_has(
+        &out,
+        &format!("the symbolic link {}/lower is not root's", l.display()),
+    );
+    assert_empty_dir(&b.dir.path().join("state"), "state");
+}
+
+/// A pod's sandbox (pause) container, marked so by the CRI plugin, keeps its image root
+/// though the pod's closure annotation reaches it too.
+#[test]
+fn a_cri_sandbox_keeps_its_image_root_under_a_pod_closure_annotation() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let mut cfg = config("cat /etc/image-file");
+        cfg["annotations"] = serde_json::json!({
+            "dev.nixcell.closure": "/nix/store/00000000000000000000000000000000-none",
+            "io.kubernetes.cri.container-type": "sandbox"
+        });
+        b.expect(&cfg, &["from the image"]);
+    }
+}

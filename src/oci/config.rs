@@ -13,6 +13,11 @@ use std::path::Path;
 const MAX_CONFIG: u64 = 4 << 20;
 /// Annotation naming the store path whose closure is the container's root.
 pub const CLOSURE_ANNOTATION: &str = "dev.nixcell.closure";
+/// The CRI plugins' mark of a pod's sandbox (pause) container (containerd, CRI-O).
+const SANDBOX_ANNOTATIONS: &[(&str, &str)] = &[
+    ("io.kubernetes.cri.container-type", "sandbox"),
+    ("io.kubernetes.cri-o.ContainerType", "sandbox"),
+];
 /// Annotation naming the nixcell profile of the container (default `default`).
 pub const PROFILE_ANNOTATION: &str = "dev.nixcell.profile";
 
@@ -202,6 +207,18 @@ pub const OWN_MOUNTS: &[&str] = &[
 ];
 
 impl Config {
+    /// The store path of the closure annotation. A pod's annotations reach its sandbox
+    /// (pause) container too, whose root must stay its image (the closure has no
+    /// `/pause`): the closure is for the pod's other containers.
+    pub fn closure(&self) -> Option<&String> {
+        let sandbox = SANDBOX_ANNOTATIONS
+            .iter()
+            .any(|(k, v)| self.annotations.get(*k).is_some_and(|x| x == v));
+        self.annotations
+            .get(CLOSURE_ANNOTATION)
+            .filter(|_| !sandbox)
+    }
+
     /// Reads `<bundle>/config.json` (no link followed, size-capped).
     pub fn load(bundle: &Path) -> Result<Config, String> {
         let path = bundle.join("config.json");

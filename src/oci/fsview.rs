@@ -7,6 +7,7 @@
 use super::config::{Config, Mount};
 use crate::sandbox::ocimount::{ImageRoot, MountKind, OciFs, OciMount};
 use crate::sandbox::{BindMount, RunSpec};
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,57 +19,71 @@ const IMAGE_LAYER_INODES: u64 = 100_000;
 const DEFAULT_DEVICES: &[&str] = crate::sandbox::rootfs::DEVICES;
 
 /// The image root of a bundle without a closure: `root.path` (relative to the bundle),
-/// opened once; it becomes `spec.mounts[0]`.
+/// opened once; it becomes `spec.mounts[0]` (started as root over an engine's
+/// overlayfs: its layers, topmost first, `spec.mounts[..layers]`).
 pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(), String> {
     let root = cfg.root.as_ref().ok_or(
         "config.json: root is missing (and no dev.nixcell.closure annotation names a closure)",
     )?;
     let path = bundle.join(&root.path);
-    let o = crate::plan::open_host_path(&path)
-        .map_err(|e| format!("config.json: root.path {}: {e}", path.display()))?;
-    if !crate::fsat::is_dir(&o.st) {
-        return Err(format!(
-            "config.json: root.path {}: not a directory",
-            path.display()
-        ));
-    }
+    let what = format!("config.json: root.path {}", path.display());
+    let o = open_dir(&path, &what)?;
     // Started as root, the cell runs as an unprivileged host uid: the image's files
-    // are the cell's through an idmapped lower layer, which an overlayfs (an engine's
-    // own image store) cannot be.
-    if crate::sandbox::ns::is_host_root()
+    // are the cell's through idmapped lower layers. An overlayfs (an engine's own
+    // image store) cannot be idmapped: its layers are, one by one (`layers.rs`).
+    let layers = if crate::sandbox::ns::is_host_root()
         && o.st.st_uid != spec.identity.host_uid
         && on_overlayfs(&o.fd)?
     {
-        return Err(format!(
-            "config.json: root.path {}: an overlayfs owned by uid {} cannot be idmapped for \
-             the cell (it runs as the unprivileged host uid {}), so the container could not \
-             make its mount points or write its root; give a plain directory (podman run \
-             --rootfs DIR, ctr run --rootfs DIR) or run the engine rootless",
-            path.display(),
-            o.st.st_uid,
-            spec.identity.host_uid
-        ));
+        let mut opened = Vec::new();
+        let layers = super::layers::of_root(o.fd.as_fd(), &what)?
+            .iter()
+            .map(|l| super::layers::resolve(l, &what))
+            .collect::<Result<Vec<_>, _>>()?;
+        super::layers::refuse_trusted_markers(&layers, &what)?;
+        for l in layers {
+            opened.push(open_dir(
+                &l,
+                &format!("{what}: overlay layer {}", l.display()),
+            )?);
+        }
+        opened
+    } else {
+        vec![o]
+    };
+    let n = layers.len();
+    for (i, o) in layers.into_iter().enumerate() {
+        spec.mounts.insert(
+            i,
+            BindMount {
+                source: o.real.clone(),
+                dest: PathBuf::from("/"),
+                // The image itself is never written: the cell writes its overlay's upper layer.
+                writable: false,
+                is_dir: true,
+                dev: o.st.st_dev,
+                ino: o.st.st_ino,
+                owner: (o.st.st_uid, o.st.st_gid),
+            },
+        );
+        spec.sources.insert(i, Arc::new(o.fd));
     }
-    spec.mounts.insert(
-        0,
-        BindMount {
-            source: o.real.clone(),
-            dest: PathBuf::from("/"),
-            // The image itself is never written: the cell writes its overlay's upper layer.
-            writable: false,
-            is_dir: true,
-            dev: o.st.st_dev,
-            ino: o.st.st_ino,
-            owner: (o.st.st_uid, o.st.st_gid),
-        },
-    );
-    spec.sources.insert(0, Arc::new(o.fd));
     spec.oci_fs.get_or_insert_with(OciFs::default).image = Some(ImageRoot {
         readonly: root.readonly,
         size_bytes: IMAGE_LAYER_BYTES,
         inodes: IMAGE_LAYER_INODES,
+        layers: n,
     });
     Ok(())
+}
+
+/// The host directory `path` opened as every mount source is; errors start with `what`.
+fn open_dir(path: &Path, what: &str) -> Result<crate::plan::Opened, String> {
+    let o = crate::plan::open_host_path(path).map_err(|e| format!("{what}: {e}"))?;
+    if !crate::fsat::is_dir(&o.st) {
+        return Err(format!("{what}: not a directory"));
+    }
+    Ok(o)
 }
 
 /// The file system of `fd` is an overlayfs (statfs(2) f_type).

@@ -15,6 +15,7 @@ pub mod config;
 pub mod exec;
 pub mod fsview;
 pub mod hooks;
+pub mod layers;
 pub mod process;
 pub mod seccomp;
 pub mod state;
@@ -143,7 +144,7 @@ fn create_in(
 ) -> Res {
     let process = cfg.process()?;
     // Without a closure the root is the bundle's root.path (fsview.rs).
-    let closure = cfg.annotations.get(config::CLOSURE_ANNOTATION);
+    let closure = cfg.closure();
     let profile_name = cfg
         .annotations
         .get(config::PROFILE_ANNOTATION)

@@ -241,11 +241,11 @@ impl RunSpec {
         self.oci_fs.as_ref()?.image.as_ref()
     }
 
-    /// `mounts[i]` is cloned without its submounts: an image root (an overlay's lower
-    /// layer) or a plain `bind` of config.json.
+    /// `mounts[i]` is cloned without its submounts: an image root's layer (an overlay's
+    /// lower layer) or a plain `bind` of config.json.
     pub fn flat_source(&self, i: usize) -> bool {
         let Some(fs) = &self.oci_fs else { return false };
-        (i == 0 && fs.image.is_some())
+        fs.image.as_ref().is_some_and(|img| i < img.layers)
             || fs.mounts.iter().any(|m| {
                 m.kind
                     == ocimount::MountKind::Bind {

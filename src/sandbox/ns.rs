@@ -50,8 +50,10 @@ pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMou
     setgroups(&[]).at(STAGE, "setgroups", "[]")?;
     let mut fds = Vec::with_capacity(spec.mounts.len());
     for (i, m) in spec.mounts.iter().enumerate() {
-        // An image root is an overlay's lower layer as a copy-on-write workdir is.
-        let cow = i == 0 && (spec.work.is_some() || spec.image_root().is_some());
+        // An image root's layers are an overlay's lower layers as a copy-on-write
+        // workdir is.
+        let cow =
+            (i == 0 && spec.work.is_some()) || spec.image_root().is_some_and(|img| i < img.layers);
         let mut flags = sys::OPEN_TREE_CLONE | sys::OPEN_TREE_CLOEXEC;
         if !cow && !spec.flat_source(i) {
             flags |= libc::AT_RECURSIVE as u32;

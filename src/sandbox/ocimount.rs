@@ -44,6 +44,14 @@ pub struct ImageRoot {
     pub readonly: bool,
     pub size_bytes: u64,
     pub inodes: u64,
+    /// The read-only lower layers, `spec.mounts[..layers]`, topmost first (more than
+    /// one: the layers of an engine's overlayfs root).
+    #[serde(default = "one")]
+    pub layers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One mount of config.json.
@@ -135,15 +143,21 @@ pub fn build_image(spec: &RunSpec, b: &Builder<'_>, img: &ImageRoot) -> StageRes
         .mode(0o755)
         .create(NEW_ROOT)
         .at(S, "mkdir", NEW_ROOT)?;
-    let lower = (b.tree)(0, false)?;
-    sys::set_tree_propagation(lower.as_raw_fd(), libc::MS_PRIVATE).at(
-        S,
-        "mount_setattr(MS_PRIVATE)",
-        LOWER,
-    )?;
-    stage_layers(S, lower, LOWER, LAYER, img.size_bytes, img.inodes)?;
-    overlay(S, LOWER, LAYER, Path::new(NEW_ROOT))?;
-    for staged in [LOWER, LAYER] {
+    let mut lowers = Vec::with_capacity(img.layers);
+    for i in 0..img.layers {
+        let dir = format!("{LOWER}-{i}");
+        let tree = (b.tree)(i, false)?;
+        sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_PRIVATE).at(
+            S,
+            "mount_setattr(MS_PRIVATE)",
+            &dir,
+        )?;
+        stage_lower(S, tree, &dir)?;
+        lowers.push(dir);
+    }
+    stage_layer(S, LAYER, img.size_bytes, img.inodes)?;
+    overlay(S, &lowers.join(":"), LAYER, Path::new(NEW_ROOT))?;
+    for staged in lowers.iter().map(String::as_str).chain([LAYER]) {
         umount2(staged, MntFlags::MNT_DETACH).at(S, "umount2(MNT_DETACH)", staged)?;
     }
     let root = open_dir(Path::new(NEW_ROOT)).at(S, "open", NEW_ROOT)?;
@@ -175,13 +189,17 @@ pub fn stage_layers(
     size_bytes: u64,
     inodes: u64,
 ) -> StageResult {
-    for d in [lower_dir, layer_dir] {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(d)
-            .at(stage, "mkdir", d)?;
-    }
+    stage_lower(stage, lower, lower_dir)?;
+    stage_layer(stage, layer_dir, size_bytes, inodes)
+}
+
+/// The tree `lower` read-only at `lower_dir`.
+fn stage_lower(stage: Stage, lower: OwnedFd, lower_dir: &str) -> StageResult {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(lower_dir)
+        .at(stage, "mkdir", lower_dir)?;
     sys::move_mount_fd(lower.as_raw_fd(), Path::new(lower_dir)).at(
         stage,
         "move_mount",
@@ -194,7 +212,16 @@ pub fn stage_layers(
         sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
         None,
     )
-    .at(stage, "mount_setattr(RDONLY)", lower_dir)?;
+    .at(stage, "mount_setattr(RDONLY)", lower_dir)
+}
+
+/// A capped tmpfs at `layer_dir` holding an overlay's `upper` and `work`.
+fn stage_layer(stage: Stage, layer_dir: &str, size_bytes: u64, inodes: u64) -> StageResult {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(layer_dir)
+        .at(stage, "mkdir", layer_dir)?;
     mount(
         Some("tmpfs"),
         layer_dir,
@@ -212,7 +239,7 @@ pub fn stage_layers(
     Ok(())
 }
 
-/// An overlay at `dest`: `lower` read-only below, `layer`'s `upper` and `work` above.
+/// An overlay at `dest`: `lower` (one directory or several, `:`-separated) read-only below, `layer`'s `upper` and `work` above.
 /// Only full copies, whiteouts and opaque markers are written to the upper layer (no
 /// redirects, metacopy, index or xino); `userxattr`, as a user namespace needs.
 pub fn overlay(stage: Stage, lower: &str, layer: &str, dest: &Path) -> StageResult {
