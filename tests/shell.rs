@@ -117,6 +117,54 @@ impl Session {
         }
     }
 
+    /// Waits until a `sleep` below this nixcell is its terminal's foreground job and
+    /// running (read from the host's /proc), so that a ^C or ^Z typed next reaches it
+    /// rather than the shell still reading its line.
+    fn await_foreground_sleep(&self) {
+        let root = self.child.id() as i32;
+        let start = Instant::now();
+        loop {
+            let mut parent = std::collections::HashMap::new();
+            let mut sleeps = Vec::new();
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                let Some((head, rest)) = stat.rsplit_once(") ") else {
+                    continue;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let field = |i: usize| f[i].parse::<i32>().unwrap_or(-1);
+                // state ppid pgrp session tty_nr tpgid
+                parent.insert(pid, field(1));
+                if head.ends_with("(sleep") && f[0] != "T" && field(2) == field(5) {
+                    sleeps.push(pid);
+                }
+            }
+            let below = |mut p: i32| {
+                while p > 1 {
+                    p = *parent.get(&p).unwrap_or(&0);
+                    if p == root {
+                        return true;
+                    }
+                }
+                false
+            };
+            if sleeps.into_iter().any(below) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no sleep became the foreground job; seen: {:?}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for nixcell to end; returns (exit status, stdout).
     fn wait(mut self) -> (Option<i32>, String, Session) {
         let mut out = String::new();
@@ -179,20 +227,20 @@ fn job_control_works_in_the_cell() {
         s.expect("killed-143-0");
         // ^C reaches the foreground job (the terminal's, in the cell).
         s.send("sleep 100\n");
-        std::thread::sleep(Duration::from_millis(500));
+        s.await_foreground_sleep();
         s.send("\x03");
         s.send("echo status-$?\n");
         s.expect("status-130");
         // ^Z stops it, fg brings it back.
         s.send("sleep 100\n");
-        std::thread::sleep(Duration::from_millis(500));
+        s.await_foreground_sleep();
         s.send("\x1a");
         s.expect("Stopped");
         s.send("echo stopped-$(jobs -s | wc -l)\n");
         s.expect("stopped-1");
         s.send("fg\n");
         s.expect("sleep 100");
-        std::thread::sleep(Duration::from_millis(500));
+        s.await_foreground_sleep();
         s.send("\x03");
         s.send("echo resumed-$?-$(jobs | wc -l); exit 3\n");
         s.expect("resumed-130-0");
