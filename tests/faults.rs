@@ -210,22 +210,31 @@ fn replacing_the_binary_while_a_cell_runs_does_not_disturb_it() {
                 c
             }
         };
-        let child = c
+        let mut child = c
             .args(["run", "--env-path", path_str(&busybox()), "--"])
-            .args(["sh", "-c", "sleep 1.5; echo still-here; exit 3"])
+            .args([
+                "sh",
+                "-c",
+                "echo started; sleep 1.5; echo still-here; exit 3",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(700));
+        // The cell's command runs (so every re-exec of the binary is behind it).
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "started\n", "{mode:?}");
         // An upgrade: a new file renamed over the old name.
         let next = dir.path().join("nixcell.new");
         std::fs::write(&next, b"#!/bin/sh\nexit 99\n").unwrap();
         std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         std::fs::rename(&next, &copy).unwrap();
-        let o = child.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(3), "{mode:?}");
-        assert_eq!(text(&o.stdout), "still-here\n", "{mode:?}");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(3), "{mode:?}");
+        assert_eq!(rest, "still-here\n", "{mode:?}");
     }
 }
 
