@@ -10,9 +10,15 @@ nixcell=$repo/target/debug/nixcell
 bb=$(readlink -f "$repo/target/gcroots/busybox" 2> /dev/null || true)
 
 check() { # NAME DETAIL-ON-FAILURE: result of the previous command
-  local rc=$? name=$1
-  shift
-  if [ $rc = 0 ]; then echo "KMX-CHECK ok $name"; else echo "KMX-CHECK FAIL $name: $*"; fi
+  check_status $? "$@"
+}
+
+# check_status STATUS NAME DETAIL-ON-FAILURE: for a detail made by a command
+# substitution, which would reset $? before check could read it.
+check_status() {
+  local rc=$1 name=$2
+  shift 2
+  if [ "$rc" = 0 ]; then echo "KMX-CHECK ok $name"; else echo "KMX-CHECK FAIL $name: $*"; fi
 }
 
 # run_as_user CMD...: as the test user, from the harness cgroup the user owns.
@@ -168,11 +174,55 @@ cgroup_checks() {
   done
 }
 
+# The OCI runtime's linux.cgroupsPath and linux.resources on cgroup v2: the
+# container's cgroup made at the path (root: absolute, below the unified mount; the
+# test user: relative, below its delegated cgroup), the asked limits there (the
+# profile's pids ceiling 512 the stricter), PID 1 in it, `delete` removing it only.
+oci_cgroup_checks() {
+  local mode dir path cgdir pid rel uid
+  uid=$(id -u "$tu")
+  for mode in root user; do
+    dir=$(mktemp -d /tmp/kmx-oci.XXXXXX)
+    if [ "$mode" = root ]; then
+      path=/kmx-oci/pod/ctr rel=$path
+    else
+      path=kmx-oci/ctr rel=/nixcell.slice/user-$uid/$path
+    fi
+    cgdir=/sys/fs/cgroup$rel
+    mkdir -p "$dir/bundle"
+    cat > "$dir/bundle/config.json" << EOF_JSON
+{"ociVersion": "1.0.2",
+ "process": {"args": ["sleep", "30"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+ "root": {"path": "rootfs"}, "annotations": {"dev.nixcell.closure": "$bb"},
+ "linux": {"cgroupsPath": "$path",
+           "resources": {"memory": {"limit": 50593792}, "pids": {"limit": 1000}}}}
+EOF_JSON
+    oci() {
+      if [ "$mode" = user ]; then
+        run_as_user "$nixcell" oci --root "$dir/state" "$@"
+      else
+        "$nixcell" oci --root "$dir/state" "$@"
+      fi
+    }
+    [ "$mode" = user ] && chown -R "$tu:" "$dir"
+    oci create --bundle "$dir/bundle" --pid-file "$dir/pid" kmx < /dev/null > "$dir/err" 2>&1
+    pid=$(cat "$dir/pid" 2> /dev/null)
+    [ -n "$pid" ] && [ "$(cat "$cgdir/memory.max")" = 50593792 ] \
+      && [ "$(cat "$cgdir/pids.max")" = 512 ] && grep -q "^0::$rel\(/\|$\)" "/proc/$pid/cgroup"
+    check_status $? "oci-cgroups-path-v2-$mode" "$(cat "$dir/err"; cat "/proc/$pid/cgroup" "$cgdir/memory.max" "$cgdir/pids.max" 2>&1)"
+    oci delete --force kmx > "$dir/err" 2>&1
+    [ ! -e "$cgdir" ] && [ -d "${cgdir%/*}" ]
+    check_status $? "oci-cgroups-path-v2-delete-$mode" "$(cat "$dir/err"; ls -d "$cgdir" 2>&1)"
+    rmdir "${cgdir%/*}" /sys/fs/cgroup/kmx-oci/pod /sys/fs/cgroup/kmx-oci 2> /dev/null
+    rm -rf "$dir"
+  done
+}
+
 userns_checks() {
   local mode
   "$nixcell" doctor > /tmp/doctor.txt 2>&1
   grep -q '^namespaces *no:' /tmp/doctor.txt && grep -q 'user.max_user_namespaces=0' /tmp/doctor.txt
-  check doctor-userns "$(cat /tmp/doctor.txt)"
+  check_status $? doctor-userns "$(cat /tmp/doctor.txt)"
   for mode in root user; do
     jrun /tmp/v-ns "$mode" --env-path "$bb" -- sh -c 'echo ran'
     jtest /tmp/v-ns "rc == 125 and 'max_user_namespaces' in json.dumps(v) + open(f + '.err').read() and 'ran' not in str(v.get('stdout'))"
@@ -233,6 +283,7 @@ guest_main() {
       landlock_checks "$kabi"
       layers_line /tmp/v-default
       cgroup_checks
+      oci_cgroup_checks
       # shellcheck disable=SC2086
       run_suites ${KMX_SUITES:-runner escape profiles}
       ;;

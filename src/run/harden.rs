@@ -287,10 +287,9 @@ impl Hardening {
         self.cgroup.as_ref().map(|cg| cg.usage())
     }
 
-    /// Moves the run's cgroup to `path` (an OCI container's `linux.cgroupsPath`, v1):
+    /// Moves the run's cgroup to `path` (an OCI container's `linux.cgroupsPath`):
     /// made there with the same limits, the one `prepare` made removed. Before the
-    /// cell starts only. `Ok(Some(why))` when it is not moved (no cgroup layer, cgroup
-    /// v2), Err when the cgroup cannot be made there.
+    /// cell starts only. `Ok(Some(why))` when it is not moved (no cgroup layer), Err when the cgroup cannot be made there.
     pub fn place_cgroup(&mut self, path: &std::path::Path) -> Result<Option<String>, String> {
         if self.cgroup.is_none() {
             return Ok(Some("the cell has no cgroup (see the cgroup layer)".into()));
@@ -301,13 +300,9 @@ impl Hardening {
             pids: self.limits.pids,
         };
         let h = Hierarchy::detect().map_err(|e| e.to_string())?;
-        if h.version != crate::sandbox::cgroup::Version::V1 {
-            return Ok(Some("honoured on cgroup v1 only".into()));
-        }
-        let dirs = h
-            .named_dirs(nix::unistd::geteuid().as_raw(), path)
-            .map_err(|e| e.to_string())?;
-        let run = h.create_at(dirs, &wanted).map_err(|e| e.to_string())?;
+        let uid = nix::unistd::geteuid().as_raw();
+        let dirs = h.named_dirs(uid, path).map_err(|e| e.to_string())?;
+        let run = h.create_at(uid, dirs, &wanted).map_err(|e| e.to_string())?;
         let fd = match run.open_cell_procs() {
             Ok(fd) => fd,
             Err(e) => {

@@ -285,48 +285,103 @@ impl Hierarchy {
         self.make(dirs, notes, limits)
     }
 
-    /// v1: the directories of the cgroup an OCI engine names (`linux.cgroupsPath`,
-    /// checked to have no `..`): an absolute path under each controller's mount, a
-    /// relative one under `uid`'s base ([`Hierarchy::bases`]).
+    /// The directories of the cgroup an OCI engine names (`linux.cgroupsPath`,
+    /// checked to have no `..`): an absolute path under each controller's mount (v1)
+    /// or the unified mount (v2), a relative one under `uid`'s base
+    /// ([`Hierarchy::bases`]).
     pub fn named_dirs(&self, uid: u32, path: &Path) -> Result<Vec<(String, PathBuf)>, CgroupError> {
-        if self.version != Version::V1 {
-            return Err(CgroupError::NoController("cpu, memory, pids (v1)".into()));
-        }
         let rel = path.strip_prefix("/").unwrap_or(path);
-        if path.is_absolute() {
-            CONTROLLERS
-                .iter()
-                .map(|c| {
-                    self.v1
-                        .iter()
-                        .find(|(n, _)| n == c)
-                        .map(|(_, m)| (c.to_string(), m.join(rel)))
-                        .ok_or_else(|| CgroupError::NoController(c.to_string()))
-                })
-                .collect()
-        } else {
-            Ok(self
+        if !path.is_absolute() {
+            return Ok(self
                 .bases(uid)?
                 .into_iter()
                 .map(|(c, b)| (c, b.join(rel)))
-                .collect())
+                .collect());
         }
+        if self.version == Version::V2 {
+            return Ok(vec![(String::new(), self.unified.join(rel))]);
+        }
+        CONTROLLERS
+            .iter()
+            .map(|c| {
+                self.v1
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .map(|(_, m)| (c.to_string(), m.join(rel)))
+                    .ok_or_else(|| CgroupError::NoController(c.to_string()))
+            })
+            .collect()
     }
 
     /// A cgroup at `dirs` (their parents made as needed; each leaf must be new, never
     /// a cgroup shared with another container) with `limits`, as [`Self::create_run`]
-    /// makes one under its base.
+    /// makes one under its base. On v2 the controllers are enabled in the
+    /// `subtree_control` of every ancestor, from the unified mount (`uid` 0) or from
+    /// `uid`'s base (a delegated user's own subtree) down to the parent: a cgroup
+    /// gets only the controllers its parent hands down.
     pub fn create_at(
         &self,
+        uid: u32,
         dirs: Vec<(String, PathBuf)>,
         limits: &CgroupLimits,
     ) -> Result<RunCgroup, CgroupError> {
         for (_, d) in &dirs {
-            if let Some(parent) = d.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent, "mkdir"))?;
+            let Some(parent) = d.parent() else { continue };
+            // v2: checked to be in the subtree `uid` manages before anything is made.
+            let chain = match self.version {
+                Version::V2 => self.v2_chain(parent, uid)?,
+                Version::V1 => Vec::new(),
+            };
+            std::fs::create_dir_all(parent).map_err(io(parent, "mkdir"))?;
+            for d in &chain {
+                self.enable_in(d)?;
             }
         }
         self.make(dirs, Vec::new(), limits)
+    }
+
+    /// v2: `dir` and its ancestors up to the top `uid` manages (the unified mount for
+    /// root, its base otherwise), top first: where the controllers must be handed
+    /// down. A directory outside that subtree is an error.
+    fn v2_chain(&self, dir: &Path, uid: u32) -> Result<Vec<PathBuf>, CgroupError> {
+        let top = if uid == 0 {
+            self.unified.clone()
+        } else {
+            self.bases(uid)?.remove(0).1
+        };
+        let Ok(below) = dir.strip_prefix(&top) else {
+            return Err(CgroupError::Io {
+                op: "enable controllers",
+                path: dir.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            });
+        };
+        let mut chain = vec![top.clone()];
+        let mut at = top;
+        for c in below.components() {
+            at = at.join(c);
+            chain.push(at.clone());
+        }
+        Ok(chain)
+    }
+
+    /// Writes `+memory +cpu +pids` (those `dir` does not hand down yet) to its
+    /// `cgroup.subtree_control`.
+    fn enable_in(&self, dir: &Path) -> Result<(), CgroupError> {
+        let have = read(&dir.join("cgroup.subtree_control")).unwrap_or_default();
+        let want: Vec<String> = CONTROLLERS
+            .iter()
+            .filter(|c| {
+                !have
+                    .split_whitespace()
+                    .any(|x| x.trim_start_matches('+') == **c)
+            })
+            .map(|c| format!("+{c}"))
+            .collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        write(&dir.join("cgroup.subtree_control"), &want.join(" "))
     }
 
     fn make(
@@ -380,21 +435,7 @@ impl Hierarchy {
             }
         }
         for dir in chain.iter().rev() {
-            let have = read(&dir.join("cgroup.subtree_control")).unwrap_or_default();
-            let want: Vec<String> = CONTROLLERS
-                .iter()
-                .filter(|c| {
-                    !have
-                        .split_whitespace()
-                        .any(|x| x.trim_start_matches('+') == **c)
-                })
-                .map(|c| format!("+{c}"))
-                .collect();
-            if want.is_empty() {
-                continue;
-            }
-            let f = dir.join("cgroup.subtree_control");
-            if let Err(e) = write(&f, &want.join(" ")) {
+            if let Err(e) = self.enable_in(dir) {
                 if dir == base {
                     return Err(e);
                 }
@@ -744,6 +785,47 @@ mod tests {
             assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "7");
         }
         a.remove();
+    }
+
+    #[test]
+    fn v2_named_paths_get_the_controllers_handed_down_to_them() {
+        let t = tempfile::tempdir().unwrap();
+        let h = fake_v2(t.path());
+        let sc = |d: &Path| std::fs::read_to_string(d.join("cgroup.subtree_control")).unwrap();
+        let pids = CgroupLimits {
+            pids: Some(7),
+            ..Default::default()
+        };
+        // Root, absolute: below the unified mount, every ancestor hands them down.
+        let dirs = h.named_dirs(0, Path::new("/pod/ctr")).unwrap();
+        assert_eq!(dirs, vec![(String::new(), t.path().join("pod/ctr"))]);
+        let run = h.create_at(0, dirs, &pids).unwrap();
+        for d in [t.path().to_path_buf(), t.path().join("pod")] {
+            for c in ["+memory", "+cpu", "+pids"] {
+                assert!(sc(&d).contains(c), "{}: {}", d.display(), sc(&d));
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("pod/ctr/pids.max")).unwrap(),
+            "7"
+        );
+        run.remove();
+        assert!(!t.path().join("pod/ctr").exists() && t.path().join("pod").is_dir());
+        // A delegated user, relative: below its base, from the base down only.
+        std::fs::write(t.path().join("cgroup.subtree_control"), "").unwrap();
+        let base = t.path().join("nixcell.slice/user-4321");
+        std::fs::create_dir_all(&base).unwrap();
+        let dirs = h.named_dirs(4321, Path::new("pod2/ctr")).unwrap();
+        assert_eq!(dirs[0].1, base.join("pod2/ctr"));
+        let run = h.create_at(4321, dirs, &pids).unwrap();
+        assert_eq!(sc(t.path()), "");
+        assert!(sc(&base).contains("+pids") && sc(&base.join("pod2")).contains("+pids"));
+        run.remove();
+        // The same user, a path outside its base: refused, nothing made.
+        let dirs = h.named_dirs(4321, Path::new("/elsewhere/ctr")).unwrap();
+        let e = h.create_at(4321, dirs, &pids).unwrap_err();
+        assert!(e.to_string().contains("elsewhere"), "{e}");
+        assert!(!t.path().join("elsewhere").exists());
     }
 
     #[test]
