@@ -207,6 +207,40 @@ fn check_dest(what: &str, d: &str) -> Result<PathBuf, String> {
     Ok(p.components().collect())
 }
 
+/// The flag options of a config.json mount that nixcell honours (`features`'
+/// `mountOptions`); every one is a case of [`mount`]'s option match (a unit test holds
+/// the two together). Options with values are per type ([`allowed_data`]).
+pub const FLAG_OPTIONS: &[&str] = &[
+    "async",
+    "atime",
+    "bind",
+    "dev",
+    "diratime",
+    "exec",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "private",
+    "rbind",
+    "relatime",
+    "rprivate",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "ro",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "unbindable",
+];
+
 /// File system options each type takes (`key` or `key=value`).
 fn allowed_data(kind: &MountKind) -> &'static [&'static str] {
     match kind {
@@ -414,6 +448,40 @@ mod tests {
             one(serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup"}))
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn every_flag_option_features_names_is_taken_without_a_warning() {
+        for o in FLAG_OPTIONS {
+            // bind and rbind make any mount a bind (which needs a source).
+            let tmpfs = serde_json::json!({"destination": "/t", "type": "tmpfs", "options": [o]});
+            let bind = serde_json::json!({"destination": "/b", "type": "none", "source": "/srv",
+                "options": ["rbind", o]});
+            let cases = if o.ends_with("bind") {
+                vec![bind]
+            } else {
+                vec![tmpfs, bind]
+            };
+            for j in cases {
+                let m: Mount = serde_json::from_value(j).unwrap();
+                let dest = check_dest("mounts", &m.destination).unwrap();
+                let mut warn = Vec::new();
+                let r = mount(&m, dest, (0, 0), &mut warn);
+                assert!(
+                    r.is_ok_and(|m| m.is_some()) && warn.is_empty(),
+                    "{o}: {warn:?}"
+                );
+            }
+        }
+        let m: Mount = serde_json::from_value(
+            serde_json::json!({"destination": "/t", "type": "tmpfs", "options": ["nosymfollow"]}),
+        )
+        .unwrap();
+        let dest = check_dest("mounts", &m.destination).unwrap();
+        assert!(
+            mount(&m, dest, (0, 0), &mut Vec::new()).is_err(),
+            "an unknown option"
         );
     }
 

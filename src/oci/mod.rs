@@ -724,7 +724,7 @@ pub fn features() -> String {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": state::OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
-        "mountOptions": [],
+        "mountOptions": fsview::FLAG_OPTIONS,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             // None is granted: a cell runs without capabilities.
