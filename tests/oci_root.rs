@@ -684,3 +684,20 @@ fn a_cri_sandbox_keeps_its_image_root_under_a_pod_closure_annotation() {
         b.expect(&cfg, &["from the image"]);
     }
 }
+
+/// A config.json without a /proc mount (runc runs it: its /proc is the image's empty
+/// directory): the container runs, and sees no process file system.
+#[test]
+fn a_container_without_a_proc_mount_runs_and_sees_no_proc() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let mut cfg = config("ls /proc | wc -l; echo ran-$((6*7))");
+        let mounts = cfg["mounts"].as_array_mut().unwrap();
+        mounts.retain(|m| m["type"] != "proc");
+        cfg["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret"]);
+        cfg["linux"]["readonlyPaths"] = serde_json::json!(["/etc/ro"]);
+        cfg["process"]["oomScoreAdj"] = serde_json::json!(500);
+        let out = b.expect(&cfg, &["ran-42"]);
+        assert!(out.starts_with("0\n"), "{mode:?}: {out}");
+    }
+}

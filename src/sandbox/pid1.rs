@@ -54,12 +54,14 @@ fn open_oom_score() -> StageResult<OomScore> {
             nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         )
     };
-    let own = std::fs::read(P).map_err(err)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(P)
-        .map_err(err)?;
-    Ok(OomScore { file, own })
+    let opened = std::fs::read(P).and_then(|own| {
+        let file = std::fs::OpenOptions::new().write(true).open(P)?;
+        Ok(OomScore { file, own })
+    });
+    // Undumpable again until the cell's own /proc is up (PID 1 ends undumpable).
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| StageError::new(Stage::Pid1, "prctl", "PR_SET_DUMPABLE 0", e))?;
+    opened.map_err(err)
 }
 
 impl OomScore {
@@ -155,6 +157,12 @@ pub fn main(
     if spec.oci.is_none() {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     }
+    // PID 1's own oom_score_adj, opened before the new root is built: a container's
+    // config.json need not mount /proc (the permission is checked at open only).
+    let oom = match open_oom_score() {
+        Ok(o) => o,
+        Err(e) => fail(sock, e),
+    };
     let built = setup(spec, &prepared, sock);
     drop(prepared);
     if let Err(e) = built {
@@ -172,12 +180,6 @@ pub fn main(
             super::StageError::new(Stage::Pid1, "prctl", "PR_SET_NO_NEW_PRIVS", e),
         );
     }
-    // PID 1's own oom_score_adj, opened while /proc/self is still ours (undumpable,
-    // it would not be; the permission is checked at open only).
-    let oom = match open_oom_score() {
-        Ok(o) => o,
-        Err(e) => fail(sock, e),
-    };
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         fail(
             sock,
