@@ -520,7 +520,9 @@ fn a_nix_daemon_killed_during_a_build_is_named_and_nothing_is_cached_half() {
     let builds = cache.path().join("nixcell/builds");
     let cached = std::fs::read_dir(&builds).map_or(0, |r| r.count());
     assert_eq!(cached, 0, "{}", builds.display());
-    // A daemon again: the same run builds and runs.
+    // A daemon again: the same run builds and runs. The first builder's marker goes
+    // (the next build may run as another build user, who could not touch it).
+    std::fs::remove_file(d.join("started")).unwrap();
     std::fs::write(d.join("go"), "").unwrap();
     let again = OwnDaemon::start(d, "second.socket");
     let o = run(&again).wait_with_output().unwrap();
