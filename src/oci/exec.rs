@@ -38,7 +38,8 @@ pub struct ExecArgs {
 /// Saved by `create` beside the state: the container's planned spec.
 pub fn save_spec(dir: &Path, spec: &RunSpec) -> Res {
     let bytes = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
-    crate::dirs::write_atomic(dir, SPEC_FILE, &bytes).map_err(|e| format!("{}: {e}", dir.display()))
+    crate::dirs::write_atomic_volatile(dir, SPEC_FILE, &bytes, 0o600)
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 fn uid_gid(s: &str) -> Res<(u32, u32)> {

@@ -109,7 +109,7 @@ impl Hooks {
 
     pub fn save(&self, dir: &Path) -> Res {
         let bytes = serde_json::to_vec(self).map_err(|e| e.to_string())?;
-        crate::dirs::write_atomic(dir, HOOKS_FILE, &bytes)
+        crate::dirs::write_atomic_volatile(dir, HOOKS_FILE, &bytes, 0o600)
             .map_err(|e| format!("{}: {e}", dir.join(HOOKS_FILE).display()))
     }
 

@@ -470,7 +470,7 @@ fn write_pid_file(p: &Path, pid: i32) -> Res {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or("--pid-file: no file name")?;
-    crate::dirs::write_atomic_mode(d, name, pid.to_string().as_bytes(), 0o644)
+    crate::dirs::write_atomic_volatile(d, name, pid.to_string().as_bytes(), 0o644)
         .map_err(|e| format!("--pid-file {}: {e}", p.display()))
 }
 

@@ -109,7 +109,7 @@ impl Record {
 
     pub fn save(&self, dir: &Path) -> Result<(), String> {
         let bytes = serde_json::to_vec(self).map_err(|e| e.to_string())?;
-        crate::dirs::write_atomic(dir, STATE_FILE, &bytes)
+        crate::dirs::write_atomic_volatile(dir, STATE_FILE, &bytes, 0o600)
             .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))
     }
 
