@@ -487,14 +487,23 @@ impl RunCgroup {
         self.dir("memory").map(|d| d.join(CELL))
     }
 
-    /// `cell/cgroup.procs` opened for writing (never created). The command writes
-    /// "0" to it to move itself in; the kernel checks the permission against the
-    /// credentials and cgroup namespace of the opener, the supervisor.
+    /// The file of [`CELL`] the command writes "0" to, to move itself in, opened for
+    /// writing (never created); the kernel checks the permission against the
+    /// credentials and cgroup namespace of the opener, the supervisor. On v2
+    /// `cgroup.procs`; on v1 `tasks`, which moves the writing thread alone: every
+    /// process that joins is single-threaded (forked by PID 1), so that is the whole
+    /// process, and a thread writing its own id ("0") to `tasks` is moved without the
+    /// global thread-group lock a `cgroup.procs` write takes, whose first taking waits
+    /// for an RCU grace period (about 10 ms, on the path from `oci start` to the
+    /// command).
     pub fn open_cell_procs(&self) -> Result<std::os::fd::OwnedFd, CgroupError> {
         let p = self
             .cell_dir()
             .ok_or_else(|| CgroupError::NoController("memory".into()))?
-            .join("cgroup.procs");
+            .join(match self.version {
+                Version::V2 => "cgroup.procs",
+                Version::V1 => "tasks",
+            });
         std::fs::OpenOptions::new()
             .write(true)
             .open(&p)
