@@ -140,8 +140,7 @@ pub fn write_atomic_owned(
 /// [`write_atomic_mode`] without flushing the data to the disk first: for files that
 /// describe live processes (an OCI container's state, its pid file), which mean
 /// nothing after the host restarts. Readers still see the old content or the new one;
-/// a crash may leave the old one or an empty file, never a part of the new. The flush
-/// was the largest single cost of `oci create` on an ext4 root.
+/// a crash may leave the old one or an empty file, never a part of the new.
 pub fn write_atomic_volatile(
     dir: &Path,
     name: &str,
