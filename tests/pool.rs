@@ -236,10 +236,12 @@ fn cgroups_of(pid: u32) -> Vec<PathBuf> {
 
 fn all_children_of(pid: u32) -> Vec<String> {
     let mut all = String::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
+    // A process found a moment ago may have ended since (an init stage exits once its
+    // cell's PID 1 runs): it has no children then.
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    for t in tasks.flatten() {
         all += &std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
     }
     all.split_whitespace().map(str::to_string).collect()

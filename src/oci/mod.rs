@@ -258,6 +258,7 @@ fn create_in(
             None,
             &sources,
             opts.cell_cgroup.as_ref().map(|f| f.as_raw_fd()),
+            &opts.join_fds(),
         )
         .map_err(|e| format!("cannot start the init stage: {e}"))?;
         let held = hold(&mut sp, &spec, &opts);
@@ -485,7 +486,9 @@ fn hold(
     spec: &crate::sandbox::RunSpec,
     opts: &crate::run::supervise::RunOptions,
 ) -> Res<(i32, Vec<proto::LayerReport>)> {
-    if let (Some(hook), Some(pid)) = (&opts.before_spec, sp.child.id()) {
+    if let (Some(hook), Some(pid), true) =
+        (&opts.before_spec, sp.child.id(), opts.init_join.is_empty())
+    {
         hook(pid)?;
     }
     proto::send(sp.control.as_fd(), spec).map_err(|e| format!("sending the spec: {e}"))?;

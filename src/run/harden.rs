@@ -41,6 +41,8 @@ pub struct Hardening {
     cgroup: Option<Arc<RunCgroup>>,
     /// `cgroup.procs` of the command's sub-cgroup, opened by us (see cgroup::CELL).
     cell_procs: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The run's cgroups a new init stage joins itself (v1; `RunCgroup::open_join`).
+    init_join: Arc<Vec<std::os::fd::OwnedFd>>,
     /// Layers the supervisor enforces (cgroup), reported with the cell's own.
     pub layers: Vec<LayerReport>,
 }
@@ -153,6 +155,7 @@ pub fn prepare(
     let mut layers = Vec::new();
     let mut cgroup = None;
     let mut cell_procs = None;
+    let mut init_join = Arc::default();
     let wanted = CgroupLimits {
         memory: limits.memory,
         cpus: limits.cpus,
@@ -190,15 +193,15 @@ pub fn prepare(
             let uid = nix::unistd::geteuid().as_raw();
             let made = Hierarchy::detect()
                 .and_then(|h| h.create_run(uid, &wanted))
-                .and_then(|run| match run.open_cell_procs() {
-                    Ok(fd) => Ok((run, fd)),
+                .and_then(|run| match open_joins(&run) {
+                    Ok(fds) => Ok((run, fds)),
                     Err(e) => {
                         run.remove();
                         Err(e)
                     }
                 });
             match made {
-                Ok((run, fd)) => {
+                Ok((run, (fd, join))) => {
                     let mut d = format!("cgroup {:?}:", run.version).to_lowercase();
                     if let Some(m) = limits.memory {
                         d.push_str(&format!(" memory {} (no swap)", human_size(m)));
@@ -222,6 +225,7 @@ pub fn prepare(
                     });
                     cgroup = Some(Arc::new(run));
                     cell_procs = Some(Arc::new(fd));
+                    init_join = Arc::new(join);
                 }
                 Err(e) if mode == LayerMode::Required => {
                     return Err(HardenError::CgroupRequired(e));
@@ -252,8 +256,17 @@ pub fn prepare(
         limits,
         cgroup,
         cell_procs,
+        init_join,
         layers,
     })
+}
+
+/// The command's cell `cgroup.procs` (or `tasks`) and the files a new init stage
+/// joins the run's cgroups through.
+fn open_joins(
+    run: &RunCgroup,
+) -> Result<(std::os::fd::OwnedFd, Vec<std::os::fd::OwnedFd>), CgroupError> {
+    Ok((run.open_cell_procs()?, run.open_join()?))
 }
 
 impl Hardening {
@@ -275,6 +288,7 @@ impl Hardening {
             grace: self.limits.grace,
             before_spec,
             cell_cgroup: self.cell_procs.clone(),
+            init_join: self.init_join.clone(),
             on_event: None,
             stdio: None,
             signals: None,
@@ -303,8 +317,8 @@ impl Hardening {
         let uid = nix::unistd::geteuid().as_raw();
         let dirs = h.named_dirs(uid, path).map_err(|e| e.to_string())?;
         let run = h.create_at(uid, dirs, &wanted).map_err(|e| e.to_string())?;
-        let fd = match run.open_cell_procs() {
-            Ok(fd) => fd,
+        let (fd, join) = match open_joins(&run) {
+            Ok(fds) => fds,
             Err(e) => {
                 run.remove();
                 return Err(e.to_string());
@@ -324,6 +338,7 @@ impl Hardening {
             old.remove();
         }
         self.cell_procs = Some(Arc::new(fd));
+        self.init_join = Arc::new(join);
         Ok(None)
     }
 
@@ -345,6 +360,16 @@ impl Hardening {
             .as_mut()
             .and_then(Arc::get_mut)
             .ok_or("the run's cgroup is shared already")?;
+        if run.version == crate::sandbox::cgroup::Version::V1 {
+            let p = dir.join("tasks");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            Arc::get_mut(&mut self.init_join)
+                .ok_or("the run's cgroup is shared already")?
+                .push(f.into());
+        }
         run.dirs.push((ctrl.to_string(), dir));
         Ok(())
     }

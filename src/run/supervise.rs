@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub before_spec: Option<BeforeSpec>,
     /// `cgroup.procs` of the cgroup the command joins, passed to the init stage.
     pub cell_cgroup: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Files a newly spawned init stage joins the run's cgroups through (cgroup v1):
+    /// `before_spec` is then not called for it (a pooled one is attached by it).
+    pub init_join: Arc<Vec<std::os::fd::OwnedFd>>,
     /// Called as the run goes through its stages (for progress reports).
     pub on_event: Option<OnEvent>,
     /// The caller's stdin, stdout and stderr when they are not this process's own
@@ -99,6 +102,7 @@ fn start_init(spec: &RunSpec, opts: &RunOptions) -> std::io::Result<(Started, bo
         opts.stdio.as_deref(),
         &spec.sources,
         cgroup,
+        &opts.join_fds(),
     )?;
     let out = child.stdout.take().map(|s| Box::pin(s) as Stream);
     let err = child.stderr.take().map(|s| Box::pin(s) as Stream);
@@ -120,6 +124,14 @@ pub enum RunEvent {
 /// A hook called with each [`RunEvent`].
 pub type OnEvent = Arc<dyn Fn(RunEvent) + Send + Sync>;
 
+impl RunOptions {
+    /// [`RunOptions::init_join`] as the descriptors `spawn::spawn_init` takes.
+    pub fn join_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.init_join.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
@@ -130,6 +142,7 @@ impl Default for RunOptions {
             grace: Duration::from_secs(2),
             before_spec: None,
             cell_cgroup: None,
+            init_join: Arc::default(),
             on_event: None,
             stdio: None,
             signals: None,
@@ -396,6 +409,7 @@ pub async fn run(spec: &RunSpec, opts: &RunOptions) -> Result<Outcome, Supervise
     };
 
     if let Some(hook) = &opts.before_spec
+        && (pooled || opts.init_join.is_empty())
         && let Err(e) = hook(init_pid as u32)
     {
         let _ = child.kill().await;

@@ -511,6 +511,28 @@ impl RunCgroup {
             .map_err(io(&p, "open"))
     }
 
+    /// On v1, `tasks` of each of the run's cgroups opened for writing: a new init stage
+    /// writes "0" to each before it executes (`spawn::spawn_init`), so that it starts
+    /// in them without [`RunCgroup::attach`]'s `cgroup.procs` writes, each of which
+    /// takes the global thread-group lock (its first taking waits for an RCU grace
+    /// period). Empty on v2, where a thread moves alone only in threaded cgroups.
+    pub fn open_join(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
+        if self.version == Version::V2 {
+            return Ok(Vec::new());
+        }
+        self.dirs
+            .iter()
+            .map(|(_, d)| {
+                let p = d.join("tasks");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(io(&p, "open"))
+            })
+            .collect()
+    }
+
     /// Creates [`CELL`] (and [`INIT`] on v2, with the memory controller enabled
     /// below the run's cgroup).
     fn make_leaves(&self) -> Result<(), CgroupError> {

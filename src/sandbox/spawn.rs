@@ -20,13 +20,16 @@ pub struct Spawned {
 /// `pipe_stderr`, only stderr: the supervisor passes it on and keeps its end); `cell_cgroup`
 /// (the command's `cgroup.procs`) is passed on as [`CELL_CGROUP_FD`]; `stdio`, when
 /// given, replaces the descriptors the init stage would inherit; `sources` (the
-/// mount sources opened at plan time) on descriptors `MOUNT_FD_BASE + i`.
+/// mount sources opened at plan time) on descriptors `MOUNT_FD_BASE + i`; `join`
+/// (cgroup v1 `tasks` files, `RunCgroup::open_join`) each get "0" written by the
+/// child before it executes: it starts in the run's cgroups.
 pub fn spawn_init(
     capture: bool,
     pipe_stderr: bool,
     stdio: Option<&[OwnedFd; 3]>,
     sources: &[std::sync::Arc<OwnedFd>],
     cell_cgroup: Option<RawFd>,
+    join: &[RawFd],
 ) -> io::Result<Spawned> {
     if sources.len() > 200 {
         return Err(io::Error::other("more than 200 mounts"));
@@ -44,6 +47,7 @@ pub fn spawn_init(
         high.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+    let join = join.to_vec();
     let (ours, theirs) = UnixStream::pair()?;
     let fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
@@ -74,10 +78,16 @@ pub fn spawn_init(
             cmd.stderr(s);
         }
     }
-    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl/close,
+    // SAFETY: the closure runs between fork and exec and only calls write/dup2/fcntl,
     // which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The child is single-threaded: its own thread is the whole process.
+            for j in &join {
+                if libc::write(*j, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // Copies above the fixed numbers first, so that placing one cannot close
             // the other; dup2 leaves the placed descriptors open across exec.
             let mut moves = [(fd, INIT_FD), (cell_cgroup.unwrap_or(-1), CELL_CGROUP_FD)];

@@ -122,10 +122,12 @@ async fn hold_async(
         None,
         &parts.spec.sources,
         opts.cell_cgroup.as_deref().map(AsRawFd::as_raw_fd),
+        &opts.join_fds(),
     )
     .map_err(|e| start_err("cannot start the init stage", e))?;
     let init_pid = child.id().unwrap_or(0);
     if let Some(hook) = &opts.before_spec
+        && opts.init_join.is_empty()
         && let Err(e) = hook(init_pid)
     {
         let _ = child.kill().await;
