@@ -229,7 +229,6 @@ fn umask_oom_score_and_groups() {
         cfg["process"]["user"]["umask"] = serde_json::json!(0o077);
         cfg["process"]["user"]["additionalGids"] = serde_json::json!([5, 6]);
         cfg["process"]["oomScoreAdj"] = serde_json::json!(500);
-        cfg["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_NET_RAW"]});
         let r = run(mode, &cfg).unwrap();
         let lines: Vec<&str> = r.out.lines().collect();
         assert_eq!(lines[0], "0077", "{mode:?}: {}", r.out);
@@ -258,11 +257,6 @@ fn umask_oom_score_and_groups() {
                 .contains(&format!("oomScoreAdj -999 raised to {}", own.trim())),
             "{mode:?}: {}",
             l.log
-        );
-        assert!(
-            r.log.contains("process.capabilities: not granted") && r.log.contains("CAP_NET_RAW"),
-            "{mode:?}: {}",
-            r.log
         );
     }
 }
@@ -332,9 +326,9 @@ fn features_list_the_seccomp_it_carries_out() {
         );
     }
     assert!(!sc["actions"].to_string().contains("NOTIFY"), "{sc}");
-    assert_eq!(
-        f["linux"]["capabilities"],
-        serde_json::json!([]),
-        "none is granted"
-    );
+    // What the default profile may grant: runc's 14 defaults, CAP_SYS_ADMIN not.
+    let caps = f["linux"]["capabilities"].as_array().unwrap();
+    assert_eq!(caps.len(), 14, "{f}");
+    assert!(caps.iter().any(|c| c == "CAP_CHOWN"), "{f}");
+    assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{f}");
 }

@@ -145,6 +145,19 @@ fn fail(sock: BorrowedFd<'_>, e: super::StageError) -> ! {
     unsafe { libc::_exit(125) }
 }
 
+/// Every capability dropped, no_new_privs set (PID 1 of the cell).
+fn drop_privileges(sock: BorrowedFd<'_>) {
+    if let Err(e) = caps::drop_all() {
+        fail(sock, e);
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail(
+            sock,
+            super::StageError::new(Stage::Pid1, "prctl", "PR_SET_NO_NEW_PRIVS", e),
+        );
+    }
+}
+
 /// Entry of PID 1; never returns.
 pub fn main(
     spec: &RunSpec,
@@ -170,15 +183,12 @@ pub fn main(
     }
     // From here PID 1 keeps no privilege and cannot be ptraced or read through
     // /proc/1/mem by the command (same uid): done before any service or the command
-    // exists, so there is no moment in which they could race it.
-    if let Err(e) = caps::drop_all() {
-        fail(sock, e);
-    }
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        fail(
-            sock,
-            super::StageError::new(Stage::Pid1, "prctl", "PR_SET_NO_NEW_PRIVS", e),
-        );
+    // exists, so there is no moment in which they could race it. An OCI container's
+    // command sets the capabilities its config.json asks from PID 1's full set in
+    // the cell's user namespace: PID 1 drops them once it has forked it (the command
+    // is not dumpable-traceable: PID 1 is not dumpable, ptrace is denied).
+    if spec.oci.is_none() {
+        drop_privileges(sock);
     }
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         fail(
@@ -254,6 +264,9 @@ pub fn main(
             super::StageError::new(Stage::ForkCommand, "fork", "", e),
         ),
     };
+    if spec.oci.is_some() {
+        drop_privileges(sock);
+    }
 
     // Seccomp for PID 1 comes after the fork: the command installs its own filters,
     // and inheriting PID 1's as well would run every syscall through both.
