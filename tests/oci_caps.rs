@@ -269,7 +269,7 @@ lo = (1 << 21) | (1 << 0)
 os.setxattr("/x/py", "security.capability", struct.pack("<IIIII", 0x02000001, lo, 0, 0, 0))
 sys.stdout.write("xattr %d\n" % len(os.getxattr("/x/py", "security.capability")))
 sys.stdout.flush()
-os.execv("/x/py", ["/x/py", "-c", "import sys; sys.stdout.write(open('/proc/self/status').read())"])
+os.execve("/x/py", ["/x/py", "-c", "import sys; sys.stdout.write(open('/proc/self/status').read())"], {"PYTHONHOME": sys.prefix})
 "#;
 
 #[test]
