@@ -407,3 +407,81 @@ fn a_run_cell_still_has_no_capability_and_no_new_privs() {
         assert_eq!(sets(&out), [0, 0, 0, 0, 0, 1], "{mode:?}: {out}");
     }
 }
+
+#[test]
+fn exec_takes_the_containers_sets_with_cap_or_its_process_json() {
+    for mode in MODES {
+        // SAFETY: prctl with an integer argument.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        let dir = scratch_dir(mode);
+        let d = dir.path();
+        let mut cfg = sh_config("sleep 100");
+        let kill: &[&str] = &["CAP_KILL"];
+        cfg["process"]["capabilities"] =
+            caps(&[("bounding", kill), ("permitted", kill), ("effective", kill)]);
+        std::fs::create_dir_all(d.join("bundle/rootfs")).unwrap();
+        std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
+        std::fs::write(
+            d.join("process.json"),
+            serde_json::json!({"args": ["cat", "/proc/self/status"], "cwd": "/",
+                "user": {"uid": 0, "gid": 0}, "noNewPrivileges": true,
+                "capabilities": {"bounding": ["CAP_NET_RAW"], "permitted": ["CAP_NET_RAW"]}})
+            .to_string(),
+        )
+        .unwrap();
+        if mode == Mode::Rootless {
+            chown_to_test_user(d);
+        }
+        let o = oci(mode, d, &["create", "--bundle"])
+            .arg(d.join("bundle"))
+            .arg("--pid-file")
+            .arg(d.join("pid"))
+            .arg("c")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(o.success(), "{mode:?}: create");
+        let pid: i32 = std::fs::read_to_string(d.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        ok(&oci(mode, d, &["start", "c"]).output().unwrap(), "start");
+        let status = |args: &[&str]| {
+            let o = oci(mode, d, &["exec"]).args(args).output().unwrap();
+            (o.status.code(), text(&o.stdout), text(&o.stderr))
+        };
+        // The container's own sets.
+        let (code, out, err) = status(&["c", "cat", "/proc/self/status"]);
+        assert_eq!(code, Some(0), "{mode:?}: {err}");
+        assert_eq!(sets(&out), [0, KILL, KILL, KILL, 0, 0], "{mode:?}: {out}");
+        // --cap adds to every set, within the profile.
+        let (_, out, err) = status(&["--cap", "CAP_CHOWN", "c", "cat", "/proc/self/status"]);
+        let both = KILL | CHOWN;
+        assert_eq!(
+            sets(&out),
+            [CHOWN, both, both, both, CHOWN, 0],
+            "{mode:?}: {out} {err}"
+        );
+        let (code, _, err) = status(&["--cap", "CAP_SYS_ADMIN", "c", "true"]);
+        assert_eq!(code, Some(255), "{mode:?}");
+        assert!(
+            err.contains("CAP_SYS_ADMIN") && err.contains("oci_allow"),
+            "{mode:?}: {err}"
+        );
+        // --process: that process's sets and no_new_privs.
+        let (code, out, err) = status(&["--process", path_str(&d.join("process.json")), "c"]);
+        assert_eq!(code, Some(0), "{mode:?}: {err}");
+        let raw = 1 << 13;
+        assert_eq!(sets(&out), [0, raw, raw, raw, 0, 1], "{mode:?}: {out}");
+        ok(
+            &oci(mode, d, &["delete", "--force", "c"]).output().unwrap(),
+            "delete",
+        );
+        let mut st = 0;
+        // SAFETY: waitpid on a child of ours.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    }
+}
