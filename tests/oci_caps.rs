@@ -8,14 +8,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-/// What one container run left: its exit status, its output, the runtime log.
-struct Ran {
-    status: i32,
-    out: String,
-    log: String,
-}
+use std::process::Stdio;
 
 const CHOWN: u64 = 1 << 0;
 const DAC_OVERRIDE: u64 = 1 << 1;
@@ -46,15 +39,13 @@ fn caps(sets: &[(&str, &[&str])]) -> serde_json::Value {
         .into()
 }
 
-fn oci(mode: Mode, dir: &Path, args: &[&str]) -> Command {
-    let mut c = nixcell(mode);
-    c.arg("oci")
-        .arg("--root")
-        .arg(dir.join("state"))
-        .arg("--log")
-        .arg(dir.join("log"))
-        .args(args);
-    c
+/// `names` in the bounding, permitted and effective sets.
+fn same(names: &[&str]) -> serde_json::Value {
+    caps(&[
+        ("bounding", names),
+        ("permitted", names),
+        ("effective", names),
+    ])
 }
 
 /// A directory the runtime (root or the test user) can read, for bundles and profiles.
@@ -82,48 +73,8 @@ fn profile(mode: Mode, dir: &Path, caps_toml: &str) -> String {
     f.display().to_string()
 }
 
-/// create (the container's stdout and stderr on a file), start, wait for PID 1 as a
-/// shim does (this process is a child subreaper), delete. `Err` with create's output
-/// when create failed, which must leave no state.
-fn run(mode: Mode, cfg: &serde_json::Value) -> Result<Ran, String> {
-    // SAFETY: prctl with an integer argument.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let dir = scratch_dir(mode);
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("bundle/rootfs")).unwrap();
-    std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
-    if mode == Mode::Rootless {
-        chown_to_test_user(d);
-    }
-    let out = std::fs::File::create(d.join("out")).unwrap();
-    let made = oci(mode, d, &["create", "--bundle"])
-        .arg(d.join("bundle"))
-        .arg("--pid-file")
-        .arg(d.join("pid"))
-        .arg("c")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .status()
-        .unwrap();
-    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
-    if !made.success() {
-        assert_eq!(made.code(), Some(1), "create: {made:?}");
-        let left = std::fs::read_dir(d.join("state")).map_or(0, |r| r.count());
-        assert_eq!(left, 0, "a refused create leaves no state");
-        return Err(read("out"));
-    }
-    let pid: i32 = read("pid").trim().parse().unwrap();
-    ok(&oci(mode, d, &["start", "c"]).output().unwrap(), "start");
-    let mut st = 0;
-    // SAFETY: waitpid on a child of ours (the container's PID 1 was reparented here).
-    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
-    ok(&oci(mode, d, &["delete", "c"]).output().unwrap(), "delete");
-    Ok(Ran {
-        status: libc::WEXITSTATUS(st),
-        out: read("out"),
-        log: read("log"),
-    })
+fn run(mode: Mode, cfg: &serde_json::Value) -> Result<OciRan, String> {
+    oci_run(mode, cfg, false)
 }
 
 /// The `Cap*` masks and NoNewPrivs of a /proc/<pid>/status text.
@@ -182,8 +133,7 @@ fn the_asked_sets_are_the_containers() {
         // Root in the container, with no_new_privs.
         let mut cfg = sh_config("cat /proc/self/status");
         let both: &[&str] = &["CAP_CHOWN", "CAP_KILL"];
-        cfg["process"]["capabilities"] =
-            caps(&[("bounding", both), ("permitted", both), ("effective", both)]);
+        cfg["process"]["capabilities"] = same(both);
         cfg["process"]["noNewPrivileges"] = true.into();
         let r = run(mode, &cfg).unwrap();
         assert_eq!(
@@ -210,11 +160,7 @@ fn a_capability_beyond_the_profile_is_refused_by_name_or_dropped() {
     for mode in MODES {
         let mut cfg = sh_config("cat /proc/self/status");
         let asked: &[&str] = &["CAP_CHOWN", "CAP_SYS_ADMIN"];
-        cfg["process"]["capabilities"] = caps(&[
-            ("bounding", asked),
-            ("permitted", asked),
-            ("effective", asked),
-        ]);
+        cfg["process"]["capabilities"] = same(asked);
         let e = run(mode, &cfg).err().expect("CAP_SYS_ADMIN refused");
         for part in [
             "process.capabilities.bounding",
@@ -322,8 +268,7 @@ fn a_hosts_private_file_stays_unreadable_with_dac_override() {
             {"destination": "/s", "type": "bind", "source": path_str(host.path()), "options": ["rbind", "ro"]},
         ]);
         let all: &[&str] = &["CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_CHOWN"];
-        cfg["process"]["capabilities"] =
-            caps(&[("bounding", all), ("permitted", all), ("effective", all)]);
+        cfg["process"]["capabilities"] = same(all);
         let r = run(mode, &cfg).unwrap();
         let eff = status_field(&r.out, "CapEff");
         assert_eq!(eff & DAC_OVERRIDE, DAC_OVERRIDE, "{mode:?}: {}", r.out);
@@ -343,11 +288,7 @@ fn landlock_and_seccomp_hold_without_no_new_privs() {
              chroot / true 2>&1 | head -1; unshare -n true 2>&1 | head -1",
         );
         let granted: &[&str] = &["CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"];
-        cfg["process"]["capabilities"] = caps(&[
-            ("bounding", granted),
-            ("permitted", granted),
-            ("effective", granted),
-        ]);
+        cfg["process"]["capabilities"] = same(granted);
         cfg["process"]["noNewPrivileges"] = false.into();
         let r = run(mode, &cfg).unwrap();
         assert_eq!(status_field(&r.out, "NoNewPrivs"), 0, "{mode:?}: {}", r.out);
@@ -417,8 +358,7 @@ fn exec_takes_the_containers_sets_with_cap_or_its_process_json() {
         let d = dir.path();
         let mut cfg = sh_config("sleep 100");
         let kill: &[&str] = &["CAP_KILL"];
-        cfg["process"]["capabilities"] =
-            caps(&[("bounding", kill), ("permitted", kill), ("effective", kill)]);
+        cfg["process"]["capabilities"] = same(kill);
         std::fs::create_dir_all(d.join("bundle/rootfs")).unwrap();
         std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
         std::fs::write(
@@ -432,7 +372,7 @@ fn exec_takes_the_containers_sets_with_cap_or_its_process_json() {
         if mode == Mode::Rootless {
             chown_to_test_user(d);
         }
-        let o = oci(mode, d, &["create", "--bundle"])
+        let o = oci_in(mode, d, &["create", "--bundle"])
             .arg(d.join("bundle"))
             .arg("--pid-file")
             .arg(d.join("pid"))
@@ -448,9 +388,9 @@ fn exec_takes_the_containers_sets_with_cap_or_its_process_json() {
             .trim()
             .parse()
             .unwrap();
-        ok(&oci(mode, d, &["start", "c"]).output().unwrap(), "start");
+        ok(&oci_in(mode, d, &["start", "c"]).output().unwrap(), "start");
         let status = |args: &[&str]| {
-            let o = oci(mode, d, &["exec"]).args(args).output().unwrap();
+            let o = oci_in(mode, d, &["exec"]).args(args).output().unwrap();
             (o.status.code(), text(&o.stdout), text(&o.stderr))
         };
         // The container's own sets.
@@ -477,7 +417,9 @@ fn exec_takes_the_containers_sets_with_cap_or_its_process_json() {
         let raw = 1 << 13;
         assert_eq!(sets(&out), [0, raw, raw, raw, 0, 1], "{mode:?}: {out}");
         ok(
-            &oci(mode, d, &["delete", "--force", "c"]).output().unwrap(),
+            &oci_in(mode, d, &["delete", "--force", "c"])
+                .output()
+                .unwrap(),
             "delete",
         );
         let mut st = 0;
