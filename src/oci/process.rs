@@ -215,25 +215,20 @@ pub fn oci_caps(
     let allowed = policy.allow.iter().fold(0u64, |a, n| a | capsets::bit(n));
     let mut sets = CapSets::default();
     let mut beyond = BTreeSet::new();
+    let mut refused = Vec::new();
     for (set, names) in asked.into_iter().flatten() {
         let mut mask = 0u64;
+        let mut out = Vec::new();
         for n in names {
             if allowed & capsets::bit(n) == 0 {
-                if !policy.drop_beyond {
-                    return Err(format!(
-                        "{what}.capabilities.{set}: {n} is not granted by profile {profile} \
-                         (its [capabilities] oci_allow: {}; oci_beyond = \"refuse\")",
-                        if policy.allow.is_empty() {
-                            "none".to_string()
-                        } else {
-                            policy.allow.join(" ")
-                        }
-                    ));
-                }
                 beyond.insert(n.as_str());
+                out.push(n.as_str());
                 continue;
             }
             mask |= capsets::bit(n);
+        }
+        if !out.is_empty() {
+            refused.push(format!("{what}.capabilities.{set}: {}", out.join(" ")));
         }
         match set.as_str() {
             "bounding" => sets.bounding = mask,
@@ -242,6 +237,18 @@ pub fn oci_caps(
             "inheritable" => sets.inheritable = mask,
             _ => sets.ambient = mask,
         }
+    }
+    if !refused.is_empty() && !policy.drop_beyond {
+        return Err(format!(
+            "{} not granted by profile {profile} (its [capabilities] oci_allow: {}; \
+             oci_beyond = \"refuse\")",
+            refused.join("; "),
+            if policy.allow.is_empty() {
+                "none".to_string()
+            } else {
+                policy.allow.join(" ")
+            }
+        ));
     }
     if !beyond.is_empty() {
         warn.push(format!(
