@@ -69,8 +69,13 @@ check "podman: --memory reaches the cgroup (OOM kill)" 137 "" \
   pod --memory 64m "$image" dd if=/dev/zero of=/dev/null bs=200M count=1
 check "podman: --pids-limit reaches the cgroup" 0 "fork" \
   pod --pids-limit 10 "$image" sh -c '(for i in $(seq 30); do sleep 1 & done; wait) 2>&1; true'
-check "podman: --cap-add grants no capability" 0 "CapEff:	0000000000000000" \
-  pod --cap-add SYS_ADMIN "$image" grep CapEff /proc/self/status
+# podman's 11 default capabilities are within the default profile's oci_allow.
+check "podman: its default capabilities are granted" 0 "CapEff:	00000000800405fb" \
+  pod "$image" grep CapEff /proc/self/status
+check "podman: --cap-add SYS_ADMIN refused by name" 126 "CAP_SYS_ADMIN" \
+  pod --cap-add SYS_ADMIN "$image" true
+check "podman: --cap-drop ALL leaves none" 0 "CapEff:	0000000000000000" \
+  pod --cap-drop ALL "$image" grep CapEff /proc/self/status
 check "podman: mount refused inside" 0 "refused" \
   pod "$image" sh -c 'mount -t tmpfs x /tmp 2>/dev/null && echo mounted || echo refused'
 check "podman: the root is the closure" 0 "$(nix-store -qR "$bb" | wc -l)" \
@@ -97,7 +102,7 @@ name="nixcell-oci-check-$$"
 podman --runtime "$runtime" run -d --name "$name" --network none \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --annotation "dev.nixcell.closure=$bb" "$image" sleep 100 > /dev/null
-check "podman: exec (same layers, exit status)" 4 "CapEff:	0000000000000000" \
+check "podman: exec (same layers and capabilities, exit status)" 4 "CapEff:	00000000800405fb" \
   podman exec "$name" sh -c 'grep CapEff /proc/self/status; exit 4'
 check "podman: top lists the container's processes" 0 "sleep 100" podman top "$name"
 podman stop -t 5 "$name" > /dev/null
@@ -144,7 +149,7 @@ img_writes_stay() {
 }
 check "podman: an imported image (overlayfs root) runs with nixcell's layers, writes stay the container's" \
   4 "from the image" img_writes_stay
-check "podman: an imported image, no capability and nixcell's filters" 0 "CapEff:	0000000000000000" \
+check "podman: an imported image, podman's capabilities and nixcell's filters" 0 "CapEff:	00000000800405fb" \
   podd "$image-dir" sh -c 'grep -E "CapEff|Seccomp_filters|NoNewPrivs" /proc/self/status'
 # A layer that removes a directory and makes it again: podman's storage marks it opaque
 # with a trusted xattr, which the container's overlay (in its user namespace) cannot read.
@@ -174,7 +179,7 @@ check "podman rootless: run, output and exit status" 3 "rootless" \
   as_user podman --runtime "$runtime" run --rm --network none \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --annotation "dev.nixcell.closure=$bb" "$image" sh -c 'echo rootless; exit 3'
-check "podman rootless: no capability inside" 0 "CapEff:	0000000000000000" \
+check "podman rootless: podman's default capabilities inside" 0 "CapEff:	00000000800405fb" \
   as_user podman --runtime "$runtime" run --rm --network none \
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --annotation "dev.nixcell.closure=$bb" "$image" grep CapEff /proc/self/status
@@ -214,8 +219,11 @@ crun_() {
 check "containerd: run, output and exit status" 5 "hi ctr" crun_ --rm t1 sh -c 'echo hi ctr; exit 5'
 check "containerd: --memory-limit reaches the cgroup (OOM kill)" 137 "" \
   crun_ "--rm --memory-limit 67108864" t2 dd if=/dev/zero of=/dev/null bs=200M count=1
-check "containerd: --privileged grants no capability" 0 "CapEff:	0000000000000000" \
-  crun_ "--rm --privileged" t3 grep CapEff /proc/self/status
+# containerd's default spec asks runc's 14: all within the default profile's oci_allow.
+check "containerd: its default capabilities are granted" 0 "CapEff:	00000000a80425fb" \
+  crun_ --rm t3 grep CapEff /proc/self/status
+check "containerd: --privileged refused (CAP_SYS_ADMIN named)" 1 "CAP_SYS_ADMIN" \
+  crun_ "--rm --privileged" t3p grep CapEff /proc/self/status
 check "containerd: --seccomp (its default profile) stacks under nixcell's filters" 0 "stacked" \
   crun_ "--rm --seccomp" t5 sh -c 'n=$(grep Seccomp_filters /proc/self/status | cut -f2); [ "$n" -gt 3 ] && echo stacked'
 crun_ -d t4 sleep 100 > /dev/null

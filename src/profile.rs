@@ -110,6 +110,33 @@ struct RawProfile {
     network: crate::net::policy::NetworkToml,
     #[serde(default)]
     session: RawSession,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+}
+
+/// `[capabilities]`: what an OCI container (`nixcell oci`) may be granted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    oci_allow: Option<Vec<Spanned<String>>>,
+    oci_beyond: Option<Beyond>,
+    oci_no_new_privileges: Option<NoNewPrivs>,
+}
+
+/// `oci_beyond`: a capability asked beyond `oci_allow` refuses the container or is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Beyond {
+    Refuse,
+    Drop,
+}
+
+/// `oci_no_new_privileges`: as config.json says, or always set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum NoNewPrivs {
+    Config,
+    Always,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +243,8 @@ pub struct Profile {
     /// The most a cell of this profile may reach (a project may only narrow it).
     pub network: crate::net::NetPolicy,
     pub session: SessionPolicy,
+    /// `[capabilities]`: the most an OCI container's process may hold.
+    pub capabilities: crate::sandbox::caps::OciCapsPolicy,
 }
 
 /// Cells that live (`nixcell up`).
@@ -313,6 +342,22 @@ fn parse_raw(file: &str, text: &str) -> Result<RawProfile, ProfileError> {
                 format!(
                     "'{}' is on nixcell's fixed deny list and cannot be allowed",
                     name.get_ref()
+                ),
+            ));
+        }
+    }
+    for name in raw.capabilities.oci_allow.iter().flatten() {
+        let grantable = crate::sandbox::caps::canonical(name.get_ref())
+            .filter(|c| crate::sandbox::caps::OCI_GRANTABLE.contains(&c.as_str()));
+        if grantable.is_none() {
+            return Err(invalid(
+                file,
+                text,
+                name.span().start,
+                format!(
+                    "capability '{}' cannot be granted to a container (only: {})",
+                    name.get_ref(),
+                    crate::sandbox::caps::OCI_GRANTABLE.join(" ")
                 ),
             ));
         }
@@ -468,6 +513,16 @@ fn resolve(spec: &str, c: &[(String, RawProfile)]) -> Result<Profile, ProfileErr
         session: SessionPolicy {
             idle: pick!(c, session.idle).map(|d| d.0),
         },
+        capabilities: crate::sandbox::caps::OciCapsPolicy {
+            // Checked name by name in parse_raw.
+            allow: pick!(c, capabilities.oci_allow)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|n| crate::sandbox::caps::canonical(n.get_ref()))
+                .collect(),
+            drop_beyond: pick!(c, capabilities.oci_beyond) == Some(Beyond::Drop),
+            nnp_always: pick!(c, capabilities.oci_no_new_privileges) == Some(NoNewPrivs::Always),
+        },
     })
 }
 
@@ -511,6 +566,17 @@ mod tests {
         assert_eq!(d.filesystem.workdir, crate::sandbox::WorkdirMode::Cow);
         assert_eq!(d.filesystem.work_inodes, 100_000);
         assert_eq!(ci.seccomp.kind, SeccompKind::DenyList);
+        for p in [&d, &ci] {
+            assert_eq!(
+                p.capabilities.allow,
+                crate::sandbox::caps::OCI_GRANTABLE,
+                "{}",
+                p.name
+            );
+            assert!(!p.capabilities.drop_beyond && !p.capabilities.nnp_always);
+        }
+        assert!(strict.capabilities.allow.is_empty());
+        assert!(strict.capabilities.nnp_always);
     }
 
     #[test]
@@ -549,6 +615,18 @@ mod tests {
             ("[network]\ndeny = [\"x.org\"]\n", 2, "deny"),
             ("[network]\nallwo = []\n", 2, "allwo"),
             ("network = \"any\"\n", 1, "network"),
+            (
+                "[capabilities]\noci_allow = [\"CAP_CHOWN\", \"CAP_SYS_ADMIN\"]\n",
+                2,
+                "oci_allow",
+            ),
+            (
+                "[capabilities]\noci_allow = [\"NET_ADMIN\"]\n",
+                2,
+                "oci_allow",
+            ),
+            ("[capabilities]\noci_beyond = \"grant\"\n", 2, "oci_beyond"),
+            ("[capabilities]\noci_all = []\n", 2, "oci_all"),
         ] {
             let p = write(d.path(), "bad.toml", text);
             let e = load(p.to_str().unwrap()).unwrap_err();

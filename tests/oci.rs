@@ -232,11 +232,6 @@ fn resources_and_layers_apply_inside() {
              cat /etc/shadow 2>/dev/null || echo no-shadow; \
              for i in $(seq 40); do sleep 3 & done 2>&1 | grep -c -i fork; wait",
         ]);
-        cfg["process"]["capabilities"] = serde_json::json!({
-            "bounding": ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
-            "effective": ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
-            "permitted": ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
-        });
         cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 16}}});
         let c = Oci::new(mode, cfg);
         let pid = c.create("lim");

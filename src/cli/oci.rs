@@ -123,6 +123,12 @@ enum OciCmd {
         /// UID[:GID]: only the container's own identity.
         #[arg(long, short = 'u')]
         user: Option<String>,
+        /// A capability added to the container's sets (within the profile's oci_allow).
+        #[arg(long = "cap", short = 'c')]
+        cap: Vec<String>,
+        /// Set no_new_privs for the process.
+        #[arg(long = "no-new-privs")]
+        no_new_privs: bool,
         /// The container's id.
         id: String,
         /// The command and its arguments (without --process).
@@ -222,6 +228,8 @@ fn exec(g: &Globals, cmd: Option<&OciCmd>) -> Result<i32, String> {
         cwd,
         env,
         user,
+        cap,
+        no_new_privs,
         id,
         args,
     }) = cmd
@@ -237,6 +245,8 @@ fn exec(g: &Globals, cmd: Option<&OciCmd>) -> Result<i32, String> {
             env: env.clone(),
             cwd: cwd.clone(),
             user: user.clone(),
+            caps: cap.clone(),
+            no_new_privs: *no_new_privs,
             tty: *tty,
             detach: *detach,
             pid_file: pid_file.clone(),

@@ -3,8 +3,9 @@
 //! this process's args, env, cwd and user; this process joins the container's cgroups,
 //! then a child enters its namespaces (user first: it owns the others) and forks the
 //! process inside the pid namespace, which runs the command's own last steps
-//! (`sandbox::exec::exec_command`: capabilities dropped, no_new_privs, rlimits,
-//! Landlock, seccomp). The intermediate child exits at once, so the process is this
+//! (`sandbox::exec::exec_command`: the capability sets of its process JSON, else the
+//! container's with `--cap` added, within the profile's `oci_allow`; no_new_privs,
+//! rlimits, Landlock, seccomp). The intermediate child exits at once, so the process is this
 //! one's child (a subreaper): waited for, or left to the caller's subreaper with
 //! `--detach`, as runc does.
 
@@ -29,6 +30,10 @@ pub struct ExecArgs {
     pub env: Vec<String>,
     pub cwd: Option<String>,
     pub user: Option<String>,
+    /// `--cap`: added to every set of the container's process (without --process).
+    pub caps: Vec<String>,
+    /// `--no-new-privs` (without --process).
+    pub no_new_privs: bool,
     pub tty: bool,
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
@@ -48,11 +53,15 @@ fn uid_gid(s: &str) -> Res<(u32, u32)> {
     Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }
 
-/// The exec'd process's spec: the container's, with this process's fields.
-fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<RunSpec> {
+/// The exec'd process's spec: the container's, with this process's fields; and the
+/// warnings for the runtime log.
+fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<(RunSpec, Vec<String>)> {
     let bytes = crate::dirs::read_nofollow_capped(&dir.join(SPEC_FILE), MAX_SPEC)
         .map_err(|e| format!("{}: {e}", dir.join(SPEC_FILE).display()))?;
     let mut spec: RunSpec = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let mut warn = Vec::new();
+    let container = spec.security.container.caps.take().unwrap_or_default();
+    let profile = ("of the container", &container.policy);
     let (args, env, cwd, user, terminal) = match &a.process {
         Some(p) => {
             let bytes = crate::dirs::read_nofollow_capped(&absolute(p)?, 4 << 20)
@@ -60,9 +69,43 @@ fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<RunSpec> {
             let pr: super::config::Process = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("--process {}: {e}", p.display()))?;
             let user = (pr.user.uid, pr.user.gid);
+            spec.security.container.caps = Some(super::process::oci_caps(
+                pr.capabilities.as_ref(),
+                pr.no_new_privileges,
+                "exec --process: process",
+                profile,
+                &mut warn,
+            )?);
             (pr.args, pr.env, pr.cwd, user, pr.terminal)
         }
         None => {
+            // The container's sets, with --cap in each of them (checked again).
+            let mut asked = super::process::CapsAsked::new();
+            for (set, mask) in [
+                ("bounding", container.sets.bounding),
+                ("effective", container.sets.effective),
+                ("permitted", container.sets.permitted),
+                ("inheritable", container.sets.inheritable),
+                ("ambient", container.sets.ambient),
+            ] {
+                let mut names = crate::sandbox::caps::names(mask);
+                for c in &a.caps {
+                    let n = crate::sandbox::caps::canonical(c)
+                        .ok_or_else(|| format!("exec --cap {c:?}: unknown capability"))?;
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                asked.insert(set.into(), names);
+            }
+            let nnp = container.no_new_privs || a.no_new_privs;
+            spec.security.container.caps = Some(super::process::oci_caps(
+                Some(&asked),
+                Some(nnp),
+                "exec --cap: process",
+                profile,
+                &mut warn,
+            )?);
             let user = a.user.as_deref().map(uid_gid).transpose()?;
             (
                 a.args.clone(),
@@ -113,7 +156,9 @@ fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<RunSpec> {
     if terminal && a.console_socket.is_none() {
         return Err("exec: a terminal needs --console-socket".into());
     }
-    Ok(spec)
+    super::seccomp::check_caps_after_filters(&spec.security)
+        .map_err(|e| format!("exec: capabilities: {e}"))?;
+    Ok((spec, warn))
 }
 
 /// Moves this process into the container's cgroups (into `cell` where it exists: the
@@ -139,7 +184,10 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
             rec.status()
         ));
     }
-    let spec = exec_spec(&dir, a)?;
+    let (spec, warnings) = exec_spec(&dir, a)?;
+    for w in warnings {
+        g.log("warning", &w);
+    }
     // The namespaces of the recorded PID 1: opened, then its identity checked again.
     let _pidfd = pid1(&rec).ok_or_else(|| format!("container {} is not running", a.id))?;
     // PID 1 is not dumpable: rootless, its namespaces are reached through its
@@ -276,11 +324,20 @@ fn enter(spec: &RunSpec, ns: &[(OwnedFd, libc::c_int)], sock: std::os::fd::Borro
         }
     }
     let (uid, gid) = (spec.identity.uid, spec.identity.gid);
+    // The capabilities the user namespace gave are kept through the uid change: the
+    // process sets its own sets from them (as PID 1's command does).
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        fail("prctl(PR_SET_KEEPCAPS)", nix::errno::Errno::last());
+    }
     if let Err(e) = nix::unistd::setresgid(gid.into(), gid.into(), gid.into()) {
         fail("setresgid", e);
     }
     if let Err(e) = nix::unistd::setresuid(uid.into(), uid.into(), uid.into()) {
         fail("setresuid", e);
+    }
+    if let Err(e) = crate::sandbox::caps::effective_from_permitted() {
+        fail("capset (effective)", e.source);
     }
     // SAFETY: single-threaded (a fresh fork); the child goes straight to exec.
     match unsafe { nix::unistd::fork() } {

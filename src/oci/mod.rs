@@ -315,12 +315,17 @@ fn container_process(
     let allows_seccomp = sc.mode == crate::sandbox::LayerMode::Off
         || sc.kind == SeccompKind::DenyList
         || sc.allow.iter().any(|a| a == "seccomp");
-    let (c, warnings) = cfg.container_process(&spec.security.rlimits, allows_seccomp)?;
+    let (c, warnings) = cfg.container_process(
+        &spec.security.rlimits,
+        allows_seccomp,
+        (&profile.name, &profile.capabilities),
+    )?;
     for w in warnings {
         g.log("warning", &format!("config.json: {w}"));
     }
     spec.security.container = c;
-    Ok(())
+    seccomp::check_caps_after_filters(&spec.security)
+        .map_err(|e| format!("config.json: process.capabilities: {e}"))
 }
 
 /// An image root's PATH is the caller's (runc's default when it gives none); the
@@ -730,8 +735,10 @@ pub fn features() -> String {
         "mountOptions": fsview::FLAG_OPTIONS,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
-            // None is granted: a cell runs without capabilities.
-            "capabilities": [],
+            // What the default profile may grant (its [capabilities] oci_allow).
+            "capabilities": crate::profile::load("default")
+                .map(|p| p.capabilities.allow)
+                .unwrap_or_default(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
             "seccomp": {
                 "enabled": true,

@@ -1,10 +1,11 @@
 //! The process part of config.json: what nixcell carries out (rlimits, seccomp,
-//! umask, oomScoreAdj, sysctls: `sandbox::ociproc`), what it refuses, and the
-//! warnings for what its own layers replace (capabilities, supplementary groups,
-//! LSM labels, no_new_privs).
+//! umask, oomScoreAdj, sysctls: `sandbox::ociproc`; capabilities and no_new_privs
+//! within the profile's `[capabilities]`), what it refuses, and the warnings for what
+//! its own layers replace (supplementary groups, LSM labels).
 
 use super::config::{Config, Process};
 use crate::sandbox::LayerMode;
+use crate::sandbox::caps::{self as capsets, CapSets, OciCaps, OciCapsPolicy};
 use crate::sandbox::limits::RlimitSpec;
 use crate::sandbox::ociproc::{self, ContainerProcess};
 use std::collections::BTreeSet;
@@ -40,26 +41,7 @@ impl Config {
                 "config.json: process.user.umask {m:#o} is not a mask"
             ));
         }
-        if let Some(caps) = &p.capabilities {
-            let mut asked = BTreeSet::new();
-            for (set, names) in caps {
-                for n in names {
-                    if caps::Capability::from_str(n).is_err() {
-                        return Err(format!(
-                            "config.json: process.capabilities.{set}: unknown capability {n:?}"
-                        ));
-                    }
-                    asked.insert(n.as_str());
-                }
-            }
-            if !asked.is_empty() {
-                warn.push(format!(
-                    "process.capabilities: not granted (the profile grants none; a cell runs \
-                     without capabilities): {}",
-                    asked.into_iter().collect::<Vec<_>>().join(" ")
-                ));
-            }
-        }
+        check_capabilities(p.capabilities.as_ref())?;
         let mut seen = BTreeSet::new();
         for r in &p.rlimits {
             if ociproc::resource(&r.kind).is_none() {
@@ -87,9 +69,6 @@ impl Config {
             return Err(format!(
                 "config.json: process.oomScoreAdj {v} is outside -1000..1000"
             ));
-        }
-        if p.no_new_privileges == Some(false) {
-            warn.push("process.noNewPrivileges false: nixcell always sets no_new_privs".into());
         }
         for (what, v) in [
             ("process.apparmorProfile", &p.apparmor_profile),
@@ -123,16 +102,24 @@ impl Config {
         &self,
         profile_rlimits: &RlimitSpec,
         seccomp_allows_seccomp: bool,
+        caps: (&str, &OciCapsPolicy),
     ) -> Result<(ContainerProcess, Vec<String>), String> {
         let p = self.process()?;
         let mut warn = Vec::new();
-        let caps = profile_caps(profile_rlimits);
+        let oci_caps = oci_caps(
+            p.capabilities.as_ref(),
+            p.no_new_privileges,
+            "config.json: process",
+            caps,
+            &mut warn,
+        )?;
+        let limit_caps = profile_caps(profile_rlimits);
         let rlimits = p
             .rlimits
             .iter()
             .map(|r| {
                 let res = ociproc::resource(&r.kind).expect("checked");
-                let (cap, whose) = match caps.iter().find(|(n, _)| *n == r.kind) {
+                let (cap, whose) = match limit_caps.iter().find(|(n, _)| *n == r.kind) {
                     Some((_, c)) => (*c, "the profile's limit"),
                     None => (
                         nix::sys::resource::getrlimit(res).map_or(u64::MAX, |(_, h)| h),
@@ -172,10 +159,135 @@ impl Config {
                 umask: p.user.umask,
                 oom_score_adj: p.oom_score_adj.map(|v| oom_score_floor(v, &mut warn)),
                 sysctl,
+                caps: Some(oci_caps),
             },
             warn,
         ))
     }
+}
+
+/// `process.capabilities`: set name to `CAP_*` names.
+pub type CapsAsked = std::collections::BTreeMap<String, Vec<String>>;
+
+/// The five set names of `process.capabilities`.
+const SETS: &[&str] = &[
+    "bounding",
+    "effective",
+    "permitted",
+    "inheritable",
+    "ambient",
+];
+
+/// Every set and capability name of `process.capabilities` known (the kernel
+/// interface has no other: "MUST cause an error").
+pub(crate) fn check_capabilities(caps: Option<&CapsAsked>) -> Result<(), String> {
+    for (set, names) in caps.into_iter().flatten() {
+        if !SETS.contains(&set.as_str()) {
+            return Err(format!(
+                "config.json: process.capabilities: unknown set {set:?} (known: {})",
+                SETS.join(", ")
+            ));
+        }
+        for n in names {
+            if caps::Capability::from_str(n).is_err() {
+                return Err(format!(
+                    "config.json: process.capabilities.{set}: unknown capability {n:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The capability sets and no_new_privs of a container's process (`what` names it
+/// in messages: config.json's process or `exec --process`), each set bounded by the
+/// profile's `oci_allow`: a capability beyond it refuses the container, or (with
+/// `oci_beyond = "drop"`) is dropped with a warning. No `capabilities`: none (as
+/// runc); no `noNewPrivileges`: not set, unless the profile says "always".
+pub fn oci_caps(
+    asked: Option<&CapsAsked>,
+    nnp: Option<bool>,
+    what: &str,
+    (profile, policy): (&str, &OciCapsPolicy),
+    warn: &mut Vec<String>,
+) -> Result<OciCaps, String> {
+    check_capabilities(asked)?;
+    let allowed = policy.allow.iter().fold(0u64, |a, n| a | capsets::bit(n));
+    let mut sets = CapSets::default();
+    let mut beyond = BTreeSet::new();
+    let mut refused = Vec::new();
+    for (set, names) in asked.into_iter().flatten() {
+        let mut mask = 0u64;
+        let mut out = Vec::new();
+        for n in names {
+            if allowed & capsets::bit(n) == 0 {
+                beyond.insert(n.as_str());
+                out.push(n.as_str());
+                continue;
+            }
+            mask |= capsets::bit(n);
+        }
+        if !out.is_empty() {
+            refused.push(format!("{what}.capabilities.{set}: {}", out.join(" ")));
+        }
+        match set.as_str() {
+            "bounding" => sets.bounding = mask,
+            "effective" => sets.effective = mask,
+            "permitted" => sets.permitted = mask,
+            "inheritable" => sets.inheritable = mask,
+            _ => sets.ambient = mask,
+        }
+    }
+    if !refused.is_empty() && !policy.drop_beyond {
+        return Err(format!(
+            "{} not granted by profile {profile} (its [capabilities] oci_allow: {}; \
+             oci_beyond = \"refuse\")",
+            refused.join("; "),
+            if policy.allow.is_empty() {
+                "none".to_string()
+            } else {
+                policy.allow.join(" ")
+            }
+        ));
+    }
+    if !beyond.is_empty() {
+        warn.push(format!(
+            "{}.capabilities: dropped (not in profile {profile}'s oci_allow; \
+             oci_beyond = \"drop\"): {}",
+            what.trim_start_matches("config.json: "),
+            beyond.into_iter().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    // What capset(2) and PR_CAP_AMBIENT_RAISE refuse, named before anything runs.
+    for (set, mask, within, of) in [
+        ("effective", sets.effective, sets.permitted, "permitted"),
+        ("inheritable", sets.inheritable, sets.bounding, "bounding"),
+        (
+            "ambient",
+            sets.ambient,
+            sets.permitted & sets.inheritable,
+            "both permitted and inheritable",
+        ),
+    ] {
+        if mask & !within != 0 {
+            return Err(format!(
+                "{what}.capabilities.{set}: {} not in {of} (the kernel refuses it)",
+                capsets::names(mask & !within).join(" ")
+            ));
+        }
+    }
+    let no_new_privs = policy.nnp_always || nnp == Some(true);
+    if policy.nnp_always && nnp == Some(false) {
+        warn.push(format!(
+            "{}.noNewPrivileges false: set anyway (profile {profile}: oci_no_new_privileges = \"always\")",
+            what.trim_start_matches("config.json: ")
+        ));
+    }
+    Ok(OciCaps {
+        sets,
+        no_new_privs,
+        policy: policy.clone(),
+    })
 }
 
 /// `process.oomScoreAdj` at least this runtime's own value, which the cell inherits:
@@ -291,15 +403,99 @@ mod tests {
             "capabilities":{"bounding":["CAP_CHOWN"]}"#,
             r#""sysctl":{"net.ipv4.ip_forward":"1"}"#,
         );
-        let w = c.check().unwrap();
-        assert!(w.iter().any(|w| w.contains("CAP_CHOWN")), "{w:?}");
+        c.check().unwrap();
         let prof = RlimitSpec {
             mode: LayerMode::Required,
             open_files: Some(1024),
             ..Default::default()
         };
-        let (cp, w) = c.container_process(&prof, true).unwrap();
+        let (cp, w) = c
+            .container_process(&prof, true, ("default", &default_policy()))
+            .unwrap();
         assert!(w[0].contains("lowered to 1024:1024"), "{w:?}");
         assert_eq!(cp.sysctl, vec![("net.ipv4.ip_forward".into(), "1".into())]);
+        assert_eq!(cp.caps.unwrap().sets.bounding, capsets::bit("CAP_CHOWN"));
+    }
+
+    fn default_policy() -> OciCapsPolicy {
+        crate::profile::load("default").unwrap().capabilities
+    }
+
+    fn caps_of(process: &str, policy: &OciCapsPolicy) -> Result<(OciCaps, Vec<String>), String> {
+        let c = parse(process, "");
+        let p = c.process().unwrap();
+        let mut w = Vec::new();
+        oci_caps(
+            p.capabilities.as_ref(),
+            p.no_new_privileges,
+            "config.json: process",
+            ("p", policy),
+            &mut w,
+        )
+        .map(|o| (o, w))
+    }
+
+    #[test]
+    fn capabilities_are_bounded_by_the_profile() {
+        let pol = default_policy();
+        let (o, w) = caps_of(
+            r#","capabilities":{"bounding":["CAP_CHOWN","CAP_KILL"],"permitted":["CAP_KILL"],
+            "effective":["CAP_KILL"]},"noNewPrivileges":true"#,
+            &pol,
+        )
+        .unwrap();
+        let kill = capsets::bit("CAP_KILL");
+        assert_eq!(o.sets.bounding, kill | capsets::bit("CAP_CHOWN"));
+        assert_eq!((o.sets.permitted, o.sets.effective), (kill, kill));
+        assert_eq!((o.sets.inheritable, o.sets.ambient), (0, 0));
+        assert!(o.no_new_privs && w.is_empty(), "{w:?}");
+        // None asked: none granted, and no_new_privs off as in runc.
+        let (o, _) = caps_of("", &pol).unwrap();
+        assert_eq!((o.sets, o.no_new_privs), (CapSets::default(), false));
+        // Beyond oci_allow: refused by name, or dropped with a warning.
+        let asked = r#","capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN"]}"#;
+        let e = caps_of(asked, &pol).unwrap_err();
+        for part in ["bounding", "CAP_SYS_ADMIN", "profile p", "oci_allow"] {
+            assert!(e.contains(part), "{e}");
+        }
+        let drop = OciCapsPolicy {
+            drop_beyond: true,
+            ..pol.clone()
+        };
+        let (o, w) = caps_of(asked, &drop).unwrap();
+        assert_eq!(o.sets.bounding, capsets::bit("CAP_CHOWN"));
+        assert!(
+            w[0].contains("CAP_SYS_ADMIN") && w[0].contains("dropped"),
+            "{w:?}"
+        );
+        // Strict: nothing granted, no_new_privs always.
+        let strict = crate::profile::load("strict").unwrap().capabilities;
+        let e = caps_of(r#","capabilities":{"bounding":["CAP_CHOWN"]}"#, &strict).unwrap_err();
+        assert!(e.contains("oci_allow: none"), "{e}");
+        let (o, w) = caps_of(r#","noNewPrivileges":false"#, &strict).unwrap();
+        assert!(o.no_new_privs && w[0].contains("always"), "{w:?}");
+    }
+
+    #[test]
+    fn sets_the_kernel_refuses_are_named() {
+        let pol = default_policy();
+        for (asked, what) in [
+            (
+                r#""effective":["CAP_KILL"]"#,
+                "effective: CAP_KILL not in permitted",
+            ),
+            (
+                r#""inheritable":["CAP_KILL"]"#,
+                "inheritable: CAP_KILL not in bounding",
+            ),
+            (
+                r#""permitted":["CAP_KILL"],"bounding":["CAP_KILL"],"ambient":["CAP_KILL"]"#,
+                "ambient: CAP_KILL not in both",
+            ),
+            (r#""bounds":[]"#, "unknown set \"bounds\""),
+        ] {
+            let e = caps_of(&format!(r#","capabilities":{{{asked}}}"#), &pol).unwrap_err();
+            assert!(e.contains(what), "{asked}: {e}");
+        }
     }
 }

@@ -332,6 +332,104 @@ pub fn compile(v: &serde_json::Value, allows_seccomp: bool) -> Result<ContainerS
     })
 }
 
+/// Without no_new_privs a container's process installs its seccomp filters while it
+/// still holds CAP_SYS_ADMIN in the cell's user namespace (seccomp(2) needs one of
+/// the two) and sets its capability sets after them: every installed filter (the
+/// profile's and config.json's) must then allow the calls that takes, else the
+/// container is refused here rather than fail at `start`.
+pub fn check_caps_after_filters(sec: &crate::sandbox::layers::SecuritySpec) -> Result<(), String> {
+    let Some(c) = &sec.container.caps else {
+        return Ok(());
+    };
+    if c.no_new_privs {
+        return Ok(());
+    }
+    let nr = |n: &str| syscall_number(n).map_or(u32::MAX, |v| v as u32);
+    let mut calls: Vec<(String, u32, [u64; 6])> = vec![
+        ("capget".into(), nr("capget"), [0; 6]),
+        ("capset".into(), nr("capset"), [0; 6]),
+        ("execve".into(), nr("execve"), [0; 6]),
+        (
+            "prctl(PR_GET_NO_NEW_PRIVS)".into(),
+            nr("prctl"),
+            [libc::PR_GET_NO_NEW_PRIVS as u64, 0, 0, 0, 0, 0],
+        ),
+        (
+            "prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)".into(),
+            nr("prctl"),
+            [
+                libc::PR_CAP_AMBIENT as u64,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        ),
+    ];
+    for cap in 0..=u64::from(
+        caps::runtime::thread_all_supported()
+            .iter()
+            .map(|c| c.index())
+            .max()
+            .unwrap_or(40),
+    ) {
+        for (name, op, sub) in [
+            ("PR_CAPBSET_READ", libc::PR_CAPBSET_READ, None),
+            ("PR_CAPBSET_DROP", libc::PR_CAPBSET_DROP, None),
+            (
+                "PR_CAP_AMBIENT_RAISE",
+                libc::PR_CAP_AMBIENT,
+                Some(libc::PR_CAP_AMBIENT_RAISE),
+            ),
+            (
+                "PR_CAP_AMBIENT_IS_SET",
+                libc::PR_CAP_AMBIENT,
+                Some(libc::PR_CAP_AMBIENT_IS_SET),
+            ),
+        ] {
+            let args = match sub {
+                None => [op as u64, cap, 0, 0, 0, 0],
+                Some(s) => [op as u64, s as u64, cap, 0, 0, 0],
+            };
+            calls.push((format!("prctl({name}, {cap})"), nr("prctl"), args));
+        }
+    }
+    let mut filters: Vec<(&str, &Filter)> = Vec::new();
+    if sec.seccomp.mode != crate::sandbox::LayerMode::Off {
+        filters.extend(
+            sec.seccomp
+                .compiled
+                .filters
+                .iter()
+                .map(|f| ("the profile's seccomp policy", f)),
+        );
+    }
+    if let Some(s) = &sec.container.seccomp {
+        filters.extend(s.filters.iter().map(|f| ("config.json linux.seccomp", f)));
+    }
+    for (whose, f) in filters {
+        for (call, n, args) in &calls {
+            let ret = crate::sandbox::seccomp::answer(f, *n, *args);
+            let action = ret.map(|r| r & libc::SECCOMP_RET_ACTION_FULL);
+            if !matches!(
+                action,
+                Some(libc::SECCOMP_RET_ALLOW | libc::SECCOMP_RET_LOG)
+            ) {
+                return Err(format!(
+                    "{whose} does not allow {call} (it answers {}), which a container \
+                     without noNewPrivileges makes after its filters are installed, to set \
+                     its capabilities: allow it, or set process.noNewPrivileges true",
+                    ret.map_or("nothing this runtime can read".into(), |r| format!(
+                        "{r:#x}"
+                    ))
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,13 +154,33 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     }
     nix::unistd::chdir(&spec.cwd).at(Stage::Chdir, "chdir", spec.cwd.display())?;
     super::ociproc::apply_umask(&spec.security.container);
-    caps::drop_all()?;
-    // Nothing of ours but stdio survives execve; the control socket stays usable
-    // until then to report an exec failure.
+    let Some(oci) = &spec.security.container.caps else {
+        caps::drop_all()?;
+        // Nothing of ours but stdio survives execve; the control socket stays usable
+        // until then to report an exec failure.
+        sys::cloexec_from(3).at(Stage::CloseFds, "close_range(CLOSE_RANGE_CLOEXEC)", "3..")?;
+        set_no_new_privs()?;
+        // rlimits, Landlock, then seccomp last: nothing after this but execve.
+        return super::layers::apply_all(spec, sock);
+    };
     sys::cloexec_from(3).at(Stage::CloseFds, "close_range(CLOSE_RANGE_CLOEXEC)", "3..")?;
-    nix::sys::prctl::set_no_new_privs().at(Stage::NoNewPrivs, "prctl", "PR_SET_NO_NEW_PRIVS")?;
-    // rlimits, Landlock, then seccomp last: nothing after this but execve.
-    super::layers::apply_all(spec, sock)
+    if oci.no_new_privs {
+        // As runc: the sets first, then no_new_privs, seccomp as late as possible.
+        caps::apply(&oci.sets)?;
+        set_no_new_privs()?;
+        super::layers::apply_all(spec, sock)?;
+    } else {
+        // Without no_new_privs, landlock_restrict_self and seccomp(2) need
+        // CAP_SYS_ADMIN in the cell's user namespace, held until the sets are set
+        // (the filters allow what that takes: checked by `create`).
+        super::layers::apply_all(spec, sock)?;
+        caps::apply(&oci.sets)?;
+    }
+    super::layers::report_caps(oci, sock)
+}
+
+fn set_no_new_privs() -> StageResult {
+    nix::sys::prctl::set_no_new_privs().at(Stage::NoNewPrivs, "prctl", "PR_SET_NO_NEW_PRIVS")
 }
 
 /// Resolves argv[0] like execvp(3) over the cell's PATH and execs; returns only on

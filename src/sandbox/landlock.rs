@@ -493,7 +493,10 @@ pub fn apply(spec: &RunSpec, ll: &LandlockSpec) -> StageResult<LayerReport> {
                 .map_err(|e| lerr(&format!("port {p}"), e))?;
         }
     }
+    // no_new_privs is the caller's to set (an OCI container may run without it,
+    // restricted while it holds CAP_SYS_ADMIN in its user namespace).
     let status = created
+        .no_new_privs(false)
         .restrict_self()
         .map_err(|e| lerr("restrict_self", e))?;
     // Where the kernel has Landlock the file system rules are always enforced: a

@@ -135,6 +135,37 @@ fn apply_seccomp(s: &SeccompSpec) -> StageResult<LayerReport> {
     }
 }
 
+/// The `capabilities` layer of an OCI container's process: the sets read back from
+/// the kernel after they were set (what execve starts from) and no_new_privs.
+pub fn report_caps(c: &super::caps::OciCaps, sock: Option<BorrowedFd<'_>>) -> StageResult {
+    let now = super::caps::current()?;
+    // SAFETY: PR_GET_NO_NEW_PRIVS only reads the calling thread's flag.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    if now != c.sets || (nnp == 1) != c.no_new_privs {
+        return Err(StageError::new(
+            Stage::DropCaps,
+            "capget",
+            format!(
+                "the sets read back differ from those set: {}; no_new_privs {nnp}",
+                super::caps::describe(&now)
+            ),
+            Errno::EINVAL,
+        ));
+    }
+    send(
+        sock,
+        LayerReport {
+            layer: "capabilities".into(),
+            enforced: true,
+            detail: format!(
+                "{}; no_new_privs {nnp} (before execve, read back from the kernel)",
+                super::caps::describe(&now)
+            ),
+        },
+    );
+    Ok(())
+}
+
 /// Confines PID 1 of the cell once the command is started: the same seccomp filters
 /// (PID 1 only polls, reads, waits, signals and writes its reports). Failure is
 /// reported, not fatal: the command already runs under its own layers.

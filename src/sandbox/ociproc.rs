@@ -25,6 +25,10 @@ pub struct ContainerProcess {
     /// (key, value), e.g. ("net.ipv4.ip_forward", "1"), checked by the supervisor.
     #[serde(default)]
     pub sysctl: Vec<(String, String)>,
+    /// The container's capability sets and no_new_privs; None (not a container):
+    /// no capability, no_new_privs.
+    #[serde(default)]
+    pub caps: Option<super::caps::OciCaps>,
 }
 
 /// One `process.rlimits` entry: `RLIMIT_*` name, soft and hard limit.
@@ -99,32 +103,6 @@ pub fn apply_rlimits(limits: &[Rlimit], detail: &mut String) -> StageResult<bool
     Ok(!set.is_empty())
 }
 
-/// Installs one classic BPF program with seccomp(2) flags (no_new_privs is set).
-fn install_filter(f: &Filter, flags: u32) -> Result<(), Errno> {
-    let prog: Vec<libc::sock_filter> = f
-        .iter()
-        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
-        .collect();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) reads the program `fprog` points to,
-    // which lives until the call returns.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if r != 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
-}
-
 /// Installs the container's filters (after nixcell's: they can only narrow what
 /// nixcell allows). Fails closed: the container asked for them.
 pub fn install_seccomp(s: &ContainerSeccomp) -> StageResult<usize> {
@@ -140,7 +118,7 @@ pub fn install_seccomp(s: &ContainerSeccomp) -> StageResult<usize> {
                 Errno::EINVAL,
             ));
         }
-        install_filter(f, s.flags).map_err(|e| {
+        super::seccomp::install_raw(f, s.flags).map_err(|e| {
             StageError::new(
                 Stage::Seccomp,
                 "seccomp(SECCOMP_SET_MODE_FILTER)",

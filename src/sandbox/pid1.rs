@@ -145,6 +145,19 @@ fn fail(sock: BorrowedFd<'_>, e: super::StageError) -> ! {
     unsafe { libc::_exit(125) }
 }
 
+/// Every capability dropped, no_new_privs set (PID 1 of the cell).
+fn drop_privileges(sock: BorrowedFd<'_>) {
+    if let Err(e) = caps::drop_all() {
+        fail(sock, e);
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail(
+            sock,
+            super::StageError::new(Stage::Pid1, "prctl", "PR_SET_NO_NEW_PRIVS", e),
+        );
+    }
+}
+
 /// Entry of PID 1; never returns.
 pub fn main(
     spec: &RunSpec,
@@ -170,15 +183,12 @@ pub fn main(
     }
     // From here PID 1 keeps no privilege and cannot be ptraced or read through
     // /proc/1/mem by the command (same uid): done before any service or the command
-    // exists, so there is no moment in which they could race it.
-    if let Err(e) = caps::drop_all() {
-        fail(sock, e);
-    }
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        fail(
-            sock,
-            super::StageError::new(Stage::Pid1, "prctl", "PR_SET_NO_NEW_PRIVS", e),
-        );
+    // exists, so there is no moment in which they could race it. An OCI container's
+    // command sets the capabilities its config.json asks from PID 1's full set in
+    // the cell's user namespace: PID 1 drops them once it has forked it, and the
+    // command waits for that before it goes on.
+    if spec.oci.is_none() {
+        drop_privileges(sock);
     }
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         fail(
@@ -245,15 +255,54 @@ pub fn main(
     }
 
     let score = command_oom_score(spec, &oom, sock);
+    // An OCI container's command waits on this pipe until PID 1 has dropped its
+    // capabilities: no code of the container runs beside a privileged PID 1.
+    let gate = match spec
+        .oci
+        .as_ref()
+        .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
+    {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => fail(
+            sock,
+            super::StageError::new(Stage::ForkCommand, "pipe2", "", e),
+        ),
+        None => None,
+    };
     // SAFETY: PID 1 is single-threaded; the child goes straight to exec_command.
     let child = match oom.fork_with(&score) {
-        Ok(ForkResult::Child) => exec::exec_command(spec, sock),
+        Ok(ForkResult::Child) => {
+            if let Some((r, w)) = gate {
+                drop(w);
+                let mut b = [0u8; 1];
+                if nix::unistd::read(&r, &mut b) != Ok(1) {
+                    // SAFETY: _exit ends the process at once; PID 1 failed.
+                    unsafe { libc::_exit(125) }
+                }
+            }
+            exec::exec_command(spec, sock)
+        }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(
             sock,
             super::StageError::new(Stage::ForkCommand, "fork", "", e),
         ),
     };
+    if let Some((r, w)) = gate {
+        drop(r);
+        drop_privileges(sock);
+        if nix::unistd::write(&w, b"1") != Ok(1) {
+            fail(
+                sock,
+                super::StageError::new(
+                    Stage::ForkCommand,
+                    "write",
+                    "the command's gate",
+                    nix::errno::Errno::last(),
+                ),
+            );
+        }
+    }
 
     // Seccomp for PID 1 comes after the fork: the command installs its own filters,
     // and inheriting PID 1's as well would run every syscall through both.

@@ -21,7 +21,7 @@ use super::Stage;
 use super::{LayerMode, StageError, StageResult};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
+    SeccompRule, TargetArch,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -438,8 +438,38 @@ pub fn validate(c: &CompiledSeccomp) -> Result<(), String> {
     Ok(())
 }
 
-/// Installs the filters on the calling thread (needs no_new_privs, set before) and
-/// returns how many were installed: all of them, or an error.
+/// Installs one classic BPF program with seccomp(2) (SECCOMP_SET_MODE_FILTER) and
+/// `flags`; sets no no_new_privs of its own (unlike `seccompiler::apply_filter`):
+/// the caller has set it, or holds CAP_SYS_ADMIN in its user namespace (an OCI
+/// container without noNewPrivileges).
+pub fn install_raw(f: &Filter, flags: u32) -> Result<(), nix::errno::Errno> {
+    let prog: Vec<libc::sock_filter> = f
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) reads the program `fprog` points to,
+    // which lives until the call returns.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// Installs the filters on the calling thread (needs no_new_privs, set before, or
+/// CAP_SYS_ADMIN in its user namespace) and returns how many were installed: all of
+/// them, or an error.
 pub fn install(c: &CompiledSeccomp) -> StageResult<usize> {
     validate(c).map_err(|why| {
         StageError::new(
@@ -451,25 +481,108 @@ pub fn install(c: &CompiledSeccomp) -> StageResult<usize> {
     })?;
     let mut installed = 0;
     for f in &c.filters {
-        let prog: Vec<sock_filter> = f
-            .iter()
-            .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
-            .collect();
-        seccompiler::apply_filter(&prog).map_err(|e| {
-            let errno = match &e {
-                seccompiler::Error::Seccomp(io) => io.raw_os_error().unwrap_or(libc::EINVAL),
-                _ => libc::EINVAL,
-            };
+        install_raw(f, 0).map_err(|e| {
             StageError::new(
                 Stage::Seccomp,
                 "seccomp(SECCOMP_SET_MODE_FILTER)",
-                format!("{} filter: {e}", c.kind),
-                nix::errno::Errno::from_raw(errno),
+                format!("{} filter", c.kind),
+                e,
             )
         })?;
         installed += 1;
     }
     Ok(installed)
+}
+
+/// The return value a classic BPF seccomp program gives for call `nr` with `args`
+/// on x86_64 (instruction pointer 0); None for an instruction or a read this
+/// evaluator does not know, or a program that runs off its end.
+pub fn answer(f: &Filter, nr: u32, args: [u64; 6]) -> Option<u32> {
+    let data = |off: u32| -> Option<u32> {
+        match off {
+            0 => Some(nr),
+            4 => Some(AUDIT_ARCH_X86_64),
+            8 | 12 => Some(0),
+            o if (16..64).contains(&o) && o % 4 == 0 => {
+                let v = args[((o - 16) / 8) as usize];
+                Some(if (o - 16) % 8 == 0 {
+                    v as u32
+                } else {
+                    (v >> 32) as u32
+                })
+            }
+            _ => None,
+        }
+    };
+    let (mut a, mut x) = (0u32, 0u32);
+    let mut mem = [0u32; 16];
+    let mut pc = 0usize;
+    // Jumps only go forward: every instruction runs at most once.
+    while let Some(&(code, jt, jf, k)) = f.get(pc) {
+        let code = u32::from(code);
+        pc += 1;
+        let src = if code & 0x08 != 0 { x } else { k };
+        match code & 0x07 {
+            // BPF_LD: W|ABS, IMM, MEM, W|LEN (the size of seccomp_data).
+            0x00 => {
+                a = match code & 0xf8 {
+                    0x20 => data(k)?,
+                    0x00 => k,
+                    0x60 => *mem.get(k as usize)?,
+                    0x80 => 64,
+                    _ => return None,
+                }
+            }
+            // BPF_LDX: IMM, MEM, W|LEN.
+            0x01 => {
+                x = match code & 0xf8 {
+                    0x00 => k,
+                    0x60 => *mem.get(k as usize)?,
+                    0x80 => 64,
+                    _ => return None,
+                }
+            }
+            0x02 => *mem.get_mut(k as usize)? = a,
+            0x03 => *mem.get_mut(k as usize)? = x,
+            0x04 => {
+                a = match code & 0xf0 {
+                    0x00 => a.wrapping_add(src),
+                    0x10 => a.wrapping_sub(src),
+                    0x20 => a.wrapping_mul(src),
+                    0x30 => a.checked_div(src)?,
+                    0x40 => a | src,
+                    0x50 => a & src,
+                    0x60 => a.checked_shl(src).unwrap_or(0),
+                    0x70 => a.checked_shr(src).unwrap_or(0),
+                    0x80 => a.wrapping_neg(),
+                    0x90 => a.checked_rem(src)?,
+                    0xa0 => a ^ src,
+                    _ => return None,
+                }
+            }
+            0x05 => {
+                let taken = match code & 0xf0 {
+                    0x00 => {
+                        pc += k as usize;
+                        continue;
+                    }
+                    0x10 => a == src,
+                    0x20 => a > src,
+                    0x30 => a >= src,
+                    0x40 => a & src != 0,
+                    _ => return None,
+                };
+                pc += usize::from(if taken { jt } else { jf });
+            }
+            0x06 => return Some(if code & 0x18 == 0x10 { a } else { k }),
+            _ => match code & 0xf8 {
+                0x00 => x = a,
+                0x80 => a = x,
+                _ => return None,
+            },
+        }
+    }
+    None
 }
 
 /// Whether this kernel accepts seccomp filters (prctl PR_GET_SECCOMP works).
@@ -558,6 +671,26 @@ mod tests {
     }
 
     #[test]
+    fn the_evaluator_answers_as_the_filters_do() {
+        let d = compile(&policy(SeccompKind::DenyList)).unwrap();
+        let ptrace = nr("ptrace").unwrap() as u32;
+        let read = nr("read").unwrap() as u32;
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        for f in &d.filters {
+            assert_eq!(answer(f, read, [0; 6]), Some(libc::SECCOMP_RET_ALLOW));
+        }
+        assert_eq!(answer(&d.filters[2], ptrace, [0; 6]), Some(eperm));
+        let a = compile(&policy(SeccompKind::AllowList)).unwrap();
+        assert_eq!(answer(&a.filters[2], ptrace, [0; 6]), Some(eperm));
+        assert_eq!(
+            answer(&a.filters[2], read, [0; 6]),
+            Some(libc::SECCOMP_RET_ALLOW)
+        );
+        // An unknown instruction is no answer.
+        assert_eq!(answer(&vec![(0xff, 0, 0, 0)], read, [0; 6]), None);
+    }
+
+    #[test]
     fn every_fixed_name_is_a_syscall() {
         for n in FIXED_DENY {
             assert!(syscall_number(n).is_some(), "{n}");
@@ -597,9 +730,9 @@ mod tests {
     /// Runs `f` in a forked child under the guard with `max` as the highest known
     /// call; returns the child's exit code.
     fn under_guard(max: u32, f: fn() -> i32) -> i32 {
-        let prog: Vec<sock_filter> = arch_guard_upto(max)
+        let prog: Vec<seccompiler::sock_filter> = arch_guard_upto(max)
             .iter()
-            .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+            .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
             .collect();
         // SAFETY: the child only calls prctl, seccomp, raw syscalls and _exit.
         match unsafe { nix::unistd::fork() }.unwrap() {

@@ -334,3 +334,80 @@ pub fn on_terminal(cmd: &mut Command, slave: &std::os::fd::OwnedFd) {
         });
     }
 }
+
+/// What one OCI container run left: its exit status, its output, the runtime log.
+pub struct OciRan {
+    pub status: i32,
+    pub out: String,
+    pub log: String,
+}
+
+/// `nixcell oci` with its state (`dir/state`) and runtime log (`dir/log`) under `dir`.
+pub fn oci_in(mode: Mode, dir: &Path, args: &[&str]) -> Command {
+    let mut c = nixcell(mode);
+    c.arg("oci")
+        .arg("--root")
+        .arg(dir.join("state"))
+        .arg("--log")
+        .arg(dir.join("log"))
+        .args(args);
+    c
+}
+
+/// A bundle of `cfg` in a new directory: create (the container's stdout and stderr on
+/// a file), start, wait for PID 1 as a shim does (this process becomes a child
+/// subreaper), delete. With `image`, `bundle/rootfs` holds Debian's busybox (`sh`,
+/// `grep`) for a config without the closure annotation. `Err` with create's output
+/// when create failed, which must leave no state.
+pub fn oci_run(mode: Mode, cfg: &serde_json::Value, image: bool) -> Result<OciRan, String> {
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let dir = workdir(mode);
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(d.join("bundle/rootfs")).unwrap();
+    std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
+    if image {
+        let bin = d.join("bundle/rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/usr/bin/busybox", bin.join("busybox")).unwrap();
+        for a in ["sh", "grep"] {
+            std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap();
+        }
+    }
+    if mode == Mode::Rootless {
+        chown_to_test_user(d);
+    }
+    let out = std::fs::File::create(d.join("out")).unwrap();
+    let made = oci_in(mode, d, &["create", "--bundle"])
+        .arg(d.join("bundle"))
+        .arg("--pid-file")
+        .arg(d.join("pid"))
+        .arg("c")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
+        .unwrap();
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    if !made.success() {
+        assert_eq!(made.code(), Some(1), "create: {made:?}");
+        let left = std::fs::read_dir(d.join("state")).map_or(0, |r| r.count());
+        assert_eq!(left, 0, "a refused create leaves no state");
+        return Err(read("out"));
+    }
+    let pid: i32 = read("pid").trim().parse().unwrap();
+    ok(&oci_in(mode, d, &["start", "c"]).output().unwrap(), "start");
+    let mut st = 0;
+    // SAFETY: waitpid on a child of ours (the container's PID 1 was reparented here).
+    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    ok(
+        &oci_in(mode, d, &["delete", "c"]).output().unwrap(),
+        "delete",
+    );
+    Ok(OciRan {
+        status: libc::WEXITSTATUS(st),
+        out: read("out"),
+        log: read("log"),
+    })
+}
