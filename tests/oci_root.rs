@@ -11,7 +11,7 @@ use std::process::Stdio;
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "ls", "echo", "id", "stat", "touch", "mkdir", "grep", "readlink", "head", "test",
-    "wc", "rm",
+    "wc", "rm", "sleep",
 ];
 
 /// A bundle whose rootfs is a directory with a static busybox (owned by host root in
@@ -699,5 +699,106 @@ fn a_container_without_a_proc_mount_runs_and_sees_no_proc() {
         cfg["process"]["oomScoreAdj"] = serde_json::json!(500);
         let out = b.expect(&cfg, &["ran-42"]);
         assert!(out.starts_with("0\n"), "{mode:?}: {out}");
+    }
+}
+
+/// A pod as containerd makes one: a first container has its own ipc namespace, a
+/// second joins it by path; both mount /dev/mqueue (the usual mounts), and a message
+/// queue made in one is seen in the other, while a container of its own ipc namespace
+/// sees none. The joined namespace belongs to the first container's user namespace,
+/// not the second's. Rootless as a rootless engine runs its runtime: root of a user
+/// namespace of its own.
+#[test]
+fn a_container_joining_a_pods_ipc_namespace_mounts_its_mqueue() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let d = b.dir.path();
+        let with = |name: &str, script: &str, join: bool| {
+            let mut cfg = config(script);
+            cfg["root"]["path"] = path_str(&b.rootfs()).into();
+            if join {
+                cfg["linux"]["namespaces"][2]["path"] = "/proc/PID/ns/ipc".into();
+            }
+            std::fs::create_dir_all(d.join(name)).unwrap();
+            std::fs::write(d.join(name).join("config.in"), cfg.to_string()).unwrap();
+        };
+        with(
+            "a",
+            "touch /dev/mqueue/from-a && echo made; exec sleep 60",
+            false,
+        );
+        let list = "grep ' /dev/mqueue mqueue ' /proc/mounts | wc -l; ls /dev/mqueue; \
+                    touch /dev/mqueue/from-$HOSTNAME; echo done";
+        with("b", &list.replace("$HOSTNAME", "b"), true);
+        with("c", &list.replace("$HOSTNAME", "c"), false);
+        if mode == Mode::Rootless {
+            chown_to_test_user(d);
+        }
+        // The command of container a (PID 1's child: PID 1 is not dumpable) names
+        // the pod's ipc namespace.
+        let script = r#"
+            bin=$1 root=$2 d=$3
+            oci() { "$bin" oci --root "$root" "$@"; }
+            wait_for() { i=0; while ! grep -q "$1" "$2" && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done; }
+            cp "$d/a/config.in" "$d/a/config.json"
+            oci create --bundle "$d/a" --pid-file "$d/a.pid" a > "$d/a.out" 2>&1 || { cat "$d/a.out"; exit 3; }
+            oci start a || exit 4
+            wait_for made "$d/a.out"
+            pid=$(cat "$d/a.pid")
+            child=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children")
+            for c in b c; do
+                sed "s|/proc/PID/|/proc/$child/|" "$d/$c/config.in" > "$d/$c/config.json"
+                oci create --bundle "$d/$c" --pid-file "$d/$c.pid" $c > "$d/$c.out" 2>&1 || { cat "$d/$c.out"; exit 5; }
+                oci start $c || exit 6
+                wait_for done "$d/$c.out"
+                echo "== $c"; cat "$d/$c.out"
+            done
+            echo "== exec a"; oci exec a ls /dev/mqueue; echo "== end"
+            for c in a b c; do oci delete --force $c; echo "pid $(cat "$d/$c.pid")"; done
+        "#;
+        let mut cmd = match mode {
+            Mode::Root => std::process::Command::new("sh"),
+            Mode::Rootless => {
+                let mut c = as_test_user();
+                c.args(["unshare", "-Ur", "sh"]);
+                c
+            }
+        };
+        let o = cmd
+            .args(["-c", script, "sh", bin()])
+            .arg(d.join("state"))
+            .arg(d)
+            .output()
+            .unwrap();
+        let out = ok(&o, &format!("{mode:?}: the pod"));
+        for l in out.lines() {
+            if let Some(pid) = l.strip_prefix("pid ") {
+                // SAFETY: waitpid on a PID 1 reparented to us (a subreaper), killed.
+                unsafe { libc::waitpid(pid.parse().unwrap(), std::ptr::null_mut(), 0) };
+            }
+        }
+        let section = |name: &str| {
+            out.split(&format!("== {name}\n"))
+                .nth(1)
+                .and_then(|s| s.split("==").next())
+                .unwrap_or_default()
+                .lines()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            section("b"),
+            ["1", "from-a", "done"],
+            "{mode:?}: the joining container mounts the pod's mqueue: {out}"
+        );
+        assert_eq!(
+            section("c"),
+            ["1", "done"],
+            "{mode:?}: a container of its own ipc namespace sees none: {out}"
+        );
+        assert_eq!(
+            section("exec a"),
+            ["from-a", "from-b"],
+            "{mode:?}: the queue made by the joining container: {out}"
+        );
     }
 }

@@ -122,9 +122,11 @@ pub fn writable_dests(spec: &RunSpec) -> Vec<PathBuf> {
 }
 
 /// What the root's builder (`rootfs.rs`) lends: the detached mount tree of source
-/// `i` (recursive or not), and nixcell's own device and /proc lists.
+/// `i` (recursive or not), the mqueue file systems made in a joined ipc namespace
+/// (`joined_mqueues`), and nixcell's own device and /proc lists.
 pub struct Builder<'a> {
     pub tree: &'a dyn Fn(usize, bool) -> StageResult<OwnedFd>,
+    pub mqueues: &'a [OwnedFd],
     pub devices: &'a [&'a str],
     pub proc_masked: Vec<&'a str>,
     pub proc_read_only: &'a [&'a str],
@@ -288,8 +290,13 @@ fn apply(
     let Some(fs) = &spec.oci_fs else {
         return Ok(());
     };
+    let mut mqueues = b.mqueues.iter();
     for m in &fs.mounts {
-        mount_one(spec, b, root, m)?;
+        let made = match m.kind {
+            MountKind::Mqueue => mqueues.next(),
+            _ => None,
+        };
+        mount_one(spec, b, root, m, made)?;
     }
     if image {
         default_devices(root, b.devices)?;
@@ -460,10 +467,59 @@ fn attrs(m: &OciMount) -> u64 {
     a
 }
 
-fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount) -> StageResult {
+/// The mqueue file system of each mqueue mount of config.json, made in the ipc
+/// namespace just joined (`init.rs`, before the cell's user namespace exists). An
+/// mqueue mount shows the ipc namespace of its maker and needs CAP_SYS_ADMIN in the
+/// user namespace owning that namespace: a pod's is owned by another user namespace
+/// than the cell's, in which the cell's PID 1 could not mount it.
+/// Mounting needs the capability over the mount namespace too: rootless (root of an
+/// engine's user namespace, maybe still in the host's mount namespace), a mount
+/// namespace of that user namespace is made first (the cell's own is made from it).
+pub fn joined_mqueues(spec: &RunSpec) -> StageResult<Vec<OwnedFd>> {
+    let Some(fs) = &spec.oci_fs else {
+        return Ok(Vec::new());
+    };
+    let wanted = fs.mounts.iter().filter(|m| m.kind == MountKind::Mqueue);
+    if wanted.clone().next().is_some() && !super::ns::is_host_root() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).at(
+            Stage::JoinNamespaces,
+            "unshare",
+            "mount (for the mqueue of the joined ipc namespace)",
+        )?;
+    }
+    wanted
+        .map(|m| {
+            new_fs("mqueue", &m.source, &m.data, attrs(m)).at(
+                Stage::JoinNamespaces,
+                "fsmount",
+                format!(
+                    "mqueue at {} (of the joined ipc namespace)",
+                    m.dest.display()
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Mounts `m` below `root`; `made` is its file system if made before (a joined ipc
+/// namespace's mqueue, `joined_mqueues`).
+fn mount_one(
+    spec: &RunSpec,
+    b: &Builder<'_>,
+    root: BorrowedFd<'_>,
+    m: &OciMount,
+    made: Option<&OwnedFd>,
+) -> StageResult {
     let d = m.dest.display();
-    let tree = match &m.kind {
-        MountKind::Bind { source, recursive } => {
+    let tree = match (&m.kind, made) {
+        (MountKind::Mqueue, Some(fs)) => {
+            let fs = fs
+                .try_clone()
+                .map_err(|e| StageError::new(STAGE, "dup", d.to_string(), errno(&e)))?;
+            // Copied now, so that mountinfo lists it in config.json's order.
+            fresh_copy(fs, true, false)?
+        }
+        (MountKind::Bind { source, recursive }, _) => {
             let tree = (b.tree)(*source, *recursive)?;
             sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_PRIVATE).at(
                 STAGE,
@@ -480,7 +536,7 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
             )?;
             tree
         }
-        kind => new_fs(
+        (kind, _) => new_fs(
             kind.fs_type().unwrap_or("tmpfs"),
             &m.source,
             &m.data,

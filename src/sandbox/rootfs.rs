@@ -56,6 +56,7 @@ pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) ->
     let tree = |i: usize, recursive: bool| source_tree(spec, prepared, i, recursive);
     let oci = super::ocimount::Builder {
         tree: &tree,
+        mqueues: &prepared.mqueues,
         devices: DEVICES,
         proc_masked: PROC_MASKED_FILES
             .iter()
@@ -321,7 +322,7 @@ fn source_tree(
 ) -> StageResult<OwnedFd> {
     const STAGE: Stage = Stage::BindUser;
     let m = &spec.mounts[i];
-    if let Some(fd) = prepared.0.get(i) {
+    if let Some(fd) = prepared.trees.get(i) {
         return fd.try_clone().map_err(|e| {
             StageError::new(STAGE, "dup", m.source.display().to_string(), io_errno(&e))
         });
