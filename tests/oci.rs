@@ -394,6 +394,8 @@ fn exec_runs_inside_under_the_same_layers() {
     for mode in MODES {
         let mut cfg = config(&["sleep", "100"]);
         cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 30}}});
+        cfg["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 400}]);
         let c = Oci::new(mode, cfg);
         let pid = c.create("ex");
         let early = c.run(&["exec", "ex", "true"]);
@@ -424,8 +426,49 @@ fn exec_runs_inside_under_the_same_layers() {
             "{mode:?}: PID 1 is the cell's: {out}"
         );
         assert_eq!(lines[3], "2", "{mode:?}: {out}");
-        // --process, --detach, --pid-file: the process runs on, in the container.
+        // A --process file's rlimits are its own, bounded by the profile's (nofile 1024,
+        // no core dumps) as create's are; without any, the container's stay.
+        let limits = "echo $(ulimit -Sn) $(ulimit -Hn) $(ulimit -Sc) $(ulimit -Hc)";
+        let o = c.run(&["exec", "ex", "sh", "-c", limits]);
+        assert_eq!(ok(&o, "exec").trim(), "300 400 0 0", "{mode:?}");
         let proc_json = c.dir.path().join("process.json");
+        for (rl, want) in [
+            (
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 200, "hard": 500}]),
+                "200 500 0 0",
+            ),
+            (
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 8192},
+                    {"type": "RLIMIT_CORE", "soft": 100, "hard": 100}]),
+                "1024 1024 0 0",
+            ),
+        ] {
+            std::fs::write(
+                &proc_json,
+                serde_json::json!({"args": ["sh", "-c", limits], "cwd": "/",
+                    "user": {"uid": 0, "gid": 0}, "rlimits": rl})
+                .to_string(),
+            )
+            .unwrap();
+            let o = c.run(&["exec", "--process", path_str(&proc_json), "ex"]);
+            assert_eq!(ok(&o, "exec --process").trim(), want, "{mode:?}: {rl}");
+        }
+        std::fs::write(
+            &proc_json,
+            serde_json::json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "rlimits": [{"type": "RLIMIT_NOPE", "soft": 1, "hard": 1}]})
+            .to_string(),
+        )
+        .unwrap();
+        let o = c.run(&["exec", "--process", path_str(&proc_json), "ex"]);
+        assert!(
+            !o.status.success()
+                && text(&o.stderr)
+                    .contains("process.json: process.rlimits: unknown type \"RLIMIT_NOPE\""),
+            "{mode:?}: {}",
+            text(&o.stderr)
+        );
+        // --process, --detach, --pid-file: the process runs on, in the container.
         std::fs::write(
             &proc_json,
             serde_json::json!({"args": ["sleep", "50"], "cwd": "/tmp", "env": ["X=1"],

@@ -48,7 +48,9 @@ fn uid_gid(s: &str) -> Res<(u32, u32)> {
 }
 
 /// The exec'd process's spec: the container's, with this process's fields.
-fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<RunSpec> {
+/// A `--process` file's rlimits replace the container's (bounded by the profile's
+/// like `create`'s); without any, the container's stay.
+fn exec_spec(g: &Globals, dir: &Path, a: &ExecArgs) -> Res<RunSpec> {
     let bytes = crate::dirs::read_nofollow_capped(&dir.join(SPEC_FILE), MAX_SPEC)
         .map_err(|e| format!("{}: {e}", dir.join(SPEC_FILE).display()))?;
     let mut spec: RunSpec = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
@@ -58,6 +60,16 @@ fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<RunSpec> {
                 .map_err(|e| format!("--process {}: {e}", p.display()))?;
             let pr: super::config::Process = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("--process {}: {e}", p.display()))?;
+            let what = format!("--process {}", p.display());
+            super::process::check_rlimits(&pr.rlimits, &what)?;
+            if !pr.rlimits.is_empty() {
+                let mut warn = Vec::new();
+                spec.security.container.rlimits =
+                    super::process::bounded_rlimits(&pr.rlimits, &spec.security.rlimits, &mut warn);
+                for w in warn {
+                    g.log("warning", &format!("{what}: {w}"));
+                }
+            }
             let user = (pr.user.uid, pr.user.gid);
             (pr.args, pr.env, pr.cwd, user, pr.terminal)
         }
@@ -138,7 +150,7 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> Res<i32> {
             rec.status()
         ));
     }
-    let spec = exec_spec(&dir, a)?;
+    let spec = exec_spec(g, &dir, a)?;
     // The namespaces of the recorded PID 1: opened, then its identity checked again.
     let _pidfd = pid1(&rec).ok_or_else(|| format!("container {} is not running", a.id))?;
     // PID 1 is not dumpable: rootless, its namespaces are reached through its
