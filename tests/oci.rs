@@ -389,6 +389,60 @@ fn answers_as_nixcell_runc_with_a_json_log() {
     assert!(entry["time"].is_string());
 }
 
+/// Kinds linux.namespaces leaves out are the container's own, not the runtime's: a
+/// warning in the runtime log names them.
+#[test]
+fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
+    let kinds = ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"];
+    let script = format!(
+        "for k in {}; do readlink /proc/self/ns/$k; done",
+        kinds.join(" ")
+    );
+    for mode in MODES {
+        let mut cfg = config(&["sh", "-c", &script]);
+        cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}]});
+        let c = Oci::new(mode, cfg);
+        let log = c.dir.path().join("runtime.log");
+        let out = std::fs::File::create(c.dir.path().join("out")).unwrap();
+        let pid_file = c.dir.path().join("c.pid");
+        let st = c
+            .cmd(&["--log", path_str(&log), "create", "--bundle"])
+            .arg(c.bundle())
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg("c")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{mode:?}: {}", c.out());
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        ok(&c.run(&["start", "c"]), "start");
+        assert_eq!(wait_exit(pid), 0, "{mode:?}: {}", c.out());
+        ok(&c.run(&["delete", "c"]), "delete");
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            logged.contains("warning config.json: linux.namespaces leaves out user, network, ipc, uts, cgroup: not shared with the runtime, the cell has its own"),
+            "{mode:?}: {logged}"
+        );
+        let inside: Vec<String> = c.out().lines().map(String::from).collect();
+        assert_eq!(inside.len(), kinds.len(), "{mode:?}: {inside:?}");
+        for (k, seen) in kinds.iter().zip(&inside) {
+            let host = std::fs::read_link(format!("/proc/self/ns/{k}")).unwrap();
+            assert_ne!(
+                host.to_str().unwrap(),
+                seen,
+                "{mode:?}: the container's {k} namespace is the runtime's"
+            );
+        }
+    }
+}
+
 #[test]
 fn exec_runs_inside_under_the_same_layers() {
     for mode in MODES {
