@@ -11,7 +11,7 @@ use std::process::Stdio;
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "ls", "echo", "id", "stat", "touch", "mkdir", "grep", "readlink", "head", "test",
-    "wc", "rm", "sleep",
+    "wc", "rm", "sleep", "awk",
 ];
 
 /// A bundle whose rootfs is a directory with a static busybox (owned by host root in
@@ -799,6 +799,43 @@ fn a_container_joining_a_pods_ipc_namespace_mounts_its_mqueue() {
             section("exec a"),
             ["from-a", "from-b"],
             "{mode:?}: the queue made by the joining container: {out}"
+        );
+    }
+}
+
+/// linux.rootfsPropagation on the container's `/` (r-forms on the mounts below it too),
+/// as mountinfo shows it inside; a value of no propagation type is refused by name.
+#[test]
+fn rootfs_propagation_is_set_on_the_containers_root() {
+    let script = "awk '$5 == \"/\" || $5 == \"/proc\" { o = $5; \
+                  for (i = 7; $i != \"-\"; i++) { sub(/:[0-9]+$/, \"\", $i); o = o \" \" $i }; print o }' \
+                  /proc/self/mountinfo";
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        for (value, root, proc) in [
+            ("shared", "/ shared", "/proc"),
+            ("rshared", "/ shared", "/proc shared"),
+            ("unbindable", "/ unbindable", "/proc"),
+            ("runbindable", "/ unbindable", "/proc unbindable"),
+            ("private", "/", "/proc"),
+            ("rprivate", "/", "/proc"),
+            // No master is left once the host's root is detached: nothing comes in.
+            ("slave", "/", "/proc"),
+            ("rslave", "/", "/proc"),
+        ] {
+            let mut cfg = config(script);
+            cfg["linux"]["rootfsPropagation"] = value.into();
+            let out = b.expect(&cfg, &[]);
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines, [root, proc], "{mode:?}: {value}: {out}");
+        }
+        let mut cfg = config("true");
+        cfg["linux"]["rootfsPropagation"] = "rshared,rslave".into();
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, -1, "{mode:?}: refused");
+        assert_has(
+            &out,
+            "linux.rootfsPropagation \"rshared,rslave\": not one of shared, slave, private",
         );
     }
 }

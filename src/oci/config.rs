@@ -110,6 +110,7 @@ pub struct Linux {
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
     pub mount_label: Option<String>,
+    pub rootfs_propagation: Option<String>,
     #[serde(default)]
     pub masked_paths: Vec<String>,
     #[serde(default)]

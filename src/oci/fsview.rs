@@ -175,7 +175,21 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
             Err(e) => return Err(e),
         }
     }
+    let propagation = cfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation.clone())
+        .filter(|p| !p.is_empty());
+    if let Some(p) = &propagation
+        && crate::sandbox::ocimount::propagation_flags(p).is_none()
+    {
+        return Err(format!(
+            "config.json: linux.rootfsPropagation {p:?}: not one of shared, slave, private, \
+             unbindable, rshared, rslave, rprivate, runbindable"
+        ));
+    }
     let fs = spec.oci_fs.get_or_insert_with(OciFs::default);
+    fs.root_propagation = propagation;
     fs.mounts = mounts;
     fs.masked = masked;
     fs.readonly = readonly;

@@ -35,6 +35,52 @@ pub struct OciFs {
     pub masked: Vec<PathBuf>,
     /// linux.readonlyPaths: made read-only where they are.
     pub readonly: Vec<PathBuf>,
+    /// linux.rootfsPropagation of the container's `/` (`propagation_flags`), set once
+    /// the root is built.
+    #[serde(default)]
+    pub root_propagation: Option<String>,
+}
+
+/// The mount(2) flags of a linux.rootfsPropagation value (r-forms recursive).
+pub fn propagation_flags(v: &str) -> Option<MsFlags> {
+    let (rec, kind) = match v.strip_prefix('r') {
+        Some(k) if !k.is_empty() => (MsFlags::MS_REC, k),
+        _ => (MsFlags::empty(), v),
+    };
+    let kind = match kind {
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        _ => return None,
+    };
+    Some(kind | rec)
+}
+
+/// linux.rootfsPropagation on the built root (`/`, after pivot_root: nothing of the
+/// host is below it, so a shared root's peers are in the cell only and a slave root
+/// has no master left: it receives nothing, as a private one).
+pub fn root_propagation(spec: &RunSpec) -> StageResult {
+    let Some(v) = spec
+        .oci_fs
+        .as_ref()
+        .and_then(|f| f.root_propagation.as_deref())
+    else {
+        return Ok(());
+    };
+    let flags = propagation_flags(v).ok_or_else(|| {
+        StageError::new(
+            Stage::SealRoot,
+            "mount",
+            format!("propagation {v}"),
+            Errno::EINVAL,
+        )
+    })?;
+    mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).at(
+        Stage::SealRoot,
+        "mount",
+        format!("/ ({v})"),
+    )
 }
 
 /// The copy-on-write layer over an image root.

@@ -51,6 +51,11 @@ fn tmpfs(stage: Stage, target: &str, flags: MsFlags, data: &str) -> StageResult 
 
 /// Builds the whole root and leaves the process in it (cwd `/`).
 pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
+    build_root(spec, prepared, sock)?;
+    super::ocimount::root_propagation(spec)
+}
+
+fn build_root(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     make_mounts_private()?;
     enter_tmpfs_root()?;
     let tree = |i: usize, recursive: bool| source_tree(spec, prepared, i, recursive);
