@@ -65,10 +65,16 @@ impl Oci {
 
     /// `create` with stdout and stderr of the container on the `out` file; PID 1.
     fn create(&self, id: &str) -> i32 {
+        self.create_with(&[], id)
+    }
+
+    /// `create` after the global options `globals` (e.g. `--log FILE`).
+    fn create_with(&self, globals: &[&str], id: &str) -> i32 {
         let out = std::fs::File::create(self.dir.path().join("out")).unwrap();
         let pid_file = self.dir.path().join(format!("{id}.pid"));
         let o = self
-            .cmd(&["create", "--bundle", path_str(&self.bundle()), "--pid-file"])
+            .cmd(globals)
+            .args(["create", "--bundle", path_str(&self.bundle()), "--pid-file"])
             .arg(&pid_file)
             .arg(id)
             .stdin(Stdio::null())
@@ -403,25 +409,7 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
         cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}]});
         let c = Oci::new(mode, cfg);
         let log = c.dir.path().join("runtime.log");
-        let out = std::fs::File::create(c.dir.path().join("out")).unwrap();
-        let pid_file = c.dir.path().join("c.pid");
-        let st = c
-            .cmd(&["--log", path_str(&log), "create", "--bundle"])
-            .arg(c.bundle())
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg("c")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .status()
-            .unwrap();
-        assert!(st.success(), "{mode:?}: {}", c.out());
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = c.create_with(&["--log", path_str(&log)], "c");
         ok(&c.run(&["start", "c"]), "start");
         assert_eq!(wait_exit(pid), 0, "{mode:?}: {}", c.out());
         ok(&c.run(&["delete", "c"]), "delete");
