@@ -396,7 +396,8 @@ fn answers_as_nixcell_runc_with_a_json_log() {
 }
 
 /// Kinds linux.namespaces leaves out are the container's own, not the runtime's: a
-/// warning in the runtime log names them.
+/// warning in the runtime log names them. A slave root propagation (of a closure
+/// root here) has no master to receive from: said in the log too.
 #[test]
 fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
     let kinds = ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"];
@@ -406,7 +407,8 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
     );
     for mode in MODES {
         let mut cfg = config(&["sh", "-c", &script]);
-        cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}]});
+        cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}],
+            "rootfsPropagation": "rslave"});
         let c = Oci::new(mode, cfg);
         let log = c.dir.path().join("runtime.log");
         let pid = c.create_with(&["--log", path_str(&log)], "c");
@@ -416,6 +418,10 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
         let logged = std::fs::read_to_string(&log).unwrap();
         assert!(
             logged.contains("warning config.json: linux.namespaces leaves out user, network, ipc, uts, cgroup: not shared with the runtime, the cell has its own"),
+            "{mode:?}: {logged}"
+        );
+        assert!(
+            logged.contains("linux.rootfsPropagation rslave: the root has no master"),
             "{mode:?}: {logged}"
         );
         let inside: Vec<String> = c.out().lines().map(String::from).collect();

@@ -188,6 +188,12 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
              unbindable, rshared, rslave, rprivate, runbindable"
         ));
     }
+    if let Some(p @ ("slave" | "rslave")) = propagation.as_deref() {
+        warn.push(format!(
+            "linux.rootfsPropagation {p}: the root has no master (nothing of the host is \
+             below it): it receives no mounts, as a private one"
+        ));
+    }
     let fs = spec.oci_fs.get_or_insert_with(OciFs::default);
     fs.root_propagation = propagation;
     fs.mounts = mounts;
