@@ -702,22 +702,31 @@ fn a_container_without_a_proc_mount_runs_and_sees_no_proc() {
     }
 }
 
-/// A pod as containerd makes one: a first container has its own ipc namespace, a
-/// second joins it by path; both mount /dev/mqueue (the usual mounts), and a message
-/// queue made in one is seen in the other, while a container of its own ipc namespace
-/// sees none. The joined namespace belongs to the first container's user namespace,
-/// not the second's. Rootless as a rootless engine runs its runtime: root of a user
-/// namespace of its own.
+/// A pod as containerd makes one: a first container has its own ipc and network
+/// namespaces, a second joins them by path; both mount /dev/mqueue and /sys (the usual
+/// mounts), and a message queue made in one is seen in the other, while a container
+/// of its own namespaces sees none. The joined namespaces belong to the first
+/// container's user namespace, not the second's. Rootless as a rootless engine runs
+/// its runtime: root of a user namespace of its own.
 #[test]
-fn a_container_joining_a_pods_ipc_namespace_mounts_its_mqueue() {
+fn a_container_joining_a_pods_namespaces_mounts_their_mqueue_and_sysfs() {
     for mode in MODES {
         let b = Bundle::new(mode);
         let d = b.dir.path();
+        // A joined network namespace is the pod's: allowed under a profile with network.
+        let profile = d.join("pod.toml");
+        std::fs::write(
+            &profile,
+            "extends = \"default\"\n[network]\nallow = [\"example.com:443\"]\n",
+        )
+        .unwrap();
         let with = |name: &str, script: &str, join: bool| {
             let mut cfg = config(script);
             cfg["root"]["path"] = path_str(&b.rootfs()).into();
             if join {
+                cfg["linux"]["namespaces"][1]["path"] = "/proc/PID/ns/net".into();
                 cfg["linux"]["namespaces"][2]["path"] = "/proc/PID/ns/ipc".into();
+                cfg["annotations"] = serde_json::json!({"dev.nixcell.profile": path_str(&profile)});
             }
             std::fs::create_dir_all(d.join(name)).unwrap();
             std::fs::write(d.join(name).join("config.in"), cfg.to_string()).unwrap();
@@ -727,7 +736,8 @@ fn a_container_joining_a_pods_ipc_namespace_mounts_its_mqueue() {
             "touch /dev/mqueue/from-a && echo made; exec sleep 60",
             false,
         );
-        let list = "grep ' /dev/mqueue mqueue ' /proc/mounts | wc -l; ls /dev/mqueue; \
+        let list = "grep ' /dev/mqueue mqueue ' /proc/mounts | wc -l; \
+                    grep ' /sys sysfs ro,' /proc/mounts | wc -l; ls /dev/mqueue; \
                     touch /dev/mqueue/from-$HOSTNAME; echo done";
         with("b", &list.replace("$HOSTNAME", "b"), true);
         with("c", &list.replace("$HOSTNAME", "c"), false);
@@ -747,7 +757,7 @@ fn a_container_joining_a_pods_ipc_namespace_mounts_its_mqueue() {
             pid=$(cat "$d/a.pid")
             child=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children")
             for c in b c; do
-                sed "s|/proc/PID/|/proc/$child/|" "$d/$c/config.in" > "$d/$c/config.json"
+                sed "s|/proc/PID/|/proc/$child/|g" "$d/$c/config.in" > "$d/$c/config.json"
                 oci create --bundle "$d/$c" --pid-file "$d/$c.pid" $c > "$d/$c.out" 2>&1 || { cat "$d/$c.out"; exit 5; }
                 oci start $c || exit 6
                 wait_for done "$d/$c.out"
@@ -787,12 +797,12 @@ fn a_container_joining_a_pods_ipc_namespace_mounts_its_mqueue() {
         };
         assert_eq!(
             section("b"),
-            ["1", "from-a", "done"],
-            "{mode:?}: the joining container mounts the pod's mqueue: {out}"
+            ["1", "1", "from-a", "done"],
+            "{mode:?}: the joining container mounts the pod's mqueue and sysfs: {out}"
         );
         assert_eq!(
             section("c"),
-            ["1", "done"],
+            ["1", "1", "done"],
             "{mode:?}: a container of its own ipc namespace sees none: {out}"
         );
         assert_eq!(

@@ -37,11 +37,11 @@ pub fn is_host_root() -> bool {
 
 /// Mounts made before the cell's user namespace exists: the trees of the bind sources
 /// (`spec.mounts` order), cloned while still host root (root mode only), and the
-/// mqueue file systems of a joined ipc namespace (`ocimount::joined_mqueues`).
+/// file systems of joined namespaces (`ocimount::joined_fs`: mqueue, sysfs).
 #[derive(Default)]
 pub struct PreparedMounts {
     pub trees: Vec<OwnedFd>,
-    pub mqueues: Vec<OwnedFd>,
+    pub joined_fs: Vec<OwnedFd>,
 }
 
 /// Started as root: clone the mount sources (opened once by the supervisor, found on
@@ -105,7 +105,7 @@ pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMou
     nix::sys::prctl::set_dumpable(true).at(STAGE, "prctl", "PR_SET_DUMPABLE")?;
     Ok(PreparedMounts {
         trees: fds,
-        mqueues: Vec::new(),
+        joined_fs: Vec::new(),
     })
 }
 

@@ -168,11 +168,11 @@ pub fn writable_dests(spec: &RunSpec) -> Vec<PathBuf> {
 }
 
 /// What the root's builder (`rootfs.rs`) lends: the detached mount tree of source
-/// `i` (recursive or not), the mqueue file systems made in a joined ipc namespace
-/// (`joined_mqueues`), and nixcell's own device and /proc lists.
+/// `i` (recursive or not), the file systems made in joined namespaces (`joined_fs`),
+/// and nixcell's own device and /proc lists.
 pub struct Builder<'a> {
     pub tree: &'a dyn Fn(usize, bool) -> StageResult<OwnedFd>,
-    pub mqueues: &'a [OwnedFd],
+    pub joined_fs: &'a [OwnedFd],
     pub devices: &'a [&'a str],
     pub proc_masked: Vec<&'a str>,
     pub proc_read_only: &'a [&'a str],
@@ -336,12 +336,9 @@ fn apply(
     let Some(fs) = &spec.oci_fs else {
         return Ok(());
     };
-    let mut mqueues = b.mqueues.iter();
+    let mut joined = b.joined_fs.iter();
     for m in &fs.mounts {
-        let made = match m.kind {
-            MountKind::Mqueue => mqueues.next(),
-            _ => None,
-        };
+        let made = made_in_joined(spec, m).and_then(|_| joined.next());
         mount_one(spec, b, root, m, made)?;
     }
     if image {
@@ -513,42 +510,65 @@ fn attrs(m: &OciMount) -> u64 {
     a
 }
 
-/// The mqueue file system of each mqueue mount of config.json, made in the ipc
-/// namespace just joined (`init.rs`, before the cell's user namespace exists). An
-/// mqueue mount shows the ipc namespace of its maker and needs CAP_SYS_ADMIN in the
-/// user namespace owning that namespace: a pod's is owned by another user namespace
-/// than the cell's, in which the cell's PID 1 could not mount it.
-/// Mounting needs the capability over the mount namespace too: rootless (root of an
-/// engine's user namespace, maybe still in the host's mount namespace), a mount
-/// namespace of that user namespace is made first (the cell's own is made from it).
-pub fn joined_mqueues(spec: &RunSpec) -> StageResult<Vec<OwnedFd>> {
+/// Whether `m` is made before the cell's user namespace exists (`joined_fs`): an
+/// mqueue in a joined ipc namespace, a sysfs in a joined network namespace.
+fn made_in_joined(spec: &RunSpec, m: &OciMount) -> Option<super::JoinKind> {
+    let kind = match m.kind {
+        MountKind::Mqueue => super::JoinKind::Ipc,
+        MountKind::Sysfs => super::JoinKind::Net,
+        _ => return None,
+    };
+    spec.joins.iter().any(|j| j.kind == kind).then_some(kind)
+}
+
+/// The file system of each mqueue and sysfs mount of config.json whose namespace was
+/// just joined (`init.rs`, before the cell's user namespace exists). An mqueue shows
+/// the ipc namespace of its maker, a sysfs its network namespace, and each needs
+/// CAP_SYS_ADMIN in the user namespace owning that namespace: a pod's is owned by
+/// another user namespace than the cell's, in which the cell's PID 1 could not mount
+/// it. Such a sysfs is read-only whatever is asked (the pod's devices are not the
+/// container's to change). Mounting needs the capability over the mount namespace
+/// too: rootless (root of an engine's user namespace, maybe still in the host's mount
+/// namespace), a mount namespace of that user namespace is made first (the cell's own
+/// is made from it).
+pub fn joined_fs(spec: &RunSpec) -> StageResult<Vec<OwnedFd>> {
     let Some(fs) = &spec.oci_fs else {
         return Ok(Vec::new());
     };
-    let wanted = fs.mounts.iter().filter(|m| m.kind == MountKind::Mqueue);
-    if wanted.clone().next().is_some() && !super::ns::is_host_root() {
+    let wanted: Vec<_> = fs
+        .mounts
+        .iter()
+        .filter_map(|m| made_in_joined(spec, m).map(|k| (m, k)))
+        .collect();
+    if !wanted.is_empty() && !super::ns::is_host_root() {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).at(
             Stage::JoinNamespaces,
             "unshare",
-            "mount (for the mqueue of the joined ipc namespace)",
+            "mount (for the file systems of the joined namespaces)",
         )?;
     }
     wanted
-        .map(|m| {
-            new_fs("mqueue", &m.source, &m.data, attrs(m)).at(
+        .into_iter()
+        .map(|(m, k)| {
+            let fs_type = m.kind.fs_type().unwrap_or("?");
+            let mut a = attrs(m);
+            if m.kind == MountKind::Sysfs {
+                a |= sys::MOUNT_ATTR_RDONLY;
+            }
+            new_fs(fs_type, &m.source, &m.data, a).at(
                 Stage::JoinNamespaces,
                 "fsmount",
                 format!(
-                    "mqueue at {} (of the joined ipc namespace)",
-                    m.dest.display()
+                    "{fs_type} at {} (of the joined {} namespace)",
+                    m.dest.display(),
+                    k.name()
                 ),
             )
         })
         .collect()
 }
 
-/// Mounts `m` below `root`; `made` is its file system if made before (a joined ipc
-/// namespace's mqueue, `joined_mqueues`).
+/// Mounts `m` below `root`; `made` is its file system if made before (`joined_fs`).
 fn mount_one(
     spec: &RunSpec,
     b: &Builder<'_>,
@@ -558,7 +578,7 @@ fn mount_one(
 ) -> StageResult {
     let d = m.dest.display();
     let tree = match (&m.kind, made) {
-        (MountKind::Mqueue, Some(fs)) => {
+        (_, Some(fs)) => {
             let fs = fs
                 .try_clone()
                 .map_err(|e| StageError::new(STAGE, "dup", d.to_string(), errno(&e)))?;

@@ -61,7 +61,7 @@ fn build_root(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -
     let tree = |i: usize, recursive: bool| source_tree(spec, prepared, i, recursive);
     let oci = super::ocimount::Builder {
         tree: &tree,
-        mqueues: &prepared.mqueues,
+        joined_fs: &prepared.joined_fs,
         devices: DEVICES,
         proc_masked: PROC_MASKED_FILES
             .iter()
