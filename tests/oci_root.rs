@@ -727,6 +727,9 @@ fn a_container_joining_a_pods_namespaces_mounts_their_mqueue_and_sysfs() {
                 cfg["linux"]["namespaces"][1]["path"] = "/proc/PID/ns/net".into();
                 cfg["linux"]["namespaces"][2]["path"] = "/proc/PID/ns/ipc".into();
                 cfg["annotations"] = serde_json::json!({"dev.nixcell.profile": path_str(&profile)});
+                // Asked writable: the pod's sysfs stays read-only (a warning).
+                cfg["mounts"][5]["options"] =
+                    serde_json::json!(["nosuid", "noexec", "nodev", "rw"]);
             }
             std::fs::create_dir_all(d.join(name)).unwrap();
             std::fs::write(d.join(name).join("config.in"), cfg.to_string()).unwrap();
@@ -748,7 +751,7 @@ fn a_container_joining_a_pods_namespaces_mounts_their_mqueue_and_sysfs() {
         // the pod's ipc namespace.
         let script = r#"
             bin=$1 root=$2 d=$3
-            oci() { "$bin" oci --root "$root" "$@"; }
+            oci() { "$bin" oci --root "$root" --log "$d/runtime.log" "$@"; }
             wait_for() { i=0; while ! grep -q "$1" "$2" && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done; }
             cp "$d/a/config.in" "$d/a/config.json"
             oci create --bundle "$d/a" --pid-file "$d/a.pid" a > "$d/a.out" 2>&1 || { cat "$d/a.out"; exit 3; }
@@ -809,6 +812,11 @@ fn a_container_joining_a_pods_namespaces_mounts_their_mqueue_and_sysfs() {
             section("exec a"),
             ["from-a", "from-b"],
             "{mode:?}: the queue made by the joining container: {out}"
+        );
+        let log = std::fs::read_to_string(d.join("runtime.log")).unwrap();
+        assert_has(
+            &log,
+            "mount at /sys: rw: a sysfs of the joined network namespace is read-only",
         );
     }
 }

@@ -188,6 +188,21 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
              unbindable, rshared, rslave, rprivate, runbindable"
         ));
     }
+    let joins_net = cfg
+        .joins()?
+        .iter()
+        .any(|(k, _)| *k == super::config::JoinKind::Net);
+    for m in mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::Sysfs && !m.readonly)
+    {
+        if joins_net {
+            warn.push(format!(
+                "mount at {}: rw: a sysfs of the joined network namespace is read-only",
+                m.dest.display()
+            ));
+        }
+    }
     if let Some(p @ ("slave" | "rslave")) = propagation.as_deref() {
         warn.push(format!(
             "linux.rootfsPropagation {p}: the root has no master (nothing of the host is \
