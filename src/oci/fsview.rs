@@ -194,14 +194,12 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
         .any(|(k, _)| *k == super::config::JoinKind::Net);
     for m in mounts
         .iter()
-        .filter(|m| m.kind == MountKind::Sysfs && !m.readonly)
+        .filter(|m| joins_net && m.kind == MountKind::Sysfs && !m.readonly)
     {
-        if joins_net {
-            warn.push(format!(
-                "mount at {}: rw: a sysfs of the joined network namespace is read-only",
-                m.dest.display()
-            ));
-        }
+        warn.push(format!(
+            "mount at {}: rw: a sysfs of the joined network namespace is read-only",
+            m.dest.display()
+        ));
     }
     if let Some(p @ ("slave" | "rslave")) = propagation.as_deref() {
         warn.push(format!(
