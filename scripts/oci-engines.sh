@@ -289,11 +289,13 @@ spid=$(c task ls | awk '$1 == "s0" { print $2 }')
 sjoins="--with-ns network:/proc/$spid/ns/net --with-ns ipc:/proc/$spid/ns/ipc --with-ns uts:/proc/$spid/ns/uts"
 check "containerd pod from an image: a closure container reaches the sandbox's listener" 0 "pong" \
   crun_ "--rm $podp $sjoins" s1 sh -c 'for i in 1 2 3 4 5; do nc 127.0.0.1 8080 < /dev/null && break; sleep 0.3; done'
+check "containerd pod from an image: an image container joining the sandbox's namespaces mounts their mqueue (and sysfs)" 0 "/dev/mqueue mqueue" \
+  irun --rm $podp $sjoins "$image-dir:latest" s2 grep ' /dev/mqueue ' /proc/mounts
 c task kill -s SIGKILL s0
 i=0
 while c task ls | grep -q "s0.*RUNNING" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 c task delete s0 > /dev/null 2>&1 || true
-for id in i1 s0 s1; do c container rm "$id" > /dev/null 2>&1 || true; done
+for id in i1 s0 s1 s2; do c container rm "$id" > /dev/null 2>&1 || true; done
 c image import "$work/opq-image.tar" > /dev/null
 check "containerd: an image with an opaque directory is refused by name" 1 \
   "has the xattr trusted.overlay.opaque" irun --rm "$image-opq:latest" o1 true

@@ -65,10 +65,16 @@ impl Oci {
 
     /// `create` with stdout and stderr of the container on the `out` file; PID 1.
     fn create(&self, id: &str) -> i32 {
+        self.create_with(&[], id)
+    }
+
+    /// `create` after the global options `globals` (e.g. `--log FILE`).
+    fn create_with(&self, globals: &[&str], id: &str) -> i32 {
         let out = std::fs::File::create(self.dir.path().join("out")).unwrap();
         let pid_file = self.dir.path().join(format!("{id}.pid"));
         let o = self
-            .cmd(&["create", "--bundle", path_str(&self.bundle()), "--pid-file"])
+            .cmd(globals)
+            .args(["create", "--bundle", path_str(&self.bundle()), "--pid-file"])
             .arg(&pid_file)
             .arg(id)
             .stdin(Stdio::null())
@@ -384,11 +390,55 @@ fn answers_as_nixcell_runc_with_a_json_log() {
     assert!(entry["time"].is_string());
 }
 
+/// Kinds linux.namespaces leaves out are the container's own, not the runtime's: a
+/// warning in the runtime log names them. A slave root propagation (of a closure
+/// root here) has no master to receive from: said in the log too.
+#[test]
+fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
+    let kinds = ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"];
+    let script = format!(
+        "for k in {}; do readlink /proc/self/ns/$k; done",
+        kinds.join(" ")
+    );
+    for mode in MODES {
+        let mut cfg = config(&["sh", "-c", &script]);
+        cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}],
+            "rootfsPropagation": "rslave"});
+        let c = Oci::new(mode, cfg);
+        let log = c.dir.path().join("runtime.log");
+        let pid = c.create_with(&["--log", path_str(&log)], "c");
+        ok(&c.run(&["start", "c"]), "start");
+        assert_eq!(wait_exit(pid), 0, "{mode:?}: {}", c.out());
+        ok(&c.run(&["delete", "c"]), "delete");
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            logged.contains("warning config.json: linux.namespaces leaves out user, network, ipc, uts, cgroup: not shared with the runtime, the cell has its own"),
+            "{mode:?}: {logged}"
+        );
+        assert!(
+            logged.contains("linux.rootfsPropagation rslave: the root has no master"),
+            "{mode:?}: {logged}"
+        );
+        let inside: Vec<String> = c.out().lines().map(String::from).collect();
+        assert_eq!(inside.len(), kinds.len(), "{mode:?}: {inside:?}");
+        for (k, seen) in kinds.iter().zip(&inside) {
+            let host = std::fs::read_link(format!("/proc/self/ns/{k}")).unwrap();
+            assert_ne!(
+                host.to_str().unwrap(),
+                seen,
+                "{mode:?}: the container's {k} namespace is the runtime's"
+            );
+        }
+    }
+}
+
 #[test]
 fn exec_runs_inside_under_the_same_layers() {
     for mode in MODES {
         let mut cfg = config(&["sleep", "100"]);
         cfg["linux"] = serde_json::json!({"resources": {"pids": {"limit": 30}}});
+        cfg["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 400}]);
         let c = Oci::new(mode, cfg);
         let pid = c.create("ex");
         let early = c.run(&["exec", "ex", "true"]);
@@ -419,8 +469,49 @@ fn exec_runs_inside_under_the_same_layers() {
             "{mode:?}: PID 1 is the cell's: {out}"
         );
         assert_eq!(lines[3], "2", "{mode:?}: {out}");
-        // --process, --detach, --pid-file: the process runs on, in the container.
+        // A --process file's rlimits are its own, bounded by the profile's (nofile 1024,
+        // no core dumps) as create's are; without any, the container's stay.
+        let limits = "echo $(ulimit -Sn) $(ulimit -Hn) $(ulimit -Sc) $(ulimit -Hc)";
+        let o = c.run(&["exec", "ex", "sh", "-c", limits]);
+        assert_eq!(ok(&o, "exec").trim(), "300 400 0 0", "{mode:?}");
         let proc_json = c.dir.path().join("process.json");
+        for (rl, want) in [
+            (
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 200, "hard": 500}]),
+                "200 500 0 0",
+            ),
+            (
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 8192},
+                    {"type": "RLIMIT_CORE", "soft": 100, "hard": 100}]),
+                "1024 1024 0 0",
+            ),
+        ] {
+            std::fs::write(
+                &proc_json,
+                serde_json::json!({"args": ["sh", "-c", limits], "cwd": "/",
+                    "user": {"uid": 0, "gid": 0}, "rlimits": rl})
+                .to_string(),
+            )
+            .unwrap();
+            let o = c.run(&["exec", "--process", path_str(&proc_json), "ex"]);
+            assert_eq!(ok(&o, "exec --process").trim(), want, "{mode:?}: {rl}");
+        }
+        std::fs::write(
+            &proc_json,
+            serde_json::json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "rlimits": [{"type": "RLIMIT_NOPE", "soft": 1, "hard": 1}]})
+            .to_string(),
+        )
+        .unwrap();
+        let o = c.run(&["exec", "--process", path_str(&proc_json), "ex"]);
+        assert!(
+            !o.status.success()
+                && text(&o.stderr)
+                    .contains("process.json: process.rlimits: unknown type \"RLIMIT_NOPE\""),
+            "{mode:?}: {}",
+            text(&o.stderr)
+        );
+        // --process, --detach, --pid-file: the process runs on, in the container.
         std::fs::write(
             &proc_json,
             serde_json::json!({"args": ["sleep", "50"], "cwd": "/tmp", "env": ["X=1"],

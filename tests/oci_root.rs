@@ -11,7 +11,7 @@ use std::process::Stdio;
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "ls", "echo", "id", "stat", "touch", "mkdir", "grep", "readlink", "head", "test",
-    "wc", "rm",
+    "wc", "rm", "sleep", "awk",
 ];
 
 /// A bundle whose rootfs is a directory with a static busybox (owned by host root in
@@ -699,5 +699,161 @@ fn a_container_without_a_proc_mount_runs_and_sees_no_proc() {
         cfg["process"]["oomScoreAdj"] = serde_json::json!(500);
         let out = b.expect(&cfg, &["ran-42"]);
         assert!(out.starts_with("0\n"), "{mode:?}: {out}");
+    }
+}
+
+/// A pod as containerd makes one: a first container has its own ipc and network
+/// namespaces, a second joins them by path; both mount /dev/mqueue and /sys (the usual
+/// mounts), and a message queue made in one is seen in the other, while a container
+/// of its own namespaces sees none. The joined namespaces belong to the first
+/// container's user namespace, not the second's. Rootless as a rootless engine runs
+/// its runtime: root of a user namespace of its own.
+#[test]
+fn a_container_joining_a_pods_namespaces_mounts_their_mqueue_and_sysfs() {
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        let d = b.dir.path();
+        // A joined network namespace is the pod's: allowed under a profile with network.
+        let profile = d.join("pod.toml");
+        std::fs::write(
+            &profile,
+            "extends = \"default\"\n[network]\nallow = [\"example.com:443\"]\n",
+        )
+        .unwrap();
+        let with = |name: &str, script: &str, join: bool| {
+            let mut cfg = config(script);
+            cfg["root"]["path"] = path_str(&b.rootfs()).into();
+            if join {
+                cfg["linux"]["namespaces"][1]["path"] = "/proc/PID/ns/net".into();
+                cfg["linux"]["namespaces"][2]["path"] = "/proc/PID/ns/ipc".into();
+                cfg["annotations"] = serde_json::json!({"dev.nixcell.profile": path_str(&profile)});
+                // Asked writable: the pod's sysfs stays read-only (a warning).
+                cfg["mounts"][5]["options"] =
+                    serde_json::json!(["nosuid", "noexec", "nodev", "rw"]);
+            }
+            std::fs::create_dir_all(d.join(name)).unwrap();
+            std::fs::write(d.join(name).join("config.in"), cfg.to_string()).unwrap();
+        };
+        with(
+            "a",
+            "touch /dev/mqueue/from-a && echo made; exec sleep 60",
+            false,
+        );
+        let list = "grep ' /dev/mqueue mqueue ' /proc/mounts | wc -l; \
+                    grep ' /sys sysfs ro,' /proc/mounts | wc -l; ls /dev/mqueue; \
+                    touch /dev/mqueue/from-$HOSTNAME; echo done";
+        with("b", &list.replace("$HOSTNAME", "b"), true);
+        with("c", &list.replace("$HOSTNAME", "c"), false);
+        if mode == Mode::Rootless {
+            chown_to_test_user(d);
+        }
+        // The command of container a (PID 1's child: PID 1 is not dumpable) names
+        // the pod's ipc namespace.
+        let script = r#"
+            bin=$1 root=$2 d=$3
+            oci() { "$bin" oci --root "$root" --log "$d/runtime.log" "$@"; }
+            wait_for() { i=0; while ! grep -q "$1" "$2" && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done; }
+            cp "$d/a/config.in" "$d/a/config.json"
+            oci create --bundle "$d/a" --pid-file "$d/a.pid" a > "$d/a.out" 2>&1 || { cat "$d/a.out"; exit 3; }
+            oci start a || exit 4
+            wait_for made "$d/a.out"
+            pid=$(cat "$d/a.pid")
+            child=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children")
+            for c in b c; do
+                sed "s|/proc/PID/|/proc/$child/|g" "$d/$c/config.in" > "$d/$c/config.json"
+                oci create --bundle "$d/$c" --pid-file "$d/$c.pid" $c > "$d/$c.out" 2>&1 || { cat "$d/$c.out"; exit 5; }
+                oci start $c || exit 6
+                wait_for done "$d/$c.out"
+                echo "== $c"; cat "$d/$c.out"
+            done
+            echo "== exec a"; oci exec a ls /dev/mqueue; echo "== end"
+            for c in a b c; do oci delete --force $c; echo "pid $(cat "$d/$c.pid")"; done
+        "#;
+        let mut cmd = match mode {
+            Mode::Root => std::process::Command::new("sh"),
+            Mode::Rootless => {
+                let mut c = as_test_user();
+                c.args(["unshare", "-Ur", "sh"]);
+                c
+            }
+        };
+        let o = cmd
+            .args(["-c", script, "sh", bin()])
+            .arg(d.join("state"))
+            .arg(d)
+            .output()
+            .unwrap();
+        let out = ok(&o, &format!("{mode:?}: the pod"));
+        for l in out.lines() {
+            if let Some(pid) = l.strip_prefix("pid ") {
+                // SAFETY: waitpid on a PID 1 reparented to us (a subreaper), killed.
+                unsafe { libc::waitpid(pid.parse().unwrap(), std::ptr::null_mut(), 0) };
+            }
+        }
+        let section = |name: &str| {
+            out.split(&format!("== {name}\n"))
+                .nth(1)
+                .and_then(|s| s.split("==").next())
+                .unwrap_or_default()
+                .lines()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            section("b"),
+            ["1", "1", "from-a", "done"],
+            "{mode:?}: the joining container mounts the pod's mqueue and sysfs: {out}"
+        );
+        assert_eq!(
+            section("c"),
+            ["1", "1", "done"],
+            "{mode:?}: a container of its own ipc namespace sees none: {out}"
+        );
+        assert_eq!(
+            section("exec a"),
+            ["from-a", "from-b"],
+            "{mode:?}: the queue made by the joining container: {out}"
+        );
+        let log = std::fs::read_to_string(d.join("runtime.log")).unwrap();
+        assert_has(
+            &log,
+            "mount at /sys: rw: a sysfs of the joined network namespace is read-only",
+        );
+    }
+}
+
+/// linux.rootfsPropagation on the container's `/` (r-forms on the mounts below it too),
+/// as mountinfo shows it inside; a value of no propagation type is refused by name.
+#[test]
+fn rootfs_propagation_is_set_on_the_containers_root() {
+    let script = "awk '$5 == \"/\" || $5 == \"/proc\" { o = $5; \
+                  for (i = 7; $i != \"-\"; i++) { sub(/:[0-9]+$/, \"\", $i); o = o \" \" $i }; print o }' \
+                  /proc/self/mountinfo";
+    for mode in MODES {
+        let b = Bundle::new(mode);
+        for (value, root, proc) in [
+            ("shared", "/ shared", "/proc"),
+            ("rshared", "/ shared", "/proc shared"),
+            ("unbindable", "/ unbindable", "/proc"),
+            ("runbindable", "/ unbindable", "/proc unbindable"),
+            ("private", "/", "/proc"),
+            ("rprivate", "/", "/proc"),
+            // No master is left once the host's root is detached: nothing comes in.
+            ("slave", "/", "/proc"),
+            ("rslave", "/", "/proc"),
+        ] {
+            let mut cfg = config(script);
+            cfg["linux"]["rootfsPropagation"] = value.into();
+            let out = b.expect(&cfg, &[]);
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines, [root, proc], "{mode:?}: {value}: {out}");
+        }
+        let mut cfg = config("true");
+        cfg["linux"]["rootfsPropagation"] = "rshared,rslave".into();
+        let (code, out) = b.run(&cfg);
+        assert_eq!(code, -1, "{mode:?}: refused");
+        assert_has(
+            &out,
+            "linux.rootfsPropagation \"rshared,rslave\": not one of shared, slave, private",
+        );
     }
 }

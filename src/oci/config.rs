@@ -110,6 +110,7 @@ pub struct Linux {
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
     pub mount_label: Option<String>,
+    pub rootfs_propagation: Option<String>,
     #[serde(default)]
     pub masked_paths: Vec<String>,
     #[serde(default)]
@@ -251,6 +252,9 @@ impl Config {
         warn.extend(self.check_process(p)?);
         let linux = self.linux.as_ref();
         self.joins()?;
+        if let Some(w) = self.left_out_namespaces() {
+            warn.push(w);
+        }
         if let Some(l) = linux
             && (!l.uid_mappings.is_empty() || !l.gid_mappings.is_empty())
         {
@@ -265,6 +269,29 @@ impl Config {
         }
         self.cgroups_path()?;
         Ok(warn)
+    }
+
+    /// The namespace kinds `linux.namespaces` leaves out: the spec says the container
+    /// then shares the runtime's; a cell never shares one of the host's (each is its
+    /// own), so they are named in a warning.
+    fn left_out_namespaces(&self) -> Option<String> {
+        let listed: Vec<&str> = self
+            .linux
+            .iter()
+            .flat_map(|l| &l.namespaces)
+            .map(|n| n.kind.as_str())
+            .collect();
+        let left: Vec<&str> = crate::sandbox::ns::namespace_names()
+            .into_iter()
+            .filter(|k| !listed.contains(k))
+            .collect();
+        (!left.is_empty()).then(|| {
+            format!(
+                "linux.namespaces leaves out {}: not shared with the runtime, the cell has \
+                 its own (a cell never shares a host namespace)",
+                left.join(", ")
+            )
+        })
     }
 
     /// The namespaces to join (linux.namespaces entries with a path), each kind once:

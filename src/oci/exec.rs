@@ -54,7 +54,9 @@ fn uid_gid(s: &str) -> Res<(u32, u32)> {
 }
 
 /// The exec'd process's spec: the container's, with this process's fields; and the
-/// warnings for the runtime log.
+/// warnings for the runtime log. A `--process` file's rlimits replace the
+/// container's (bounded by the profile's like `create`'s); without any, the
+/// container's stay.
 fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<(RunSpec, Vec<String>)> {
     let bytes = crate::dirs::read_nofollow_capped(&dir.join(SPEC_FILE), MAX_SPEC)
         .map_err(|e| format!("{}: {e}", dir.join(SPEC_FILE).display()))?;
@@ -68,6 +70,17 @@ fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<(RunSpec, Vec<String>)> {
                 .map_err(|e| format!("--process {}: {e}", p.display()))?;
             let pr: super::config::Process = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("--process {}: {e}", p.display()))?;
+            let what = format!("--process {}", p.display());
+            super::process::check_rlimits(&pr.rlimits, &what)?;
+            if !pr.rlimits.is_empty() {
+                let mut lowered = Vec::new();
+                spec.security.container.rlimits = super::process::bounded_rlimits(
+                    &pr.rlimits,
+                    &spec.security.rlimits,
+                    &mut lowered,
+                );
+                warn.extend(lowered.into_iter().map(|w| format!("{what}: {w}")));
+            }
             let user = (pr.user.uid, pr.user.gid);
             spec.security.container.caps = Some(super::process::oci_caps(
                 pr.capabilities.as_ref(),

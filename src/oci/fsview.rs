@@ -175,7 +175,40 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
             Err(e) => return Err(e),
         }
     }
+    let propagation = cfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation.clone())
+        .filter(|p| !p.is_empty());
+    if let Some(p) = &propagation
+        && crate::sandbox::ocimount::propagation_flags(p).is_none()
+    {
+        return Err(format!(
+            "config.json: linux.rootfsPropagation {p:?}: not one of shared, slave, private, \
+             unbindable, rshared, rslave, rprivate, runbindable"
+        ));
+    }
+    let joins_net = cfg
+        .joins()?
+        .iter()
+        .any(|(k, _)| *k == super::config::JoinKind::Net);
+    for m in mounts
+        .iter()
+        .filter(|m| joins_net && m.kind == MountKind::Sysfs && !m.readonly)
+    {
+        warn.push(format!(
+            "mount at {}: rw: a sysfs of the joined network namespace is read-only",
+            m.dest.display()
+        ));
+    }
+    if let Some(p @ ("slave" | "rslave")) = propagation.as_deref() {
+        warn.push(format!(
+            "linux.rootfsPropagation {p}: the root has no master (nothing of the host is \
+             below it): it receives no mounts, as a private one"
+        ));
+    }
     let fs = spec.oci_fs.get_or_insert_with(OciFs::default);
+    fs.root_propagation = propagation;
     fs.mounts = mounts;
     fs.masked = masked;
     fs.readonly = readonly;

@@ -42,27 +42,7 @@ impl Config {
             ));
         }
         check_capabilities(p.capabilities.as_ref())?;
-        let mut seen = BTreeSet::new();
-        for r in &p.rlimits {
-            if ociproc::resource(&r.kind).is_none() {
-                return Err(format!(
-                    "config.json: process.rlimits: unknown type {:?}",
-                    r.kind
-                ));
-            }
-            if !seen.insert(r.kind.as_str()) {
-                return Err(format!(
-                    "config.json: process.rlimits: {} given twice",
-                    r.kind
-                ));
-            }
-            if r.soft > r.hard {
-                return Err(format!(
-                    "config.json: process.rlimits: {} soft {} above hard {}",
-                    r.kind, r.soft, r.hard
-                ));
-            }
-        }
+        check_rlimits(&p.rlimits, "config.json")?;
         if let Some(v) = p.oom_score_adj
             && !(-1000..=1000).contains(&v)
         {
@@ -113,35 +93,7 @@ impl Config {
             caps,
             &mut warn,
         )?;
-        let limit_caps = profile_caps(profile_rlimits);
-        let rlimits = p
-            .rlimits
-            .iter()
-            .map(|r| {
-                let res = ociproc::resource(&r.kind).expect("checked");
-                let (cap, whose) = match limit_caps.iter().find(|(n, _)| *n == r.kind) {
-                    Some((_, c)) => (*c, "the profile's limit"),
-                    None => (
-                        nix::sys::resource::getrlimit(res).map_or(u64::MAX, |(_, h)| h),
-                        "the runtime's hard limit",
-                    ),
-                };
-                if r.hard > cap {
-                    warn.push(format!(
-                        "process.rlimits {} {}:{} lowered to {}:{cap} ({whose})",
-                        r.kind,
-                        r.soft,
-                        r.hard,
-                        r.soft.min(cap)
-                    ));
-                }
-                ociproc::Rlimit {
-                    name: r.kind.clone(),
-                    soft: r.soft,
-                    hard: r.hard,
-                }
-            })
-            .collect();
+        let rlimits = bounded_rlimits(&p.rlimits, profile_rlimits, &mut warn);
         let seccomp = match self.linux.as_ref().and_then(|l| l.seccomp.as_ref()) {
             Some(v) => Some(super::seccomp::compile(v, seccomp_allows_seccomp)?),
             None => None,
@@ -194,6 +146,30 @@ pub(crate) fn check_capabilities(caps: Option<&CapsAsked>) -> Result<(), String>
                     "config.json: process.capabilities.{set}: unknown capability {n:?}"
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an unknown `RLIMIT_*` type, one given twice, a soft limit above its hard
+/// one; `what` names the file (config.json, exec's --process file).
+pub(crate) fn check_rlimits(rl: &[super::config::Rlimit], what: &str) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for r in rl {
+        if ociproc::resource(&r.kind).is_none() {
+            return Err(format!(
+                "{what}: process.rlimits: unknown type {:?}",
+                r.kind
+            ));
+        }
+        if !seen.insert(r.kind.as_str()) {
+            return Err(format!("{what}: process.rlimits: {} given twice", r.kind));
+        }
+        if r.soft > r.hard {
+            return Err(format!(
+                "{what}: process.rlimits: {} soft {} above hard {}",
+                r.kind, r.soft, r.hard
+            ));
         }
     }
     Ok(())
@@ -288,6 +264,44 @@ pub fn oci_caps(
         no_new_privs,
         policy: policy.clone(),
     })
+}
+
+/// Checked rlimits (`check_rlimits`) for the cell, which sets them after the
+/// profile's (`ociproc::apply_rlimits`: at most the hard limits in force), with a
+/// warning for each above the profile's limit or the runtime's own hard limit.
+pub(crate) fn bounded_rlimits(
+    rl: &[super::config::Rlimit],
+    profile_rlimits: &RlimitSpec,
+    warn: &mut Vec<String>,
+) -> Vec<ociproc::Rlimit> {
+    let caps = profile_caps(profile_rlimits);
+    rl.iter()
+        .map(|r| {
+            let (cap, whose) = match caps.iter().find(|(n, _)| *n == r.kind) {
+                Some((_, c)) => (*c, "the profile's limit"),
+                None => (
+                    ociproc::resource(&r.kind)
+                        .and_then(|res| nix::sys::resource::getrlimit(res).ok())
+                        .map_or(u64::MAX, |(_, h)| h),
+                    "the runtime's hard limit",
+                ),
+            };
+            if r.hard > cap {
+                warn.push(format!(
+                    "process.rlimits {} {}:{} lowered to {}:{cap} ({whose})",
+                    r.kind,
+                    r.soft,
+                    r.hard,
+                    r.soft.min(cap)
+                ));
+            }
+            ociproc::Rlimit {
+                name: r.kind.clone(),
+                soft: r.soft,
+                hard: r.hard,
+            }
+        })
+        .collect()
 }
 
 /// `process.oomScoreAdj` at least this runtime's own value, which the cell inherits:

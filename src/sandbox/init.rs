@@ -113,11 +113,16 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         logs.push(std::os::fd::OwnedFd::from(f));
     }
     let joined = ns::join_all(&spec.joins)?;
-    let prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
+    // A joined namespace belongs to another user namespace than the cell's: the
+    // file systems that show it (mqueue, sysfs) are made now, by a process with the
+    // capability over it.
+    let joined_fs = super::ocimount::joined_fs(spec)?;
+    let mut prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
         ns::leave_host_root(&spec.identity, spec)?
     } else {
-        PreparedMounts(Vec::new())
+        PreparedMounts::default()
     };
+    prepared.joined_fs = joined_fs;
     let host_ids = (
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),

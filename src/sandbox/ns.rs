@@ -35,9 +35,14 @@ pub fn is_host_root() -> bool {
             .unwrap_or(false)
 }
 
-/// Mount trees of the bind sources (`spec.mounts` order), cloned while still host
-/// root (root mode only).
-pub struct PreparedMounts(pub Vec<OwnedFd>);
+/// Mounts made before the cell's user namespace exists: the trees of the bind sources
+/// (`spec.mounts` order), cloned while still host root (root mode only), and the
+/// file systems of joined namespaces (`ocimount::joined_fs`: mqueue, sysfs).
+#[derive(Default)]
+pub struct PreparedMounts {
+    pub trees: Vec<OwnedFd>,
+    pub joined_fs: Vec<OwnedFd>,
+}
 
 /// Started as root: clone the mount sources (opened once by the supervisor, found on
 /// `MOUNT_FD_BASE + i`) as detached trees, clear the supplementary groups, then become
@@ -98,7 +103,10 @@ pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMou
     // A uid change makes the process non-dumpable, which would make its own
     // /proc/self/{uid_map,gid_map,setgroups} root-owned and unwritable for it.
     nix::sys::prctl::set_dumpable(true).at(STAGE, "prctl", "PR_SET_DUMPABLE")?;
-    Ok(PreparedMounts(fds))
+    Ok(PreparedMounts {
+        trees: fds,
+        joined_fs: Vec::new(),
+    })
 }
 
 /// A user namespace whose maps send `owner` (the on-disk ids of a bind source) to the

@@ -35,6 +35,52 @@ pub struct OciFs {
     pub masked: Vec<PathBuf>,
     /// linux.readonlyPaths: made read-only where they are.
     pub readonly: Vec<PathBuf>,
+    /// linux.rootfsPropagation of the container's `/` (`propagation_flags`), set once
+    /// the root is built.
+    #[serde(default)]
+    pub root_propagation: Option<String>,
+}
+
+/// The mount(2) flags of a linux.rootfsPropagation value (r-forms recursive).
+pub fn propagation_flags(v: &str) -> Option<MsFlags> {
+    let (rec, kind) = match v.strip_prefix('r') {
+        Some(k) if !k.is_empty() => (MsFlags::MS_REC, k),
+        _ => (MsFlags::empty(), v),
+    };
+    let kind = match kind {
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        _ => return None,
+    };
+    Some(kind | rec)
+}
+
+/// linux.rootfsPropagation on the built root (`/`, after pivot_root: nothing of the
+/// host is below it, so a shared root's peers are in the cell only and a slave root
+/// has no master left: it receives nothing, as a private one).
+pub fn root_propagation(spec: &RunSpec) -> StageResult {
+    let Some(v) = spec
+        .oci_fs
+        .as_ref()
+        .and_then(|f| f.root_propagation.as_deref())
+    else {
+        return Ok(());
+    };
+    let flags = propagation_flags(v).ok_or_else(|| {
+        StageError::new(
+            Stage::SealRoot,
+            "mount",
+            format!("propagation {v}"),
+            Errno::EINVAL,
+        )
+    })?;
+    mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).at(
+        Stage::SealRoot,
+        "mount",
+        format!("/ ({v})"),
+    )
 }
 
 /// The copy-on-write layer over an image root.
@@ -122,9 +168,11 @@ pub fn writable_dests(spec: &RunSpec) -> Vec<PathBuf> {
 }
 
 /// What the root's builder (`rootfs.rs`) lends: the detached mount tree of source
-/// `i` (recursive or not), and nixcell's own device and /proc lists.
+/// `i` (recursive or not), the file systems made in joined namespaces (`joined_fs`),
+/// and nixcell's own device and /proc lists.
 pub struct Builder<'a> {
     pub tree: &'a dyn Fn(usize, bool) -> StageResult<OwnedFd>,
+    pub joined_fs: &'a [OwnedFd],
     pub devices: &'a [&'a str],
     pub proc_masked: Vec<&'a str>,
     pub proc_read_only: &'a [&'a str],
@@ -288,8 +336,10 @@ fn apply(
     let Some(fs) = &spec.oci_fs else {
         return Ok(());
     };
+    let mut joined = b.joined_fs.iter();
     for m in &fs.mounts {
-        mount_one(spec, b, root, m)?;
+        let made = made_in_joined(spec, m).and_then(|_| joined.next());
+        mount_one(spec, b, root, m, made)?;
     }
     if image {
         default_devices(root, b.devices)?;
@@ -460,10 +510,82 @@ fn attrs(m: &OciMount) -> u64 {
     a
 }
 
-fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount) -> StageResult {
+/// Whether `m` is made before the cell's user namespace exists (`joined_fs`): an
+/// mqueue in a joined ipc namespace, a sysfs in a joined network namespace.
+fn made_in_joined(spec: &RunSpec, m: &OciMount) -> Option<super::JoinKind> {
+    let kind = match m.kind {
+        MountKind::Mqueue => super::JoinKind::Ipc,
+        MountKind::Sysfs => super::JoinKind::Net,
+        _ => return None,
+    };
+    spec.joins.iter().any(|j| j.kind == kind).then_some(kind)
+}
+
+/// The file system of each mqueue and sysfs mount of config.json whose namespace was
+/// just joined (`init.rs`, before the cell's user namespace exists). An mqueue shows
+/// the ipc namespace of its maker, a sysfs its network namespace, and each needs
+/// CAP_SYS_ADMIN in the user namespace owning that namespace: a pod's is owned by
+/// another user namespace than the cell's, in which the cell's PID 1 could not mount
+/// it. Such a sysfs is read-only whatever is asked (the pod's devices are not the
+/// container's to change). Mounting needs the capability over the mount namespace
+/// too: rootless (root of an engine's user namespace, maybe still in the host's mount
+/// namespace), a mount namespace of that user namespace is made first (the cell's own
+/// is made from it).
+pub fn joined_fs(spec: &RunSpec) -> StageResult<Vec<OwnedFd>> {
+    let Some(fs) = &spec.oci_fs else {
+        return Ok(Vec::new());
+    };
+    let wanted: Vec<_> = fs
+        .mounts
+        .iter()
+        .filter_map(|m| made_in_joined(spec, m).map(|k| (m, k)))
+        .collect();
+    if !wanted.is_empty() && !super::ns::is_host_root() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).at(
+            Stage::JoinNamespaces,
+            "unshare",
+            "mount (for the file systems of the joined namespaces)",
+        )?;
+    }
+    wanted
+        .into_iter()
+        .map(|(m, k)| {
+            let fs_type = m.kind.fs_type().unwrap_or("?");
+            let mut a = attrs(m);
+            if m.kind == MountKind::Sysfs {
+                a |= sys::MOUNT_ATTR_RDONLY;
+            }
+            new_fs(fs_type, &m.source, &m.data, a).at(
+                Stage::JoinNamespaces,
+                "fsmount",
+                format!(
+                    "{fs_type} at {} (of the joined {} namespace)",
+                    m.dest.display(),
+                    k.name()
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Mounts `m` below `root`; `made` is its file system if made before (`joined_fs`).
+fn mount_one(
+    spec: &RunSpec,
+    b: &Builder<'_>,
+    root: BorrowedFd<'_>,
+    m: &OciMount,
+    made: Option<&OwnedFd>,
+) -> StageResult {
     let d = m.dest.display();
-    let tree = match &m.kind {
-        MountKind::Bind { source, recursive } => {
+    let tree = match (&m.kind, made) {
+        (_, Some(fs)) => {
+            let fs = fs
+                .try_clone()
+                .map_err(|e| StageError::new(STAGE, "dup", d.to_string(), errno(&e)))?;
+            // Copied now, so that mountinfo lists it in config.json's order.
+            fresh_copy(fs, true, false)?
+        }
+        (MountKind::Bind { source, recursive }, _) => {
             let tree = (b.tree)(*source, *recursive)?;
             sys::set_tree_propagation(tree.as_raw_fd(), libc::MS_PRIVATE).at(
                 STAGE,
@@ -480,7 +602,7 @@ fn mount_one(spec: &RunSpec, b: &Builder<'_>, root: BorrowedFd<'_>, m: &OciMount
             )?;
             tree
         }
-        kind => new_fs(
+        (kind, _) => new_fs(
             kind.fs_type().unwrap_or("tmpfs"),
             &m.source,
             &m.data,

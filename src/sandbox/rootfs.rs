@@ -51,11 +51,17 @@ fn tmpfs(stage: Stage, target: &str, flags: MsFlags, data: &str) -> StageResult 
 
 /// Builds the whole root and leaves the process in it (cwd `/`).
 pub fn build(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
+    build_root(spec, prepared, sock)?;
+    super::ocimount::root_propagation(spec)
+}
+
+fn build_root(spec: &RunSpec, prepared: &PreparedMounts, sock: BorrowedFd<'_>) -> StageResult {
     make_mounts_private()?;
     enter_tmpfs_root()?;
     let tree = |i: usize, recursive: bool| source_tree(spec, prepared, i, recursive);
     let oci = super::ocimount::Builder {
         tree: &tree,
+        joined_fs: &prepared.joined_fs,
         devices: DEVICES,
         proc_masked: PROC_MASKED_FILES
             .iter()
@@ -321,7 +327,7 @@ fn source_tree(
 ) -> StageResult<OwnedFd> {
     const STAGE: Stage = Stage::BindUser;
     let m = &spec.mounts[i];
-    if let Some(fd) = prepared.0.get(i) {
+    if let Some(fd) = prepared.trees.get(i) {
         return fd.try_clone().map_err(|e| {
             StageError::new(STAGE, "dup", m.source.display().to_string(), io_errno(&e))
         });
