@@ -209,11 +209,10 @@ fn create_in(
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
     container_process(g, cfg, &profile, &mut spec)?;
     let placed = place_cgroup(g, cfg, &mut hardening)?;
-    if placed {
-        cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &mut hardening, |w| {
-            g.log("warning", &format!("config.json: {w}"))
-        })?;
-    }
+    // Into the container's cgroup, or the run's where no cgroupsPath placed it.
+    cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &mut hardening, |w| {
+        g.log("warning", &format!("config.json: {w}"))
+    })?;
     for l in &hardening.layers {
         g.log(
             "info",
