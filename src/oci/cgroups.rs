@@ -455,7 +455,8 @@ fn device_line(d: &DeviceRule) -> Res<String> {
 
 /// v1: the rules in order into devices.allow/devices.deny, then the cell's own
 /// devices allowed (as runc appends its defaults, so that a deny-all list keeps the
-/// cell's /dev working), but for those a rule names (a rule on /dev/null is kept).
+/// cell's /dev working), but for those a rule names: that rule stands. /dev/null,
+/// which nixcell's own set-up opens, is allowed always (as runc does).
 fn devices_v1(rules: &[DeviceRule], w: &mut Vec<Write>) -> Res {
     for d in rules {
         let f = if d.allow {
@@ -466,11 +467,12 @@ fn devices_v1(rules: &[DeviceRule], w: &mut Vec<Write>) -> Res {
         w.push(("devices", f.into(), device_line(d)?));
     }
     let named = |major: i64, minor: Option<i64>| {
-        rules.iter().any(|d| {
-            d.kind.as_deref() == Some("c")
-                && d.major == Some(major)
-                && (d.minor == minor || (minor.is_none() && d.minor == Some(-1)))
-        })
+        (major, minor) != (1, Some(3))
+            && rules.iter().any(|d| {
+                d.kind.as_deref() == Some("c")
+                    && d.major == Some(major)
+                    && (d.minor == minor || (minor.is_none() && d.minor == Some(-1)))
+            })
     };
     for (major, minor) in CELL_DEVICES.iter().filter(|(a, b)| !named(*a, *b)) {
         let minor = minor.map_or("*".to_string(), |m| m.to_string());
@@ -566,14 +568,22 @@ fn apply(version: Version, dirs: &[(String, PathBuf)], writes: &[Write]) -> Res 
             .map(|(_, d)| d.clone())
             .ok_or_else(|| format!("no {c} cgroup hierarchy for linux.resources"))
     };
+    // Without O_CREAT: a file cgroupfs lacks is ENOENT then, not EACCES.
+    let write = |p: &Path, v: &str| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)?
+            .write_all(v.as_bytes())
+    };
     for (c, f, v) in writes {
         let d = dir(c)?;
         let p = d.join(f);
         let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-        let r = match std::fs::write(&p, v) {
+        let r = match write(&p, v) {
             Err(e) if missing(&e) && f.contains(".rsvd.") => Ok(()),
             Err(e) if missing(&e) => match fallback(f, v) {
-                Some((f2, v2)) => std::fs::write(d.join(f2), &v2).map_err(|e2| {
+                Some((f2, v2)) => write(&d.join(f2), &v2).map_err(|e2| {
                     format!(
                         "linux.resources: {} = {v}: {e}; {f2} = {v2}: {e2}",
                         p.display()
@@ -949,7 +959,7 @@ mod tests {
         let r = res(r#"{"devices":[{"allow":false,"access":"rwm"},
             {"allow":true,"type":"c","major":10,"minor":229,"access":"rwm"},
             {"allow":true,"type":"b","major":8,"minor":20,"access":"rw"},
-            {"allow":false,"type":"c","major":1,"minor":3,"access":"w"}]}"#);
+            {"allow":false,"type":"c","major":1,"minor":5,"access":"w"}]}"#);
         let (w, _) = plan(Version::V1, &r, &CgroupLimits::default()).unwrap();
         let got: Vec<String> = w.iter().map(|(c, f, v)| format!("{c} {f} {v}")).collect();
         assert_eq!(
@@ -958,12 +968,15 @@ mod tests {
                 "devices devices.deny a",
                 "devices devices.allow c 10:229 rwm",
                 "devices devices.allow b 8:20 rw",
-                "devices devices.deny c 1:3 w",
+                "devices devices.deny c 1:5 w",
             ]
         );
-        // c 1:3 is named by a rule: not allowed again after it.
+        // c 1:5 is named by a rule: not allowed again after it.
         assert_eq!(got.len(), 4 + CELL_DEVICES.len() - 1);
-        assert!(!got[4..].iter().any(|l| l.contains(" 1:3 ")), "{got:?}");
+        assert!(!got[4..].iter().any(|l| l.contains(" 1:5 ")), "{got:?}");
+        // /dev/null always (nixcell's set-up opens it).
+        let (w0, _) = plan(Version::V1, &res(DENY_NULL_WRITE), &CgroupLimits::default()).unwrap();
+        assert!(w0.iter().any(|(_, _, v)| v == "c 1:3 rwm"), "{w0:?}");
         assert!(got.contains(&"devices devices.allow c 136:* rwm".to_string()));
         for bad in [
             r#"{"devices":[{"allow":true,"type":"x"}]}"#,
