@@ -453,19 +453,11 @@ fn device_line(d: &DeviceRule) -> Res<String> {
     Ok(format!("{kind} {major}:{minor} {access}"))
 }
 
-/// v1: the rules in order into devices.allow/devices.deny, then the cell's own
-/// devices allowed (as runc appends its defaults, so that a deny-all list keeps the
-/// cell's /dev working), but for those a rule names: that rule stands. /dev/null,
-/// which nixcell's own set-up opens, is allowed always (as runc does).
-fn devices_v1(rules: &[DeviceRule], w: &mut Vec<Write>) -> Res {
-    for d in rules {
-        let f = if d.allow {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        w.push(("devices", f.into(), device_line(d)?));
-    }
+/// The rules and after them the cell's own devices allowed (as runc appends its
+/// defaults, so that a deny-all list, podman's, keeps the cell's /dev working), but
+/// for those a rule names: that rule stands. /dev/null, which nixcell's own set-up
+/// opens, is allowed always (as runc does).
+fn with_cell_devices(rules: &[DeviceRule]) -> Vec<DeviceRule> {
     let named = |major: i64, minor: Option<i64>| {
         (major, minor) != (1, Some(3))
             && rules.iter().any(|d| {
@@ -474,40 +466,57 @@ fn devices_v1(rules: &[DeviceRule], w: &mut Vec<Write>) -> Res {
                     && (d.minor == minor || (minor.is_none() && d.minor == Some(-1)))
             })
     };
+    let mut all = rules.to_vec();
     for (major, minor) in CELL_DEVICES.iter().filter(|(a, b)| !named(*a, *b)) {
-        let minor = minor.map_or("*".to_string(), |m| m.to_string());
-        w.push((
-            "devices",
-            "devices.allow".into(),
-            format!("c {major}:{minor} rwm"),
-        ));
+        all.push(DeviceRule {
+            allow: true,
+            kind: Some("c".into()),
+            major: Some(*major),
+            minor: *minor,
+            access: Some("rwm".into()),
+        });
+    }
+    all
+}
+
+/// v1: `with_cell_devices` in order into devices.allow/devices.deny.
+fn devices_v1(rules: &[DeviceRule], w: &mut Vec<Write>) -> Res {
+    for d in with_cell_devices(rules) {
+        let f = if d.allow {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        w.push(("devices", f.into(), device_line(&d)?));
     }
     Ok(())
 }
 
 /// v2 has no device cgroup files (runc attaches an eBPF program; nixcell does not):
-/// a rule list is taken only when it leaves every device a cell can open readable
-/// and writable (rules applied in order, the last that matches wins; mknod is moot,
-/// a cell has no capability), so that not enforcing it changes nothing. The
-/// engines' defaults (deny all, then the default devices) are such lists.
+/// a rule list is taken only when `with_cell_devices` leaves every device a cell can
+/// open readable and writable (applied in order, the last rule that matches wins;
+/// mknod is moot, a cell has no capability), so that not enforcing it changes
+/// nothing. The engines' lists (podman's deny-all, containerd's deny-all then the
+/// default devices) are such lists; one that names a cell's device narrower is not.
 fn devices_v2(rules: &[DeviceRule]) -> Res {
     for d in rules {
         device_line(d)?;
     }
+    let all = with_cell_devices(rules);
     for (major, minor) in CELL_DEVICES {
         for bit in ['r', 'w'] {
             let mut allowed = true;
-            for d in rules {
+            for d in &all {
                 let kind_ok = matches!(d.kind.as_deref(), None | Some("a") | Some("c"));
                 let num_ok = |n: Option<i64>, want: Option<i64>| match (n, want) {
                     (None | Some(-1), _) => true,
                     (Some(n), Some(w)) => n == w,
                     (Some(_), None) => false,
                 };
-                let all = d.kind.as_deref().is_none_or(|k| k == "a");
+                let every = d.kind.as_deref().is_none_or(|k| k == "a");
                 let access = d.access.as_deref().unwrap_or("rwm");
                 if kind_ok
-                    && (all || (num_ok(d.major, Some(*major)) && num_ok(d.minor, *minor)))
+                    && (every || (num_ok(d.major, Some(*major)) && num_ok(d.minor, *minor)))
                     && access.contains(bit)
                 {
                     allowed = d.allow;
@@ -990,17 +999,21 @@ mod tests {
         // device the cell has is refused, as nixcell cannot enforce it there.
         let (w, _) = plan(Version::V2, &res(ENGINE_DEVICES), &CgroupLimits::default()).unwrap();
         assert!(w.is_empty(), "{w:?}");
-        let mut no_write = res(ENGINE_DEVICES);
-        no_write.devices.extend(res(DENY_NULL_WRITE).devices);
-        let e = plan(Version::V2, &no_write, &CgroupLimits::default()).unwrap_err();
-        assert!(e.contains("deny w on c 1:3"), "{e}");
+        // /dev/null is allowed after any list: a deny on it is no refusal.
+        let mut null = res(ENGINE_DEVICES);
+        null.devices.extend(res(DENY_NULL_WRITE).devices);
+        assert!(plan(Version::V2, &null, &CgroupLimits::default()).is_ok());
+        // podman's list: deny all (the runtime's defaults after it).
         let deny_all = res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#);
-        let e = plan(Version::V2, &deny_all, &CgroupLimits::default()).unwrap_err();
-        assert!(e.contains("cgroup v2"), "{e}");
+        assert!(plan(Version::V2, &deny_all, &CgroupLimits::default()).is_ok());
+        // /dev/zero named by a rule, and so not allowed after: refused on v2.
+        let e = plan(Version::V2, &r, &CgroupLimits::default()).unwrap_err();
+        assert!(e.contains("cgroup v2") && e.contains("on c 1:5,"), "{e}");
+        // A deny of /dev/tty after the engine's defaults: refused.
         let mut no_tty = res(ENGINE_DEVICES);
-        no_tty
-            .devices
-            .retain(|d| d.major != Some(5) || d.minor != Some(0));
+        let deny_tty =
+            r#"{"devices":[{"allow":false,"type":"c","major":5,"minor":0,"access":"rw"}]}"#;
+        no_tty.devices.extend(res(deny_tty).devices);
         assert!(plan(Version::V2, &no_tty, &CgroupLimits::default()).is_err());
     }
 
