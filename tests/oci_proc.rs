@@ -337,4 +337,6 @@ fn features_list_the_seccomp_it_carries_out() {
         serde_json::json!([]),
         "none is granted"
     );
+    // rdma limits are written (rdma.max), as every other linux.resources field.
+    assert_eq!(f["linux"]["cgroup"]["rdma"], true, "{f}");
 }

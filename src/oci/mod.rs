@@ -728,7 +728,8 @@ pub fn features() -> String {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             // None is granted: a cell runs without capabilities.
             "capabilities": [],
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
+                       "rdma": true},
             "seccomp": {
                 "enabled": true,
                 "actions": seccomp::ACTIONS,
