@@ -266,4 +266,6 @@ fn features_list_the_seccomp_it_carries_out() {
     assert_eq!(caps.len(), 14, "{f}");
     assert!(caps.iter().any(|c| c == "CAP_CHOWN"), "{f}");
     assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{f}");
+    // rdma limits are written (rdma.max), as every other linux.resources field.
+    assert_eq!(f["linux"]["cgroup"]["rdma"], true, "{f}");
 }

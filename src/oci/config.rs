@@ -143,12 +143,89 @@ pub struct Resources {
     pub memory: Option<Memory>,
     pub cpu: Option<Cpu>,
     pub pids: Option<Pids>,
-    /// Resources nixcell does not write (named in `cgroups::plan`'s warnings).
-    pub block_io: Option<serde_json::Value>,
-    pub hugepage_limits: Option<serde_json::Value>,
-    pub network: Option<serde_json::Value>,
-    pub rdma: Option<serde_json::Value>,
-    pub unified: Option<serde_json::Value>,
+    #[serde(rename = "blockIO")]
+    pub block_io: Option<BlockIo>,
+    #[serde(default)]
+    pub hugepage_limits: Vec<HugepageLimit>,
+    pub network: Option<Network>,
+    #[serde(default)]
+    pub rdma: std::collections::BTreeMap<String, Rdma>,
+    #[serde(default)]
+    pub unified: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub devices: Vec<DeviceRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockIo {
+    pub weight: Option<u16>,
+    pub leaf_weight: Option<u16>,
+    #[serde(default)]
+    pub weight_device: Vec<WeightDevice>,
+    #[serde(default)]
+    pub throttle_read_bps_device: Vec<ThrottleDevice>,
+    #[serde(default)]
+    pub throttle_write_bps_device: Vec<ThrottleDevice>,
+    #[serde(default, rename = "throttleReadIOPSDevice")]
+    pub throttle_read_iops_device: Vec<ThrottleDevice>,
+    #[serde(default, rename = "throttleWriteIOPSDevice")]
+    pub throttle_write_iops_device: Vec<ThrottleDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightDevice {
+    pub major: i64,
+    pub minor: i64,
+    pub weight: Option<u16>,
+    pub leaf_weight: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ThrottleDevice {
+    pub major: i64,
+    pub minor: i64,
+    pub rate: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HugepageLimit {
+    pub page_size: String,
+    pub limit: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Network {
+    #[serde(rename = "classID")]
+    pub class_id: Option<u32>,
+    #[serde(default)]
+    pub priorities: Vec<NetPriority>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NetPriority {
+    pub name: String,
+    pub priority: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rdma {
+    pub hca_handles: Option<u32>,
+    pub hca_objects: Option<u32>,
+}
+
+/// One `linux.resources.devices` rule (a device cgroup rule, applied in order).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

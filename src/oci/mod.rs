@@ -209,11 +209,10 @@ fn create_in(
         harden::prepare(&profile, decided, &[], &mut spec).map_err(|e| e.to_string())?;
     container_process(g, cfg, &profile, &mut spec)?;
     let placed = place_cgroup(g, cfg, &mut hardening)?;
-    if placed {
-        cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &mut hardening, |w| {
-            g.log("warning", &format!("config.json: {w}"))
-        })?;
-    }
+    // Into the container's cgroup, or the run's where no cgroupsPath placed it.
+    cgroups::write_resources(cfg.linux.as_ref(), &ceiling, &mut hardening, |w| {
+        g.log("warning", &format!("config.json: {w}"))
+    })?;
     for l in &hardening.layers {
         g.log(
             "info",
@@ -739,7 +738,8 @@ pub fn features() -> String {
             "capabilities": crate::profile::load("default")
                 .map(|p| p.capabilities.allow)
                 .unwrap_or_default(),
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
+                       "rdma": true},
             "seccomp": {
                 "enabled": true,
                 "actions": seccomp::ACTIONS,
