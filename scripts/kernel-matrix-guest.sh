@@ -195,7 +195,9 @@ oci_cgroup_checks() {
  "process": {"args": ["sleep", "30"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
  "root": {"path": "rootfs"}, "annotations": {"dev.nixcell.closure": "$bb"},
  "linux": {"cgroupsPath": "$path",
-           "resources": {"memory": {"limit": 50593792}, "pids": {"limit": 1000}}}}
+           "resources": {"memory": {"limit": 50593792}, "pids": {"limit": 1000},
+                         "unified": {"memory.high": "40001536"},
+                         "devices": [{"allow": false, "access": "rwm"}]}}}
 EOF_JSON
     oci() {
       if [ "$mode" = user ]; then
@@ -208,11 +210,19 @@ EOF_JSON
     oci create --bundle "$dir/bundle" --pid-file "$dir/pid" kmx < /dev/null > "$dir/err" 2>&1
     pid=$(cat "$dir/pid" 2> /dev/null)
     [ -n "$pid" ] && [ "$(cat "$cgdir/memory.max")" = 50593792 ] \
-      && [ "$(cat "$cgdir/pids.max")" = 512 ] && grep -q "^0::$rel\(/\|$\)" "/proc/$pid/cgroup"
-    check_status $? "oci-cgroups-path-v2-$mode" "$(cat "$dir/err"; cat "/proc/$pid/cgroup" "$cgdir/memory.max" "$cgdir/pids.max" 2>&1)"
+      && [ "$(cat "$cgdir/pids.max")" = 512 ] && grep -q "^0::$rel\(/\|$\)" "/proc/$pid/cgroup" \
+      && [ "$(cat "$cgdir/memory.high")" = 40001536 ]
+    check_status $? "oci-cgroups-path-v2-$mode" "$(cat "$dir/err"; cat "/proc/$pid/cgroup" "$cgdir/memory.max" "$cgdir/pids.max" "$cgdir/memory.high" 2>&1)"
     oci delete --force kmx > "$dir/err" 2>&1
     [ ! -e "$cgdir" ] && [ -d "${cgdir%/*}" ]
     check_status $? "oci-cgroups-path-v2-delete-$mode" "$(cat "$dir/err"; ls -d "$cgdir" 2>&1)"
+    # Device rules v2 cannot enforce (/dev/zero read-only): refused, nothing made.
+    sed -i 's|"devices": \[{"allow": false, "access": "rwm"}\]|"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "r"}]|' \
+      "$dir/bundle/config.json"
+    oci create --bundle "$dir/bundle" kmx2 < /dev/null > "$dir/err" 2>&1
+    [ $? = 1 ] && grep -q "linux.resources.devices.*cgroup v2" "$dir/err" && [ ! -e "$cgdir" ]
+    check_status $? "oci-cgroups-v2-devices-refused-$mode" "$(cat "$dir/err"; ls -d "$cgdir" 2>&1)"
+    oci delete --force kmx2 > /dev/null 2>&1
     rmdir "${cgdir%/*}" /sys/fs/cgroup/kmx-oci/pod /sys/fs/cgroup/kmx-oci 2> /dev/null
     rm -rf "$dir"
   done
