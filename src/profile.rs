@@ -104,7 +104,7 @@ struct RawProfile {
     #[serde(default)]
     cgroup: RawMode,
     #[serde(default)]
-    rlimits: RawMode,
+    rlimits: RawRlimits,
     /// `[network]` (see `net::policy`); none listed: loopback only.
     #[serde(default)]
     network: crate::net::policy::NetworkToml,
@@ -129,6 +129,25 @@ struct RawCapabilities {
 enum Beyond {
     Refuse,
     Drop,
+}
+
+/// `[rlimits]`: the layer's mode, and how an OCI container's `process.rlimits` meet it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRlimits {
+    mode: Option<LayerMode>,
+    oci: Option<OciRlimits>,
+}
+
+/// `[rlimits] oci`: an OCI container's `process.rlimits` replace the profile's limits
+/// of the same resources (`config`, as runc sets them; RLIMIT_CORE stays 0 in every
+/// cell), or are lowered to them (`profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OciRlimits {
+    #[default]
+    Config,
+    Profile,
 }
 
 /// `oci_no_new_privileges`: as config.json says, or always set.
@@ -240,6 +259,8 @@ pub struct Profile {
     pub seccomp: SeccompPolicy,
     pub cgroup: LayerMode,
     pub rlimits: LayerMode,
+    /// `[rlimits] oci`: whose rlimits an OCI container gets.
+    pub oci_rlimits: OciRlimits,
     /// The most a cell of this profile may reach (a project may only narrow it).
     pub network: crate::net::NetPolicy,
     pub session: SessionPolicy,
@@ -496,6 +517,7 @@ fn resolve(spec: &str, c: &[(String, RawProfile)]) -> Result<Profile, ProfileErr
         },
         cgroup: mode(pick!(c, cgroup.mode)),
         rlimits: mode(pick!(c, rlimits.mode)),
+        oci_rlimits: pick!(c, rlimits.oci).unwrap_or_default(),
         network: {
             let list = |l: Option<Vec<Spanned<String>>>| -> Vec<String> {
                 l.unwrap_or_default()
@@ -577,6 +599,8 @@ mod tests {
         }
         assert!(strict.capabilities.allow.is_empty());
         assert!(strict.capabilities.nnp_always);
+        assert_eq!(strict.oci_rlimits, OciRlimits::Profile);
+        assert_eq!(load("ci").unwrap().oci_rlimits, OciRlimits::Config);
     }
 
     #[test]

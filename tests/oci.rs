@@ -469,8 +469,9 @@ fn exec_runs_inside_under_the_same_layers() {
             "{mode:?}: PID 1 is the cell's: {out}"
         );
         assert_eq!(lines[3], "2", "{mode:?}: {out}");
-        // A --process file's rlimits are its own, bounded by the profile's (nofile 1024,
-        // no core dumps) as create's are; without any, the container's stay.
+        // A --process file's rlimits are its own, as create's are: above the default
+        // profile's nofile 1024 (config.json named RLIMIT_NOFILE), never a core dump;
+        // without any, the container's stay.
         let limits = "echo $(ulimit -Sn) $(ulimit -Hn) $(ulimit -Sc) $(ulimit -Hc)";
         let o = c.run(&["exec", "ex", "sh", "-c", limits]);
         assert_eq!(ok(&o, "exec").trim(), "300 400 0 0", "{mode:?}");
@@ -481,9 +482,9 @@ fn exec_runs_inside_under_the_same_layers() {
                 "200 500 0 0",
             ),
             (
-                serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 8192},
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1100, "hard": 1500},
                     {"type": "RLIMIT_CORE", "soft": 100, "hard": 100}]),
-                "1024 1024 0 0",
+                "1100 1500 0 0",
             ),
         ] {
             std::fs::write(

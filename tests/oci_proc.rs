@@ -30,49 +30,86 @@ fn limits_line<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The hard RLIMIT_NOFILE of this process, which the runtime it starts inherits.
+fn own_hard_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+    r.rlim_max
+}
+
 #[test]
-fn rlimits_are_the_stricter_of_config_and_profile() {
+fn rlimits_are_the_configs_but_core_and_the_strict_profiles() {
     for mode in MODES {
         let mut cfg = config("cat /proc/self/limits");
+        // Above the default profile's open_files = 1024 and file_size = 1G: the
+        // container's own (`[rlimits] oci = "config"`).
         cfg["process"]["rlimits"] = serde_json::json!([
-            {"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200},
+            {"type": "RLIMIT_NOFILE", "soft": 300, "hard": 1500},
+            {"type": "RLIMIT_FSIZE", "soft": 3221225472u64, "hard": 4294967296u64},
             {"type": "RLIMIT_STACK", "soft": 4194304, "hard": 6291456},
             {"type": "RLIMIT_MSGQUEUE", "soft": 4096, "hard": 8192},
         ]);
         let r = run(mode, &cfg).unwrap();
         assert_eq!(r.status, 0, "{mode:?}: {}", r.out);
-        assert_eq!(
-            limits_line(&r.out, "Max open files")[3..5],
-            ["100", "200"],
-            "{mode:?}"
-        );
-        assert_eq!(
-            limits_line(&r.out, "Max stack size")[3..5],
-            ["4194304", "6291456"],
-            "{mode:?}"
-        );
-        assert_eq!(
-            limits_line(&r.out, "Max msgqueue size")[3..5],
-            ["4096", "8192"],
-            "{mode:?}"
-        );
-        // podman's default: above the default profile's open_files = 1024, lowered
-        // to it with a warning; the profile's core limit 0 stays as well.
+        for (name, want) in [
+            ("Max open files", ["300", "1500"]),
+            ("Max file size", ["3221225472", "4294967296"]),
+            ("Max stack size", ["4194304", "6291456"]),
+            ("Max msgqueue size", ["4096", "8192"]),
+        ] {
+            let l = limits_line(&r.out, name);
+            let at = name.split_whitespace().count();
+            assert_eq!(l[at..at + 2], want, "{mode:?} {name}: {}", r.out);
+        }
+        // podman's default is above the runtime's own hard limit: lowered to it, with a
+        // warning; a core dump limit is lowered to the profile's 0.
+        let hard = own_hard_nofile().min(1048576);
         cfg["process"]["rlimits"] = serde_json::json!([
             {"type": "RLIMIT_NOFILE", "soft": 1048576, "hard": 1048576},
             {"type": "RLIMIT_CORE", "soft": 1024, "hard": 1024},
         ]);
         let r = run(mode, &cfg).unwrap();
+        let h = hard.to_string();
         assert_eq!(
             limits_line(&r.out, "Max open files")[3..5],
-            ["1024", "1024"],
+            [h.as_str(), h.as_str()],
             "{mode:?}: {}",
             r.out
         );
         assert_eq!(limits_line(&r.out, "Max core file size")[4..6], ["0", "0"]);
         assert!(
             r.log
-                .contains("RLIMIT_NOFILE 1048576:1048576 lowered to 1024:1024"),
+                .contains("RLIMIT_CORE 1024:1024 lowered to 0:0 (the profile's limit)"),
+            "{mode:?}: {}",
+            r.log
+        );
+        if hard < 1048576 {
+            assert!(
+                r.log.contains(&format!(
+                    "RLIMIT_NOFILE 1048576:1048576 lowered to {hard}:{hard} (the runtime's hard limit)"
+                )),
+                "{mode:?}: {}",
+                r.log
+            );
+        }
+        // strict (`[rlimits] oci = "profile"`): lowered to its open_files = 256.
+        cfg["annotations"]["dev.nixcell.profile"] = "strict".into();
+        cfg["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 1500}]);
+        let r = run(mode, &cfg).unwrap();
+        assert_eq!(
+            limits_line(&r.out, "Max open files")[3..5],
+            ["256", "256"],
+            "{mode:?}: {}",
+            r.out
+        );
+        assert!(
+            r.log
+                .contains("RLIMIT_NOFILE 300:1500 lowered to 256:256 (the profile's limit)"),
             "{mode:?}: {}",
             r.log
         );

@@ -314,6 +314,9 @@ fn container_process(
     let allows_seccomp = sc.mode == crate::sandbox::LayerMode::Off
         || sc.kind == SeccompKind::DenyList
         || sc.allow.iter().any(|a| a == "seccomp");
+    if profile.oci_rlimits == crate::profile::OciRlimits::Config {
+        process::leave_to_config(&cfg.process()?.rlimits, &mut spec.security.rlimits);
+    }
     let (c, warnings) = cfg.container_process(
         &spec.security.rlimits,
         allows_seccomp,

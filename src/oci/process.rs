@@ -72,12 +72,13 @@ impl Config {
     }
 
     /// The container's process settings for the cell, with warnings for rlimits
-    /// lowered to what the profile (or the runtime's own hard limit) allows.
+    /// lowered to what the profile (its limits left after `leave_to_config`, and
+    /// RLIMIT_CORE 0) or the runtime's own hard limit allows.
     ///
     /// A value above the cap is lowered, not refused: engines send large defaults
-    /// (podman: RLIMIT_NOFILE 1048576) that would otherwise refuse every container,
-    /// and the profile is the policy a container may only narrow. The warning names
-    /// what was asked and what the container gets.
+    /// (podman: RLIMIT_NOFILE 1048576, above what even root may set on some hosts)
+    /// that would otherwise refuse every container. The warning names what was asked
+    /// and what the container gets.
     pub fn container_process(
         &self,
         profile_rlimits: &RlimitSpec,
@@ -326,19 +327,46 @@ fn profile_caps(r: &RlimitSpec) -> Vec<(&'static str, u64)> {
     if r.mode == LayerMode::Off {
         return Vec::new();
     }
+    let mut r = r.clone();
     let mut v = vec![("RLIMIT_CORE", 0)];
-    for (n, x) in [
-        ("RLIMIT_NOFILE", r.open_files),
-        ("RLIMIT_FSIZE", r.file_size),
-        ("RLIMIT_CPU", r.cpu_seconds),
-        ("RLIMIT_NPROC", r.nproc),
-        ("RLIMIT_AS", r.address_space),
-    ] {
-        if let Some(x) = x {
+    for n in PROFILE_SET {
+        if let Some(x) = profile_field(&mut r, n).and_then(|f| *f) {
             v.push((n, x));
         }
     }
     v
+}
+
+/// The resources a profile's rlimits may set besides RLIMIT_CORE.
+const PROFILE_SET: [&str; 5] = [
+    "RLIMIT_NOFILE",
+    "RLIMIT_FSIZE",
+    "RLIMIT_CPU",
+    "RLIMIT_NPROC",
+    "RLIMIT_AS",
+];
+
+/// The profile's limit of resource `name` (`PROFILE_SET`).
+fn profile_field<'a>(r: &'a mut RlimitSpec, name: &str) -> Option<&'a mut Option<u64>> {
+    Some(match name {
+        "RLIMIT_NOFILE" => &mut r.open_files,
+        "RLIMIT_FSIZE" => &mut r.file_size,
+        "RLIMIT_CPU" => &mut r.cpu_seconds,
+        "RLIMIT_NPROC" => &mut r.nproc,
+        "RLIMIT_AS" => &mut r.address_space,
+        _ => return None,
+    })
+}
+
+/// `[rlimits] oci = "config"`: the profile leaves the resources `rl` names to the
+/// container, whose values `bounded_rlimits` then caps at the runtime's own hard
+/// limits only. RLIMIT_CORE is not among them: it stays 0.
+pub(crate) fn leave_to_config(rl: &[super::config::Rlimit], profile_rlimits: &mut RlimitSpec) {
+    for r in rl {
+        if let Some(f) = profile_field(profile_rlimits, &r.kind) {
+            *f = None;
+        }
+    }
 }
 
 /// A sysctl key the cell may set: of its own network or IPC namespace, plain words.
