@@ -195,6 +195,8 @@ oci_cgroup_checks() {
  "process": {"args": ["sleep", "30"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
  "root": {"path": "rootfs"}, "annotations": {"dev.nixcell.closure": "$bb"},
  "linux": {"cgroupsPath": "$path",
+           "namespaces": [{"type": "mount"}, {"type": "pid"}, {"type": "network"},
+                          {"type": "ipc"}, {"type": "uts"}],
            "resources": {"memory": {"limit": 50593792}, "pids": {"limit": 1000},
                          "unified": {"memory.high": "40001536"},
                          "devices": [{"allow": false, "access": "rwm"}]}}}

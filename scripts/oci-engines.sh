@@ -67,6 +67,22 @@ pod() {
 check "podman: run, output and exit status" 3 "hello" pod "$image" sh -c 'echo hello; exit 3'
 check "podman: --memory reaches the cgroup (OOM kill)" 137 "" \
   pod --memory 64m "$image" dd if=/dev/zero of=/dev/null bs=200M count=1
+# podman leaves the network namespace out of config.json for --network host: the
+# container would share the host's; a cell never does, so the runtime refuses it.
+check "podman: --network host is refused (no network namespace listed)" 126 "no network namespace" \
+  podman --runtime "$runtime" run --rm --network host \
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+  --annotation "dev.nixcell.closure=$bb" "$image" true
+# --uidmap/--gidmap (as --userns=auto picks them): the container runs as the host
+# identity the mapping gives its user, and writes a volume chowned to it as that id.
+mkdir -p "$work/vol"
+chown 200000:200000 "$work/vol"
+uidmapped() {
+  pod --uidmap 0:200000:65536 --gidmap 0:200000:65536 -v "$work/vol:/vol" "$image" \
+    sh -c 'cat /proc/self/uid_map; touch /vol/made' &&
+    [ "$(stat -c %u:%g "$work/vol/made")" = 200000:200000 ]
+}
+check "podman: --uidmap gives the container's host identity" 0 "200000" uidmapped
 check "podman: --pids-limit reaches the cgroup" 0 "fork" \
   pod --pids-limit 10 "$image" sh -c '(for i in $(seq 30); do sleep 1 & done; wait) 2>&1; true'
 # podman's 11 default capabilities are within the default profile's oci_allow.

@@ -37,7 +37,7 @@ impl Oci {
     fn write_config(&self, config: serde_json::Value) {
         let bundle = self.bundle();
         std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(bundle.join("config.json"), config_json(&config)).unwrap();
         if self.mode == Mode::Rootless {
             chown_to_test_user(self.dir.path());
         }
@@ -294,6 +294,15 @@ fn refusals_are_clear_and_leave_nothing() {
         (
             {
                 let mut v = config(&["true"]);
+                v["linux"] =
+                    serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}]});
+                v
+            },
+            "linux.namespaces: no network, ipc, uts namespace",
+        ),
+        (
+            {
+                let mut v = config(&["true"]);
                 v["mounts"] = serde_json::json!([{"destination": "/host", "type": "bind", "source": "/", "options": ["remount"]}]);
                 v
             },
@@ -390,7 +399,8 @@ fn answers_as_nixcell_runc_with_a_json_log() {
     assert!(entry["time"].is_string());
 }
 
-/// Kinds linux.namespaces leaves out are the container's own, not the runtime's: a
+/// A user or cgroup namespace linux.namespaces leaves out is the container's own, not
+/// the runtime's (other kinds are refused): a
 /// warning in the runtime log names them. A slave root propagation (of a closure
 /// root here) has no master to receive from: said in the log too.
 #[test]
@@ -402,7 +412,8 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
     );
     for mode in MODES {
         let mut cfg = config(&["sh", "-c", &script]);
-        cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"}],
+        cfg["linux"] = serde_json::json!({"namespaces": [{"type": "mount"}, {"type": "pid"},
+            {"type": "network"}, {"type": "ipc"}, {"type": "uts"}],
             "rootfsPropagation": "rslave"});
         let c = Oci::new(mode, cfg);
         let log = c.dir.path().join("runtime.log");
@@ -412,7 +423,7 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
         ok(&c.run(&["delete", "c"]), "delete");
         let logged = std::fs::read_to_string(&log).unwrap();
         assert!(
-            logged.contains("warning config.json: linux.namespaces leaves out user, network, ipc, uts, cgroup: not shared with the runtime, the cell has its own"),
+            logged.contains("warning config.json: linux.namespaces leaves out user, cgroup: not shared with the runtime, the cell has its own"),
             "{mode:?}: {logged}"
         );
         assert!(
@@ -429,6 +440,101 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
                 "{mode:?}: the container's {k} namespace is the runtime's"
             );
         }
+    }
+}
+
+/// Started as root, the engine's uid/gid mappings choose the container's host
+/// identity: process.user 1000:1000 under a range from host 300000 runs as host
+/// 301000:301000 (what a bind mount the engine chowned for it sees), the cell's user
+/// namespace mapping that one id. A range reaching host root, one list without the
+/// other and a user outside the ranges are refused, nothing left.
+#[test]
+fn uid_mappings_choose_the_host_identity_and_never_host_root() {
+    let maps = |host: u32| serde_json::json!([{"containerID": 0, "hostID": host, "size": 65536}]);
+    let mut cfg = config(&[
+        "sh",
+        "-c",
+        "id -u; id -g; touch /w/made; cat /proc/self/uid_map /proc/self/gid_map",
+    ]);
+    cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    let c = Oci::new(Mode::Root, serde_json::Value::Null);
+    let w = c.dir.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    std::os::unix::fs::chown(&w, Some(301000), Some(301000)).unwrap();
+    cfg["mounts"] = serde_json::json!([{"destination": "/w", "type": "bind",
+        "source": path_str(&w), "options": ["rbind", "rw"]}]);
+    let with = |uid: serde_json::Value, gid: serde_json::Value| {
+        let mut v = cfg.clone();
+        v["linux"] = serde_json::json!({"uidMappings": uid, "gidMappings": gid,
+            "namespaces": [{"type": "user"}, {"type": "mount"}, {"type": "pid"},
+                {"type": "network"}, {"type": "ipc"}, {"type": "uts"}]});
+        v
+    };
+    c.write_config(with(maps(300000), maps(300000)));
+    let log = c.dir.path().join("runtime.log");
+    let pid = c.create_with(&["--log", path_str(&log)], "m");
+    ok(&c.run(&["start", "m"]), "start");
+    assert_eq!(wait_exit(pid), 0, "{}", c.out());
+    ok(&c.run(&["delete", "m"]), "delete");
+    let out: Vec<String> = c
+        .out()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        out,
+        ["1000", "1000", "1000 301000 1", "1000 301000 1"],
+        "{}",
+        c.out()
+    );
+    let made = std::fs::metadata(w.join("made")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((made.uid(), made.gid()), (301000, 301000));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("process.user 1000:1000 is host 301000:301000")
+    );
+    for (v, word) in [
+        (
+            with(
+                serde_json::json!([{"containerID": 0, "hostID": 0, "size": 65536}]),
+                maps(300000),
+            ),
+            "uidMappings[0]: maps host id 0 (root)",
+        ),
+        (
+            with(
+                maps(300000),
+                serde_json::json!([{"containerID": 1, "hostID": 0, "size": 1}]),
+            ),
+            "gidMappings[0]: maps host id 0 (root)",
+        ),
+        (with(maps(300000), serde_json::json!([])), "needs both"),
+        (
+            with(
+                serde_json::json!([{"containerID": 0, "hostID": 300000, "size": 1000}]),
+                maps(300000),
+            ),
+            "process.user.uid 1000 is not in linux.uidMappings",
+        ),
+        (
+            with(
+                serde_json::json!([{"containerID": 0, "hostID": 4294967295u32, "size": 2}]),
+                maps(300000),
+            ),
+            "overflowing range",
+        ),
+    ] {
+        c.write_config(v);
+        let o = c.run(&["create", "--bundle", path_str(&c.bundle()), "x"]);
+        assert_eq!(o.status.code(), Some(1), "{word}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(word),
+            "{word}: {}",
+            text(&o.stderr)
+        );
+        assert_empty_dir(&c.root(), word);
     }
 }
 

@@ -360,7 +360,7 @@ fn exec_takes_the_containers_sets_with_cap_or_its_process_json() {
         let kill: &[&str] = &["CAP_KILL"];
         cfg["process"]["capabilities"] = same(kill);
         std::fs::create_dir_all(d.join("bundle/rootfs")).unwrap();
-        std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
+        std::fs::write(d.join("bundle/config.json"), config_json(&cfg)).unwrap();
         std::fs::write(
             d.join("process.json"),
             serde_json::json!({"args": ["cat", "/proc/self/status"], "cwd": "/",

@@ -36,7 +36,7 @@ impl Bundle {
             "linux": linux,
         });
         std::fs::create_dir_all(b.dir.path().join("bundle")).unwrap();
-        std::fs::write(b.dir.path().join("bundle/config.json"), cfg.to_string()).unwrap();
+        std::fs::write(b.dir.path().join("bundle/config.json"), config_json(&cfg)).unwrap();
         if mode == Mode::Rootless {
             chown_to_test_user(b.dir.path());
         }

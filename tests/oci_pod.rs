@@ -34,7 +34,7 @@ impl Pod {
     fn bundle(&self, name: &str, config: &serde_json::Value) -> PathBuf {
         let b = self.path(&format!("bundle-{name}"));
         std::fs::create_dir_all(&b).unwrap();
-        std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(b.join("config.json"), config_json(config)).unwrap();
         if self.mode == Mode::Rootless {
             chown_to_test_user(self.dir.path());
         }
@@ -286,8 +286,17 @@ fn joining(args: &[&str], pid: i32, kinds: &[(&str, &str)], profile: &str) -> se
     let mut c = config(args);
     c["hostname"] = "other".into();
     c["annotations"]["dev.nixcell.profile"] = profile.into();
-    c["linux"] = serde_json::json!({"namespaces": kinds.iter().map(|(k, f)|
-        serde_json::json!({"type": k, "path": format!("/proc/{pid}/ns/{f}")})).collect::<Vec<_>>()});
+    let mut ns: Vec<serde_json::Value> = kinds
+        .iter()
+        .map(|(k, f)| serde_json::json!({"type": k, "path": format!("/proc/{pid}/ns/{f}")}))
+        .collect();
+    // The kinds not joined are the container's own (listed: a cell shares none).
+    for own in ["mount", "pid", "network", "ipc", "uts"] {
+        if !kinds.iter().any(|(k, _)| *k == own) {
+            ns.push(serde_json::json!({ "type": own }));
+        }
+    }
+    c["linux"] = serde_json::json!({ "namespaces": ns });
     c
 }
 
@@ -365,8 +374,8 @@ fn a_container_joins_the_pods_network_ipc_and_uts() {
         (
             {
                 let mut c = joining(&["true"], pause, &[], &profile);
-                c["linux"]["namespaces"] =
-                    serde_json::json!([{"type": "ipc", "path": "/etc/hostname"}]);
+                // [mount, pid, network, ipc, uts]: the ipc one at a file.
+                c["linux"]["namespaces"][3]["path"] = "/etc/hostname".into();
                 c
             },
             "is not a namespace of type ipc",
@@ -501,8 +510,8 @@ fn rootless_in_the_engines_user_namespace_joins_its_namespaces() {
     let p = Pod::new(Mode::Rootless);
     let mut cfg = config(&["hostname"]);
     cfg["hostname"] = "other".into();
-    cfg["linux"] =
-        serde_json::json!({"namespaces": [{"type": "uts", "path": "/proc/INNER/ns/uts"}]});
+    cfg["linux"] = serde_json::json!({"namespaces": [{"type": "uts", "path": "/proc/INNER/ns/uts"},
+            {"type": "mount"}, {"type": "pid"}, {"type": "network"}, {"type": "ipc"}]});
     let b = p.bundle("in", &cfg);
     std::fs::rename(b.join("config.json"), b.join("config.in")).unwrap();
     let script = r#"

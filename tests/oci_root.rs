@@ -68,7 +68,7 @@ impl Bundle {
     /// exit status and output.
     fn run(&self, cfg: &serde_json::Value) -> (i32, String) {
         let bundle = self.dir.path().join("bundle");
-        std::fs::write(bundle.join("config.json"), cfg.to_string()).unwrap();
+        std::fs::write(bundle.join("config.json"), config_json(cfg)).unwrap();
         if self.mode == Mode::Rootless {
             chown_to_test_user(self.dir.path());
         }

@@ -57,6 +57,20 @@ pub struct Process {
     pub selinux_label: Option<String>,
 }
 
+/// Kinds a config.json may leave out: the cell has its own (`left_out_namespaces`).
+const OWN_WHEN_LEFT_OUT: &[&str] = &["user", "cgroup"];
+
+/// One `linux.uidMappings`/`gidMappings` range: `size` ids from `containerID` are the
+/// host's from `hostID`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct IdMapping {
+    #[serde(rename = "containerID")]
+    pub container_id: u32,
+    #[serde(rename = "hostID")]
+    pub host_id: u32,
+    pub size: u32,
+}
+
 /// One `process.rlimits` entry.
 #[derive(Debug, Deserialize)]
 pub struct Rlimit {
@@ -103,9 +117,9 @@ pub struct Linux {
     pub namespaces: Vec<Namespace>,
     pub seccomp: Option<serde_json::Value>,
     #[serde(default)]
-    pub uid_mappings: Vec<serde_json::Value>,
+    pub uid_mappings: Vec<IdMapping>,
     #[serde(default)]
-    pub gid_mappings: Vec<serde_json::Value>,
+    pub gid_mappings: Vec<IdMapping>,
     pub cgroups_path: Option<String>,
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
@@ -329,15 +343,24 @@ impl Config {
         warn.extend(self.check_process(p)?);
         let linux = self.linux.as_ref();
         self.joins()?;
-        if let Some(w) = self.left_out_namespaces() {
+        if let Some(w) = self.left_out_namespaces()? {
             warn.push(w);
         }
-        if let Some(l) = linux
+        if crate::sandbox::ns::is_host_root() {
+            if let Some((hu, hg)) = self.mapped_host_identity(&p.user)? {
+                warn.push(format!(
+                    "linux.uidMappings/gidMappings: process.user {}:{} is host {hu}:{hg}, as \
+                     the mappings give; the cell's user namespace maps that one uid and gid \
+                     (the ranges' other ids are not mapped: their files show as nobody)",
+                    p.user.uid, p.user.gid
+                ));
+            }
+        } else if let Some(l) = linux
             && (!l.uid_mappings.is_empty() || !l.gid_mappings.is_empty())
         {
             warn.push(
-                "linux.uidMappings/gidMappings: the cell maps process.user to an \
-                 unprivileged host identity of its own"
+                "linux.uidMappings/gidMappings: rootless, the cell maps process.user to \
+                 its caller (the mappings are of the engine's own user namespace)"
                     .into(),
             );
         }
@@ -348,10 +371,69 @@ impl Config {
         Ok(warn)
     }
 
+    /// The host uid and gid the engine's `linux.uidMappings`/`gidMappings` give
+    /// `process.user` (None without mappings): started as host root, the cell's user
+    /// namespace maps that one uid and gid to them, so each container runs as the
+    /// host identity its engine chose for it (podman `--userns=auto`, a pod's
+    /// `hostUsers: false`) and the files the engine chowned for it are its own. A
+    /// range reaching host id 0 is refused (a cell never runs as host root), as are
+    /// an empty or overflowing range, one list without the other, and a
+    /// `process.user` id outside them.
+    pub fn mapped_host_identity(&self, user: &User) -> Result<Option<(u32, u32)>, String> {
+        let Some(l) = self.linux.as_ref() else {
+            return Ok(None);
+        };
+        match (l.uid_mappings.is_empty(), l.gid_mappings.is_empty()) {
+            (true, true) => return Ok(None),
+            (false, true) | (true, false) => {
+                return Err(
+                    "config.json: linux.uidMappings and linux.gidMappings: a user namespace \
+                     needs both, only one is given"
+                        .into(),
+                );
+            }
+            (false, false) => {}
+        }
+        let host = |maps: &[IdMapping], id: u32, what: &str, field: &str| {
+            for (i, m) in maps.iter().enumerate() {
+                let at = format!("config.json: linux.{what}[{i}]");
+                if m.size == 0
+                    || m.container_id.checked_add(m.size - 1).is_none()
+                    || m.host_id.checked_add(m.size - 1).is_none()
+                {
+                    return Err(format!(
+                        "{at}: containerID {}, hostID {}, size {}: an empty or overflowing range",
+                        m.container_id, m.host_id, m.size
+                    ));
+                }
+                if m.host_id == 0 {
+                    return Err(format!(
+                        "{at}: maps host id 0 (root) into the container: refused, a cell \
+                         never runs as host root"
+                    ));
+                }
+            }
+            maps.iter()
+                .find(|m| id >= m.container_id && id - m.container_id < m.size)
+                .map(|m| m.host_id + (id - m.container_id))
+                .ok_or_else(|| {
+                    format!("config.json: process.user.{field} {id} is not in linux.{what}")
+                })
+        };
+        Ok(Some((
+            host(&l.uid_mappings, user.uid, "uidMappings", "uid")?,
+            host(&l.gid_mappings, user.gid, "gidMappings", "gid")?,
+        )))
+    }
+
     /// The namespace kinds `linux.namespaces` leaves out: the spec says the container
-    /// then shares the runtime's; a cell never shares one of the host's (each is its
-    /// own), so they are named in a warning.
-    fn left_out_namespaces(&self) -> Option<String> {
+    /// then shares the runtime's; a cell never shares one of the host's. A user or
+    /// cgroup namespace left out (as engines started as root do, on cgroup v1 too) is
+    /// the cell's own, named in a warning: the container sees its own ids and cgroup
+    /// root. Any other kind left out asks for the host's network, processes, IPC,
+    /// host name or mounts: refused, rather than a container that silently gets
+    /// something else than it asked for.
+    fn left_out_namespaces(&self) -> Result<Option<String>, String> {
         let listed: Vec<&str> = self
             .linux
             .iter()
@@ -362,13 +444,27 @@ impl Config {
             .into_iter()
             .filter(|k| !listed.contains(k))
             .collect();
-        (!left.is_empty()).then(|| {
+        let shared: Vec<&str> = left
+            .iter()
+            .copied()
+            .filter(|k| !OWN_WHEN_LEFT_OUT.contains(k))
+            .collect();
+        if !shared.is_empty() {
+            return Err(format!(
+                "config.json: linux.namespaces: no {} namespace: the container would share \
+                 the runtime's (podman --network/--pid/--ipc/--uts host, a pod's hostNetwork, \
+                 hostPID or hostIPC); refused: a cell never shares a host namespace (list \
+                 each kind; a pod's network, ipc and uts namespaces are joined by path)",
+                shared.join(", ")
+            ));
+        }
+        Ok((!left.is_empty()).then(|| {
             format!(
                 "linux.namespaces leaves out {}: not shared with the runtime, the cell has \
                  its own (a cell never shares a host namespace)",
                 left.join(", ")
             )
-        })
+        }))
     }
 
     /// The namespaces to join (linux.namespaces entries with a path), each kind once:

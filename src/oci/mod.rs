@@ -158,7 +158,15 @@ fn create_in(
             None => return Err(format!("config.json: process.env {kv:?} is not NAME=VALUE")),
         }
     }
+    // Started as root, the host identity the engine's mappings give process.user.
+    let mapped = if crate::sandbox::ns::is_host_root() {
+        cfg.mapped_host_identity(&process.user)?
+    } else {
+        None
+    };
     let cell = plan::CellRequest {
+        host_uid: mapped.map(|m| m.0),
+        host_gid: mapped.map(|m| m.1),
         env_paths: closure.iter().map(PathBuf::from).collect(),
         image_root: closure.is_none(),
         uid: process.user.uid,

@@ -400,7 +400,15 @@ fn check_sysctl(k: &str, v: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A config.json with `process` fields and `linux` ones, and the namespaces a
+    /// cell needs listed (mount, pid, network, ipc, uts).
     fn parse(process: &str, linux: &str) -> Config {
+        let ns = r#""namespaces":[{"type":"mount"},{"type":"pid"},{"type":"network"},{"type":"ipc"},{"type":"uts"}]"#;
+        let linux = if linux.is_empty() {
+            ns.to_string()
+        } else {
+            format!("{linux},{ns}")
+        };
         serde_json::from_str(&format!(
             r#"{{"ociVersion":"1.0.2","process":{{"args":["sh"],"cwd":"/"{process}}},"linux":{{{linux}}}}}"#
         ))

@@ -366,7 +366,7 @@ pub fn oci_run(mode: Mode, cfg: &serde_json::Value, image: bool) -> Result<OciRa
     let d = dir.path();
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(d.join("bundle/rootfs")).unwrap();
-    std::fs::write(d.join("bundle/config.json"), cfg.to_string()).unwrap();
+    std::fs::write(d.join("bundle/config.json"), config_json(cfg)).unwrap();
     if image {
         let bin = d.join("bundle/rootfs/bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -410,4 +410,21 @@ pub fn oci_run(mode: Mode, cfg: &serde_json::Value, image: bool) -> Result<OciRa
         out: read("out"),
         log: read("log"),
     })
+}
+
+/// `cfg` as config.json, with the namespaces `runc spec` and the engines list
+/// (mount, pid, network, ipc, uts) when it names none: a cell refuses to share one of
+/// these with the host.
+pub fn config_json(cfg: &serde_json::Value) -> String {
+    let mut cfg = cfg.clone();
+    if cfg["linux"]["namespaces"].is_null() {
+        if cfg["linux"].is_null() {
+            cfg["linux"] = serde_json::json!({});
+        }
+        cfg["linux"]["namespaces"] = ["mount", "pid", "network", "ipc", "uts"]
+            .iter()
+            .map(|k| serde_json::json!({ "type": k }))
+            .collect();
+    }
+    cfg.to_string()
 }
