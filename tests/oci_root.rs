@@ -60,6 +60,11 @@ impl Bundle {
         out
     }
 
+    /// The runtime log of the last `run`.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runtime.log")).unwrap_or_default()
+    }
+
     fn rootfs(&self) -> PathBuf {
         self.dir.path().join("bundle/rootfs")
     }
@@ -77,10 +82,14 @@ impl Bundle {
         let pid_file = self.dir.path().join("c.pid");
         let state = self.dir.path().join("state");
         let mut create = nixcell(self.mode);
+        let log = self.dir.path().join("runtime.log");
+        let _ = std::fs::remove_file(&log);
         create
             .arg("oci")
             .arg("--root")
             .arg(&state)
+            .arg("--log")
+            .arg(&log)
             .args(["create", "--bundle", path_str(&bundle), "--pid-file"])
             .arg(&pid_file);
         // process.terminal: the pty's master comes over the console socket, as to an engine.
@@ -216,12 +225,16 @@ fn an_image_root_is_read_and_written_and_the_image_stays_as_it_was() {
         for d in ["dev", "proc", "sys"] {
             assert_empty_dir(&r.join(d), d);
         }
+        // Said in the runtime log, the spec's runtimes writing root.path itself.
+        let said = "root.path: writable: the container's writes go to a layer of its own";
+        assert_has(&b.log(), said);
         let mut ro = config("touch /x; echo more > /etc/image-file; cat /etc/image-file");
         ro["root"]["readonly"] = true.into();
         let (code, out) = b.run(&ro);
         assert_eq!(code, 0, "{mode:?}: {out}");
         assert_has(&out, "Read-only file system");
         assert_has(&out, "from the image");
+        assert!(!b.log().contains(said), "{mode:?}: {}", b.log());
     }
 }
 

@@ -107,6 +107,19 @@ fn on_overlayfs(fd: &std::os::fd::OwnedFd) -> Result<bool, String> {
 pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
     let image = spec.oci_fs.as_ref().is_some_and(|f| f.image.is_some());
     let mut warn = Vec::new();
+    if let Some(i) = spec.oci_fs.as_ref().and_then(|f| f.image.as_ref())
+        && !i.readonly
+    {
+        // Not the spec's (runc writes root.path itself), so said: a root-started cell
+        // writing through the image's idmapped layers would leave files of its making,
+        // owned by the image's owner (setuid ones too), in the engine's store.
+        warn.push(format!(
+            "root.path: writable: the container's writes go to a layer of its own (a \
+             tmpfs of {} MiB, {IMAGE_LAYER_INODES} inodes), never to the image; they are \
+             gone with the container",
+            IMAGE_LAYER_BYTES >> 20
+        ));
+    }
     let mut mounts = Vec::new();
     let ids = (spec.identity.uid, spec.identity.gid);
     for m in &cfg.mounts {
