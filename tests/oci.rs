@@ -90,6 +90,19 @@ impl Oci {
             .unwrap()
     }
 
+    /// `create` of `config` fails (exit 1) naming `word`, and leaves nothing in the state.
+    fn assert_refused(&self, config: serde_json::Value, word: &str) {
+        self.write_config(config);
+        let o = self.run(&["create", "--bundle", path_str(&self.bundle()), "x"]);
+        assert_eq!(o.status.code(), Some(1), "{word}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(word),
+            "{word}: {}",
+            text(&o.stderr)
+        );
+        assert_empty_dir(&self.root(), word);
+    }
+
     fn state(&self, id: &str) -> serde_json::Value {
         let o = self.run(&["state", id]);
         serde_json::from_str(&ok(&o, "state")).unwrap()
@@ -326,15 +339,7 @@ fn refusals_are_clear_and_leave_nothing() {
         ),
     ];
     for (cfg, word) in cases {
-        c.write_config(cfg);
-        let o = c.run(&["create", "--bundle", path_str(&c.bundle()), "x"]);
-        assert_eq!(o.status.code(), Some(1), "{word}: {}", text(&o.stderr));
-        assert!(
-            text(&o.stderr).contains(word),
-            "{word}: {}",
-            text(&o.stderr)
-        );
-        assert_empty_dir(&c.root(), word);
+        c.assert_refused(cfg, word);
     }
     c.write_config(config(&["true"]));
     for (args, word) in [
@@ -526,15 +531,7 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
             "overflowing range",
         ),
     ] {
-        c.write_config(v);
-        let o = c.run(&["create", "--bundle", path_str(&c.bundle()), "x"]);
-        assert_eq!(o.status.code(), Some(1), "{word}: {}", text(&o.stderr));
-        assert!(
-            text(&o.stderr).contains(word),
-            "{word}: {}",
-            text(&o.stderr)
-        );
-        assert_empty_dir(&c.root(), word);
+        c.assert_refused(v, word);
     }
 }
 
