@@ -448,10 +448,10 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
     }
 }
 
-/// Started as root, the engine's uid/gid mappings choose the container's host
-/// identity: process.user 1000:1000 under a range from host 300000 runs as host
-/// 301000:301000 (what a bind mount the engine chowned for it sees), the cell's user
-/// namespace mapping that one id. A range reaching host root, one list without the
+/// Started as root, the engine's uid/gid mappings are the cell's user namespace:
+/// process.user 1000:1000 under a range from host 300000 runs as host 301000:301000
+/// (what a bind mount the engine chowned for it sees) and another id of the range
+/// is seen as itself. A range reaching host root, one list without the
 /// other and a user outside the ranges are refused, nothing left.
 #[test]
 fn uid_mappings_choose_the_host_identity_and_never_host_root() {
@@ -459,13 +459,18 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
     let mut cfg = config(&[
         "sh",
         "-c",
-        "id -u; id -g; touch /w/made; cat /proc/self/uid_map /proc/self/gid_map",
+        "id -u; id -G; touch /w/made; cat /proc/self/uid_map /proc/self/gid_map; \
+         stat -c '%u:%g' /w/other",
     ]);
-    cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    cfg["process"]["user"] =
+        serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 70000]});
     let c = Oci::new(Mode::Root, serde_json::Value::Null);
     let w = c.dir.path().join("w");
     std::fs::create_dir(&w).unwrap();
     std::os::unix::fs::chown(&w, Some(301000), Some(301000)).unwrap();
+    // Another id of the ranges (a service user of the image, say) is seen as itself.
+    std::fs::write(w.join("other"), "").unwrap();
+    std::os::unix::fs::chown(w.join("other"), Some(300033), Some(300034)).unwrap();
     cfg["mounts"] = serde_json::json!([{"destination": "/w", "type": "bind",
         "source": path_str(&w), "options": ["rbind", "rw"]}]);
     let with = |uid: serde_json::Value, gid: serde_json::Value| {
@@ -475,7 +480,9 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
                 {"type": "network"}, {"type": "ipc"}, {"type": "uts"}]});
         v
     };
-    c.write_config(with(maps(300000), maps(300000)));
+    let gids = serde_json::json!([{"containerID": 0, "hostID": 300000, "size": 65536},
+        {"containerID": 70000, "hostID": 400000, "size": 1}]);
+    c.write_config(with(maps(300000), gids));
     let log = c.dir.path().join("runtime.log");
     let pid = c.create_with(&["--log", path_str(&log)], "m");
     ok(&c.run(&["start", "m"]), "start");
@@ -488,7 +495,14 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
         .collect();
     assert_eq!(
         out,
-        ["1000", "1000", "1000 301000 1", "1000 301000 1"],
+        [
+            "1000",
+            "1000 5 70000",
+            "0 300000 65536",
+            "0 300000 65536",
+            "70000 400000 1",
+            "33:34"
+        ],
         "{}",
         c.out()
     );
@@ -522,6 +536,10 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
                 maps(300000),
             ),
             "process.user.uid 1000 is not in linux.uidMappings",
+        ),
+        (
+            with(maps(300000), maps(300000)),
+            "process.user.additionalGids entry 70000 is not in linux.gidMappings",
         ),
         (
             with(

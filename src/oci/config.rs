@@ -350,8 +350,7 @@ impl Config {
             if let Some((hu, hg)) = self.mapped_host_identity(&p.user)? {
                 warn.push(format!(
                     "linux.uidMappings/gidMappings: process.user {}:{} is host {hu}:{hg}, as \
-                     the mappings give; the cell's user namespace maps that one uid and gid \
-                     (the ranges' other ids are not mapped: their files show as nobody)",
+                     the mappings give; the cell's user namespace has the ranges",
                     p.user.uid, p.user.gid
                 ));
             }
@@ -372,13 +371,13 @@ impl Config {
     }
 
     /// The host uid and gid the engine's `linux.uidMappings`/`gidMappings` give
-    /// `process.user` (None without mappings): started as host root, the cell's user
-    /// namespace maps that one uid and gid to them, so each container runs as the
-    /// host identity its engine chose for it (podman `--userns=auto`, a pod's
-    /// `hostUsers: false`) and the files the engine chowned for it are its own. A
-    /// range reaching host id 0 is refused (a cell never runs as host root), as are
-    /// an empty or overflowing range, one list without the other, and a
-    /// `process.user` id outside them.
+    /// `process.user` (None without mappings): started as host root, the ranges are
+    /// the cell's user namespace (`id_ranges`), so each container runs as the host
+    /// identity its engine chose for it (podman `--userns=auto`, a pod's `hostUsers:
+    /// false`) and the files the engine chowned for it are its own. A range reaching
+    /// host id 0 is refused (a cell never runs as host root), as are an empty or
+    /// overflowing range, one list without the other, and a `process.user` id or
+    /// additional gid outside them.
     pub fn mapped_host_identity(&self, user: &User) -> Result<Option<(u32, u32)>, String> {
         let Some(l) = self.linux.as_ref() else {
             return Ok(None);
@@ -420,10 +419,33 @@ impl Config {
                     format!("config.json: process.user.{field} {id} is not in linux.{what}")
                 })
         };
-        Ok(Some((
+        let ids = (
             host(&l.uid_mappings, user.uid, "uidMappings", "uid")?,
             host(&l.gid_mappings, user.gid, "gidMappings", "gid")?,
-        )))
+        );
+        for g in &user.additional_gids {
+            host(&l.gid_mappings, *g, "gidMappings", "additionalGids entry")?;
+        }
+        Ok(Some(ids))
+    }
+
+    /// `linux.uidMappings`/`gidMappings` as the cell's user namespace ranges (checked
+    /// by `mapped_host_identity`).
+    pub fn id_ranges(&self) -> crate::sandbox::IdRanges {
+        let conv = |maps: &[IdMapping]| {
+            maps.iter()
+                .map(|m| crate::sandbox::IdRange {
+                    inside: m.container_id,
+                    host: m.host_id,
+                    count: m.size,
+                })
+                .collect()
+        };
+        let l = self.linux.as_ref();
+        crate::sandbox::IdRanges {
+            uid: l.map(|l| conv(&l.uid_mappings)).unwrap_or_default(),
+            gid: l.map(|l| conv(&l.gid_mappings)).unwrap_or_default(),
+        }
     }
 
     /// The namespace kinds `linux.namespaces` leaves out: the spec says the container

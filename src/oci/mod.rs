@@ -179,6 +179,9 @@ fn create_in(
     };
     crate::sandbox::ns::check_userns_possible().map_err(|e| e.to_string())?;
     let (mut spec, _closure) = plan::plan(&cell).map_err(|e| format!("{e}"))?;
+    if mapped.is_some() {
+        spec.identity.ranges = Some(cfg.id_ranges());
+    }
     // The closure's bin directories first (they are what the cell has), then the
     // caller's PATH.
     if closure.is_none() {
@@ -334,6 +337,9 @@ fn container_process(
         g.log("warning", &format!("config.json: {w}"));
     }
     spec.security.container = c;
+    if spec.identity.ranges.is_some() {
+        spec.security.container.groups = cfg.process()?.user.additional_gids.clone();
+    }
     seccomp::check_caps_after_filters(&spec.security)
         .map_err(|e| format!("config.json: process.capabilities: {e}"))
 }

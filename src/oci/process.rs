@@ -27,10 +27,17 @@ impl Config {
     /// Refusals and warnings of the process part (called by [`Config::check`]).
     pub(crate) fn check_process(&self, p: &Process) -> Result<Vec<String>, String> {
         let mut warn = Vec::new();
-        if !p.user.additional_gids.is_empty() {
+        // Granted (oci/mod.rs) only with an engine's ranges, started as root.
+        let ranged = crate::sandbox::ns::is_host_root()
+            && self
+                .linux
+                .as_ref()
+                .is_some_and(|l| !l.gid_mappings.is_empty());
+        if !p.user.additional_gids.is_empty() && !ranged {
             warn.push(format!(
-                "process.user.additionalGids {:?}: not granted: a cell has no supplementary \
-                 groups (its user namespace maps one gid)",
+                "process.user.additionalGids {:?}: not granted: a cell without an engine's \
+                 ranges (linux.gidMappings, started as root) has no supplementary groups \
+                 (its user namespace maps one gid)",
                 p.user.additional_gids
             ));
         }
@@ -113,6 +120,7 @@ impl Config {
                 oom_score_adj: p.oom_score_adj.map(|v| oom_score_floor(v, &mut warn)),
                 sysctl,
                 caps: Some(oci_caps),
+                groups: Vec::new(),
             },
             warn,
         ))

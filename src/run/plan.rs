@@ -370,6 +370,7 @@ fn plan_identity(req: &CellRequest, workdir: Option<&Opened>) -> Result<Identity
         host_gid,
         user_name: "cell".into(),
         home: PathBuf::from("/tmp"),
+        ranges: None,
     })
 }
 
@@ -614,6 +615,7 @@ mod tests {
             host_gid: 1,
             user_name: "cell".into(),
             home: "/tmp".into(),
+            ranges: None,
         };
         for bad in ["NOEQUALS", "=x", "1A=b", "A-B=c"] {
             let req = CellRequest {

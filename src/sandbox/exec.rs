@@ -154,6 +154,7 @@ fn prepare(spec: &RunSpec, sock: Option<BorrowedFd<'_>>) -> StageResult {
     }
     nix::unistd::chdir(&spec.cwd).at(Stage::Chdir, "chdir", spec.cwd.display())?;
     super::ociproc::apply_umask(&spec.security.container);
+    super::ociproc::apply_groups(&spec.security.container)?;
     let Some(oci) = &spec.security.container.caps else {
         caps::drop_all()?;
         // Nothing of ours but stdio survives execve; the control socket stays usable

@@ -117,7 +117,16 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
     // file systems that show it (mqueue, sysfs) are made now, by a process with the
     // capability over it.
     let joined_fs = super::ocimount::joined_fs(spec)?;
-    let mut prepared = if ns::is_host_root() && spec.identity.host_uid != 0 {
+    let host_root = ns::is_host_root();
+    // An engine's whole ranges are written by a process that stays root (root only).
+    let mapper = match &spec.identity.ranges {
+        Some(r) if host_root => Some(ns::spawn_mapper(
+            r,
+            !spec.security.container.groups.is_empty(),
+        )?),
+        _ => None,
+    };
+    let mut prepared = if host_root && spec.identity.host_uid != 0 {
         ns::leave_host_root(&spec.identity, spec)?
     } else {
         PreparedMounts::default()
@@ -128,7 +137,10 @@ fn run(spec: &RunSpec, sock: BorrowedFd<'_>) -> StageResult<i32> {
         nix::unistd::getegid().as_raw(),
     );
     ns::unshare_all_but(joined)?;
-    ns::write_id_maps(&spec.identity, host_ids)?;
+    match mapper {
+        Some(m) => m.map()?,
+        None => ns::write_id_maps(&spec.identity, host_ids)?,
+    }
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

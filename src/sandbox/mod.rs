@@ -361,6 +361,38 @@ pub struct Identity {
     pub host_gid: u32,
     pub user_name: String,
     pub home: PathBuf,
+    /// Started as root: whole uid and gid ranges an OCI engine chose for the cell's
+    /// user namespace (written by a process that stays host root until the namespace
+    /// exists, `ns::spawn_mapper`); they contain uid→host_uid and gid→host_gid. None:
+    /// the one id each, written by the cell itself.
+    #[serde(default)]
+    pub ranges: Option<IdRanges>,
+}
+
+/// uid and gid ranges of a user namespace, as `/proc/PID/uid_map` lines take them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IdRanges {
+    pub uid: Vec<IdRange>,
+    pub gid: Vec<IdRange>,
+}
+
+/// `count` ids from `inside` in the namespace are the host's from `host`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IdRange {
+    pub inside: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+impl IdRanges {
+    /// The host ids `owner` (uid, gid) are both mapped into the namespace.
+    pub fn maps_host(&self, owner: (u32, u32)) -> bool {
+        let has = |r: &[IdRange], id: u32| {
+            r.iter()
+                .any(|m| id >= m.host && u64::from(id - m.host) < u64::from(m.count))
+        };
+        has(&self.uid, owner.0) && has(&self.gid, owner.1)
+    }
 }
 
 /// A long-running process started in the cell before the command (e.g. redis), on

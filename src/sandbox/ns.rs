@@ -75,7 +75,9 @@ pub fn leave_host_root(id: &Identity, spec: &RunSpec) -> StageResult<PreparedMou
             "mount_setattr(MS_PRIVATE)",
             m.source.display(),
         )?;
-        if cow && m.owner != (id.host_uid, id.host_gid) {
+        // A layer the engine chowned into the cell's ranges is seen as it is.
+        let in_ranges = id.ranges.as_ref().is_some_and(|r| r.maps_host(m.owner));
+        if cow && m.owner != (id.host_uid, id.host_gid) && !in_ranges {
             let userns = idmap_userns(m.owner.0, m.owner.1, id.host_uid, id.host_gid)?;
             sys::mount_setattr(
                 Some(fd.as_raw_fd()),
@@ -252,6 +254,87 @@ pub fn unshare_all_but(skip: CloneFlags) -> StageResult {
         }
         super::StageError::new(Stage::Unshare, "unshare", detail, e)
     })
+}
+
+/// The process that writes an engine's whole id ranges (`Identity::ranges`) into the
+/// cell's user namespace: forked while still host root (only a process with
+/// CAP_SETUID/CAP_SETGID over the parent namespace may map more than its own id),
+/// it waits on a socket for the cell to have unshared, writes `/proc/PPID/{setgroups,
+/// gid_map,uid_map}` and answers, then exits. It reads nothing but the spec's ranges.
+pub struct Mapper {
+    child: nix::unistd::Pid,
+    sock: std::os::unix::net::UnixStream,
+}
+
+/// Forks the `Mapper` (host root, single-threaded init stage).
+/// `setgroups`: the namespace allows setgroups(2) (the container's supplementary
+/// groups are set), else it is denied as in every other cell.
+pub fn spawn_mapper(ranges: &super::IdRanges, setgroups: bool) -> StageResult<Mapper> {
+    use std::io::{Read, Write};
+    const STAGE: Stage = Stage::IdMaps;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().at(STAGE, "socketpair", "")?;
+    let lines = |r: &[super::IdRange]| {
+        r.iter()
+            .map(|m| format!("{} {} {}\n", m.inside, m.host, m.count))
+            .collect::<String>()
+    };
+    let (uid_map, gid_map) = (lines(&ranges.uid), lines(&ranges.gid));
+    let parent = nix::unistd::getpid();
+    // SAFETY: the init stage is single-threaded (a fresh exec), so fork is safe; the
+    // child reads, writes three /proc files and answers before _exit.
+    match unsafe { fork() }.at(STAGE, "fork", "mapper")? {
+        ForkResult::Child => {
+            drop(ours);
+            let mut theirs = theirs;
+            let mut go = [0u8; 1];
+            let answer = match theirs.read(&mut go) {
+                Ok(1) => (|| -> std::io::Result<()> {
+                    let at = |f: &str| format!("/proc/{parent}/{f}");
+                    std::fs::write(at("setgroups"), if setgroups { "allow" } else { "deny" })?;
+                    std::fs::write(at("gid_map"), &gid_map)?;
+                    std::fs::write(at("uid_map"), &uid_map)
+                })()
+                .map_or_else(|e| e.to_string(), |()| "ok".into()),
+                _ => "no request".into(),
+            };
+            let _ = theirs.write_all(answer.as_bytes());
+            // SAFETY: _exit ends the child at once.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            Ok(Mapper { child, sock: ours })
+        }
+    }
+}
+
+impl Mapper {
+    /// Asks for the ranges to be written into this process's (new) user namespace and
+    /// waits for them.
+    pub fn map(mut self) -> StageResult {
+        use std::io::{Read, Write};
+        const STAGE: Stage = Stage::IdMaps;
+        let res = self
+            .sock
+            .write_all(b"1")
+            .and_then(|()| self.sock.shutdown(std::net::Shutdown::Write))
+            .and_then(|()| {
+                let mut answer = String::new();
+                self.sock.read_to_string(&mut answer).map(|_| answer)
+            })
+            .at(STAGE, "mapper", "linux.uidMappings/gidMappings");
+        let _ = nix::sys::wait::waitpid(self.child, None);
+        let answer = res?;
+        if answer != "ok" {
+            return Err(super::StageError::new(
+                STAGE,
+                "write",
+                format!("uid_map/gid_map of the engine's ranges: {answer}"),
+                Errno::EINVAL,
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Maps the cell identity onto the process's own host ids: the one mapping an

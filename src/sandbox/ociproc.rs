@@ -29,6 +29,10 @@ pub struct ContainerProcess {
     /// no capability, no_new_privs.
     #[serde(default)]
     pub caps: Option<super::caps::OciCaps>,
+    /// Supplementary groups (`process.user.additionalGids`): only in a user namespace
+    /// with an engine's ranges (`Identity::ranges`), where they are mapped gids.
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// One `process.rlimits` entry: `RLIMIT_*` name, soft and hard limit.
@@ -128,6 +132,25 @@ pub fn install_seccomp(s: &ContainerSeccomp) -> StageResult<usize> {
         })?;
     }
     Ok(s.filters.len())
+}
+
+/// `process.user.additionalGids` of the command (before its capabilities are set:
+/// setgroups(2) takes CAP_SETGID in the cell's user namespace).
+pub fn apply_groups(c: &ContainerProcess) -> super::StageResult {
+    use super::At;
+    if c.groups.is_empty() {
+        return Ok(());
+    }
+    let gids: Vec<nix::unistd::Gid> = c
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).at(
+        super::Stage::IdMaps,
+        "setgroups",
+        format!("process.user.additionalGids {:?}", c.groups),
+    )
 }
 
 /// `process.user.umask` of the command.
