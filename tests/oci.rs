@@ -451,7 +451,7 @@ fn namespaces_left_out_are_the_cells_own_and_named_in_the_log() {
 /// Started as root, the engine's uid/gid mappings are the cell's user namespace:
 /// process.user 1000:1000 under a range from host 300000 runs as host 301000:301000
 /// (what a bind mount the engine chowned for it sees) and another id of the range
-/// is seen as itself. A range reaching host root, one list without the
+/// is seen as itself; `exec --user` takes another user of the ranges. A range reaching host root, one list without the
 /// other and a user outside the ranges are refused, nothing left.
 #[test]
 fn uid_mappings_choose_the_host_identity_and_never_host_root() {
@@ -468,6 +468,8 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
     let w = c.dir.path().join("w");
     std::fs::create_dir(&w).unwrap();
     std::os::unix::fs::chown(&w, Some(301000), Some(301000)).unwrap();
+    // Sticky and open to all: another user of the ranges writes there too (exec below).
+    std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     // Another id of the ranges (a service user of the image, say) is seen as itself.
     std::fs::write(w.join("other"), "").unwrap();
     std::os::unix::fs::chown(w.join("other"), Some(300033), Some(300034)).unwrap();
@@ -514,6 +516,39 @@ fn uid_mappings_choose_the_host_identity_and_never_host_root() {
             .unwrap()
             .contains("process.user 1000:1000 is host 301000:301000")
     );
+    // exec as another user of the ranges; one outside them is refused.
+    let mut long = with(maps(300000), maps(300000));
+    long["process"]["args"] = serde_json::json!(["sleep", "30"]);
+    long["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    c.write_config(long);
+    let pid = c.create("l");
+    ok(&c.run(&["start", "l"]), "start");
+    let as_other = ok(
+        &c.run(&[
+            "exec",
+            "--user",
+            "1001:1002",
+            "l",
+            "sh",
+            "-c",
+            "id -u; id -G; touch /w/by-1001",
+        ]),
+        "exec --user 1001:1002",
+    );
+    assert_eq!(
+        as_other.split_whitespace().collect::<Vec<_>>(),
+        ["1001", "1002"]
+    );
+    let made = std::fs::metadata(w.join("by-1001")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (301001, 301002));
+    let outside = c.run(&["exec", "--user", "70000:0", "l", "true"]);
+    assert!(
+        text(&outside.stderr).contains("exec: user 70000:0: not mapped"),
+        "{}",
+        text(&outside.stderr)
+    );
+    ok(&c.run(&["delete", "--force", "l"]), "delete");
+    assert_eq!(wait_exit(pid), 128 + libc::SIGKILL);
     for (v, word) in [
         (
             with(
@@ -668,7 +703,7 @@ fn exec_runs_inside_under_the_same_layers() {
         );
         let other = c.run(&["exec", "--user", "1000", "ex", "true"]);
         assert!(
-            text(&other.stderr).contains("only identity"),
+            text(&other.stderr).contains("not mapped: the container's identities are 0:0 only"),
             "{}",
             text(&other.stderr)
         );

@@ -135,10 +135,28 @@ fn exec_spec(dir: &Path, a: &ExecArgs) -> Res<(RunSpec, Vec<String>)> {
         return Err("exec: no command (args)".into());
     }
     if (user.0, user.1) != (spec.identity.uid, spec.identity.gid) {
-        return Err(format!(
-            "exec: user {}:{}: the container's only identity is {}:{}",
-            user.0, user.1, spec.identity.uid, spec.identity.gid
-        ));
+        // Another user of the engine's ranges (`exec --user`); without ranges the
+        // container has one identity. Its supplementary groups are process.user's.
+        if !spec
+            .identity
+            .ranges
+            .as_ref()
+            .is_some_and(|r| r.maps_inside(user))
+        {
+            return Err(format!(
+                "exec: user {}:{}: not mapped: the container's identities are {}",
+                user.0,
+                user.1,
+                if spec.identity.ranges.is_some() {
+                    "those of its linux.uidMappings/gidMappings".to_string()
+                } else {
+                    format!("{}:{} only", spec.identity.uid, spec.identity.gid)
+                }
+            ));
+        }
+        spec.identity.uid = user.0;
+        spec.identity.gid = user.1;
+        spec.security.container.groups.clear();
     }
     for kv in &env {
         let Some((k, v)) = kv.split_once('=') else {

@@ -393,6 +393,15 @@ impl IdRanges {
         };
         has(&self.uid, owner.0) && has(&self.gid, owner.1)
     }
+
+    /// The ids `(uid, gid)` of the namespace are both mapped.
+    pub fn maps_inside(&self, ids: (u32, u32)) -> bool {
+        let has = |r: &[IdRange], id: u32| {
+            r.iter()
+                .any(|m| id >= m.inside && u64::from(id - m.inside) < u64::from(m.count))
+        };
+        has(&self.uid, ids.0) && has(&self.gid, ids.1)
+    }
 }
 
 /// A long-running process started in the cell before the command (e.g. redis), on
