@@ -387,18 +387,21 @@ pub struct IdRange {
 impl IdRanges {
     /// The host ids `owner` (uid, gid) are both mapped into the namespace.
     pub fn maps_host(&self, owner: (u32, u32)) -> bool {
-        let has = |r: &[IdRange], id: u32| {
-            r.iter()
-                .any(|m| id >= m.host && u64::from(id - m.host) < u64::from(m.count))
-        };
-        has(&self.uid, owner.0) && has(&self.gid, owner.1)
+        self.maps(owner, |m| m.host)
     }
 
     /// The ids `(uid, gid)` of the namespace are both mapped.
     pub fn maps_inside(&self, ids: (u32, u32)) -> bool {
+        self.maps(ids, |m| m.inside)
+    }
+
+    /// Both ids fall in a range starting at `start` of it, uid and gid ranges.
+    fn maps(&self, ids: (u32, u32), start: fn(&IdRange) -> u32) -> bool {
         let has = |r: &[IdRange], id: u32| {
-            r.iter()
-                .any(|m| id >= m.inside && u64::from(id - m.inside) < u64::from(m.count))
+            r.iter().any(|m| {
+                id.checked_sub(start(m))
+                    .is_some_and(|off| u64::from(off) < u64::from(m.count))
+            })
         };
         has(&self.uid, ids.0) && has(&self.gid, ids.1)
     }
@@ -416,4 +419,37 @@ pub struct ServiceSpec {
     pub log: PathBuf,
     /// How long to wait for readiness.
     pub ready_timeout_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IdRange, IdRanges};
+
+    #[test]
+    fn ranges_map_their_ids_and_no_other() {
+        let r = IdRanges {
+            uid: vec![IdRange {
+                inside: 0,
+                host: 100_000,
+                count: 10,
+            }],
+            gid: vec![
+                IdRange {
+                    inside: 0,
+                    host: 100_000,
+                    count: 10,
+                },
+                IdRange {
+                    inside: 4_294_967_295,
+                    host: 7,
+                    count: 1,
+                },
+            ],
+        };
+        assert!(r.maps_host((100_000, 100_009)) && r.maps_host((100_009, 7)));
+        assert!(!r.maps_host((100_010, 100_000)) && !r.maps_host((99_999, 100_000)));
+        assert!(!r.maps_host((0, 0)), "host root is not in the ranges");
+        assert!(r.maps_inside((9, 4_294_967_295)) && !r.maps_inside((10, 0)));
+        assert!(!r.maps_inside((0, 10)));
+    }
 }
