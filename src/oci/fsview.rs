@@ -32,8 +32,7 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
     // are the cell's through idmapped lower layers. An overlayfs (an engine's own
     // image store) cannot be idmapped: its layers are, one by one (`layers.rs`).
     let layers = if crate::sandbox::ns::is_host_root()
-        && o.st.st_uid != spec.identity.host_uid
-        && !in_ranges(spec, &o.st)
+        && !spec.identity.owns_host((o.st.st_uid, o.st.st_gid))
         && on_overlayfs(&o.fd)?
     {
         let mut opened = Vec::new();
@@ -76,15 +75,6 @@ pub fn image_root(cfg: &Config, bundle: &Path, spec: &mut RunSpec) -> Result<(),
         layers: n,
     });
     Ok(())
-}
-
-/// The owner of `st` is mapped into the cell by an engine's ranges (a file it chowned
-/// for the container is the container's).
-fn in_ranges(spec: &RunSpec, st: &libc::stat) -> bool {
-    spec.identity
-        .ranges
-        .as_ref()
-        .is_some_and(|r| r.maps_host((st.st_uid, st.st_gid)))
 }
 
 /// The host directory `path` opened as every mount source is; errors start with `what`.
@@ -157,7 +147,7 @@ pub fn plan(cfg: &Config, spec: &mut RunSpec) -> Result<Vec<String>, String> {
                 .map_err(|e| format!("config.json: mount of {src} at {}: {e}", m.destination))?;
             // A live writable mount is only ever the cell's own (as for `run --bind`):
             // another owner's (an engine's /etc/hosts, root's) is bound read-only.
-            if !om.readonly && o.st.st_uid != spec.identity.host_uid && !in_ranges(spec, &o.st) {
+            if !om.readonly && !spec.identity.owns_host((o.st.st_uid, o.st.st_gid)) {
                 warn.push(format!(
                     "mount of {src} at {}: read-only (it belongs to uid {}, not to the \
                      cell's host identity {})",

@@ -109,14 +109,7 @@ pub fn prepare(
                 r.display()
             )));
         }
-        // An owner an engine's ranges map (a volume it chowned for the container) is
-        // one of the container's own ids.
-        let in_ranges = spec
-            .identity
-            .ranges
-            .as_ref()
-            .is_some_and(|r| r.maps_host(m.owner));
-        if live_rw && m.owner.0 != host.0 && !in_ranges {
+        if live_rw && !spec.identity.owns_host(m.owner) {
             let what = if m.dest == std::path::Path::new(WORKDIR_IN_CELL) {
                 "the workdir (profile workdir = \"bind\")".to_string()
             } else {

@@ -384,6 +384,14 @@ pub struct IdRange {
     pub count: u32,
 }
 
+impl Identity {
+    /// Host files of `owner` (uid, gid) are the cell's own: its host identity's, or
+    /// ids an engine's ranges map (files the engine chowned for the container).
+    pub fn owns_host(&self, owner: (u32, u32)) -> bool {
+        owner.0 == self.host_uid || self.ranges.as_ref().is_some_and(|r| r.maps_host(owner))
+    }
+}
+
 impl IdRanges {
     /// The host ids `owner` (uid, gid) are both mapped into the namespace.
     pub fn maps_host(&self, owner: (u32, u32)) -> bool {
